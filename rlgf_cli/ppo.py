@@ -1,0 +1,152 @@
+"""The PPO core: token-level rewards with a KL penalty, GAE, and the clipped losses.
+
+Everything here is a pure function on tensors (or a tiny controller object), so each
+term can be checked on hand-computed inputs. Shapes: ``[B, T]`` for per-token tensors,
+with ``mask`` marking the valid response tokens (1) and padding (0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1 (0 where there is nothing to average)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise ``x`` to unit variance (and zero mean) over the masked positions."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    n = mask.sum()
+    if n > 1:  # unbiased, like torch.var
+        var = var * n / (n - 1)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask.to(x.dtype)
+
+
+def kl_penalised_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: ``-kl_coef * (log π - log π_ref)`` at every token, plus the
+    episode's score on its last valid token (paper appendix C.1).
+
+    Returns ``(rewards, kl)`` where ``kl`` is the per-token log-ratio (masked).
+    """
+    mask = mask.to(logprobs.dtype)
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    lengths = mask.sum(1).long()
+    has_tokens = lengths > 0
+    last = (lengths - 1).clamp(min=0)
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    bonus = torch.zeros_like(rewards)
+    bonus[rows[has_tokens], last[has_tokens]] = scores[has_tokens].to(rewards.dtype)
+    return (rewards + bonus) * mask, kl
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over right-padded episodes.
+
+    The value after an episode's last valid token is 0 (the episode ends there).
+    Returns ``(advantages, returns)``, both zero on padding; ``returns = A + V``.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    T = rewards.shape[1]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advantages[:, t] = last
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+@dataclass
+class PolicyLoss:
+    pg_loss: torch.Tensor
+    approx_kl: torch.Tensor
+    clipfrac: torch.Tensor
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> PolicyLoss:
+    """PPO's clipped surrogate: ``mean(max(-A·r, -A·clip(r, 1-ε, 1+ε)))`` over ``mask``."""
+    logratio = logprobs - old_logprobs
+    ratio = torch.exp(logratio)
+    pg_loss_unclipped = -advantages * ratio
+    pg_loss_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    pg_loss = masked_mean(torch.max(pg_loss_unclipped, pg_loss_clipped), mask)
+    with torch.no_grad():
+        approx_kl = masked_mean((ratio - 1.0) - logratio, mask)
+        clipfrac = masked_mean((torch.abs(ratio - 1.0) > clip_range).float(), mask)
+    return PolicyLoss(pg_loss, approx_kl, clipfrac)
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range_value: float,
+) -> torch.Tensor:
+    """``0.5 · mean(max((V - R)², (V_clipped - R)²))`` with ``V_clipped`` kept within
+    ``clip_range_value`` of the value at collection time."""
+    v_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    v_loss_unclipped = (values - returns) ** 2
+    v_loss_clipped = (v_clipped - returns) ** 2
+    return 0.5 * masked_mean(torch.max(v_loss_unclipped, v_loss_clipped), mask)
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient (Ziegler et al. 2019; paper appendix C.1).
+
+    After each iteration: ``e = clip(KL / target - 1, -0.2, 0.2)`` and
+    ``coef ← coef · (1 + e · n_steps / horizon)``.
+    With ``target=None`` the coefficient stays fixed.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float | None, horizon: int) -> None:
+        self.value = float(init_kl_coef)
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        if self.target is not None and self.target > 0:
+            error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+        self.target = state["target"]
+        self.horizon = int(state["horizon"])
