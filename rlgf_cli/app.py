@@ -1,0 +1,116 @@
+"""The ``rlgf`` command line: thin Typer commands over the library.
+
+Exit codes: 0 success · 1 user or runtime error (one ``[error] …`` line) · 2 usage error ·
+130 interrupted (a checkpoint is written first when training).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .cmd_eval import eval_command
+from .cmd_train import train_command
+from .console import handle_errors, out_console
+
+app = typer.Typer(
+    name="rlgf",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help=(
+        "Learning to Generate Better Than Your LLM: fine-tune a small learner LM with PPO-family "
+        "RL, helped by a guide policy.\n\n"
+        "[bold]Examples[/]\n\n"
+        "  rlgf train --task rotten-tomatoes --alg ppo --iterations 10 --out runs/ppo\n\n"
+        "  rlgf eval --policy smollm2 --checkpoint runs/ppo/final --limit 200\n\n"
+        "Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted."
+    ),
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rlgf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = None,
+) -> None:
+    """rlgf — RL with guide policies."""
+
+
+app.command("train", no_args_is_help=False)(train_command)
+app.command("eval")(eval_command)
+
+
+@app.command("tasks")
+@handle_errors
+def tasks_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")] = False,
+) -> None:
+    """List the tasks with their data source, default learner, reward and metrics."""
+    from tasks import available
+
+    rows = available()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="rlgf tasks")
+    for col in ("name", "data source", "default learner", "reward", "metrics"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["data_source"], r["default_learner"], r["reward"], ", ".join(r["metrics"]))
+    out_console.print(table)
+
+
+@app.command("backends")
+@handle_errors
+def backends_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")] = False,
+) -> None:
+    """List the registered policy backends (built-in and from the `rlgf.backends` entry points)."""
+    from backends import available
+
+    rows = available()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="rlgf backends")
+    for col in ("name", "target", "source", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["target"], r["source"], r.get("description", ""))
+    out_console.print(table)
+
+
+def _register_serve() -> None:
+    try:
+        from .cmd_serve import serve_command
+    except ImportError:  # the server arrives with the API-guide work
+        return
+    app.command("serve")(handle_errors(serve_command))
+
+
+_register_serve()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

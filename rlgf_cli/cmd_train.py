@@ -1,0 +1,93 @@
+"""``rlgf train``: flags → TrainConfig → :func:`rlgf_cli.run.train`."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .console import err_console, handle_errors
+from .files import write_atomic
+
+_PPO = "PPO hyperparameters (paper Table 5 defaults)"
+_RUN = "Run"
+
+
+@handle_errors
+def train_command(
+    task: Annotated[Optional[str], typer.Option(help="Task name (see `rlgf tasks`). Default: rotten-tomatoes.")] = None,
+    alg: Annotated[Optional[str], typer.Option(help="Algorithm: ppo or bc (guided: ppo++, aggrevated, lols, d2lols).")] = None,
+    learner: Annotated[Optional[str], typer.Option(help="Learner spec: hf:NAME_OR_PATH, a folder, or smollm2. Default: the task's.")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Warm-start the learner from this spec or checkpoint folder.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Task data file or folder (default: the task's own source).")] = None,
+    reward_model: Annotated[Optional[str], typer.Option(help="Reward classifier folder (sentiment tasks).")] = None,
+    iterations: Annotated[Optional[int], typer.Option(help="Training iterations. [default: 10]", rich_help_panel=_RUN)] = None,
+    episodes: Annotated[Optional[int], typer.Option(help="Episodes (prompts) per iteration. [default: 64]", rich_help_panel=_RUN)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same run on CPU. [default: 0]", rich_help_panel=_RUN)] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder. [default: runs/TASK-ALG-seedN]", rich_help_panel=_RUN)] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. [default: auto]", rich_help_panel=_RUN)] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with any of these settings; flags override it.", rich_help_panel=_RUN)] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N iterations (0: only the final one).", rich_help_panel=_RUN)] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).", rich_help_panel=_RUN)] = None,
+    rollout_batch_size: Annotated[Optional[int], typer.Option(help="Episodes per generation chunk. [default: 32]", rich_help_panel=_RUN)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.", rich_help_panel=_RUN)] = False,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate. [default: 1e-6; BC 1e-5]", rich_help_panel=_PPO)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="PPO epochs per iteration. [default: 5]", rich_help_panel=_PPO)] = None,
+    minibatch_size: Annotated[Optional[int], typer.Option(help="Episodes per minibatch. [default: 16]", rich_help_panel=_PPO)] = None,
+    gamma: Annotated[Optional[float], typer.Option(help="Discount γ. [default: 0.99]", rich_help_panel=_PPO)] = None,
+    lam: Annotated[Optional[float], typer.Option(help="GAE λ. [default: 0.95]", rich_help_panel=_PPO)] = None,
+    clip_range: Annotated[Optional[float], typer.Option(help="Policy ratio clip ε. [default: 0.2]", rich_help_panel=_PPO)] = None,
+    clip_range_value: Annotated[Optional[float], typer.Option(help="Value clip. [default: 0.2]", rich_help_panel=_PPO)] = None,
+    vf_coef: Annotated[Optional[float], typer.Option(help="Value-loss coefficient. [default: 0.5]", rich_help_panel=_PPO)] = None,
+    ent_coef: Annotated[Optional[float], typer.Option(help="Entropy bonus. [default: 0]", rich_help_panel=_PPO)] = None,
+    kl_coef: Annotated[Optional[float], typer.Option(help="Initial KL-penalty coefficient. [default: 0.1]", rich_help_panel=_PPO)] = None,
+    target_kl: Annotated[Optional[float], typer.Option(help="Target KL of the adaptive controller (0: fixed). [default: 0.1]", rich_help_panel=_PPO)] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm. [default: 1.0]", rich_help_panel=_PPO)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the run summary as JSON to FILE ('-' for stdout).")] = None,
+) -> None:
+    """Train a learner on a task.
+
+    [bold]Examples[/]
+
+      rlgf train --task rotten-tomatoes --alg ppo --iterations 20 --episodes 32 --out runs/ppo
+
+      rlgf train --alg bc --iterations 50 --lr 1e-5 --out runs/bc
+
+      rlgf train --config my.toml --seed 3
+
+    Writes OUT/metrics.jsonl (one line per iteration), OUT/config.toml (the resolved
+    config), OUT/final/ (a plain transformers folder, with critic and optimizer state
+    beside it) and OUT/summary.json.
+    """
+    from .config import build_config
+    from .progress import TrainProgress
+    from .run import train
+
+    cfg = build_config(
+        str(config) if config else None,
+        task=task, alg=alg, learner=learner, init=init, data=data, reward_model=reward_model,
+        iterations=iterations, episodes=episodes, seed=seed, out=out, device=device,
+        save_every=save_every, max_new_tokens=max_new_tokens, rollout_batch_size=rollout_batch_size,
+        lr=lr, epochs=epochs, minibatch_size=minibatch_size, gamma=gamma, lam=lam,
+        clip_range=clip_range, clip_range_value=clip_range_value, vf_coef=vf_coef, ent_coef=ent_coef,
+        kl_coef=kl_coef, target_kl=target_kl, max_grad_norm=max_grad_norm,
+    )
+    progress = TrainProgress(quiet=quiet)
+    try:
+        summary = train(cfg, overwrite=overwrite, callback=progress)
+    finally:
+        progress.close()
+    text = json.dumps(summary, indent=2)
+    if json_out == "-":
+        typer.echo(text)
+    elif json_out:
+        write_atomic(json_out, text)
+    if not quiet:
+        last = summary.get("last", {})
+        reward = f", last reward {last['reward_mean']:.3f}" if "reward_mean" in last else ""
+        err_console.print(
+            f"done: {summary['iterations']} iterations in {summary['seconds']:.0f}s{reward}; final model in {summary['final']}",
+            markup=False,
+        )
+

@@ -1,0 +1,77 @@
+"""Output for people and for scripts: errors, progress, tables.
+
+Colour and live progress bars appear only when stderr is a terminal; otherwise progress is
+one plain line per iteration (or nothing with ``--quiet``). Results go to stdout, messages
+to stderr, so ``--json -`` output can be piped.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+from backends.errors import RlgfError
+
+#: documented exit codes
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+out_console = Console(highlight=False, soft_wrap=True)
+
+
+def error_line(message: str, hint: str | None = None) -> str:
+    text = message.rstrip(".")
+    if hint:
+        text += f" — {hint}"
+    return f"[error] {text}"
+
+
+def print_error(message: str, hint: str | None = None) -> None:
+    # plain write: the line must look the same on a terminal and in a log, and rich markup
+    # in user-supplied names (e.g. "[x]") must not be interpreted
+    sys.stderr.write(error_line(message, hint) + "\n")
+    sys.stderr.flush()
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the project's one user-facing exception into ``[error] …`` and exit 1.
+
+    Unexpected exceptions also become one line (a traceback only with ``RLGF_DEBUG=1``).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except RlgfError as exc:
+            code = EXIT_INTERRUPTED if type(exc).__name__ == "Interrupted" else EXIT_ERROR
+            print_error(exc.message, exc.hint)
+            raise typer.Exit(code) from None
+        except KeyboardInterrupt:
+            print_error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except MemoryError:
+            print_error("out of memory", "use smaller --episodes / --rollout-batch-size / --minibatch-size")
+            raise typer.Exit(EXIT_ERROR) from None
+        except Exception as exc:  # noqa: BLE001 - the CLI boundary
+            if os.environ.get("RLGF_DEBUG"):
+                raise
+            name = type(exc).__name__
+            if "OutOfMemory" in name:
+                print_error(f"out of device memory ({exc})", "use smaller --episodes / --rollout-batch-size / --minibatch-size")
+            else:
+                print_error(f"unexpected {name}: {exc}", "rerun with RLGF_DEBUG=1 for the traceback and report it")
+            raise typer.Exit(EXIT_ERROR) from None
+
+    return wrapper
+
+
+def is_terminal() -> bool:
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
