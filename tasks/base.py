@@ -65,6 +65,13 @@ class Task:
         """Evaluation metrics for a batch of completions (see :attr:`metric_names`)."""
         raise NotImplementedError
 
+    def prepare(self, progress=None) -> None:
+        """Do the expensive setup ahead of use (load data, train or load a reward model).
+
+        Optional: tasks do this lazily on first use anyway. ``progress`` is an optional
+        ``callback(message, fraction)`` (``fraction`` in [0, 1], or ``None`` if unknown).
+        """
+
     def info(self) -> dict:
         """Facts worth showing with results (e.g. the reward classifier's accuracy)."""
         return {}
