@@ -68,7 +68,8 @@ def tasks_command(
     from rich.table import Table
 
     table = Table(title="rlgf tasks")
-    for col in ("name", "data source", "default learner", "reward", "metrics"):
+    table.add_column("name", no_wrap=True, style="bold")
+    for col in ("data source", "default learner", "reward", "metrics"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], r["data_source"], r["default_learner"], r["reward"], ", ".join(r["metrics"]))
@@ -90,7 +91,8 @@ def backends_command(
     from rich.table import Table
 
     table = Table(title="rlgf backends")
-    for col in ("name", "target", "source", "description"):
+    table.add_column("name", no_wrap=True, style="bold")
+    for col in ("target", "source", "description"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], r["target"], r["source"], r.get("description", ""))

@@ -51,14 +51,14 @@ class BCTrainer:
             loss = -masked_mean(logprobs, tmask.float())
             if not torch.isfinite(loss):
                 raise RlgfError(
-                    f"training diverged at iteration {self.iteration + 1}: the loss is {float(loss)}",
+                    f"training diverged at iteration {self.iteration + 1}: the loss is {loss.item()}",
                     "lower --lr; the last good checkpoint is kept",
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
             self.optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             tokens += int(tmask.sum())
         self.policy.model.eval()
         self.iteration += 1

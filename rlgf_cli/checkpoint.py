@@ -3,7 +3,7 @@
 Layout of one checkpoint folder (``OUT/checkpoints/iter-NNNN/`` or ``OUT/final/``)::
 
     config.json, model.safetensors, tokenizer files   # plain transformers loads this
-    critic/                                             # value model (safetensors)
+    critic/ guide_critic/                               # value models (safetensors)
     optimizer.pt                                        # AdamW state
     trainer_state.json                                  # iteration, KL controller, metrics
     rng.pt                                              # python / numpy / torch RNG states
@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 STATE_FILE = "trainer_state.json"
+#: folder of each critic inside a checkpoint
+CRITIC_DIRS = {"learner": "critic", "guide": "guide_critic"}
 TMP_PREFIX = ".tmp-"
 
 
@@ -55,7 +57,7 @@ def save_checkpoint(
     target: Path,
     *,
     policy,
-    critic=None,
+    critics: dict | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
     config_toml: str | None = None,
@@ -66,8 +68,8 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + "-", dir=target.parent))
     try:
         policy.save(tmp)
-        if critic is not None:
-            critic.save(tmp / "critic")
+        for name, critic in (critics or {}).items():
+            critic.save(tmp / CRITIC_DIRS[name])
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")

@@ -16,8 +16,11 @@ _RUN = "Run"
 @handle_errors
 def train_command(
     task: Annotated[Optional[str], typer.Option(help="Task name (see `rlgf tasks`). Default: rotten-tomatoes.")] = None,
-    alg: Annotated[Optional[str], typer.Option(help="Algorithm: ppo or bc (guided: ppo++, aggrevated, lols, d2lols).")] = None,
+    alg: Annotated[Optional[str], typer.Option(help="Algorithm: ppo, ppo++ (ppopp), aggrevated, lols, d2lols or bc. [default: ppo]")] = None,
     learner: Annotated[Optional[str], typer.Option(help="Learner spec: hf:NAME_OR_PATH, a folder, or smollm2. Default: the task's.")] = None,
+    guide: Annotated[Optional[str], typer.Option(help="Guide policy spec for ppo++/aggrevated/lols/d2lols: a model spec or checkpoint folder.")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="Mixing probability β. [default: PPO++ 0.2, AggreVaTeD 0.8]", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="LOLS advantage mix / D2LOLS switch fraction α. [default: 0.8]", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
     init: Annotated[Optional[str], typer.Option(help="Warm-start the learner from this spec or checkpoint folder.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Task data file or folder (default: the task's own source).")] = None,
     reward_model: Annotated[Optional[str], typer.Option(help="Reward classifier folder (sentiment tasks).")] = None,
@@ -54,6 +57,8 @@ def train_command(
 
       rlgf train --alg bc --iterations 50 --lr 1e-5 --out runs/bc
 
+      rlgf train --alg d2lols --guide runs/bc/final --out runs/d2lols
+
       rlgf train --config my.toml --seed 3
 
     Writes OUT/metrics.jsonl (one line per iteration), OUT/config.toml (the resolved
@@ -66,7 +71,7 @@ def train_command(
 
     cfg = build_config(
         str(config) if config else None,
-        task=task, alg=alg, learner=learner, init=init, data=data, reward_model=reward_model,
+        task=task, alg=alg, learner=learner, guide=guide, beta=beta, alpha=alpha, init=init, data=data, reward_model=reward_model,
         iterations=iterations, episodes=episodes, seed=seed, out=out, device=device,
         save_every=save_every, max_new_tokens=max_new_tokens, rollout_batch_size=rollout_batch_size,
         lr=lr, epochs=epochs, minibatch_size=minibatch_size, gamma=gamma, lam=lam,

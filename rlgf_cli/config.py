@@ -18,12 +18,10 @@ from backends.errors import RlgfError
 #: algorithm names and their accepted aliases
 ALGORITHMS = ("ppo", "ppo++", "aggrevated", "lols", "d2lols", "bc")
 ALG_ALIASES = {"ppopp": "ppo++", "ppo_pp": "ppo++", "pp": "ppo++", "aggrevate": "aggrevated"}
-#: algorithms the trainer can run today (the guided ones arrive with the roll-in/roll-out engine)
-IMPLEMENTED_ALGORITHMS = ("ppo", "bc")
 
-#: paper defaults that depend on the algorithm (Tables 5 and 6)
+#: paper defaults that depend on the algorithm (Tables 5 and 6); β defaults live with the
+#: schemes in rlgf_cli.algorithms (PPO++ 0.2, AggreVaTeD 0.8)
 DEFAULT_LR = {"bc": 1e-5}
-DEFAULT_BETA = {"ppo++": 0.2, "aggrevated": 0.8, "lols": 0.8, "d2lols": 0.8}
 
 
 @dataclass
@@ -76,7 +74,7 @@ class TrainConfig:
     whiten_advantages: bool = True
     #: continuation length (default: the task's)
     max_new_tokens: int | None = None
-    #: mixing probability β (default per algorithm: PPO++ 0.2, AggreVaTeD 0.8)
+    #: mixing probability β (default per scheme: PPO++ 0.2, AggreVaTeD 0.8)
     beta: float | None = None
     #: LOLS advantage mix / D2LOLS switch fraction α
     alpha: float = 0.8
@@ -96,10 +94,6 @@ class TrainConfig:
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR.get(self.alg, 1e-6)
 
-    @property
-    def mix_beta(self) -> float:
-        return self.beta if self.beta is not None else DEFAULT_BETA.get(self.alg, 0.0)
-
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"{self.task}-{self.alg}-seed{self.seed}"
 
@@ -107,10 +101,10 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Normalise aliases and check ranges; raises :class:`RlgfError` on the first problem."""
         self.alg = normalise_alg(self.alg)
-        if self.alg not in IMPLEMENTED_ALGORITHMS:
+        if self.alg in ("ppo++", "aggrevated", "lols", "d2lols") and not self.guide:
             raise RlgfError(
-                f"algorithm '{self.alg}' is not available in this version",
-                f"use one of: {', '.join(IMPLEMENTED_ALGORITHMS)}",
+                f"--alg {self.alg} needs a guide policy",
+                "pass --guide SPEC (a model spec or a checkpoint folder, e.g. a BC run's OUT/final)",
             )
         _positive_int(self, "iterations", "episodes", "epochs", "minibatch_size", "rollout_batch_size", "kl_horizon")
         _non_negative(self, "weight_decay", "vf_coef", "ent_coef", "kl_coef", "target_kl", "max_grad_norm")

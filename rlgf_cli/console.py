@@ -46,6 +46,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        quiet_libraries()
         try:
             return func(*args, **kwargs)
         except typer.Exit:
@@ -71,6 +72,18 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper
+
+
+def quiet_libraries() -> None:
+    """Keep third-party progress bars and chatter out of our output.
+
+    Called when a command starts (not at import time, so importing rlgf changes nothing
+    for library users); the variables are read when transformers is first imported.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def is_terminal() -> bool:

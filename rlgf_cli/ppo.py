@@ -39,14 +39,17 @@ def kl_penalised_rewards(
     ref_logprobs: torch.Tensor,
     mask: torch.Tensor,
     kl_coef: float,
+    kl_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards: ``-kl_coef * (log π - log π_ref)`` at every token, plus the
-    episode's score on its last valid token (paper appendix C.1).
+    """Per-token rewards: ``-kl_coef * (log π - log π_ref)`` at every learner token, plus
+    the episode's score on its last valid token (paper appendix C.1).
 
-    Returns ``(rewards, kl)`` where ``kl`` is the per-token log-ratio (masked).
+    ``kl_mask`` (default: ``mask``) limits the penalty to the tokens the learner generated;
+    guide tokens carry no KL term. Returns ``(rewards, kl)`` with ``kl`` the masked log-ratio.
     """
     mask = mask.to(logprobs.dtype)
-    kl = (logprobs - ref_logprobs) * mask
+    kl_mask = mask if kl_mask is None else kl_mask.to(logprobs.dtype) * mask
+    kl = (logprobs - ref_logprobs) * kl_mask
     rewards = -kl_coef * kl
     lengths = mask.sum(1).long()
     has_tokens = lengths > 0

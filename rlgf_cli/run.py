@@ -85,13 +85,22 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, callback: Callback | Non
         from .bc import BCTrainer
 
         trainer = BCTrainer(cfg, task, policy, callback)
-        critic = None
+        critics = {}
     else:
+        from backends import resolve
+
+        from .algorithms import needs_guide, needs_guide_critic
         from .trainer import Trainer
 
+        guide = None
+        if needs_guide(cfg.alg):
+            callback("message", {"text": f"loading guide {cfg.guide}"})
+            guide = resolve(cfg.guide, device=device)
         reference = load_policy(learner_spec, device)
-        critic = policy.make_critic()
-        trainer = Trainer(cfg, task, policy, reference, critic, callback)
+        guide_critic = policy.make_critic() if needs_guide_critic(cfg.alg) else None
+        trainer = Trainer(cfg, task, policy, reference, policy.make_critic(), callback,
+                          guide=guide, guide_critic=guide_critic)
+        critics = trainer.critics
 
     if out.exists() and overwrite:
         shutil.rmtree(out)
@@ -104,7 +113,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, callback: Callback | Non
         return save_checkpoint(
             target,
             policy=policy,
-            critic=critic,
+            critics=critics,
             optimizer=trainer.optimizer,
             state={**trainer.state(), "learner": learner_spec, "task": cfg.task},
             config_toml=config_toml,
@@ -135,6 +144,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, callback: Callback | Non
         "task": cfg.task,
         "alg": cfg.alg,
         "learner": learner_spec,
+        "guide": cfg.guide,
         "iterations": trainer.iteration,
         "out": str(out),
         "final": str(final),

@@ -1,7 +1,9 @@
 """The RL trainer: collect → score → advantages → PPO update, one iteration at a time.
 
-It takes built objects (policy, reference, critic, task, config) so tests can inject tiny
-ones, and reports progress through a callback, never by printing.
+Every algorithm is this one update fed by different rollout schemes
+(:mod:`rlgf_cli.algorithms`). It takes built objects (policy, reference, critics, guide,
+task, config) so tests can inject tiny ones, and reports progress through a callback,
+never by printing.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from .ppo import (
     masked_mean,
     masked_whiten,
 )
-from .rollout import RolloutBatch, learner_rollout
-from .tensors import chunks, trim_query, trim_response_width
+from .algorithms import GUIDE, LEARNER, Part, needs_guide, plan
+from .guided import GuidedRollout
+from .rollout import RolloutBatch
+from .tensors import cat_padded, chunks, trim_query, trim_response_width
 
 #: progress callback: ``callback(event, payload)`` with events
 #: "start" {"total"}, "phase" {"name"}, "iteration" {metrics}, "message" {"text"}
@@ -41,7 +45,7 @@ def _noop(event: str, payload: dict) -> None:
 
 @dataclass
 class Buffers:
-    """A scored rollout with everything the update needs (all on the policy's device)."""
+    """Scored rollouts with everything the update needs (all on the policy's device)."""
 
     batch: RolloutBatch
     scores: torch.Tensor
@@ -51,6 +55,8 @@ class Buffers:
     advantages: torch.Tensor
     returns: torch.Tensor
     kl: torch.Tensor
+    #: per episode: 0 = the learner's critic gives its advantages, 1 = the guide's
+    critic_id: torch.Tensor
 
 
 class PromptSampler:
@@ -74,51 +80,74 @@ class PromptSampler:
 
 
 class Trainer:
-    """Token-level PPO with a separate critic and a KL penalty to a frozen reference."""
+    """Token-level PPO with separate critics and a KL penalty to a frozen reference."""
 
-    def __init__(self, cfg: TrainConfig, task: Task, policy, reference, critic, callback: Callback | None = None):
+    def __init__(self, cfg: TrainConfig, task: Task, policy, reference, critic, callback: Callback | None = None,
+                 *, guide=None, guide_critic=None):
         self.cfg = cfg
         self.task = task
         self.policy = policy
         self.reference = reference
-        self.critic = critic
+        self.guide = guide
         self.callback = callback or _noop
         self.device = policy.device
-        self.critic.to(self.device)
+        if needs_guide(cfg.alg) and guide is None:
+            raise RlgfError(f"--alg {cfg.alg} needs a guide policy", "pass --guide SPEC (e.g. a BC checkpoint folder)")
+        self.critics = {LEARNER: critic}
+        if guide_critic is not None:
+            self.critics[GUIDE] = guide_critic
+        for c in self.critics.values():
+            c.to(self.device)
         self.reference.model.eval()
         for p in self.reference.model.parameters():
             p.requires_grad_(False)
         params = [p for p in policy.model.parameters() if p.requires_grad]
-        params += [p for p in critic.parameters() if p.requires_grad]
+        for c in self.critics.values():
+            params += [p for p in c.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl or None, cfg.kl_horizon)
         self.sampler = PromptSampler(task.examples("train"), cfg.seed)
-        self.max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
-        self.min_new_tokens = min(task.min_new_tokens, self.max_new_tokens)
+        max_new = cfg.max_new_tokens or task.max_new_tokens
+        self.engine = GuidedRollout(
+            policy, guide, task, max_new_tokens=max_new, min_new_tokens=min(task.min_new_tokens, max_new),
+            sampling=task.train_sampling,
+        )
         self.iteration = 0
+
+    @property
+    def critic(self):
+        return self.critics[LEARNER]
 
     # -- one iteration --------------------------------------------------------------
     def step(self) -> dict:
+        cfg = self.cfg
         t0 = time.perf_counter()
+        parts = plan(cfg.alg, self.iteration, cfg.iterations, alpha=cfg.alpha, beta=cfg.beta)
         self.callback("phase", {"name": "rollout"})
-        batch = self.collect(self.sampler.draw(self.cfg.episodes))
+        examples = self.sampler.draw(cfg.episodes)
+        batches, start = [], 0
+        for j, part in enumerate(parts):
+            n = len(examples) - start if j == len(parts) - 1 else round(part.share * len(examples))
+            batches.append((part, self.collect(examples[start:start + n], part)))
+            start += n
         t1 = time.perf_counter()
         self.callback("phase", {"name": "reward"})
-        scores = self.score(batch)
+        scored = [(part, batch, self.score(batch)) for part, batch in batches if len(batch)]
         t2 = time.perf_counter()
-        buffers = self.compute_advantages(batch, scores)
+        buffers = _concat_buffers([self.compute_advantages(b, s, part) for part, b, s in scored], self.pad_id)
         t3 = time.perf_counter()
         self.callback("phase", {"name": "update"})
         stats = self.update(buffers)
         t4 = time.perf_counter()
+        batch, scores = buffers.batch, buffers.scores
         seq_kl = float(buffers.kl.sum(1).mean())
         kl_coef = self.kl_ctl.value
         self.kl_ctl.update(seq_kl, n_steps=len(batch))
         self.iteration += 1
         metrics = {
             "iteration": self.iteration,
-            "scheme": batch.scheme,
+            "scheme": "+".join(p.scheme.name for p, _, _ in scored),
             "reward_mean": float(scores.mean()),
             "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
             "kl": seq_kl,
@@ -133,24 +162,23 @@ class Trainer:
             "time_s": t4 - t0,
         }
         for key in ("pg_loss", "v_loss", "kl", "reward_mean"):
-            if not math.isfinite(metrics[key]):
+            if key in metrics and not math.isfinite(metrics[key]):
                 raise RlgfError(
                     f"training diverged at iteration {self.iteration}: {key} is {metrics[key]}",
                     "lower --lr or --clip-range; the last good checkpoint is kept",
                 )
         return metrics
 
-    def collect(self, examples: list[Example]) -> RolloutBatch:
+    @property
+    def pad_id(self) -> int:
+        from .rollout import pad_id
+
+        return pad_id(self.policy)
+
+    def collect(self, examples: list[Example], part: Part) -> RolloutBatch:
         self.policy.model.eval()
-        return learner_rollout(
-            self.policy,
-            examples,
-            self.task,
-            max_new_tokens=self.max_new_tokens,
-            min_new_tokens=self.min_new_tokens,
-            sampling=self.task.train_sampling,
-            batch_size=self.cfg.rollout_batch_size,
-        )
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.iteration * 101 + len(part.scheme.name))
+        return self.engine.collect(examples, part.scheme, part.beta, gen, self.cfg.rollout_batch_size)
 
     def score(self, batch: RolloutBatch) -> torch.Tensor:
         rewards = self.task.reward(batch.prompts, batch.completions, batch.examples)
@@ -162,27 +190,40 @@ class Trainer:
         return torch.tensor([float(r) for r in rewards], dtype=torch.float32, device=self.device)
 
     @torch.no_grad()
-    def compute_advantages(self, batch: RolloutBatch, scores: torch.Tensor) -> Buffers:
+    def compute_advantages(self, batch: RolloutBatch, scores: torch.Tensor, part: Part | None = None) -> Buffers:
+        """Old log-probs, reference log-probs and values, then KL-penalised GAE.
+
+        The advantages come from the critic of the scheme (learner or guide) and are scaled
+        by the part's weight (LOLS's α mix).
+        """
+        critic_name = part.scheme.critic if part is not None else LEARNER
+        weight = part.weight if part is not None else 1.0
+        critic = self.critics[critic_name]
         self.policy.model.eval()
-        self.critic.eval()
+        critic.eval()
+        width = batch.response.shape[1]
         lp, ref, val = [], [], []
         for sl in chunks(len(batch), self.cfg.rollout_batch_size):
             args = _slice(batch, sl)
-            lp.append(_pad_to(self.policy.response_logprobs(*args), batch.response.shape[1]))
-            ref.append(_pad_to(self.reference.response_logprobs(*args), batch.response.shape[1]))
-            val.append(_pad_to(self.critic.values(*args), batch.response.shape[1]))
+            lp.append(_pad_to(self.policy.response_logprobs(*args), width))
+            ref.append(_pad_to(self.reference.response_logprobs(*args), width))
+            val.append(_pad_to(critic.values(*args), width))
         old_logprobs, ref_logprobs, old_values = torch.cat(lp), torch.cat(ref), torch.cat(val)
         mask = batch.response_mask.float()
-        rewards, kl = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_ctl.value)
+        learner = batch.learner_mask.float()
+        rewards, kl = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_ctl.value, kl_mask=learner)
         advantages, returns = gae(rewards, old_values, mask, self.cfg.gamma, self.cfg.lam)
-        if self.cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, batch.learner_mask.float())
-        return Buffers(batch, scores, old_logprobs, ref_logprobs, old_values * mask, advantages, returns, kl)
+        if self.cfg.whiten_advantages and learner.sum() > 1:
+            advantages = masked_whiten(advantages, learner)
+        critic_id = torch.full((len(batch),), 1 if critic_name == GUIDE else 0, dtype=torch.long, device=self.device)
+        return Buffers(batch, scores, old_logprobs, ref_logprobs, old_values * mask, advantages * weight,
+                       returns, kl, critic_id)
 
     def update(self, buf: Buffers) -> dict:
         cfg = self.cfg
         self.policy.model.train()
-        self.critic.train()
+        for c in self.critics.values():
+            c.train()
         totals: dict[str, float] = {}
         steps = 0
         n = len(buf.batch)
@@ -196,7 +237,8 @@ class Trainer:
                     totals[k] = totals.get(k, 0.0) + v
                 steps += 1
         self.policy.model.eval()
-        self.critic.eval()
+        for c in self.critics.values():
+            c.eval()
         return {k: v / max(steps, 1) for k, v in totals.items()}
 
     def _minibatch_step(self, buf: Buffers, idx: torch.Tensor) -> dict:
@@ -206,35 +248,68 @@ class Trainer:
         width = trim_response_width(b.response_mask[idx])
         response, rmask = b.response[idx, :width], b.response_mask[idx, :width]
         pg_mask = b.learner_mask[idx, :width].float()
-        v_mask = rmask.float()
-        logprobs, entropy = self.policy.response_logprobs(query, qmask, response, rmask, with_entropy=True)
-        values = self.critic.values(query, qmask, response, rmask)
-        pol = clipped_policy_loss(logprobs, buf.old_logprobs[idx, :width], buf.advantages[idx, :width], pg_mask, cfg.clip_range)
-        v_loss = clipped_value_loss(values, buf.old_values[idx, :width], buf.returns[idx, :width], v_mask, cfg.clip_range_value)
-        ent = masked_mean(entropy, pg_mask)
-        loss = pol.pg_loss + cfg.vf_coef * v_loss - cfg.ent_coef * ent
+        out: dict[str, float] = {}
+        loss = torch.zeros((), device=self.device)
+        if pg_mask.sum() > 0:
+            logprobs, entropy = self.policy.response_logprobs(query, qmask, response, rmask, with_entropy=True)
+            pol = clipped_policy_loss(logprobs, buf.old_logprobs[idx, :width], buf.advantages[idx, :width], pg_mask,
+                                      cfg.clip_range)
+            ent = masked_mean(entropy, pg_mask)
+            loss = loss + pol.pg_loss - cfg.ent_coef * ent
+            out.update(pg_loss=pol.pg_loss.item(), entropy=ent.item(), approx_kl=pol.approx_kl.item(),
+                       clipfrac=pol.clipfrac.item())
+        # each critic learns the value of its own policy, on the tokens that policy generated
+        for cid, name in ((0, LEARNER), (1, GUIDE)):
+            rows = (buf.critic_id[idx] == cid).nonzero().flatten()
+            if name not in self.critics or len(rows) == 0:
+                continue
+            own = (b.learner_mask if name == LEARNER else b.guide_mask)[idx[rows], :width].float()
+            if own.sum() == 0:
+                continue
+            values = self.critics[name].values(query[rows], qmask[rows], response[rows], rmask[rows])
+            v_loss = clipped_value_loss(values, buf.old_values[idx[rows], :width], buf.returns[idx[rows], :width], own,
+                                        cfg.clip_range_value)
+            loss = loss + cfg.vf_coef * v_loss
+            out["v_loss" if name == LEARNER else "guide_v_loss"] = v_loss.item()
+        if not loss.requires_grad:
+            return out
         if not torch.isfinite(loss):
             raise RlgfError(
-                f"training diverged at iteration {self.iteration + 1}: the loss is {float(loss)}",
+                f"training diverged at iteration {self.iteration + 1}: the loss is {loss.item()}",
                 "lower --lr or --clip-range; the last good checkpoint is kept",
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
-        return {
-            "loss": float(loss),
-            "pg_loss": float(pol.pg_loss),
-            "v_loss": float(v_loss),
-            "entropy": float(ent),
-            "approx_kl": float(pol.approx_kl),
-            "clipfrac": float(pol.clipfrac),
-            "grad_norm": float(grad_norm),
-        }
+        out.update(loss=loss.item(), grad_norm=grad_norm.item())
+        return out
 
     # -- state --------------------------------------------------------------------
     def state(self) -> dict:
-        return {"iteration": self.iteration, "kl_controller": self.kl_ctl.state_dict(), "alg": self.cfg.alg}
+        return {"iteration": self.iteration, "kl_controller": self.kl_ctl.state_dict(), "alg": self.cfg.alg,
+                "guide_calls": self.engine.guide_calls}
+
+
+def _concat_buffers(parts: list[Buffers], pid: int) -> Buffers:
+    if len(parts) == 1:
+        return parts[0]
+    from .guided import _concat
+
+    def right(name: str) -> torch.Tensor:
+        return cat_padded([getattr(p, name) for p in parts], 0.0, "right")
+
+    return Buffers(
+        batch=_concat([p.batch for p in parts], pid, "+".join(p.batch.scheme for p in parts)),
+        scores=torch.cat([p.scores for p in parts]),
+        old_logprobs=right("old_logprobs"),
+        ref_logprobs=right("ref_logprobs"),
+        old_values=right("old_values"),
+        advantages=right("advantages"),
+        returns=right("returns"),
+        kl=right("kl"),
+        critic_id=torch.cat([p.critic_id for p in parts]),
+    )
 
 
 def _slice(batch: RolloutBatch, sl: slice):

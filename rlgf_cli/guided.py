@@ -1,0 +1,212 @@
+"""The roll-in / roll-out engine.
+
+For each episode a coin with probability β picks the roll-in policy (the scheme's mixed-in
+policy, else the roll-out policy itself). Where the two differ, a restart point ``k`` is
+drawn uniformly over the roll-in's generated length and the roll-out policy continues from
+prompt + the first ``k`` roll-in tokens: one batched ``generate`` call whose prefix is
+prefilled in one pass, never re-decoded.
+
+Tokens are always counted in the *learner's* tokenizer. A guide with the same vocabulary
+works on tokens directly; any other guide (another tokenizer, an API model) hands off at
+the text level and its text is re-tokenized by the learner.
+
+The returned :class:`RolloutBatch` marks, per token, who generated it (``learner_mask`` /
+``guide_mask``), so every loss can be masked to the tokens it belongs to.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from backends.base import Sampling, TokenPolicy
+from tasks.base import Example, Task
+
+from .algorithms import GUIDE, LEARNER, Scheme
+from .rollout import RolloutBatch, pad_id
+from .tensors import cat_padded, chunks
+
+
+def same_vocabulary(a, b) -> bool:
+    """Whether two policies share a tokenizer vocabulary (so tokens can be handed over as-is)."""
+    if not (isinstance(a, TokenPolicy) and isinstance(b, TokenPolicy)):
+        return False
+    if a.tokenizer is b.tokenizer:
+        return True
+    try:
+        return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+    except (AttributeError, NotImplementedError):  # pragma: no cover
+        return False
+
+
+class GuidedRollout:
+    """Collects episodes for one scheme with a learner and (optionally) a guide."""
+
+    def __init__(self, learner: TokenPolicy, guide, task: Task, *, max_new_tokens: int,
+                 min_new_tokens: int, sampling: Sampling, guide_sampling: Sampling | None = None) -> None:
+        self.learner = learner
+        self.guide = guide
+        self.task = task
+        self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens
+        self.sampling = sampling
+        self.guide_sampling = guide_sampling or sampling
+        self.token_guide = guide is not None and same_vocabulary(learner, guide)
+        self.guide_calls = 0
+
+    # -- public --------------------------------------------------------------------
+    @torch.no_grad()
+    def collect(self, examples: Sequence[Example], scheme: Scheme, beta: float,
+                generator: torch.Generator, batch_size: int) -> RolloutBatch:
+        parts = [self._collect_chunk(list(examples[sl]), scheme, beta, generator)
+                 for sl in chunks(len(examples), batch_size)]
+        return _concat(parts, pad_id(self.learner), scheme.name)
+
+    # -- one chunk -------------------------------------------------------------------
+    def _collect_chunk(self, examples: list[Example], scheme: Scheme, beta: float,
+                       generator: torch.Generator) -> RolloutBatch:
+        learner = self.learner
+        prompts = [ex.prompt for ex in examples]
+        n = len(prompts)
+        query, qmask = learner.encode_prompts(prompts, self.task.prompt_max_tokens)
+        query, qmask = query.to(learner.device), qmask.to(learner.device)
+        L = self.max_new_tokens
+        fixed_length = self.min_new_tokens >= L
+        # 1. the β-coin: does this episode switch from the mixed-in policy to the roll-out policy?
+        switch = torch.rand(n, generator=generator) < beta
+        if scheme.mix_roll_in == scheme.roll_out:
+            switch[:] = False
+        rows = switch.nonzero().flatten().tolist()
+        prefix = torch.full((n, 1), pad_id(learner), dtype=torch.long, device=learner.device)
+        prefix_len = torch.zeros(n, dtype=torch.long)
+        guide_calls_before = self.guide_calls
+        if rows:
+            # 2. restart points; with a fixed continuation length k is drawn before the roll-in,
+            # which then only needs max(k) steps
+            if fixed_length:
+                ks = torch.randint(0, L, (len(rows),), generator=generator)
+                roll_in_len = int(ks.max())
+            else:
+                ks, roll_in_len = None, L
+            if roll_in_len > 0:
+                tokens, tmask = self._roll_in(scheme.mix_roll_in, query[rows], qmask[rows], [prompts[i] for i in rows],
+                                              roll_in_len)
+                lengths = tmask.sum(1).cpu()
+                if ks is None:  # k uniform over {0, …, m-1} of the generated length m
+                    u = torch.rand(len(rows), generator=generator)
+                    ks = (u * lengths.clamp(min=1).float()).long()
+                ks = torch.minimum(ks, lengths)
+                width = max(int(ks.max()), 1)
+                prefix = torch.full((n, width), pad_id(learner), dtype=torch.long, device=learner.device)
+                for j, i in enumerate(rows):
+                    k = int(ks[j])
+                    prefix[i, :k] = tokens[j, :k]
+                    prefix_len[i] = k
+        pmask = (torch.arange(prefix.shape[1]).unsqueeze(0) < prefix_len.unsqueeze(1)).long().to(learner.device)
+        # 3. the roll-out policy completes every episode (prefix of length 0 where there was no switch)
+        response, rmask = self._roll_out(scheme.roll_out, query, qmask, prompts, prefix, pmask)
+        positions = torch.arange(response.shape[1], device=response.device).unsqueeze(0)
+        in_prefix = positions < prefix_len.to(response.device).unsqueeze(1)
+        roll_in_is_guide = scheme.mix_roll_in == GUIDE
+        roll_out_is_guide = scheme.roll_out == GUIDE
+        guide_tok = torch.where(in_prefix, roll_in_is_guide, roll_out_is_guide) & rmask.bool()
+        learner_tok = rmask.bool() & ~guide_tok
+        return RolloutBatch(
+            examples=examples,
+            prompts=prompts,
+            completions=learner.decode(response, rmask),
+            query=query,
+            query_mask=qmask,
+            response=response,
+            response_mask=rmask,
+            learner_mask=learner_tok.long(),
+            guide_mask=guide_tok.long(),
+            restart=prefix_len.to(response.device),
+            scheme=scheme.name,
+            stats={
+                "learner_tokens": int(learner_tok.sum()),
+                "guide_tokens": int(guide_tok.sum()),
+                "guide_calls": self.guide_calls - guide_calls_before,
+                "switched_episodes": len(rows),
+            },
+        )
+
+    # -- the two halves ----------------------------------------------------------------
+    def _roll_in(self, who: str, query, qmask, prompts: list[str], steps: int):
+        """Generate ``steps`` roll-in tokens (learner tokens) for the given rows."""
+        if who == LEARNER or self.token_guide:
+            policy = self.learner if who == LEARNER else self.guide
+            if who == GUIDE:
+                self.guide_calls += len(prompts)
+            return policy.generate(query, qmask, max_new_tokens=steps, min_new_tokens=min(self.min_new_tokens, steps),
+                                   sampling=self.sampling if who == LEARNER else self.guide_sampling)
+        texts = self._guide_text(prompts, steps)
+        return self.learner.encode_responses(texts, steps)
+
+    def _roll_out(self, who: str, query, qmask, prompts: list[str], prefix, pmask):
+        L = self.max_new_tokens
+        if who == LEARNER or self.token_guide:
+            policy = self.learner if who == LEARNER else self.guide
+            if who == GUIDE:
+                self.guide_calls += len(prompts)
+            return policy.generate(query, qmask, max_new_tokens=L, min_new_tokens=self.min_new_tokens,
+                                   sampling=self.sampling if who == LEARNER else self.guide_sampling,
+                                   prefix=prefix, prefix_mask=pmask)
+        # text-level hand-off: the guide continues prompt + decoded learner prefix
+        lengths = pmask.sum(1).tolist()
+        prefix_texts = self.learner.decode(prefix, pmask)
+        rows = []
+        # group by remaining length so each request asks for the right number of tokens
+        by_room: dict[int, list[int]] = {}
+        for i, k in enumerate(lengths):
+            by_room.setdefault(L - int(k), []).append(i)
+        continuations: list[str] = [""] * len(prompts)
+        for room, idx in by_room.items():
+            if room <= 0:
+                continue
+            texts = self._guide_text([prompts[i] + prefix_texts[i] for i in idx], room)
+            for i, t in zip(idx, texts):
+                continuations[i] = t
+        cont, cmask = self.learner.encode_responses(continuations, L)
+        for i, k in enumerate(lengths):
+            k = int(k)
+            c = cont[i][cmask[i].bool()].tolist()[: L - k]
+            rows.append(prefix[i, :k].tolist() + c)
+        pid = pad_id(self.learner)
+        width = max(max((len(r) for r in rows), default=1), 1)
+        response = torch.full((len(rows), width), pid, dtype=torch.long, device=self.learner.device)
+        rmask = torch.zeros_like(response)
+        for i, r in enumerate(rows):
+            response[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            rmask[i, : len(r)] = 1
+        return response, rmask
+
+    def _guide_text(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        self.guide_calls += len(prompts)
+        return self.guide.complete(prompts, max_new_tokens=max_new_tokens,
+                                   min_new_tokens=min(self.min_new_tokens, max_new_tokens),
+                                   sampling=self.guide_sampling)
+
+
+def _concat(parts: list[RolloutBatch], pid: int, name: str) -> RolloutBatch:
+    if len(parts) == 1:
+        return parts[0]
+    stats: dict = {}
+    for p in parts:
+        for k, v in p.stats.items():
+            stats[k] = stats.get(k, 0) + v
+    return RolloutBatch(
+        examples=[e for p in parts for e in p.examples],
+        prompts=[x for p in parts for x in p.prompts],
+        completions=[x for p in parts for x in p.completions],
+        query=cat_padded([p.query for p in parts], pid, "left"),
+        query_mask=cat_padded([p.query_mask for p in parts], 0, "left"),
+        response=cat_padded([p.response for p in parts], pid, "right"),
+        response_mask=cat_padded([p.response_mask for p in parts], 0, "right"),
+        learner_mask=cat_padded([p.learner_mask for p in parts], 0, "right"),
+        guide_mask=cat_padded([p.guide_mask for p in parts], 0, "right"),
+        restart=torch.cat([p.restart for p in parts]),
+        scheme=name,
+        stats=stats,
+    )
