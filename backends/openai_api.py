@@ -1,0 +1,342 @@
+"""The ``openai`` backend: a black-box guide behind any OpenAI-compatible completions API.
+
+Spec ``openai:MODEL`` (everything after the first colon is the model, so fine-tuned names
+like ``openai:ft:davinci-002:org::id`` work). It talks to ``POST {base_url}/completions``
+through the official ``openai`` SDK; the base URL is ``base_url=``, else
+``$OPENAI_BASE_URL``, else ``https://api.openai.com/v1`` (``rlgf serve`` and vLLM work too).
+
+Key policy. The key comes from ``api_key=`` or ``$OPENAI_API_KEY``. With neither, talking
+to ``api.openai.com`` is an error that says how to set the key; any other server gets a
+placeholder key (local servers such as ``rlgf serve`` without ``--api-key`` or vLLM accept
+anything, and one that wants a key answers 401, reported with the same hint). The key is
+only handed to the SDK client: it never appears in ``repr``, ``describe()``, ``stats()``,
+log lines, error messages (server messages are redacted) or the cache.
+
+Robustness. The SDK's own retries are off; :meth:`OpenAIPolicy.complete` sends a batch as
+requests of ``prompts_per_request`` prompts on at most ``max_concurrency`` threads, each
+with a ``timeout``, retried up to ``max_retries`` times with exponential backoff and jitter
+on 408/409/429 (honouring ``Retry-After``), 5xx, timeouts, dropped connections and
+malformed replies. Other errors, and the last failure, become :class:`RlgfError`.
+
+What the API cannot do: beam search (``can_beam_search = False``; asking raises),
+``top_k`` and ``min_new_tokens`` (dropped: OpenAI rejects unknown fields; a short
+completion can come back). With ``extensions=True`` both are sent as the ``top_k`` and
+``min_tokens`` fields that vLLM and ``rlgf serve`` understand.
+
+Caching and sampling. Every completion is stored (see :mod:`backends.completion_cache`).
+Greedy requests use sample index 0. With sampling, the k-th time this policy object is
+asked the same (prompt, length, decoding) it uses sample index k, so within a run repeated
+prompts get fresh samples while a re-run of the same calls in the same order is served
+entirely from the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+from .base import Policy, Sampling
+from .cache import cache_dir
+from .completion_cache import CompletionCache, cache_key, endpoint_of
+from .errors import RlgfError
+from .openai_payload import cost_usd, create_payload, is_greedy, price_for, sampling_params
+from .openai_transport import Transport
+from .token_budget import GuideBudgetExhausted, TokenBudget, token_counter
+
+__all__ = ["OpenAIPolicy", "GuideBudgetExhausted", "TokenBudget"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: sent when a non-OpenAI server is used without a key (never a real credential)
+PLACEHOLDER_KEY = "rlgf-no-key"
+_MAX_CALIBRATION = 8.0
+
+
+class OpenAIPolicy(Policy):
+    """A guide policy served by an OpenAI-compatible completions endpoint."""
+
+    backend = "openai"
+    needs_key = True
+    key_env_var = "OPENAI_API_KEY"
+    trainable = False
+    can_beam_search = False
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        model: str | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_concurrency: int = 8,
+        max_retries: int = 6,
+        cache_path: str | os.PathLike | bool | None = None,
+        budget: TokenBudget | int | None = None,
+        price_per_1k: float | tuple[float, float] | None = None,
+        prompts_per_request: int = 1,
+        extensions: bool = False,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+    ) -> None:
+        super().__init__(spec)
+        if model is None:
+            model = spec.split(":", 1)[1] if spec.startswith("openai:") else spec
+        if not model.strip():
+            raise RlgfError(f"no model name in {spec!r}", hint="write it as openai:MODEL, e.g. openai:davinci-002")
+        self.model = model
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if not re.match(r"^https?://[^/]+", self.base_url):
+            raise RlgfError(
+                f"the OpenAI base URL {self.base_url!r} is not an http(s) URL",
+                hint="e.g. http://127.0.0.1:8000/v1 (OPENAI_BASE_URL works too)",
+            )
+        self.endpoint = endpoint_of(self.base_url)
+        _check_positive(timeout=timeout, max_concurrency=max_concurrency, prompts_per_request=prompts_per_request)
+        if max_retries is None or max_retries < 0:
+            raise RlgfError(f"openai backend: max_retries must be >= 0, got {max_retries!r}")
+        key = api_key or os.environ.get(self.key_env_var) or None
+        self._key_source = "argument" if api_key else (f"${self.key_env_var}" if key else None)
+        if key is None:
+            if self.endpoint.split("/")[0].split(":")[0] == "api.openai.com":
+                raise RlgfError(
+                    f"the openai backend needs an API key and {self.key_env_var} is not set",
+                    hint=f"export {self.key_env_var}=sk-... (read from the environment, never stored), "
+                    "or point OPENAI_BASE_URL at a local OpenAI-compatible server such as `rlgf serve`",
+                )
+        self.timeout = float(timeout)
+        self.max_concurrency = int(max_concurrency)
+        self.prompts_per_request = int(prompts_per_request)
+        self.extensions = bool(extensions)
+        self.price = price_for(model, price_per_1k)
+        self.budget = TokenBudget(budget) if isinstance(budget, int) else budget
+        self._count, self.token_count_source = token_counter(model)
+        self._ratio = 1.0  # calibration: server prompt tokens / our raw estimate (largest seen)
+        self._lock = threading.Lock()
+        self._occurrences: dict[str, int] = {}
+        self._stats = dict.fromkeys(
+            ("calls", "completions", "api_completions", "cache_hits", "prompt_tokens", "completion_tokens"), 0
+        )
+        self._cost = 0.0
+        if cache_path is False:
+            self.cache = None
+        else:
+            path = Path(cache_path) if cache_path not in (None, True) else cache_dir("openai") / "completions.sqlite"
+            self.cache = CompletionCache(path)
+        self._pool: ThreadPoolExecutor | None = None
+        import openai
+
+        client = openai.OpenAI(
+            api_key=key or PLACEHOLDER_KEY, base_url=self.base_url, timeout=self.timeout, max_retries=0
+        )
+        self._transport = Transport(
+            client,
+            model=model,
+            base_url=self.base_url,
+            endpoint=self.endpoint,
+            timeout=self.timeout,
+            max_retries=int(max_retries),
+            backoff_base=float(backoff_base),
+            backoff_cap=float(backoff_cap),
+            secrets=[key] if key else [],
+            key_env_var=self.key_env_var,
+            budget=self.budget,
+        )
+
+    @classmethod
+    def from_spec(cls, arg: str, *, spec: str | None = None, device=None, **kwargs) -> "OpenAIPolicy":
+        """Registry entry: ``arg`` is the model (after ``openai:``); ``device`` is ignored."""
+        return cls(spec or f"openai:{arg}", model=arg, **kwargs)
+
+    # -- public ---------------------------------------------------------------
+    @property
+    def max_retries(self) -> int:
+        return self._transport.max_retries
+
+    def describe(self) -> str:
+        return f"openai:{self.model} at {self.endpoint}"
+
+    def __repr__(self) -> str:
+        key = f"key from {self._key_source}" if self._key_source else "no key"
+        return f"OpenAIPolicy(model={self.model!r}, base_url={self.base_url!r}, {key})"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since construction, as a flat dict.
+
+        ``requests`` (HTTP attempts), ``retries``, ``calls`` (successful requests),
+        ``completions`` (returned), ``cache_hits`` (returned from the cache),
+        ``api_completions`` (generated by the server), ``prompt_tokens`` /
+        ``completion_tokens`` / ``total_tokens`` (server-reported usage, else our estimate),
+        ``possibly_billed_tokens`` (estimates of requests whose reply was lost), ``cost_usd``
+        (None without a price), ``token_count_source``, and ``budget_*`` with a budget.
+        """
+        with self._lock:
+            out: dict[str, Any] = dict(self._stats)
+            cost = self._cost
+        out.update(self._transport.counts)
+        out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+        out["cost_usd"] = round(cost, 6) if self.price else None
+        out["token_count_source"] = self.token_count_source
+        if self.budget is not None:
+            out.update(self.budget.as_dict())
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        """Our pre-call estimate of ``text``'s prompt tokens (tiktoken when available offline)."""
+        return self._count(text)
+
+    def list_models(self) -> list[str]:
+        """Model ids the server offers (``GET /v1/models``)."""
+        return self._transport.list_models()
+
+    def validate(self) -> None:
+        """Check the server offers :attr:`model`; raises RlgfError listing what it offers."""
+        models = self.list_models()
+        if self.model not in models:
+            raise self._transport.unknown_model(models)
+
+    def complete(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        sampling: Sampling = Sampling(),
+    ) -> list[str]:
+        """One completion per prompt, from the cache where possible.
+
+        Raises :class:`GuideBudgetExhausted` *before sending anything* when the uncached part
+        of the batch could pass the budget (estimated prompt tokens + ``max_new_tokens`` each).
+        """
+        params = sampling_params(sampling, extensions=self.extensions)
+        if self.extensions and min_new_tokens > 0:
+            params["min_tokens"] = int(min(min_new_tokens, max_new_tokens))
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        if max_new_tokens <= 0:
+            return [""] * len(prompts)
+        keyed = self._keys(prompts, max_new_tokens, params, is_greedy(sampling))
+        keys = [k for k, _ in keyed]
+        found = self.cache.get_many(keys) if self.cache is not None else {}
+        pending: dict[str, tuple[str, int]] = {}
+        for (key, idx), prompt in zip(keyed, prompts):
+            if key not in found and key not in pending:
+                pending[key] = (prompt, idx)
+        with self._lock:
+            self._stats["completions"] += len(prompts)
+            self._stats["cache_hits"] += sum(k in found for k in keys)
+        if pending:
+            found.update(self._fetch(pending, max_new_tokens, params, sampling, min_new_tokens))
+        return [found[k][0] for k in keys]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._transport.client.close()
+        if self.cache is not None:
+            self.cache.close()
+
+    def __enter__(self) -> "OpenAIPolicy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- batching -------------------------------------------------------------
+    def _keys(self, prompts: list[str], max_tokens: int, params: dict, greedy: bool) -> list[tuple[str, int]]:
+        """(cache key, sample index) per prompt; advances the per-prompt sample counters."""
+        keyed = []
+        with self._lock:
+            for p in prompts:
+                idx = 0
+                if not greedy:
+                    base = cache_key(self.model, self.endpoint, p, max_tokens, params, -1)
+                    idx = self._occurrences.get(base, 0)
+                    self._occurrences[base] = idx + 1
+                keyed.append((cache_key(self.model, self.endpoint, p, max_tokens, params, idx), idx))
+        return keyed
+
+    def _fetch(self, pending: dict[str, tuple[str, int]], max_tokens: int, params: dict,
+               sampling: Sampling, min_tokens: int) -> dict[str, tuple[str, str | None]]:
+        items = list(pending.items())
+        size = self.prompts_per_request
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        ests = [self._estimate([p for _, (p, _) in c], max_tokens) for c in chunks]
+        if self.budget is not None:
+            self.budget.reserve(sum(e[0] for e in ests), what=f"{len(items)} uncached guide completions")
+
+        def run(i: int) -> dict[str, tuple[str, str | None]]:
+            return self._run_chunk(chunks[i], ests[i], max_tokens, params, sampling, min_tokens)
+
+        results: dict[str, tuple[str, str | None]] = {}
+        if len(chunks) == 1:
+            results.update(run(0))
+            return results
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="rlgf-openai")
+        futures = [self._pool.submit(run, i) for i in range(len(chunks))]
+        error: BaseException | None = None
+        for fut in futures:  # wait for every chunk: finished ones are cached either way
+            try:
+                results.update(fut.result())
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                if error is None or (isinstance(error, GuideBudgetExhausted) and not isinstance(exc, GuideBudgetExhausted)):
+                    error = exc
+        if error is not None:
+            raise error
+        return results
+
+    def _estimate(self, prompts: list[str], max_tokens: int) -> tuple[int, int]:
+        """(tokens to reserve, raw prompt-token estimate) for one request."""
+        raw = sum(self._count(p) for p in prompts)
+        return math.ceil(raw * self._ratio) + max_tokens * len(prompts), raw
+
+    def _run_chunk(self, chunk, est, max_tokens, params, sampling, min_tokens):
+        reserved, raw_prompt = est
+        prompts = [p for _, (p, _) in chunk]
+        settled = False
+        try:
+            payload = create_payload(self.model, prompts, max_tokens=max_tokens, sampling=sampling,
+                                     min_tokens=params.get("min_tokens", 0), extensions=self.extensions)
+            parsed = self._transport.request(payload, len(prompts), reserved)
+            p_tok = parsed.prompt_tokens if parsed.prompt_tokens is not None else math.ceil(raw_prompt * self._ratio)
+            c_tok = parsed.completion_tokens
+            if c_tok is None:
+                c_tok = sum(self._count(t) for t in parsed.texts)
+            with self._lock:
+                if parsed.prompt_tokens is not None and raw_prompt > 0:
+                    self._ratio = min(_MAX_CALIBRATION, max(self._ratio, parsed.prompt_tokens / raw_prompt))
+                self._stats["calls"] += 1
+                self._stats["api_completions"] += len(prompts)
+                self._stats["prompt_tokens"] += p_tok
+                self._stats["completion_tokens"] += c_tok
+                self._cost += cost_usd(p_tok, c_tok, self.price) or 0.0
+            if self.budget is not None:
+                self.budget.settle(reserved, p_tok + c_tok)
+                settled = True
+            rows = [
+                dict(key=key, model=self.model, endpoint=self.endpoint, prompt=prompt, max_tokens=max_tokens,
+                     params=params, sample_index=idx, text=text, finish_reason=reason)
+                for (key, (prompt, idx)), text, reason in zip(chunk, parsed.texts, parsed.finish_reasons)
+            ]
+            if self.cache is not None:
+                self.cache.put_many(rows)
+            return {r["key"]: (r["text"], r["finish_reason"]) for r in rows}
+        finally:
+            if self.budget is not None and not settled:
+                self.budget.release(reserved)
+
+
+def _check_positive(**values) -> None:
+    for name, value in values.items():
+        if value is None or value <= 0:
+            raise RlgfError(f"openai backend: {name} must be > 0, got {value!r}")
