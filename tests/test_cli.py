@@ -1,0 +1,121 @@
+"""The CLI as users and scripts see it: help, version, and one [error] line for bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rlgf(*args, cwd=None, env=None, timeout=120):
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("RLGF_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "rlgf_cli", *args],
+        capture_output=True, text=True, cwd=cwd or ROOT, env=full_env, timeout=timeout,
+    )
+
+
+def assert_error(proc, *needles):
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("[error] ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_help_lists_commands_and_does_not_import_torch():
+    proc = rlgf("--help")
+    assert proc.returncode == 0
+    for cmd in ("train", "eval", "tasks", "backends"):
+        assert cmd in proc.stdout
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; from rlgf_cli.app import app; print('torch' in sys.modules)"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert probe.stdout.strip() == "False"
+
+
+def test_version():
+    from rlgf_cli import __version__
+
+    proc = rlgf("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"rlgf {__version__}"
+
+
+def test_usage_error_exits_2():
+    proc = rlgf("train", "--iterations", "many")
+    assert proc.returncode == 2
+
+
+def test_tasks_and_backends_json():
+    import json
+
+    tasks = json.loads(rlgf("tasks", "--json").stdout)
+    assert any(t["name"] == "rotten-tomatoes" and t["default_learner"] == "smollm2" for t in tasks)
+    backends = json.loads(rlgf("backends", "--json").stdout)
+    assert {"hf", "openai"} <= {b["name"] for b in backends}
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["train", "--task", "rotten-tomatos"], ["unknown task", "did you mean", "rotten-tomatoes"]),
+        (["train", "--alg", "ppx"], ["unknown algorithm", "did you mean"]),
+        (["train", "--alg", "d2lols"], ["needs a guide", "--guide"]),
+        (["train", "--iterations", "0"], ["--iterations must be >= 1"]),
+        (["train", "--gamma", "1.5"], ["--gamma must be in [0, 1]"]),
+        (["train", "--clip-range", "0"], ["--clip-range"]),
+        (["train", "--minibatch-size", "100", "--episodes", "10"], ["minibatch"]),
+        (["train", "--device", "tpu"], ["unknown device"]),
+        (["train", "--config", "no-such.toml"], ["config file not found"]),
+        (["train", "--learner", "hx:gpt2"], ["did you mean", "hf"]),
+        (["train", "--learner", "./no/such/folder"], ["no/such/folder"]),
+        (["eval"], ["nothing to evaluate"]),
+        (["eval", "--checkpoint", "no-such-dir"], ["checkpoint folder not found"]),
+        (["eval", "--policy", "smollm2", "--split", "dev"], ["unknown split"]),
+        (["eval", "--policy", "smollm2", "--limit", "0"], ["--limit must be >= 1"]),
+    ],
+)
+def test_bad_input_gives_one_error_line(tmp_path, args, needles):
+    out = tmp_path / "run"
+    if args[0] == "train":
+        args = [*args, "--out", str(out), "--device", "cpu"] if "--device" not in args else [*args, "--out", str(out)]
+    proc = rlgf(*args, cwd=tmp_path)
+    assert_error(proc, *needles)
+    assert not out.exists(), "a failed command must leave no run folder behind"
+
+
+def test_bad_config_file_values(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepisodes = 'lots'\n")
+    assert_error(rlgf("train", "--config", str(bad), "--out", str(tmp_path / "r")), "episodes", "wrong type")
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[train]\nlearning_rat = 0.1\n")
+    assert_error(rlgf("train", "--config", str(typo), "--out", str(tmp_path / "r")), "unknown key", "did you mean")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[train\n")
+    assert_error(rlgf("train", "--config", str(broken), "--out", str(tmp_path / "r")), "not valid TOML")
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")
+    assert_error(rlgf("train", "--out", str(out), "--device", "cpu"), "already holds a run", "--overwrite")
+    assert (out / "metrics.jsonl").read_text() == "{}\n"
+
+
+def test_corrupt_data_file(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "fine movie", "label": 1}\nnot json at all\n')
+    out = tmp_path / "run"
+    proc = rlgf("train", "--data", str(data), "--out", str(out), "--device", "cpu")
+    assert_error(proc, "data.jsonl")
+    assert not out.exists()
