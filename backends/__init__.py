@@ -1,0 +1,39 @@
+"""Policies: the base types, the backend registry and the embedded default model.
+
+``import backends`` stays light (no torch, no transformers); the heavy modules load when a
+backend is resolved or an attribute such as :class:`HFPolicy` is first used.
+"""
+
+from __future__ import annotations
+
+from .base import GREEDY, Policy, Sampling, TokenPolicy
+from .cache import cache_dir
+from .errors import RlgfError
+from .registry import aliases, available, backends, load_backend, resolve
+
+__all__ = [
+    "GREEDY",
+    "Policy",
+    "Sampling",
+    "TokenPolicy",
+    "RlgfError",
+    "cache_dir",
+    "aliases",
+    "available",
+    "backends",
+    "load_backend",
+    "resolve",
+    "HFPolicy",
+    "Critic",
+]
+
+_LAZY = {"HFPolicy": ("backends.hf", "HFPolicy"), "Critic": ("backends.critic", "Critic")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module_name, attr = _LAZY[name]
+        return getattr(importlib.import_module(module_name), attr)
+    raise AttributeError(f"module 'backends' has no attribute {name!r}")

@@ -1,0 +1,173 @@
+"""Which backends exist and how a spec string becomes a :class:`~backends.base.Policy`.
+
+Backends are registered lazily as ``"module:Class"`` strings, so listing them (``rlgf
+backends``, ``rlgf --help``) imports neither torch nor transformers. Third-party packages add
+backends through the ``rlgf.backends`` entry-point group::
+
+    [project.entry-points."rlgf.backends"]
+    mybackend = "my_package.module:MyPolicy"
+
+Spec strings:
+
+* ``hf:NAME_OR_PATH`` — a transformers folder or hub id; ``openai:MODEL`` — an API model;
+* ``PLUGIN:ARG`` — any entry-point backend;
+* an alias (``smollm2``: the embedded SmolLM2-135M-Instruct);
+* a bare existing folder — a transformers model folder.
+
+A backend class is built with ``Class.from_spec(arg, device=..., spec=..., **kwargs)`` when it
+has that classmethod, else ``Class(arg, **kwargs)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import logging
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from . import embedded
+from .errors import RlgfError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "rlgf.backends"
+
+BUILTIN: dict[str, str] = {
+    "hf": "backends.hf:HFPolicy",
+    "openai": "backends.openai_api:OpenAIPolicy",
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "hf": "local Hugging Face transformers model, causal or seq2seq (trainable): hf:gpt2, hf:./runs/x/final",
+    "openai": "OpenAI-compatible completions API (text only; guide or evaluation): openai:davinci-002",
+}
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    try:
+        return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except Exception as exc:  # noqa: BLE001 - broken metadata must not break the CLI
+        log.warning("could not read the %s entry points: %s", ENTRY_POINT_GROUP, exc)
+        return []
+
+
+def backends() -> dict[str, dict]:
+    """``name → {"target", "source", "description"}``, built-ins first."""
+    found: dict[str, dict] = {
+        name: {"target": target, "source": "built-in", "description": DESCRIPTIONS.get(name, "")}
+        for name, target in BUILTIN.items()
+    }
+    for ep in _entry_points():
+        name = ep.name.strip().lower()
+        if name in found:
+            if found[name]["target"] != ep.value:
+                log.warning(
+                    "ignoring the entry point %s = %s: %r is already registered as %s",
+                    name, ep.value, name, found[name]["target"],
+                )
+            continue
+        dist = getattr(ep, "dist", None)
+        package = getattr(dist, "name", None) if dist is not None else None
+        found[name] = {
+            "target": ep.value,
+            "source": "entry point",
+            "description": f"plug-in from {package}" if package else "plug-in",
+        }
+    return found
+
+
+def available() -> list[dict]:
+    """Backends for ``rlgf backends``: dicts with name, target, source and description."""
+    return [{"name": name, **info} for name, info in backends().items()]
+
+
+def aliases() -> list[dict]:
+    """Built-in model aliases: dicts with name and description."""
+    return [{"name": name, "description": text} for name, text in embedded.ALIASES.items()]
+
+
+def load_backend(name: str) -> type:
+    """Import and return the policy class registered as ``name``."""
+    known = backends()
+    if name not in known:
+        raise _unknown("backend", name, list(known))
+    target = known[name]["target"]
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attr) if attr else module
+    except (ImportError, AttributeError) as exc:
+        raise RlgfError(
+            f"the backend {name!r} ({target}) could not be loaded: {exc}",
+            "install the package that provides it (or its missing dependency)",
+        ) from exc
+    return cls
+
+
+def _unknown(kind: str, name: str, choices: list[str]) -> RlgfError:
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return RlgfError(f"unknown {kind} {name!r}", f"{hint}known {kind}s: {', '.join(sorted(choices))}")
+
+
+def _build(cls: type, arg: str, *, spec: str, device, progress, kwargs: dict):
+    factory = getattr(cls, "from_spec", None)
+    if factory is None:
+        return cls(arg, **kwargs)
+    extra = {"device": device, "spec": spec, "progress": progress}
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, value in extra.items():
+        if key in params or (takes_any and key != "progress"):
+            kwargs.setdefault(key, value)
+    return factory(arg, **kwargs)
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or "/" in spec or "\\" in spec
+
+
+def resolve(spec: str, *, device="cpu", progress: Callable[[str], None] | None = None, **kwargs):
+    """Turn a spec string into a ready :class:`~backends.base.Policy`.
+
+    ``progress`` receives one-line messages about slow first-time work (converting the
+    embedded model). Other keyword arguments (``dtype``…) go to the backend.
+    """
+    text = (spec or "").strip()
+    if not text:
+        raise RlgfError("empty model spec", "use hf:NAME_OR_PATH, openai:MODEL, a model folder, or smollm2")
+    lowered = text.lower()
+    if lowered in embedded.ALIASES:
+        return embedded.load_smollm2(device=device, progress=progress, spec=text, **kwargs)
+    known = backends()
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix.lower() in known:
+        name = prefix.lower()
+        rest = rest.strip()
+        if not rest:
+            raise RlgfError(f"{text!r} names no model", f"write {name}:MODEL (e.g. {name}:gpt2)")
+        if name == "hf" and rest.lower() in embedded.ALIASES:
+            return embedded.load_smollm2(device=device, progress=progress, spec=text, **kwargs)
+        cls = load_backend(name)
+        return _build(cls, rest, spec=text, device=device, progress=progress, kwargs=dict(kwargs))
+    path = Path(text).expanduser()
+    if path.is_dir():
+        cls = load_backend("hf")
+        return _build(cls, str(path), spec=text, device=device, progress=progress, kwargs=dict(kwargs))
+    if sep and len(prefix) > 1 and not _looks_like_path(prefix):
+        raise _unknown("backend", prefix, list(known))
+    if _looks_like_path(text):
+        raise RlgfError(f"no such folder: {text}", "check the path, or use hf:ORG/NAME for a hub model")
+    names = list(embedded.ALIASES) + [f"{b}:" for b in known]
+    close = difflib.get_close_matches(lowered, list(embedded.ALIASES) + list(known), n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    raise RlgfError(
+        f"unknown model {text!r}",
+        f"{hint}use one of: {', '.join(names)} (e.g. hf:{text} for a Hugging Face model, or a model folder)",
+    )

@@ -1,0 +1,118 @@
+"""Shared fixtures: tiny randomly initialised models saved as ordinary transformers folders.
+
+* ``tiny_causal_dir`` — a 2-layer Llama (hidden 32) with a byte-level BPE tokenizer (no merges,
+  so every byte is a token) that adds ``<s>`` like Llama tokenizers do; pad ``<pad>``, eos ``</s>``.
+* ``tiny_seq2seq_dir`` — a 2-layer T5 (d_model 32) with the ByT5 tokenizer (needs no files).
+
+Both are built from configs (nothing is downloaded), once per test session, with a fixed seed.
+Load them with ``HFPolicy.load(str(path))`` or ``backends.resolve(f"hf:{path}")``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def make_byte_tokenizer():
+    """A GPT-2-like byte-level tokenizer (260 tokens) that prepends ``<s>``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def make_tiny_causal(tokenizer=None, seed: int = 0):
+    """``(model, tokenizer)``: a tiny Llama sized to the tokenizer's vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or make_byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    return model, tokenizer
+
+
+def make_tiny_seq2seq(seed: int = 0):
+    """``(model, tokenizer)``: a tiny T5 with the ByT5 tokenizer."""
+    import torch
+    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+
+    tokenizer = ByT5Tokenizer()
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config).eval()
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_dir(tmp_path_factory):
+    """Folder of a tiny causal LM (Llama, byte-level tokenizer with BOS)."""
+    model, tokenizer = make_tiny_causal()
+    path = tmp_path_factory.mktemp("tiny-causal")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_seq2seq_dir(tmp_path_factory):
+    """Folder of a tiny seq2seq LM (T5, ByT5 tokenizer)."""
+    model, tokenizer = make_tiny_seq2seq()
+    path = tmp_path_factory.mktemp("tiny-seq2seq")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Run a test with one torch thread (tiny models are far faster so on a busy 2-core box).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
