@@ -27,11 +27,14 @@ Caching and sampling. Every completion is stored (see :mod:`backends.completion_
 Greedy requests use sample index 0. With sampling, the k-th time this policy object is
 asked the same (prompt, length, decoding) it uses sample index k, so within a run repeated
 prompts get fresh samples while a re-run of the same calls in the same order is served
-entirely from the cache.
+entirely from the cache. With ``seed=``, sampled requests carry a per-request seed derived
+from it (servers that honour ``seed`` then reproduce a run even with a cold cache) and the
+seed is part of the cache key, so runs with different seeds get different samples.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -83,6 +86,7 @@ class OpenAIPolicy(Policy):
         price_per_1k: float | tuple[float, float] | None = None,
         prompts_per_request: int = 1,
         extensions: bool = False,
+        seed: int | None = None,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
     ) -> None:
@@ -115,6 +119,7 @@ class OpenAIPolicy(Policy):
         self.max_concurrency = int(max_concurrency)
         self.prompts_per_request = int(prompts_per_request)
         self.extensions = bool(extensions)
+        self.seed = seed
         self.price = price_for(model, price_per_1k)
         self.budget = TokenBudget(budget) if isinstance(budget, int) else budget
         self._count, self.token_count_source = token_counter(model)
@@ -216,6 +221,8 @@ class OpenAIPolicy(Policy):
         of the batch could pass the budget (estimated prompt tokens + ``max_new_tokens`` each).
         """
         params = sampling_params(sampling, extensions=self.extensions)
+        if self.seed is not None and not is_greedy(sampling):
+            params["run_seed"] = int(self.seed)  # other seeds, other samples (cache key only)
         if self.extensions and min_new_tokens > 0:
             params["min_tokens"] = int(min(min_new_tokens, max_new_tokens))
         prompts = list(prompts)
@@ -307,6 +314,9 @@ class OpenAIPolicy(Policy):
         try:
             payload = create_payload(self.model, prompts, max_tokens=max_tokens, sampling=sampling,
                                      min_tokens=params.get("min_tokens", 0), extensions=self.extensions)
+            if "run_seed" in params:  # a seed per request, so each sample index differs and replays
+                digest = hashlib.sha256(f"{self.seed}:{','.join(k for k, _ in chunk)}".encode()).hexdigest()
+                payload["seed"] = int(digest[:8], 16) & 0x7FFFFFFF
             parsed = self._transport.request(payload, len(prompts), reserved)
             p_tok = parsed.prompt_tokens if parsed.prompt_tokens is not None else math.ceil(raw_prompt * self._ratio)
             c_tok = parsed.completion_tokens

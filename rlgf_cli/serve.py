@@ -25,6 +25,8 @@ import hmac
 import json
 import logging
 import random
+import socket
+import socketserver
 import sys
 import threading
 import time
@@ -70,6 +72,8 @@ class CompletionServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address, handler, policy: Policy, *, api_key: str | None, model_name: str | None):
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
         self.policy = policy
         self.api_key = api_key or None
@@ -86,6 +90,11 @@ class CompletionServer(ThreadingHTTPServer):
         with self._counts_lock:
             for name, value in by.items():
                 self.counts[name] += value
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN, which can stall without DNS
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
     def handle_error(self, request, client_address) -> None:
         # a client that hangs up mid-request is routine; keep tracebacks out of the console
@@ -108,6 +117,8 @@ class CompletionHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "rlgf-serve"
+    timeout = 300  # seconds a kept-alive or stalled connection may sit idle
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
     server: CompletionServer
 
     # -- plumbing -----------------------------------------------------------------

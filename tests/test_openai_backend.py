@@ -326,6 +326,18 @@ def test_sampling_gets_fresh_samples_within_a_run_and_replays_across_runs(server
     assert server.counts["completion_requests"] == 3
 
 
+def test_seed_is_part_of_the_sampled_cache_key(server, tmp_path):
+    path = tmp_path / "c.sqlite"
+    sampling = Sampling(temperature=0.8)
+    # seed 1: sampled + greedy are new; seed 1 again: both cached; seed 2: only the sampled one is new
+    for seed, new_calls in ((1, 2), (1, 0), (2, 1)):
+        before = server.counts["completion_requests"]
+        with make_policy(server.url, cache_path=path, seed=seed) as p:
+            p.complete(["abc"], max_new_tokens=12, sampling=sampling)
+            p.complete(["abc"], max_new_tokens=12, sampling=GREEDY)  # greedy: shared by every seed
+        assert server.counts["completion_requests"] - before == new_calls
+
+
 # -- budget -------------------------------------------------------------------------------
 def test_budget_stops_before_the_cap(server):
     cap = 120

@@ -10,8 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import openai
 import pytest
@@ -184,6 +182,23 @@ def test_tiny_hf_model_served_and_used_as_a_guide(tiny_causal_dir, tmp_path):
                 for _ in range(2))
         assert a.choices[0].text == b.choices[0].text  # same seed, same sample
         client.close()
+
+
+def test_seeded_guides_reproduce_samples_with_a_cold_cache(tiny_causal_dir):
+    from backends.base import Sampling
+    from backends.hf import HFPolicy
+    from backends.openai_api import OpenAIPolicy
+
+    sampling = Sampling(temperature=1.0)
+    prompts = ["the movie", "the movie", "a film"]  # a repeated prompt must still get two samples
+    with running(make_server(HFPolicy.load(str(tiny_causal_dir)), "127.0.0.1", 0, model_name="tiny")) as srv:
+        def run(seed):
+            with OpenAIPolicy("openai:tiny", base_url=srv.url, cache_path=False, seed=seed) as guide:
+                return guide.complete(prompts, max_new_tokens=8, sampling=sampling)
+
+        first = run(5)
+        assert first == run(5) and first != run(6)
+        assert first[0] != first[1]
 
 
 # -- the command --------------------------------------------------------------------------
