@@ -38,7 +38,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,19 +45,16 @@ from typing import Any, Sequence
 
 from .base import Policy, Sampling
 from .cache import cache_dir
-from .completion_cache import CompletionCache, cache_key, endpoint_of
+from .completion_cache import CompletionCache, cache_key
 from .errors import RlgfError
 from .openai_payload import cost_usd, create_payload, is_greedy, price_for, sampling_params
-from .openai_transport import Transport
+from .openai_transport import PLACEHOLDER_KEY, Transport, resolve_connection
 from .token_budget import GuideBudgetExhausted, TokenBudget, token_counter
 
 __all__ = ["OpenAIPolicy", "GuideBudgetExhausted", "TokenBudget"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-#: sent when a non-OpenAI server is used without a key (never a real credential)
-PLACEHOLDER_KEY = "rlgf-no-key"
 _MAX_CALIBRATION = 8.0
 
 
@@ -96,25 +92,10 @@ class OpenAIPolicy(Policy):
         if not model.strip():
             raise RlgfError(f"no model name in {spec!r}", hint="write it as openai:MODEL, e.g. openai:davinci-002")
         self.model = model
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        if not re.match(r"^https?://[^/]+", self.base_url):
-            raise RlgfError(
-                f"the OpenAI base URL {self.base_url!r} is not an http(s) URL",
-                hint="e.g. http://127.0.0.1:8000/v1 (OPENAI_BASE_URL works too)",
-            )
-        self.endpoint = endpoint_of(self.base_url)
+        self.base_url, self.endpoint, key, self._key_source = resolve_connection(base_url, api_key, self.key_env_var)
         _check_positive(timeout=timeout, max_concurrency=max_concurrency, prompts_per_request=prompts_per_request)
         if max_retries is None or max_retries < 0:
             raise RlgfError(f"openai backend: max_retries must be >= 0, got {max_retries!r}")
-        key = api_key or os.environ.get(self.key_env_var) or None
-        self._key_source = "argument" if api_key else (f"${self.key_env_var}" if key else None)
-        if key is None:
-            if self.endpoint.split("/")[0].split(":")[0] == "api.openai.com":
-                raise RlgfError(
-                    f"the openai backend needs an API key and {self.key_env_var} is not set",
-                    hint=f"export {self.key_env_var}=sk-... (read from the environment, never stored), "
-                    "or point OPENAI_BASE_URL at a local OpenAI-compatible server such as `rlgf serve`",
-                )
         self.timeout = float(timeout)
         self.max_concurrency = int(max_concurrency)
         self.prompts_per_request = int(prompts_per_request)

@@ -21,20 +21,50 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import random
 import re
 import threading
 import time
 from typing import Any
 
+from .completion_cache import endpoint_of
 from .errors import RlgfError
 from .openai_payload import MalformedResponse, ParsedCompletion, backoff_delay, parse_completion, parse_retry_after
 from .token_budget import GuideBudgetExhausted, TokenBudget
 
 log = logging.getLogger("backends.openai_api")
 
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: sent when a non-OpenAI server is used without a key (never a real credential)
+PLACEHOLDER_KEY = "rlgf-no-key"
 _KEY_LIKE = re.compile(r"sk-[A-Za-z0-9_\-*.]{3,}")
 RETRY_STATUSES = (408, 409, 429)
+
+
+def resolve_connection(base_url: str | None, api_key: str | None, key_env_var: str) -> tuple[str, str, str | None, str | None]:
+    """``(base_url, endpoint, key, key_source)`` from the arguments, else the environment.
+
+    No key is an error only for ``api.openai.com``; other servers get :data:`PLACEHOLDER_KEY`
+    from the caller (``key`` is then None). ``key_source`` names where the key came from,
+    never the key.
+    """
+    url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    if not re.match(r"^https?://[^/]+", url):
+        raise RlgfError(
+            f"the OpenAI base URL {url!r} is not an http(s) URL",
+            hint="e.g. http://127.0.0.1:8000/v1 (OPENAI_BASE_URL works too)",
+        )
+    endpoint = endpoint_of(url)
+    key = api_key or os.environ.get(key_env_var) or None
+    source = "argument" if api_key else (f"${key_env_var}" if key else None)
+    if key is None and endpoint.split("/")[0].split(":")[0] == "api.openai.com":
+        raise RlgfError(
+            f"the openai backend needs an API key and {key_env_var} is not set",
+            hint=f"export {key_env_var}=sk-... (read from the environment, never stored), "
+            "or point OPENAI_BASE_URL at a local OpenAI-compatible server such as `rlgf serve`",
+        )
+    return url, endpoint, key, source
 
 
 class Transport:

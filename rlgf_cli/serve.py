@@ -30,14 +30,13 @@ import socketserver
 import sys
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from backends.base import Policy, Sampling
+from backends.base import Policy
 from backends.errors import RlgfError
 
-from .serve_request import ApiError, CompletionRequest, parse_completion_request
+from .serve_request import ApiError, CompletionRequest, build_reply, parse_completion_request
 
 log = logging.getLogger(__name__)
 
@@ -243,11 +242,7 @@ class CompletionHandler(BaseHTTPRequestHandler):
     def complete(self, req: CompletionRequest) -> dict:
         server = self.server
         expanded = [p for p in req.prompts for _ in range(req.n)]
-        sampling = (
-            Sampling(do_sample=False)
-            if req.temperature == 0
-            else Sampling(do_sample=True, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k)
-        )
+        sampling = req.sampling()
         try:
             with server.model_lock:
                 if req.seed is not None:
@@ -265,43 +260,11 @@ class CompletionHandler(BaseHTTPRequestHandler):
             raise ApiError(500, f"the policy failed: {type(exc).__name__}: {exc}", type_="server_error") from None
         if len(texts) != len(expanded):
             raise ApiError(500, "the policy returned the wrong number of completions", type_="server_error")
-        choices, completion_tokens = [], 0
-        for i, text in enumerate(texts):
-            reason = "length"
-            cut = _first_stop(text, req.stop)
-            if cut is not None:
-                text, reason = text[:cut], "stop"
-            n_tokens = server.count_tokens(text)
-            completion_tokens += n_tokens
-            if cut is None and n_tokens < req.max_tokens:
-                reason = "stop"
-            if req.echo:
-                text = req.prompts[i // req.n] + text
-            choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
-        prompt_tokens = sum(server.count_tokens(p) for p in req.prompts)
-        server.bump(
-            completion_requests=1,
-            completions=len(choices),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        )
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": server.model_name,
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
+        body = build_reply(req, texts, server.count_tokens, server.model_name)
+        usage = body["usage"]
+        server.bump(completion_requests=1, completions=len(texts), prompt_tokens=usage["prompt_tokens"],
+                    completion_tokens=usage["completion_tokens"])
+        return body
 
 
 def _seed_everything(seed: int) -> None:

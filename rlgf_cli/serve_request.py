@@ -1,13 +1,23 @@
-"""Validating a ``POST /v1/completions`` body for ``rlgf serve`` (pure functions, no I/O).
+"""The ``POST /v1/completions`` contract of ``rlgf serve`` as pure functions (no I/O).
 
-Every problem becomes an :class:`ApiError` carrying the HTTP status and an OpenAI-style
-error object, never an exception that would kill a request thread.
+:func:`parse_completion_request` checks a body; every problem becomes an :class:`ApiError`
+carrying the HTTP status and an OpenAI-style error object, never an exception that would kill
+a request thread. :func:`build_reply` turns the policy's texts into the reply.
+
+``usage`` and ``finish_reason`` come from re-counting the returned text with the policy's
+tokenizer (``Policy.complete`` returns text only), so they can differ from the generated
+token count by a token where a tokenizer does not round-trip; ``"length"`` means the text
+holds at least ``max_tokens`` tokens, ``"stop"`` a stop string or an earlier end.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+from backends.base import Sampling
 
 MAX_PROMPTS = 256
 MAX_N = 64
@@ -50,6 +60,11 @@ class CompletionRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     echo: bool = False
+
+    def sampling(self) -> Sampling:
+        if self.temperature == 0:
+            return Sampling(do_sample=False)
+        return Sampling(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
 
 
 def _bad(param: str, message: str) -> ApiError:
@@ -169,3 +184,36 @@ def _refuse_unsupported(body: dict, n: int) -> None:
     bias = body.get("logit_bias")
     if bias not in (None, {}):
         raise _bad("logit_bias", "logit_bias is not supported by rlgf serve")
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def build_reply(req: CompletionRequest, texts: list[str], count_tokens: Callable[[str], int], model: str) -> dict:
+    """The reply for ``texts`` (``n`` per prompt, in order); prompt tokens count once per prompt."""
+    choices, completion_tokens = [], 0
+    for i, text in enumerate(texts):
+        cut = _first_stop(text, req.stop)
+        if cut is not None:
+            text = text[:cut]
+        n_tokens = count_tokens(text)
+        completion_tokens += n_tokens
+        reason = "stop" if cut is not None or n_tokens < req.max_tokens else "length"
+        if req.echo:
+            text = req.prompts[i // req.n] + text
+        choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
+    prompt_tokens = sum(count_tokens(p) for p in req.prompts)
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
