@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -483,7 +482,9 @@ def ensure_classifier(
             if facts is None:
                 if final.exists():  # an unfinished leftover (no reward.json): start over
                     shutil.rmtree(final, ignore_errors=True)
-                tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+                tmp = root / f".{key}.{os.getpid()}.tmp"  # os.mkdir honours the umask
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
                 try:
                     facts = train_classifier(
                         train, test, tmp, encoder=encoder, config=config, progress=progress, device=device
