@@ -21,6 +21,9 @@ def train_command(
     guide: Annotated[Optional[str], typer.Option(help="Guide policy spec for ppo++/aggrevated/lols/d2lols: a model spec or checkpoint folder.")] = None,
     beta: Annotated[Optional[float], typer.Option(help="Mixing probability β. [default: PPO++ 0.2, AggreVaTeD 0.8]", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="LOLS advantage mix / D2LOLS switch fraction α. [default: 0.8]", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
+    guide_base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server for an openai: guide (vLLM, llama.cpp, `rlgf serve`…). Default: $OPENAI_BASE_URL.", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
+    guide_budget_tokens: Annotated[Optional[int], typer.Option(help="Stop cleanly (with a checkpoint) before the API guide spends more than N prompt+completion tokens.", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
+    guide_price_per_1k: Annotated[Optional[float], typer.Option(help="USD per 1,000 guide tokens, for the cost report.", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
     init: Annotated[Optional[str], typer.Option(help="Warm-start the learner from this spec or checkpoint folder.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Task data file or folder (default: the task's own source).")] = None,
     reward_model: Annotated[Optional[str], typer.Option(help="Reward classifier folder (sentiment tasks).")] = None,
@@ -59,6 +62,8 @@ def train_command(
 
       rlgf train --alg d2lols --guide runs/bc/final --out runs/d2lols
 
+      rlgf train --alg ppo++ --guide openai:davinci-002 --guide-budget-tokens 200000
+
       rlgf train --config my.toml --seed 3
 
     Writes OUT/metrics.jsonl (one line per iteration), OUT/config.toml (the resolved
@@ -71,7 +76,8 @@ def train_command(
 
     cfg = build_config(
         str(config) if config else None,
-        task=task, alg=alg, learner=learner, guide=guide, beta=beta, alpha=alpha, init=init, data=data, reward_model=reward_model,
+        task=task, alg=alg, learner=learner, guide=guide, beta=beta, alpha=alpha, init=init,
+        guide_base_url=guide_base_url, guide_budget_tokens=guide_budget_tokens, guide_price_per_1k=guide_price_per_1k, data=data, reward_model=reward_model,
         iterations=iterations, episodes=episodes, seed=seed, out=out, device=device,
         save_every=save_every, max_new_tokens=max_new_tokens, rollout_batch_size=rollout_batch_size,
         lr=lr, epochs=epochs, minibatch_size=minibatch_size, gamma=gamma, lam=lam,
@@ -88,6 +94,8 @@ def train_command(
         typer.echo(text)
     elif json_out:
         write_atomic(json_out, text)
+    if summary.get("stopped"):
+        err_console.print(f"stopped early: {summary['stopped']}; checkpoint in {summary['final']}", markup=False)
     if not quiet:
         last = summary.get("last", {})
         reward = f", last reward {last['reward_mean']:.3f}" if "reward_mean" in last else ""

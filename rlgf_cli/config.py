@@ -36,6 +36,12 @@ class TrainConfig:
     learner: str | None = None
     #: guide policy spec for the guided algorithms
     guide: str | None = None
+    #: base URL of an OpenAI-compatible server for an ``openai:`` guide (else $OPENAI_BASE_URL)
+    guide_base_url: str | None = None
+    #: cap on the API guide's prompt + completion tokens for the run (0 = no cap)
+    guide_budget_tokens: int = 0
+    #: price per 1,000 guide tokens in USD, for the cost report (default: known list prices)
+    guide_price_per_1k: float | None = None
     #: warm-start the learner from this spec or checkpoint folder (the paper's BC+Alg rows)
     init: str | None = None
     #: task data file or folder (default: the task's own source)
@@ -108,7 +114,9 @@ class TrainConfig:
             )
         _positive_int(self, "iterations", "episodes", "epochs", "minibatch_size", "rollout_batch_size", "kl_horizon")
         _non_negative(self, "weight_decay", "vf_coef", "ent_coef", "kl_coef", "target_kl", "max_grad_norm")
-        _non_negative_int(self, "save_every", "seed")
+        _non_negative_int(self, "save_every", "seed", "guide_budget_tokens")
+        if self.guide_price_per_1k is not None and not (self.guide_price_per_1k >= 0):
+            raise _range_error("guide_price_per_1k", self.guide_price_per_1k, ">= 0")
         _in_range(self, "gamma", 0.0, 1.0)
         _in_range(self, "lam", 0.0, 1.0)
         _in_range(self, "alpha", 0.0, 1.0)
@@ -212,7 +220,8 @@ def _check_types(cfg: TrainConfig) -> None:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if ok:
                 setattr(cfg, f.name, float(value))
-        elif isinstance(default, str) or f.name in ("learner", "guide", "init", "data", "reward_model", "out"):
+        elif isinstance(default, str) or f.name in ("learner", "guide", "init", "data", "reward_model", "out",
+                                                            "guide_base_url"):
             ok = isinstance(value, str)
         else:
             ok = True
@@ -221,7 +230,7 @@ def _check_types(cfg: TrainConfig) -> None:
                 f"config value {f.name} = {value!r} has the wrong type",
                 f"expected {type(default).__name__ if default is not None else 'a string'}",
             )
-    for name in ("lr", "beta"):
+    for name in ("lr", "beta", "guide_price_per_1k"):
         value = getattr(cfg, name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):

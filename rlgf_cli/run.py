@@ -54,6 +54,21 @@ def load_policy(spec: str, device: str):
     return policy
 
 
+def guide_options(cfg: TrainConfig) -> dict:
+    """Backend options for an API guide (the key itself only ever comes from the environment)."""
+    if not (cfg.guide or "").lower().startswith("openai:"):
+        return {}
+    opts: dict = {}
+    if cfg.guide_base_url:
+        opts["base_url"] = cfg.guide_base_url
+    if cfg.guide_budget_tokens:
+        opts["budget"] = cfg.guide_budget_tokens
+    if cfg.guide_price_per_1k is not None:
+        opts["price_per_1k"] = cfg.guide_price_per_1k
+    opts["seed"] = cfg.seed
+    return opts
+
+
 def prepare_out_dir(cfg: TrainConfig, overwrite: bool) -> Path:
     out = cfg.out_dir()
     if out.exists() and not out.is_dir():
@@ -95,7 +110,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, callback: Callback | Non
         guide = None
         if needs_guide(cfg.alg):
             callback("message", {"text": f"loading guide {cfg.guide}"})
-            guide = resolve(cfg.guide, device=device)
+            guide = resolve(cfg.guide, device=device, **guide_options(cfg))
         reference = load_policy(learner_spec, device)
         guide_critic = policy.make_critic() if needs_guide_critic(cfg.alg) else None
         trainer = Trainer(cfg, task, policy, reference, policy.make_critic(), callback,
@@ -119,13 +134,24 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, callback: Callback | Non
             config_toml=config_toml,
         )
 
+    from backends.token_budget import GuideBudgetExhausted
+
+    guide = getattr(trainer, "guide", None)
     callback("start", {"total": cfg.iterations, "out": str(out)})
     started = time.perf_counter()
     last: dict = {}
+    stopped = None
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as log:
         try:
             for _ in range(cfg.iterations):
-                last = trainer.step()
+                try:
+                    last = trainer.step()
+                except GuideBudgetExhausted as exc:
+                    stopped = f"guide budget exhausted after {trainer.iteration} iterations ({exc.message})"
+                    callback("message", {"text": f"stopping: {stopped}"})
+                    break
+                if hasattr(guide, "stats"):
+                    last.update({f"guide_api_{k}": v for k, v in guide.stats().items() if not isinstance(v, str)})
                 log.write(json.dumps(last) + "\n")
                 log.flush()
                 callback("iteration", last)
@@ -149,6 +175,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, callback: Callback | Non
         "out": str(out),
         "final": str(final),
         "seconds": time.perf_counter() - started,
+        "stopped": stopped,
+        "guide_stats": guide.stats() if hasattr(guide, "stats") else None,
         "last": last,
         "task_info": task.info(),
     }
