@@ -21,6 +21,8 @@ def eval_command(
     reference: Annotated[Optional[str], typer.Option(help="Frozen model for output_perplexity. Default: the checkpoint's initial learner, else the task's default learner.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Task data file or folder.")] = None,
     reward_model: Annotated[Optional[str], typer.Option(help="Reward classifier folder (sentiment tasks).")] = None,
+    reward: Annotated[Optional[str], typer.Option(help="Reward: a task's named reward or module:function.")] = None,
+    bertscore_model: Annotated[Optional[str], typer.Option(help="BERTScore model name or folder (CommonGen).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON to FILE ('-' for stdout).")] = None,
@@ -38,6 +40,7 @@ def eval_command(
     from backends.errors import RlgfError
 
     from .evaluate import run_eval
+    from .run import task_options
 
     specs = [str(c) for c in (checkpoint or [])] + list(policy or [])
     if not specs:
@@ -59,7 +62,7 @@ def eval_command(
         limit=limit,
         seed=seed,
         reference_spec=reference,
-        task_options={k: v for k, v in {"data": data, "reward_model": reward_model}.items() if v},
+        task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model),
         device=device,
         batch_size=batch_size,
         quiet=quiet,

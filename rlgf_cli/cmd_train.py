@@ -27,6 +27,8 @@ def train_command(
     init: Annotated[Optional[str], typer.Option(help="Warm-start the learner from this spec or checkpoint folder.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Task data file or folder (default: the task's own source).")] = None,
     reward_model: Annotated[Optional[str], typer.Option(help="Reward classifier folder (sentiment tasks).")] = None,
+    reward: Annotated[Optional[str], typer.Option(help="Reward: a task's named reward (e.g. cider_d, spider) or module:function.")] = None,
+    bertscore_model: Annotated[Optional[str], typer.Option(help="BERTScore model name or folder (CommonGen).")] = None,
     iterations: Annotated[Optional[int], typer.Option(help="Training iterations. [default: 10]", rich_help_panel=_RUN)] = None,
     episodes: Annotated[Optional[int], typer.Option(help="Episodes (prompts) per iteration. [default: 64]", rich_help_panel=_RUN)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same run on CPU. [default: 0]", rich_help_panel=_RUN)] = None,
@@ -77,7 +79,7 @@ def train_command(
     cfg = build_config(
         str(config) if config else None,
         task=task, alg=alg, learner=learner, guide=guide, beta=beta, alpha=alpha, init=init,
-        guide_base_url=guide_base_url, guide_budget_tokens=guide_budget_tokens, guide_price_per_1k=guide_price_per_1k, data=data, reward_model=reward_model,
+        guide_base_url=guide_base_url, guide_budget_tokens=guide_budget_tokens, guide_price_per_1k=guide_price_per_1k, data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
         iterations=iterations, episodes=episodes, seed=seed, out=out, device=device,
         save_every=save_every, max_new_tokens=max_new_tokens, rollout_batch_size=rollout_batch_size,
         lr=lr, epochs=epochs, minibatch_size=minibatch_size, gamma=gamma, lam=lam,

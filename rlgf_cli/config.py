@@ -48,6 +48,10 @@ class TrainConfig:
     data: str | None = None
     #: reward classifier folder (sentiment tasks; default: the task's own)
     reward_model: str | None = None
+    #: reward to train on: a task's named reward (e.g. cider_d, spider) or module:function
+    reward: str | None = None
+    #: BERTScore model (a name or local folder) for tasks that report bertscore_f1
+    bertscore_model: str | None = None
     #: number of training iterations (one rollout batch + one update each)
     iterations: int = 10
     #: episodes (prompts) per iteration
@@ -220,7 +224,7 @@ def _check_types(cfg: TrainConfig) -> None:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if ok:
                 setattr(cfg, f.name, float(value))
-        elif isinstance(default, str) or f.name in ("learner", "guide", "init", "data", "reward_model", "out",
+        elif isinstance(default, str) or f.name in ("learner", "guide", "init", "data", "reward_model", "out", "reward", "bertscore_model",
                                                             "guide_base_url"):
             ok = isinstance(value, str)
         else:

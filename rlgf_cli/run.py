@@ -35,14 +35,14 @@ def resolve_device(name: str) -> str:
 def build_task(cfg: TrainConfig):
     from tasks import get_task
 
-    options = {}
-    if cfg.data:
-        options["data"] = cfg.data
-    if cfg.reward_model:
-        options["reward_model"] = cfg.reward_model
-    if cfg.max_new_tokens:
-        options["max_new_tokens"] = cfg.max_new_tokens
+    options = task_options(data=cfg.data, reward_model=cfg.reward_model, reward=cfg.reward,
+                           bertscore_model=cfg.bertscore_model, max_new_tokens=cfg.max_new_tokens)
     return get_task(cfg.task, **options)
+
+
+def task_options(**values) -> dict:
+    """The task options a user actually gave (``None`` means "the task's default")."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def load_policy(spec: str, device: str):
