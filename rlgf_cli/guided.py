@@ -59,6 +59,8 @@ class GuidedRollout:
     @torch.no_grad()
     def collect(self, examples: Sequence[Example], scheme: Scheme, beta: float,
                 generator: torch.Generator, batch_size: int) -> RolloutBatch:
+        if not examples:  # e.g. LOLS's PPO++ half of a one-episode iteration (round(0.5) == 0)
+            return _empty(self.learner, scheme.name)
         parts = [self._collect_chunk(list(examples[sl]), scheme, beta, generator)
                  for sl in chunks(len(examples), batch_size)]
         return _concat(parts, pad_id(self.learner), scheme.name)
@@ -187,6 +189,13 @@ class GuidedRollout:
         return self.guide.complete(prompts, max_new_tokens=max_new_tokens,
                                    min_new_tokens=min(self.min_new_tokens, max_new_tokens),
                                    sampling=self.guide_sampling)
+
+
+def _empty(learner: TokenPolicy, name: str) -> RolloutBatch:
+    none = torch.zeros((0, 1), dtype=torch.long, device=learner.device)
+    return RolloutBatch(examples=[], prompts=[], completions=[], query=none, query_mask=none, response=none,
+                        response_mask=none, learner_mask=none, guide_mask=none, restart=none[:, 0], scheme=name,
+                        stats={"learner_tokens": 0, "guide_tokens": 0, "guide_calls": 0, "switched_episodes": 0})
 
 
 def _concat(parts: list[RolloutBatch], pid: int, name: str) -> RolloutBatch:
