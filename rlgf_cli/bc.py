@@ -73,4 +73,9 @@ class BCTrainer:
         }
 
     def state(self) -> dict:
-        return {"iteration": self.iteration, "alg": "bc"}
+        return {"iteration": self.iteration, "alg": "bc", "sampler": self.sampler.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.iteration = int(state["iteration"])
+        if "sampler" in state:
+            self.sampler.load_state_dict(state["sampler"])

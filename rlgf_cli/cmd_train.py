@@ -35,10 +35,11 @@ def train_command(
     out: Annotated[Optional[str], typer.Option(help="Run folder. [default: runs/TASK-ALG-seedN]", rich_help_panel=_RUN)] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. [default: auto]", rich_help_panel=_RUN)] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML file with any of these settings; flags override it.", rich_help_panel=_RUN)] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N iterations (0: only the final one).", rich_help_panel=_RUN)] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N iterations (0: only the final one). [default: 1]", rich_help_panel=_RUN)] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).", rich_help_panel=_RUN)] = None,
     rollout_batch_size: Annotated[Optional[int], typer.Option(help="Episodes per generation chunk. [default: 32]", rich_help_panel=_RUN)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.", rich_help_panel=_RUN)] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its latest checkpoint (flags such as --iterations or --guide-budget-tokens override its config).", rich_help_panel=_RUN)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate. [default: 1e-6; BC 1e-5]", rich_help_panel=_PPO)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="PPO epochs per iteration. [default: 5]", rich_help_panel=_PPO)] = None,
     minibatch_size: Annotated[Optional[int], typer.Option(help="Episodes per minibatch. [default: 16]", rich_help_panel=_PPO)] = None,
@@ -68,6 +69,8 @@ def train_command(
 
       rlgf train --config my.toml --seed 3
 
+      rlgf train --resume runs/ppo --iterations 40
+
     Writes OUT/metrics.jsonl (one line per iteration), OUT/config.toml (the resolved
     config), OUT/final/ (a plain transformers folder, with critic and optimizer state
     beside it) and OUT/summary.json.
@@ -76,6 +79,15 @@ def train_command(
     from .progress import TrainProgress
     from .run import train
 
+    if resume is not None:
+        from backends.errors import RlgfError
+
+        if config is not None or out is not None:
+            raise RlgfError("--resume takes its settings and folder from the run", "drop --config/--out, or start a new run")
+        config = resume / "config.toml"
+        if not config.is_file():
+            raise RlgfError(f"{resume} holds no rlgf run (config.toml missing)", "pass the --out folder of an earlier run")
+        out = str(resume)
     cfg = build_config(
         str(config) if config else None,
         task=task, alg=alg, learner=learner, guide=guide, beta=beta, alpha=alpha, init=init,
@@ -88,7 +100,7 @@ def train_command(
     )
     progress = TrainProgress(quiet=quiet)
     try:
-        summary = train(cfg, overwrite=overwrite, callback=progress)
+        summary = train(cfg, overwrite=overwrite, resume=resume is not None, callback=progress)
     finally:
         progress.close()
     text = json.dumps(summary, indent=2)

@@ -94,10 +94,11 @@ class TrainConfig:
     device: str = "auto"
     #: run folder
     out: str | None = None
-    #: write a checkpoint every N iterations (0 = only the final one)
-    save_every: int = 0
+    #: write a checkpoint every N iterations (0 = only the final one); with 1 a killed run
+    #: loses at most one iteration on --resume
+    save_every: int = 1
     #: how many periodic checkpoints to keep
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 1
 
     # -- derived -----------------------------------------------------------------
     @property

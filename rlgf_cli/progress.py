@@ -34,7 +34,7 @@ class TrainProgress:
                     console=err_console,
                 )
                 self.progress.start()
-                self.task_id = self.progress.add_task("train", total=payload["total"], status="")
+                self.task_id = self.progress.add_task("train", total=payload["total"], completed=payload.get("done", 0), status="")
             err_console.print(f"run folder: {payload['out']}", markup=False)
         elif event == "iteration":
             line = format_iteration(payload)

@@ -15,7 +15,16 @@ import torch
 
 from backends.errors import RlgfError
 
-from .checkpoint import prune_checkpoints, save_checkpoint, set_seed
+from .checkpoint import (
+    CRITIC_DIRS,
+    is_checkpoint,
+    prune_checkpoints,
+    read_state,
+    restore_rng_state,
+    save_checkpoint,
+    set_seed,
+)
+from .files import write_atomic
 from .config import TrainConfig
 from .trainer import Callback, _noop
 
@@ -54,15 +63,22 @@ def load_policy(spec: str, device: str):
     return policy
 
 
-def guide_options(cfg: TrainConfig) -> dict:
-    """Backend options for an API guide (the key itself only ever comes from the environment)."""
+def guide_options(cfg: TrainConfig, used: int = 0) -> dict:
+    """Backend options for an API guide (the key itself only ever comes from the environment).
+
+    ``used`` tokens (from a resumed run) count against ``--guide-budget-tokens``."""
     if not (cfg.guide or "").lower().startswith("openai:"):
         return {}
     opts: dict = {}
     if cfg.guide_base_url:
         opts["base_url"] = cfg.guide_base_url
     if cfg.guide_budget_tokens:
-        opts["budget"] = cfg.guide_budget_tokens
+        from backends.token_budget import TokenBudget
+
+        budget = TokenBudget(cfg.guide_budget_tokens)
+        if used:
+            budget.charge(int(used))
+        opts["budget"] = budget
     if cfg.guide_price_per_1k is not None:
         opts["price_per_1k"] = cfg.guide_price_per_1k
     opts["seed"] = cfg.seed
@@ -82,47 +98,75 @@ def prepare_out_dir(cfg: TrainConfig, overwrite: bool) -> Path:
     return out
 
 
-def train(cfg: TrainConfig, *, overwrite: bool = False, callback: Callback | None = None) -> dict:
-    """Run training as configured; returns the summary (also written to ``OUT/summary.json``)."""
+def latest_checkpoint(out: Path) -> Path | None:
+    """The complete checkpoint with the highest iteration in a run folder (``final/`` or
+    ``checkpoints/iter-NNNN/``); temporary (half-written) folders are never considered."""
+    candidates = [out / "final", *sorted((out / "checkpoints").glob("iter-*"))]
+    best, best_iter = None, -1
+    for path in candidates:
+        if path.is_dir() and not path.name.startswith(".") and is_checkpoint(path):
+            it = int(read_state(path).get("iteration", -1))
+            if it > best_iter:
+                best, best_iter = path, it
+    return best
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop metric lines of iterations after ``iteration`` (they were not checkpointed)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("iteration", 0) <= iteration:
+                keep.append(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+    write_atomic(path, "\n".join(keep)) if keep else path.write_text("", encoding="utf-8")
+
+
+def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
+          callback: Callback | None = None) -> dict:
+    """Run training as configured; returns the summary (also written to ``OUT/summary.json``).
+
+    With ``resume=True`` the run continues from the latest checkpoint in ``cfg.out``:
+    weights, critics, optimizer, KL controller, prompt order, RNG states and iteration.
+    """
     callback = callback or _noop
-    out = prepare_out_dir(cfg, overwrite)
+    out = cfg.out_dir()
+    ckpt: Path | None = None
+    if resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise RlgfError(f"no checkpoint to resume in {out}", "start the run without --resume")
+    else:
+        prepare_out_dir(cfg, overwrite)
     task = build_task(cfg)
     device = resolve_device(cfg.device)
-    learner_spec = cfg.init or cfg.learner or task.default_learner
+    state = read_state(ckpt) if ckpt else {}
+    learner_spec = state.get("learner") or cfg.init or cfg.learner or task.default_learner
     set_seed(cfg.seed)
-    callback("message", {"text": f"loading learner {learner_spec} on {device}"})
-    policy = load_policy(learner_spec, device)
+    load_from = str(ckpt) if ckpt else learner_spec
+    callback("message", {"text": f"loading learner {load_from} on {device}"})
+    policy = load_policy(load_from, device)
     prepare = getattr(task, "prepare", None)
     if prepare is not None:  # e.g. train the reward classifier once, before the run folder exists
         prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
+    trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
+    critics = getattr(trainer, "critics", {})
 
-    if cfg.alg == "bc":
-        from .bc import BCTrainer
-
-        trainer = BCTrainer(cfg, task, policy, callback)
-        critics = {}
-    else:
-        from backends import resolve
-
-        from .algorithms import needs_guide, needs_guide_critic
-        from .trainer import Trainer
-
-        guide = None
-        if needs_guide(cfg.alg):
-            callback("message", {"text": f"loading guide {cfg.guide}"})
-            guide = resolve(cfg.guide, device=device, **guide_options(cfg))
-        reference = load_policy(learner_spec, device)
-        guide_critic = policy.make_critic() if needs_guide_critic(cfg.alg) else None
-        trainer = Trainer(cfg, task, policy, reference, policy.make_critic(), callback,
-                          guide=guide, guide_critic=guide_critic)
-        critics = trainer.critics
-
-    if out.exists() and overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        if out.exists() and overwrite:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
     config_toml = cfg.to_toml()
-    (out / "config.toml").write_text(config_toml, encoding="utf-8")
-    set_seed(cfg.seed)  # same seed → same run, whatever loading consumed
+    write_atomic(out / "config.toml", config_toml)
+    if ckpt:
+        restore_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+        _truncate_metrics(out / "metrics.jsonl", trainer.iteration)
+        callback("message", {"text": f"resuming from {ckpt} (iteration {trainer.iteration})"})
+    else:
+        set_seed(cfg.seed)  # same seed → same run, whatever loading consumed
 
     def checkpoint(target: Path) -> Path:
         return save_checkpoint(
@@ -130,25 +174,26 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, callback: Callback | Non
             policy=policy,
             critics=critics,
             optimizer=trainer.optimizer,
-            state={**trainer.state(), "learner": learner_spec, "task": cfg.task},
+            state={**trainer.state(), "learner": learner_spec, "task": cfg.task,
+                   **_guide_state(getattr(trainer, "guide", None))},
             config_toml=config_toml,
         )
 
     from backends.token_budget import GuideBudgetExhausted
 
     guide = getattr(trainer, "guide", None)
-    callback("start", {"total": cfg.iterations, "out": str(out)})
+    callback("start", {"total": cfg.iterations, "done": trainer.iteration, "out": str(out)})
     started = time.perf_counter()
     last: dict = {}
     stopped = None
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as log:
         try:
-            for _ in range(cfg.iterations):
+            while trainer.iteration < cfg.iterations:
                 try:
                     last = trainer.step()
                 except GuideBudgetExhausted as exc:
                     stopped = f"guide budget exhausted after {trainer.iteration} iterations ({exc.message})"
-                    callback("message", {"text": f"stopping: {stopped}"})
+                    callback("message", {"text": f"stopping: {stopped}; resume with a larger --guide-budget-tokens"})
                     break
                 if hasattr(guide, "stats"):
                     last.update({f"guide_api_{k}": v for k, v in guide.stats().items() if not isinstance(v, str)})
@@ -162,16 +207,20 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, callback: Callback | Non
         except KeyboardInterrupt:
             path = checkpoint(out / "checkpoints" / f"iter-{trainer.iteration:04d}")
             raise Interrupted(
-                f"interrupted after {trainer.iteration} iterations", f"checkpoint saved in {path}"
+                f"interrupted after {trainer.iteration} iterations",
+                f"checkpoint saved in {path}; continue with rlgf train --resume {out}",
             ) from None
     final = checkpoint(out / "final")
     callback("checkpoint", {"path": str(final)})
+    if hasattr(guide, "close"):
+        guide.close()
     summary = {
         "task": cfg.task,
         "alg": cfg.alg,
         "learner": learner_spec,
         "guide": cfg.guide,
         "iterations": trainer.iteration,
+        "resumed_from": str(ckpt) if ckpt else None,
         "out": str(out),
         "final": str(final),
         "seconds": time.perf_counter() - started,
@@ -180,5 +229,47 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, callback: Callback | Non
         "last": last,
         "task_info": task.info(),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _guide_state(guide) -> dict:
+    if not hasattr(guide, "stats"):
+        return {}
+    stats = guide.stats()
+    return {"guide_budget_used_tokens": stats.get("budget_used_tokens", stats.get("total_tokens", 0))}
+
+
+def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: str, callback, ckpt: Path | None,
+                   state: dict):
+    """The trainer for ``cfg.alg``, with its state restored from ``ckpt`` when resuming."""
+    if cfg.alg == "bc":
+        from .bc import BCTrainer
+
+        trainer = BCTrainer(cfg, task, policy, callback)
+    else:
+        from backends import resolve
+        from backends.critic import Critic
+
+        from .algorithms import needs_guide, needs_guide_critic
+        from .trainer import Trainer
+
+        guide = None
+        if needs_guide(cfg.alg):
+            callback("message", {"text": f"loading guide {cfg.guide}"})
+            guide = resolve(cfg.guide, device=device, **guide_options(cfg, used=state.get("guide_budget_used_tokens", 0)))
+        reference = load_policy(learner_spec, device)
+
+        def critic(name: str):
+            if ckpt is not None and (ckpt / CRITIC_DIRS[name]).is_dir():
+                return Critic.load(ckpt / CRITIC_DIRS[name], device=device)
+            return policy.make_critic()
+
+        trainer = Trainer(cfg, task, policy, reference, critic("learner"), callback, guide=guide,
+                          guide_critic=critic("guide") if needs_guide_critic(cfg.alg) else None)
+    if ckpt is not None:
+        trainer.load_state(state)
+        opt = ckpt / "optimizer.pt"
+        if opt.is_file():
+            trainer.optimizer.load_state_dict(torch.load(opt, map_location=device, weights_only=False))
+    return trainer

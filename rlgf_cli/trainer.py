@@ -69,6 +69,15 @@ class PromptSampler:
         self.rng = random.Random(seed)
         self.order: list[int] = []
 
+    def state_dict(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {"order": list(self.order), "rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order = list(state["order"])
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
     def draw(self, n: int) -> list[Example]:
         out = []
         while len(out) < n:
@@ -288,7 +297,15 @@ class Trainer:
     # -- state --------------------------------------------------------------------
     def state(self) -> dict:
         return {"iteration": self.iteration, "kl_controller": self.kl_ctl.state_dict(), "alg": self.cfg.alg,
-                "guide_calls": self.engine.guide_calls}
+                "guide_calls": self.engine.guide_calls, "sampler": self.sampler.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what :meth:`state` saved (the optimizer and RNG are restored by the caller)."""
+        self.iteration = int(state["iteration"])
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.engine.guide_calls = int(state.get("guide_calls", 0))
+        if "sampler" in state:
+            self.sampler.load_state_dict(state["sampler"])
 
 
 def _concat_buffers(parts: list[Buffers], pid: int) -> Buffers:

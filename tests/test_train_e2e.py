@@ -137,3 +137,39 @@ def test_real_embedded_default_one_iteration(tmp_path):
     assert m["learner_tokens"] == 4 * 8 and 0.0 <= m["reward_mean"] <= 1.0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task_info"]["test_accuracy"] >= 0.80
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    straight = tmp_path / "straight"
+    invoke(train_args(tiny_causal_dir, tiny_reward_dir, straight, "--lr", "1e-3", "--iterations", "3"))
+    split = tmp_path / "split"
+    invoke(train_args(tiny_causal_dir, tiny_reward_dir, split, "--lr", "1e-3", "--iterations", "2"))
+    # a half-written checkpoint (as a kill mid-save leaves it) must be ignored
+    (split / "checkpoints" / ".tmp-iter-0009-x").mkdir(parents=True)
+    (split / "checkpoints" / ".tmp-iter-0009-x" / "trainer_state.json").write_text('{"iteration": 9}')
+    invoke(["train", "--resume", str(split), "--iterations", "3", "--quiet"])
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.startswith("time")} for m in ms]  # noqa: E731
+    assert [m["iteration"] for m in read_metrics(split)] == [1, 2, 3]
+    assert strip(read_metrics(split)) == strip(read_metrics(straight))
+    from safetensors.torch import load_file
+
+    a = load_file(straight / "final" / "model.safetensors")
+    b = load_file(split / "final" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_drops_metrics_of_an_iteration_that_was_not_checkpointed(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    out = tmp_path / "run"
+    invoke(train_args(tiny_causal_dir, tiny_reward_dir, out, "--iterations", "2"))
+    with open(out / "metrics.jsonl", "a") as fh:  # as if killed after logging iteration 3 but before saving it
+        fh.write('{"iteration": 3, "reward_mean": 0.5}\n{"iteration": 4, "rew')
+    invoke(["train", "--resume", str(out), "--iterations", "3", "--quiet"])
+    iterations = [m["iteration"] for m in read_metrics(out)]
+    assert iterations == [1, 2, 3]
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "[error]" in result.output and "config.toml missing" in result.output
+

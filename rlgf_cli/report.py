@@ -1,0 +1,92 @@
+"""Result tables for people (rich, Markdown) and helpers shared by eval, difficulty and distill.
+
+Numbers are formatted one way everywhere: 4 decimals below 100, 4 significant digits above
+(perplexities), ``–`` for a missing value, and ``mean ± std`` when several seeds were run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (``ddof=1``); the std is ``None`` for one value.
+
+    Non-finite values (a nan perplexity) make the mean and std nan rather than vanish.
+    """
+    vals = [float(v) for v in values]
+    if not vals:
+        return math.nan, None
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
+    return mean, math.sqrt(var) if math.isfinite(var) else math.nan
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.4g}" if abs(value) >= 100 else f"{value:.4f}"
+
+
+def fmt_mean_std(mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "–"
+    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+
+
+def metric_columns(metric_dicts: Iterable[dict]) -> list[str]:
+    """Metric names in first-seen order over several results."""
+    names: list[str] = []
+    for metrics in metric_dicts:
+        for name in metrics:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def short_label(spec: str) -> str:
+    """A readable name for a policy spec: the last two parts of a folder path, else the spec."""
+    path = Path(spec)
+    if len(path.parts) > 2 and ("/" in spec or "\\" in spec):
+        return "/".join(path.parts[-2:])
+    return spec
+
+
+def short_labels(specs: Sequence[str]) -> dict[str, str]:
+    """:func:`short_label` per spec, falling back to the full spec where two would collide."""
+    labels = {s: short_label(s) for s in specs}
+    counts: dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {s: (label if counts[label] == 1 else s) for s, label in labels.items()}
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]], align_right_from: int = 1) -> str:
+    """A GitHub-flavoured Markdown table; columns from ``align_right_from`` on are right-aligned."""
+    head = "| " + " | ".join(_md_cell(c) for c in columns) + " |"
+    rule = "|" + "|".join("---:" if i >= align_right_from else "---" for i in range(len(columns))) + "|"
+    body = ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+def rich_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], align_right_from: int = 1):
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="right" if i >= align_right_from else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*[str(c) for c in row])
+    return table
