@@ -1,25 +1,115 @@
-"""Evaluation: generate on a split and compute the task's metrics, for one or more policies."""
+"""Evaluation: generate on a split and compute the task's metrics, for one or more policies.
+
+:func:`run_eval` evaluates any number of policies (checkpoint folders, model specs, API
+models) on the same prompts, once per seed, and returns the mean (and sample standard
+deviation over seeds) of every metric. Decoding follows the task (``task.eval_sampling``:
+sampling for the sentiment tasks, beam search for CommonGen) unless overridden with
+:func:`resolve_sampling`. Deterministic decoding (greedy, beam) is run once whatever the
+number of seeds, since every seed would give the same text. API policies cannot beam-search:
+they decode greedily instead (the result's ``decoding`` says so).
+
+The library never prints: progress goes to ``say(text)`` and to ``bar(label)`` context
+managers that are called with ``(done, total)``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 
 from backends.base import Sampling, TokenPolicy
 from backends.errors import RlgfError
-from tasks.base import Task
+from tasks.base import Example, Task
 
 from .checkpoint import is_checkpoint, read_state, set_seed
+from .report import mean_std
 from .tensors import chunks
 
 Progress = Callable[[int, int], None]
+Say = Callable[[str], None]
+Bar = Callable[[str], ContextManager[Progress]]
+
+DECODING_MODES = ("task", "greedy", "sample", "beam")
 
 
-def policy_label(spec: str) -> str:
-    return spec
+def _silent(text: str) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def _no_bar(label: str):
+    yield lambda done, total: None
+
+
+# -- decoding -------------------------------------------------------------------------
+
+
+def check_decoding(mode: str | None = None, *, temperature=None, top_k=None, top_p=None, num_beams=None) -> None:
+    """Raise :class:`RlgfError` for decoding options out of range or at odds (before anything loads)."""
+    if mode is not None and mode not in DECODING_MODES:
+        raise RlgfError(f"unknown decoding '{mode}'", f"use one of: {', '.join(DECODING_MODES)}")
+    if temperature is not None and not (0.0 <= temperature <= 10.0):
+        raise RlgfError(f"--temperature must be in [0, 10] (got {temperature})", "0 means greedy")
+    if top_k is not None and top_k < 0:
+        raise RlgfError(f"--top-k must be >= 0 (got {top_k})", "0 turns top-k filtering off")
+    if top_p is not None and not (0.0 < top_p <= 1.0):
+        raise RlgfError(f"--top-p must be in (0, 1] (got {top_p})", "1 turns nucleus filtering off")
+    if num_beams is not None and num_beams < 1:
+        raise RlgfError(f"--num-beams must be >= 1 (got {num_beams})", "1 means no beam search")
+    knobs = [name for name, v in (("--temperature", temperature), ("--top-k", top_k), ("--top-p", top_p)) if v is not None]
+    if mode in ("greedy", "beam") and knobs:
+        raise RlgfError(f"--decoding {mode} does not sample, so {knobs[0]} does not apply", "use --decoding sample")
+    if num_beams is not None and num_beams > 1 and (mode in ("greedy", "sample") or knobs):
+        raise RlgfError(f"--num-beams {num_beams} is beam search, which does not sample", "use --decoding beam")
+
+
+def resolve_sampling(base: Sampling, mode: str | None = None, *, temperature=None, top_k=None, top_p=None,
+                     num_beams=None) -> Sampling:
+    """The task's decoding ``base`` with the user's overrides applied.
+
+    ``mode``: ``task`` (or None) keeps ``base``; ``greedy``; ``beam`` (``num_beams`` beams, 5
+    by default); ``sample`` (``base`` if it samples, else plain sampling at temperature 1).
+    ``num_beams`` > 1 means beam search; ``temperature`` / ``top_k`` / ``top_p`` mean sampling
+    with those values (temperature 0 is greedy).
+    """
+    check_decoding(mode, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
+    if mode == "greedy":
+        return Sampling(do_sample=False)
+    if mode == "beam" or (num_beams is not None and num_beams > 1):
+        return Sampling(do_sample=False, num_beams=int(num_beams or 5))
+    s = base
+    if num_beams == 1 and s.num_beams > 1:
+        s = Sampling(do_sample=False)
+    if mode == "sample" or any(v is not None for v in (temperature, top_k, top_p)):
+        if not s.do_sample or s.num_beams > 1 or s.temperature == 0:
+            s = Sampling(do_sample=True)
+        s = replace(
+            s,
+            temperature=s.temperature if temperature is None else float(temperature),
+            top_k=s.top_k if top_k is None else int(top_k),
+            top_p=s.top_p if top_p is None else float(top_p),
+        )
+        if s.temperature == 0:
+            s = Sampling(do_sample=False)
+    return s
+
+
+def decoding_for(policy, task: Task, override: Sampling | None) -> Sampling:
+    sampling = override or task.eval_sampling
+    if sampling.num_beams > 1 and not getattr(policy, "can_beam_search", False):
+        return replace(sampling, num_beams=1, do_sample=False, temperature=0.0)
+    return sampling
+
+
+def is_deterministic(sampling: Sampling) -> bool:
+    return sampling.num_beams > 1 or not sampling.do_sample or sampling.temperature == 0
+
+
+# -- one policy -----------------------------------------------------------------------
 
 
 def reference_spec_for(spec: str, task: Task) -> str:
@@ -30,6 +120,15 @@ def reference_spec_for(spec: str, task: Task) -> str:
         if learner:
             return learner
     return task.default_learner
+
+
+def split_examples(task: Task, split: str, limit: int | None) -> list[Example]:
+    examples = task.examples(split)
+    if limit is not None:
+        examples = examples[:limit]
+    if not examples:
+        raise RlgfError(f"the {split} split of {task.name} is empty", "check --split and --limit")
+    return examples
 
 
 def generate(
@@ -64,11 +163,41 @@ def generate(
     return out
 
 
-def decoding_for(policy, task: Task, override: Sampling | None) -> Sampling:
-    sampling = override or task.eval_sampling
-    if sampling.num_beams > 1 and not getattr(policy, "can_beam_search", False):
-        return replace(sampling, num_beams=1, do_sample=False, temperature=0.0)
-    return sampling
+def generate_for(policy, task: Task, examples: list[Example], *, decoding: Sampling, seed: int, batch_size: int,
+                 progress: Progress | None = None) -> list[str]:
+    """The policy's completions of ``examples`` with the task's lengths, seeded."""
+    set_seed(seed)
+    max_new = task.max_new_tokens
+    return generate(
+        policy, [ex.prompt for ex in examples], task, sampling=decoding, max_new_tokens=max_new,
+        min_new_tokens=min(task.min_new_tokens, max_new), batch_size=batch_size, progress=progress,
+    )
+
+
+def compute_metrics(task: Task, policy, examples: list[Example], completions: list[str], reference=None) -> dict:
+    scorer = policy if isinstance(policy, TokenPolicy) else None
+    prompts = [ex.prompt for ex in examples]
+    metrics = task.metrics(prompts, completions, examples, policy=scorer, reference_policy=reference)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def sample_rows(task: Task, examples: list[Example], completions: list[str], *, seed: int | None = None,
+                scores: bool = True) -> list[dict]:
+    """One row per generation: prompt, completion, reference(s) and the per-sample reward."""
+    prompts = [ex.prompt for ex in examples]
+    rewards = task.reward(prompts, completions, examples) if scores else [None] * len(examples)
+    rows = []
+    for i, (ex, c, r) in enumerate(zip(examples, completions, rewards)):
+        row = {"index": i}
+        if seed is not None:
+            row["seed"] = seed
+        row.update({"prompt": ex.prompt, "completion": c, "reference": ex.references[0] if ex.references else ""})
+        if len(ex.references) > 1:
+            row["references"] = list(ex.references)
+        if scores:
+            row["scores"] = {"reward": float(r)}
+        rows.append(row)
+    return rows
 
 
 def evaluate_policy(
@@ -83,64 +212,48 @@ def evaluate_policy(
     sampling: Sampling | None = None,
     batch_size: int = 32,
     progress: Progress | None = None,
+    examples: list[Example] | None = None,
+    scores: bool = True,
 ) -> dict:
-    """Generate for the first ``limit`` examples of ``split`` and compute the task's metrics."""
-    examples = task.examples(split)
-    if limit is not None:
-        examples = examples[:limit]
-    if not examples:
-        raise RlgfError(f"the {split} split of {task.name} is empty", "check --split and --limit")
-    prompts = [ex.prompt for ex in examples]
+    """Generate for the first ``limit`` examples of ``split`` (or ``examples``) and compute the metrics."""
+    examples = examples if examples is not None else split_examples(task, split, limit)
     decoding = decoding_for(policy, task, sampling)
-    set_seed(seed)
-    max_new = task.max_new_tokens
-    completions = generate(
-        policy,
-        prompts,
-        task,
-        sampling=decoding,
-        max_new_tokens=max_new,
-        min_new_tokens=min(task.min_new_tokens, max_new),
-        batch_size=batch_size,
-        progress=progress,
-    )
-    scorer = policy if isinstance(policy, TokenPolicy) else None
-    metrics = task.metrics(prompts, completions, examples, policy=scorer, reference_policy=reference)
+    completions = generate_for(policy, task, examples, decoding=decoding, seed=seed, batch_size=batch_size,
+                               progress=progress)
     return {
         "policy": label,
         "task": task.name,
         "split": split,
         "n": len(examples),
         "decoding": decoding.describe(),
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "samples": [
-            {"prompt": p, "completion": c, "reference": ex.references[0] if ex.references else ""}
-            for p, c, ex in zip(prompts, completions, examples)
-        ],
+        "metrics": compute_metrics(task, policy, examples, completions, reference),
+        "completions": completions,
+        "samples": sample_rows(task, examples, completions, seed=seed, scores=scores),
     }
 
 
-def run_eval(
-    specs: list[str],
-    *,
-    task_name: str | None,
-    split: str,
-    limit: int | None,
-    seed: int,
-    reference_spec: str | None,
-    task_options: dict,
-    device: str,
-    batch_size: int,
-    quiet: bool = False,
-) -> dict:
-    """Load each policy in turn and evaluate it on the same prompts; one reference model is shared."""
-    from backends import resolve
+# -- many policies --------------------------------------------------------------------
+
+
+def is_api_spec(spec: str) -> bool:
+    return spec.strip().lower().startswith("openai:")
+
+
+def api_options(spec: str, *, base_url: str | None = None, seed: int | None = None, **extra) -> dict:
+    """Backend options for an ``openai:`` spec (nothing for other specs)."""
+    if not is_api_spec(spec):
+        return {}
+    opts = {k: v for k, v in extra.items() if v is not None}
+    if base_url:
+        opts["base_url"] = base_url
+    if seed is not None:
+        opts["seed"] = seed
+    return opts
+
+
+def build_eval_task(task_name: str | None, specs: list[str], task_options: dict) -> Task:
     from tasks import get_task
 
-    from .progress import CountProgress
-    from .run import resolve_device
-
-    dev = resolve_device(device)
     if task_name is None:
         task_name = next(
             (read_state(Path(s)).get("task") for s in specs if Path(s).is_dir() and read_state(Path(s)).get("task")),
@@ -150,25 +263,98 @@ def run_eval(
     prepare = getattr(task, "prepare", None)
     if prepare is not None:
         prepare()
+    return task
+
+
+def run_eval(
+    specs: list[str],
+    *,
+    task_name: str | None,
+    split: str,
+    limit: int | None,
+    seed: int = 0,
+    seeds: int = 1,
+    reference_spec: str | None,
+    task_options: dict,
+    device: str,
+    batch_size: int,
+    quiet: bool = False,
+    decoding: dict | None = None,
+    base_url: str | None = None,
+    samples: bool = True,
+    say: Say | None = None,
+    bar: Bar | None = None,
+) -> dict:
+    """Evaluate each policy in turn on the same prompts, ``seeds`` times (seeds ``seed``, ``seed+1``…).
+
+    ``decoding`` holds :func:`resolve_sampling` options (``mode``, ``temperature``, ``top_k``,
+    ``top_p``, ``num_beams``). One reference model is shared. Returns ``{"results": [...],
+    "task_info": {...}}``; each result has the mean ``metrics``, ``metrics_std`` (empty for one
+    run), ``per_seed`` and, with ``samples``, every generation.
+    """
+    from backends import resolve
+
+    from .run import resolve_device
+
+    say = say or _silent
+    if bar is None:
+        from .progress import CountProgress
+
+        def bar(label: str):
+            return CountProgress(label, quiet=quiet)
+
+    dev = resolve_device(device)
+    task = build_eval_task(task_name, specs, task_options)
+    sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
+    examples = split_examples(task, split, limit)
     ref_spec = reference_spec or reference_spec_for(specs[0], task)
-    loaded: dict[str, object] = {}
-
-    def load(spec: str):
-        if spec not in loaded:
-            loaded[spec] = resolve(spec, device=dev)
-        return loaded[spec]
-
-    reference = load(ref_spec)
+    say(f"reference model for output perplexity: {ref_spec}")
+    reference = resolve(ref_spec, device=dev)
+    seed_list = [seed + i for i in range(seeds)]
     results = []
     for spec in specs:
-        policy = load(spec)
-        with CountProgress(f"eval {spec}", quiet=quiet) as progress:
-            results.append(
-                evaluate_policy(
-                    policy, spec, task, split=split, limit=limit, seed=seed, reference=reference,
-                    batch_size=batch_size, progress=progress,
-                )
-            )
-        if spec != ref_spec:
-            loaded.pop(spec, None)  # free memory before the next policy
+        local = None if is_api_spec(spec) else (reference if spec == ref_spec else resolve(spec, device=dev))
+        runs, rows, decoding_text = [], [], ""
+        for s in seed_list:
+            policy = local or resolve(spec, device=dev, **api_options(spec, base_url=base_url, seed=s))
+            decode = decoding_for(policy, task, sampling)
+            decoding_text = decode.describe()
+            if runs and is_deterministic(decode):
+                say(f"{spec}: {decoding_text} is deterministic; one run stands for every seed")
+                break
+            say(f"evaluating {spec} on {task.name} {split} (n={len(examples)}, seed {s}, {decoding_text})")
+            with bar(f"eval {spec} · seed {s}") as progress:
+                completions = generate_for(policy, task, examples, decoding=decode, seed=s, batch_size=batch_size,
+                                           progress=progress)
+            runs.append({"seed": s, "metrics": compute_metrics(task, policy, examples, completions, reference)})
+            if samples:
+                rows.extend(sample_rows(task, examples, completions, seed=s))
+            if local is None:
+                policy.close()
+        results.append(summarise(spec, task, split, len(examples), decoding_text, runs, rows))
+        del local  # free memory before the next policy
     return {"results": results, "task_info": {"reference_model": ref_spec, **task.info()}}
+
+
+def summarise(spec: str, task: Task, split: str, n: int, decoding: str, runs: list[dict], rows: list[dict]) -> dict:
+    names: list[str] = []
+    for run in runs:
+        names += [m for m in run["metrics"] if m not in names]
+    means, stds = {}, {}
+    for name in names:
+        mean, std = mean_std([r["metrics"][name] for r in runs if name in r["metrics"]])
+        means[name] = mean
+        if std is not None:
+            stds[name] = std
+    return {
+        "policy": spec,
+        "task": task.name,
+        "split": split,
+        "n": n,
+        "decoding": decoding,
+        "seeds": [r["seed"] for r in runs],
+        "metrics": means,
+        "metrics_std": stds,
+        "per_seed": runs,
+        "samples": rows,
+    }

@@ -1,0 +1,128 @@
+"""``rlgf eval`` side by side: checkpoints and an ``openai:`` policy on loopback, seeds, files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from backends.base import Sampling
+from backends.errors import RlgfError
+from rlgf_cli.app import app
+from rlgf_cli.evaluate import resolve_sampling
+from rlgf_cli.report import mean_std
+from tiny_assets import make_tiny_checkpoint, make_tiny_reward, served
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RLGF_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, tiny_causal_dir):
+    root = tmp_path_factory.mktemp("eval-assets")
+    return {
+        "reward": make_tiny_reward(root / "reward"),
+        "a": make_tiny_checkpoint(root / "run-a" / "final", tiny_causal_dir, seed=1),
+        "b": make_tiny_checkpoint(root / "run-b" / "final", tiny_causal_dir, seed=2),
+    }
+
+
+def test_two_checkpoints_and_an_api_policy_side_by_side(tmp_path, assets, tiny_causal_dir):
+    report, samples, md = tmp_path / "eval.json", tmp_path / "samples.jsonl", tmp_path / "eval.md"
+    with served(tiny_causal_dir, "tiny") as server:
+        result = runner.invoke(app, [
+            "eval", "-c", str(assets["a"]), "-c", str(assets["b"]), "-p", "openai:tiny",
+            "--policy-base-url", server.url, "--reward-model", str(assets["reward"]),
+            "--limit", "4", "--seeds", "2", "--max-new-tokens", "6", "--device", "cpu",
+            "--json", str(report), "--samples", str(samples), "--markdown", str(md),
+        ])
+        assert result.exit_code == 0, (result.output, result.exception)
+        served_completions = server.counts["completions"]
+    data = json.loads(report.read_text())
+    names = [r["policy"] for r in data["results"]]
+    assert names == [str(assets["a"]), str(assets["b"]), "openai:tiny"]
+    for r in data["results"]:
+        assert r["n"] == 4 and r["seeds"] == [0, 1] and len(r["per_seed"]) == 2
+        assert set(r["metrics_std"]) == set(r["metrics"]) and "sentiment" in r["metrics"]
+        assert 0.0 <= r["metrics"]["sentiment"] <= 1.0
+        assert r["metrics"]["sentiment"] == pytest.approx(
+            sum(s["metrics"]["sentiment"] for s in r["per_seed"]) / 2)
+    api = data["results"][2]
+    assert "perplexity" not in api["metrics"]  # an API model cannot score text
+    assert "output_perplexity" in api["metrics"]  # …but the reference model scores its output
+    assert served_completions == 4 * 2  # two seeds, four prompts, through the server
+    # one table on stdout, with every policy in it
+    assert result.stdout.count("sentiment") == 1
+    for name in ("run-a/final", "openai:tiny", "±"):
+        assert name in result.stdout.replace("\n", "")
+    # samples: every generation of every policy and seed, with its score
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(rows) == 3 * 2 * 4
+    for row in rows:
+        assert {"policy", "seed", "index", "prompt", "completion", "reference", "scores"} <= set(row)
+        assert 0.0 <= row["scores"]["reward"] <= 1.0
+    by = {(r["policy"], r["seed"], r["index"]) for r in rows}
+    assert len(by) == 24
+    # the per-sample rewards average to the sentiment metric of that seed
+    first = [r["scores"]["reward"] for r in rows if r["policy"] == "openai:tiny" and r["seed"] == 0]
+    assert sum(first) / 4 == pytest.approx(api["per_seed"][0]["metrics"]["sentiment"], abs=1e-6)
+    text = md.read_text()
+    assert text.count("\n| ") == 4 and "openai:tiny" in text and " ± " in text
+
+
+def test_deterministic_decoding_runs_once(tmp_path, assets):
+    report = tmp_path / "greedy.json"
+    result = runner.invoke(app, [
+        "eval", "-c", str(assets["a"]), "--reward-model", str(assets["reward"]), "--limit", "2",
+        "--seeds", "3", "--decoding", "greedy", "--max-new-tokens", "4", "--device", "cpu",
+        "--json", str(report), "--quiet",
+    ])
+    assert result.exit_code == 0, (result.output, result.exception)
+    (r,) = json.loads(report.read_text())["results"]
+    assert r["decoding"] == "greedy" and r["seeds"] == [0] and r["metrics_std"] == {}
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "nothing to evaluate"),
+    (["-p", "smollm2", "--seeds", "0"], "--seeds"),
+    (["-p", "smollm2", "-p", "smollm2"], "given twice"),
+    (["-p", "smollm2", "--decoding", "nucleus"], "unknown decoding"),
+    (["-p", "smollm2", "--decoding", "greedy", "--temperature", "0.7"], "does not apply"),
+    (["-p", "smollm2", "--top-p", "0"], "--top-p"),
+    (["-c", "/no/such/run"], "checkpoint folder not found"),
+])
+def test_bad_input_is_one_error_line(args, message):
+    result = runner.invoke(app, ["eval", *args])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[error]") and message in lines[0]
+
+
+def test_resolve_sampling():
+    task_sampling = Sampling(do_sample=True, top_k=50)
+    assert resolve_sampling(task_sampling) == task_sampling
+    assert resolve_sampling(task_sampling, "greedy") == Sampling(do_sample=False)
+    assert resolve_sampling(task_sampling, "beam").num_beams == 5
+    assert resolve_sampling(task_sampling, num_beams=3) == Sampling(do_sample=False, num_beams=3)
+    assert resolve_sampling(task_sampling, temperature=0.7) == Sampling(do_sample=True, top_k=50, temperature=0.7)
+    assert resolve_sampling(task_sampling, temperature=0) == Sampling(do_sample=False)
+    beam = Sampling(do_sample=False, num_beams=5)  # CommonGen's default
+    assert resolve_sampling(beam, top_p=0.9) == Sampling(do_sample=True, top_p=0.9)
+    assert resolve_sampling(beam, "sample") == Sampling(do_sample=True)
+    assert resolve_sampling(beam, num_beams=1) == Sampling(do_sample=False)
+    with pytest.raises(RlgfError):
+        resolve_sampling(beam, "beam", top_k=5)
+
+
+def test_mean_std():
+    assert mean_std([1.0]) == (1.0, None)
+    mean, std = mean_std([1.0, 2.0, 3.0])
+    assert mean == 2.0 and std == pytest.approx(1.0)
