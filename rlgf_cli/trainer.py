@@ -196,7 +196,14 @@ class Trainer:
                 f"the reward returned {len(rewards)} values for {len(batch)} episodes",
                 "a reward must return one float per completion",
             )
-        return torch.tensor([float(r) for r in rewards], dtype=torch.float32, device=self.device)
+        scores = torch.tensor([float(r) for r in rewards], dtype=torch.float32, device=self.device)
+        bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+        if bad:
+            raise RlgfError(
+                f"the reward is {scores[bad[0]].item()} for episode {bad[0]} of iteration {self.iteration + 1}",
+                "fix the reward; training stopped and the last good checkpoint is kept",
+            )
+        return scores
 
     @torch.no_grad()
     def compute_advantages(self, batch: RolloutBatch, scores: torch.Tensor, part: Part | None = None) -> Buffers:

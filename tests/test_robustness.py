@@ -1,0 +1,105 @@
+"""Kill -9 safety, NaN stops, and Ctrl-C: the run folder always holds a good checkpoint."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rlgf_cli.app import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(learner, reward, out, iterations):
+    return ["train", "--learner", str(learner), "--reward-model", str(reward), "--out", str(out),
+            "--iterations", str(iterations), "--episodes", "4", "--minibatch-size", "4", "--epochs", "1",
+            "--max-new-tokens", "6", "--device", "cpu", "--quiet", "--lr", "1e-3"]
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigkill_then_resume_runs_each_iteration_once(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rlgf_cli", *_args(tiny_causal_dir, tiny_reward_dir, out, 30)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoints" / "iter-0002").is_dir():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no second checkpoint in time"
+            time.sleep(0.05)
+        time.sleep(0.3)  # kill somewhere in the middle of later work
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_at = len(_metrics(out)) if (out / "metrics.jsonl").exists() else 0
+    assert killed_at >= 2
+    result = CliRunner().invoke(app, ["train", "--resume", str(out), "--iterations", str(killed_at + 2), "--quiet"])
+    assert result.exit_code == 0, result.output
+    iterations = [m["iteration"] for m in _metrics(out)]
+    assert iterations == list(range(1, killed_at + 3)), iterations
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_nan_reward_stops_with_error_and_keeps_last_checkpoint(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
+    import rlgf_cli.run as run
+
+    real_build = run.build_task
+    calls = {"n": 0}
+
+    def build_task(cfg):
+        task = real_build(cfg)
+        real_reward = task.reward
+
+        def reward(prompts, completions, examples):
+            calls["n"] += 1
+            values = real_reward(prompts, completions, examples)
+            return [float("nan")] + values[1:] if calls["n"] == 3 else values
+
+        task.reward = reward
+        return task
+
+    monkeypatch.setattr(run, "build_task", build_task)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, 5))
+    assert result.exit_code == 1
+    assert "[error] the reward is nan for episode 0 of iteration 3" in result.output
+    assert "Traceback" not in result.output
+    assert [m["iteration"] for m in _metrics(out)] == [1, 2]
+    good = out / "checkpoints" / "iter-0002"
+    assert json.loads((good / "trainer_state.json").read_text())["iteration"] == 2
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(good)  # intact and loadable
+    assert not (out / "final").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = _args(tiny_causal_dir, tiny_reward_dir, out, 1000) + ["--save-every", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "rlgf_cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 1):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "[error] interrupted after" in err and "--resume" in err and "Traceback" not in err
+    saved = sorted((out / "checkpoints").glob("iter-*"))
+    assert len(saved) == 1
+    state = json.loads((saved[0] / "trainer_state.json").read_text())
+    assert state["iteration"] >= 1
