@@ -1,0 +1,256 @@
+"""Prompt difficulty (paper §6, Figure 3): every policy's metrics on easy, medium and hard prompts.
+
+How difficulty is measured:
+
+* **Sentiment tasks** — the reward model's score of the prompt alone (P(positive) of the
+  first half of the snippet). A prompt that already reads positive is easy to continue
+  positively, so a HIGHER score is EASIER. By default the prompts are cut into terciles of
+  that score: sorted by score, the lowest ``round(n/3)`` are ``hard``, the next up to
+  ``round(2n/3)`` ``medium``, the rest ``easy``; the cut points are reported as the midpoints
+  between neighbouring scores, and tied scores always share a bucket (the higher one).
+  ``thresholds`` gives the cut points instead: one value → easy (score ≥ t) / hard; two
+  ascending values ``a, b`` → hard (< a) / medium / easy (≥ b).
+* **CommonGen** — the number of a prompt's concepts that no training prompt contains
+  (case-insensitive): ``hard`` with at least ``unseen_at_least`` (default 1) unseen concepts,
+  else ``easy``.
+
+Each policy generates once for all prompts; the task's metrics are then computed per bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from backends.errors import RlgfError
+from tasks.base import Example, Task
+
+BUCKETS = ("easy", "medium", "hard")
+PLOT_METRIC_PREFERENCE = ("sentiment", "spider", "cider_d", "meteor")
+
+
+# -- bucketing (pure) -------------------------------------------------------------------
+
+
+def tercile_thresholds(scores: Sequence[float]) -> tuple[float, float]:
+    """The two cut points splitting ``scores`` into thirds (see the module docstring)."""
+    if len(scores) < 3:
+        raise RlgfError(f"terciles need at least 3 prompts, got {len(scores)}", "raise --limit")
+    s = sorted(float(x) for x in scores)
+    n = len(s)
+    cuts = []
+    for k in (round(n / 3), round(2 * n / 3)):
+        cuts.append((s[k - 1] + s[k]) / 2)
+    return cuts[0], cuts[1]
+
+
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """``"0.3,0.7"`` → ``(0.3, 0.7)``: one or two finite, strictly ascending values."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise RlgfError(f"--thresholds {text!r} is not a list of numbers", "e.g. --thresholds 0.3,0.7") from None
+    if not 1 <= len(values) <= 2 or not all(math.isfinite(v) for v in values):
+        raise RlgfError(f"--thresholds takes one or two numbers, got {text!r}", "e.g. --thresholds 0.5 or 0.3,0.7")
+    if len(values) == 2 and not values[0] < values[1]:
+        raise RlgfError(f"--thresholds must ascend, got {text!r}", "write the hard/medium cut first: 0.3,0.7")
+    return values
+
+
+def bucket_by_score(scores: Sequence[float], thresholds: Sequence[float]) -> list[str]:
+    """Bucket per score; a higher score is easier (one threshold: easy/hard, two: easy/medium/hard)."""
+    if len(thresholds) == 1:
+        (t,) = thresholds
+        return ["easy" if s >= t else "hard" for s in scores]
+    low, high = thresholds
+    return ["easy" if s >= high else "medium" if s >= low else "hard" for s in scores]
+
+
+def unseen_counts(concept_lists: Sequence[Sequence[str]], train_concept_lists: Sequence[Sequence[str]]) -> list[int]:
+    """Per prompt, how many of its concepts appear in no training prompt (case-insensitive)."""
+    seen = {c.strip().lower() for concepts in train_concept_lists for c in concepts}
+    return [sum(1 for c in concepts if c.strip().lower() not in seen) for concepts in concept_lists]
+
+
+def bucket_by_unseen(counts: Sequence[int], at_least: int) -> list[str]:
+    return ["hard" if n >= at_least else "easy" for n in counts]
+
+
+# -- measuring a task's prompts ------------------------------------------------------------
+
+
+def concepts_of(example: Example) -> list[str] | None:
+    concepts = example.meta.get("concepts") if example.meta else None
+    return list(concepts) if concepts else None
+
+
+def uses_concepts(task: Task, examples: Sequence[Example]) -> bool:
+    return bool(examples) and all(concepts_of(ex) for ex in examples)
+
+
+def prompt_scores(task: Task, examples: Sequence[Example]) -> list[float]:
+    """The reward model's score of each prompt alone."""
+    prompts = [ex.prompt for ex in examples]
+    reward_model = getattr(task, "reward_model", None)
+    if callable(reward_model):
+        return [float(s) for s in reward_model().score(prompts)]
+    return [float(s) for s in task.reward(prompts, [""] * len(prompts), list(examples))]
+
+
+def assign_buckets(task: Task, examples: Sequence[Example], *, thresholds: Sequence[float] | None = None,
+                   unseen_at_least: int | None = None) -> tuple[list[str], list[float], dict]:
+    """``(bucket per example, difficulty value per example, how it was measured)``."""
+    if uses_concepts(task, examples):
+        if thresholds:
+            raise RlgfError(f"{task.name} buckets prompts by unseen concepts, not by score thresholds",
+                            "use --unseen-at-least N")
+        at_least = 1 if unseen_at_least is None else unseen_at_least
+        train = [concepts_of(ex) or [] for ex in task.examples("train")]
+        counts = unseen_counts([concepts_of(ex) for ex in examples], train)
+        return bucket_by_unseen(counts, at_least), [float(c) for c in counts], {
+            "method": "unseen_concepts", "unseen_at_least": at_least,
+            "description": f"hard: at least {at_least} concept(s) never seen in the train split",
+        }
+    if unseen_at_least is not None:
+        raise RlgfError(f"{task.name} has no concepts to count", "--unseen-at-least is for CommonGen")
+    scores = prompt_scores(task, examples)
+    cuts = tuple(thresholds) if thresholds else tercile_thresholds(scores)
+    return bucket_by_score(scores, cuts), scores, {
+        "method": "thresholds" if thresholds else "prompt_reward_terciles",
+        "thresholds": list(cuts),
+        "description": "the reward model's score of the prompt alone; higher is easier",
+    }
+
+
+# -- the whole study -------------------------------------------------------------------------
+
+
+def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference_spec, task_options, device,
+                   batch_size, decoding=None, base_url=None, thresholds=None, unseen_at_least=None,
+                   say=None, bar=None) -> dict:
+    """Generate with every policy, then compute its metrics per difficulty bucket."""
+    import contextlib
+
+    from backends import resolve
+
+    from .evaluate import (api_options, build_eval_task, compute_metrics, decoding_for, generate_for,
+                           is_api_spec, reference_spec_for, resolve_sampling, split_examples)
+    from .run import resolve_device
+
+    say = say or (lambda text: None)
+    bar = bar or (lambda label: contextlib.nullcontext(lambda done, total: None))
+    dev = resolve_device(device)
+    task = build_eval_task(task_name, specs, task_options)
+    sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
+    examples = split_examples(task, split, limit)
+    say(f"measuring the difficulty of {len(examples)} {split} prompts")
+    labels, values, how = assign_buckets(task, examples, thresholds=thresholds, unseen_at_least=unseen_at_least)
+    names = [b for b in BUCKETS if b in labels]
+    members = {b: [i for i, lab in enumerate(labels) if lab == b] for b in names}
+    ref_spec = reference_spec or reference_spec_for(specs[0], task)
+    reference = resolve(ref_spec, device=dev)
+    buckets = {b: {"n": len(members[b]), "policies": {}} for b in names}
+    decodings = {}
+    for spec in specs:
+        if is_api_spec(spec):
+            policy = resolve(spec, device=dev, **api_options(spec, base_url=base_url, seed=seed))
+        else:
+            policy = reference if spec == ref_spec else resolve(spec, device=dev)
+        decode = decoding_for(policy, task, sampling)
+        decodings[spec] = decode.describe()
+        say(f"generating with {spec} ({decodings[spec]})")
+        with bar(f"difficulty {spec}") as progress:
+            completions = generate_for(policy, task, examples, decoding=decode, seed=seed, batch_size=batch_size,
+                                       progress=progress)
+        for b in names:
+            idx = members[b]
+            buckets[b]["policies"][spec] = compute_metrics(
+                task, policy, [examples[i] for i in idx], [completions[i] for i in idx], reference)
+        if is_api_spec(spec):
+            policy.close()
+        del policy
+    return {
+        "task": task.name,
+        "split": split,
+        "n": len(examples),
+        "seed": seed,
+        **how,
+        "policies": specs,
+        "decoding": decodings,
+        "buckets": buckets,
+        "gaps": {m: gaps_for({"buckets": buckets}, m) for m in metric_names({"buckets": buckets})},
+        "prompts": [{"index": i, "prompt": ex.prompt, "difficulty": v, "bucket": lab}
+                    for i, (ex, v, lab) in enumerate(zip(examples, values, labels))],
+        "task_info": {"reference_model": ref_spec, **task.info()},
+    }
+
+
+def metric_names(report: dict) -> list[str]:
+    from .report import metric_columns
+
+    return metric_columns(m for b in report["buckets"].values() for m in b["policies"].values())
+
+
+def gaps_for(report: dict, metric: str) -> dict[str, float | None]:
+    """Per policy, its ``metric`` on easy prompts minus on hard prompts (None without both)."""
+    buckets = report["buckets"]
+    out = {}
+    policies = list(next(iter(buckets.values()))["policies"]) if buckets else []
+    for p in policies:
+        easy = buckets.get("easy", {}).get("policies", {}).get(p, {}).get(metric)
+        hard = buckets.get("hard", {}).get("policies", {}).get(p, {}).get(metric)
+        out[p] = None if easy is None or hard is None else easy - hard
+    return out
+
+
+def default_plot_metric(report: dict) -> str:
+    names = metric_names(report)
+    if not names:
+        raise RlgfError("no metrics to plot")
+    return next((m for m in PLOT_METRIC_PREFERENCE if m in names), names[0])
+
+
+def plot(report: dict, path: str | Path, metric: str | None = None) -> Path:
+    """A grouped bar chart like the paper's Figure 3: buckets on x, one bar per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import short_labels
+
+    metric = metric or default_plot_metric(report)
+    if metric not in metric_names(report):
+        raise RlgfError(f"no metric '{metric}' to plot", f"choose one of: {', '.join(metric_names(report))}")
+    buckets = report["buckets"]
+    names = list(buckets)
+    policies = report.get("policies") or list(next(iter(buckets.values()))["policies"])
+    labels = short_labels(policies)
+    gaps = gaps_for(report, metric)
+    width = 0.8 / max(1, len(policies))
+    fig, ax = plt.subplots(figsize=(7, 4.5 + 0.25 * ((len(policies) + 1) // 2)), dpi=100)
+    for j, p in enumerate(policies):
+        heights = [buckets[b]["policies"].get(p, {}).get(metric, math.nan) for b in names]
+        xs = [i + (j - (len(policies) - 1) / 2) * width for i in range(len(names))]
+        gap = gaps.get(p)
+        legend = labels[p] + ("" if gap is None else f" (easy−hard {gap:+.3f})")
+        ax.bar(xs, heights, width=width * 0.95, label=legend)
+    ax.set_xticks(range(len(names)), [f"{b}\n(n={buckets[b]['n']})" for b in names])
+    ax.set_ylabel(metric)
+    ax.set_title(f"{report.get('task', '')} · {metric} by prompt difficulty")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(2, len(policies)),
+              frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    try:
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,157 @@
+"""``rlgf difficulty``: bucketing (terciles, thresholds, unseen concepts), the table, JSON and chart."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from typer.testing import CliRunner
+
+from backends.errors import RlgfError
+from rlgf_cli.app import app
+from rlgf_cli.difficulty import (
+    assign_buckets,
+    bucket_by_score,
+    bucket_by_unseen,
+    gaps_for,
+    parse_thresholds,
+    tercile_thresholds,
+    unseen_counts,
+)
+from tiny_assets import make_tiny_checkpoint, make_tiny_reward
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+runner = CliRunner()
+
+
+def test_terciles_on_known_scores():
+    scores = [0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6]
+    low, high = tercile_thresholds(scores)
+    assert (low, high) == pytest.approx((0.35, 0.65))
+    buckets = bucket_by_score(scores, (low, high))
+    assert {s for s, b in zip(scores, buckets) if b == "hard"} == {0.1, 0.2, 0.3}
+    assert {s for s, b in zip(scores, buckets) if b == "medium"} == {0.4, 0.5, 0.6}
+    assert {s for s, b in zip(scores, buckets) if b == "easy"} == {0.7, 0.8, 0.9}  # higher is easier
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 10, 11, 100])
+def test_terciles_partition_into_near_thirds(n):
+    scores = [((i * 7919) % 1009) / 1009 for i in range(n)]  # distinct, shuffled
+    buckets = bucket_by_score(scores, tercile_thresholds(scores))
+    sizes = [buckets.count(b) for b in ("hard", "medium", "easy")]
+    assert sum(sizes) == n and sizes == [round(n / 3), round(2 * n / 3) - round(n / 3), n - round(2 * n / 3)]
+
+
+def test_ties_share_a_bucket_and_thresholds():
+    scores = [0.2, 0.5, 0.5, 0.5, 0.9, 0.1]
+    buckets = bucket_by_score(scores, tercile_thresholds(scores))
+    assert len({b for s, b in zip(scores, buckets) if s == 0.5}) == 1
+    assert bucket_by_score([0.1, 0.5, 0.9], (0.5,)) == ["hard", "easy", "easy"]
+    assert bucket_by_score([0.1, 0.3, 0.7], (0.3, 0.7)) == ["hard", "medium", "easy"]
+    assert parse_thresholds("0.3, 0.7") == (0.3, 0.7) and parse_thresholds("0.5") == (0.5,)
+    for bad in ("0.7,0.3", "a,b", "0.1,0.2,0.3", "", "nan"):
+        with pytest.raises(RlgfError):
+            parse_thresholds(bad)
+    with pytest.raises(RlgfError, match="at least 3"):
+        tercile_thresholds([0.1, 0.2])
+
+
+def test_unseen_concept_counting():
+    train = [["dog", "frisbee", "catch"], ["Ski", "mountain"], ["dog", "run"]]
+    evals = [["dog", "catch", "ski"], ["dog", "surf"], ["violin", "surf", "beach"], ["RUN", "mountain"]]
+    counts = unseen_counts(evals, train)
+    assert counts == [0, 1, 3, 0]
+    assert bucket_by_unseen(counts, 1) == ["easy", "hard", "hard", "easy"]
+    assert bucket_by_unseen(counts, 2) == ["easy", "easy", "hard", "easy"]
+
+
+def test_commongen_task_buckets_by_unseen_concepts(tmp_path):
+    commongen = pytest.importorskip("tasks.commongen")
+    rows = [
+        {"concepts": ["dog", "frisbee", "catch"], "targets": ["The dog catches a frisbee."], "split": "train"},
+        {"concepts": ["ski", "mountain"], "targets": ["She skis down the mountain."], "split": "train"},
+        {"concepts": ["dog", "ski"], "targets": ["A dog on skis."], "split": "validation"},
+        {"concepts": ["violin", "dog"], "targets": ["A dog hears a violin."], "split": "validation"},
+        {"concepts": ["violin", "surf"], "targets": ["He surfs with a violin."], "split": "validation"},
+    ]
+    path = tmp_path / "cg.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    task = commongen.CommonGenTask(data=str(path))
+    examples = task.examples("val")
+    buckets, counts, how = assign_buckets(task, examples)
+    assert counts == [0.0, 1.0, 2.0] and buckets == ["easy", "hard", "hard"] and how["method"] == "unseen_concepts"
+    buckets, _, _ = assign_buckets(task, examples, unseen_at_least=2)
+    assert buckets == ["easy", "easy", "hard"]
+    with pytest.raises(RlgfError, match="unseen"):
+        assign_buckets(task, examples, thresholds=(0.5,))
+
+
+def test_gaps():
+    report = {"buckets": {
+        "easy": {"n": 2, "policies": {"a": {"sentiment": 0.9}, "b": {"sentiment": 0.6}}},
+        "hard": {"n": 2, "policies": {"a": {"sentiment": 0.4}, "b": {"sentiment": 0.5}}},
+    }}
+    assert gaps_for(report, "sentiment") == pytest.approx({"a": 0.5, "b": 0.1})
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_difficulty_command_end_to_end(tmp_path, tiny_causal_dir):
+    reward = make_tiny_reward(tmp_path / "reward")
+    ckpt = make_tiny_checkpoint(tmp_path / "run" / "final", tiny_causal_dir, seed=3)
+    out, chart = tmp_path / "buckets.json", tmp_path / "fig" / "fig3.png"
+    result = runner.invoke(app, [
+        "difficulty", "-c", str(ckpt), "-p", str(tiny_causal_dir), "--reward-model", str(reward),
+        "--limit", "9", "--max-new-tokens", "4", "--device", "cpu", "--json", str(out), "--plot", str(chart),
+    ])
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads(out.read_text())
+    buckets = data["buckets"]
+    assert list(buckets) == ["easy", "medium", "hard"]
+    assert sum(b["n"] for b in buckets.values()) == 9
+    # a partition: every prompt in exactly one bucket, sizes agree
+    assigned = [p["bucket"] for p in data["prompts"]]
+    assert len(assigned) == 9 and all(assigned.count(name) == b["n"] for name, b in buckets.items())
+    # higher prompt score ⇒ easier bucket
+    order = {"hard": 0, "medium": 1, "easy": 2}
+    ranked = sorted(data["prompts"], key=lambda p: p["difficulty"])
+    assert [order[p["bucket"]] for p in ranked] == sorted(order[p["bucket"]] for p in ranked)
+    for b in buckets.values():
+        assert set(b["policies"]) == {str(ckpt), str(tiny_causal_dir)}
+        for metrics in b["policies"].values():
+            assert 0.0 <= metrics["sentiment"] <= 1.0 and isinstance(metrics["perplexity"], float)
+    assert data["method"] == "prompt_reward_terciles" and len(data["thresholds"]) == 2
+    width, height = png_size(chart)
+    assert 300 <= width <= 3000 and 200 <= height <= 3000
+    from PIL import Image
+
+    with Image.open(chart) as img:
+        img.verify()
+    assert "easy (n=3)" in result.stdout and "easy−hard" in result.output
+
+
+def test_thresholds_option_and_errors(tmp_path, tiny_causal_dir):
+    reward = make_tiny_reward(tmp_path / "reward")
+    out = tmp_path / "b.json"
+    result = runner.invoke(app, [
+        "difficulty", "-p", str(tiny_causal_dir), "--reward-model", str(reward), "--limit", "5",
+        "--max-new-tokens", "2", "--device", "cpu", "--thresholds", "0.5", "--json", str(out), "--quiet",
+    ])
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads(out.read_text())
+    assert set(data["buckets"]) <= {"easy", "hard"} and data["thresholds"] == [0.5]
+    assert sum(b["n"] for b in data["buckets"].values()) == 5
+    for args, message in (
+        (["--thresholds", "0.9,0.1"], "must ascend"),
+        (["--plot", str(tmp_path / "x.jpg")], ".png"),
+        (["--unseen-at-least", "0"], "--unseen-at-least"),
+        (["--split", "dev"], "unknown split"),
+    ):
+        bad = runner.invoke(app, ["difficulty", "-p", str(tiny_causal_dir), *args])
+        lines = bad.output.strip().splitlines()
+        assert bad.exit_code == 1 and len(lines) == 1 and lines[0].startswith("[error]") and message in lines[0]
