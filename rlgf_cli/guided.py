@@ -58,11 +58,27 @@ class GuidedRollout:
     # -- public --------------------------------------------------------------------
     @torch.no_grad()
     def collect(self, examples: Sequence[Example], scheme: Scheme, beta: float,
-                generator: torch.Generator, batch_size: int) -> RolloutBatch:
-        if not examples:  # e.g. LOLS's PPO++ half of a one-episode iteration (round(0.5) == 0)
+                generator: torch.Generator | None = None, batch_size: int = 32, *,
+                chunk_seed: int | None = None, first_index: int = 0) -> RolloutBatch:
+        """Episodes for ``examples`` in chunks of ``batch_size``.
+
+        With ``chunk_seed`` every chunk draws its coins, restart points and samples from
+        its own seed (``chunk_seed`` + the chunk's global index ``first_index + start``), so
+        a batch sharded over data-parallel ranks is generated exactly as in one process.
+        Otherwise ``generator`` (and the global torch RNG) are consumed in order.
+        """
+        if not examples:
             return _empty(self.learner, scheme.name)
-        parts = [self._collect_chunk(list(examples[sl]), scheme, beta, generator)
-                 for sl in chunks(len(examples), batch_size)]
+        parts = []
+        for sl in chunks(len(examples), batch_size):
+            gen = generator
+            if chunk_seed is not None:
+                seed = (chunk_seed * 1_000_003 + first_index + sl.start) % (2**63)
+                gen = torch.Generator().manual_seed(seed)
+                torch.manual_seed(seed)
+            elif gen is None:
+                gen = torch.Generator().manual_seed(0)
+            parts.append(self._collect_chunk(list(examples[sl]), scheme, beta, gen))
         return _concat(parts, pad_id(self.learner), scheme.name)
 
     # -- one chunk -------------------------------------------------------------------

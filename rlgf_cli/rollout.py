@@ -32,6 +32,8 @@ class RolloutBatch:
     restart: torch.Tensor
     scheme: str = "ppo"
     stats: dict = field(default_factory=dict)
+    #: per episode: its index in the iteration's global batch (set by the trainer)
+    global_index: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -30,6 +30,7 @@ from .ppo import (
     masked_whiten,
 )
 from .algorithms import GUIDE, LEARNER, Part, needs_guide, plan
+from .distributed import all_sum, any_rank, sum_gradients, world
 from .guided import GuidedRollout
 from .rollout import RolloutBatch
 from .tensors import cat_padded, chunks, trim_query, trim_response_width
@@ -57,6 +58,8 @@ class Buffers:
     kl: torch.Tensor
     #: per episode: 0 = the learner's critic gives its advantages, 1 = the guide's
     critic_id: torch.Tensor
+    #: per episode: its index in the global (all ranks) batch of the iteration
+    global_index: torch.Tensor
 
 
 class PromptSampler:
@@ -134,11 +137,18 @@ class Trainer:
         t0 = time.perf_counter()
         parts = plan(cfg.alg, self.iteration, cfg.iterations, alpha=cfg.alpha, beta=cfg.beta)
         self.callback("phase", {"name": "rollout"})
-        examples = self.sampler.draw(cfg.episodes)
-        batches, start = [], 0
+        w = world()
+        # every rank draws the same global batch and keeps its shard of each part
+        examples = self.sampler.draw(cfg.episodes * w.size)
+        batches, start, global_start = [], 0, 0
         for j, part in enumerate(parts):
             n = len(examples) - start if j == len(parts) - 1 else round(part.share * len(examples))
-            batches.append((part, self.collect(examples[start:start + n], part)))
+            n -= n % w.size
+            per_rank = n // w.size
+            first = start + w.rank * per_rank
+            batch = self.collect(examples[first:first + per_rank], part, part_index=j, first_index=first)
+            batch.global_index = torch.arange(first, first + per_rank, device=self.device)
+            batches.append((part, batch))
             start += n
         t1 = time.perf_counter()
         self.callback("phase", {"name": "reward"})
@@ -150,20 +160,23 @@ class Trainer:
         stats = self.update(buffers)
         t4 = time.perf_counter()
         batch, scores = buffers.batch, buffers.scores
-        seq_kl = float(buffers.kl.sum(1).mean())
+        n, s1, s2, kl_sum, len_sum = all_sum([len(scores), float(scores.sum()), float((scores.double() ** 2).sum()),
+                                              float(buffers.kl.sum()), float(batch.response_mask.sum())]).tolist()
+        seq_kl = kl_sum / max(n, 1)
         kl_coef = self.kl_ctl.value
-        self.kl_ctl.update(seq_kl, n_steps=len(batch))
+        self.kl_ctl.update(seq_kl, n_steps=int(n))
         self.iteration += 1
+        counts = dict(zip(batch.stats, all_sum([float(v) for v in batch.stats.values()]).tolist()))
         metrics = {
             "iteration": self.iteration,
             "scheme": "+".join(p.scheme.name for p, _, _ in scored),
-            "reward_mean": float(scores.mean()),
-            "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
+            "reward_mean": s1 / max(n, 1),
+            "reward_std": math.sqrt(max(s2 - s1 * s1 / n, 0.0) / (n - 1)) if n > 1 else 0.0,
             "kl": seq_kl,
             "kl_coef": kl_coef,
             **stats,
-            "response_length": float(batch.response_mask.sum(1).float().mean()),
-            **batch.stats,
+            "response_length": len_sum / max(n, 1),
+            **{k: int(v) for k, v in counts.items()},
             "time_rollout_s": t1 - t0,
             "time_reward_s": t2 - t1,
             "time_forward_s": t3 - t2,
@@ -184,10 +197,11 @@ class Trainer:
 
         return pad_id(self.policy)
 
-    def collect(self, examples: list[Example], part: Part) -> RolloutBatch:
+    def collect(self, examples: list[Example], part: Part, *, part_index: int = 0, first_index: int = 0) -> RolloutBatch:
         self.policy.model.eval()
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.iteration * 101 + len(part.scheme.name))
-        return self.engine.collect(examples, part.scheme, part.beta, gen, self.cfg.rollout_batch_size)
+        seed = (self.cfg.seed * 1_000_003 + self.iteration) * 16 + part_index
+        return self.engine.collect(examples, part.scheme, part.beta, batch_size=self.cfg.rollout_batch_size,
+                                   chunk_seed=seed, first_index=first_index)
 
     def score(self, batch: RolloutBatch) -> torch.Tensor:
         rewards = self.task.reward(batch.prompts, batch.completions, batch.examples)
@@ -198,6 +212,9 @@ class Trainer:
             )
         scores = torch.tensor([float(r) for r in rewards], dtype=torch.float32, device=self.device)
         bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+        if any_rank(bool(bad)) and not bad:
+            raise RlgfError(f"another rank got a non-finite reward in iteration {self.iteration + 1}",
+                            "fix the reward; training stopped and the last good checkpoint is kept")
         if bad:
             raise RlgfError(
                 f"the reward is {scores[bad[0]].item()} for episode {bad[0]} of iteration {self.iteration + 1}",
@@ -229,76 +246,109 @@ class Trainer:
         learner = batch.learner_mask.float()
         rewards, kl = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_ctl.value, kl_mask=learner)
         advantages, returns = gae(rewards, old_values, mask, self.cfg.gamma, self.cfg.lam)
-        if self.cfg.whiten_advantages and learner.sum() > 1:
-            advantages = masked_whiten(advantages, learner)
+        if self.cfg.whiten_advantages:
+            advantages = _whiten(advantages, learner)
         critic_id = torch.full((len(batch),), 1 if critic_name == GUIDE else 0, dtype=torch.long, device=self.device)
+        global_index = getattr(batch, "global_index", None)
+        if global_index is None:
+            global_index = torch.arange(len(batch), device=self.device)
         return Buffers(batch, scores, old_logprobs, ref_logprobs, old_values * mask, advantages * weight,
-                       returns, kl, critic_id)
+                       returns, kl, critic_id, global_index)
 
     def update(self, buf: Buffers) -> dict:
+        """PPO epochs over the batch. Minibatches are drawn from a permutation of the *global*
+        batch (the same on every rank); each rank works on its rows of each minibatch."""
         cfg = self.cfg
-        self.policy.model.train()
+        w = world()
+        # dropout stays off (eval mode): the ratio of new to old log-probs starts at exactly 1
+        self.policy.model.eval()
         for c in self.critics.values():
-            c.train()
+            c.eval()
         totals: dict[str, float] = {}
         steps = 0
-        n = len(buf.batch)
+        n_global = int(all_sum([len(buf.batch)])[0])
+        local_of = {int(g): i for i, g in enumerate(buf.global_index.tolist())}
         gen = torch.Generator().manual_seed(cfg.seed * 1000003 + self.iteration)
         for _ in range(cfg.epochs):
-            perm = torch.randperm(n, generator=gen).tolist()
-            for sl in chunks(n, cfg.minibatch_size):
-                idx = torch.tensor(perm[sl], device=self.device)
+            perm = torch.randperm(n_global, generator=gen).tolist()
+            for sl in chunks(n_global, cfg.minibatch_size * w.size):
+                rows = [local_of[g] for g in perm[sl] if g in local_of]
+                idx = torch.tensor(rows, dtype=torch.long, device=self.device)
                 stats = self._minibatch_step(buf, idx)
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
                 steps += 1
-        self.policy.model.eval()
-        for c in self.critics.values():
-            c.eval()
         return {k: v / max(steps, 1) for k, v in totals.items()}
 
     def _minibatch_step(self, buf: Buffers, idx: torch.Tensor) -> dict:
+        """One optimizer step. Every loss is a sum over this rank's tokens divided by the
+        token count of the whole (global) minibatch; gradients are then summed over ranks."""
         cfg = self.cfg
         b = buf.batch
-        query, qmask = trim_query(b.query[idx], b.query_mask[idx])
-        width = trim_response_width(b.response_mask[idx])
-        response, rmask = b.response[idx, :width], b.response_mask[idx, :width]
-        pg_mask = b.learner_mask[idx, :width].float()
-        out: dict[str, float] = {}
+        has_rows = len(idx) > 0
+        if has_rows:
+            query, qmask = trim_query(b.query[idx], b.query_mask[idx])
+            width = trim_response_width(b.response_mask[idx])
+            response, rmask = b.response[idx, :width], b.response_mask[idx, :width]
+            pg_mask = b.learner_mask[idx, :width].float()
+            own = {}
+            for cid, name in ((0, LEARNER), (1, GUIDE)):
+                rows = (buf.critic_id[idx] == cid).nonzero().flatten()
+                mask = (b.learner_mask if name == LEARNER else b.guide_mask)[idx[rows], :width].float()
+                own[name] = (rows, mask)
+        local = [float(pg_mask.sum()) if has_rows else 0.0,
+                 float(own[LEARNER][1].sum()) if has_rows else 0.0,
+                 float(own[GUIDE][1].sum()) if has_rows else 0.0]
+        g_pg, g_lv, g_gv = all_sum(local).tolist()
         loss = torch.zeros((), device=self.device)
-        if pg_mask.sum() > 0:
+        logged = [0.0] * 7  # pg_loss, entropy, approx_kl, clipfrac, v_loss, guide_v_loss (as global sums), any
+        if has_rows and local[0] > 0:
             logprobs, entropy = self.policy.response_logprobs(query, qmask, response, rmask, with_entropy=True)
             pol = clipped_policy_loss(logprobs, buf.old_logprobs[idx, :width], buf.advantages[idx, :width], pg_mask,
                                       cfg.clip_range)
             ent = masked_mean(entropy, pg_mask)
-            loss = loss + pol.pg_loss - cfg.ent_coef * ent
-            out.update(pg_loss=pol.pg_loss.item(), entropy=ent.item(), approx_kl=pol.approx_kl.item(),
-                       clipfrac=pol.clipfrac.item())
+            share = local[0] / g_pg
+            loss = loss + (pol.pg_loss - cfg.ent_coef * ent) * share
+            logged[:4] = [pol.pg_loss.item() * share, ent.item() * share, pol.approx_kl.item() * share,
+                          pol.clipfrac.item() * share]
         # each critic learns the value of its own policy, on the tokens that policy generated
-        for cid, name in ((0, LEARNER), (1, GUIDE)):
-            rows = (buf.critic_id[idx] == cid).nonzero().flatten()
-            if name not in self.critics or len(rows) == 0:
+        for slot, name, g_count in ((4, LEARNER, g_lv), (5, GUIDE, g_gv)):
+            if not has_rows or name not in self.critics:
                 continue
-            own = (b.learner_mask if name == LEARNER else b.guide_mask)[idx[rows], :width].float()
-            if own.sum() == 0:
+            rows, mask = own[name]
+            if mask.sum() == 0:
                 continue
             values = self.critics[name].values(query[rows], qmask[rows], response[rows], rmask[rows])
-            v_loss = clipped_value_loss(values, buf.old_values[idx[rows], :width], buf.returns[idx[rows], :width], own,
+            v_loss = clipped_value_loss(values, buf.old_values[idx[rows], :width], buf.returns[idx[rows], :width], mask,
                                         cfg.clip_range_value)
-            loss = loss + cfg.vf_coef * v_loss
-            out["v_loss" if name == LEARNER else "guide_v_loss"] = v_loss.item()
-        if not loss.requires_grad:
-            return out
-        if not torch.isfinite(loss):
+            share = float(mask.sum()) / g_count
+            loss = loss + cfg.vf_coef * v_loss * share
+            logged[slot] = v_loss.item() * share
+        if has_rows and not torch.isfinite(loss):
+            logged[6] = 1.0
+        sums = all_sum(logged).tolist() if world().enabled else logged
+        if sums[6] > 0:
             raise RlgfError(
-                f"training diverged at iteration {self.iteration + 1}: the loss is {loss.item()}",
+                f"training diverged at iteration {self.iteration + 1}: the loss is not finite",
                 "lower --lr or --clip-range; the last good checkpoint is kept",
             )
+        if g_pg == 0 and g_lv == 0 and g_gv == 0:
+            return {}
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if loss.requires_grad:
+            loss.backward()
+        sum_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
-        out.update(loss=loss.item(), grad_norm=grad_norm.item())
+        out = {"grad_norm": float(grad_norm)}
+        if g_pg > 0:
+            out.update(pg_loss=sums[0], entropy=sums[1], approx_kl=sums[2], clipfrac=sums[3])
+        if g_lv > 0:
+            out["v_loss"] = sums[4]
+        if g_gv > 0:
+            out["guide_v_loss"] = sums[5]
+        out["loss"] = out.get("pg_loss", 0.0) - cfg.ent_coef * out.get("entropy", 0.0) + cfg.vf_coef * (
+            out.get("v_loss", 0.0) + out.get("guide_v_loss", 0.0))
         return out
 
     # -- state --------------------------------------------------------------------
@@ -333,7 +383,21 @@ def _concat_buffers(parts: list[Buffers], pid: int) -> Buffers:
         returns=right("returns"),
         kl=right("kl"),
         critic_id=torch.cat([p.critic_id for p in parts]),
+        global_index=torch.cat([p.global_index for p in parts]),
     )
+
+
+def _whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`masked_whiten` with the statistics of the global (all ranks) batch."""
+    if not world().enabled:
+        return masked_whiten(x, mask) if mask.sum() > 1 else x * mask
+    m = mask.to(x.dtype)
+    n, s1, s2 = all_sum([float(m.sum()), float((x * m).sum()), float((x.double() ** 2 * m.double()).sum())]).tolist()
+    if n <= 1:
+        return x * m
+    mean = s1 / n
+    var = (s2 - n * mean * mean) / (n - 1)
+    return (x - mean) * (1.0 / math.sqrt(max(var, 0.0) + 1e-8)) * m
 
 
 def _slice(batch: RolloutBatch, sl: slice):
