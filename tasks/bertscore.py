@@ -126,15 +126,22 @@ class BertScore:
         return self._scorer
 
     def f1(self, hyps: Sequence[str], refs_list: Sequence[Sequence[str]]) -> list[float]:
-        """Best-reference BERTScore F1 per hypothesis."""
+        """Best-reference BERTScore F1 per hypothesis (0 for an empty one)."""
         if len(hyps) != len(refs_list):
             raise ValueError(f"{len(hyps)} hypotheses for {len(refs_list)} reference lists")
-        if not hyps:
-            return []
+        out = [0.0] * len(hyps)
+        # an empty hypothesis scores 0, as bert-score itself rules (its own code path for empty
+        # texts calls a tokenizer method that transformers 5 removed); empty references are dropped
+        todo = [i for i, (h, refs) in enumerate(zip(hyps, refs_list)) if str(h).strip() and any(str(r).strip() for r in refs)]
+        if not todo:
+            return out
         scorer = self._load()
         import torch
 
+        cands = [str(hyps[i]) for i in todo]
+        refs = [[str(r) for r in refs_list[i] if str(r).strip()] for i in todo]
         with _quiet(), torch.inference_mode():
-            _, _, f1 = scorer.score([str(h) for h in hyps], [[str(r) for r in refs] for refs in refs_list],
-                                    verbose=False, batch_size=self.batch_size)  # fmt: skip
-        return [float(x) if math.isfinite(float(x)) else math.nan for x in f1.tolist()]
+            _, _, f1 = scorer.score(cands, refs, verbose=False, batch_size=self.batch_size)
+        for i, value in zip(todo, f1.tolist()):
+            out[i] = float(value) if math.isfinite(float(value)) else math.nan
+        return out

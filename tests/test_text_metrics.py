@@ -239,6 +239,7 @@ def test_bertscore_minilm_offline_best_reference():
     assert f1[0] == pytest.approx(1.0, abs=1e-4)
     singles = [scorer.f1([hyps[1]], [[r]])[0] for r in refs[1]]
     assert f1[1] == pytest.approx(max(singles), abs=1e-5)
+    assert scorer.f1(["", "  ", hyps[0]], [refs[0], refs[0], refs[0]]) == pytest.approx([0.0, 0.0, f1[0]], abs=1e-6)
 
 
 def test_java_missing_is_reported(monkeypatch):
