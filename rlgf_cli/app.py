@@ -13,6 +13,7 @@ import typer
 
 from . import __version__
 from .cmd_difficulty import difficulty_command
+from .cmd_distill import distill_command
 from .cmd_eval import eval_command
 from .cmd_train import train_command
 from .console import handle_errors, out_console
@@ -53,6 +54,7 @@ def main_callback(
 app.command("train", no_args_is_help=False)(train_command)
 app.command("eval")(eval_command)
 app.command("difficulty")(difficulty_command)
+app.command("distill")(distill_command)
 
 
 @app.command("tasks")

@@ -117,6 +117,7 @@ def eval_command(
         write_atomic(samples, "\n".join(lines))
     public = {
         "results": [{k: v for k, v in r.items() if k != "samples"} for r in report["results"]],
+        "metric_names": report["metric_names"],
         "task_info": report["task_info"],
     }
     if json_out == "-":
@@ -134,7 +135,7 @@ def table_rows(report: dict) -> tuple[str, list[str], list[list[str]]]:
 
     results = report["results"]
     labels = short_labels([r["policy"] for r in results])
-    names = metric_columns(r["metrics"] for r in results)
+    names = metric_columns((r["metrics"] for r in results), report.get("metric_names", ()))
     first = results[0]
     n_seeds = max(len(r.get("seeds", [0])) for r in results)
     title = f"{first['task']} · {first['split']} split · n={first['n']}" + (f" · {n_seeds} seeds (mean ± std)" if n_seeds > 1 else "")

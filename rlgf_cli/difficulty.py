@@ -134,7 +134,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
 
     from backends import resolve
 
-    from .evaluate import (api_options, build_eval_task, compute_metrics, decoding_for, generate_for,
+    from .evaluate import (api_options, build_eval_task, compute_metrics, decoding_for, describe_decoding, generate_for,
                            is_api_spec, reference_spec_for, resolve_sampling, split_examples)
     from .run import resolve_device
 
@@ -158,7 +158,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
         else:
             policy = reference if spec == ref_spec else resolve(spec, device=dev)
         decode = decoding_for(policy, task, sampling)
-        decodings[spec] = decode.describe()
+        decodings[spec] = describe_decoding(policy, decode)
         say(f"generating with {spec} ({decodings[spec]})")
         with bar(f"difficulty {spec}") as progress:
             completions = generate_for(policy, task, examples, decoding=decode, seed=seed, batch_size=batch_size,
@@ -177,6 +177,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
         "seed": seed,
         **how,
         "policies": specs,
+        "metric_names": list(task.metric_names),
         "decoding": decodings,
         "buckets": buckets,
         "gaps": {m: gaps_for({"buckets": buckets}, m) for m in metric_names({"buckets": buckets})},
@@ -189,7 +190,8 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
 def metric_names(report: dict) -> list[str]:
     from .report import metric_columns
 
-    return metric_columns(m for b in report["buckets"].values() for m in b["policies"].values())
+    return metric_columns((m for b in report["buckets"].values() for m in b["policies"].values()),
+                          report.get("metric_names", ()))
 
 
 def gaps_for(report: dict, metric: str) -> dict[str, float | None]:

@@ -105,6 +105,13 @@ def decoding_for(policy, task: Task, override: Sampling | None) -> Sampling:
     return sampling
 
 
+def describe_decoding(policy, sampling: Sampling) -> str:
+    """What really ran: an API backend without extensions sends no top-k."""
+    if getattr(policy, "backend", "") == "openai" and not getattr(policy, "extensions", False) and sampling.top_k:
+        sampling = replace(sampling, top_k=0)
+    return sampling.describe()
+
+
 def is_deterministic(sampling: Sampling) -> bool:
     return sampling.num_beams > 1 or not sampling.do_sample or sampling.temperature == 0
 
@@ -225,7 +232,7 @@ def evaluate_policy(
         "task": task.name,
         "split": split,
         "n": len(examples),
-        "decoding": decoding.describe(),
+        "decoding": describe_decoding(policy, decoding),
         "metrics": compute_metrics(task, policy, examples, completions, reference),
         "completions": completions,
         "samples": sample_rows(task, examples, completions, seed=seed, scores=scores),
@@ -318,7 +325,7 @@ def run_eval(
         for s in seed_list:
             policy = local or resolve(spec, device=dev, **api_options(spec, base_url=base_url, seed=s))
             decode = decoding_for(policy, task, sampling)
-            decoding_text = decode.describe()
+            decoding_text = describe_decoding(policy, decode)
             if runs and is_deterministic(decode):
                 say(f"{spec}: {decoding_text} is deterministic; one run stands for every seed")
                 break
@@ -333,7 +340,8 @@ def run_eval(
                 policy.close()
         results.append(summarise(spec, task, split, len(examples), decoding_text, runs, rows))
         del local  # free memory before the next policy
-    return {"results": results, "task_info": {"reference_model": ref_spec, **task.info()}}
+    return {"results": results, "metric_names": list(task.metric_names),
+            "task_info": {"reference_model": ref_spec, **task.info()}}
 
 
 def summarise(spec: str, task: Task, split: str, n: int, decoding: str, runs: list[dict], rows: list[dict]) -> dict:

@@ -42,14 +42,16 @@ def fmt_mean_std(mean: float | None, std: float | None = None) -> str:
     return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
 
 
-def metric_columns(metric_dicts: Iterable[dict]) -> list[str]:
-    """Metric names in first-seen order over several results."""
+def metric_columns(metric_dicts: Iterable[dict], order: Sequence[str] = ()) -> list[str]:
+    """Metric names over several results: those in ``order`` (a task's metric_names) first, in
+    that order, then any others in first-seen order."""
     names: list[str] = []
     for metrics in metric_dicts:
         for name in metrics:
             if name not in names:
                 names.append(name)
-    return names
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
 
 
 def short_label(spec: str) -> str:

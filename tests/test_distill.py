@@ -1,0 +1,142 @@
+"""``rlgf distill`` against a tiny model served on loopback: budget, cache, report, --then."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from rlgf_cli.app import app
+from rlgf_cli.distill import GuideDataTask, score_and_keep
+from tasks.base import Example
+from tiny_assets import make_tiny_reward, served
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+runner = CliRunner()
+MAX_NEW = 6
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RLGF_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory):
+    return make_tiny_reward(tmp_path_factory.mktemp("distill-reward") / "reward")
+
+
+def distill_args(out, url, learner, reward, budget, *extra):
+    return [
+        "distill", "--guide", "openai:tiny", "--guide-base-url", url, "--learner", str(learner),
+        "--reward-model", str(reward), "--out", str(out), "--prompts", "6", "--samples-per-prompt", "2",
+        "--eval-limit", "3", "--max-new-tokens", str(MAX_NEW), "--episodes", "4", "--minibatch-size", "4",
+        "--iterations", "2", "--lr", "1e-3", "--device", "cpu", "--guide-budget-tokens", str(budget), *extra,
+    ]
+
+
+def served_tokens(server):
+    return server.counts["prompt_tokens"] + server.counts["completion_tokens"]
+
+
+def test_distill_then_ppopp_report_and_cache_reuse(tmp_path, tiny_causal_dir, reward_dir):
+    cfg = tmp_path / "then.toml"
+    cfg.write_text("episodes = 4\nminibatch_size = 4\nepochs = 1\nrollout_batch_size = 4\n")
+    out = tmp_path / "run"
+    budget = 100_000
+    extra = ["--then", "ppo++", "--then-iterations", "1", "--then-config", str(cfg), "--quiet"]
+    with served(tiny_causal_dir) as server:
+        first = runner.invoke(app, distill_args(out, server.url, tiny_causal_dir, reward_dir, budget, *extra))
+        assert first.exit_code == 0, (first.output, first.exception)
+        assert 0 < served_tokens(server) <= budget
+        report = json.loads((out / "report.json").read_text())
+        assert [r["name"] for r in report["rows"]] == ["guide", "learner", "learner + BC", "learner + BC + ppo++"]
+        for r in report["rows"]:
+            assert r["n"] == 3 and 0.0 <= r["metrics"]["sentiment"] <= 1.0
+        assert "perplexity" not in report["rows"][0]["metrics"] and "perplexity" in report["rows"][1]["metrics"]
+        c = report["collection"]
+        assert (c["prompts"], c["completions"], c["kept"], c["budget_exhausted"]) == (6, 12, c["kept"], False)
+        assert 0 < c["kept"] <= 12
+        assert report["then"]["iterations"] == 1 and report["then"]["alg"] == "ppo++"
+        assert (out / "bc" / "final" / "model.safetensors").is_file() and (out / "ppopp" / "final").is_dir()
+        samples = [json.loads(line) for line in (out / "guide_samples.jsonl").read_text().splitlines()]
+        assert len(samples) == 12 and {"prompt", "completion", "reward", "kept", "sample"} <= set(samples[0])
+        md = (out / "report.md").read_text()
+        assert "| guide | openai:tiny |" in md and "| learner + BC |" in md and "sentiment" in md
+        requests, tokens = server.counts["completion_requests"], served_tokens(server)
+
+        # the same command again: every guide completion (evaluation, collection, PPO++) is cached
+        again = runner.invoke(app, distill_args(out, server.url, tiny_causal_dir, reward_dir, budget, *extra,
+                                                "--overwrite"))
+        assert again.exit_code == 0, (again.output, again.exception)
+        assert server.counts["completion_requests"] == requests and served_tokens(server) == tokens
+        rerun = json.loads((out / "report.json").read_text())
+        assert rerun["guide_total"]["api_completions"] == 0 and rerun["guide_total"]["cache_hits"] > 0
+        assert rerun["rows"][0]["metrics"] == report["rows"][0]["metrics"]
+
+
+def test_budget_runs_out_during_collection(tmp_path, tiny_causal_dir, reward_dir):
+    from tasks import get_task
+
+    task = get_task("rotten-tomatoes", reward_model=str(reward_dir))
+    size = lambda text: len(text.encode("utf-8"))  # noqa: E731 - the served tokenizer is byte-level
+    evaluation = sum(size(ex.prompt) + MAX_NEW for ex in task.examples("test")[:3])
+    per_prompt = [2 * (size(ex.prompt) + MAX_NEW) for ex in task.examples("train")[:6]]
+    budget = evaluation + per_prompt[0] + per_prompt[1] + per_prompt[2] // 2
+    out = tmp_path / "run"
+    with served(tiny_causal_dir) as server:
+        result = runner.invoke(app, distill_args(out, server.url, tiny_causal_dir, reward_dir, budget))
+        assert result.exit_code == 0, (result.output, result.exception)
+        assert served_tokens(server) <= budget  # the server's own count
+    assert "going on with what was collected" in result.output
+    report = json.loads((out / "report.json").read_text())
+    c = report["collection"]
+    assert c["budget_exhausted"] and 4 <= c["completions"] < 12 and c["completions"] % 2 == 0
+    assert report["guide_total"]["total_tokens"] <= budget
+    assert [r["name"] for r in report["rows"]] == ["guide", "learner", "learner + BC"]
+    assert "ran out during collection" in (out / "report.md").read_text()
+
+
+def test_keep_top_and_the_bc_task():
+    pairs = [(Example("a", ("a",)), t) for t in (" x", " yy", " ")] + [(Example("b", ("b",)), t) for t in (" p", " q", " r")]
+
+    class Len:
+        def reward(self, prompts, completions, examples):
+            return [len(c) for c in completions]
+
+    rows = score_and_keep(Len(), pairs, 3, keep_top=1)
+    assert [r["kept"] for r in rows] == [False, True, False, True, False, False]  # ties keep the first
+    rows = score_and_keep(Len(), pairs, 3, keep_top=None)
+    assert [r["kept"] for r in rows] == [True, True, False, True, True, True]  # empty completions never
+
+    class Base:
+        max_new_tokens = 7
+
+        def bc_examples(self):
+            return ["reference"]
+
+    wrapped = GuideDataTask(Base(), [Example("a", ("a x",), target=" x")])
+    assert wrapped.max_new_tokens == 7 and [e.target for e in wrapped.bc_examples()] == [" x"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--samples-per-prompt", "0"], "--samples-per-prompt"),
+    (["--keep-top", "5"], "--keep-top"),
+    (["--then", "bc"], "--then bc"),
+    (["--then", "nope"], "unknown algorithm"),
+    (["--eval-split", "dev"], "unknown split"),
+])
+def test_bad_input(tmp_path, extra, message):
+    result = runner.invoke(app, ["distill", "--guide", "openai:tiny", "--out", str(tmp_path / "o"), *extra])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("[error]") and message in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_budget_needs_an_api_guide(tmp_path, tiny_causal_dir):
+    result = runner.invoke(app, ["distill", "--guide", str(tiny_causal_dir), "--guide-budget-tokens", "100",
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "API guide" in result.output
