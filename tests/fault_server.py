@@ -18,16 +18,27 @@ requests overlap; ``server.max_in_flight`` records the most seen at once.
 
 ``server.fault_log`` lists the faults served; ``server.counts`` (from the real server) counts
 every request and the tokens of the replies it actually completed.
+
+Out of process. ``python tests/fault_server.py --policy SPEC`` serves the same way in a
+process of its own (so a guide's seeded sampling never touches the test process's torch RNG),
+prints its base URL and stops when its stdin closes; :class:`FaultServerProcess` drives it.
+Two test-only routes steer it: ``GET /_test/state`` (counts, fault log) and
+``POST /_test/faults`` (``{"faults": [...], "retry_after": "0.2", "slow_s": 1.0}``).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Iterator, Sequence
 
 from backends.base import Policy, Sampling
@@ -72,8 +83,28 @@ class CharPolicy(EchoPolicy):
 class FaultHandler(CompletionHandler):
     server: "FaultServer"
 
+    def do_GET(self) -> None:  # noqa: N802
+        if self.server.dead:
+            return self._hang_up()
+        if self._path() == "/_test/state":
+            srv = self.server
+            with srv._counts_lock:
+                state = {"counts": dict(srv.counts), "fault_log": list(srv.fault_log), "faults_left": len(srv.faults),
+                         "in_flight": srv.in_flight}
+            return self.send_json(200, state)
+        return super().do_GET()
+
     def do_POST(self) -> None:  # noqa: N802
         srv = self.server
+        if srv.dead:
+            return self._hang_up()
+        if self._path() == "/_test/faults":
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            with srv._counts_lock:
+                srv.faults = collections.deque(body.get("faults", []))
+                srv.retry_after = str(body.get("retry_after", srv.retry_after))
+                srv.slow_s = float(body.get("slow_s", srv.slow_s))
+            return self.send_json(200, {"ok": True})
         with srv._counts_lock:
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
@@ -111,6 +142,12 @@ class FaultHandler(CompletionHandler):
         kind = "requests" if status == 429 else ("invalid_request_error" if status < 500 else "server_error")
         self.send_json(status, {"error": {"message": f"injected {status}", "type": kind, "param": None, "code": None}}, headers)
 
+    def _hang_up(self) -> None:
+        """A stopped server: close the (kept-alive) connection without a reply."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
     def _answer_late(self, payload) -> None:
         try:
             body = self.complete(parse_completion_request(payload))
@@ -134,6 +171,13 @@ class FaultServer(CompletionServer):
     delay_s: float
     in_flight: int
     max_in_flight: int
+    dead: bool = False
+
+    def stop_answering(self) -> None:
+        """Stop as a killed server would: refuse new connections, hang up on kept-alive ones."""
+        self.dead = True
+        self.shutdown()
+        self.server_close()
 
     def next_fault(self) -> str | None:
         with self._counts_lock:
@@ -165,3 +209,103 @@ def running(server: CompletionServer) -> Iterator[CompletionServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- out of process ---------------------------------------------------------------------
+class FaultServerProcess:
+    """``tests/fault_server.py`` in a subprocess: ``url``, ``state()``, ``set_faults()``, ``close()``.
+
+    The key (if any) reaches the child through the environment variable named by
+    ``api_key_env``, never its command line.
+    """
+
+    def __init__(self, policy: str, *, model_name: str = "guide", api_key_env: str | None = None,
+                 env: dict | None = None, timeout: float = 120.0) -> None:
+        root = Path(__file__).resolve().parent.parent
+        env = dict(os.environ if env is None else env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), str(root / "tests"), env.get("PYTHONPATH")]))
+        env.setdefault("OMP_NUM_THREADS", "1")
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--policy", policy, "--model-name", model_name]
+        if api_key_env:
+            cmd += ["--api-key-env", api_key_env]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("http://"):
+            self.close()
+            raise RuntimeError(f"the fault server did not start: {line!r} {self.proc.stderr.read()[-2000:]}")
+        self.url = line
+        host_port = line.split("//", 1)[1].split("/", 1)[0]
+        self.host, port = host_port.rsplit(":", 1)
+        self.port = int(port)
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def state(self, settle: float = 10.0) -> dict:
+        """``{"counts": {...}, "fault_log": [...], "faults_left": n, "in_flight": 0}``, once no
+        request is in flight (a "slow" reply finishes after its client gave up) or ``settle`` s passed."""
+        deadline = time.monotonic() + settle
+        while True:
+            state = self._call("GET", "/_test/state")
+            if state["in_flight"] == 0 or time.monotonic() > deadline:
+                return state
+            time.sleep(0.05)
+
+    def set_faults(self, faults: Sequence[str], *, retry_after: str = "0.2", slow_s: float = 1.0) -> None:
+        self._call("POST", "/_test/faults", {"faults": list(faults), "retry_after": retry_after, "slow_s": slow_s})
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def __enter__(self) -> "FaultServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="a fault-injecting rlgf serve for tests")
+    ap.add_argument("--policy", required=True, help="a policy spec (hf:DIR …) or 'echo'")
+    ap.add_argument("--model-name", default="guide")
+    ap.add_argument("--api-key-env", default=None, help="environment variable holding the key to require")
+    args = ap.parse_args(argv)
+    if args.policy == "echo":
+        policy: Policy = EchoPolicy()
+    else:
+        import torch
+
+        from backends import resolve
+
+        torch.set_num_threads(1)
+        policy = resolve(args.policy, device="cpu")
+    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    server = make_fault_server(policy, api_key=key, model_name=args.model_name)
+    start_in_thread(server)
+    print(server.url, flush=True)
+    sys.stdin.read()  # until the parent closes stdin (or dies)
+    server.shutdown()
+    server.server_close()
+
+
+if __name__ == "__main__":
+    main()
