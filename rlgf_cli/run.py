@@ -21,6 +21,7 @@ from .checkpoint import (
     prune_checkpoints,
     read_state,
     restore_rng_state,
+    rng_state,
     save_checkpoint,
     set_seed,
 )
@@ -82,6 +83,31 @@ def guide_options(cfg: TrainConfig, used: int = 0) -> dict:
     if cfg.guide_price_per_1k is not None:
         opts["price_per_1k"] = cfg.guide_price_per_1k
     opts["seed"] = cfg.seed
+    opts.update(_guide_env_options())
+    return opts
+
+
+#: transport settings of an API guide that only the environment sets (slow servers, tests)
+GUIDE_ENV = {"RLGF_GUIDE_TIMEOUT": ("timeout", float), "RLGF_GUIDE_MAX_RETRIES": ("max_retries", int),
+             "RLGF_GUIDE_BACKOFF": ("backoff_base", float)}
+
+
+def _guide_env_options() -> dict:
+    import os
+
+    opts: dict = {}
+    for var, (name, kind) in GUIDE_ENV.items():
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            value = kind(raw)
+        except ValueError:
+            value = None
+        if value is None or value < 0:
+            raise RlgfError(f"${var} must be a {'whole ' if kind is int else ''}number >= 0, not {raw!r}",
+                            f"unset it, or e.g. {var}={'6' if kind is int else '30'}")
+        opts[name] = value
     return opts
 
 
@@ -189,12 +215,25 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as log:
         try:
             while trainer.iteration < cfg.iterations:
+                before = (rng_state(), trainer.state()) if hasattr(guide, "stats") else None
                 try:
                     last = trainer.step()
                 except GuideBudgetExhausted as exc:
+                    # rewind what the cut iteration drew (prompts, random numbers), so the checkpoint
+                    # is the end of the last whole iteration and --resume replays this one exactly
+                    # (its guide calls that were already paid for then come from the cache)
+                    if before is not None:
+                        restore_rng_state(before[0])
+                        trainer.load_state(before[1])
                     stopped = f"guide budget exhausted after {trainer.iteration} iterations ({exc.message})"
                     callback("message", {"text": f"stopping: {stopped}; resume with a larger --guide-budget-tokens"})
                     break
+                except RlgfError as exc:  # e.g. the API guide cannot be reached: say what is kept
+                    kept = latest_checkpoint(out) if hasattr(guide, "stats") else None
+                    if kept is None:
+                        raise
+                    where = f"the last checkpoint is {kept}; continue with rlgf train --resume {out}"
+                    raise RlgfError(exc.message, f"{exc.hint}; {where}" if exc.hint else where) from None
                 if hasattr(guide, "stats"):
                     last.update({f"guide_api_{k}": v for k, v in guide.stats().items() if not isinstance(v, str)})
                 log.write(json.dumps(last) + "\n")
