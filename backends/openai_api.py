@@ -105,6 +105,9 @@ class OpenAIPolicy(Policy):
         self.budget = TokenBudget(budget) if isinstance(budget, int) else budget
         self._count, self.token_count_source = token_counter(model)
         self._ratio = 1.0  # calibration: server prompt tokens / our raw estimate (largest seen)
+        # a model tiktoken does not know (a local server's) may count far more tokens than our
+        # estimate; until its usage calibrates the estimate, assume the worst (see _estimate)
+        self._calibrated = _tiktoken_knows(model)
         self._lock = threading.Lock()
         self._occurrences: dict[str, int] = {}
         self._stats = dict.fromkeys(
@@ -284,9 +287,17 @@ class OpenAIPolicy(Policy):
         return results
 
     def _estimate(self, prompts: list[str], max_tokens: int) -> tuple[int, int]:
-        """(tokens to reserve, raw prompt-token estimate) for one request."""
+        """(tokens to reserve, raw prompt-token estimate) for one request.
+
+        Before a server with an unknown tokenizer has reported any usage, a prompt is
+        reserved as one token per UTF-8 byte plus one (a BOS): no byte-level tokenizer
+        counts more, so the first calls cannot overshoot the budget either.
+        """
         raw = sum(self._count(p) for p in prompts)
-        return math.ceil(raw * self._ratio) + max_tokens * len(prompts), raw
+        with self._lock:
+            calibrated, ratio = self._calibrated, self._ratio
+        prompt = math.ceil(raw * ratio) if calibrated else sum(len(p.encode("utf-8")) + 1 for p in prompts)
+        return prompt + max_tokens * len(prompts), raw
 
     def _run_chunk(self, chunk, est, max_tokens, params, sampling, min_tokens):
         reserved, raw_prompt = est
@@ -306,6 +317,7 @@ class OpenAIPolicy(Policy):
             with self._lock:
                 if parsed.prompt_tokens is not None and raw_prompt > 0:
                     self._ratio = min(_MAX_CALIBRATION, max(self._ratio, parsed.prompt_tokens / raw_prompt))
+                    self._calibrated = True
                 self._stats["calls"] += 1
                 self._stats["api_completions"] += len(prompts)
                 self._stats["prompt_tokens"] += p_tok
@@ -325,6 +337,17 @@ class OpenAIPolicy(Policy):
         finally:
             if self.budget is not None and not settled:
                 self.budget.release(reserved)
+
+
+def _tiktoken_knows(model: str) -> bool:
+    """Whether tiktoken maps ``model`` to an encoding (so our count is the server's)."""
+    try:
+        import tiktoken
+
+        tiktoken.encoding_name_for_model(model)
+        return True
+    except Exception:  # noqa: BLE001 - unknown model (KeyError), or no tiktoken
+        return False
 
 
 def _check_positive(**values) -> None:
