@@ -121,6 +121,8 @@ class Trainer:
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl or None, cfg.kl_horizon)
         self.sampler = PromptSampler(task.examples("train"), cfg.seed)
         max_new = cfg.max_new_tokens or task.max_new_tokens
+        #: bf16 autocast on CUDA (weights and optimizer state stay float32)
+        self.autocast = _autocast(self.device)
         self.engine = GuidedRollout(
             policy, guide, task, max_new_tokens=max_new, min_new_tokens=min(task.min_new_tokens, max_new),
             sampling=task.train_sampling,
@@ -146,7 +148,8 @@ class Trainer:
             n -= n % w.size
             per_rank = n // w.size
             first = start + w.rank * per_rank
-            batch = self.collect(examples[first:first + per_rank], part, part_index=j, first_index=first)
+            with self.autocast:
+                batch = self.collect(examples[first:first + per_rank], part, part_index=j, first_index=first)
             batch.global_index = torch.arange(first, first + per_rank, device=self.device)
             batches.append((part, batch))
             start += n
@@ -154,7 +157,8 @@ class Trainer:
         self.callback("phase", {"name": "reward"})
         scored = [(part, batch, self.score(batch)) for part, batch in batches if len(batch)]
         t2 = time.perf_counter()
-        buffers = _concat_buffers([self.compute_advantages(b, s, part) for part, b, s in scored], self.pad_id)
+        with self.autocast:
+            buffers = _concat_buffers([self.compute_advantages(b, s, part) for part, b, s in scored], self.pad_id)
         t3 = time.perf_counter()
         self.callback("phase", {"name": "update"})
         stats = self.update(buffers)
@@ -241,7 +245,7 @@ class Trainer:
             lp.append(_pad_to(self.policy.response_logprobs(*args), width))
             ref.append(_pad_to(self.reference.response_logprobs(*args), width))
             val.append(_pad_to(critic.values(*args), width))
-        old_logprobs, ref_logprobs, old_values = torch.cat(lp), torch.cat(ref), torch.cat(val)
+        old_logprobs, ref_logprobs, old_values = torch.cat(lp).float(), torch.cat(ref).float(), torch.cat(val).float()
         mask = batch.response_mask.float()
         learner = batch.learner_mask.float()
         rewards, kl = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_ctl.value, kl_mask=learner)
@@ -303,7 +307,9 @@ class Trainer:
         loss = torch.zeros((), device=self.device)
         logged = [0.0] * 7  # pg_loss, entropy, approx_kl, clipfrac, v_loss, guide_v_loss (as global sums), any
         if has_rows and local[0] > 0:
-            logprobs, entropy = self.policy.response_logprobs(query, qmask, response, rmask, with_entropy=True)
+            with self.autocast:
+                logprobs, entropy = self.policy.response_logprobs(query, qmask, response, rmask, with_entropy=True)
+            logprobs, entropy = logprobs.float(), entropy.float()
             pol = clipped_policy_loss(logprobs, buf.old_logprobs[idx, :width], buf.advantages[idx, :width], pg_mask,
                                       cfg.clip_range)
             ent = masked_mean(entropy, pg_mask)
@@ -318,7 +324,9 @@ class Trainer:
             rows, mask = own[name]
             if mask.sum() == 0:
                 continue
-            values = self.critics[name].values(query[rows], qmask[rows], response[rows], rmask[rows])
+            with self.autocast:
+                values = self.critics[name].values(query[rows], qmask[rows], response[rows], rmask[rows])
+            values = values.float()
             v_loss = clipped_value_loss(values, buf.old_values[idx[rows], :width], buf.returns[idx[rows], :width], mask,
                                         cfg.clip_range_value)
             share = float(mask.sum()) / g_count
@@ -385,6 +393,15 @@ def _concat_buffers(parts: list[Buffers], pid: int) -> Buffers:
         critic_id=torch.cat([p.critic_id for p in parts]),
         global_index=torch.cat([p.global_index for p in parts]),
     )
+
+
+def _autocast(device):
+    """bf16 autocast on a CUDA device that supports it; a no-op context elsewhere."""
+    import contextlib
+
+    if getattr(device, "type", str(device)).startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
