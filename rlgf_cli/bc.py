@@ -16,6 +16,7 @@ from backends.errors import RlgfError
 from tasks.base import Task
 
 from .config import TrainConfig
+from .distributed import all_sum, shard, sum_gradients, world
 from .ppo import masked_mean
 from .tensors import chunks
 from .trainer import Callback, PromptSampler, _noop
@@ -38,7 +39,8 @@ class BCTrainer:
 
     def step(self) -> dict:
         t0 = time.perf_counter()
-        examples = self.sampler.draw(self.cfg.episodes)
+        # data parallel: every rank draws the same global batch and trains on its shard
+        examples = shard(self.sampler.draw(self.cfg.episodes * world().size))
         self.policy.model.train()
         losses, tokens = [], 0
         for sl in chunks(len(examples), self.cfg.minibatch_size):
@@ -48,7 +50,9 @@ class BCTrainer:
             query, qmask = query.to(self.device), qmask.to(self.device)
             target, tmask = target.to(self.device), tmask.to(self.device)
             logprobs = self.policy.response_logprobs(query, qmask, target, tmask)
-            loss = -masked_mean(logprobs, tmask.float())
+            local = float(tmask.sum())
+            total = float(all_sum([local])[0])
+            loss = -masked_mean(logprobs, tmask.float()) * (local / max(total, 1.0))
             if not torch.isfinite(loss):
                 raise RlgfError(
                     f"training diverged at iteration {self.iteration + 1}: the loss is {loss.item()}",
@@ -56,9 +60,10 @@ class BCTrainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            sum_gradients(self.params)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
             self.optimizer.step()
-            losses.append(loss.item())
+            losses.append(float(all_sum([loss.item()])[0]))
             tokens += int(tmask.sum())
         self.policy.model.eval()
         self.iteration += 1

@@ -7,6 +7,7 @@ the run folder is created, so a bad command leaves nothing behind.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from .checkpoint import (
     save_checkpoint,
     set_seed,
 )
+from .distributed import init_from_env, shutdown
 from .files import write_atomic
 from .config import TrainConfig
 from .trainer import Callback, _noop
@@ -168,7 +170,16 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     else:
         prepare_out_dir(cfg, overwrite)
     task = build_task(cfg)
-    device = resolve_device(cfg.device)
+    w, device = init_from_env(resolve_device(cfg.device))
+    try:
+        return _train(cfg, task, device, w, out, ckpt, overwrite, resume, callback if w.is_main else _noop)
+    finally:
+        shutdown()
+
+
+def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None, overwrite: bool, resume: bool,
+           callback: Callback) -> dict:
+    main = w.is_main  # only rank 0 writes the run folder
     state = read_state(ckpt) if ckpt else {}
     learner_spec = state.get("learner") or cfg.init or cfg.learner or task.default_learner
     set_seed(cfg.seed)
@@ -181,20 +192,24 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
     critics = getattr(trainer, "critics", {})
 
-    if not resume:
+    if not resume and main:
         if out.exists() and overwrite:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
     config_toml = cfg.to_toml()
-    write_atomic(out / "config.toml", config_toml)
+    if main:
+        write_atomic(out / "config.toml", config_toml)
     if ckpt:
         restore_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
-        _truncate_metrics(out / "metrics.jsonl", trainer.iteration)
+        if main:
+            _truncate_metrics(out / "metrics.jsonl", trainer.iteration)
         callback("message", {"text": f"resuming from {ckpt} (iteration {trainer.iteration})"})
     else:
         set_seed(cfg.seed)  # same seed → same run, whatever loading consumed
 
     def checkpoint(target: Path) -> Path:
+        if not main:
+            return target
         return save_checkpoint(
             target,
             policy=policy,
@@ -212,7 +227,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     started = time.perf_counter()
     last: dict = {}
     stopped = None
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as log:
+    with open(out / "metrics.jsonl" if main else os.devnull, "a", encoding="utf-8") as log:
         try:
             while trainer.iteration < cfg.iterations:
                 before = (rng_state(), trainer.state()) if hasattr(guide, "stats") else None
@@ -241,7 +256,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
                 callback("iteration", last)
                 if cfg.save_every and trainer.iteration % cfg.save_every == 0 and trainer.iteration < cfg.iterations:
                     path = checkpoint(out / "checkpoints" / f"iter-{trainer.iteration:04d}")
-                    prune_checkpoints(out / "checkpoints", cfg.keep_checkpoints)
+                    if main:
+                        prune_checkpoints(out / "checkpoints", cfg.keep_checkpoints)
                     callback("checkpoint", {"path": str(path)})
         except KeyboardInterrupt:
             path = checkpoint(out / "checkpoints" / f"iter-{trainer.iteration:04d}")
@@ -268,7 +284,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         "last": last,
         "task_info": task.info(),
     }
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    if main:
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
