@@ -53,7 +53,7 @@ def difficulty_command(
 
     from .cmd_eval import check_common, policy_specs
     from .difficulty import parse_thresholds, run_difficulty
-    from .evaluate import check_decoding
+    from .decoding import check_decoding
     from .run import task_options
 
     specs = policy_specs(checkpoint, policy)

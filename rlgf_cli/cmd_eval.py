@@ -82,7 +82,8 @@ def eval_command(
     """
     from backends.errors import RlgfError
 
-    from .evaluate import check_decoding, run_eval
+    from .decoding import check_decoding
+    from .evaluate import run_eval
     from .run import task_options
 
     specs = policy_specs(checkpoint, policy)
