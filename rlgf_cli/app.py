@@ -57,50 +57,43 @@ app.command("difficulty")(difficulty_command)
 app.command("distill")(distill_command)
 
 
-@app.command("tasks")
-@handle_errors
-def tasks_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")] = False,
-) -> None:
-    """List the tasks with their data source, default learner, reward and metrics."""
-    from tasks import available
-
-    rows = available()
+def _print_listing(title: str, rows: list[dict], columns: list[tuple[str, str]], as_json: bool) -> None:
+    """``rows`` as JSON on stdout, or as a table of ``(header, key)`` columns."""
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
 
-    table = Table(title="rlgf tasks")
-    table.add_column("name", no_wrap=True, style="bold")
-    for col in ("data source", "default learner", "reward", "metrics"):
-        table.add_column(col)
+    table = Table(title=title)
+    for i, (header, _) in enumerate(columns):
+        table.add_column(header, no_wrap=i == 0, style="bold" if i == 0 else None)
     for r in rows:
-        table.add_row(r["name"], r["data_source"], r["default_learner"], r["reward"], ", ".join(r["metrics"]))
+        cells = [r.get(key, "") for _, key in columns]
+        table.add_row(*[", ".join(c) if isinstance(c, (list, tuple)) else str(c) for c in cells])
     out_console.print(table)
+
+
+_JSON_OPTION = typer.Option("--json", help="Print machine-readable JSON to stdout.")
+
+
+@app.command("tasks")
+@handle_errors
+def tasks_command(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
+    """List the tasks with their data source, default learner, reward and metrics."""
+    from tasks import available
+
+    _print_listing("rlgf tasks", available(), [("name", "name"), ("data source", "data_source"),
+                   ("default learner", "default_learner"), ("reward", "reward"), ("metrics", "metrics")], as_json)
 
 
 @app.command("backends")
 @handle_errors
-def backends_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON to stdout.")] = False,
-) -> None:
+def backends_command(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
     """List the registered policy backends (built-in and from the `rlgf.backends` entry points)."""
     from backends import available
 
-    rows = available()
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    from rich.table import Table
-
-    table = Table(title="rlgf backends")
-    table.add_column("name", no_wrap=True, style="bold")
-    for col in ("target", "source", "description"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["target"], r["source"], r.get("description", ""))
-    out_console.print(table)
+    _print_listing("rlgf backends", available(), [("name", "name"), ("target", "target"), ("source", "source"),
+                   ("description", "description")], as_json)
 
 
 def _register_serve() -> None:
