@@ -221,11 +221,12 @@ class OpenAIPolicy(Policy):
         for (key, idx), prompt in zip(keyed, prompts):
             if key not in found and key not in pending:
                 pending[key] = (prompt, idx)
-        with self._lock:
-            self._stats["completions"] += len(prompts)
-            self._stats["cache_hits"] += sum(k in found for k in keys)
+        hits = sum(k in found for k in keys)
         if pending:
             found.update(self._fetch(pending, max_new_tokens, params, sampling, min_new_tokens))
+        with self._lock:  # counted once returned: a batch refused by the budget returns nothing
+            self._stats["completions"] += len(prompts)
+            self._stats["cache_hits"] += hits
         return [found[k][0] for k in keys]
 
     def close(self) -> None:

@@ -263,6 +263,8 @@ def test_a_budget_stops_the_run_cleanly_and_resume_pays_nothing_twice(reference,
     assert summary["stopped"] and "guide budget exhausted" in summary["stopped"]
     assert summary["iterations"] == 1 and summary["guide_stats"]["budget_exhausted"] is True
     assert summary["guide_stats"]["budget_used_tokens"] <= budget
+    stats = summary["guide_stats"]  # a refused batch is not counted as returned completions
+    assert stats["completions"] == stats["api_completions"] + stats["cache_hits"]
     state = json.loads((out / "final" / "trainer_state.json").read_text())
     assert state["iteration"] == 1 and state["guide_budget_used_tokens"] == summary["guide_stats"]["budget_used_tokens"]
     from transformers import AutoModelForCausalLM
