@@ -193,7 +193,7 @@ class HFPolicy(TokenPolicy):
         suffix = self._suffix_ids if self.is_seq2seq else []
         if max_length is not None:
             room = max(0, max_length - len(prefix) - len(suffix))
-            body = body[len(body) - room :] if room else []
+            body = body[max(0, len(body) - room) :] if room else []
         ids = prefix + body + suffix
         if not ids:  # an empty prompt and no BOS: start from BOS/EOS as GPT-2 does
             ids = [self.bos_id if self.bos_id is not None else self.eos_id]

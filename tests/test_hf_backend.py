@@ -398,3 +398,18 @@ def test_device_and_dtype_resolution():
         resolve_dtype("float8", torch.device("cpu"))
     with pytest.raises(RlgfError):
         resolve_device("nonsense-device")
+
+
+def test_prompt_shorter_than_the_limit_is_kept_whole(tiny_causal_dir):
+    """Left truncation only cuts prompts longer than the limit (regression: a prompt between
+    half the limit and the limit lost its start)."""
+    from backends.hf import HFPolicy
+
+    policy = HFPolicy.load(str(tiny_causal_dir))
+    text = "x" * 40  # 40 byte tokens + BOS, limit 64
+    query, mask = policy.encode_prompts([text], max_length=64)
+    assert int(mask.sum()) == 41
+    long_query, long_mask = policy.encode_prompts(["y" * 10 + text + "z" * 30], max_length=64)
+    kept = long_query[0][long_mask[0].bool()].tolist()
+    assert len(kept) == 64 and kept[0] == policy.bos_id
+    assert policy.tokenizer.decode(kept[1:]).endswith("z" * 30)
