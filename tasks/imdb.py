@@ -307,7 +307,8 @@ class ImdbTask(SentimentContinuationTask):
             folder = snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.bin", "*.model"])
         except Exception as exc:
             raise RlgfError(
-                f"could not fetch the reward classifier {name} from the Hugging Face hub: {exc}",
+                f"reward classifier {name!r} is not a local folder and could not be fetched from the "
+                f"Hugging Face hub: {type(exc).__name__}: {exc}",
                 hint="pass --reward-model DIR (a local sequence-classification folder) when offline",
             ) from exc
         return SentimentReward.load(
