@@ -140,3 +140,21 @@ def test_budget_needs_an_api_guide(tmp_path, tiny_causal_dir):
     result = runner.invoke(app, ["distill", "--guide", str(tiny_causal_dir), "--guide-budget-tokens", "100",
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "API guide" in result.output
+
+
+def test_local_guide(tmp_path, tiny_causal_dir, reward_dir):
+    """A local model (no API, no budget) as the guide: same pipeline, no token accounting."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "distill", "--guide", str(tiny_causal_dir), "--learner", str(tiny_causal_dir), "--reward-model", str(reward_dir),
+        "--out", str(out), "--prompts", "3", "--samples-per-prompt", "2", "--keep-top", "1", "--eval-limit", "2",
+        "--max-new-tokens", "4", "--episodes", "2", "--minibatch-size", "2", "--device", "cpu", "--json",
+    ])
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = json.loads(result.stdout)
+    assert [r["name"] for r in report["rows"]] == ["guide", "learner", "learner + BC"]
+    assert "perplexity" in report["rows"][0]["metrics"]  # a local guide can score text
+    c = report["collection"]
+    assert c["completions"] == 6 and c["kept"] <= 3 and c["guide"] is None and report["guide_total"] is None
+    assert report["bc"]["iterations"] == max(1, c["kept"])  # ceil(2 epochs × kept / 2 per iteration)
+    assert (out / "report.md").is_file()
