@@ -18,6 +18,7 @@ from backends.errors import RlgfError
 
 from .checkpoint import (
     CRITIC_DIRS,
+    TMP_PREFIX,
     is_checkpoint,
     prune_checkpoints,
     read_state,
@@ -170,6 +171,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     else:
         prepare_out_dir(cfg, overwrite)
     task = build_task(cfg)
+    if cfg.alg != "bc":  # an RL run needs its reward; fail before anything is written
+        task.check_reward()
     w, device = init_from_env(resolve_device(cfg.device))
     try:
         return _train(cfg, task, device, w, out, ckpt, overwrite, resume, callback if w.is_main else _noop)
@@ -203,6 +206,8 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         restore_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
         if main:
             _truncate_metrics(out / "metrics.jsonl", trainer.iteration)
+            for stale in [*out.glob(TMP_PREFIX + "*"), *(out / "checkpoints").glob(TMP_PREFIX + "*")]:
+                shutil.rmtree(stale, ignore_errors=True)  # left by a kill in the middle of a save
         callback("message", {"text": f"resuming from {ckpt} (iteration {trainer.iteration})"})
     else:
         set_seed(cfg.seed)  # same seed → same run, whatever loading consumed
