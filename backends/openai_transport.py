@@ -165,6 +165,8 @@ class Transport:
     def list_models(self) -> list[str]:
         try:
             return sorted(m.id for m in self.client.models.list(timeout=self.timeout))
+        except self._oa.AuthenticationError as exc:  # the same message as a refused completion
+            raise self.status_error(exc) from None
         except self._oa.APIError as exc:
             raise RlgfError(
                 f"cannot list the models at {self.endpoint}: {self.redact(str(exc))}",

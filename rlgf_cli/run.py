@@ -319,6 +319,8 @@ def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: st
         if needs_guide(cfg.alg):
             callback("message", {"text": f"loading guide {cfg.guide}"})
             guide = resolve(cfg.guide, device=device, **guide_options(cfg, used=state.get("guide_budget_used_tokens", 0)))
+            if hasattr(guide, "validate"):  # an API guide: reachable, key accepted, model known — before any output
+                guide.validate()
         reference = load_policy(learner_spec, device)
 
         def critic(name: str):

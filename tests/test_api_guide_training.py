@@ -333,6 +333,7 @@ def test_the_key_is_sent_but_never_written_or_shown(tmp_path, monkeypatch, tiny_
     lines = error_lines(bad.output)
     assert len(lines) == 1 and "rejected the API key" in lines[0] and "OPENAI_API_KEY" in lines[0], bad.output
     assert "Traceback" not in bad.output and SECRET not in bad.output and "0000000000000000" not in bad.output
+    assert not (tmp_path / "bad").exists(), "the guide is checked before the run folder is made"
 
 
 # -- 6. an unreachable guide ------------------------------------------------------------
