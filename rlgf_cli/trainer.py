@@ -142,7 +142,7 @@ class Trainer:
         w = world()
         # every rank draws the same global batch and keeps its shard of each part
         examples = self.sampler.draw(cfg.episodes * w.size)
-        batches, start, global_start = [], 0, 0
+        batches, start = [], 0
         for j, part in enumerate(parts):
             n = len(examples) - start if j == len(parts) - 1 else round(part.share * len(examples))
             n -= n % w.size
