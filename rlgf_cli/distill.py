@@ -303,7 +303,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     del bc_policy
     if then_cfg is not None:
         stats["then"] = run_then(then_cfg, guide, is_api, o, callback, say, train)
-        if stats["then"].get("final"):
+        if stats["then"].get("iterations"):  # a run stopped before its first iteration is the BC model
             evaluate(resolve(stats["then"]["final"], device=device), f"learner + BC + {then_cfg.alg}",
                      stats["then"]["final"])
     if hasattr(guide, "close"):

@@ -51,8 +51,12 @@ def facts(report: dict) -> list[str]:
             stats = then.get("guide_stats") or {}
             extra = f", {stats.get('total_tokens', 0)} more guide tokens" if stats else ""
             stop = f"; stopped early: {then['stopped']}" if then.get("stopped") else ""
-            n = then['iterations']
-            lines.append(f"- {then['alg']}: {n} iteration{'s' if n != 1 else ''} from the BC model{extra}{stop} → {then['final']}")
+            n = then["iterations"]
+            if n:
+                lines.append(f"- {then['alg']}: {n} iteration{'s' if n != 1 else ''} from the BC model{extra}{stop}"
+                             f" → {then['final']}")
+            else:
+                lines.append(f"- {then['alg']}: no iteration completed{stop} (no row: it is the BC model)")
     return lines
 
 
