@@ -110,7 +110,7 @@ def eval_command(
         quiet=quiet,
         decoding=options,
         base_url=policy_base_url,
-        samples=samples is not None,
+        sample_scores=samples is not None,
         say=None if quiet else (lambda text: err_console.print(text, markup=False)),
     )
     if samples:

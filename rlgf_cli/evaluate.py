@@ -215,7 +215,7 @@ def run_eval(
     quiet: bool = False,
     decoding: dict | None = None,
     base_url: str | None = None,
-    samples: bool = True,
+    sample_scores: bool = False,
     say: Say | None = None,
     bar: Bar | None = None,
 ) -> dict:
@@ -224,7 +224,8 @@ def run_eval(
     ``decoding`` holds :func:`resolve_sampling` options (``mode``, ``temperature``, ``top_k``,
     ``top_p``, ``num_beams``). One reference model is shared. Returns ``{"results": [...],
     "task_info": {...}}``; each result has the mean ``metrics``, ``metrics_std`` (empty for one
-    run), ``per_seed`` and, with ``samples``, every generation.
+    run), ``per_seed`` and every generation in ``samples`` (with its reward when
+    ``sample_scores``).
     """
     from backends import resolve
 
@@ -250,19 +251,18 @@ def run_eval(
         local = None if is_api_spec(spec) else (reference if spec == ref_spec else resolve(spec, device=dev))
         runs, rows, decoding_text = [], [], ""
         for s in seed_list:
+            if runs and is_deterministic(sampling):  # beam search falls back to greedy: deterministic too
+                say(f"{spec}: {decoding_text} is deterministic; one run stands for every seed")
+                break
             policy = local or resolve(spec, device=dev, **api_options(spec, base_url=base_url, seed=s))
             decode = decoding_for(policy, task, sampling)
             decoding_text = describe_decoding(policy, decode)
-            if runs and is_deterministic(decode):
-                say(f"{spec}: {decoding_text} is deterministic; one run stands for every seed")
-                break
             say(f"evaluating {spec} on {task.name} {split} (n={len(examples)}, seed {s}, {decoding_text})")
             with bar(f"eval {spec} · seed {s}") as progress:
                 completions = generate_for(policy, task, examples, decoding=decode, seed=s, batch_size=batch_size,
                                            progress=progress)
             runs.append({"seed": s, "metrics": compute_metrics(task, policy, examples, completions, reference)})
-            if samples:
-                rows.extend(sample_rows(task, examples, completions, seed=s))
+            rows.extend(sample_rows(task, examples, completions, seed=s, scores=sample_scores))
             if local is None:
                 policy.close()
         results.append(summarise(spec, task, split, len(examples), decoding_text, runs, rows))
