@@ -1,0 +1,47 @@
+"""bench/iteration.py runs one rlgf iteration and the HF-style loop (tiny config, CPU) and
+prints the per-phase table with the ratio."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_iteration", ROOT / "bench" / "iteration.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_iteration_tiny(tmp_path, capsys):
+    bench = load_bench()
+    out = tmp_path / "iteration.json"
+    assert bench.main(["--preset", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "0",
+                       "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| phase | rlgf s | HF-style s | ratio (HF-style / rlgf) |" in text
+    for label in ("roll-in", "roll-out", "reward", "reference log-probs", "update", "**iteration**", "peak memory"):
+        assert label in text
+    data = json.loads(out.read_text())
+    assert data["shape"]["episodes"] == 16 and data["shape"]["minibatches"] == 4
+    for side in ("rlgf", "hf_style"):
+        assert data[side]["total"] > 0 and data[side]["update"] > 0 and data[side]["roll_in"] >= 0
+        assert data["peak_memory_bytes"][side] > 0
+    assert data["ratio"]["total"] == pytest.approx(data["hf_style"]["total"] / data["rlgf"]["total"])
+    assert f"**{data['ratio']['total']:.2f}×**" in text
+
+
+def test_word_tokenizer_has_gpt2_vocabulary():
+    bench = load_bench()
+    tok = bench.word_tokenizer(50257)
+    assert len(tok) == 50257 and tok.eos_token_id == tok.pad_token_id == 50256
+    assert tok("w0 w50255", add_special_tokens=False)["input_ids"] == [0, 50255]
+    task = bench.BenchTask(3, 64, 48, 50256)
+    assert all(len(tok(ex.prompt)["input_ids"]) == 64 for ex in task.examples("train"))
+    assert task.reward(["p"], ["w7 w1"], task.examples("train")[:1]) == [pytest.approx(1 / 5)]
