@@ -119,6 +119,11 @@ def sample_rows(task: Task, examples: list[Example], completions: list[str], *, 
                 scores: bool = True) -> list[dict]:
     """One row per generation: prompt, completion, reference(s) and the per-sample reward."""
     prompts = [ex.prompt for ex in examples]
+    if scores:
+        try:
+            task.check_reward()
+        except RlgfError:  # e.g. CommonGen's SPIDEr without SPICE: metrics still run, rows carry no reward
+            scores = False
     rewards = task.reward(prompts, completions, examples) if scores else [None] * len(examples)
     rows = []
     for i, (ex, c, r) in enumerate(zip(examples, completions, rewards)):

@@ -187,8 +187,13 @@ def test_cli_eval_commongen_end_to_end(tmp_path, cg_file, tiny_seq2seq_dir):
     result = runner.invoke(app, [
         "eval", "--task", "commongen", "--data", str(cg_file), "--policy", str(tiny_seq2seq_dir),
         "--reference", str(tiny_seq2seq_dir), "--limit", "2", "--device", "cpu", "--json", str(report), "--quiet",
+        "--samples", str(tmp_path / "samples.jsonl"),
     ])  # fmt: skip
     assert result.exit_code == 0, (result.output, result.exception)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(len(r["references"]) > 1 for r in rows)
+    if not SPICE_OK:  # the default SPIDEr reward cannot run: samples carry no reward, eval still succeeds
+        assert all("scores" not in r for r in rows)
     data = json.loads(report.read_text())
     (res,) = data["results"]
     assert res["task"] == "commongen" and res["n"] == 2
