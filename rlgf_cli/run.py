@@ -183,6 +183,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
 def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None, overwrite: bool, resume: bool,
            callback: Callback) -> dict:
     main = w.is_main  # only rank 0 writes the run folder
+    if device.startswith("cuda"):  # TF32 for whatever autocast leaves in float32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     state = read_state(ckpt) if ckpt else {}
     learner_spec = state.get("learner") or cfg.init or cfg.learner or task.default_learner
     set_seed(cfg.seed)

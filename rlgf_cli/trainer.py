@@ -110,9 +110,12 @@ class Trainer:
             self.critics[GUIDE] = guide_critic
         for c in self.critics.values():
             c.to(self.device)
-        self.reference.model.eval()
-        for p in self.reference.model.parameters():
-            p.requires_grad_(False)
+        for frozen in (self.reference, guide):  # inference only: no gradients, no dropout
+            model = getattr(frozen, "model", None)
+            if model is not None and frozen is not policy:
+                model.eval()
+                for p in model.parameters():
+                    p.requires_grad_(False)
         params = [p for p in policy.model.parameters() if p.requires_grad]
         for c in self.critics.values():
             params += [p for p in c.parameters() if p.requires_grad]

@@ -61,19 +61,22 @@ def _import_module(name: str, spec: str):
             sys.modules.pop(mod_name, None)
             raise RlgfError(f"custom reward {spec!r}: importing {path} raised {type(exc).__name__}: {exc}") from exc
         return module
+    missing = RlgfError(
+        f"custom reward {spec!r}: no module named {name!r}",
+        hint="put the module on PYTHONPATH or in the current folder, or pass path/to/file.py:function",
+    )
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name != name.split(".")[0] or os.getcwd() in sys.path:
+        if exc.name != name.split(".")[0]:  # the module exists but one of its imports does not
             raise RlgfError(f"custom reward {spec!r}: cannot import module {name!r}: {exc}") from exc
+        if os.getcwd() in sys.path:
+            raise missing from exc
         sys.path.insert(0, os.getcwd())  # a module in the current folder (console scripts omit it)
         try:
             return importlib.import_module(name)
         except ModuleNotFoundError as exc2:
-            raise RlgfError(
-                f"custom reward {spec!r}: no module named {name!r}",
-                hint="put the module on PYTHONPATH or in the current folder, or pass path/to/file.py:function",
-            ) from exc2
+            raise missing from exc2
         except Exception as exc2:
             raise RlgfError(f"custom reward {spec!r}: importing {name} raised {type(exc2).__name__}: {exc2}") from exc2
         finally:
