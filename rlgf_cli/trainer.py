@@ -112,7 +112,7 @@ class Trainer:
             c.to(self.device)
         for frozen in (self.reference, guide):  # inference only: no gradients, no dropout
             model = getattr(frozen, "model", None)
-            if model is not None and frozen is not policy:
+            if isinstance(model, torch.nn.Module) and frozen is not policy:  # (an API guide's model is a name)
                 model.eval()
                 for p in model.parameters():
                     p.requires_grad_(False)
