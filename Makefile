@@ -37,9 +37,9 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(BIN)/rlgf train --task rotten-tomatoes --alg ppo --learner smollm2 \
-		--iterations 5 --episodes 16 --minibatch-size 8 --epochs 2 --lr 1e-5 \
+		--iterations 6 --episodes 32 --minibatch-size 16 --epochs 1 --lr 2e-5 \
 		--seed 0 --save-every 0 --out $(DEMO_OUT) --overwrite
-	$(BIN)/rlgf eval --policy smollm2 --checkpoint $(DEMO_OUT)/final --limit 64 \
+	$(BIN)/rlgf eval --policy smollm2 --checkpoint $(DEMO_OUT)/final --limit 128 \
 		--json $(DEMO_OUT)/eval.json --markdown $(DEMO_OUT)/eval.md --samples $(DEMO_OUT)/samples.jsonl
 	@echo "run folder:   $(DEMO_OUT)  (metrics.jsonl, config.toml, final/, summary.json)"
 	@echo "evaluation:   $(DEMO_OUT)/eval.json, $(DEMO_OUT)/eval.md; every generation in $(DEMO_OUT)/samples.jsonl"
