@@ -176,7 +176,7 @@ class Trainer:
         counts = dict(zip(batch.stats, all_sum([float(v) for v in batch.stats.values()]).tolist()))
         metrics = {
             "iteration": self.iteration,
-            "scheme": "+".join(p.scheme.name for p, _, _ in scored),
+            "scheme": ",".join(p.scheme.name for p, _, _ in scored),
             "reward_mean": s1 / max(n, 1),
             "reward_std": math.sqrt(max(s2 - s1 * s1 / n, 0.0) / (n - 1)) if n > 1 else 0.0,
             "kl": seq_kl,
@@ -385,7 +385,7 @@ def _concat_buffers(parts: list[Buffers], pid: int) -> Buffers:
         return cat_padded([getattr(p, name) for p in parts], 0.0, "right")
 
     return Buffers(
-        batch=_concat([p.batch for p in parts], pid, "+".join(p.batch.scheme for p in parts)),
+        batch=_concat([p.batch for p in parts], pid, ",".join(p.batch.scheme for p in parts)),
         scores=torch.cat([p.scores for p in parts]),
         old_logprobs=right("old_logprobs"),
         ref_logprobs=right("ref_logprobs"),

@@ -244,7 +244,7 @@ def test_lols_mixes_both_batches_with_alpha(tokenizer):
     trainer.compute_advantages, trainer.update = spy_compute, spy_update
     for it in range(2):
         metrics = trainer.step()
-        assert metrics["scheme"] == "ppo+++aggrevated"
+        assert metrics["scheme"] == "ppo++,aggrevated"
         parts = seen[2 * it: 2 * it + 2]
         assert [p.scheme for p, _, _ in parts] == [PPO_PP, AGGREVATED]
         assert [p.weight for p, _, _ in parts] == pytest.approx([alpha, 1 - alpha])
@@ -254,7 +254,7 @@ def test_lols_mixes_both_batches_with_alpha(tokenizer):
             assert torch.allclose(weighted.advantages, part.weight * unit.advantages, atol=1e-6)
         buf = updates[it]  # one update on both batches, each scored by its own critic
         assert buf.critic_id.tolist() == [0] * 8 + [1] * 8
-        assert buf.batch.scheme == "ppo+++aggrevated"
+        assert buf.batch.scheme == "ppo++,aggrevated"
         assert metrics["guide_calls"] > 0
 
 
@@ -326,7 +326,7 @@ def test_short_run_improves_the_reward(tokenizer, alg):
         return
     schemes = [m["scheme"] for m in metrics]
     expected = {"ppo": ["ppo"] * 10, "ppo++": ["ppo++"] * 10, "aggrevated": ["aggrevated"] * 10,
-                "lols": ["ppo+++aggrevated"] * 10, "d2lols": ["aggrevated"] * 5 + ["ppo++"] * 5}[alg]
+                "lols": ["ppo++,aggrevated"] * 10, "d2lols": ["aggrevated"] * 5 + ["ppo++"] * 5}[alg]
     assert schemes == expected
     if alg != "ppo":
         assert sum(m["guide_tokens"] for m in metrics) > 0
