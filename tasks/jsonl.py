@@ -1,0 +1,64 @@
+"""Reading task data files of JSON lines, with errors that name the file and line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+from backends.errors import RlgfError
+
+
+def iter_jsonl(path: Path, shape: str, hint: str) -> Iterator[tuple[int, str, dict]]:
+    """``(line number, "PATH line N", row)`` for each non-blank line holding a JSON object.
+
+    ``shape`` describes the expected object in errors; ``hint`` says what each line needs.
+    A missing or unreadable file, bad JSON, a non-object row, non-UTF-8 bytes and a file
+    without rows all raise :class:`RlgfError` naming the file (and line).
+    """
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise RlgfError(f"data file not found: {path}") from None
+    except OSError as exc:
+        raise RlgfError(f"cannot read {path}: {exc}") from exc
+    rows = 0
+    with handle:
+        try:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                rows += 1
+                where = f"{path} line {number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise RlgfError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(row, dict):
+                    raise RlgfError(f"{where}: expected an object {shape}")
+                yield number, where, row
+        except UnicodeDecodeError as exc:
+            raise RlgfError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if rows == 0:
+        raise RlgfError(f"{path} is empty (line 1: no JSON rows)", hint=hint)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load reports and progress bars for the duration (restored after)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
