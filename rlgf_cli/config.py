@@ -60,8 +60,9 @@ class TrainConfig:
     epochs: int = 5
     #: episodes per minibatch in the update
     minibatch_size: int = 16
-    #: episodes per generation / scoring chunk (memory bound)
-    rollout_batch_size: int = 32
+    #: episodes per generation / scoring chunk (memory bound); 0 = sized to the device
+    #: (all of a rank's episodes at once on CUDA, 32 on CPU)
+    rollout_batch_size: int = 0
     #: learning rate (AdamW); default 1e-6 for RL (paper), 1e-5 for BC
     lr: float | None = None
     weight_decay: float = 0.0
@@ -117,9 +118,9 @@ class TrainConfig:
                 f"--alg {self.alg} needs a guide policy",
                 "pass --guide SPEC (a model spec or a checkpoint folder, e.g. a BC run's OUT/final)",
             )
-        _positive_int(self, "iterations", "episodes", "epochs", "minibatch_size", "rollout_batch_size", "kl_horizon")
+        _positive_int(self, "iterations", "episodes", "epochs", "minibatch_size", "kl_horizon")
         _non_negative(self, "weight_decay", "vf_coef", "ent_coef", "kl_coef", "target_kl", "max_grad_norm")
-        _non_negative_int(self, "save_every", "seed", "guide_budget_tokens")
+        _non_negative_int(self, "save_every", "seed", "guide_budget_tokens", "rollout_batch_size")
         if self.guide_price_per_1k is not None and not (self.guide_price_per_1k >= 0):
             raise _range_error("guide_price_per_1k", self.guide_price_per_1k, ">= 0")
         _in_range(self, "gamma", 0.0, 1.0)

@@ -126,6 +126,9 @@ class Trainer:
         max_new = cfg.max_new_tokens or task.max_new_tokens
         #: bf16 autocast on CUDA (weights and optimizer state stay float32)
         self.autocast = _autocast(self.device)
+        #: episodes per generation / scoring chunk: all of this rank's at once on a GPU
+        on_gpu = getattr(self.device, "type", str(self.device)).startswith("cuda")
+        self.rollout_batch_size = cfg.rollout_batch_size or (cfg.episodes if on_gpu else 32)
         self.engine = GuidedRollout(
             policy, guide, task, max_new_tokens=max_new, min_new_tokens=min(task.min_new_tokens, max_new),
             sampling=task.train_sampling,
@@ -207,7 +210,7 @@ class Trainer:
     def collect(self, examples: list[Example], part: Part, *, part_index: int = 0, first_index: int = 0) -> RolloutBatch:
         self.policy.model.eval()
         seed = (self.cfg.seed * 1_000_003 + self.iteration) * 16 + part_index
-        return self.engine.collect(examples, part.scheme, part.beta, batch_size=self.cfg.rollout_batch_size,
+        return self.engine.collect(examples, part.scheme, part.beta, batch_size=self.rollout_batch_size,
                                    chunk_seed=seed, first_index=first_index)
 
     def score(self, batch: RolloutBatch) -> torch.Tensor:
@@ -243,7 +246,7 @@ class Trainer:
         critic.eval()
         width = batch.response.shape[1]
         lp, ref, val = [], [], []
-        for sl in chunks(len(batch), self.cfg.rollout_batch_size):
+        for sl in chunks(len(batch), self.rollout_batch_size):
             args = _slice(batch, sl)
             lp.append(_pad_to(self.policy.response_logprobs(*args), width))
             ref.append(_pad_to(self.reference.response_logprobs(*args), width))
