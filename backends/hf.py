@@ -1,8 +1,10 @@
 """Local Hugging Face transformers models (causal and encoder-decoder) as trainable policies.
 
 :class:`HFPolicy` implements every :class:`~backends.base.TokenPolicy` operation on top of a
-``transformers`` model and tokenizer. Generation is in :mod:`backends.hf_generate`, the value
-model in :mod:`backends.critic`.
+``transformers`` model and tokenizer. Sampling and greedy decoding of causal models run in
+rlgf's own loop (:mod:`backends.decode`); beam search, seq2seq models and prefixed generation
+go through ``model.generate`` (:mod:`backends.hf_generate`). The value model is in
+:mod:`backends.critic`.
 
 Token conventions (see :mod:`backends.base`): prompts are left-padded, responses right-padded;
 response position ``t`` is scored from the state "prompt + response[:t]".
@@ -36,6 +38,9 @@ class HFPolicy(TokenPolicy):
 
     #: rows per forward pass in :meth:`complete` and :meth:`sequence_nll`
     batch_size: int = 16
+    #: sample through ``model.generate`` even where rlgf's own loop (:mod:`backends.decode`) can
+    #: run (causal models, no beam search, no prefix); the benchmarks compare the two
+    use_hf_generate: bool = False
 
     def __init__(self, model, tokenizer, *, spec: str | None = None, max_prompt_length: int | None = None):
         super().__init__(spec or getattr(model.config, "_name_or_path", "") or "hf")
@@ -251,8 +256,14 @@ class HFPolicy(TokenPolicy):
         ``output_logprobs=True`` (not with beam search) adds a third tensor: the raw model
         log-probabilities of the generated tokens, ``0`` at prefix and masked positions.
         """
+        from .decode import can_step, lockstep_generate
         from .hf_generate import generate
 
+        plain = prefix is None or prefix.shape[1] == 0
+        if plain and not self.use_hf_generate and sampling.num_beams <= 1 and can_step(self):
+            out = lockstep_generate(self, query, query_mask, max_new_tokens=max_new_tokens,
+                                    min_new_tokens=min_new_tokens, sampling=sampling, output_logprobs=output_logprobs)
+            return out[:2] + out[3:]
         return generate(
             self,
             query,

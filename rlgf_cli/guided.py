@@ -3,8 +3,16 @@
 For each episode a coin with probability β picks the roll-in policy (the scheme's mixed-in
 policy, else the roll-out policy itself). Where the two differ, a restart point ``k`` is
 drawn uniformly over the roll-in's generated length and the roll-out policy continues from
-prompt + the first ``k`` roll-in tokens: one batched ``generate`` call whose prefix is
-prefilled in one pass, never re-decoded.
+prompt + the first ``k`` roll-in tokens. Two ways to run it:
+
+* **lock-step** (causal local models sharing the learner's vocabulary, no beam search — the
+  usual case): both models decode in one loop (:func:`backends.decode.lockstep_generate`).
+  The roll-out model reads each roll-in token in the same batched step that decodes the other
+  rows, so its prefix is never re-decoded, needs no extra prefill and pads no other row; the
+  guided batch costs one plain generation plus the roll-in model's steps over its own rows.
+* **two passes** (seq2seq models, beam search, guides with another tokenizer or behind an
+  API): the roll-in first, then one batched ``generate`` call whose prefix is prefilled in one
+  pass, never re-decoded.
 
 Tokens are always counted in the *learner's* tokenizer. A guide with the same vocabulary
 works on tokens directly; any other guide (another tokenizer, an API model) hands off at
@@ -21,6 +29,7 @@ from typing import Sequence
 import torch
 
 from backends.base import Sampling, TokenPolicy
+from backends.decode import can_step, lockstep_generate
 from tasks.base import Example, Task
 
 from .algorithms import GUIDE, LEARNER, Scheme
@@ -44,7 +53,8 @@ class GuidedRollout:
     """Collects episodes for one scheme with a learner and (optionally) a guide."""
 
     def __init__(self, learner: TokenPolicy, guide, task: Task, *, max_new_tokens: int,
-                 min_new_tokens: int, sampling: Sampling, guide_sampling: Sampling | None = None) -> None:
+                 min_new_tokens: int, sampling: Sampling, guide_sampling: Sampling | None = None,
+                 lockstep: bool = True) -> None:
         self.learner = learner
         self.guide = guide
         self.task = task
@@ -54,6 +64,8 @@ class GuidedRollout:
         self.guide_sampling = guide_sampling or sampling
         self.token_guide = guide is not None and same_vocabulary(learner, guide)
         self.guide_calls = 0
+        #: use the lock-step loop where it can run (False: always two passes; for comparisons)
+        self.lockstep = lockstep
 
     # -- public --------------------------------------------------------------------
     @torch.no_grad()
@@ -89,41 +101,18 @@ class GuidedRollout:
         n = len(prompts)
         query, qmask = learner.encode_prompts(prompts, self.task.prompt_max_tokens)
         query, qmask = query.to(learner.device), qmask.to(learner.device)
-        L = self.max_new_tokens
-        fixed_length = self.min_new_tokens >= L
         # 1. the β-coin: does this episode switch from the mixed-in policy to the roll-out policy?
         switch = torch.rand(n, generator=generator) < beta
         if scheme.mix_roll_in == scheme.roll_out:
             switch[:] = False
         rows = switch.nonzero().flatten().tolist()
-        prefix = torch.full((n, 1), pad_id(learner), dtype=torch.long, device=learner.device)
-        prefix_len = torch.zeros(n, dtype=torch.long)
         guide_calls_before = self.guide_calls
-        if rows:
-            # 2. restart points; with a fixed continuation length k is drawn before the roll-in,
-            # which then only needs max(k) steps
-            if fixed_length:
-                ks = torch.randint(0, L, (len(rows),), generator=generator)
-                roll_in_len = int(ks.max())
-            else:
-                ks, roll_in_len = None, L
-            if roll_in_len > 0:
-                tokens, tmask = self._roll_in(scheme.mix_roll_in, query[rows], qmask[rows], [prompts[i] for i in rows],
-                                              roll_in_len)
-                lengths = tmask.sum(1).cpu()
-                if ks is None:  # k uniform over {0, …, m-1} of the generated length m
-                    u = torch.rand(len(rows), generator=generator)
-                    ks = (u * lengths.clamp(min=1).float()).long()
-                ks = torch.minimum(ks, lengths)
-                width = max(int(ks.max()), 1)
-                prefix = torch.full((n, width), pad_id(learner), dtype=torch.long, device=learner.device)
-                for j, i in enumerate(rows):
-                    k = int(ks[j])
-                    prefix[i, :k] = tokens[j, :k]
-                    prefix_len[i] = k
-        pmask = (torch.arange(prefix.shape[1]).unsqueeze(0) < prefix_len.unsqueeze(1)).long().to(learner.device)
-        # 3. the roll-out policy completes every episode (prefix of length 0 where there was no switch)
-        response, rmask = self._roll_out(scheme.roll_out, query, qmask, prompts, prefix, pmask)
+        # 2. restart points, roll-in and roll-out
+        if self._lockstep(scheme):
+            response, rmask, prefix_len = self._lockstep_chunk(scheme, query, qmask, rows, generator)
+            prefix_len = prefix_len.cpu()
+        else:
+            response, rmask, prefix_len = self._two_pass_chunk(scheme, query, qmask, prompts, rows, generator)
         positions = torch.arange(response.shape[1], device=response.device).unsqueeze(0)
         in_prefix = positions < prefix_len.to(response.device).unsqueeze(1)
         roll_in_is_guide = scheme.mix_roll_in == GUIDE
@@ -149,6 +138,73 @@ class GuidedRollout:
                 "switched_episodes": len(rows),
             },
         )
+
+    # -- the two ways of collecting a chunk -----------------------------------------------
+    def _lockstep(self, scheme: Scheme) -> bool:
+        """Whether both halves can run in one lock-step decoding loop: causal local models
+        sharing the learner's vocabulary, sampled or greedy (no beam search)."""
+        if not self.lockstep or max(self.sampling.num_beams, self.guide_sampling.num_beams) > 1:
+            return False
+        if not can_step(self.learner):
+            return False
+        uses_guide = GUIDE in (scheme.roll_out, scheme.mix_roll_in)
+        return not uses_guide or (self.token_guide and can_step(self.guide))
+
+    def _lockstep_chunk(self, scheme: Scheme, query, qmask, rows: list[int], generator: torch.Generator):
+        """Roll-in and roll-out in one loop (:func:`backends.decode.lockstep_generate`): restart
+        points are drawn uniformly over ``{0 … L-1}`` up front and redrawn for roll-ins that end
+        early, which is the same distribution as "uniform over the roll-in's length"."""
+        n, L = query.shape[0], self.max_new_tokens
+        restart = torch.zeros(n, dtype=torch.long)
+        if rows:
+            restart[rows] = torch.randint(0, max(L, 1), (len(rows),), generator=generator)
+        policy = {LEARNER: self.learner, GUIDE: self.guide}
+        roll_in = policy[scheme.mix_roll_in] if rows else None
+        sampling = {LEARNER: self.sampling, GUIDE: self.guide_sampling}
+        if scheme.mix_roll_in == GUIDE:
+            self.guide_calls += int((restart > 0).sum())
+        if scheme.roll_out == GUIDE:
+            self.guide_calls += n
+        return lockstep_generate(policy[scheme.roll_out], query, qmask, max_new_tokens=L,
+                                 min_new_tokens=self.min_new_tokens, sampling=sampling[scheme.roll_out],
+                                 roll_in=roll_in, restart=restart, roll_in_sampling=sampling[scheme.mix_roll_in],
+                                 generator=generator)
+
+    def _two_pass_chunk(self, scheme: Scheme, query, qmask, prompts: list[str], rows: list[int],
+                        generator: torch.Generator):
+        """The roll-in first (any guide, text hand-off included), then the roll-out from the
+        prefix, prefilled in one pass."""
+        learner = self.learner
+        n, L = len(prompts), self.max_new_tokens
+        fixed_length = self.min_new_tokens >= L
+        prefix = torch.full((n, 1), pad_id(learner), dtype=torch.long, device=learner.device)
+        prefix_len = torch.zeros(n, dtype=torch.long)
+        if rows:
+            # with a fixed continuation length k is drawn before the roll-in,
+            # which then only needs max(k) steps
+            if fixed_length:
+                ks = torch.randint(0, L, (len(rows),), generator=generator)
+                roll_in_len = int(ks.max())
+            else:
+                ks, roll_in_len = None, L
+            if roll_in_len > 0:
+                tokens, tmask = self._roll_in(scheme.mix_roll_in, query[rows], qmask[rows], [prompts[i] for i in rows],
+                                              roll_in_len)
+                lengths = tmask.sum(1).cpu()
+                if ks is None:  # k uniform over {0, …, m-1} of the generated length m
+                    u = torch.rand(len(rows), generator=generator)
+                    ks = (u * lengths.clamp(min=1).float()).long()
+                ks = torch.minimum(ks, lengths)
+                width = max(int(ks.max()), 1)
+                prefix = torch.full((n, width), pad_id(learner), dtype=torch.long, device=learner.device)
+                for j, i in enumerate(rows):
+                    k = int(ks[j])
+                    prefix[i, :k] = tokens[j, :k]
+                    prefix_len[i] = k
+        pmask = (torch.arange(prefix.shape[1]).unsqueeze(0) < prefix_len.unsqueeze(1)).long().to(learner.device)
+        # the roll-out policy completes every episode (prefix of length 0 where there was no switch)
+        response, rmask = self._roll_out(scheme.roll_out, query, qmask, prompts, prefix, pmask)
+        return response, rmask, prefix_len
 
     # -- the two halves ----------------------------------------------------------------
     def _roll_in(self, who: str, query, qmask, prompts: list[str], steps: int):

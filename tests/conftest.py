@@ -82,6 +82,23 @@ def make_tiny_seq2seq(seed: int = 0):
     return model, tokenizer
 
 
+def bias_lm_head(model, token_id: int, bias: float):
+    """Give ``model``'s LM head a bias of ``bias`` on ``token_id`` (in place; returns the model).
+
+    Makes a random tiny model prefer one token: always write it (large bias) or end early
+    (a bias on EOS)."""
+    import torch
+
+    head = model.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+        biased.bias[token_id] = bias
+    model.lm_head = biased
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_causal_dir(tmp_path_factory):
     """Folder of a tiny causal LM (Llama, byte-level tokenizer with BOS)."""

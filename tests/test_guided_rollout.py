@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_causal, make_tiny_seq2seq
+from conftest import bias_lm_head, make_byte_tokenizer, make_tiny_causal, make_tiny_seq2seq
 
 from backends.base import GREEDY, Policy, Sampling
 from backends.hf import HFPolicy
@@ -48,14 +48,7 @@ def token_of(tokenizer, char: str) -> int:
 def always(char: str, *, seed: int = 0, tokenizer=None, seq2seq: bool = False, bias: float = 60.0) -> HFPolicy:
     """A tiny policy that (greedy or sampled) always writes ``char``: its LM head gets a bias."""
     model, tokenizer = make_tiny_seq2seq(seed) if seq2seq else make_tiny_causal(tokenizer, seed=seed)
-    head = model.lm_head
-    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
-    with torch.no_grad():
-        biased.weight.copy_(head.weight)
-        biased.bias.zero_()
-        biased.bias[token_of(tokenizer, char)] = bias
-    model.lm_head = biased
-    return HFPolicy(model, tokenizer, spec=f"always-{char}")
+    return HFPolicy(bias_lm_head(model, token_of(tokenizer, char), bias), tokenizer, spec=f"always-{char}")
 
 
 def record_generate(policy) -> list[dict]:
@@ -116,8 +109,9 @@ def guide_b(tokenizer):
     return always("b", seed=1, tokenizer=make_byte_tokenizer())  # same vocabulary, another tokenizer object
 
 
-def engine(learner, guide, *, min_new: int = L, sampling=GREEDY, n: int = 16) -> GuidedRollout:
-    return GuidedRollout(learner, guide, PromptsTask(n), max_new_tokens=L, min_new_tokens=min_new, sampling=sampling)
+def engine(learner, guide, *, min_new: int = L, sampling=GREEDY, n: int = 16, lockstep: bool = True) -> GuidedRollout:
+    return GuidedRollout(learner, guide, PromptsTask(n), max_new_tokens=L, min_new_tokens=min_new, sampling=sampling,
+                         lockstep=lockstep)
 
 
 def collect(eng: GuidedRollout, scheme, beta: float, *, seed: int = 0, batch_size: int = 8):
@@ -154,8 +148,10 @@ def test_ppo_pp_beta_one_guide_rolls_in_learner_rolls_out(learner_a, guide_b, to
     assert_provenance(batch, b, a, first_is_guide=True)
     assert batch.completions == ["b" * k + "a" * (L - k) for k in batch.restart.tolist()]
     assert batch.guide_mask.sum(1).tolist() == batch.restart.tolist()
-    # every episode switched (β = 1) and k really varies over the roll-in
-    assert batch.stats["switched_episodes"] == batch.stats["guide_calls"] == 16
+    # every episode switched (β = 1), the guide was asked where it had tokens to write, and k
+    # really varies over the roll-in
+    assert batch.stats["switched_episodes"] == 16
+    assert batch.stats["guide_calls"] == sum(k > 0 for k in batch.restart.tolist())
     assert len(set(batch.restart.tolist())) >= 4
 
 
@@ -213,7 +209,7 @@ def test_beta_is_a_per_episode_coin(learner_a, guide_b):
     # an episode that did not switch is the learner's alone
     for i in (~has_guide).nonzero().flatten().tolist():
         assert torch.equal(batch.learner_mask[i], batch.response_mask[i])
-    assert batch.stats["guide_calls"] == switched
+    assert batch.stats["guide_calls"] == int(has_guide.sum())  # the guide is asked only where k > 0
 
 
 # -- the roll-out continues the roll-in -----------------------------------------------------
@@ -231,14 +227,15 @@ def greedy_redecode(policy: HFPolicy, prompt: str, prefix: list[int], steps: int
     return out
 
 
-def test_roll_out_continues_from_the_roll_in_prefix(tokenizer):
-    """Random (context-dependent) policies: the response starts with exactly the roll-in's first
-    k tokens, and the learner's continuation is the one it computes from prompt + that prefix."""
+def test_two_pass_roll_out_continues_from_the_roll_in_prefix(tokenizer):
+    """Two passes, random (context-dependent) policies: the response starts with exactly the
+    roll-in's first k tokens, and the learner's continuation is the one it computes from
+    prompt + that prefix."""
     guide = HFPolicy(make_tiny_causal(tokenizer, seed=4)[0], tokenizer)
     learner = HFPolicy(make_tiny_causal(tokenizer, seed=5)[0], tokenizer)
     roll_ins = record_generate(guide)
     eng = GuidedRollout(learner, guide, PromptsTask(6), max_new_tokens=L, min_new_tokens=L,
-                        sampling=GREEDY, guide_sampling=SAMPLE)
+                        sampling=GREEDY, guide_sampling=SAMPLE, lockstep=False)
     torch.manual_seed(0)
     batch = collect(eng, PPO_PP, 1.0, seed=2, batch_size=6)
     (call,) = roll_ins
@@ -253,15 +250,15 @@ def test_roll_out_continues_from_the_roll_in_prefix(tokenizer):
 
 
 @pytest.mark.parametrize("scheme", [PPO_PP, AGGREVATED], ids=lambda s: s.name)
-def test_roll_out_prefills_the_prefix_instead_of_re_decoding(learner_a, guide_b, scheme):
-    """One forward pass consumes prompt + prefix: the roll-out policy runs L − k decoding steps,
-    not L (one episode per chunk, so each generate call has one restart point)."""
+def test_two_pass_roll_out_prefills_the_prefix_instead_of_re_decoding(learner_a, guide_b, scheme):
+    """Two passes: one forward pass consumes prompt + prefix, the roll-out policy runs L − k
+    decoding steps, not L (one episode per chunk, so each generate call has one restart point)."""
     roll_out = learner_a if scheme is PPO_PP else guide_b
     forwards: list[int] = []
     hook = roll_out.model.register_forward_hook(lambda *args: forwards.append(1))
     try:
         calls = record_generate(roll_out)
-        batch = collect(engine(learner_a, guide_b, n=8), scheme, 1.0, seed=7, batch_size=1)
+        batch = collect(engine(learner_a, guide_b, n=8, lockstep=False), scheme, 1.0, seed=7, batch_size=1)
     finally:
         hook.remove()
         del roll_out.generate  # drop the recording wrapper

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_causal, make_tiny_seq2seq
+from conftest import bias_lm_head, make_tiny_causal, make_tiny_seq2seq
 
 from backends.base import GREEDY, Sampling
 from backends.critic import Critic
@@ -57,14 +57,7 @@ def gpt2():
 def with_eos_bias(make, bias: float):
     """A policy whose model prefers EOS (lm_head gets a bias on the EOS row)."""
     model, tokenizer = make()
-    head = model.lm_head
-    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
-    with torch.no_grad():
-        biased.weight.copy_(head.weight)
-        biased.bias.zero_()
-        biased.bias[tokenizer.eos_token_id] = bias
-    model.lm_head = biased
-    return HFPolicy(model, tokenizer, spec="eos-biased")
+    return HFPolicy(bias_lm_head(model, tokenizer.eos_token_id, bias), tokenizer, spec="eos-biased")
 
 
 # -- loading and tokens -----------------------------------------------------------------

@@ -1,0 +1,187 @@
+"""rlgf's own decoding loop (:mod:`backends.decode`).
+
+Checked against ``model.generate`` (the same tokens for the same seed), against full forward
+passes without a cache (the roll-out continues the right state, also after a rewind), and
+statistically (restart points of roll-ins that end early are uniform over their length).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from conftest import bias_lm_head, make_byte_tokenizer, make_tiny_causal, make_tiny_seq2seq
+
+from backends import hf_generate
+from backends.base import GREEDY, Sampling
+from backends.decode import can_step, lockstep_generate, warp
+from backends.hf import HFPolicy
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+PROMPTS = ["hello there", "a", "the quick brown fox", "xy"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_byte_tokenizer()
+
+
+def policy(tokenizer, seed: int, *, eos_bias: float = 0.0) -> HFPolicy:
+    """A random tiny Llama; ``eos_bias`` adds to the EOS logit (so responses end early)."""
+    model, _ = make_tiny_causal(tokenizer, seed=seed)
+    if eos_bias:
+        bias_lm_head(model, tokenizer.eos_token_id, eos_bias)
+    return HFPolicy(model, tokenizer, spec=f"tiny-{seed}")
+
+
+def greedy_reference(p: HFPolicy, prompt: str, prefix: list[int], steps: int, min_new: int = 0) -> list[int]:
+    """Greedy continuation of prompt + prefix by full forward passes (no cache), up to EOS,
+    which is forbidden until the response (prefix included) has ``min_new`` tokens."""
+    query, _ = p.encode_prompts([prompt])
+    ids = query[0].tolist() + prefix
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = p.model(input_ids=torch.tensor([ids])).logits[0, -1]
+            if len(prefix) + len(out) < min_new:
+                logits[p.eos_ids] = float("-inf")
+            token = int(logits.argmax())
+            out.append(token)
+            ids.append(token)
+            if token in p.eos_ids:
+                break
+    return out
+
+
+SAMPLINGS = [GREEDY, Sampling(top_k=50), Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.3, top_k=5)]
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS, ids=lambda s: s.describe())
+def test_plain_loop_matches_generate(tokenizer, sampling):
+    """Same seed, same tokens and lengths as ``model.generate`` (EOS-prone model, min length)."""
+    p = policy(tokenizer, 0, eos_bias=1.0)
+    q, qm = p.encode_prompts(PROMPTS * 4)
+    torch.manual_seed(11)
+    ref, ref_mask = hf_generate.generate(p, q, qm, max_new_tokens=12, min_new_tokens=2, sampling=sampling)
+    torch.manual_seed(11)
+    out, mask, restart = lockstep_generate(p, q, qm, max_new_tokens=12, min_new_tokens=2, sampling=sampling)
+    assert torch.equal(out, ref) and torch.equal(mask, ref_mask)
+    assert restart.tolist() == [0] * len(q)
+    lengths = mask.sum(1).tolist()
+    assert min(lengths) >= 2 and lengths.count(12) < len(lengths)  # EOS ended rows, never before 2 tokens
+    if sampling.do_sample:
+        assert len(set(lengths)) > 1
+
+
+def test_hf_policy_generate_uses_the_loop(tokenizer):
+    p = policy(tokenizer, 0)
+    q, qm = p.encode_prompts(PROMPTS)
+    calls = []
+    original = p.model.generate
+    p.model.generate = lambda *a, **k: calls.append(1) or original(*a, **k)
+    torch.manual_seed(5)
+    mine = p.generate(q, qm, max_new_tokens=6, sampling=Sampling(top_k=20))
+    assert calls == []
+    p.use_hf_generate = True
+    torch.manual_seed(5)
+    theirs = p.generate(q, qm, max_new_tokens=6, sampling=Sampling(top_k=20))
+    assert calls == [1]
+    assert torch.equal(mine[0], theirs[0])
+
+
+def test_logprobs_are_the_generating_models(tokenizer):
+    p = policy(tokenizer, 1, eos_bias=2.0)
+    q, qm = p.encode_prompts(PROMPTS)
+    torch.manual_seed(0)
+    response, mask, lp = p.generate(q, qm, max_new_tokens=10, sampling=Sampling(top_k=30), output_logprobs=True)
+    with torch.no_grad():
+        scored = p.response_logprobs(q, qm, response, mask)
+    assert torch.allclose(lp, scored * mask, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampling", SAMPLINGS[1:], ids=lambda s: s.describe())
+def test_warp_matches_transformers_warpers(sampling):
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(0)) * 3
+    expected = logits
+    if sampling.temperature != 1:
+        expected = TemperatureLogitsWarper(sampling.temperature)(None, expected)
+    if sampling.top_k:
+        expected = TopKLogitsWarper(sampling.top_k)(None, expected)
+    if sampling.top_p < 1:
+        expected = TopPLogitsWarper(sampling.top_p)(None, expected)
+    assert torch.equal(warp(logits, sampling), expected)
+
+
+def test_roll_in_then_roll_out_continue_the_right_states(tokenizer):
+    """Each row: the roll-in model's greedy tokens up to k, then the roll-out model's greedy
+    continuation of prompt + that prefix (checked by full forward passes without a cache)."""
+    guide, learner = policy(tokenizer, 2), policy(tokenizer, 3)
+    prompts = PROMPTS * 2
+    q, qm = learner.encode_prompts(prompts)
+    restart = torch.tensor([0, 1, 3, 7, 5, 2, 0, 6])
+    L = 8
+    out, mask, k = lockstep_generate(learner, q, qm, max_new_tokens=L, sampling=GREEDY, roll_in=guide,
+                                     restart=restart)
+    assert k.tolist() == restart.tolist()  # no roll-in ended early
+    for i, ki in enumerate(k.tolist()):
+        n = int(mask[i].sum())
+        row = out[i, :n].tolist()
+        head = greedy_reference(guide, prompts[i], [], ki)
+        assert row[:ki] == head
+        assert row[ki:] == greedy_reference(learner, prompts[i], head, L - ki), f"row {i}, k={ki}"
+
+
+def test_roll_in_that_ends_early_redraws_k_and_rewinds(tokenizer):
+    """A guide that always ends after 4 tokens (min length 3, then EOS): every switch point
+    drawn at 4 or later is redrawn uniformly over {0 … 3}, so the final k is uniform over the
+    roll-in's length, and the learner continues from the rewound state."""
+    guide = policy(tokenizer, 4, eos_bias=40.0)
+    learner = policy(tokenizer, 5)
+    n, L, m = 400, 10, 4
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+    q, qm = learner.encode_prompts(prompts)
+    planned = torch.randint(0, L, (n,), generator=torch.Generator().manual_seed(0))
+    out, mask, k = lockstep_generate(learner, q, qm, max_new_tokens=L, min_new_tokens=m - 1, sampling=GREEDY,
+                                     roll_in=guide, restart=planned, generator=torch.Generator().manual_seed(1))
+    ks = k.tolist()
+    assert max(ks) == m - 1
+    assert all(a == b for a, b in zip(ks, planned.tolist()) if b < m)  # kept where the roll-in reached k
+    counts = Counter(ks)
+    assert all(60 <= counts[j] <= 140 for j in range(m)), counts  # expected 100 each (sd ≈ 8.7)
+    # every row: guide prefix, then the learner's own continuation of it — checked on a sample
+    for i in range(0, n, 37):
+        ki, length = ks[i], int(mask[i].sum())
+        row = out[i, :length].tolist()
+        head = greedy_reference(guide, prompts[i], [], ki, min_new=m - 1)
+        assert row[:ki] == head and guide.eos_id not in head
+        assert row[ki:] == greedy_reference(learner, prompts[i], head, L - ki, min_new=m - 1), f"row {i}, k={ki}"
+
+
+def test_roll_in_model_only_runs_its_rows_and_steps(tokenizer):
+    guide, learner = policy(tokenizer, 6), policy(tokenizer, 7)
+    q, qm = learner.encode_prompts(PROMPTS * 2)
+    seen = {"guide": [], "learner": []}
+    hooks = [m.model.register_forward_hook(lambda mod, args, kwargs, out, who=who: seen[who].append(
+        tuple(kwargs["input_ids"].shape)), with_kwargs=True) for who, m in (("guide", guide), ("learner", learner))]
+    try:
+        restart = torch.tensor([0, 0, 2, 0, 5, 0, 0, 3])
+        lockstep_generate(learner, q, qm, max_new_tokens=8, min_new_tokens=8, sampling=GREEDY, roll_in=guide,
+                          restart=restart)
+    finally:
+        for h in hooks:
+            h.remove()
+    # the learner: one prefill and L − 1 one-token steps over all rows, as a plain generation
+    assert seen["learner"] == [(8, q.shape[1])] + [(8, 1)] * 7
+    # the guide: its 3 rows only, for max(k) = 5 positions; a row leaves once its roll-in is over
+    # (k = 2, 3, 5: the prompt, then token 0 for three rows, token 1 for two, tokens 2 and 3 for one)
+    assert seen["guide"] == [(3, q.shape[1]), (3, 1), (2, 1), (1, 1), (1, 1)]
+
+
+def test_can_step(tokenizer):
+    assert can_step(policy(tokenizer, 0))
+    model, tok = make_tiny_seq2seq()
+    assert not can_step(HFPolicy(model, tok))
