@@ -128,7 +128,7 @@ class Trainer:
         self.autocast = _autocast(self.device)
         #: episodes per generation / scoring chunk: all of this rank's at once on a GPU
         on_gpu = getattr(self.device, "type", str(self.device)).startswith("cuda")
-        self.rollout_batch_size = cfg.rollout_batch_size or (cfg.episodes if on_gpu else 32)
+        self.rollout_batch_size = cfg.rollout_batch_size or (cfg.episodes if on_gpu else 64)
         self.engine = GuidedRollout(
             policy, guide, task, max_new_tokens=max_new, min_new_tokens=min(task.min_new_tokens, max_new),
             sampling=task.train_sampling,
