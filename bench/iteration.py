@@ -9,10 +9,11 @@ Both sides run on the *same* models (random weights built from a config; nothing
 downloaded) and the same synthetic task, one after the other in the same process:
 
 * **rlgf** — :meth:`rlgf_cli.trainer.Trainer.step`: the guide rolls in up to the restart point
-  ``k``, the learner prefills that prefix in one pass and rolls out; reward; old / reference
-  log-probs and values; the PPO update. Phase times are the Trainer's own metrics
-  (``time_rollout_s`` … ``time_update_s``); the roll-in is the time spent in the guide's
-  ``generate`` and the roll-out the rest of ``time_rollout_s``.
+  ``k`` in lock-step with the learner's roll-out (one decoding loop, the learner reads the
+  roll-in tokens in the steps it makes anyway); reward; old / reference log-probs and values;
+  the PPO update. Phase times are the Trainer's own metrics (``time_rollout_s`` …
+  ``time_update_s``); the roll-in is the time spent in the guide's forward passes and the
+  roll-out the rest of ``time_rollout_s``.
 * **HF-style** — the loop people write with ``transformers`` directly: ``model.generate`` for
   the roll-in, then a second full ``model.generate`` by the learner from the prompt that forces
   the roll-in tokens one step at a time (the re-decode approach), plain full-sequence forward
@@ -74,7 +75,7 @@ PRESETS = {
 }
 PHASES = ("roll_in", "roll_out", "reward", "forward", "update")
 LABELS = {
-    "roll_in": "roll-in (guide generation)",
+    "roll_in": "roll-in (guide forward passes)",
     "roll_out": "roll-out (learner generation, encode + decode)",
     "reward": "reward",
     "forward": "old + reference log-probs, values, advantages",
@@ -147,23 +148,24 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-class GenerateTimer:
-    """Seconds spent in one policy's ``generate`` (the guide's: the rlgf roll-in)."""
+class ForwardTimer:
+    """Seconds spent in one model's forward passes (the guide's: the rlgf roll-in, which runs in
+    lock-step with the learner's roll-out, so it has no ``generate`` call of its own to time)."""
 
     def __init__(self, policy, device: torch.device) -> None:
         self.seconds = 0.0
-        original = policy.generate
+        self._start = 0.0
 
-        def timed(*args, **kwargs):
+        def pre(module, args):
             sync(device)
-            t = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                sync(device)
-                self.seconds += time.perf_counter() - t
+            self._start = time.perf_counter()
 
-        policy.generate = timed
+        def post(module, args, output):
+            sync(device)
+            self.seconds += time.perf_counter() - self._start
+
+        policy.model.register_forward_pre_hook(pre)
+        policy.model.register_forward_hook(post)
 
 
 def peak_memory(device: torch.device) -> int:
@@ -341,8 +343,8 @@ def build(args):
     return preset, cfg, task, trainer, baseline
 
 
-def run_rlgf(trainer, timer: GenerateTimer | None, device) -> dict:
-    """One ``Trainer.step()``; phases from its metrics, the roll-in from the guide's generate."""
+def run_rlgf(trainer, timer: ForwardTimer | None, device) -> dict:
+    """One ``Trainer.step()``; phases from its metrics, the roll-in from the guide's forward passes."""
     if timer is not None:
         timer.seconds = 0.0
     sync(device)
@@ -412,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     preset, cfg, task, trainer, baseline = build(args)
     device = trainer.device
     # plain PPO has no roll-in: the learner's one generate is the roll-out
-    timer = GenerateTimer(trainer.guide, device) if trainer.guide is not None else None
+    timer = ForwardTimer(trainer.guide, device) if trainer.guide is not None else None
     examples = task.examples("train")
 
     # the two sides alternate (rlgf, HF-style, rlgf, …) so load drift on a shared machine hits

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--layers", type=int, default=6, help="config model: layers")
     p.add_argument("--width", type=int, default=384, help="config model: hidden size")
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=64, help="episodes (rows); 64 = the trainer's CPU chunk")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-tokens", type=int, default=0, help="truncate prompts to this many tokens (0: never)")
     p.add_argument("--betas", default="0.2,1.0", help="comma-separated β values for PPO++")

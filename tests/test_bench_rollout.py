@@ -1,0 +1,38 @@
+"""bench/rollout.py runs every variant on a tiny config and prints the table and the goal line."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_rollout", ROOT / "bench" / "rollout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rollout_bench_tiny(capsys):
+    bench = load_bench()
+    assert bench.main(["--layers", "1", "--width", "64", "--batch", "6", "--new-tokens", "5", "--repeats", "1",
+                       "--betas", "1"]) == 0
+    text = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| (")}
+    assert set(rows) == {"(b) plain generation (learner)", "(b') plain generation, model.generate",
+                         "(a) PPO++ lock-step roll-in + roll-out", "(a') PPO++ two-pass (roll-in, then prefill)",
+                         "(c) roll-in + re-decode from scratch"}
+    passes = {name: [int(x) for x in re.findall(r"\| (\d+) \+ (\d+) \|", line)[0]] for name, line in rows.items()}
+    # the learner's passes: 5 (one prefill + 4 steps) in every one-loop variant, the lock-step one
+    # included; two passes skip the steps before the shortest prefix. The guide runs only when guided.
+    two_pass = "(a') PPO++ two-pass (roll-in, then prefill)"
+    assert all(learner == 5 for name, (_, learner) in passes.items() if name != two_pass)
+    assert 1 <= passes[two_pass][1] <= 5
+    assert passes["(b) plain generation (learner)"][0] == 0
+    assert passes["(a) PPO++ lock-step roll-in + roll-out"][0] > 0
+    assert re.search(r"β = 1: \d+\.\d\d — (met|not met)", text)
