@@ -57,6 +57,22 @@ def make_tiny_causal(tokenizer=None, seed: int = 0):
     return model, tokenizer
 
 
+def make_tiny_gpt2(tokenizer=None, seed: int = 0):
+    """``(model, tokenizer)``: a tiny GPT-2 — absolute position embeddings, which catch wrong
+    position ids under left padding."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = tokenizer or make_byte_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config).eval(), tokenizer
+
+
 def make_tiny_seq2seq(seed: int = 0):
     """``(model, tokenizer)``: a tiny T5 with the ByT5 tokenizer."""
     import torch

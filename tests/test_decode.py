@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import bias_lm_head, make_byte_tokenizer, make_tiny_causal, make_tiny_seq2seq
+from conftest import bias_lm_head, make_byte_tokenizer, make_tiny_causal, make_tiny_gpt2, make_tiny_seq2seq
 
 from backends import hf_generate
 from backends.base import GREEDY, Sampling
@@ -28,9 +28,12 @@ def tokenizer():
     return make_byte_tokenizer()
 
 
-def policy(tokenizer, seed: int, *, eos_bias: float = 0.0) -> HFPolicy:
-    """A random tiny Llama; ``eos_bias`` adds to the EOS logit (so responses end early)."""
-    model, _ = make_tiny_causal(tokenizer, seed=seed)
+ARCHS = {"llama": make_tiny_causal, "gpt2": make_tiny_gpt2}  # rotary / absolute positions
+
+
+def policy(tokenizer, seed: int, *, eos_bias: float = 0.0, arch: str = "llama") -> HFPolicy:
+    """A random tiny Llama (or GPT-2); ``eos_bias`` adds to the EOS logit (so responses end early)."""
+    model, _ = ARCHS[arch](tokenizer, seed=seed)
     if eos_bias:
         bias_lm_head(model, tokenizer.eos_token_id, eos_bias)
     return HFPolicy(model, tokenizer, spec=f"tiny-{seed}")
@@ -58,10 +61,11 @@ def greedy_reference(p: HFPolicy, prompt: str, prefix: list[int], steps: int, mi
 SAMPLINGS = [GREEDY, Sampling(top_k=50), Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.3, top_k=5)]
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=lambda s: s.describe())
-def test_plain_loop_matches_generate(tokenizer, sampling):
+def test_plain_loop_matches_generate(tokenizer, sampling, arch):
     """Same seed, same tokens and lengths as ``model.generate`` (EOS-prone model, min length)."""
-    p = policy(tokenizer, 0, eos_bias=1.0)
+    p = policy(tokenizer, 0, eos_bias=1.0, arch=arch)
     q, qm = p.encode_prompts(PROMPTS * 4)
     torch.manual_seed(11)
     ref, ref_mask = hf_generate.generate(p, q, qm, max_new_tokens=12, min_new_tokens=2, sampling=sampling)
@@ -116,10 +120,11 @@ def test_warp_matches_transformers_warpers(sampling):
     assert torch.equal(warp(logits, sampling), expected)
 
 
-def test_roll_in_then_roll_out_continue_the_right_states(tokenizer):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_roll_in_then_roll_out_continue_the_right_states(tokenizer, arch):
     """Each row: the roll-in model's greedy tokens up to k, then the roll-out model's greedy
     continuation of prompt + that prefix (checked by full forward passes without a cache)."""
-    guide, learner = policy(tokenizer, 2), policy(tokenizer, 3)
+    guide, learner = policy(tokenizer, 2, arch=arch), policy(tokenizer, 3, arch=arch)
     prompts = PROMPTS * 2
     q, qm = learner.encode_prompts(prompts)
     restart = torch.tensor([0, 1, 3, 7, 5, 2, 0, 6])
@@ -135,12 +140,13 @@ def test_roll_in_then_roll_out_continue_the_right_states(tokenizer):
         assert row[ki:] == greedy_reference(learner, prompts[i], head, L - ki), f"row {i}, k={ki}"
 
 
-def test_roll_in_that_ends_early_redraws_k_and_rewinds(tokenizer):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_roll_in_that_ends_early_redraws_k_and_rewinds(tokenizer, arch):
     """A guide that always ends after 4 tokens (min length 3, then EOS): every switch point
     drawn at 4 or later is redrawn uniformly over {0 … 3}, so the final k is uniform over the
     roll-in's length, and the learner continues from the rewound state."""
-    guide = policy(tokenizer, 4, eos_bias=40.0)
-    learner = policy(tokenizer, 5)
+    guide = policy(tokenizer, 4, eos_bias=40.0, arch=arch)
+    learner = policy(tokenizer, 5, arch=arch)
     n, L, m = 400, 10, 4
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
     q, qm = learner.encode_prompts(prompts)

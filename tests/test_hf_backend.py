@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import bias_lm_head, make_tiny_causal, make_tiny_seq2seq
+from conftest import bias_lm_head, make_tiny_causal, make_tiny_gpt2, make_tiny_seq2seq
 
 from backends.base import GREEDY, Sampling
 from backends.critic import Critic
@@ -32,21 +32,6 @@ def seq2seq(tiny_seq2seq_dir):
 @pytest.fixture(params=["causal", "seq2seq", "gpt2"])
 def policy(request, causal, seq2seq, gpt2):
     return {"causal": causal, "seq2seq": seq2seq, "gpt2": gpt2}[request.param]
-
-
-def make_tiny_gpt2():
-    """Absolute position embeddings: catches wrong position ids under left padding."""
-    from conftest import make_byte_tokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = make_byte_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=128,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(config).eval(), tokenizer
 
 
 @pytest.fixture(scope="module")
