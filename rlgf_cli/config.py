@@ -61,7 +61,7 @@ class TrainConfig:
     #: episodes per minibatch in the update
     minibatch_size: int = 16
     #: episodes per generation / scoring chunk (memory bound); 0 = sized to the device
-    #: (all of a rank's episodes at once on CUDA, 64 on CPU)
+    #: (what fits in a GPU's free memory, 64 on CPU)
     rollout_batch_size: int = 0
     #: learning rate (AdamW); default 1e-6 for RL (paper), 1e-5 for BC
     lr: float | None = None

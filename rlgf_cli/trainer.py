@@ -30,6 +30,7 @@ from .ppo import (
     masked_whiten,
 )
 from .algorithms import GUIDE, LEARNER, Part, needs_guide, plan
+from .chunking import EpisodeShape, rollout_chunk
 from .distributed import all_sum, any_rank, sum_gradients, world
 from .guided import GuidedRollout
 from .rollout import RolloutBatch
@@ -126,9 +127,8 @@ class Trainer:
         max_new = cfg.max_new_tokens or task.max_new_tokens
         #: bf16 autocast on CUDA (weights and optimizer state stay float32)
         self.autocast = _autocast(self.device)
-        #: episodes per generation / scoring chunk: all of this rank's at once on a GPU
-        on_gpu = getattr(self.device, "type", str(self.device)).startswith("cuda")
-        self.rollout_batch_size = cfg.rollout_batch_size or (cfg.episodes if on_gpu else 64)
+        #: episodes per generation / scoring chunk: what the device's memory allows on a GPU
+        self.rollout_batch_size = cfg.rollout_batch_size or self._auto_chunk(max_new)
         self.engine = GuidedRollout(
             policy, guide, task, max_new_tokens=max_new, min_new_tokens=min(task.min_new_tokens, max_new),
             sampling=task.train_sampling,
@@ -231,6 +231,19 @@ class Trainer:
                 "fix the reward; training stopped and the last good checkpoint is kept",
             )
         return scores
+
+    def _auto_chunk(self, max_new: int) -> int:
+        models = [m for m in (self.policy.model, getattr(self.guide, "model", None)) if isinstance(m, torch.nn.Module)]
+        bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        n, why = rollout_chunk(
+            self.cfg.episodes, self.device, configs=[m.config for m in models],
+            shape=EpisodeShape(self.task.prompt_max_tokens or 128, max_new),
+            dtype_bytes=2 if bf16 else next(self.policy.model.parameters()).element_size(),
+            trainable_params=sum(p.numel() for p in self.params),
+        )
+        if self.device.type == "cuda":
+            self.callback("message", {"text": why})
+        return n
 
     @torch.no_grad()
     def compute_advantages(self, batch: RolloutBatch, scores: torch.Tensor, part: Part | None = None) -> Buffers:

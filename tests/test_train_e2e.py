@@ -157,7 +157,7 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
 
 
 def test_rollout_batch_size_is_sized_to_the_device(tiny_causal_dir, tiny_reward_dir):
-    """0 (the default) means all of a rank's episodes at once on a GPU and 64 on CPU."""
+    """0 (the default) sizes chunks to a GPU's free memory (tests/test_chunking.py) and is 64 on CPU."""
     from backends import resolve
     from rlgf_cli.config import build_config
     from rlgf_cli.run import build_task
@@ -168,6 +168,8 @@ def test_rollout_batch_size_is_sized_to_the_device(tiny_causal_dir, tiny_reward_
     assert cfg.rollout_batch_size == 0
     policy, reference = resolve(str(tiny_causal_dir)), resolve(str(tiny_causal_dir))
     trainer = Trainer(cfg, build_task(cfg), policy, reference, policy.make_critic())
-    assert trainer.rollout_batch_size == 64
+    assert trainer.rollout_batch_size == 48  # all 48 episodes: fewer than a CPU chunk of 64
+    cfg.episodes = 100
+    assert Trainer(cfg, build_task(cfg), policy, reference, policy.make_critic()).rollout_batch_size == 64
     cfg.rollout_batch_size = 8
     assert Trainer(cfg, build_task(cfg), policy, reference, policy.make_critic()).rollout_batch_size == 8
