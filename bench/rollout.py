@@ -19,8 +19,9 @@ the ratios on latency-bound (GPU) and throughput-bound (CPU) hardware.
 CPU (default, a tiny GPT-2-style model built from a config, nothing downloaded)::
 
     .venv/bin/python bench/rollout.py
-GPU, a real model as learner and guide::
+GPU, the paper's IMDB batch (GPT-2-124M configs), or a real model as learner and guide::
 
+    .venv/bin/python bench/rollout.py --device cuda --preset paper --dtype bfloat16
     .venv/bin/python bench/rollout.py --device cuda --model PATH [--guide PATH] --dtype bfloat16
 """
 
@@ -77,13 +78,23 @@ def config_policy(tokenizer, *, layers: int, width: int, seed: int, device: str,
     return HFPolicy(model, tokenizer, spec=f"gpt2-config-{layers}x{width}")
 
 
+def iteration_bench():
+    """bench/iteration.py as a module (its GPT-2-vocabulary word tokenizer and 64-word prompts)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_iteration", Path(__file__).with_name("iteration.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_policies(args) -> tuple[HFPolicy, HFPolicy]:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     if args.model:
         learner = HFPolicy.load(args.model, device=args.device, dtype=dtype)
         guide = HFPolicy.load(args.guide or args.model, device=args.device, dtype=dtype)
         return learner, guide
-    tokenizer = byte_tokenizer()
+    tokenizer = iteration_bench().word_tokenizer(50257) if args.preset == "paper" else byte_tokenizer()
     make = dict(layers=args.layers, width=args.width, device=args.device, dtype=dtype)
     return config_policy(tokenizer, seed=0, **make), config_policy(tokenizer, seed=1, **make)
 
@@ -91,13 +102,14 @@ def load_policies(args) -> tuple[HFPolicy, HFPolicy]:
 class BenchTask(Task):
     name = "bench"
 
-    def __init__(self, n: int, new_tokens: int, prompt_tokens: int) -> None:
+    def __init__(self, n: int, new_tokens: int, prompt_tokens: int, prompts: list[str] | None = None) -> None:
         self.n = n
         self.max_new_tokens = self.min_new_tokens = new_tokens  # fixed length, as the sentiment tasks
         self.prompt_max_tokens = prompt_tokens or None  # type: ignore[assignment]  # 0: no truncation
+        self.prompts = prompts or [f"Review {i}: this film was one of the most" for i in range(n)]
 
     def examples(self, split: str) -> list[Example]:
-        return [Example(prompt=f"Review {i}: this film was one of the most", references=()) for i in range(self.n)]
+        return [Example(prompt=p, references=()) for p in self.prompts[: self.n]]
 
 
 # -- instrumentation ----------------------------------------------------------------------------
@@ -243,13 +255,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--betas", default="0.2,1.0", help="comma-separated β values for PPO++")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--preset", choices=["custom", "paper"], default="custom",
+                   help="paper: the paper's IMDB batch — GPT-2-124M configs with GPT-2's vocabulary size, "
+                        "112 episodes × 64 prompt + 48 new tokens (overrides the size options)")
     args = p.parse_args(argv)
+    if args.preset == "paper":
+        args.layers, args.width, args.batch, args.new_tokens, args.prompt_tokens = 12, 768, 112, 48, 64
     if args.threads:
         torch.set_num_threads(args.threads)
     betas = [float(b) for b in args.betas.split(",")]
 
     learner, guide = load_policies(args)
-    task = BenchTask(args.batch, args.new_tokens, args.prompt_tokens)
+    prompts = None
+    if args.preset == "paper":  # exactly 64 words = 64 tokens each
+        prompts = [ex.prompt for ex in iteration_bench().BenchTask(args.batch, 64, 48, 50256).examples("train")]
+    task = BenchTask(args.batch, args.new_tokens, args.prompt_tokens, prompts)
     examples = task.examples("train")
     prompts = [ex.prompt for ex in examples]
     engines = {lockstep: GuidedRollout(learner, guide, task, max_new_tokens=task.max_new_tokens,

@@ -29,13 +29,16 @@ def tokenizer():
 
 
 ARCHS = {"llama": make_tiny_causal, "gpt2": make_tiny_gpt2}  # rotary / absolute positions
+#: the equality tests also run on a GPU where there is one (bench/gpu_check.sh runs them there)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def policy(tokenizer, seed: int, *, eos_bias: float = 0.0, arch: str = "llama") -> HFPolicy:
+def policy(tokenizer, seed: int, *, eos_bias: float = 0.0, arch: str = "llama", device: str = "cpu") -> HFPolicy:
     """A random tiny Llama (or GPT-2); ``eos_bias`` adds to the EOS logit (so responses end early)."""
     model, _ = ARCHS[arch](tokenizer, seed=seed)
     if eos_bias:
         bias_lm_head(model, tokenizer.eos_token_id, eos_bias)
+    model.to(device)
     return HFPolicy(model, tokenizer, spec=f"tiny-{seed}")
 
 
@@ -47,7 +50,7 @@ def greedy_reference(p: HFPolicy, prompt: str, prefix: list[int], steps: int, mi
     out: list[int] = []
     with torch.no_grad():
         for _ in range(steps):
-            logits = p.model(input_ids=torch.tensor([ids])).logits[0, -1]
+            logits = p.model(input_ids=torch.tensor([ids], device=p.device)).logits[0, -1]
             if len(prefix) + len(out) < min_new:
                 logits[p.eos_ids] = float("-inf")
             token = int(logits.argmax())
@@ -61,11 +64,12 @@ def greedy_reference(p: HFPolicy, prompt: str, prefix: list[int], steps: int, mi
 SAMPLINGS = [GREEDY, Sampling(top_k=50), Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.3, top_k=5)]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=lambda s: s.describe())
-def test_plain_loop_matches_generate(tokenizer, sampling, arch):
+def test_plain_loop_matches_generate(tokenizer, sampling, arch, device):
     """Same seed, same tokens and lengths as ``model.generate`` (EOS-prone model, min length)."""
-    p = policy(tokenizer, 0, eos_bias=1.0, arch=arch)
+    p = policy(tokenizer, 0, eos_bias=1.0, arch=arch, device=device)
     q, qm = p.encode_prompts(PROMPTS * 4)
     torch.manual_seed(11)
     ref, ref_mask = hf_generate.generate(p, q, qm, max_new_tokens=12, min_new_tokens=2, sampling=sampling)
@@ -120,11 +124,12 @@ def test_warp_matches_transformers_warpers(sampling):
     assert torch.equal(warp(logits, sampling), expected)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_roll_in_then_roll_out_continue_the_right_states(tokenizer, arch):
+def test_roll_in_then_roll_out_continue_the_right_states(tokenizer, arch, device):
     """Each row: the roll-in model's greedy tokens up to k, then the roll-out model's greedy
     continuation of prompt + that prefix (checked by full forward passes without a cache)."""
-    guide, learner = policy(tokenizer, 2, arch=arch), policy(tokenizer, 3, arch=arch)
+    guide, learner = policy(tokenizer, 2, arch=arch, device=device), policy(tokenizer, 3, arch=arch, device=device)
     prompts = PROMPTS * 2
     q, qm = learner.encode_prompts(prompts)
     restart = torch.tensor([0, 1, 3, 7, 5, 2, 0, 6])
