@@ -264,29 +264,48 @@ def lockstep_generate(
     count = torch.zeros(batch, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)
+    is_eos = torch.zeros(_vocab(outer, inner), dtype=torch.bool, device=device)
+    is_eos[eos] = True
+    # Every step samples for all rows of each model and merges with torch.where: no boolean
+    # indexing, so a step has one host sync (the flags below) however the rows are split.
     while True:
         in_phase = (count < k) & ~done
         active = ~done
-        nxt = torch.full((batch,), pad, dtype=torch.long, device=device)
-        lp = torch.zeros(batch, dtype=torch.float32, device=device) if output_logprobs else None
+        young = count < min_new if min_new > 0 else None  # rows where EOS is not allowed yet
+        # finished and roll-in rows draw too (and are ignored), so a plain generation consumes
+        # the RNG exactly as ``generate`` does and gives the same tokens for the same seed
+        nxt, lp = _pick(outer.logits, sampling, young, is_eos, output_logprobs)
         if inner is not None:
-            sel = in_phase[inner.rows.to(device)]
-            _pick(inner.logits.to(device)[sel], inner.rows.to(device)[sel], in_sampling, count, min_new, eos, nxt, lp)
-        # finished rows draw too (and are ignored), so a plain generation consumes the RNG
-        # exactly as ``generate`` does and gives the same tokens for the same seed
-        out_rows = ~in_phase
-        _pick(outer.logits[out_rows], rows[out_rows], sampling, count, min_new, eos, nxt, lp)
+            mine = inner.rows.to(device)
+            tok_in, lp_in = _pick(inner.logits.to(device), in_sampling, None if young is None else young[mine],
+                                  is_eos, output_logprobs)
+            from_inner = torch.zeros_like(in_phase)
+            from_inner[mine] = in_phase[mine]
+            full = nxt.clone()
+            full[mine] = tok_in
+            nxt = torch.where(from_inner, full, nxt)
+            if lp is not None:
+                full_lp = lp.clone()
+                full_lp[mine] = lp_in
+                lp = torch.where(from_inner, full_lp, lp)
         nxt = nxt.masked_fill(done, pad)
-        # record the chosen tokens
-        where = rows[active]
-        tokens[where, count[where]] = nxt[where]
+        # record the chosen tokens (finished rows write their pad over the last column: ignored)
+        at = count.clamp(max=L - 1)
+        tokens[rows, at] = torch.where(active, nxt, tokens[rows, at])
         if lp is not None:
-            logprobs[where, count[where]] = lp[where]
+            logprobs[rows, at] = torch.where(active, lp, logprobs[rows, at])
         count = count + active.long()
-        hit_eos = torch.isin(nxt, eos) & active
-        feed = nxt.clone()
-        early = hit_eos & in_phase
-        if bool(early.any()):  # a roll-in ended before its switch point: draw k again, rewind
+        hit_eos = is_eos[nxt] & active
+        early = hit_eos & in_phase  # a roll-in ended before its switch point
+        done = done | (active & ~early & (hit_eos | (count >= L)))
+        flags = [early.any().long(), done.all().long()]
+        if inner is not None:
+            needed = ((count < k) & ~done & ~early)[inner.rows.to(device)]
+            flags.append(needed.sum())
+        any_early, all_done, *left = torch.stack(flags).tolist()
+        feed = nxt
+        if any_early:  # draw k again over the roll-in's length, rewind the roll-out model's row
+            feed = nxt.clone()
             for r in early.nonzero().flatten().tolist():
                 m = int(count[r])
                 new_k = int(torch.randint(0, m, (1,), generator=generator))
@@ -297,17 +316,14 @@ def lockstep_generate(
                     logprobs[r, new_k:] = 0
                 outer.rewind(r, new_k)
                 feed[r] = tokens[r, new_k - 1] if new_k > 0 else outer.last_prompt_token[r]
-        done = done | (active & ~early & (hit_eos | (count >= L)))
-        if bool(done.all()):
+        if all_done:
             break
         outer.feed(feed)
         if inner is not None:
-            needed = ((count < k) & ~done)[inner.rows.to(device)]
-            left = int(needed.sum())
-            if left == 0:
+            if left[0] == 0:
                 inner = None  # every roll-in is over: the roll-in model is done
                 continue
-            if left <= 0.75 * len(needed):  # rows whose roll-in is over leave its batch
+            if left[0] <= 0.75 * len(needed):  # rows whose roll-in is over leave its batch
                 inner.keep(needed.nonzero().flatten().to(inner.device))
             inner.feed(feed[inner.rows.to(device)])
     width = int(count.max())
@@ -320,18 +336,16 @@ def lockstep_generate(
     return result
 
 
-def _pick(logits, where, sampling, count, min_new, eos, nxt, lp) -> None:
-    """Choose tokens for the rows ``where`` from their ``logits``; writes ``nxt`` (and ``lp``)."""
-    if not len(where):
-        return
-    raw = logits
-    if min_new > 0:
-        young = (count[where] < min_new)[:, None]
-        if bool(young.any()):
-            forbid = torch.zeros_like(logits, dtype=torch.bool)
-            forbid[:, eos] = True
-            logits = logits.masked_fill(forbid & young, float("-inf"))
-    chosen = choose(logits, sampling)
-    nxt[where] = chosen
-    if lp is not None:
-        lp[where] = (raw.gather(-1, chosen[:, None]).squeeze(1) - torch.logsumexp(raw, dim=-1))
+def _vocab(*steppers) -> int:
+    return max(st.logits.shape[-1] for st in steppers if st is not None)
+
+
+def _pick(logits, sampling, young, is_eos, with_logprobs: bool):
+    """One token per row (EOS forbidden where ``young``), and its raw log-probability."""
+    shaped = logits
+    if young is not None:
+        shaped = logits.masked_fill(young[:, None] & is_eos[None, : logits.shape[-1]], float("-inf"))
+    chosen = choose(shaped, sampling)
+    if not with_logprobs:
+        return chosen, None
+    return chosen, logits.gather(-1, chosen[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
