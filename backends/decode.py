@@ -29,10 +29,13 @@ top-k and top-p shape the raw logits, and ``torch.multinomial`` draws from the g
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import torch
 
 from .base import Sampling
+from .decode_graph import agrees, try_capture
+from .kv_cache import reserved_cache
 
 _FORWARD_PARAMS: dict[type, frozenset] = {}
 
@@ -87,78 +90,17 @@ def choose(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     return torch.multinomial(probs, 1).squeeze(1)
 
 
-_RESERVED_LAYER = None
-
-
-def _reserved_layer_class():
-    """A KV-cache layer that writes into storage reserved up front instead of concatenating a
-    new tensor at every step (``DynamicLayer``'s way, whose copies grow with the length)."""
-    global _RESERVED_LAYER
-    if _RESERVED_LAYER is None:
-        from transformers.cache_utils import DynamicLayer
-
-        class ReservedLayer(DynamicLayer):
-            def __init__(self, capacity: int) -> None:
-                super().__init__()
-                self.capacity = capacity
-                self.length = 0
-                self._keys = self._values = None
-
-            def update(self, key_states, value_states, *args, **kwargs):
-                n = key_states.shape[-2]
-                if self._keys is None or self.length + n > self._keys.shape[-2]:
-                    self._reserve(key_states, value_states, max(self.capacity, self.length + n))
-                self._keys[:, :, self.length : self.length + n] = key_states
-                self._values[:, :, self.length : self.length + n] = value_states
-                self.length += n
-                self.keys = self._keys[:, :, : self.length]
-                self.values = self._values[:, :, : self.length]
-                return self.keys, self.values
-
-            def _reserve(self, key_states, value_states, capacity: int) -> None:
-                if not self.is_initialized:
-                    self.lazy_initialization(key_states, value_states)
-                b, h, _, d = key_states.shape
-                keys = key_states.new_zeros((b, h, capacity, d))
-                values = value_states.new_zeros((b, h, capacity, value_states.shape[-1]))
-                if self._keys is not None:
-                    keys[:, :, : self.length] = self._keys[:, :, : self.length]
-                    values[:, :, : self.length] = self._values[:, :, : self.length]
-                self._keys, self._values = keys, values
-
-            def get_seq_length(self) -> int:
-                return self.length
-
-            def batch_select_indices(self, indices) -> None:
-                if self._keys is not None:
-                    self._keys, self._values = self._keys[indices], self._values[indices]
-                    self.keys = self._keys[:, :, : self.length]
-                    self.values = self._values[:, :, : self.length]
-
-        _RESERVED_LAYER = ReservedLayer
-    return _RESERVED_LAYER
-
-
-def _reserved_cache(model, capacity: int):
-    """A ``DynamicCache`` for ``model`` whose full-attention layers reserve ``capacity``
-    positions; ``None`` (let the model build its own) where the layout is anything else."""
-    try:
-        from transformers.cache_utils import DynamicCache, DynamicLayer
-
-        cache = DynamicCache(config=model.config)
-    except Exception:  # noqa: BLE001 - an unusual config: the model's own cache will do
-        return None
-    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
-        return None
-    layer = _reserved_layer_class()
-    cache.layers = [layer(capacity) for _ in cache.layers]
-    return cache
-
-
 class _Stepper:
-    """The incremental state of one model over a subset of the batch's rows."""
+    """The incremental state of one model over a subset of the batch's rows.
 
-    def __init__(self, policy, query, qmask, rows: torch.Tensor, max_steps: int) -> None:
+    ``static`` keeps every step's shapes fixed (a full-width KV cache written at a column held
+    in a device tensor, a full-width additive attention mask, static input buffers) — what a
+    CUDA graph needs; with ``graphs`` on a CUDA device the step is captured and replayed
+    (:mod:`backends.decode_graph`). Static steppers keep all their rows.
+    """
+
+    def __init__(self, policy, query, qmask, rows: torch.Tensor, max_steps: int, *, static: bool = False,
+                 graphs: bool = False) -> None:
         self.model = policy.model
         self.device = policy.device
         self.rows = rows.to(self.device)
@@ -177,25 +119,75 @@ class _Stepper:
         self.next_pos = self.prompt_len.clone()
         self.last_prompt_token = ids[:, -1].clone()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        # room for the common case (prompt + L); a rewound row may need more, and the cache grows
-        cache = _reserved_cache(self.model, self.prompt_width + (max_steps + 1) // 2)
+        # room for the common case (prompt + L); a rewound row may need more, and the cache
+        # grows — except a static cache, which reserves the worst case
+        room = max_steps if static else (max_steps + 1) // 2
+        cache = reserved_cache(self.model, self.prompt_width + room)
         extra = {self.cache_kw: cache} if cache is not None else {}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          **self.keep_kw, **extra)
         self._take(out)
+        self.static = static and cache is not None and self.cache is cache
+        self.graph = None
+        self._checks = 0  # captured steps still to be checked against the eager step
+        if self.static:
+            self._make_static(graphs and self.device.type == "cuda")
 
     def _take(self, out) -> None:
         self.cache = out[self.cache_kw] if self.cache_kw in out else out[1]
         self.logits = out.logits[:, -1].float()
 
+    def _make_static(self, graphs: bool) -> None:
+        b, width = self.mask.shape
+        self.column = torch.zeros(1, dtype=torch.long, device=self.device)
+        for layer in self.cache.layers:
+            layer.make_static(self.column)
+        on = self.device.type
+        dtype = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else next(self.model.parameters()).dtype
+        self.blocked = torch.finfo(dtype).min
+        self.mask4 = torch.zeros((b, 1, 1, width), dtype=dtype, device=self.device)
+        self.ids = torch.zeros((b, 1), dtype=torch.long, device=self.device)
+        self.pos = torch.zeros((b, 1), dtype=torch.long, device=self.device)
+        self.want_graph = graphs
+
+    def _static_forward(self) -> torch.Tensor:
+        out = self.model(input_ids=self.ids, attention_mask=self.mask4, position_ids=self.pos, use_cache=True,
+                         **self.keep_kw, **{self.cache_kw: self.cache})
+        return out.logits[:, -1].float()
+
     def feed(self, tokens: torch.Tensor) -> None:
         """Append one token per row (to this model's rows) and compute the next logits."""
         self.mask[:, self.width] = 1
+        if self.static:
+            self.column.fill_(self.width)
+            self.mask4.copy_(torch.where(self.mask.bool(), 0.0, self.blocked)[:, None, None, :])
+            self.ids.copy_(tokens.to(self.device)[:, None])
+            self.pos.copy_(self.next_pos[:, None])
+            self.width += 1
+            self.next_pos += 1
+            self.logits = self._static_step()
+            return
         self.width += 1
         out = self.model(input_ids=tokens.to(self.device)[:, None], attention_mask=self.mask[:, : self.width],
                          position_ids=self.next_pos[:, None], use_cache=True, **{self.cache_kw: self.cache})
         self.next_pos += 1
         self._take(out)
+
+    def _static_step(self) -> torch.Tensor:
+        if self.graph is not None and not self._checks:
+            return self.graph.run()
+        eager = self._static_forward()
+        if self.graph is not None:  # the second check: a later step, other host values
+            self._checks -= 1
+            if not agrees(self.graph.run(), eager):
+                warnings.warn("a CUDA-graph decoding step disagreed with the eager step; decoding without graphs",
+                              RuntimeWarning, stacklevel=2)
+                self.graph = None
+        elif self.want_graph:
+            self.want_graph = False
+            self.graph = try_capture(self._static_forward, eager, self.device)
+            self._checks = 1 if self.graph is not None else 0
+        return eager.clone()
 
     def keep(self, local: torch.Tensor) -> None:
         """Drop every row but ``local`` (indices into this model's rows) from the batch."""
@@ -228,8 +220,13 @@ def lockstep_generate(
     roll_in_sampling: Sampling | None = None,
     generator: torch.Generator | None = None,
     output_logprobs: bool = False,
+    static: bool = False,
 ):
     """Generate ``max_new_tokens`` response tokens per row (fewer after an EOS).
+
+    A policy whose ``cuda_graphs`` attribute is true decodes in static mode with its step
+    captured in a CUDA graph where it runs on a GPU; ``static=True`` asks for static mode
+    without graphs (the tests compare it with the default mode on CPU).
 
     ``restart`` (``[B]``, default all 0) gives each row's planned switch point; rows with
     ``restart > 0`` roll in with ``roll_in`` (same vocabulary) first. ``generator`` draws the
@@ -259,8 +256,11 @@ def lockstep_generate(
     rolling_in = (k > 0).nonzero().flatten()
     inner = None
     if roll_in is not None and len(rolling_in):
-        inner = _Stepper(roll_in, query, query_mask, rolling_in, max_steps)
-    outer = _Stepper(roll_out, query, query_mask, torch.arange(batch, device=device), max_steps)
+        graphs = bool(getattr(roll_in, "cuda_graphs", False))
+        inner = _Stepper(roll_in, query, query_mask, rolling_in, max_steps, static=static or graphs, graphs=graphs)
+    graphs = bool(getattr(roll_out, "cuda_graphs", False))
+    outer = _Stepper(roll_out, query, query_mask, torch.arange(batch, device=device), max_steps,
+                     static=static or graphs, graphs=graphs)
     count = torch.zeros(batch, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)
@@ -323,7 +323,7 @@ def lockstep_generate(
             if left[0] == 0:
                 inner = None  # every roll-in is over: the roll-in model is done
                 continue
-            if left[0] <= 0.75 * len(needed):  # rows whose roll-in is over leave its batch
+            if left[0] <= 0.75 * len(needed) and not inner.static:  # rows whose roll-in is over leave
                 inner.keep(needed.nonzero().flatten().to(inner.device))
             inner.feed(feed[inner.rows.to(device)])
     width = int(count.max())

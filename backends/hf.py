@@ -41,6 +41,8 @@ class HFPolicy(TokenPolicy):
     #: sample through ``model.generate`` even where rlgf's own loop (:mod:`backends.decode`) can
     #: run (causal models, no beam search, no prefix); the benchmarks compare the two
     use_hf_generate: bool = False
+    #: decode with each step captured in a CUDA graph on a GPU (experimental; ``--cuda-graphs``)
+    cuda_graphs: bool = False
 
     def __init__(self, model, tokenizer, *, spec: str | None = None, max_prompt_length: int | None = None):
         super().__init__(spec or getattr(model.config, "_name_or_path", "") or "hf")

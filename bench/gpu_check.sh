@@ -3,7 +3,7 @@
 # transformers installed): GPU correctness of the decoding loop, then the GPU numbers the
 # rollout and iteration benchmarks report. About 6–8 minutes on one H100.
 #
-#   bash bench/gpu_check.sh [OUT_DIR]        # results: OUT_DIR/{tests.txt,rollout.md,iteration.md,iteration.json}
+#   bash bench/gpu_check.sh [OUT_DIR]   # OUT_DIR/{device,tests}.txt, rollout{,-graphs}.md, iteration.{md,json}
 #
 # PYTHON picks the interpreter (default: .venv/bin/python if present, else python3). The
 # repository root goes on PYTHONPATH, so no install is needed where the dependencies exist.
@@ -22,13 +22,17 @@ if torch.cuda.is_available():
     print(torch.cuda.get_device_name(0), f"{torch.cuda.mem_get_info()[1] / 2**30:.0f} GiB")
 PY
 
-# 1. the decoding loop on CUDA: same tokens as generate, right roll-in/roll-out states; chunk sizing
+# 1. the decoding loop on CUDA — eager, static and CUDA-graph modes: same tokens as generate, right
+#    roll-in/roll-out states; chunk sizing from the free memory
 "$PY" -m pytest -q -p no:cacheprovider tests/test_decode.py tests/test_chunking.py 2>&1 | tee "$OUT_DIR/tests.txt" \
     || status=1
-# 2. roll-in + roll-out against one plain generation, the paper's IMDB batch (issue 3's GPU goal ≤ 1.3×)
-timeout 240 "$PY" bench/rollout.py --device cuda --preset paper --dtype bfloat16 --repeats 5 2>&1 \
+# 2. roll-in + roll-out against one plain generation, the paper's IMDB batch (issue 3's GPU goal
+#    ≤ 1.3×), eager, then with CUDA graphs
+timeout 200 "$PY" bench/rollout.py --device cuda --preset paper --dtype bfloat16 --repeats 5 2>&1 \
     | tee "$OUT_DIR/rollout.md" || status=1
+timeout 200 "$PY" bench/rollout.py --device cuda --preset paper --dtype bfloat16 --repeats 5 --cuda-graphs 2>&1 \
+    | tee "$OUT_DIR/rollout-graphs.md" || status=1
 # 3. one training iteration in the paper's shape against the HF-style loop (issue 7's goal)
-timeout 300 "$PY" bench/iteration.py --device cuda --preset paper --repeats 3 --warmup 1 \
+timeout 240 "$PY" bench/iteration.py --device cuda --preset paper --repeats 3 --warmup 1 --cuda-graphs \
     --json "$OUT_DIR/iteration.json" 2>&1 | tee "$OUT_DIR/iteration.md" || status=1
 exit $status

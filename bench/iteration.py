@@ -337,7 +337,8 @@ def build(args):
     cfg = TrainConfig(task=task.name, alg=args.alg, guide="gpt2-config" if args.alg != "ppo" else None,
                       iterations=1_000_000, episodes=episodes, epochs=preset["epochs"], minibatch_size=minibatch,
                       rollout_batch_size=args.rollout_batch or episodes, max_new_tokens=preset["new_tokens"],
-                      beta=args.beta, seed=args.seed, device=args.device, save_every=0).validate()
+                      beta=args.beta, seed=args.seed, device=args.device, save_every=0,
+                      cuda_graphs=args.cuda_graphs).validate()
     trainer = Trainer(cfg, task, policy, reference, critic, guide=guide if args.alg != "ppo" else None)
     baseline = HFStyleLoop(policy, reference, critic, guide, task, cfg, args.alg, args.beta)
     return preset, cfg, task, trainer, baseline
@@ -399,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rollout-batch", type=int, default=0, help="episodes per generation chunk (default: all)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cuda-graphs", action="store_true", help="rlgf side: decoding steps replayed as CUDA graphs")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:

@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--betas", default="0.2,1.0", help="comma-separated β values for PPO++")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="rlgf's loop replays decoding steps as CUDA graphs (GPU; (b') stays model.generate)")
     p.add_argument("--preset", choices=["custom", "paper"], default="custom",
                    help="paper: the paper's IMDB batch — GPT-2-124M configs with GPT-2's vocabulary size, "
                         "112 episodes × 64 prompt + 48 new tokens (overrides the size options)")
@@ -266,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     betas = [float(b) for b in args.betas.split(",")]
 
     learner, guide = load_policies(args)
+    learner.cuda_graphs = guide.cuda_graphs = args.cuda_graphs
     prompts = None
     if args.preset == "paper":  # exactly 64 words = 64 tokens each
         prompts = [ex.prompt for ex in iteration_bench().BenchTask(args.batch, 64, 48, 50256).examples("train")]
@@ -295,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cuda = args.device.startswith("cuda")
     device = torch.cuda.get_device_name(args.device) if cuda else platform.processor() or "cpu"
-    print(f"learner {learner.describe()}; guide {guide.describe()}")
+    graphs = ""
+    if args.cuda_graphs:
+        graphs = "; decoding steps as CUDA graphs" if args.device.startswith("cuda") else "; static decoding mode"
+    print(f"learner {learner.describe()}; guide {guide.describe()}{graphs}")
     print(f"device {args.device} ({device}, {torch.get_num_threads()} CPU threads), batch {args.batch}, "
           f"{args.new_tokens} new tokens (fixed length), prompts of {int(meter_prompt_len)} tokens, "
           f"{SAMPLING.describe()}, median of {args.repeats}\n")

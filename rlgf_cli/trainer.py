@@ -127,6 +127,9 @@ class Trainer:
         max_new = cfg.max_new_tokens or task.max_new_tokens
         #: bf16 autocast on CUDA (weights and optimizer state stay float32)
         self.autocast = _autocast(self.device)
+        for p in (policy, guide):  # decoding steps replayed as CUDA graphs (GPU only, opt-in)
+            if p is not None and hasattr(p, "cuda_graphs"):
+                p.cuda_graphs = bool(cfg.cuda_graphs) and self.device.type == "cuda"
         #: episodes per generation / scoring chunk: what the device's memory allows on a GPU
         self.rollout_batch_size = cfg.rollout_batch_size or self._auto_chunk(max_new)
         self.engine = GuidedRollout(

@@ -61,20 +61,38 @@ def greedy_reference(p: HFPolicy, prompt: str, prefix: list[int], steps: int, mi
     return out
 
 
+#: "graphs" needs CUDA; on CPU it is static mode with graphs asked for (and ignored)
+MODES = ["dynamic", "static", "graphs"]
+
+
+def run_mode(mode: str, roll_out, *args, roll_in=None, **kwargs):
+    """``lockstep_generate`` in one of the loop's modes."""
+    policies = [p for p in (roll_out, roll_in) if p is not None]
+    for p in policies:
+        p.cuda_graphs = mode == "graphs"
+    try:
+        return lockstep_generate(roll_out, *args, roll_in=roll_in, static=mode == "static", **kwargs)
+    finally:
+        for p in policies:
+            p.cuda_graphs = False
+
+
 SAMPLINGS = [GREEDY, Sampling(top_k=50), Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.3, top_k=5)]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("sampling", SAMPLINGS, ids=lambda s: s.describe())
-def test_plain_loop_matches_generate(tokenizer, sampling, arch, device):
-    """Same seed, same tokens and lengths as ``model.generate`` (EOS-prone model, min length)."""
+def test_plain_loop_matches_generate(tokenizer, sampling, arch, device, mode):
+    """Same seed, same tokens and lengths as ``model.generate`` (EOS-prone model, min length),
+    in the default mode, in static mode and with CUDA graphs."""
     p = policy(tokenizer, 0, eos_bias=1.0, arch=arch, device=device)
     q, qm = p.encode_prompts(PROMPTS * 4)
     torch.manual_seed(11)
     ref, ref_mask = hf_generate.generate(p, q, qm, max_new_tokens=12, min_new_tokens=2, sampling=sampling)
     torch.manual_seed(11)
-    out, mask, restart = lockstep_generate(p, q, qm, max_new_tokens=12, min_new_tokens=2, sampling=sampling)
+    out, mask, restart = run_mode(mode, p, q, qm, max_new_tokens=12, min_new_tokens=2, sampling=sampling)
     assert torch.equal(out, ref) and torch.equal(mask, ref_mask)
     assert restart.tolist() == [0] * len(q)
     lengths = mask.sum(1).tolist()
@@ -124,9 +142,10 @@ def test_warp_matches_transformers_warpers(sampling):
     assert torch.equal(warp(logits, sampling), expected)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_roll_in_then_roll_out_continue_the_right_states(tokenizer, arch, device):
+def test_roll_in_then_roll_out_continue_the_right_states(tokenizer, arch, device, mode):
     """Each row: the roll-in model's greedy tokens up to k, then the roll-out model's greedy
     continuation of prompt + that prefix (checked by full forward passes without a cache)."""
     guide, learner = policy(tokenizer, 2, arch=arch, device=device), policy(tokenizer, 3, arch=arch, device=device)
@@ -134,8 +153,7 @@ def test_roll_in_then_roll_out_continue_the_right_states(tokenizer, arch, device
     q, qm = learner.encode_prompts(prompts)
     restart = torch.tensor([0, 1, 3, 7, 5, 2, 0, 6])
     L = 8
-    out, mask, k = lockstep_generate(learner, q, qm, max_new_tokens=L, sampling=GREEDY, roll_in=guide,
-                                     restart=restart)
+    out, mask, k = run_mode(mode, learner, q, qm, max_new_tokens=L, sampling=GREEDY, roll_in=guide, restart=restart)
     assert k.tolist() == restart.tolist()  # no roll-in ended early
     for i, ki in enumerate(k.tolist()):
         n = int(mask[i].sum())
@@ -145,8 +163,9 @@ def test_roll_in_then_roll_out_continue_the_right_states(tokenizer, arch, device
         assert row[ki:] == greedy_reference(learner, prompts[i], head, L - ki), f"row {i}, k={ki}"
 
 
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_roll_in_that_ends_early_redraws_k_and_rewinds(tokenizer, arch):
+def test_roll_in_that_ends_early_redraws_k_and_rewinds(tokenizer, arch, mode):
     """A guide that always ends after 4 tokens (min length 3, then EOS): every switch point
     drawn at 4 or later is redrawn uniformly over {0 … 3}, so the final k is uniform over the
     roll-in's length, and the learner continues from the rewound state."""
@@ -156,8 +175,8 @@ def test_roll_in_that_ends_early_redraws_k_and_rewinds(tokenizer, arch):
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
     q, qm = learner.encode_prompts(prompts)
     planned = torch.randint(0, L, (n,), generator=torch.Generator().manual_seed(0))
-    out, mask, k = lockstep_generate(learner, q, qm, max_new_tokens=L, min_new_tokens=m - 1, sampling=GREEDY,
-                                     roll_in=guide, restart=planned, generator=torch.Generator().manual_seed(1))
+    out, mask, k = run_mode(mode, learner, q, qm, max_new_tokens=L, min_new_tokens=m - 1, sampling=GREEDY,
+                            roll_in=guide, restart=planned, generator=torch.Generator().manual_seed(1))
     ks = k.tolist()
     assert max(ks) == m - 1
     assert all(a == b for a, b in zip(ks, planned.tolist()) if b < m)  # kept where the roll-in reached k
@@ -196,3 +215,45 @@ def test_can_step(tokenizer):
     assert can_step(policy(tokenizer, 0))
     model, tok = make_tiny_seq2seq()
     assert not can_step(HFPolicy(model, tok))
+
+
+def test_static_mode_keeps_shapes_and_addresses(tokenizer):
+    """What a CUDA graph needs: after the prefill every step feeds the same shapes, and the KV
+    cache and the mask live at the same addresses throughout (rewinds included)."""
+    guide = policy(tokenizer, 4, eos_bias=40.0)  # ends after 3 tokens: rows get rewound
+    learner = policy(tokenizer, 5)
+    q, qm = learner.encode_prompts(PROMPTS * 2)
+    seen = []
+
+    def hook(module, args, kwargs, out):
+        layer = kwargs["cache"].layers[0] if "cache" in kwargs else kwargs["past_key_values"].layers[0]
+        mask = kwargs["attention_mask"]
+        seen.append((tuple(kwargs["input_ids"].shape), tuple(mask.shape), mask.data_ptr(),
+                     layer._keys.data_ptr() if layer._keys is not None else None))
+
+    handle = learner.model.register_forward_hook(hook, with_kwargs=True)
+    try:
+        restart = torch.tensor([0, 6, 2, 7, 0, 5, 1, 3])
+        lockstep_generate(learner, q, qm, max_new_tokens=8, min_new_tokens=3, sampling=GREEDY, roll_in=guide,
+                          restart=restart, generator=torch.Generator().manual_seed(0), static=True)
+    finally:
+        handle.remove()
+    steps = seen[1:]  # after the prefill
+    assert len(steps) > 7  # rewound rows made the loop run past L steps
+    assert len(set(steps)) == 1  # one shape, one mask buffer, one cache buffer
+    (ids_shape, mask_shape, _, _), = set(steps)
+    assert ids_shape == (8, 1) and mask_shape == (8, 1, 1, q.shape[1] + 2 * 8 + 1)
+
+
+def test_cuda_graphs_are_ignored_on_cpu(tiny_causal_dir, tiny_reward_dir):
+    from backends import resolve
+    from rlgf_cli.config import build_config
+    from rlgf_cli.run import build_task
+    from rlgf_cli.trainer import Trainer
+
+    cfg = build_config(None, learner=str(tiny_causal_dir), reward_model=str(tiny_reward_dir), device="cpu",
+                       cuda_graphs=True)
+    assert cfg.cuda_graphs is True
+    policy, reference = resolve(str(tiny_causal_dir)), resolve(str(tiny_causal_dir))
+    Trainer(cfg, build_task(cfg), policy, reference, policy.make_critic())
+    assert policy.cuda_graphs is False  # CPU: nothing to capture
