@@ -1,4 +1,4 @@
-"""rlgf's own decoding loop for causal transformers models, with two models in lock-step.
+"""rlgf's own decoding loop for transformers LMs, with two models in lock-step.
 
 One loop generates a batch token by token with a KV cache, like ``model.generate`` with
 sampling or greedy search, minus its per-step machinery. It also runs a *roll-in* model and a
@@ -18,7 +18,8 @@ Restart points uniform over the roll-in's length. The caller draws ``k`` uniform
 ``{0 … L-1}`` before the roll-in starts. A roll-in that ends (EOS) after ``m ≤ k`` tokens gets a
 fresh ``k`` uniform over ``{0 … m-1}``, and the roll-out model's cache for that row is rewound:
 the cached positions from ``k`` on are masked out of the attention and decoding resumes at
-position ``k``. For a roll-in of length ``m`` this makes ``P(k = j) = 1/L + (L-m)/(L·m) = 1/m``
+position ``k`` (an encoder-decoder model, whose relative positions count cache columns,
+rolls such rows out in a second pass that replays their prefix). For a roll-in of length ``m`` this makes ``P(k = j) = 1/L + (L-m)/(L·m) = 1/m``
 for every ``j < m``, so it is exactly "k uniform over the roll-in's generated length", without
 generating roll-in tokens that are thrown away.
 
@@ -28,36 +29,25 @@ top-k and top-p shape the raw logits, and ``torch.multinomial`` draws from the g
 
 from __future__ import annotations
 
-import inspect
-import warnings
-
 import torch
 
 from .base import Sampling
-from .decode_graph import agrees, try_capture
-from .kv_cache import reserved_cache
-
-_FORWARD_PARAMS: dict[type, frozenset] = {}
-
-
-def _forward_params(model) -> frozenset:
-    cls = type(model)
-    if cls not in _FORWARD_PARAMS:
-        try:
-            _FORWARD_PARAMS[cls] = frozenset(inspect.signature(model.forward).parameters)
-        except (TypeError, ValueError):  # pragma: no cover
-            _FORWARD_PARAMS[cls] = frozenset()
-    return _FORWARD_PARAMS[cls]
+from .steppers import ForcedTokens, forward_params, make_stepper
 
 
 def can_step(policy) -> bool:
     """Whether this loop can drive ``policy``: a causal transformers LM that takes explicit
-    position ids, an attention mask and a KV cache (true of GPT-2, Llama, Qwen, SmolLM…)."""
+    position ids, an attention mask and a KV cache (true of GPT-2, Llama, Qwen, SmolLM…), or
+    an encoder-decoder one that takes encoder outputs and decoder inputs (T5, BART…)."""
     model = getattr(policy, "model", None)
-    if model is None or getattr(policy, "is_seq2seq", True):
+    if model is None or not hasattr(policy, "is_seq2seq"):
         return False
-    params = _forward_params(model)
-    return {"attention_mask", "position_ids"} <= params and bool({"cache", "past_key_values"} & params)
+    params = forward_params(model)
+    if not {"cache", "past_key_values"} & params:
+        return False
+    if policy.is_seq2seq:
+        return {"encoder_outputs", "decoder_input_ids"} <= params and hasattr(model, "get_encoder")
+    return {"attention_mask", "position_ids"} <= params
 
 
 def is_greedy(sampling: Sampling) -> bool:
@@ -88,122 +78,6 @@ def choose(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         return logits.argmax(-1)
     probs = warp(logits, sampling).softmax(-1)
     return torch.multinomial(probs, 1).squeeze(1)
-
-
-class _Stepper:
-    """The incremental state of one model over a subset of the batch's rows.
-
-    ``static`` keeps every step's shapes fixed (a full-width KV cache written at a column held
-    in a device tensor, a full-width additive attention mask, static input buffers) — what a
-    CUDA graph needs; with ``graphs`` on a CUDA device the step is captured and replayed
-    (:mod:`backends.decode_graph`). Static steppers keep all their rows.
-    """
-
-    def __init__(self, policy, query, qmask, rows: torch.Tensor, max_steps: int, *, static: bool = False,
-                 graphs: bool = False) -> None:
-        self.model = policy.model
-        self.device = policy.device
-        self.rows = rows.to(self.device)
-        params = _forward_params(self.model)
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"
-        self.keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        ids = query.to(self.device)[self.rows]
-        mask = qmask.to(self.device)[self.rows].long()
-        self.prompt_width = mask.shape[1]
-        self.prompt_len = mask.sum(1)
-        # one preallocated mask: prompt columns, then one column per decoding step
-        self.mask = torch.zeros((len(self.rows), self.prompt_width + max_steps), dtype=torch.long,
-                                device=self.device)
-        self.mask[:, : self.prompt_width] = mask
-        self.width = self.prompt_width
-        self.next_pos = self.prompt_len.clone()
-        self.last_prompt_token = ids[:, -1].clone()
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        # room for the common case (prompt + L); a rewound row may need more, and the cache
-        # grows — except a static cache, which reserves the worst case
-        room = max_steps if static else (max_steps + 1) // 2
-        cache = reserved_cache(self.model, self.prompt_width + room)
-        extra = {self.cache_kw: cache} if cache is not None else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **self.keep_kw, **extra)
-        self._take(out)
-        self.static = static and cache is not None and self.cache is cache
-        self.graph = None
-        self._checks = 0  # captured steps still to be checked against the eager step
-        if self.static:
-            self._make_static(graphs and self.device.type == "cuda")
-
-    def _take(self, out) -> None:
-        self.cache = out[self.cache_kw] if self.cache_kw in out else out[1]
-        self.logits = out.logits[:, -1].float()
-
-    def _make_static(self, graphs: bool) -> None:
-        b, width = self.mask.shape
-        self.column = torch.zeros(1, dtype=torch.long, device=self.device)
-        for layer in self.cache.layers:
-            layer.make_static(self.column)
-        on = self.device.type
-        dtype = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else next(self.model.parameters()).dtype
-        self.blocked = torch.finfo(dtype).min
-        self.mask4 = torch.zeros((b, 1, 1, width), dtype=dtype, device=self.device)
-        self.ids = torch.zeros((b, 1), dtype=torch.long, device=self.device)
-        self.pos = torch.zeros((b, 1), dtype=torch.long, device=self.device)
-        self.want_graph = graphs
-
-    def _static_forward(self) -> torch.Tensor:
-        out = self.model(input_ids=self.ids, attention_mask=self.mask4, position_ids=self.pos, use_cache=True,
-                         **self.keep_kw, **{self.cache_kw: self.cache})
-        return out.logits[:, -1].float()
-
-    def feed(self, tokens: torch.Tensor) -> None:
-        """Append one token per row (to this model's rows) and compute the next logits."""
-        self.mask[:, self.width] = 1
-        if self.static:
-            self.column.fill_(self.width)
-            self.mask4.copy_(torch.where(self.mask.bool(), 0.0, self.blocked)[:, None, None, :])
-            self.ids.copy_(tokens.to(self.device)[:, None])
-            self.pos.copy_(self.next_pos[:, None])
-            self.width += 1
-            self.next_pos += 1
-            self.logits = self._static_step()
-            return
-        self.width += 1
-        out = self.model(input_ids=tokens.to(self.device)[:, None], attention_mask=self.mask[:, : self.width],
-                         position_ids=self.next_pos[:, None], use_cache=True, **{self.cache_kw: self.cache})
-        self.next_pos += 1
-        self._take(out)
-
-    def _static_step(self) -> torch.Tensor:
-        if self.graph is not None and not self._checks:
-            return self.graph.run()
-        eager = self._static_forward()
-        if self.graph is not None:  # the second check: a later step, other host values
-            self._checks -= 1
-            if not agrees(self.graph.run(), eager):
-                warnings.warn("a CUDA-graph decoding step disagreed with the eager step; decoding without graphs",
-                              RuntimeWarning, stacklevel=2)
-                self.graph = None
-        elif self.want_graph:
-            self.want_graph = False
-            self.graph = try_capture(self._static_forward, eager, self.device)
-            self._checks = 1 if self.graph is not None else 0
-        return eager.clone()
-
-    def keep(self, local: torch.Tensor) -> None:
-        """Drop every row but ``local`` (indices into this model's rows) from the batch."""
-        self.cache.batch_select_indices(local)
-        self.rows, self.mask, self.next_pos = self.rows[local], self.mask[local], self.next_pos[local]
-        self.prompt_len, self.last_prompt_token = self.prompt_len[local], self.last_prompt_token[local]
-        self.logits = self.logits[local]
-
-    def rewind(self, local: int, keep: int) -> None:
-        """Forget row ``local``'s state from position ``prompt + keep - 1`` on: the row was never
-        rewound before, so its response token ``j`` sits in column ``prompt_width + j``. The
-        caller feeds the token at that position again, whose output predicts response token
-        ``keep``."""
-        start = self.prompt_width + keep - 1
-        self.mask[local, start : self.width] = 0
-        self.next_pos[local] = self.prompt_len[local] + keep - 1
 
 
 @torch.no_grad()
@@ -257,10 +131,12 @@ def lockstep_generate(
     inner = None
     if roll_in is not None and len(rolling_in):
         graphs = bool(getattr(roll_in, "cuda_graphs", False))
-        inner = _Stepper(roll_in, query, query_mask, rolling_in, max_steps, static=static or graphs, graphs=graphs)
+        inner = make_stepper(roll_in, query, query_mask, rolling_in, max_steps, static=static or graphs,
+                             graphs=graphs)
     graphs = bool(getattr(roll_out, "cuda_graphs", False))
-    outer = _Stepper(roll_out, query, query_mask, torch.arange(batch, device=device), max_steps,
-                     static=static or graphs, graphs=graphs)
+    outer = make_stepper(roll_out, query, query_mask, torch.arange(batch, device=device), max_steps,
+                         static=static or graphs, graphs=graphs)
+    deferred: list[tuple[int, int]] = []  # (row, k): rewinds the roll-out model cannot do in place
     count = torch.zeros(batch, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)
@@ -314,8 +190,13 @@ def lockstep_generate(
                 tokens[r, new_k:] = pad
                 if logprobs is not None:
                     logprobs[r, new_k:] = 0
-                outer.rewind(r, new_k)
-                feed[r] = tokens[r, new_k - 1] if new_k > 0 else outer.last_prompt_token[r]
+                if outer.can_rewind:
+                    outer.rewind(r, new_k)
+                    feed[r] = tokens[r, new_k - 1] if new_k > 0 else outer.last_prompt_token[r]
+                else:  # finished in a second pass that replays the prefix
+                    deferred.append((r, new_k))
+                    done[r] = True
+            all_done = bool(done.all())
         if all_done:
             break
         outer.feed(feed)
@@ -326,6 +207,9 @@ def lockstep_generate(
             if left[0] <= 0.75 * len(needed) and not inner.static:  # rows whose roll-in is over leave
                 inner.keep(needed.nonzero().flatten().to(inner.device))
             inner.feed(feed[inner.rows.to(device)])
+    if deferred:
+        _second_pass(deferred, roll_out, query, query_mask, tokens, count, logprobs, outer.logits.shape[-1],
+                     max_new_tokens=L, min_new_tokens=min_new, sampling=sampling, output_logprobs=output_logprobs)
     width = int(count.max())
     response = tokens[:, :width].clone()
     mask = (torch.arange(width, device=device)[None, :] < count[:, None]).long()
@@ -334,6 +218,24 @@ def lockstep_generate(
     if output_logprobs:
         return result + (logprobs[:, :width] * mask,)
     return result
+
+
+def _second_pass(deferred, roll_out, query, query_mask, tokens, count, logprobs, vocab_size: int, **kwargs) -> None:
+    """Roll out the rows whose roll-in ended early (a model that cannot rewind in place): the
+    loop again, replaying each row's kept prefix through the roll-out model's ordinary steps."""
+    device = tokens.device
+    rows = torch.tensor([r for r, _ in deferred], dtype=torch.long, device=device)
+    restart = torch.tensor([kr for _, kr in deferred], dtype=torch.long)
+    forced = ForcedTokens(tokens=tokens[rows, : max(1, int(restart.max()))].clone(), vocab_size=vocab_size)
+    out = lockstep_generate(roll_out, query[rows], query_mask[rows], roll_in=forced, restart=restart, **kwargs)
+    response, mask = out[0], out[1]
+    width = response.shape[1]
+    tokens[rows] = int(roll_out.pad_id)
+    tokens[rows, :width] = response
+    count[rows] = mask.sum(1)
+    if logprobs is not None:  # the replayed prefix has no log-probabilities (only the roll-out's)
+        logprobs[rows] = 0
+        logprobs[rows, :width] = out[3]
 
 
 def _vocab(*steppers) -> int:

@@ -1,9 +1,9 @@
 """Local Hugging Face transformers models (causal and encoder-decoder) as trainable policies.
 
 :class:`HFPolicy` implements every :class:`~backends.base.TokenPolicy` operation on top of a
-``transformers`` model and tokenizer. Sampling and greedy decoding of causal models run in
-rlgf's own loop (:mod:`backends.decode`); beam search, seq2seq models and prefixed generation
-go through ``model.generate`` (:mod:`backends.hf_generate`). The value model is in
+``transformers`` model and tokenizer. Sampling and greedy decoding run in rlgf's own loop
+(:mod:`backends.decode`); beam search and prefixed generation go through ``model.generate``
+(:mod:`backends.hf_generate`). The value model is in
 :mod:`backends.critic`.
 
 Token conventions (see :mod:`backends.base`): prompts are left-padded, responses right-padded;
@@ -39,7 +39,7 @@ class HFPolicy(TokenPolicy):
     #: rows per forward pass in :meth:`complete` and :meth:`sequence_nll`
     batch_size: int = 16
     #: sample through ``model.generate`` even where rlgf's own loop (:mod:`backends.decode`) can
-    #: run (causal models, no beam search, no prefix); the benchmarks compare the two
+    #: run (no beam search, no prefix); the benchmarks compare the two
     use_hf_generate: bool = False
     #: decode with each step captured in a CUDA graph on a GPU (experimental; ``--cuda-graphs``)
     cuda_graphs: bool = False

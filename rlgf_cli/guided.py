@@ -5,13 +5,14 @@ policy, else the roll-out policy itself). Where the two differ, a restart point 
 drawn uniformly over the roll-in's generated length and the roll-out policy continues from
 prompt + the first ``k`` roll-in tokens. Two ways to run it:
 
-* **lock-step** (causal local models sharing the learner's vocabulary, no beam search — the
-  usual case): both models decode in one loop (:func:`backends.decode.lockstep_generate`).
+* **lock-step** (local models sharing the learner's vocabulary, causal or encoder-decoder,
+  no beam search — the usual case): both models decode in one loop
+  (:func:`backends.decode.lockstep_generate`).
   The roll-out model reads each roll-in token in the same batched step that decodes the other
   rows, so its prefix is never re-decoded, needs no extra prefill and pads no other row; the
   guided batch costs one plain generation plus the roll-in model's steps over its own rows.
-* **two passes** (seq2seq models, beam search, guides with another tokenizer or behind an
-  API): the roll-in first, then one batched ``generate`` call whose prefix is prefilled in one
+* **two passes** (beam search, guides with another tokenizer or behind an API): the roll-in
+  first, then one batched ``generate`` call whose prefix is prefilled in one
   pass, never re-decoded.
 
 Tokens are always counted in the *learner's* tokenizer. A guide with the same vocabulary
@@ -141,8 +142,8 @@ class GuidedRollout:
 
     # -- the two ways of collecting a chunk -----------------------------------------------
     def _lockstep(self, scheme: Scheme) -> bool:
-        """Whether both halves can run in one lock-step decoding loop: causal local models
-        sharing the learner's vocabulary, sampled or greedy (no beam search)."""
+        """Whether both halves can run in one lock-step decoding loop: local models sharing the
+        learner's vocabulary, sampled or greedy (no beam search)."""
         if not self.lockstep or max(self.sampling.num_beams, self.guide_sampling.num_beams) > 1:
             return False
         if not can_step(self.learner):

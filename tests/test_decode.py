@@ -212,9 +212,12 @@ def test_roll_in_model_only_runs_its_rows_and_steps(tokenizer):
 
 
 def test_can_step(tokenizer):
+    from backends.base import Policy
+
     assert can_step(policy(tokenizer, 0))
     model, tok = make_tiny_seq2seq()
-    assert not can_step(HFPolicy(model, tok))
+    assert can_step(HFPolicy(model, tok))
+    assert not can_step(Policy("text-only"))  # an API model: text in, text out
 
 
 def test_static_mode_keeps_shapes_and_addresses(tokenizer):
