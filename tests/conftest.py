@@ -115,6 +115,33 @@ def bias_lm_head(model, token_id: int, bias: float):
     return model
 
 
+def greedy_reference(p, prompt: str, prefix: list[int], steps: int, min_new: int = 0) -> list[int]:
+    """Greedy continuation of prompt + ``prefix`` (response tokens) by full forward passes
+    without a cache, up to EOS, which is forbidden until the response (prefix included) has
+    ``min_new`` tokens. Causal models and encoder-decoder ones (the prefix is then the decoder's)."""
+    import torch
+
+    query, qmask = p.encode_prompts([prompt])
+    start = [p.decoder_start_id] if p.is_seq2seq else query[0].tolist()
+    ids = start + list(prefix)
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(steps):
+            tensor = torch.tensor([ids], device=p.device)
+            if p.is_seq2seq:
+                logits = p.model(input_ids=query, attention_mask=qmask, decoder_input_ids=tensor).logits[0, -1]
+            else:
+                logits = p.model(input_ids=tensor).logits[0, -1]
+            if len(prefix) + len(out) < min_new:
+                logits[p.eos_ids] = float("-inf")
+            token = int(logits.argmax())
+            out.append(token)
+            ids.append(token)
+            if token in p.eos_ids:
+                break
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_causal_dir(tmp_path_factory):
     """Folder of a tiny causal LM (Llama, byte-level tokenizer with BOS)."""

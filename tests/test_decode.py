@@ -11,7 +11,14 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import bias_lm_head, make_byte_tokenizer, make_tiny_causal, make_tiny_gpt2, make_tiny_seq2seq
+from conftest import (
+    bias_lm_head,
+    greedy_reference,
+    make_byte_tokenizer,
+    make_tiny_causal,
+    make_tiny_gpt2,
+    make_tiny_seq2seq,
+)
 
 from backends import hf_generate
 from backends.base import GREEDY, Sampling
@@ -40,25 +47,6 @@ def policy(tokenizer, seed: int, *, eos_bias: float = 0.0, arch: str = "llama", 
         bias_lm_head(model, tokenizer.eos_token_id, eos_bias)
     model.to(device)
     return HFPolicy(model, tokenizer, spec=f"tiny-{seed}")
-
-
-def greedy_reference(p: HFPolicy, prompt: str, prefix: list[int], steps: int, min_new: int = 0) -> list[int]:
-    """Greedy continuation of prompt + prefix by full forward passes (no cache), up to EOS,
-    which is forbidden until the response (prefix included) has ``min_new`` tokens."""
-    query, _ = p.encode_prompts([prompt])
-    ids = query[0].tolist() + prefix
-    out: list[int] = []
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = p.model(input_ids=torch.tensor([ids], device=p.device)).logits[0, -1]
-            if len(prefix) + len(out) < min_new:
-                logits[p.eos_ids] = float("-inf")
-            token = int(logits.argmax())
-            out.append(token)
-            ids.append(token)
-            if token in p.eos_ids:
-                break
-    return out
 
 
 #: "graphs" needs CUDA; on CPU it is static mode with graphs asked for (and ignored)

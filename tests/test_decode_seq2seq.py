@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import bias_lm_head, make_tiny_seq2seq
+from conftest import bias_lm_head, greedy_reference, make_tiny_seq2seq
 
 from backends import hf_generate
 from backends.base import GREEDY, Sampling
@@ -28,24 +28,6 @@ def t5(seed: int, *, eos_bias: float = 0.0) -> HFPolicy:
     if eos_bias:
         bias_lm_head(model, tokenizer.eos_token_id, eos_bias)
     return HFPolicy(model, tokenizer, spec=f"tiny-t5-{seed}")
-
-
-def greedy_reference(p: HFPolicy, prompt: str, prefix: list[int], steps: int, min_new: int = 0) -> list[int]:
-    """Greedy decoder continuation of ``prefix`` by full forward passes (no cache), up to EOS."""
-    query, qmask = p.encode_prompts([prompt])
-    dec = [p.decoder_start_id] + prefix
-    out: list[int] = []
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = p.model(input_ids=query, attention_mask=qmask, decoder_input_ids=torch.tensor([dec])).logits[0, -1]
-            if len(prefix) + len(out) < min_new:
-                logits[p.eos_ids] = float("-inf")
-            token = int(logits.argmax())
-            out.append(token)
-            dec.append(token)
-            if token in p.eos_ids:
-                break
-    return out
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, Sampling(top_k=50), Sampling(temperature=0.7, top_p=0.9)],
