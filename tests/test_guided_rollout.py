@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import bias_lm_head, make_byte_tokenizer, make_tiny_causal, make_tiny_seq2seq
+from conftest import bias_lm_head, greedy_reference, make_byte_tokenizer, make_tiny_causal, make_tiny_seq2seq
 
 from backends.base import GREEDY, Policy, Sampling
 from backends.hf import HFPolicy
@@ -213,20 +213,6 @@ def test_beta_is_a_per_episode_coin(learner_a, guide_b):
 
 
 # -- the roll-out continues the roll-in -----------------------------------------------------
-def greedy_redecode(policy: HFPolicy, prompt: str, prefix: list[int], steps: int) -> list[int]:
-    """Reference: greedy continuation of prompt + prefix by full forward passes (no cache)."""
-    query, _ = policy.encode_prompts([prompt], 16)
-    ids = query[0].tolist() + prefix
-    out = []
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = policy.model(input_ids=torch.tensor([ids])).logits[0, -1]
-            token = int(logits.argmax())
-            out.append(token)
-            ids.append(token)
-    return out
-
-
 def test_two_pass_roll_out_continues_from_the_roll_in_prefix(tokenizer):
     """Two passes, random (context-dependent) policies: the response starts with exactly the
     roll-in's first k tokens, and the learner's continuation is the one it computes from
@@ -245,7 +231,7 @@ def test_two_pass_roll_out_continues_from_the_roll_in_prefix(tokenizer):
     assert any(ki > 0 for ki in k)
     for i, ki in enumerate(k):
         assert batch.response[i, :ki].tolist() == roll_in[i, :ki].tolist()
-        expected = greedy_redecode(learner, batch.prompts[i], roll_in[i, :ki].tolist(), L - ki)
+        expected = greedy_reference(learner, batch.prompts[i], roll_in[i, :ki].tolist(), L - ki, min_new=L)
         assert batch.response[i, ki:L].tolist() == expected, f"row {i}, k={ki}"
 
 
