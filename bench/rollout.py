@@ -19,6 +19,7 @@ the ratios on latency-bound (GPU) and throughput-bound (CPU) hardware.
 CPU (default, a tiny GPT-2-style model built from a config, nothing downloaded)::
 
     .venv/bin/python bench/rollout.py
+    .venv/bin/python bench/rollout.py --arch t5 --new-tokens 20   # encoder-decoder (CommonGen's shape)
 GPU, the paper's IMDB batch (GPT-2-124M configs), or a real model as learner and guide::
 
     .venv/bin/python bench/rollout.py --device cuda --preset paper --dtype bfloat16
@@ -78,6 +79,22 @@ def config_policy(tokenizer, *, layers: int, width: int, seed: int, device: str,
     return HFPolicy(model, tokenizer, spec=f"gpt2-config-{layers}x{width}")
 
 
+def t5_config_policy(*, layers: int, width: int, seed: int, device: str, dtype) -> HFPolicy:
+    """A randomly initialised T5 (encoder-decoder, the paper's CommonGen shape) with the byte-level
+    ByT5 tokenizer, which needs no files."""
+    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+
+    tokenizer = ByT5Tokenizer()
+    heads = max(1, width // 64)
+    config = T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=width // heads, d_ff=4 * width,
+                      num_layers=layers, num_decoder_layers=layers, num_heads=heads, dropout_rate=0.0,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config).eval().to(device=device, dtype=dtype)
+    return HFPolicy(model, tokenizer, spec=f"t5-config-{layers}x{width}")
+
+
 def iteration_bench():
     """bench/iteration.py as a module (its GPT-2-vocabulary word tokenizer and 64-word prompts)."""
     import importlib.util
@@ -94,6 +111,9 @@ def load_policies(args) -> tuple[HFPolicy, HFPolicy]:
         learner = HFPolicy.load(args.model, device=args.device, dtype=dtype)
         guide = HFPolicy.load(args.guide or args.model, device=args.device, dtype=dtype)
         return learner, guide
+    if args.arch == "t5":
+        make_t5 = dict(layers=args.layers, width=args.width, device=args.device, dtype=dtype)
+        return t5_config_policy(seed=0, **make_t5), t5_config_policy(seed=1, **make_t5)
     tokenizer = iteration_bench().word_tokenizer(50257) if args.preset == "paper" else byte_tokenizer()
     make = dict(layers=args.layers, width=args.width, device=args.device, dtype=dtype)
     return config_policy(tokenizer, seed=0, **make), config_policy(tokenizer, seed=1, **make)
@@ -247,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="learner model folder or hub id (default: a GPT-2-style config, random weights)")
     p.add_argument("--guide", help="guide model (default: a second copy of --model, or a second config model)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--arch", choices=["gpt2", "t5"], default="gpt2",
+                   help="config models: GPT-2 (causal) or T5 (encoder-decoder, as the paper's CommonGen learner)")
     p.add_argument("--layers", type=int, default=6, help="config model: layers")
     p.add_argument("--width", type=int, default=384, help="config model: hidden size")
     p.add_argument("--batch", type=int, default=64, help="episodes (rows); 64 = the trainer's CPU chunk")
