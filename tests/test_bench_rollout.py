@@ -36,3 +36,14 @@ def test_rollout_bench_tiny(capsys):
     assert passes["(b) plain generation (learner)"][0] == 0
     assert passes["(a) PPO++ lock-step roll-in + roll-out"][0] > 0
     assert re.search(r"β = 1: \d+\.\d\d — (met|not met)", text)
+
+
+def test_rollout_bench_t5(capsys):
+    bench = load_bench()
+    assert bench.main(["--arch", "t5", "--layers", "1", "--width", "64", "--batch", "4", "--new-tokens", "4",
+                       "--repeats", "1", "--betas", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "t5-config-1x64 (seq2seq" in text
+    lockstep = next(line for line in text.splitlines() if line.startswith("| (a) PPO++ lock-step"))
+    guide_passes, learner_passes = map(int, re.findall(r"\| (\d+) \+ (\d+) \|", lockstep)[0])
+    assert learner_passes == 4 and guide_passes > 0  # the learner's decoder: a plain generation's steps
