@@ -34,6 +34,10 @@ import torch
 from .base import Sampling
 from .steppers import ForcedTokens, forward_params, make_stepper
 
+#: the roll-in model's batch is compacted once at most this share of its rows still rolls in
+#: (compacting after every finished row measured no faster on CPU)
+COMPACT = 0.75
+
 
 def can_step(policy) -> bool:
     """Whether this loop can drive ``policy``: a causal transformers LM that takes explicit
@@ -204,7 +208,7 @@ def lockstep_generate(
             if left[0] == 0:
                 inner = None  # every roll-in is over: the roll-in model is done
                 continue
-            if left[0] <= 0.75 * len(needed) and not inner.static:  # rows whose roll-in is over leave
+            if left[0] <= COMPACT * len(needed) and not inner.static:  # rows whose roll-in is over leave
                 inner.keep(needed.nonzero().flatten().to(inner.device))
             inner.feed(feed[inner.rows.to(device)])
     if deferred:
