@@ -38,7 +38,7 @@ def train_command(
     save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N iterations (0: only the final one). [default: 1]", rich_help_panel=_RUN)] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).", rich_help_panel=_RUN)] = None,
     rollout_batch_size: Annotated[Optional[int], typer.Option(help="Episodes per generation chunk; 0 sizes it to the device (what fits in a GPU's free memory; 64 on CPU). [default: 0]", rich_help_panel=_RUN)] = None,
-    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Experimental: replay each decoding step as a CUDA graph (GPU only; falls back with a warning where capture fails). [default: off]", rich_help_panel=_RUN)] = None,
+    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Experimental: replay each decoding step of a causal model as a CUDA graph (GPU only; falls back with a warning where capture fails). [default: off]", rich_help_panel=_RUN)] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.", rich_help_panel=_RUN)] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its latest checkpoint (flags such as --iterations or --guide-budget-tokens override its config).", rich_help_panel=_RUN)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate. [default: 1e-6; BC 1e-5]", rich_help_panel=_PPO)] = None,

@@ -63,7 +63,7 @@ class TrainConfig:
     #: episodes per generation / scoring chunk (memory bound); 0 = sized to the device
     #: (what fits in a GPU's free memory, 64 on CPU)
     rollout_batch_size: int = 0
-    #: capture each decoding step in a CUDA graph (experimental; GPU only, ignored on CPU)
+    #: capture each decoding step of a causal model in a CUDA graph (experimental; GPU only)
     cuda_graphs: bool = False
     #: learning rate (AdamW); default 1e-6 for RL (paper), 1e-5 for BC
     lr: float | None = None
