@@ -127,10 +127,13 @@ class TokenPolicy(Policy):
         raise NotImplementedError
 
     # -- scoring --------------------------------------------------------------
-    def response_logprobs(self, query, query_mask, response, response_mask, *, with_entropy=False):
+    def response_logprobs(self, query, query_mask, response, response_mask, *, with_entropy=False,
+                          entropy_grad=True):
         """Log-probabilities ``[B, Lr]`` of the response tokens (grad flows if enabled).
 
-        With ``with_entropy=True`` returns ``(logprobs, entropy)``.
+        With ``with_entropy=True`` returns ``(logprobs, entropy)``; ``entropy_grad=False``
+        computes the entropy outside the autograd graph (a metric only: no ``[B, Lr, V]``
+        tensors kept for the backward pass).
         """
         raise NotImplementedError
 

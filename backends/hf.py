@@ -324,7 +324,8 @@ class HFPolicy(TokenPolicy):
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **kwargs)
         return out.logits[:, -n:]
 
-    def response_logprobs(self, query, query_mask, response, response_mask, *, with_entropy=False):
+    def response_logprobs(self, query, query_mask, response, response_mask, *, with_entropy=False,
+                          entropy_grad=True):
         if response.shape[1] == 0:
             empty = torch.zeros(response.shape, dtype=torch.float32, device=response.device)
             return (empty, empty.clone()) if with_entropy else empty
@@ -333,8 +334,9 @@ class HFPolicy(TokenPolicy):
         logprobs = logits.gather(-1, response.unsqueeze(-1)).squeeze(-1) - norm
         if not with_entropy:
             return logprobs
-        probs = torch.softmax(logits, dim=-1)
-        entropy = norm - (probs * logits).sum(-1)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            source, log_norm = (logits, norm) if entropy_grad else (logits.detach(), norm.detach())
+            entropy = log_norm - (torch.softmax(source, dim=-1) * source).sum(-1)
         return logprobs, entropy
 
     def _max_positions(self) -> int | None:

@@ -330,7 +330,9 @@ class Trainer:
         logged = [0.0] * 7  # pg_loss, entropy, approx_kl, clipfrac, v_loss, guide_v_loss (as global sums), any
         if has_rows and local[0] > 0:
             with self.autocast:
-                logprobs, entropy = self.policy.response_logprobs(query, qmask, response, rmask, with_entropy=True)
+                # with no entropy bonus the entropy is only logged: keep it out of the backward pass
+                logprobs, entropy = self.policy.response_logprobs(query, qmask, response, rmask, with_entropy=True,
+                                                                  entropy_grad=cfg.ent_coef > 0)
             logprobs, entropy = logprobs.float(), entropy.float()
             pol = clipped_policy_loss(logprobs, buf.old_logprobs[idx, :width], buf.advantages[idx, :width], pg_mask,
                                       cfg.clip_range)

@@ -257,6 +257,18 @@ def test_scoring_is_padding_invariant_and_has_gradients(policy):
             torch.testing.assert_close(alone[0], lp[i, :n].detach(), atol=1e-5, rtol=0)
 
 
+def test_entropy_without_grad_is_the_same_metric(policy):
+    """``entropy_grad=False`` (no entropy bonus): the same values, outside the autograd graph,
+    while the log-probabilities still carry gradients."""
+    query, qmask = policy.encode_prompts(PROMPTS)
+    response, rmask = policy.encode_responses([" one", " two three", " four five six"])
+    lp, ent = policy.response_logprobs(query, qmask, response, rmask, with_entropy=True)
+    lp2, ent2 = policy.response_logprobs(query, qmask, response, rmask, with_entropy=True, entropy_grad=False)
+    assert ent.requires_grad and not ent2.requires_grad and lp2.requires_grad
+    torch.testing.assert_close(ent2, ent.detach())
+    torch.testing.assert_close(lp2, lp)
+
+
 def test_sequence_nll_matches_manual_causal(causal):
     tok = causal.tokenizer
     contexts, texts = ["once upon", "", "x"], [" a time", "hello", ""]
