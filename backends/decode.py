@@ -37,6 +37,8 @@ from .steppers import ForcedTokens, forward_params, make_stepper
 #: the roll-in model's batch is compacted once at most this share of its rows still rolls in
 #: (compacting after every finished row measured no faster on CPU)
 COMPACT = 0.75
+#: the roll-out model's batch is compacted once at most this share of its rows is unfinished
+COMPACT_DONE = 0.5
 
 
 def can_step(policy) -> bool:
@@ -148,13 +150,19 @@ def lockstep_generate(
     is_eos[eos] = True
     # Every step samples for all rows of each model and merges with torch.where: no boolean
     # indexing, so a step has one host sync (the flags below) however the rows are split.
+    # Finished rows leave the roll-out model's batch once half of it has finished; they keep
+    # drawing from their last logits (``scores``), so the RNG use per step does not change.
+    scores = None  # the full batch's logits once the roll-out model's batch is compacted
+    local_of = None  # row → its index in the compacted roll-out batch
     while True:
         in_phase = (count < k) & ~done
         active = ~done
         young = count < min_new if min_new > 0 else None  # rows where EOS is not allowed yet
         # finished and roll-in rows draw too (and are ignored), so a plain generation consumes
         # the RNG exactly as ``generate`` does and gives the same tokens for the same seed
-        nxt, lp = _pick(outer.logits, sampling, young, is_eos, output_logprobs)
+        if scores is not None:
+            scores[outer.rows] = outer.logits
+        nxt, lp = _pick(outer.logits if scores is None else scores, sampling, young, is_eos, output_logprobs)
         if inner is not None:
             mine = inner.rows.to(device)
             tok_in, lp_in = _pick(inner.logits.to(device), in_sampling, None if young is None else young[mine],
@@ -178,11 +186,11 @@ def lockstep_generate(
         hit_eos = is_eos[nxt] & active
         early = hit_eos & in_phase  # a roll-in ended before its switch point
         done = done | (active & ~early & (hit_eos | (count >= L)))
-        flags = [early.any().long(), done.all().long()]
+        flags = [early.any().long(), done.all().long(), (~done)[outer.rows].sum()]
         if inner is not None:
             needed = ((count < k) & ~done & ~early)[inner.rows.to(device)]
             flags.append(needed.sum())
-        any_early, all_done, *left = torch.stack(flags).tolist()
+        any_early, all_done, live, *left = torch.stack(flags).tolist()
         feed = nxt
         if any_early:  # draw k again over the roll-in's length, rewind the roll-out model's row
             feed = nxt.clone()
@@ -195,15 +203,23 @@ def lockstep_generate(
                 if logprobs is not None:
                     logprobs[r, new_k:] = 0
                 if outer.can_rewind:
-                    outer.rewind(r, new_k)
-                    feed[r] = tokens[r, new_k - 1] if new_k > 0 else outer.last_prompt_token[r]
+                    local = r if local_of is None else int(local_of[r])
+                    outer.rewind(local, new_k)
+                    feed[r] = tokens[r, new_k - 1] if new_k > 0 else outer.last_prompt_token[local]
                 else:  # finished in a second pass that replays the prefix
                     deferred.append((r, new_k))
                     done[r] = True
             all_done = bool(done.all())
+            live = int((~done)[outer.rows].sum())
         if all_done:
             break
-        outer.feed(feed)
+        if live <= COMPACT_DONE * len(outer.rows) and not outer.static:
+            if scores is None:
+                scores = outer.logits.clone()
+            outer.keep((~done)[outer.rows].nonzero().flatten())
+            local_of = torch.full((batch,), -1, dtype=torch.long, device=device)
+            local_of[outer.rows] = torch.arange(len(outer.rows), device=device)
+        outer.feed(feed if local_of is None else feed[outer.rows])
         if inner is not None:
             if left[0] == 0:
                 inner = None  # every roll-in is over: the roll-in model is done

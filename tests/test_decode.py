@@ -248,3 +248,25 @@ def test_cuda_graphs_are_ignored_on_cpu(tiny_causal_dir, tiny_reward_dir):
     policy, reference = resolve(str(tiny_causal_dir)), resolve(str(tiny_causal_dir))
     Trainer(cfg, build_task(cfg), policy, reference, policy.make_critic())
     assert policy.cuda_graphs is False  # CPU: nothing to capture
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_finished_rows_leave_the_batch_without_changing_the_samples(tokenizer, arch):
+    """Once half the rows have ended, the model decodes only the others — and every row's tokens
+    are still exactly ``generate``'s for the same seed (finished rows keep drawing)."""
+    p = policy(tokenizer, 0, eos_bias=2.0, arch=arch)
+    q, qm = p.encode_prompts(PROMPTS * 6)
+    sampling = Sampling(temperature=1.3, top_k=5)
+    widths = []
+    handle = p.model.register_forward_hook(lambda m, args, kwargs, out: widths.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    try:
+        torch.manual_seed(2)
+        out, mask, _ = lockstep_generate(p, q, qm, max_new_tokens=16, sampling=sampling)
+    finally:
+        handle.remove()
+    torch.manual_seed(2)
+    ref, ref_mask = hf_generate.generate(p, q, qm, max_new_tokens=16, sampling=sampling)
+    assert torch.equal(out, ref) and torch.equal(mask, ref_mask)
+    assert widths[0] == 24 and min(widths) < 12  # compacted at least once, to at most half
+    assert widths == sorted(widths, reverse=True)
