@@ -270,3 +270,26 @@ def test_finished_rows_leave_the_batch_without_changing_the_samples(tokenizer, a
     assert torch.equal(out, ref) and torch.equal(mask, ref_mask)
     assert widths[0] == 24 and min(widths) < 12  # compacted at least once, to at most half
     assert widths == sorted(widths, reverse=True)
+
+
+def test_rewinds_after_finished_rows_left_the_batch(tokenizer):
+    """A learner that ends as soon as it may (so its rows leave the batch early) and a guide whose
+    roll-ins end later: rows rewound after the compaction still continue from the right state."""
+    learner = policy(tokenizer, 5, eos_bias=40.0)
+    n, L, min_new = 48, 10, 2
+    prompts = [PROMPTS[i % len(PROMPTS)] + f" {i % 7}" for i in range(n)]
+    q, qm = learner.encode_prompts(prompts)
+    guide = policy(tokenizer, 6)  # unbiased: its greedy roll-ins end (EOS) at different points
+    lengths = [len(greedy_reference(guide, p, [], L, min_new=min_new)) for p in prompts]
+    # rows whose roll-in ends after the learner's own rows have (after the compaction) but before
+    # the switch point roll in to L - 1; all the others roll out at once and end after min_new
+    late = [min_new + 1 < m < L for m in lengths]
+    assert sum(late) >= 3
+    planned = torch.tensor([L - 1 if is_late else 0 for is_late in late])
+    out, mask, k = lockstep_generate(learner, q, qm, max_new_tokens=L, min_new_tokens=min_new, sampling=GREEDY,
+                                     roll_in=guide, restart=planned, generator=torch.Generator().manual_seed(4))
+    for i, ki in enumerate(k.tolist()):
+        row = out[i, : int(mask[i].sum())].tolist()
+        head = greedy_reference(guide, prompts[i], [], ki, min_new=min_new)
+        assert row[:ki] == head
+        assert row[ki:] == greedy_reference(learner, prompts[i], head, L - ki, min_new=min_new), f"row {i}, k={ki}"
