@@ -113,7 +113,7 @@ def lockstep_generate(
     new switch points of roll-ins that end early. Returns ``(response, response_mask,
     restart)`` — right-padded, EOS included in the mask, ``restart`` the final switch points —
     plus the raw log-probabilities of the tokens under the model that generated each one
-    when ``output_logprobs``.
+    when ``output_logprobs`` (0 for a roll-in prefix replayed in a second pass).
     """
     device = roll_out.device
     batch, L = query.shape[0], int(max_new_tokens)
@@ -129,27 +129,29 @@ def lockstep_generate(
         empty = tokens[:, :0]
         out = (empty, empty.clone(), k)
         return out + (logprobs[:, :0],) if output_logprobs else out
-    eos_ids = sorted(set(roll_out.eos_ids) | set(getattr(roll_in, "eos_ids", []) or []))
-    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
     in_sampling = roll_in_sampling or sampling
     max_steps = 2 * L + 1  # a rewound row needs at most L more steps
     rolling_in = (k > 0).nonzero().flatten()
     inner = None
     if roll_in is not None and len(rolling_in):
-        graphs = bool(getattr(roll_in, "cuda_graphs", False))
+        graphs = _graphs(roll_in)
         inner = make_stepper(roll_in, query, query_mask, rolling_in, max_steps, static=static or graphs,
                              graphs=graphs)
-    graphs = bool(getattr(roll_out, "cuda_graphs", False))
+    graphs = _graphs(roll_out)
     outer = make_stepper(roll_out, query, query_mask, torch.arange(batch, device=device), max_steps,
                          static=static or graphs, graphs=graphs)
     deferred: list[tuple[int, int]] = []  # (row, k): rewinds the roll-out model cannot do in place
     count = torch.zeros(batch, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)
-    is_eos = torch.zeros(_vocab(outer, inner), dtype=torch.bool, device=device)
-    is_eos[eos] = True
+    # each model ends (and is kept from ending before min_new) on its own EOS tokens
+    vocab = _vocab(outer, inner)
+    eos_out = _eos_table(roll_out, vocab, device)
+    eos_in = _eos_table(roll_in, vocab, device) if inner is not None else None
+    forced = isinstance(roll_in, ForcedTokens)
     # Every step samples for all rows of each model and merges with torch.where: no boolean
-    # indexing, so a step has one host sync (the flags below) however the rows are split.
+    # indexing, so the loop's own bookkeeping syncs with the host once per step (the flags below)
+    # however the rows are split.
     # Finished rows leave the roll-out model's batch once half of it has finished; they keep
     # drawing from their last logits (``scores``), so the RNG use per step does not change.
     scores = None  # the full batch's logits once the roll-out model's batch is compacted
@@ -162,11 +164,13 @@ def lockstep_generate(
         # the RNG exactly as ``generate`` does and gives the same tokens for the same seed
         if scores is not None:
             scores[outer.rows] = outer.logits
-        nxt, lp = _pick(outer.logits if scores is None else scores, sampling, young, is_eos, output_logprobs)
+        nxt, lp = _pick(outer.logits if scores is None else scores, sampling, young, eos_out, output_logprobs)
+        from_inner = None
         if inner is not None:
             mine = inner.rows.to(device)
-            tok_in, lp_in = _pick(inner.logits.to(device), in_sampling, None if young is None else young[mine],
-                                  is_eos, output_logprobs)
+            # only rows still rolling in are kept from ending (a replayed prefix is given, not drawn)
+            young_in = None if young is None or forced else young[mine] & in_phase[mine]
+            tok_in, lp_in = _pick(inner.logits.to(device), in_sampling, young_in, eos_in, output_logprobs)
             from_inner = torch.zeros_like(in_phase)
             from_inner[mine] = in_phase[mine]
             full = nxt.clone()
@@ -183,7 +187,8 @@ def lockstep_generate(
         if lp is not None:
             logprobs[rows, at] = torch.where(active, lp, logprobs[rows, at])
         count = count + active.long()
-        hit_eos = is_eos[nxt] & active
+        hit_eos = eos_out[nxt] if from_inner is None else torch.where(from_inner, eos_in[nxt], eos_out[nxt])
+        hit_eos = hit_eos & active
         early = hit_eos & in_phase  # a roll-in ended before its switch point
         done = done | (active & ~early & (hit_eos | (count >= L)))
         flags = [early.any().long(), done.all().long(), (~done)[outer.rows].sum()]
@@ -247,7 +252,9 @@ def _second_pass(deferred, roll_out, query, query_mask, tokens, count, logprobs,
     rows = torch.tensor([r for r, _ in deferred], dtype=torch.long, device=device)
     restart = torch.tensor([kr for _, kr in deferred], dtype=torch.long)
     forced = ForcedTokens(tokens=tokens[rows, : max(1, int(restart.max()))].clone(), vocab_size=vocab_size)
-    out = lockstep_generate(roll_out, query[rows], query_mask[rows], roll_in=forced, restart=restart, **kwargs)
+    on_query = rows.to(query.device)
+    out = lockstep_generate(roll_out, query[on_query], query_mask[on_query], roll_in=forced, restart=restart,
+                            **kwargs)
     response, mask = out[0], out[1]
     width = response.shape[1]
     tokens[rows] = int(roll_out.pad_id)
@@ -258,12 +265,26 @@ def _second_pass(deferred, roll_out, query, query_mask, tokens, count, logprobs,
         logprobs[rows, :width] = out[3]
 
 
+def _graphs(policy) -> bool:
+    """CUDA graphs where the policy asks for them and runs on a GPU."""
+    return bool(getattr(policy, "cuda_graphs", False)) and getattr(policy.device, "type", "") == "cuda"
+
+
+def _eos_table(policy, vocab: int, device) -> torch.Tensor:
+    table = torch.zeros(vocab, dtype=torch.bool, device=device)
+    ids = [int(i) for i in (getattr(policy, "eos_ids", None) or []) if 0 <= int(i) < vocab]
+    if ids:
+        table[ids] = True
+    return table
+
+
 def _vocab(*steppers) -> int:
     return max(st.logits.shape[-1] for st in steppers if st is not None)
 
 
 def _pick(logits, sampling, young, is_eos, with_logprobs: bool):
-    """One token per row (EOS forbidden where ``young``), and its raw log-probability."""
+    """One token per row, and its raw log-probability; the tokens of ``is_eos`` (the generating
+    model's EOS table) are forbidden in the rows where ``young``."""
     shaped = logits
     if young is not None:
         shaped = logits.masked_fill(young[:, None] & is_eos[None, : logits.shape[-1]], float("-inf"))

@@ -41,7 +41,8 @@ def reserved_layer_class():
                     return self._keys, self._values
                 n = key_states.shape[-2]
                 if self._keys is None or self.length + n > self._keys.shape[-2]:
-                    self._reserve(key_states, value_states, max(self.capacity, self.length + n))
+                    grown = 2 * self._keys.shape[-2] if self._keys is not None else 0  # geometric growth
+                    self._reserve(key_states, value_states, max(self.capacity, self.length + n, grown))
                 self._keys[:, :, self.length : self.length + n] = key_states
                 self._values[:, :, self.length : self.length + n] = value_states
                 self.length += n

@@ -66,6 +66,9 @@ class CausalStepper:
         self.mask[:, : self.prompt_width] = mask
         self.width = self.prompt_width
         self.next_pos = self.prompt_len.clone()
+        # the last position a live row can feed (prompt + L - 1; max_steps = 2L + 1): finished rows
+        # that stay in the batch are held there instead of running past the model's positions
+        self.pos_cap = self.prompt_len + (max_steps - 1) // 2 - 1
         self.last_prompt_token = ids[:, -1].clone()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         # room for the common case (prompt + L); a rewound row may need more, and the cache
@@ -76,7 +79,9 @@ class CausalStepper:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          **self.keep_kw, **extra)
         self._take(out)
-        self.static = static and cache is not None and self.cache is cache
+        # static mode passes a 4D additive mask, which sdpa and eager attention take as it is
+        attention = getattr(self.model.config, "_attn_implementation", "sdpa")
+        self.static = static and cache is not None and self.cache is cache and attention in ("sdpa", "eager")
         self.graph = None
         self._checks = 0  # captured steps still to be checked against the eager step
         if self.static:
@@ -111,14 +116,15 @@ class CausalStepper:
             self.column.fill_(self.width)
             self.mask4.copy_(torch.where(self.mask.bool(), 0.0, self.blocked)[:, None, None, :])
             self.ids.copy_(tokens.to(self.device)[:, None])
-            self.pos.copy_(self.next_pos[:, None])
+            self.pos.copy_(torch.minimum(self.next_pos, self.pos_cap)[:, None])
             self.width += 1
             self.next_pos += 1
             self.logits = self._static_step()
             return
         self.width += 1
         out = self.model(input_ids=tokens.to(self.device)[:, None], attention_mask=self.mask[:, : self.width],
-                         position_ids=self.next_pos[:, None], use_cache=True, **{self.cache_kw: self.cache})
+                         position_ids=torch.minimum(self.next_pos, self.pos_cap)[:, None], use_cache=True,
+                         **{self.cache_kw: self.cache})
         self.next_pos += 1
         self._take(out)
 
@@ -143,7 +149,7 @@ class CausalStepper:
         self.cache.batch_select_indices(local)
         self.rows, self.mask, self.next_pos = self.rows[local], self.mask[local], self.next_pos[local]
         self.prompt_len, self.last_prompt_token = self.prompt_len[local], self.last_prompt_token[local]
-        self.logits = self.logits[local]
+        self.pos_cap, self.logits = self.pos_cap[local], self.logits[local]
 
     def rewind(self, local: int, keep: int) -> None:
         """Forget row ``local``'s state from position ``prompt + keep - 1`` on: the row was never

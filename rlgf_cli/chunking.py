@@ -27,14 +27,18 @@ class EpisodeShape:
 
 
 def kv_bytes_per_token(config, dtype_bytes: int) -> int:
-    """Bytes of keys and values one token adds to a causal (or decoder) model's cache."""
+    """Bytes of keys and values one token adds to a causal (or decoder) model's cache.
+
+    Keys are counted at 4 bytes whatever ``dtype_bytes``: under bf16 autocast, rotary models
+    (Llama, Qwen, SmolLM…) keep their keys in float32 (the rotation multiplies by float32
+    cos/sin), so counting them at 2 would under-count the cache by a third."""
     cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     layers = _first(cfg, "num_hidden_layers", "n_layer", "num_layers", "num_decoder_layers") or 1
     heads = _first(cfg, "num_attention_heads", "n_head", "num_heads") or 1
     kv_heads = _first(cfg, "num_key_value_heads") or heads
     hidden = _first(cfg, "hidden_size", "n_embd", "d_model") or 1
     head_dim = _first(cfg, "head_dim", "d_kv") or max(1, hidden // heads)
-    return 2 * layers * kv_heads * head_dim * dtype_bytes
+    return layers * kv_heads * head_dim * (max(4, dtype_bytes) + dtype_bytes)
 
 
 def bytes_per_episode(configs: list, shape: EpisodeShape, dtype_bytes: int) -> int:

@@ -293,3 +293,32 @@ def test_rewinds_after_finished_rows_left_the_batch(tokenizer):
         head = greedy_reference(guide, prompts[i], [], ki, min_new=min_new)
         assert row[:ki] == head
         assert row[ki:] == greedy_reference(learner, prompts[i], head, L - ki, min_new=min_new), f"row {i}, k={ki}"
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_finished_rows_stay_within_the_models_positions(tokenizer, mode):
+    """Rewinds make the loop run past L steps; rows that finished meanwhile must not be fed
+    positions beyond prompt + L (GPT-2 has 128 learned positions here: prompt + L = 128)."""
+    learner, guide = policy(tokenizer, 5, arch="gpt2"), policy(tokenizer, 4, eos_bias=40.0, arch="gpt2")
+    L, min_new = 20, 15
+    q, qm = learner.encode_prompts(["x" * 107] * 6)
+    assert q.shape[1] + L == learner.model.config.n_positions
+    restart = torch.tensor([0, 19, 19, 19, 19, 19])  # five roll-ins end at 16 tokens and are rewound
+    out, mask, k = run_mode(mode, learner, q, qm, max_new_tokens=L, min_new_tokens=min_new, sampling=GREEDY,
+                            roll_in=guide, restart=restart, generator=torch.Generator().manual_seed(0))
+    assert k[0] == 0 and all(ki < 16 for ki in k.tolist()[1:])
+    assert mask.sum(1).tolist() == [L] * 6
+
+
+def test_each_model_ends_on_its_own_eos(tokenizer):
+    """A guide that treats "a" as an end token must not end (or shape) the learner's rows."""
+    a = tokenizer.convert_tokens_to_ids("a")
+    learner = policy(tokenizer, 5)
+    bias_lm_head(learner.model, a, 30.0)  # the learner writes "a"
+    guide = policy(tokenizer, 4)
+    guide.eos_ids = [tokenizer.eos_token_id, a]
+    q, qm = learner.encode_prompts(PROMPTS)
+    plain, plain_mask, _ = lockstep_generate(learner, q, qm, max_new_tokens=6, sampling=GREEDY)
+    out, mask, _ = lockstep_generate(learner, q, qm, max_new_tokens=6, sampling=GREEDY, roll_in=guide,
+                                     restart=torch.tensor([0, 0, 0, 3]))
+    assert plain_mask[0].sum() == 6 and torch.equal(out[:3], plain[:3]) and torch.equal(mask[:3], plain_mask[:3])

@@ -76,3 +76,18 @@ def test_roll_in_that_ends_early_is_rolled_out_in_a_second_pass():
         head = greedy_reference(guide, prompts[i], [], ki, min_new=m - 1)
         assert row[:ki] == head
         assert row[ki:] == greedy_reference(learner, prompts[i], head, L - ki, min_new=m - 1), f"row {i}, k={ki}"
+
+
+def test_second_pass_with_pad_equal_to_eos():
+    """Tokenizers without a pad token pad with EOS: the replayed prefixes are padded with it, and
+    the second pass must not forbid the only token a replayed row can take."""
+    learner, guide = t5(5), t5(4, eos_bias=40.0)
+    for p in (learner, guide):
+        p.pad_id = p.eos_id
+    prompts = PROMPTS * 8
+    q, qm = learner.encode_prompts(prompts)
+    planned = torch.randint(0, 10, (len(prompts),), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    out, mask, k = lockstep_generate(learner, q, qm, max_new_tokens=10, min_new_tokens=5, sampling=Sampling(top_k=20),
+                                     roll_in=guide, restart=planned, generator=torch.Generator().manual_seed(1))
+    assert max(k.tolist()) <= 5 and int(mask.sum(1).min()) >= 5
