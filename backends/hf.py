@@ -3,8 +3,7 @@
 :class:`HFPolicy` implements every :class:`~backends.base.TokenPolicy` operation on top of a
 ``transformers`` model and tokenizer. Sampling and greedy decoding run in rlgf's own loop
 (:mod:`backends.decode`); beam search and prefixed generation go through ``model.generate``
-(:mod:`backends.hf_generate`). The value model is in
-:mod:`backends.critic`.
+(:mod:`backends.hf_generate`). The value model is in :mod:`backends.critic`.
 
 Token conventions (see :mod:`backends.base`): prompts are left-padded, responses right-padded;
 response position ``t`` is scored from the state "prompt + response[:t]".

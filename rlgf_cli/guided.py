@@ -7,13 +7,13 @@ prompt + the first ``k`` roll-in tokens. Two ways to run it:
 
 * **lock-step** (local models sharing the learner's vocabulary, causal or encoder-decoder,
   no beam search — the usual case): both models decode in one loop
-  (:func:`backends.decode.lockstep_generate`).
-  The roll-out model reads each roll-in token in the same batched step that decodes the other
-  rows, so its prefix is never re-decoded, needs no extra prefill and pads no other row; the
-  guided batch costs one plain generation plus the roll-in model's steps over its own rows.
+  (:func:`backends.decode.lockstep_generate`). The roll-out model reads each roll-in token in
+  the same batched step that decodes the other rows, so its prefix is never re-decoded, needs
+  no extra prefill and pads no other row; the guided batch costs one plain generation plus
+  the roll-in model's steps over its own rows.
 * **two passes** (beam search, guides with another tokenizer or behind an API): the roll-in
-  first, then one batched ``generate`` call whose prefix is prefilled in one
-  pass, never re-decoded.
+  first, then one batched ``generate`` call whose prefix is prefilled in one pass, never
+  re-decoded.
 
 Tokens are always counted in the *learner's* tokenizer. A guide with the same vocabulary
 works on tokens directly; any other guide (another tokenizer, an API model) hands off at
