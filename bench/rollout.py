@@ -29,6 +29,7 @@ GPU, the paper's IMDB batch (GPT-2-124M configs), or a real model as learner and
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import statistics
 import sys
@@ -95,6 +96,7 @@ def t5_config_policy(*, layers: int, width: int, seed: int, device: str, dtype) 
     return HFPolicy(model, tokenizer, spec=f"t5-config-{layers}x{width}")
 
 
+@functools.lru_cache(maxsize=1)
 def iteration_bench():
     """bench/iteration.py as a module (its GPT-2-vocabulary word tokenizer and 64-word prompts)."""
     import importlib.util

@@ -115,6 +115,18 @@ def bias_lm_head(model, token_id: int, bias: float):
     return model
 
 
+def load_bench(name: str):
+    """``bench/NAME.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def greedy_reference(p, prompt: str, prefix: list[int], steps: int, min_new: int = 0) -> list[int]:
     """Greedy continuation of prompt + ``prefix`` (response tokens) by full forward passes
     without a cache, up to EOS, which is forbidden until the response (prefix included) has

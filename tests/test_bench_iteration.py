@@ -1,26 +1,16 @@
 """bench/iteration.py runs one rlgf iteration and the HF-style loop (tiny config, CPU) and
 prints the per-phase table with the ratio."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_bench
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_iteration", ROOT / "bench" / "iteration.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_iteration_tiny(tmp_path, capsys):
-    bench = load_bench()
+    bench = load_bench("iteration")
     out = tmp_path / "iteration.json"
     assert bench.main(["--preset", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "0",
                        "--json", str(out)]) == 0
@@ -38,7 +28,7 @@ def test_iteration_tiny(tmp_path, capsys):
 
 
 def test_word_tokenizer_has_gpt2_vocabulary():
-    bench = load_bench()
+    bench = load_bench("iteration")
     tok = bench.word_tokenizer(50257)
     assert len(tok) == 50257 and tok.eos_token_id == tok.pad_token_id == 50256
     assert tok("w0 w50255", add_special_tokens=False)["input_ids"] == [0, 50255]

@@ -1,25 +1,15 @@
 """bench/rollout.py runs every variant on a tiny config and prints the table and the goal line."""
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_bench
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_rollout", ROOT / "bench" / "rollout.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_rollout_bench_tiny(capsys):
-    bench = load_bench()
+    bench = load_bench("rollout")
     assert bench.main(["--layers", "1", "--width", "64", "--batch", "6", "--new-tokens", "5", "--repeats", "1",
                        "--betas", "1"]) == 0
     text = capsys.readouterr().out
@@ -39,7 +29,7 @@ def test_rollout_bench_tiny(capsys):
 
 
 def test_rollout_bench_t5(capsys):
-    bench = load_bench()
+    bench = load_bench("rollout")
     assert bench.main(["--arch", "t5", "--layers", "1", "--width", "64", "--batch", "4", "--new-tokens", "4",
                        "--repeats", "1", "--betas", "1"]) == 0
     text = capsys.readouterr().out
