@@ -10,7 +10,9 @@ Layout of one checkpoint folder (``OUT/checkpoints/iter-NNNN/`` or ``OUT/final/`
     rlgf.toml                                           # the run's resolved config
 
 A checkpoint is written into a temporary sibling folder and renamed into place, so a
-crash never leaves a half-written folder under its final name.
+crash never leaves a half-written folder under its final name. Before writing, the free
+space is checked against an estimate of the checkpoint's size; a write that still fails
+(a full disk, a file-size limit) is reported as an :class:`RlgfError` naming the folder.
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from backends.errors import RlgfError
+
 STATE_FILE = "trainer_state.json"
 #: folder of each critic inside a checkpoint
 CRITIC_DIRS = {"learner": "critic", "guide": "guide_critic"}
 TMP_PREFIX = ".tmp-"
+#: room kept beside the tensors for configs, tokenizer files, RNG and trainer state
+SMALL_FILES_BYTES = 64 * 2**20
+GIB = 2**30
 
 
 def set_seed(seed: int) -> None:
@@ -53,6 +60,61 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _tensor_bytes(tensors, seen: set) -> int:
+    total = 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or t.data_ptr() in seen:
+            continue  # tied weights are stored once
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+def checkpoint_bytes(policy=None, critics: dict | None = None, optimizer=None) -> int:
+    """An estimate of one checkpoint's size on disk (weights, critics, AdamW state, small files).
+
+    Before the first update AdamW holds no state yet; it is then counted as the two moment
+    tensors it will hold per trainable parameter.
+    """
+    seen: set = set()
+    total = SMALL_FILES_BYTES
+    modules = [getattr(policy, "model", policy), *(critics or {}).values()]
+    for module in modules:
+        if isinstance(module, torch.nn.Module):
+            total += _tensor_bytes(module.state_dict().values(), set(seen))
+            seen.update(t.data_ptr() for t in module.state_dict().values() if isinstance(t, torch.Tensor))
+    if optimizer is not None:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                state = optimizer.state.get(p)
+                if state:
+                    total += sum(v.numel() * v.element_size() for v in state.values() if isinstance(v, torch.Tensor))
+                elif p.requires_grad:
+                    total += 2 * p.numel() * p.element_size()
+    return total
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (0 when it does not exist)."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) if Path(folder).is_dir() else 0
+
+
+def ensure_disk_space(folder: Path, need: int, what: str) -> None:
+    """Raise a clear error when ``folder``'s file system has less than ``need`` bytes free."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise RlgfError(
+            f"not enough disk space for {what} in {folder}: it needs about {need / GIB:.2f} GiB "
+            f"and {free / GIB:.2f} GiB are free",
+            "free some space, write the run elsewhere with --out, or checkpoint less often "
+            "(--save-every 0 writes only the final one)",
+        )
+
+
 def save_checkpoint(
     target: Path,
     *,
@@ -65,6 +127,7 @@ def save_checkpoint(
     """Write a checkpoint atomically to ``target`` (replacing an older one of that name)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_disk_space(target.parent, checkpoint_bytes(policy, critics, optimizer), f"checkpoint {target.name}")
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + "-", dir=target.parent))
     try:
         policy.save(tmp)
@@ -84,10 +147,34 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _is_write_failure(exc):
+            free = shutil.disk_usage(target.parent).free / GIB
+            raise RlgfError(
+                f"could not write checkpoint {target}: {_first_line(exc)} ({free:.2f} GiB free there)",
+                "free some space or write the run elsewhere with --out; an older checkpoint of "
+                "that name, if any, is unchanged",
+            ) from None
         raise
     return target
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """A full disk or a file-size limit, as ``open``/``write`` or torch's zip writer reports it."""
+    if isinstance(exc, OSError):
+        return True
+    # torch.save's writer turns a failed write into a RuntimeError ("unexpected pos …",
+    # "PytorchStreamWriter failed writing file …"), safetensors into a SafetensorError
+    text = str(exc)
+    return isinstance(exc, Exception) and any(
+        key in text for key in ("unexpected pos", "PytorchStreamWriter", "No space left", "File too large")
+    )
 
 
 def prune_checkpoints(folder: Path, keep: int) -> None:

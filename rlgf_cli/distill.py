@@ -190,15 +190,16 @@ def score_and_keep(task, pairs: list, k: int, keep_top: int | None, batch: int =
 def train_bc(cfg, task, learner_spec: str, device: str, callback) -> dict:
     """BC of the learner on ``task.bc_examples()`` (the guide's data); a checkpoint in ``cfg.out/final``."""
     from .bc import BCTrainer
-    from .checkpoint import save_checkpoint, set_seed
+    from .checkpoint import checkpoint_bytes, ensure_disk_space, save_checkpoint, set_seed
     from .files import write_atomic
     from .run import load_policy
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
     policy = load_policy(learner_spec, device)
     trainer = BCTrainer(cfg, task, policy, callback)
+    ensure_disk_space(out, checkpoint_bytes(policy, None, trainer.optimizer), "the final checkpoint")
+    out.mkdir(parents=True, exist_ok=True)
     config_toml = cfg.to_toml()
     write_atomic(out / "config.toml", config_toml)
     started, last = time.perf_counter(), {}

@@ -19,6 +19,9 @@ from backends.errors import RlgfError
 from .checkpoint import (
     CRITIC_DIRS,
     TMP_PREFIX,
+    checkpoint_bytes,
+    ensure_disk_space,
+    folder_bytes,
     is_checkpoint,
     prune_checkpoints,
     read_state,
@@ -198,6 +201,12 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
     critics = getattr(trainer, "critics", {})
 
+    if main:  # fail now, not after hours of training, when the checkpoints cannot fit
+        peak = 2 if cfg.save_every and cfg.iterations - trainer.iteration > cfg.save_every else 1
+        need = peak * checkpoint_bytes(policy, critics, trainer.optimizer)
+        if not resume and overwrite:
+            need -= folder_bytes(out)  # --overwrite frees the old run first
+        ensure_disk_space(out, need, "this run's checkpoints" if peak > 1 else "the final checkpoint")
     if not resume and main:
         if out.exists() and overwrite:
             shutil.rmtree(out)

@@ -1,0 +1,140 @@
+"""A full disk: the run refuses up front, or a failed checkpoint write is one clear error."""
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from backends.errors import RlgfError
+from rlgf_cli import checkpoint
+from rlgf_cli.app import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(learner, reward, out, iterations=2):
+    return ["train", "--learner", str(learner), "--reward-model", str(reward), "--out", str(out),
+            "--iterations", str(iterations), "--episodes", "4", "--minibatch-size", "4", "--epochs", "1",
+            "--max-new-tokens", "6", "--device", "cpu", "--quiet", "--lr", "1e-3"]
+
+
+def test_estimate_matches_what_a_checkpoint_takes(tmp_path, tiny_causal_dir):
+    from backends.hf import HFPolicy
+
+    policy = HFPolicy.load(str(tiny_causal_dir), device="cpu")
+    critic = policy.make_critic()
+    params = [*policy.model.parameters(), *critic.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    before = checkpoint.checkpoint_bytes(policy, {"learner": critic}, optimizer)  # no AdamW state yet
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    after = checkpoint.checkpoint_bytes(policy, {"learner": critic}, optimizer)
+    path = checkpoint.save_checkpoint(tmp_path / "ck", policy=policy, critics={"learner": critic}, optimizer=optimizer)
+    tensors = after - checkpoint.SMALL_FILES_BYTES
+    written = checkpoint.folder_bytes(path)
+    assert abs(before - after) <= 0.02 * tensors  # AdamW's moments counted before they exist
+    assert 0.9 * written <= tensors <= written  # the files hold the tensors plus headers and configs
+    assert written <= after
+
+
+def test_train_refuses_up_front_when_the_checkpoints_cannot_fit(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out))
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[error] not enough disk space for this run's checkpoints")
+    assert "GiB are free" in lines[0] and "--out" in lines[0] and "Traceback" not in result.output
+    assert not out.exists(), "nothing may be written before the check"
+
+
+def test_bc_refuses_up_front_too(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
+    out = tmp_path / "bc"
+    args = _args(tiny_causal_dir, tiny_reward_dir, out, 1)
+    args[args.index("--learner"):args.index("--learner")] = ["--alg", "bc"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "not enough disk space for the final checkpoint" in result.output
+    assert not out.exists()
+
+
+def test_save_checkpoint_checks_before_writing(tmp_path, tiny_causal_dir, monkeypatch):
+    from backends.hf import HFPolicy
+
+    policy = HFPolicy.load(str(tiny_causal_dir), device="cpu")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
+    with pytest.raises(RlgfError, match="not enough disk space for checkpoint ck"):
+        checkpoint.save_checkpoint(tmp_path / "ck", policy=policy)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _limit_file_size(limit):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_write_that_fails_midway_is_one_error_and_keeps_the_results(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    """A real failed write (a file-size limit, as a full disk fails): torch.save's zip writer errors out."""
+    out = tmp_path / "run"
+    weights = (Path(tiny_causal_dir) / "model.safetensors").stat().st_size
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlgf_cli", *_args(tiny_causal_dir, tiny_reward_dir, out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        preexec_fn=_limit_file_size(int(1.5 * weights)),  # the weights fit, AdamW's two moments do not
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("[error]")]
+    assert len(errors) == 1 and "could not write checkpoint" in errors[0], proc.stderr
+    assert "iter-0001" in errors[0] and "--out" in errors[0]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1], "the finished iteration's metrics are kept"
+    assert not list(out.rglob(".tmp-*")), "no half-written checkpoint may be left"
+    assert not (out / "checkpoints" / "iter-0001").exists()
+
+
+def test_an_older_checkpoint_survives_a_failed_overwrite(tmp_path, tiny_causal_dir):
+    code = f"""
+import resource, signal, sys
+from pathlib import Path
+import torch
+from backends.hf import HFPolicy
+from rlgf_cli.checkpoint import save_checkpoint
+from backends.errors import RlgfError
+policy = HFPolicy.load({str(tiny_causal_dir)!r}, device="cpu")
+target = Path({str(tmp_path / "final")!r})
+save_checkpoint(target, policy=policy, state={{"iteration": 1}})
+opt = torch.optim.AdamW(policy.model.parameters())
+sum(p.sum() for p in policy.model.parameters()).backward()
+opt.step()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = (target / "model.safetensors").stat().st_size * 3 // 2
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    save_checkpoint(target, policy=policy, optimizer=opt, state={{"iteration": 2}})
+except RlgfError as exc:
+    print("ERROR", exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ERROR could not write checkpoint"), proc.stdout
+    assert "unchanged" in proc.stdout
+    assert json.loads((tmp_path / "final" / "trainer_state.json").read_text()) == {"iteration": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    shutil.rmtree(tmp_path / "final")
