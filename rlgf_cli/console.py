@@ -25,9 +25,10 @@ out_console = Console(highlight=False, soft_wrap=True)
 
 
 def error_line(message: str, hint: str | None = None) -> str:
-    text = message.rstrip(".")
+    """One line, whatever the message holds (library errors often span several)."""
+    text = " ".join(str(message).split()).rstrip(".")
     if hint:
-        text += f" — {hint}"
+        text += " — " + " ".join(str(hint).split())
     return f"[error] {text}"
 
 

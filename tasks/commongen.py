@@ -157,7 +157,7 @@ def read_jsonl(path: Path, seed: int = 42) -> dict[str, list[ConceptSet]]:
     return out
 
 
-def load_hf_common_gen() -> dict[str, list[ConceptSet]]:  # pragma: no cover - needs the network
+def load_hf_common_gen() -> dict[str, list[ConceptSet]]:
     """``common_gen`` from the Hugging Face hub: train → train, validation → val and test."""
     try:
         from datasets import load_dataset
@@ -173,6 +173,11 @@ def load_hf_common_gen() -> dict[str, list[ConceptSet]]:  # pragma: no cover - n
             f"could not load the common_gen dataset from the Hugging Face hub: {exc}",
             hint="check the network, or pass --data PATH to a JSONL file",
         ) from exc
+    return common_gen_from_hub(data)
+
+
+def common_gen_from_hub(data) -> dict[str, list[ConceptSet]]:
+    """Concept sets of the hub's ``common_gen`` (rows of concept_set_idx, concepts, target)."""
     out = {}
     for hub, name in (("train", "train"), ("validation", "val")):
         sets: dict = {}

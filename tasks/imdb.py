@@ -165,7 +165,7 @@ def read_jsonl(path: Path, seed: int) -> dict[str, list[LabelledText]]:
     return parts
 
 
-def load_hf_imdb() -> dict[str, list[LabelledText]]:  # pragma: no cover - needs the network
+def load_hf_imdb() -> dict[str, list[LabelledText]]:
     """The ``imdb`` dataset from the Hugging Face hub (needs ``datasets`` and the network)."""
     try:
         from datasets import load_dataset
@@ -181,6 +181,11 @@ def load_hf_imdb() -> dict[str, list[LabelledText]]:  # pragma: no cover - needs
             f"could not load the imdb dataset from the Hugging Face hub: {exc}",
             hint="check the network, or pass --data PATH to an aclImdb folder or a JSONL file",
         ) from exc
+    return imdb_parts_from_hub(data)
+
+
+def imdb_parts_from_hub(data) -> dict[str, list[LabelledText]]:
+    """``train`` and ``test`` reviews of the hub's ``imdb`` (a ``DatasetDict`` of text, label)."""
     parts = {}
     for part in ("train", "test"):
         parts[part] = [

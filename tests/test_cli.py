@@ -119,3 +119,10 @@ def test_corrupt_data_file(tmp_path):
     proc = rlgf("train", "--data", str(data), "--out", str(out), "--device", "cpu")
     assert_error(proc, "data.jsonl")
     assert not out.exists()
+
+
+def test_a_multi_line_library_message_still_prints_one_error_line():
+    from rlgf_cli.console import error_line
+
+    line = error_line("could not load X: first line\n  second line.\n", "try\nthis")
+    assert line == "[error] could not load X: first line second line — try this"
