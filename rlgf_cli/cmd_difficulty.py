@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .console import err_console, handle_errors, out_console
-from .files import write_atomic
+from .files import ensure_writable, write_atomic
 
 _BUCKETS = "Buckets"
 _OUT = "Output"
@@ -66,6 +66,9 @@ def difficulty_command(
     check_decoding(decoding)
     if plot is not None and plot.suffix.lower() != ".png":
         raise RlgfError(f"--plot {plot} is not a .png file", "name the chart FILE.png")
+    for option, path in (("--json", None if json_out == "-" else json_out), ("--plot", plot)):
+        if path:
+            ensure_writable(path, option)
 
     report = run_difficulty(
         specs,
@@ -86,12 +89,12 @@ def difficulty_command(
     text = json.dumps(report, indent=2)
     if json_out == "-":
         typer.echo(text)
-    elif json_out:
+    elif not quiet:  # shown before the files are written, so a failed write loses nothing
+        print_table(report, chosen, gaps_for(report, chosen))
+    if json_out and json_out != "-":
         write_atomic(json_out, text)
     if plot is not None:
         draw(report, plot, chosen)
-    if not quiet and json_out != "-":
-        print_table(report, chosen, gaps_for(report, chosen))
     if plot is not None and not quiet:
         err_console.print(f"chart: {plot}", markup=False)
 

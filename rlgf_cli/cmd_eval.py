@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .console import err_console, handle_errors, out_console
-from .files import write_atomic
+from .files import ensure_writable, write_all
 
 _DEC = "Decoding (default: the task's)"
 _OUT = "Output"
@@ -94,6 +94,9 @@ def eval_command(
         raise RlgfError(f"--max-new-tokens must be >= 1 (got {max_new_tokens})", "pass a positive length")
     options = dict(mode=decoding, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
     check_decoding(**options)
+    for option, path in (("--json", None if json_out == "-" else json_out), ("--markdown", markdown), ("--samples", samples)):
+        if path:
+            ensure_writable(path, option)
 
     report = run_eval(
         specs,
@@ -113,9 +116,6 @@ def eval_command(
         sample_scores=samples is not None,
         say=None if quiet else (lambda text: err_console.print(text, markup=False)),
     )
-    if samples:
-        lines = [json.dumps({"policy": res["policy"], **s}) for res in report["results"] for s in res["samples"]]
-        write_atomic(samples, "\n".join(lines))
     public = {
         "results": [{k: v for k, v in r.items() if k != "samples"} for r in report["results"]],
         "metric_names": report["metric_names"],
@@ -123,12 +123,17 @@ def eval_command(
     }
     if json_out == "-":
         typer.echo(json.dumps(public, indent=2))
-    elif json_out:
-        write_atomic(json_out, json.dumps(public, indent=2))
+    elif not quiet:
+        _print_table(public)  # shown before the files are written, so a failed write loses nothing
+    outputs = []
+    if json_out and json_out != "-":
+        outputs.append((json_out, json.dumps(public, indent=2)))
     if markdown:
-        write_atomic(markdown, eval_markdown(public))
-    if not quiet and json_out != "-":
-        _print_table(public)
+        outputs.append((markdown, eval_markdown(public)))
+    if samples:
+        lines = [json.dumps({"policy": res["policy"], **s}) for res in report["results"] for s in res["samples"]]
+        outputs.append((samples, "\n".join(lines)))
+    write_all(outputs)
 
 
 def table_rows(report: dict) -> tuple[str, list[str], list[list[str]]]:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .console import err_console, handle_errors
-from .files import write_atomic
+from .files import ensure_writable, write_atomic
 
 _PPO = "PPO hyperparameters (paper Table 5 defaults)"
 _RUN = "Run"
@@ -100,6 +100,8 @@ def train_command(
         clip_range=clip_range, clip_range_value=clip_range_value, vf_coef=vf_coef, ent_coef=ent_coef,
         kl_coef=kl_coef, target_kl=target_kl, max_grad_norm=max_grad_norm,
     )
+    if json_out and json_out != "-":
+        ensure_writable(json_out, "--json")
     progress = TrainProgress(quiet=quiet)
     try:
         summary = train(cfg, overwrite=overwrite, resume=resume is not None, callback=progress)

@@ -33,6 +33,7 @@ from backends.errors import RlgfError
 from backends.token_budget import GuideBudgetExhausted
 from tasks.base import Example
 
+from .files import check_out_dir
 from .trainer import _noop
 
 
@@ -129,12 +130,7 @@ def configs(o: DistillOptions):
 
 
 def prepare_out(o: DistillOptions) -> Path:
-    out = Path(o.out)
-    if out.exists() and not out.is_dir():
-        raise RlgfError(f"--out {out} exists and is not a folder", "choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not o.overwrite:
-        raise RlgfError(f"--out {out} already holds a run", "choose another --out, or pass --overwrite to replace it")
-    return out
+    return check_out_dir(o.out, o.overwrite)
 
 
 def collect(guide, task, examples: list[Example], *, k: int, batch_prompts: int, say, bar) -> tuple[list, str | None]:

@@ -1,4 +1,5 @@
-"""Writing result files so a crash never leaves half of one behind."""
+"""Writing result files so a crash never leaves half of one behind, and checking up front
+that they can be written at all (before an hour of work, not after it)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,74 @@ import os
 import tempfile
 from pathlib import Path
 
+from backends.errors import RlgfError
+
+
+def ensure_writable(path: str | Path, what: str, *, folder: bool = False) -> None:
+    """Raise a clear error now when ``path`` could not be written later.
+
+    ``folder``: ``path`` is a folder to create or fill (``--out``); else a file to (over)write.
+    The nearest existing ancestor must be a writable folder.
+    """
+    path = Path(path).expanduser()
+    hint = f"choose another path for {what}"
+    if path.exists():
+        if folder and not path.is_dir():
+            raise RlgfError(f"{what} {path} is a file, not a folder", hint)
+        if not folder and path.is_dir():
+            raise RlgfError(f"{what} {path} is a folder, not a file", hint)
+    probe = path if folder and path.is_dir() else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RlgfError(f"cannot write {what} {path}: {probe} is a file, not a folder", hint)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RlgfError(f"cannot write {what} {path}: no permission to write in {probe}", hint)
+
+
+def check_out_dir(out: str | Path, overwrite: bool) -> Path:
+    """A run folder (``--out``) that may be written: new, empty, or replaced with ``--overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RlgfError(f"--out {out} exists and is not a folder", "choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise RlgfError(f"--out {out} already holds a run", "choose another --out, or pass --overwrite to replace it")
+    ensure_writable(out, "--out", folder=True)
+    return out
+
 
 def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, then rename."""
+    """Write ``text`` to ``path`` via a temporary file in the same folder, then rename.
+
+    A failure (no space, no permission, a file where a folder should be) is an
+    :class:`RlgfError` naming the file; nothing is left under a temporary name.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text if text.endswith("\n") else text + "\n")
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise RlgfError(f"could not write {path}: {exc.strerror or exc}", "free some space or choose another path") from None
         raise
     return path
+
+
+def write_all(items: list[tuple[str | Path, str]]) -> None:
+    """Write every file it can; then one error naming those that failed (the others are kept)."""
+    failed, written = [], []
+    for path, text in items:
+        try:
+            write_atomic(path, text)
+            written.append(str(path))
+        except RlgfError as exc:
+            failed.append(exc.message)
+    if failed:
+        kept = f"written: {', '.join(written)}" if written else "nothing was written"
+        raise RlgfError("; ".join(failed), f"free some space or choose other paths ({kept})")

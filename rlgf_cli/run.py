@@ -31,7 +31,7 @@ from .checkpoint import (
     set_seed,
 )
 from .distributed import init_from_env, shutdown
-from .files import write_atomic
+from .files import check_out_dir, write_atomic
 from .config import TrainConfig
 from .trainer import Callback, _noop
 
@@ -118,16 +118,7 @@ def _guide_env_options() -> dict:
 
 
 def prepare_out_dir(cfg: TrainConfig, overwrite: bool) -> Path:
-    out = cfg.out_dir()
-    if out.exists() and not out.is_dir():
-        raise RlgfError(f"--out {out} exists and is not a folder", "choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise RlgfError(
-                f"--out {out} already holds a run",
-                "choose another --out, or pass --overwrite to replace it",
-            )
-    return out
+    return check_out_dir(cfg.out_dir(), overwrite)
 
 
 def latest_checkpoint(out: Path) -> Path | None:

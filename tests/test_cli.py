@@ -126,3 +126,38 @@ def test_a_multi_line_library_message_still_prints_one_error_line():
 
     line = error_line("could not load X: first line\n  second line.\n", "try\nthis")
     assert line == "[error] could not load X: first line second line — try this"
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["train", "--out", "afile/run"], ["cannot write --out", "afile is a file, not a folder"]),
+        (["train", "--out", "run", "--json", "afile/s.json"], ["cannot write --json", "afile is a file"]),
+        (["eval", "--policy", "smollm2", "--json", "afile/r.json"], ["cannot write --json"]),
+        (["eval", "--policy", "smollm2", "--markdown", "afile/r.md"], ["cannot write --markdown"]),
+        (["eval", "--policy", "smollm2", "--samples", "adir"], ["--samples adir is a folder, not a file"]),
+        (["difficulty", "--policy", "smollm2", "--plot", "afile/f.png"], ["cannot write --plot"]),
+        (["distill", "--guide", "smollm2", "--out", "afile/d"], ["cannot write --out"]),
+    ],
+)
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path, args, needles):
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "adir").mkdir()
+    proc = rlgf(*args, "--device", "cpu", cwd=tmp_path)
+    assert_error(proc, *needles)
+    assert "loading" not in proc.stderr and "evaluating" not in proc.stderr, "refused before any model is loaded"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
+
+
+def test_write_all_keeps_what_it_can_write(tmp_path):
+    from backends.errors import RlgfError
+    from rlgf_cli.files import write_all
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "taken").mkdir()  # os.replace cannot put a file where a folder is
+    with pytest.raises(RlgfError) as err:
+        write_all([(tmp_path / "afile" / "a.json", "{}"), (tmp_path / "ok.json", "{}"), (tmp_path / "taken", "{}")])
+    assert str(tmp_path / "afile" / "a.json") in err.value.message and str(tmp_path / "taken") in err.value.message
+    assert f"written: {tmp_path / 'ok.json'}" in err.value.hint
+    assert (tmp_path / "ok.json").read_text() == "{}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ok.json", "taken"], "no temporary file is left"
