@@ -352,7 +352,7 @@ class SentimentContinuationTask(Task):
 
     def info(self) -> dict:
         sizes = {name: len(recs) for name, recs in self.splits().items()}
-        facts = {"task": self.name, "seed": self.seed, "splits": sizes}
+        facts = {"task": self.name, "split_seed": self.seed, "splits": sizes}
         facts.update(self._reward_info())
         return facts
 

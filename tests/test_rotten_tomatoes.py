@@ -131,6 +131,8 @@ def test_real_corpus_split_is_deterministic_and_seeded(real):
     assert _texts(other, "test") != _texts(real, "test")
     everything = lambda t: sorted(x for s in ("train", "val", "test") for x in _texts(t, s))  # noqa: E731
     assert everything(other) == everything(real)
+    # reports say which shuffle made the splits (not to be confused with an eval's sampling seed)
+    assert other.info()["split_seed"] == 7 and "seed" not in other.info()
 
 
 def test_real_prompts_are_the_first_half_of_the_words(real):
