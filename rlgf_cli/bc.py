@@ -56,7 +56,7 @@ class BCTrainer:
             if not torch.isfinite(loss):
                 raise RlgfError(
                     f"training diverged at iteration {self.iteration + 1}: the loss is {loss.item()}",
-                    "lower --lr; the last good checkpoint is kept",
+                    "lower --lr",
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -17,6 +17,7 @@ space is checked against an estimate of the checkpoint's size; a write that stil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -188,7 +189,27 @@ def read_state(folder: Path) -> dict[str, Any]:
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    with reading_checkpoint(folder):
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not isinstance(state.get("iteration", 0), int):
+            raise ValueError(f"{STATE_FILE} is not a trainer state")
+    return state
+
+
+@contextlib.contextmanager
+def reading_checkpoint(folder: Path | None):
+    """Turn a damaged checkpoint file (truncated, not JSON, not a pickle…) into one clear error."""
+    try:
+        yield
+    except RlgfError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - json, pickle, safetensors and torch all fail differently
+        if folder is None:
+            raise
+        raise RlgfError(
+            f"checkpoint {folder} is damaged: {type(exc).__name__}: {_first_line(exc)}",
+            "delete that folder to resume from the previous checkpoint, or start again with --overwrite",
+        ) from None
 
 
 def is_checkpoint(folder: Path) -> bool:

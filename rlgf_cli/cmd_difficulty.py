@@ -52,6 +52,7 @@ def difficulty_command(
     from backends.errors import RlgfError
 
     from .cmd_eval import check_common, policy_specs
+    from .config import MAX_NEW_TOKENS
     from .difficulty import parse_thresholds, run_difficulty
     from .decoding import check_decoding
     from .run import task_options
@@ -61,8 +62,9 @@ def difficulty_command(
     cuts = parse_thresholds(thresholds) if thresholds is not None else None
     if unseen_at_least is not None and unseen_at_least < 1:
         raise RlgfError(f"--unseen-at-least must be >= 1 (got {unseen_at_least})", "pass a number of concepts")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise RlgfError(f"--max-new-tokens must be >= 1 (got {max_new_tokens})", "pass a positive length")
+    if max_new_tokens is not None and not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise RlgfError(f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS}] (got {max_new_tokens})",
+                        "pass a length the model can generate")
     check_decoding(decoding)
     if plot is not None and plot.suffix.lower() != ".png":
         raise RlgfError(f"--plot {plot} is not a .png file", "name the chart FILE.png")

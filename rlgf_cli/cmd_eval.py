@@ -82,6 +82,7 @@ def eval_command(
     """
     from backends.errors import RlgfError
 
+    from .config import MAX_NEW_TOKENS
     from .decoding import check_decoding
     from .evaluate import run_eval
     from .run import task_options
@@ -90,8 +91,9 @@ def eval_command(
     check_common(split, limit, batch_size)
     if seeds < 1:
         raise RlgfError(f"--seeds must be >= 1 (got {seeds})", "pass the number of seeds to average over")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise RlgfError(f"--max-new-tokens must be >= 1 (got {max_new_tokens})", "pass a positive length")
+    if max_new_tokens is not None and not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise RlgfError(f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS}] (got {max_new_tokens})",
+                        "pass a length the model can generate")
     options = dict(mode=decoding, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
     check_decoding(**options)
     for option, path in (("--json", None if json_out == "-" else json_out), ("--markdown", markdown), ("--samples", samples)):

@@ -22,6 +22,8 @@ ALG_ALIASES = {"ppopp": "ppo++", "ppo_pp": "ppo++", "pp": "ppo++", "aggrevate": 
 #: paper defaults that depend on the algorithm (Tables 5 and 6); β defaults live with the
 #: schemes in rlgf_cli.algorithms (PPO++ 0.2, AggreVaTeD 0.8)
 DEFAULT_LR = {"bc": 1e-5}
+#: longest continuation any command generates (the paper's tasks use 48 and 20)
+MAX_NEW_TOKENS = 4096
 
 
 @dataclass
@@ -131,12 +133,14 @@ class TrainConfig:
         if self.beta is not None:
             _in_range(self, "beta", 0.0, 1.0)
         _in_range(self, "clip_range", 0.0, 1.0, low_open=True)
-        if self.clip_range_value <= 0:
+        if not self.clip_range_value > 0:  # also NaN
             raise _range_error("clip_range_value", self.clip_range_value, "> 0")
+        if not self.max_grad_norm > 0:  # 0 would zero every gradient, not turn clipping off
+            raise _range_error("max_grad_norm", self.max_grad_norm, "> 0")
         if self.lr is not None and not (0.0 < self.lr < 1.0):
             raise _range_error("lr", self.lr, "in (0, 1)")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise _range_error("max_new_tokens", self.max_new_tokens, ">= 1")
+        if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise _range_error("max_new_tokens", self.max_new_tokens, f"in [1, {MAX_NEW_TOKENS}]")
         if self.keep_checkpoints < 1:
             raise _range_error("keep_checkpoints", self.keep_checkpoints, ">= 1")
         if self.minibatch_size > self.episodes:

@@ -66,8 +66,11 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if os.environ.get("RLGF_DEBUG"):
                 raise
             name = type(exc).__name__
-            if "OutOfMemory" in name:
-                print_error(f"out of device memory ({exc})", "use smaller --episodes / --rollout-batch-size / --minibatch-size")
+            if "OutOfMemory" in name or "can't allocate memory" in str(exc):  # CUDA's, or torch's CPU allocator
+                where = "CPU memory" if "can't allocate memory" in str(exc) else "device memory"
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+                print_error(f"out of {where} ({first})",
+                            "use smaller --episodes / --rollout-batch-size / --minibatch-size / --max-new-tokens")
             else:
                 print_error(f"unexpected {name}: {exc}", "rerun with RLGF_DEBUG=1 for the traceback and report it")
             raise typer.Exit(EXIT_ERROR) from None

@@ -136,6 +136,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
 
     from .evaluate import (api_options, build_eval_task, compute_metrics, decoding_for, describe_decoding, generate_for,
                            is_api_spec, reference_spec_for, resolve_sampling, split_examples)
+    from .evaluate import metric_names as eval_metric_names
     from .run import resolve_device
 
     say = say or (lambda text: None)
@@ -177,7 +178,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
         "seed": seed,
         **how,
         "policies": specs,
-        "metric_names": list(task.metric_names),
+        "metric_names": eval_metric_names(task),
         "decoding": decodings,
         "buckets": buckets,
         "gaps": {m: gaps_for({"buckets": buckets}, m) for m in metric_names({"buckets": buckets})},

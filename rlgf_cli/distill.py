@@ -223,6 +223,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     from backends import resolve
 
     from .evaluate import evaluate_policy, split_examples
+    from .evaluate import metric_names as eval_metric_names
     from .files import write_atomic
     from .run import build_task, guide_options, resolve_device, train
     from .distill_report import report_markdown, row
@@ -307,7 +308,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
         guide.close()
     report = {
         "task": task.name, "split": o.eval_split, "n": len(eval_examples), "guide": o.guide, "learner": learner_spec,
-        "metric_names": list(task.metric_names), "rows": rows, **stats, "guide_total": guide.stats() if hasattr(guide, "stats") else None,
+        "metric_names": eval_metric_names(task), "rows": rows, **stats, "guide_total": guide.stats() if hasattr(guide, "stats") else None,
         "guide_budget_tokens": o.guide_budget_tokens or None, "out": str(out),
         "task_info": {"reference_model": learner_spec, **task.info()},
     }

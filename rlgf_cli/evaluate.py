@@ -109,10 +109,21 @@ def generate_for(policy, task: Task, examples: list[Example], *, decoding: Sampl
 
 
 def compute_metrics(task: Task, policy, examples: list[Example], completions: list[str], reference=None) -> dict:
+    """The task's metrics, plus ``reward`` (its mean) when the task trains on a custom ``--reward``."""
     scorer = policy if isinstance(policy, TokenPolicy) else None
     prompts = [ex.prompt for ex in examples]
     metrics = task.metrics(prompts, completions, examples, policy=scorer, reference_policy=reference)
+    custom = getattr(task, "custom_reward", None)
+    if custom is not None and completions:
+        values = custom.for_examples(prompts, completions, examples)
+        metrics = {**metrics, "reward": sum(values) / len(values)}
     return {k: float(v) for k, v in metrics.items()}
+
+
+def metric_names(task: Task) -> list[str]:
+    """The columns :func:`compute_metrics` fills for ``task``."""
+    extra = ["reward"] if getattr(task, "custom_reward", None) is not None else []
+    return [*task.metric_names, *extra]
 
 
 def sample_rows(task: Task, examples: list[Example], completions: list[str], *, seed: int | None = None,
@@ -272,7 +283,7 @@ def run_eval(
                 policy.close()
         results.append(summarise(spec, task, split, len(examples), decoding_text, runs, rows))
         del local  # free memory before the next policy
-    return {"results": results, "metric_names": list(task.metric_names),
+    return {"results": results, "metric_names": metric_names(task),
             "task_info": {"reference_model": ref_spec, **task.info()}}
 
 

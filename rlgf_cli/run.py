@@ -25,6 +25,7 @@ from .checkpoint import (
     is_checkpoint,
     prune_checkpoints,
     read_state,
+    reading_checkpoint,
     restore_rng_state,
     rng_state,
     save_checkpoint,
@@ -118,7 +119,11 @@ def _guide_env_options() -> dict:
 
 
 def prepare_out_dir(cfg: TrainConfig, overwrite: bool) -> Path:
-    return check_out_dir(cfg.out_dir(), overwrite)
+    out = cfg.out_dir()
+    if not overwrite and (out / "config.toml").is_file() and latest_checkpoint(out) is None:
+        raise RlgfError(f"--out {out} holds a run that stopped before its first checkpoint (nothing to resume)",
+                        "pass --overwrite to start it again, or choose another --out")
+    return check_out_dir(out, overwrite)
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -161,7 +166,9 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     if resume:
         ckpt = latest_checkpoint(out)
         if ckpt is None:
-            raise RlgfError(f"no checkpoint to resume in {out}", "start the run without --resume")
+            hint = ("it stopped before its first checkpoint: start it again with --out and --overwrite"
+                    if (out / "config.toml").is_file() else "start the run without --resume")
+            raise RlgfError(f"no checkpoint to resume in {out}", hint)
     else:
         prepare_out_dir(cfg, overwrite)
     task = build_task(cfg)
@@ -185,7 +192,8 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     set_seed(cfg.seed)
     load_from = str(ckpt) if ckpt else learner_spec
     callback("message", {"text": f"loading learner {load_from} on {device}"})
-    policy = load_policy(load_from, device)
+    with reading_checkpoint(ckpt):
+        policy = load_policy(load_from, device)
     prepare = getattr(task, "prepare", None)
     if prepare is not None:  # e.g. train the reward classifier once, before the run folder exists
         prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
@@ -206,7 +214,8 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     if main:
         write_atomic(out / "config.toml", config_toml)
     if ckpt:
-        restore_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+        with reading_checkpoint(ckpt):
+            restore_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
         if main:
             _truncate_metrics(out / "metrics.jsonl", trainer.iteration)
             for stale in [*out.glob(TMP_PREFIX + "*"), *(out / "checkpoints").glob(TMP_PREFIX + "*")]:
@@ -251,11 +260,12 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     stopped = f"guide budget exhausted after {trainer.iteration} iterations ({exc.message})"
                     callback("message", {"text": f"stopping: {stopped}; resume with a larger --guide-budget-tokens"})
                     break
-                except RlgfError as exc:  # e.g. the API guide cannot be reached: say what is kept
-                    kept = latest_checkpoint(out) if hasattr(guide, "stats") else None
-                    if kept is None:
-                        raise
-                    where = f"the last checkpoint is {kept}; continue with rlgf train --resume {out}"
+                except RlgfError as exc:  # a diverged loss, a bad reward, an unreachable API guide…
+                    kept = latest_checkpoint(out) if main else None
+                    if kept is not None:
+                        where = f"the last checkpoint is {kept}; continue with rlgf train --resume {out}"
+                    else:
+                        where = f"no checkpoint was written yet; start again with --out {out} --overwrite"
                     raise RlgfError(exc.message, f"{exc.hint}; {where}" if exc.hint else where) from None
                 if hasattr(guide, "stats"):
                     last.update({f"guide_api_{k}": v for k, v in guide.stats().items() if not isinstance(v, str)})
@@ -328,14 +338,16 @@ def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: st
 
         def critic(name: str):
             if ckpt is not None and (ckpt / CRITIC_DIRS[name]).is_dir():
-                return Critic.load(ckpt / CRITIC_DIRS[name], device=device)
+                with reading_checkpoint(ckpt):
+                    return Critic.load(ckpt / CRITIC_DIRS[name], device=device)
             return policy.make_critic()
 
         trainer = Trainer(cfg, task, policy, reference, critic("learner"), callback, guide=guide,
                           guide_critic=critic("guide") if needs_guide_critic(cfg.alg) else None)
     if ckpt is not None:
-        trainer.load_state(state)
-        opt = ckpt / "optimizer.pt"
-        if opt.is_file():
-            trainer.optimizer.load_state_dict(torch.load(opt, map_location=device, weights_only=False))
+        with reading_checkpoint(ckpt):
+            trainer.load_state(state)
+            opt = ckpt / "optimizer.pt"
+            if opt.is_file():
+                trainer.optimizer.load_state_dict(torch.load(opt, map_location=device, weights_only=False))
     return trainer

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 from backends.base import Sampling
 
+from .config import MAX_NEW_TOKENS
+
 MAX_PROMPTS = 256
 MAX_N = 64
 MAX_STOPS = 4
@@ -93,7 +95,7 @@ def _num(body: dict, name: str, default: float, low: float, high: float, *, low_
     v = body.get(name)
     if v is None:
         return default
-    if not _is_num(v) or v > high or v < low or (low_open and v == low):
+    if not _is_num(v) or not low <= v <= high or (low_open and v == low):  # NaN fails both
         raise _bad(name, f"'{name}' must be a number in {'(' if low_open else '['}{low:g}, {high:g}], got {v!r}")
     return float(v)
 
@@ -153,11 +155,11 @@ def parse_completion_request(body: Any) -> CompletionRequest:
     return CompletionRequest(
         model=model,
         prompts=prompts,
-        max_tokens=_int(body, "max_tokens", 16, 0),
+        max_tokens=_int(body, "max_tokens", 16, 0, MAX_NEW_TOKENS),
         temperature=_num(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_num(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
         top_k=max(0, top_k),
-        min_tokens=_int(body, "min_tokens", 0, 0),
+        min_tokens=_int(body, "min_tokens", 0, 0, MAX_NEW_TOKENS),
         n=n,
         stop=stops,
         seed=seed,

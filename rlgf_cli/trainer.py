@@ -200,7 +200,7 @@ class Trainer:
             if key in metrics and not math.isfinite(metrics[key]):
                 raise RlgfError(
                     f"training diverged at iteration {self.iteration}: {key} is {metrics[key]}",
-                    "lower --lr or --clip-range; the last good checkpoint is kept",
+                    "lower --lr or --clip-range",
                 )
         return metrics
 
@@ -227,11 +227,11 @@ class Trainer:
         bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
         if any_rank(bool(bad)) and not bad:
             raise RlgfError(f"another rank got a non-finite reward in iteration {self.iteration + 1}",
-                            "fix the reward; training stopped and the last good checkpoint is kept")
+                            "fix the reward")
         if bad:
             raise RlgfError(
                 f"the reward is {scores[bad[0]].item()} for episode {bad[0]} of iteration {self.iteration + 1}",
-                "fix the reward; training stopped and the last good checkpoint is kept",
+                "fix the reward",
             )
         return scores
 
@@ -362,7 +362,7 @@ class Trainer:
         if sums[6] > 0:
             raise RlgfError(
                 f"training diverged at iteration {self.iteration + 1}: the loss is not finite",
-                "lower --lr or --clip-range; the last good checkpoint is kept",
+                "lower --lr or --clip-range",
             )
         if g_pg == 0 and g_lv == 0 and g_gv == 0:
             return {}

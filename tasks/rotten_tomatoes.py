@@ -274,12 +274,7 @@ class SentimentContinuationTask(Task):
         if int(prompt_max_tokens) < 1:
             raise RlgfError(f"prompt_max_tokens must be at least 1, not {prompt_max_tokens}")
         if reward_model is not None:
-            reward_model = Path(reward_model).expanduser()
-            if not (reward_model / "config.json").is_file():
-                raise RlgfError(
-                    f"reward_model {reward_model} is not a classifier folder (no config.json)",
-                    hint="pass a local folder written by save_pretrained (model + tokenizer)",
-                )
+            reward_model = check_classifier_folder(Path(reward_model).expanduser())
         self.reward_model_path = reward_model
         self.seed = seed
         self.max_new_tokens = int(max_new_tokens)
@@ -365,6 +360,24 @@ class SentimentContinuationTask(Task):
             stored = read_facts(self.reward_model_path) or {}
             return {"reward_model": str(self.reward_model_path), "test_accuracy": stored.get("test_accuracy")}
         return {"reward_model": "not built yet", "test_accuracy": None}
+
+
+def check_classifier_folder(folder: Path) -> Path:
+    """``folder`` if it holds a sequence classifier (``save_pretrained``); else a clear error."""
+    hint = "pass a local folder written by save_pretrained (a sequence-classification model + tokenizer)"
+    if not folder.exists():
+        raise RlgfError(f"reward_model {folder} not found", hint)
+    config = folder / "config.json"
+    if not config.is_file():
+        raise RlgfError(f"reward_model {folder} is not a classifier folder (no config.json)", hint)
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise RlgfError(f"reward_model {folder}: config.json is not a model config", hint) from None
+    if architectures and not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        raise RlgfError(f"reward_model {folder} is a {architectures[0]}, not a sequence classifier "
+                        "(its classification head would be random)", hint)
+    return folder
 
 
 class RottenTomatoesTask(SentimentContinuationTask):

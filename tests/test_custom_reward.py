@@ -177,9 +177,7 @@ def test_cli_broken_reward_fails_before_anything_is_written(tmp_path, imdb_file,
     assert not out.exists()
 
 
-@pytest.mark.usefixtures("torch_one_thread")
-def test_cli_trains_rotten_tomatoes_on_a_custom_reward(tmp_path, reward_module, tiny_causal_dir, monkeypatch):
-    """The task's classifier still loads (its metrics use it), so the test gives it a tiny one."""
+def _rt_data_and_classifier(tmp_path):
     data = tmp_path / "rt.jsonl"
     data.write_text("\n".join(json.dumps({"text": f"snippet {i} about a film we saw", "label": i % 2}) for i in range(20)))
     from conftest import make_byte_tokenizer
@@ -190,6 +188,39 @@ def test_cli_trains_rotten_tomatoes_on_a_custom_reward(tmp_path, reward_module, 
     BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1,
                                              num_attention_heads=2, intermediate_size=32)).save_pretrained(clf)  # fmt: skip
     tok.save_pretrained(clf)
+    return data, clf
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+def test_cli_eval_reports_the_custom_reward(tmp_path, reward_module, tiny_causal_dir):
+    """It used to be accepted and ignored: eval printed 'reward: custom: …' but never called it."""
+    data, clf = _rt_data_and_classifier(tmp_path)
+    report, samples = tmp_path / "eval.json", tmp_path / "s.jsonl"
+    result = runner.invoke(app, [
+        "eval", "--task", "rotten-tomatoes", "--data", str(data), "--reward-model", str(clf),
+        "--policy", str(tiny_causal_dir), "--reward", f"{reward_module}:length", "--limit", "3",
+        "--max-new-tokens", "4", "--device", "cpu", "--quiet", "--json", str(report), "--samples", str(samples),
+    ])  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    data_out = json.loads(report.read_text())
+    assert data_out["metric_names"] == ["sentiment", "perplexity", "output_perplexity", "reward"]
+    (res,) = data_out["results"]
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    lengths = [len(r["completion"]) for r in rows]
+    assert res["metrics"]["reward"] == pytest.approx(sum(lengths) / len(lengths))
+    assert 0.0 <= res["metrics"]["sentiment"] <= 1.0, "the task's own metrics stay"
+    broken = runner.invoke(app, [
+        "eval", "--task", "rotten-tomatoes", "--data", str(data), "--reward-model", str(clf),
+        "--policy", str(tiny_causal_dir), "--reward", f"{reward_module}:raises", "--limit", "2",
+        "--max-new-tokens", "2", "--device", "cpu", "--quiet",
+    ])  # fmt: skip
+    assert broken.exit_code == 1 and "custom reward my_rewards:raises raised KeyError" in broken.output
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+def test_cli_trains_rotten_tomatoes_on_a_custom_reward(tmp_path, reward_module, tiny_causal_dir, monkeypatch):
+    """The task's classifier still loads (its metrics use it), so the test gives it a tiny one."""
+    data, clf = _rt_data_and_classifier(tmp_path)
     out = tmp_path / "run"
     result = runner.invoke(app, [
         "train", "--task", "rotten-tomatoes", "--data", str(data), "--reward-model", str(clf),

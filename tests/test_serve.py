@@ -114,6 +114,15 @@ def test_malformed_bodies_are_400_not_crashes(server):
         assert status == 400 and reply["error"]["type"] == "invalid_request_error"
     status, reply = raw(server, "POST", "/v1/completions", {"model": "echo", "prompt": "x", "max_tokens": -1})
     assert status == 400 and reply["error"]["param"] == "max_tokens"
+    # a length no model can make (it used to reach the allocator), and NaN, which json accepts
+    for param, value in (("max_tokens", 10**8), ("min_tokens", 10**8)):
+        status, reply = raw(server, "POST", "/v1/completions", {"model": "echo", "prompt": "x", param: value})
+        assert status == 400 and reply["error"]["param"] == param
+    for param in ("temperature", "top_p"):
+        body = json.dumps({"model": "echo", "prompt": "x", param: float("nan")}).encode()
+        assert b"NaN" in body
+        status, reply = raw(server, "POST", "/v1/completions", body)
+        assert status == 400 and reply["error"]["param"] == param
     assert raw(server, "POST", "/v1/completions", {"model": "echo", "prompt": "abc", "max_tokens": 2})[0] == 200
 
 

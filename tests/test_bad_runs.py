@@ -1,0 +1,100 @@
+"""Runs that stop early or checkpoints that are damaged: one clear error and a way on."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from rlgf_cli.app import app
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _args(learner, reward, out, *extra):
+    return ["train", "--learner", str(learner), "--reward-model", str(reward), "--out", str(out),
+            "--iterations", "2", "--episodes", "4", "--minibatch-size", "4", "--epochs", "1",
+            "--max-new-tokens", "4", "--device", "cpu", "--quiet", "--lr", "1e-3", *extra]
+
+
+def _error(result) -> str:
+    lines = [x for x in result.output.splitlines() if x.startswith("[error]")]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "unexpected" not in lines[0] and "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def finished_run(tmp_path_factory, tiny_causal_dir, tiny_reward_dir):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    result = runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, "--save-every", "1"))
+    assert result.exit_code == 0, result.output
+    assert (out / "final").is_dir() and (out / "checkpoints" / "iter-0001").is_dir()
+    return out
+
+
+@pytest.mark.parametrize("damage", [
+    ("trainer_state.json", b'{"iteration": '),
+    ("trainer_state.json", b'{"iteration": "x"}'),
+    ("model.safetensors", None),  # truncated
+    ("optimizer.pt", b"\xf5 not a pickle"),
+    ("rng.pt", b"\xcd junk"),
+])
+def test_resume_from_a_damaged_checkpoint_is_one_clear_error(finished_run, damage):
+    name, content = damage
+    path = finished_run / "final" / name
+    path.write_bytes(content if content is not None else path.read_bytes()[:1000])
+    result = runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"])
+    line = _error(result)
+    assert f"checkpoint {finished_run / 'final'} is damaged" in line and "delete that folder" in line
+    # and following the hint works: the previous checkpoint takes over
+    import shutil
+
+    shutil.rmtree(finished_run / "final")
+    result = runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_how_to_go_on(tmp_path, tiny_causal_dir, tiny_reward_dir,
+                                                                      monkeypatch):
+    (tmp_path / "flaky_reward.py").write_text(
+        "def score(prompts, completions, references):\n    raise ValueError('kaboom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    line = _error(runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, "--reward", "flaky_reward:score")))
+    assert "kaboom" in line and f"no checkpoint was written yet; start again with --out {out} --overwrite" in line
+    assert (out / "config.toml").is_file(), "what the run wrote is kept for inspection"
+    line = _error(runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out)))
+    assert "stopped before its first checkpoint" in line and "--overwrite" in line
+    line = _error(runner.invoke(app, ["train", "--resume", str(out), "--quiet"]))
+    assert "no checkpoint to resume" in line and "--overwrite" in line
+    result = runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, "--overwrite"))
+    assert result.exit_code == 0, result.output
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_a_failure_after_a_checkpoint_points_to_resume(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
+    (tmp_path / "late_reward.py").write_text(
+        "CALLS = [0]\n"
+        "def score(prompts, completions, references):\n"
+        "    CALLS[0] += 1\n"
+        "    if CALLS[0] > 1:\n"
+        "        raise ValueError('late failure')\n"
+        "    return [1.0] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    line = _error(runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, "--reward", "late_reward:score")))
+    assert "late failure" in line
+    assert f"the last checkpoint is {out / 'checkpoints' / 'iter-0001'}" in line and "--resume" in line
+
+
+def test_reward_model_must_be_a_sequence_classifier(tmp_path, tiny_causal_dir):
+    from backends.errors import RlgfError
+    from tasks.rotten_tomatoes import RottenTomatoesTask
+
+    with pytest.raises(RlgfError, match="is a LlamaForCausalLM, not a sequence classifier"):
+        RottenTomatoesTask(reward_model=tiny_causal_dir)
+    with pytest.raises(RlgfError, match="not found"):
+        RottenTomatoesTask(reward_model=tmp_path / "nowhere")
