@@ -131,7 +131,7 @@ class Transport:
                 status = exc.status_code
                 if status == 429 and self.error_code(exc) == "insufficient_quota":
                     raise RlgfError(
-                        f"the guide at {self.endpoint} refused: quota exhausted (HTTP 429 insufficient_quota)",
+                        f"the API at {self.endpoint} refused: quota exhausted (HTTP 429 insufficient_quota)",
                         hint="check the account's billing and limits",
                     ) from None
                 if status not in RETRY_STATUSES and status < 500:
@@ -157,8 +157,9 @@ class Transport:
             self._bump("retries")
             time.sleep(delay)
         raise RlgfError(
-            f"the guide at {self.endpoint} failed {self.max_retries + 1} times; last: {last}",
-            hint="check the server, or raise the timeout / retries",
+            f"the API at {self.endpoint} failed {self.max_retries + 1} times; last: {last}",
+            hint="check that the server is up and the base URL is right (--guide-base-url, "
+            "--policy-base-url or $OPENAI_BASE_URL)",
         )
 
     # -- models -----------------------------------------------------------------
@@ -213,4 +214,4 @@ class Transport:
                 f"{self.base_url}/completions answered 404 although the server lists {self.model!r}",
                 hint="does the server offer the legacy completions endpoint?",
             )
-        return RlgfError(f"the guide at {self.endpoint} refused the request (HTTP {status}): {msg}")
+        return RlgfError(f"the API at {self.endpoint} refused the request (HTTP {status}): {msg}")

@@ -23,6 +23,8 @@ def policy_specs(checkpoint: list[Path] | None, policy: list[str] | None) -> lis
     for c in checkpoint or []:
         if not c.is_dir():
             raise RlgfError(f"checkpoint folder not found: {c}", "pass a folder written by `rlgf train` (e.g. OUT/final)")
+        if not (c / "config.json").is_file() and (c / "final" / "config.json").is_file():
+            raise RlgfError(f"{c} is a run folder, not a checkpoint", f"did you mean {c / 'final'}?")
     seen = set()
     for s in specs:
         if s in seen:

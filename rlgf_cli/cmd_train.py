@@ -88,6 +88,14 @@ def train_command(
         config = resume / "config.toml"
         if not config.is_file():
             raise RlgfError(f"{resume} holds no rlgf run (config.toml missing)", "pass the --out folder of an earlier run")
+        from .config import load_toml
+        from .run import latest_checkpoint
+
+        if not {"task", "alg"} <= set(load_toml(config)):  # rlgf always writes both: the file was emptied
+            kept = latest_checkpoint(resume)
+            hint = f"copy the one saved with the checkpoint: cp {kept / 'rlgf.toml'} {config}" if kept else \
+                "start the run again with --overwrite"
+            raise RlgfError(f"{config} is empty or damaged (no task or alg), so the run's settings are unknown", hint)
         out = str(resume)
     cfg = build_config(
         str(config) if config else None,
@@ -102,6 +110,9 @@ def train_command(
     )
     if json_out and json_out != "-":
         ensure_writable(json_out, "--json")
+    if cfg.guide and cfg.alg in ("ppo", "bc"):  # not an error: a config file may set a guide for later runs
+        err_console.print(f"warning: --alg {cfg.alg} does not use a guide; --guide {cfg.guide} is ignored "
+                          "(ppo++, aggrevated, lols and d2lols use one)", markup=False)
     progress = TrainProgress(quiet=quiet)
     try:
         summary = train(cfg, overwrite=overwrite, resume=resume is not None, callback=progress)

@@ -288,10 +288,13 @@ def make_server(
     try:
         return CompletionServer((host, port), handler_class, policy, api_key=api_key, model_name=model_name)
     except OSError as exc:
-        raise RlgfError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-            hint="pick another --port (0 chooses a free one) or stop what uses it",
-        ) from None
+        import errno
+
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):  # the port is taken or privileged
+            hint = "pick another --port (0 chooses a free one) or stop what uses it"
+        else:  # an unknown name or an address this machine does not have
+            hint = "pass a --host address of this machine (127.0.0.1 for this machine only, 0.0.0.0 for all)"
+        raise RlgfError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint=hint) from None
 
 
 def serve_forever(server: CompletionServer, poll_interval: float = 0.5) -> None:

