@@ -78,7 +78,7 @@ def difficulty_command(
         task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
                                   max_new_tokens=max_new_tokens),
         device=device, batch_size=batch_size, decoding={"mode": decoding}, base_url=policy_base_url,
-        thresholds=cuts, unseen_at_least=unseen_at_least,
+        thresholds=cuts, unseen_at_least=unseen_at_least, metric=metric,
         say=None if quiet else (lambda text: err_console.print(text, markup=False)),
         bar=None if quiet else _bar,
     )

@@ -128,8 +128,10 @@ def assign_buckets(task: Task, examples: Sequence[Example], *, thresholds: Seque
 
 def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference_spec, task_options, device,
                    batch_size, decoding=None, base_url=None, thresholds=None, unseen_at_least=None,
-                   say=None, bar=None) -> dict:
-    """Generate with every policy, then compute its metrics per difficulty bucket."""
+                   say=None, bar=None, metric: str | None = None) -> dict:
+    """Generate with every policy, then compute its metrics per difficulty bucket.
+
+    ``metric`` (the one to chart) is checked against the task's metrics before any generation."""
     import contextlib
 
     from backends import resolve
@@ -143,6 +145,8 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     bar = bar or (lambda label: contextlib.nullcontext(lambda done, total: None))
     dev = resolve_device(device)
     task = build_eval_task(task_name, specs, task_options)
+    if metric is not None and metric not in eval_metric_names(task):
+        raise RlgfError(f"no metric '{metric}' for {task.name}", f"choose one of: {', '.join(eval_metric_names(task))}")
     sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
     examples = split_examples(task, split, limit)
     say(f"measuring the difficulty of {len(examples)} {split} prompts")

@@ -155,3 +155,14 @@ def test_thresholds_option_and_errors(tmp_path, tiny_causal_dir):
         bad = runner.invoke(app, ["difficulty", "-p", str(tiny_causal_dir), *args])
         lines = bad.output.strip().splitlines()
         assert bad.exit_code == 1 and len(lines) == 1 and lines[0].startswith("[error]") and message in lines[0]
+
+
+def test_unknown_metric_is_refused_before_generation(tmp_path, tiny_causal_dir):
+    reward = make_tiny_reward(tmp_path / "reward")
+    bad = runner.invoke(app, [
+        "difficulty", "-p", str(tiny_causal_dir), "--reward-model", str(reward), "--limit", "3",
+        "--max-new-tokens", "2", "--device", "cpu", "--metric", "bleu4",
+    ])
+    lines = bad.output.strip().splitlines()
+    assert bad.exit_code == 1 and lines[-1].startswith("[error] no metric 'bleu4' for rotten-tomatoes")
+    assert "sentiment" in lines[-1] and not any(line.startswith("measuring") for line in lines)
