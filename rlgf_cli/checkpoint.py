@@ -37,6 +37,7 @@ TMP_PREFIX = ".tmp-"
 #: room kept beside the tensors for configs, tokenizer files, RNG and trainer state
 SMALL_FILES_BYTES = 64 * 2**20
 GIB = 2**30
+DAMAGE_HINT = "delete that folder to resume from the previous checkpoint, or start again with --overwrite"
 
 
 def set_seed(seed: int) -> None:
@@ -191,24 +192,40 @@ def read_state(folder: Path) -> dict[str, Any]:
         return {}
     with reading_checkpoint(folder):
         state = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(state, dict) or not isinstance(state.get("iteration", 0), int):
-            raise ValueError(f"{STATE_FILE} is not a trainer state")
+    if not isinstance(state, dict) or not isinstance(state.get("iteration", 0), int):
+        raise RlgfError(f"checkpoint {folder} is damaged: {STATE_FILE} is not a trainer state", DAMAGE_HINT)
     return state
+
+
+def _is_damage(exc: BaseException) -> bool:
+    """A file that does not parse — not out-of-memory, a missing import or a bug."""
+    import pickle
+
+    if isinstance(exc, (json.JSONDecodeError, pickle.UnpicklingError, EOFError, UnicodeDecodeError)):
+        return True
+    if type(exc).__name__ in ("SafetensorError", "HeaderTooLarge", "HeaderTooSmall", "InvalidHeaderDeserialization"):
+        return True
+    text = str(exc)
+    # torch.load of a truncated or foreign file; transformers' safetensors loader
+    return isinstance(exc, (RuntimeError, OSError)) and "memory" not in text.lower() and any(
+        key in text for key in ("PytorchStreamReader", "zip archive", "invalid header", "Error while deserializing",
+                                "unable to load weights", "Unable to load weights"))
 
 
 @contextlib.contextmanager
 def reading_checkpoint(folder: Path | None):
-    """Turn a damaged checkpoint file (truncated, not JSON, not a pickle…) into one clear error."""
+    """Turn a damaged checkpoint file (truncated, not JSON, not a pickle…) into one clear error;
+    anything else (out of memory, a bug) passes through unchanged."""
     try:
         yield
     except RlgfError:
         raise
-    except Exception as exc:  # noqa: BLE001 - json, pickle, safetensors and torch all fail differently
-        if folder is None:
+    except Exception as exc:
+        if folder is None or not _is_damage(exc):
             raise
         raise RlgfError(
             f"checkpoint {folder} is damaged: {type(exc).__name__}: {_first_line(exc)}",
-            "delete that folder to resume from the previous checkpoint, or start again with --overwrite",
+            DAMAGE_HINT,
         ) from None
 
 

@@ -91,11 +91,18 @@ def train_command(
         from .config import load_toml
         from .run import latest_checkpoint
 
-        if not {"task", "alg"} <= set(load_toml(config)):  # rlgf always writes both: the file was emptied
+        saved = load_toml(config)
+        if not {"task", "alg"} <= set(saved):  # rlgf always writes both: the file was emptied
             kept = latest_checkpoint(resume)
             hint = f"copy the one saved with the checkpoint: cp {kept / 'rlgf.toml'} {config}" if kept else \
                 "start the run again with --overwrite"
             raise RlgfError(f"{config} is empty or damaged (no task or alg), so the run's settings are unknown", hint)
+        from .config import normalise_alg
+
+        for flag, given, was in (("--alg", alg and normalise_alg(alg), saved["alg"]), ("--task", task, saved["task"])):
+            if given is not None and given != was:
+                raise RlgfError(f"--resume continues the run's {flag} {was}, not {given}",
+                                f"drop {flag}, or start a new run warm-started from this one with --init {resume}/final")
         out = str(resume)
     cfg = build_config(
         str(config) if config else None,

@@ -133,6 +133,23 @@ def prepare_out(o: DistillOptions) -> Path:
     return check_out_dir(o.out, o.overwrite)
 
 
+def check_room(out: Path, learner, then_cfg) -> None:
+    """Refuse when the disk cannot hold the checkpoints this experiment will write.
+
+    BC's final checkpoint holds the weights and AdamW's two moments (3× the weights); an RL
+    run after it adds a critic of the learner's size, so 6× per checkpoint, times the
+    checkpoints it keeps at once. Each run checks again, exactly, when it starts.
+    """
+    from .checkpoint import SMALL_FILES_BYTES, checkpoint_bytes, ensure_disk_space
+    from .run import extra_checkpoints
+
+    weights = checkpoint_bytes(learner) - SMALL_FILES_BYTES
+    need = SMALL_FILES_BYTES + 3 * weights
+    if then_cfg is not None:
+        need += (1 + extra_checkpoints(then_cfg, 0)) * (SMALL_FILES_BYTES + 6 * weights)
+    ensure_disk_space(out, need, "the experiment's checkpoints")
+
+
 def collect(guide, task, examples: list[Example], *, k: int, batch_prompts: int, say, bar) -> tuple[list, str | None]:
     """``([(example, completion), …], why collection stopped early or None)``.
 
@@ -248,6 +265,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     is_api = o.guide.strip().lower().startswith("openai:")
     say(f"loading learner {learner_spec} and guide {o.guide}")
     reference = resolve(learner_spec, device=device)
+    check_room(out, reference, then_cfg)  # before the guide is paid for its completions
     options = {**guide_options(bc_cfg), "max_concurrency": o.concurrency} if is_api else {}
     guide = resolve(o.guide, device=device, **options)
     rows, stats = [], {}

@@ -126,6 +126,20 @@ def prepare_out_dir(cfg: TrainConfig, overwrite: bool) -> Path:
     return check_out_dir(out, overwrite)
 
 
+def extra_checkpoints(cfg: TrainConfig, done: int, existing_run: Path | None = None) -> int:
+    """How many checkpoints beyond the one being written must fit on the disk at once.
+
+    Periodic saves keep ``keep_checkpoints`` folders (older ones are pruned after each save)
+    and the final one is written while they are still there; on a resume the folders already
+    on disk take their room already.
+    """
+    to_come = 0
+    if cfg.save_every:
+        to_come = sum(1 for i in range(done + 1, cfg.iterations) if i % cfg.save_every == 0)
+    existing = len(list((existing_run / "checkpoints").glob("iter-*"))) if existing_run else 0
+    return max(0, min(cfg.keep_checkpoints, existing + to_come) - existing)
+
+
 def latest_checkpoint(out: Path) -> Path | None:
     """The complete checkpoint with the highest iteration in a run folder (``final/`` or
     ``checkpoints/iter-NNNN/``); temporary (half-written) folders are never considered."""
@@ -201,11 +215,11 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     critics = getattr(trainer, "critics", {})
 
     if main:  # fail now, not after hours of training, when the checkpoints cannot fit
-        peak = 2 if cfg.save_every and cfg.iterations - trainer.iteration > cfg.save_every else 1
-        need = peak * checkpoint_bytes(policy, critics, trainer.optimizer)
+        extra = extra_checkpoints(cfg, trainer.iteration, out if resume else None)
+        need = (1 + extra) * checkpoint_bytes(policy, critics, trainer.optimizer)
         if not resume and overwrite:
             need -= folder_bytes(out)  # --overwrite frees the old run first
-        ensure_disk_space(out, need, "this run's checkpoints" if peak > 1 else "the final checkpoint")
+        ensure_disk_space(out, need, "this run's checkpoints" if extra else "the final checkpoint")
     if not resume and main:
         if out.exists() and overwrite:
             shutil.rmtree(out)
@@ -261,7 +275,10 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     callback("message", {"text": f"stopping: {stopped}; resume with a larger --guide-budget-tokens"})
                     break
                 except RlgfError as exc:  # a diverged loss, a bad reward, an unreachable API guide…
-                    kept = latest_checkpoint(out) if main else None
+                    try:  # every rank (it only reads files), so every rank prints the same advice
+                        kept = latest_checkpoint(out)
+                    except RlgfError:  # a damaged checkpoint must not hide the error being reported
+                        kept = None
                     if kept is not None:
                         where = f"the last checkpoint is {kept}; continue with rlgf train --resume {out}"
                     else:

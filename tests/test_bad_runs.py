@@ -134,3 +134,31 @@ def test_resume_with_an_emptied_config_refuses_instead_of_using_defaults(finishe
     assert result.exit_code == 0, result.output
     rows = [json.loads(x) for x in (finished_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2, 3] and rows[-1]["learner_tokens"] == 4 * 4
+
+
+def test_out_of_memory_on_resume_is_not_called_damage(finished_run, monkeypatch):
+    import torch
+
+    import rlgf_cli.run as run
+
+    def no_memory(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(run, "load_policy", no_memory)
+    line = _error_any(runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"]))
+    assert line.startswith("[error] out of device memory") and "damaged" not in line
+
+
+def _error_any(result) -> str:
+    lines = [x for x in result.output.splitlines() if x.startswith("[error]")]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_resume_refuses_another_algorithm_or_task(finished_run):
+    line = _error(runner.invoke(app, ["train", "--resume", str(finished_run), "--alg", "bc", "--quiet"]))
+    assert "--resume continues the run's --alg ppo, not bc" in line and f"--init {finished_run}/final" in line
+    line = _error(runner.invoke(app, ["train", "--resume", str(finished_run), "--task", "imdb", "--quiet"]))
+    assert "--task rotten-tomatoes, not imdb" in line
+    same = runner.invoke(app, ["train", "--resume", str(finished_run), "--alg", "PPO", "--iterations", "3", "--quiet"])
+    assert same.exit_code == 0, same.output

@@ -138,3 +138,36 @@ except RlgfError as exc:
     assert json.loads((tmp_path / "final" / "trainer_state.json").read_text()) == {"iteration": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
     shutil.rmtree(tmp_path / "final")
+
+
+def test_how_many_checkpoints_must_fit_at_once(tmp_path):
+    from rlgf_cli.config import TrainConfig
+    from rlgf_cli.run import extra_checkpoints
+
+    def cfg(**kw):
+        return TrainConfig(**{"iterations": 10, "save_every": 1, "keep_checkpoints": 1, **kw})
+
+    assert extra_checkpoints(cfg(save_every=0), 0) == 0  # only the final one
+    assert extra_checkpoints(cfg(), 0) == 1  # the kept periodic one while the final is written
+    assert extra_checkpoints(cfg(keep_checkpoints=3), 0) == 3
+    assert extra_checkpoints(cfg(iterations=2, save_every=5), 0) == 0  # no periodic save before the end
+    run = tmp_path / "run"
+    (run / "checkpoints" / "iter-0002").mkdir(parents=True)
+    assert extra_checkpoints(cfg(), 2, run) == 0, "a resume reuses the room of the checkpoint it will prune"
+    assert extra_checkpoints(cfg(keep_checkpoints=3), 2, run) == 2
+
+
+def test_up_front_check_counts_the_kept_checkpoints(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
+    import rlgf_cli.run as run
+
+    sizes = []
+    real = run.checkpoint_bytes
+    monkeypatch.setattr(run, "checkpoint_bytes", lambda *a: sizes.append(real(*a)) or sizes[-1])
+    usage = namedtuple("usage", "total used free")
+    # room for one and a half checkpoints: the final alone fits, the final beside a periodic one does not
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(10**12, 0, int(1.5 * sizes[0])))
+    refused = CliRunner().invoke(app, _args(tiny_causal_dir, tiny_reward_dir, tmp_path / "a", 2))
+    assert refused.exit_code == 1 and "not enough disk space for this run's checkpoints" in refused.output
+    ok = CliRunner().invoke(app, [*_args(tiny_causal_dir, tiny_reward_dir, tmp_path / "b", 2), "--save-every", "0"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "b" / "final" / "model.safetensors").is_file()

@@ -158,3 +158,20 @@ def test_local_guide(tmp_path, tiny_causal_dir, reward_dir):
     assert c["completions"] == 6 and c["kept"] <= 3 and c["guide"] is None and report["guide_total"] is None
     assert report["bc"]["iterations"] == max(1, c["kept"])  # ceil(2 epochs × kept / 2 per iteration)
     assert (out / "report.md").is_file()
+
+
+def test_a_full_disk_is_refused_before_the_guide_is_paid(tmp_path, tiny_causal_dir, reward_dir, monkeypatch):
+    from collections import namedtuple
+
+    from rlgf_cli import checkpoint
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 10**6))
+    out = tmp_path / "run"
+    with served(tiny_causal_dir) as server:
+        result = runner.invoke(app, distill_args(out, server.url, tiny_causal_dir, reward_dir, 10**6, "--then", "ppo++"))
+        assert served_tokens(server) == 0, "no guide call before the check"
+    lines = [x for x in result.output.splitlines() if x.startswith("[error]")]
+    assert result.exit_code == 1 and len(lines) == 1
+    assert "not enough disk space for the experiment's checkpoints" in lines[0]
+    assert not out.exists()
