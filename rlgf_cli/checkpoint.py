@@ -30,6 +30,8 @@ import torch
 
 from backends.errors import RlgfError
 
+from .files import nearest_existing
+
 STATE_FILE = "trainer_state.json"
 #: folder of each critic inside a checkpoint
 CRITIC_DIRS = {"learner": "critic", "guide": "guide_critic"}
@@ -83,8 +85,7 @@ def checkpoint_bytes(policy=None, critics: dict | None = None, optimizer=None) -
     modules = [getattr(policy, "model", policy), *(critics or {}).values()]
     for module in modules:
         if isinstance(module, torch.nn.Module):
-            total += _tensor_bytes(module.state_dict().values(), set(seen))
-            seen.update(t.data_ptr() for t in module.state_dict().values() if isinstance(t, torch.Tensor))
+            total += _tensor_bytes(module.state_dict().values(), seen)
     if optimizer is not None:
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -104,10 +105,7 @@ def folder_bytes(folder: Path) -> int:
 def ensure_disk_space(folder: Path, need: int, what: str) -> None:
     """Raise a clear error when ``folder``'s file system has less than ``need`` bytes free."""
     folder = Path(folder)
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = shutil.disk_usage(nearest_existing(folder)).free
     if free < need:
         raise RlgfError(
             f"not enough disk space for {what} in {folder}: it needs about {need / GIB:.2f} GiB "

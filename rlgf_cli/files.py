@@ -10,6 +10,13 @@ from pathlib import Path
 from backends.errors import RlgfError
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (what a later ``mkdir -p`` would write into)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def ensure_writable(path: str | Path, what: str, *, folder: bool = False) -> None:
     """Raise a clear error now when ``path`` could not be written later.
 
@@ -23,9 +30,7 @@ def ensure_writable(path: str | Path, what: str, *, folder: bool = False) -> Non
             raise RlgfError(f"{what} {path} is a file, not a folder", hint)
         if not folder and path.is_dir():
             raise RlgfError(f"{what} {path} is a folder, not a file", hint)
-    probe = path if folder and path.is_dir() else path.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(path if folder and path.is_dir() else path.parent)
     if not probe.is_dir():
         raise RlgfError(f"cannot write {what} {path}: {probe} is a file, not a folder", hint)
     if not os.access(probe, os.W_OK | os.X_OK):
