@@ -99,8 +99,15 @@ class TokenPolicy(Policy):
         """Tokenize prompts, left-truncated to ``max_length``; returns ``(query, query_mask)``."""
         raise NotImplementedError
 
-    def encode_responses(self, texts: Sequence[str], max_length: int | None = None):
-        """Tokenize continuation texts (no special tokens); returns ``(response, response_mask)``."""
+    def encode_responses(self, texts: Sequence[str], max_length: int | None = None, *, append_eos: bool = False):
+        """Tokenize continuation texts (no special tokens); returns ``(response, response_mask)``.
+        With ``append_eos`` each row ends with the end-of-sequence token where it fits within
+        ``max_length`` (supervised targets, so a cloned model learns to stop)."""
+        raise NotImplementedError
+
+    def response_logits(self, query, query_mask, response, response_mask):
+        """Logits ``[B, R, V]`` predicting each response token (one forward pass); local
+        models only."""
         raise NotImplementedError
 
     def decode(self, response, response_mask) -> list[str]:

@@ -18,3 +18,11 @@ class RlgfError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} — {self.hint}" if self.hint else self.message
+
+
+def did_you_mean(name: str, choices) -> str:
+    """``"did you mean 'x'? "`` for the closest of ``choices`` to ``name``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""

@@ -213,10 +213,12 @@ class HFPolicy(TokenPolicy):
         rows = [self._prompt_ids(p, list(b), max_length) for p, b in zip(prompts, bodies)]
         return pad_rows(rows, self.pad_id, left=True, device=self.device)
 
-    def encode_responses(self, texts: Sequence[str], max_length: int | None = None):
-        """Right-padded ``(response, response_mask)`` of texts tokenized without special tokens."""
+    def encode_responses(self, texts: Sequence[str], max_length: int | None = None, *, append_eos: bool = False):
+        """Right-padded ``(response, response_mask)`` of texts tokenized without special tokens;
+        with ``append_eos`` each row ends with EOS where it fits within ``max_length``."""
         bodies = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-        rows = [list(b)[:max_length] if max_length is not None else list(b) for b in bodies]
+        tail = [self.eos_id] if append_eos else []
+        rows = [(list(b) + tail)[:max_length] if max_length is not None else list(b) + tail for b in bodies]
         return pad_rows(rows, self.pad_id, left=False, device=self.device)
 
     def _row_tokens(self, response, response_mask) -> list[list[int]]:

@@ -19,10 +19,12 @@ from .config import TrainConfig
 from .distributed import all_sum, shard, sum_gradients, world
 from .ppo import masked_mean
 from .tensors import chunks
-from .trainer import Callback, PromptSampler, _noop
+from .trainer import Callback, PromptSampler, TrainerBase, _noop
 
 
-class BCTrainer:
+class BCTrainer(TrainerBase):
+    """Supervised fine-tuning on the task's references (``--alg bc``)."""
+
     def __init__(self, cfg: TrainConfig, task: Task, policy, callback: Callback | None = None) -> None:
         self.cfg = cfg
         self.task = task
@@ -46,7 +48,9 @@ class BCTrainer:
         for sl in chunks(len(examples), self.cfg.minibatch_size):
             mb = examples[sl]
             query, qmask = self.policy.encode_prompts([ex.prompt for ex in mb], self.task.prompt_max_tokens)
-            target, tmask = self.policy.encode_responses([ex.target for ex in mb], self.target_max_tokens)
+            # targets end with EOS, so the cloned policy learns where a reference stops
+            target, tmask = self.policy.encode_responses([ex.target for ex in mb], self.target_max_tokens,
+                                                         append_eos=True)
             query, qmask = query.to(self.device), qmask.to(self.device)
             target, tmask = target.to(self.device), tmask.to(self.device)
             logprobs = self.policy.response_logprobs(query, qmask, target, tmask)

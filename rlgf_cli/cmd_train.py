@@ -76,6 +76,7 @@ def train_command(
     config), OUT/final/ (a plain transformers folder, with critic and optimizer state
     beside it) and OUT/summary.json.
     """
+    from .algorithms import get as get_algorithm, names as algorithm_names
     from .config import build_config
     from .progress import TrainProgress
     from .run import train
@@ -117,9 +118,9 @@ def train_command(
     )
     if json_out and json_out != "-":
         ensure_writable(json_out, "--json")
-    if cfg.guide and cfg.alg in ("ppo", "bc"):  # not an error: a config file may set a guide for later runs
+    if cfg.guide and not cfg.algorithm.needs_guide:  # not an error: a config file may set a guide for later runs
         err_console.print(f"warning: --alg {cfg.alg} does not use a guide; --guide {cfg.guide} is ignored "
-                          "(ppo++, aggrevated, lols and d2lols use one)", markup=False)
+                          f"({', '.join(a for a in algorithm_names() if get_algorithm(a).needs_guide)} use one)", markup=False)
     progress = TrainProgress(quiet=quiet)
     try:
         summary = train(cfg, overwrite=overwrite, resume=resume is not None, callback=progress)

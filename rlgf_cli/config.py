@@ -15,15 +15,12 @@ from typing import Any
 
 from backends.errors import RlgfError
 
-#: algorithm names and their accepted aliases
-ALGORITHMS = ("ppo", "ppo++", "aggrevated", "lols", "d2lols", "bc")
-ALG_ALIASES = {"ppopp": "ppo++", "ppo_pp": "ppo++", "pp": "ppo++", "aggrevate": "aggrevated"}
-
-#: paper defaults that depend on the algorithm (Tables 5 and 6); β defaults live with the
-#: schemes in rlgf_cli.algorithms (PPO++ 0.2, AggreVaTeD 0.8)
-DEFAULT_LR = {"bc": 1e-5}
 #: longest continuation any command generates (the paper's tasks use 48 and 20)
 MAX_NEW_TOKENS = 4096
+ADVANTAGE_ESTIMATORS = ("one-step", "gae")
+LR_SCHEDULES = ("constant", "linear")
+#: keys of older rlgf versions that a config file may still carry; ignored
+REMOVED_KEYS = {"kl_horizon"}
 
 
 @dataclass
@@ -79,20 +76,35 @@ class TrainConfig:
     #: value-loss coefficient and entropy bonus
     vf_coef: float = 0.5
     ent_coef: float = 0.0
-    #: initial KL coefficient; target KL for the adaptive controller (0 = fixed coefficient)
+    #: initial KL coefficient; target KL per learner token for the adaptive controller
+    #: (0 = fixed coefficient): coef ← coef·(1 + 0.1·clip(KL/target − 1, −0.2, 0.2)) per iteration
     kl_coef: float = 0.1
     target_kl: float = 0.1
-    kl_horizon: int = 10000
     #: gradient clipping (global norm)
     max_grad_norm: float = 1.0
     #: whiten advantages over each rollout batch
     whiten_advantages: bool = True
     #: continuation length (default: the task's)
     max_new_tokens: int | None = None
-    #: mixing probability β (default per scheme: PPO++ 0.2, AggreVaTeD 0.8)
+    #: mixing probability β of a one-phase algorithm (ppo++: the guide rolls in, default 0.2;
+    #: aggrevated: the learner rolls in, default 0.8); lols/d2lols take the two below
     beta: float | None = None
-    #: LOLS advantage mix / D2LOLS switch fraction α
-    alpha: float = 0.8
+    #: β of the PPO++ phase (lols, d2lols): probability the *guide* rolls in (paper 0.2)
+    ppopp_beta: float | None = None
+    #: β of the AggreVaTeD phase (lols, d2lols): probability the *learner* rolls in (paper 0.8)
+    aggrevated_beta: float | None = None
+    #: LOLS loss mix α (default 0.8) / D2LOLS mixing time α (default 0.2: AggreVaTeD for the
+    #: first ⌈α·T⌉ iterations, then PPO++)
+    alpha: float | None = None
+    #: D2LOLS switch iteration, fixed from α and --iterations when a run starts (so
+    #: --resume --iterations N does not move it)
+    switch_iteration: int | None = None
+    #: AggreVaTeD's advantage for the learner's roll-in tokens: one-step (r + γV_g(s') − V_g(s)
+    #: before the restart, the λ-return through the guide's roll-out at the deviation token;
+    #: the paper's A^{π_g}) or gae (one GAE pass over the whole response, as the authors' code)
+    aggrevated_advantage: str = "one-step"
+    #: learning-rate schedule over the run: constant or linear (decay to 0 at the last iteration)
+    lr_schedule: str = "constant"
     #: random seed (one place seeds python, numpy and torch)
     seed: int = 0
     #: cpu, cuda, cuda:N or auto
@@ -107,8 +119,25 @@ class TrainConfig:
 
     # -- derived -----------------------------------------------------------------
     @property
+    def algorithm(self):
+        from . import algorithms
+
+        return algorithms.get(self.alg)
+
+    @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR.get(self.alg, 1e-6)
+        return self.lr if self.lr is not None else self.algorithm.default_lr
+
+    def betas(self) -> dict[str, float]:
+        """β per scheme name: the phase options, or ``--beta`` for a one-phase algorithm."""
+        from .algorithms import AGGREVATED, PPO_PP
+
+        out = {PPO_PP.name: PPO_PP.default_beta if self.ppopp_beta is None else self.ppopp_beta,
+               AGGREVATED.name: AGGREVATED.default_beta if self.aggrevated_beta is None else self.aggrevated_beta}
+        if self.beta is not None:
+            for name in self.algorithm.beta_schemes:
+                out[name] = self.beta
+        return out
 
     def out_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / f"{self.task}-{self.alg}-seed{self.seed}"
@@ -117,21 +146,30 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Normalise aliases and check ranges; raises :class:`RlgfError` on the first problem."""
         self.alg = normalise_alg(self.alg)
-        if self.alg in ("ppo++", "aggrevated", "lols", "d2lols") and not self.guide:
+        algorithm = self.algorithm
+        if algorithm.needs_guide and not self.guide:
             raise RlgfError(
                 f"--alg {self.alg} needs a guide policy",
                 "pass --guide SPEC (a model spec or a checkpoint folder, e.g. a BC run's OUT/final)",
             )
-        _positive_int(self, "iterations", "episodes", "epochs", "minibatch_size", "kl_horizon")
+        _positive_int(self, "iterations", "episodes", "epochs", "minibatch_size")
         _non_negative(self, "weight_decay", "vf_coef", "ent_coef", "kl_coef", "target_kl", "max_grad_norm")
         _non_negative_int(self, "save_every", "seed", "guide_budget_tokens", "rollout_batch_size")
         if self.guide_price_per_1k is not None and not (self.guide_price_per_1k >= 0):
             raise _range_error("guide_price_per_1k", self.guide_price_per_1k, ">= 0")
         _in_range(self, "gamma", 0.0, 1.0)
         _in_range(self, "lam", 0.0, 1.0)
-        _in_range(self, "alpha", 0.0, 1.0)
-        if self.beta is not None:
-            _in_range(self, "beta", 0.0, 1.0)
+        if self.alpha is not None:
+            _in_range(self, "alpha", 0.0, 1.0)
+        for name in ("beta", "ppopp_beta", "aggrevated_beta"):
+            if getattr(self, name) is not None:
+                _in_range(self, name, 0.0, 1.0)
+        self._check_phases(algorithm)
+        if self.aggrevated_advantage not in ADVANTAGE_ESTIMATORS:
+            raise RlgfError(f"unknown --aggrevated-advantage '{self.aggrevated_advantage}'",
+                            f"choose one of: {', '.join(ADVANTAGE_ESTIMATORS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise RlgfError(f"unknown --lr-schedule '{self.lr_schedule}'", f"choose one of: {', '.join(LR_SCHEDULES)}")
         _in_range(self, "clip_range", 0.0, 1.0, low_open=True)
         if not self.clip_range_value > 0:  # also NaN
             raise _range_error("clip_range_value", self.clip_range_value, "> 0")
@@ -150,7 +188,21 @@ class TrainConfig:
             )
         if self.device not in ("auto", "cpu", "mps") and not self.device.startswith("cuda"):
             raise RlgfError(f"unknown device '{self.device}'", "use auto, cpu, cuda or cuda:N")
+        if algorithm.switches and self.switch_iteration is None:
+            from .algorithms import switch_iteration
+
+            alpha = algorithm.default_alpha if self.alpha is None else self.alpha
+            self.switch_iteration = switch_iteration(alpha, self.iterations)
+        if self.switch_iteration is not None and self.switch_iteration < 0:
+            raise _range_error("switch_iteration", self.switch_iteration, ">= 0")
         return self
+
+    def _check_phases(self, algorithm) -> None:
+        if self.beta is not None and len(algorithm.beta_schemes) > 1:
+            raise RlgfError(
+                f"--beta is ambiguous for --alg {self.alg}: its PPO++ and AggreVaTeD phases have opposite β "
+                "(PPO++: probability the guide rolls in; AggreVaTeD: probability the learner rolls in)",
+                "pass --ppopp-beta (paper 0.2) and/or --aggrevated-beta (paper 0.8) instead")
 
     # -- TOML ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -167,15 +219,10 @@ class TrainConfig:
 
 
 def normalise_alg(name: str) -> str:
-    key = name.strip().lower()
-    key = ALG_ALIASES.get(key, key)
-    if key not in ALGORITHMS:
-        import difflib
+    """The canonical name of an algorithm or alias (an unknown one is an :class:`RlgfError`)."""
+    from . import algorithms
 
-        close = difflib.get_close_matches(key, list(ALGORITHMS) + list(ALG_ALIASES), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise RlgfError(f"unknown algorithm '{name}'", f"{hint}choose one of: {', '.join(ALGORITHMS)}")
-    return key
+    return algorithms.get(name).name
 
 
 def field_names() -> list[str]:
@@ -193,6 +240,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise RlgfError(f"config file {p} is not valid TOML: {exc}", "fix the file or drop --config") from None
     if isinstance(data.get("train"), dict):
         data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
+    for key in REMOVED_KEYS & set(data):
+        data.pop(key)
     known = set(field_names())
     unknown = sorted(set(data) - known)
     if unknown:
@@ -206,16 +255,34 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 def build_config(config_file: str | None = None, **overrides: Any) -> TrainConfig:
     """Defaults < file < overrides (``None`` overrides are ignored), validated."""
-    values: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     if config_file:
-        values.update(load_toml(config_file))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+        given.update(load_toml(config_file))
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    values = dict(task_defaults(given.get("task", TrainConfig.task), given.get("alg", TrainConfig.alg)))
+    values.update(given)
     try:
         cfg = TrainConfig(**values)
     except TypeError as exc:  # pragma: no cover - guarded by load_toml's key check
         raise RlgfError(f"bad configuration: {exc}", "check the keys of your config file") from None
     _check_types(cfg)
     return cfg.validate()
+
+
+def task_defaults(task: Any, alg: Any) -> dict[str, Any]:
+    """The task's own training defaults for RL algorithms (the paper's Tables 5 and 6 for
+    ``imdb`` and ``commongen``), read without loading the task; flags and files override them."""
+    if not isinstance(task, str) or not isinstance(alg, str):
+        return {}
+    from tasks.registry import train_defaults
+
+    from . import algorithms
+
+    try:
+        trainer = algorithms.get(alg).trainer
+    except RlgfError:
+        return {}  # validate() reports the unknown algorithm
+    return train_defaults(task) if trainer == "ppo" else {}
 
 
 def _check_types(cfg: TrainConfig) -> None:

@@ -337,11 +337,10 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
 
 def run_then(cfg, guide, is_api: bool, o: DistillOptions, callback, say, train) -> dict:
     """``rlgf train`` from the BC checkpoint with the same guide and the rest of the budget."""
-    from .algorithms import needs_guide
 
     if is_api and o.guide_budget_tokens:
         left = o.guide_budget_tokens - guide.budget.used
-        if left <= 0 and needs_guide(cfg.alg):
+        if left <= 0 and cfg.algorithm.needs_guide:
             say(f"no guide budget left for --then {cfg.alg}; skipping it")
             return {"alg": cfg.alg, "skipped": "no guide budget left"}
         cfg.guide_budget_tokens = max(1, left)

@@ -35,7 +35,7 @@ from tasks.base import Example, Task
 
 from .algorithms import GUIDE, LEARNER, Scheme
 from .rollout import RolloutBatch, pad_id
-from .tensors import cat_padded, chunks
+from .tensors import chunks, concat
 
 
 def same_vocabulary(a, b) -> bool:
@@ -92,7 +92,7 @@ class GuidedRollout:
             elif gen is None:
                 gen = torch.Generator().manual_seed(0)
             parts.append(self._collect_chunk(list(examples[sl]), scheme, beta, gen))
-        return _concat(parts, pad_id(self.learner), scheme.name)
+        return concat(parts, pad_id(self.learner))
 
     # -- one chunk -------------------------------------------------------------------
     def _collect_chunk(self, examples: list[Example], scheme: Scheme, beta: float,
@@ -269,26 +269,3 @@ def _empty(learner: TokenPolicy, name: str) -> RolloutBatch:
     return RolloutBatch(examples=[], prompts=[], completions=[], query=none, query_mask=none, response=none,
                         response_mask=none, learner_mask=none, guide_mask=none, restart=none[:, 0], scheme=name,
                         stats={"learner_tokens": 0, "guide_tokens": 0, "guide_calls": 0, "switched_episodes": 0})
-
-
-def _concat(parts: list[RolloutBatch], pid: int, name: str) -> RolloutBatch:
-    if len(parts) == 1:
-        return parts[0]
-    stats: dict = {}
-    for p in parts:
-        for k, v in p.stats.items():
-            stats[k] = stats.get(k, 0) + v
-    return RolloutBatch(
-        examples=[e for p in parts for e in p.examples],
-        prompts=[x for p in parts for x in p.prompts],
-        completions=[x for p in parts for x in p.completions],
-        query=cat_padded([p.query for p in parts], pid, "left"),
-        query_mask=cat_padded([p.query_mask for p in parts], 0, "left"),
-        response=cat_padded([p.response for p in parts], pid, "right"),
-        response_mask=cat_padded([p.response_mask for p in parts], 0, "right"),
-        learner_mask=cat_padded([p.learner_mask for p in parts], 0, "right"),
-        guide_mask=cat_padded([p.guide_mask for p in parts], 0, "right"),
-        restart=torch.cat([p.restart for p in parts]),
-        scheme=name,
-        stats=stats,
-    )

@@ -127,29 +127,63 @@ def clipped_value_loss(
     return 0.5 * masked_mean(torch.max(v_loss_unclipped, v_loss_clipped), mask)
 
 
-class AdaptiveKLController:
-    """Adaptive KL coefficient (Ziegler et al. 2019; paper appendix C.1).
+def one_step_before_restart(
+    advantages: torch.Tensor,
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    restart: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """AggreVaTeD's A^{π_g}(s_t, a_t) for the learner's roll-in (paper Alg. 3).
 
-    After each iteration: ``e = clip(KL / target - 1, -0.2, 0.2)`` and
-    ``coef ← coef · (1 + e · n_steps / horizon)``.
-    With ``target=None`` the coefficient stays fixed.
+    ``advantages`` come from GAE(λ) over the whole response with the *guide's* values, so
+    at the deviation token ``k-1`` (the last roll-in token, ``k = restart``) they already are
+    the λ-return through the guide's roll-out. An earlier roll-in token ``t < k-1`` would
+    also be credited with the learner's own later deviations; it gets the one-step estimate
+    ``r_t + γ·V_g(s_{t+1}) − V_g(s_t)`` instead. Other positions are returned unchanged.
+    """
+    mask = mask.to(values.dtype)
+    v = values * mask
+    next_v = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], 1)
+    delta = (rewards + gamma * next_v - v) * mask
+    positions = torch.arange(advantages.shape[1], device=advantages.device).unsqueeze(0)
+    before = positions < (restart.to(advantages.device).unsqueeze(1) - 1)
+    return torch.where(before, delta, advantages)
+
+
+def exact_kl(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π ‖ π_ref) = Σ_v π(v)·(log π(v) − log π_ref(v)) from both models' logits
+    ``[B, T, V]``; unlike the sampled estimate log π(a) − log π_ref(a) it is never negative."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    logr = torch.log_softmax(ref_logits.float(), dim=-1)
+    return (logp.exp() * (logp - logr)).sum(-1).clamp(min=0.0)
+
+
+class AdaptiveKLController:
+    """Adaptive KL coefficient with RL4LMs' rule (paper appendix C.1).
+
+    After each iteration, with ``KL`` and ``target`` both per learner token:
+    ``coef ← coef · (1 + 0.1 · clip(KL / target − 1, −0.2, 0.2))``, so the coefficient moves
+    by up to 2 % per iteration. With ``target=None`` (or 0) it stays fixed.
     """
 
-    def __init__(self, init_kl_coef: float, target: float | None, horizon: int) -> None:
+    RATE = 0.1
+    CLIP = 0.2
+
+    def __init__(self, init_kl_coef: float, target: float | None) -> None:
         self.value = float(init_kl_coef)
         self.target = target
-        self.horizon = horizon
 
-    def update(self, current_kl: float, n_steps: int) -> float:
+    def update(self, current_kl: float) -> float:
         if self.target is not None and self.target > 0:
-            error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-            self.value *= 1.0 + error * n_steps / self.horizon
+            error = min(max(current_kl / self.target - 1.0, -self.CLIP), self.CLIP)
+            self.value *= 1.0 + self.RATE * error
         return self.value
 
     def state_dict(self) -> dict:
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+        return {"value": self.value, "target": self.target}
 
     def load_state_dict(self, state: dict) -> None:
         self.value = float(state["value"])
         self.target = state["target"]
-        self.horizon = int(state["horizon"])

@@ -186,7 +186,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     else:
         prepare_out_dir(cfg, overwrite)
     task = build_task(cfg)
-    if cfg.alg != "bc":  # an RL run needs its reward; fail before anything is written
+    if cfg.algorithm.trainer != "bc":  # an RL run needs its reward; fail before anything is written
         task.check_reward()
     w, device = init_from_env(resolve_device(cfg.device))
     try:
@@ -212,7 +212,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     if prepare is not None:  # e.g. train the reward classifier once, before the run folder exists
         prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
     trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
-    critics = getattr(trainer, "critics", {})
+    critics = trainer.critics
 
     if main:  # fail now, not after hours of training, when the checkpoints cannot fit
         extra = extra_checkpoints(cfg, trainer.iteration, out if resume else None)
@@ -247,13 +247,13 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
             critics=critics,
             optimizer=trainer.optimizer,
             state={**trainer.state(), "learner": learner_spec, "task": cfg.task,
-                   **_guide_state(getattr(trainer, "guide", None))},
+                   **_guide_state(trainer.guide)},
             config_toml=config_toml,
         )
 
     from backends.token_budget import GuideBudgetExhausted
 
-    guide = getattr(trainer, "guide", None)
+    guide = trainer.guide
     callback("start", {"total": cfg.iterations, "done": trainer.iteration, "out": str(out)})
     started = time.perf_counter()
     last: dict = {}
@@ -334,7 +334,8 @@ def _guide_state(guide) -> dict:
 def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: str, callback, ckpt: Path | None,
                    state: dict):
     """The trainer for ``cfg.alg``, with its state restored from ``ckpt`` when resuming."""
-    if cfg.alg == "bc":
+    algorithm = cfg.algorithm
+    if algorithm.trainer == "bc":
         from .bc import BCTrainer
 
         trainer = BCTrainer(cfg, task, policy, callback)
@@ -342,11 +343,10 @@ def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: st
         from backends import resolve
         from backends.critic import Critic
 
-        from .algorithms import needs_guide, needs_guide_critic
         from .trainer import Trainer
 
         guide = None
-        if needs_guide(cfg.alg):
+        if algorithm.needs_guide:
             callback("message", {"text": f"loading guide {cfg.guide}"})
             guide = resolve(cfg.guide, device=device, **guide_options(cfg, used=state.get("guide_budget_used_tokens", 0)))
             if hasattr(guide, "validate"):  # an API guide: reachable, key accepted, model known — before any output
@@ -360,7 +360,7 @@ def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: st
             return policy.make_critic()
 
         trainer = Trainer(cfg, task, policy, reference, critic("learner"), callback, guide=guide,
-                          guide_critic=critic("guide") if needs_guide_critic(cfg.alg) else None)
+                          guide_critic=critic("guide") if algorithm.needs_guide_critic else None)
     if ckpt is not None:
         with reading_checkpoint(ckpt):
             trainer.load_state(state)

@@ -40,3 +40,47 @@ def chunks(n: int, size: int) -> Iterator[slice]:
     """Slices covering ``range(n)`` in steps of ``size``."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+def concat(items: Sequence, pad_id: int = 0):
+    """Concatenate dataclass records (rollout batches, scored buffers) along the batch.
+
+    One rule per field type, so every record type is served by this one function:
+    a 2-D tensor whose field metadata names a ``pad`` side is padded to the widest
+    (``pad_value`` a number, or ``"pad_id"`` for the tokenizer's pad token), any other
+    tensor is concatenated as is, lists are joined, dicts of counts summed, strings joined
+    with ``,`` (each distinct value once), nested records concatenated recursively and
+    ``None`` stays ``None``.
+    """
+    from dataclasses import fields, is_dataclass, replace
+
+    if len(items) == 1:
+        return items[0]
+    values = {}
+    for f in fields(items[0]):
+        parts = [getattr(item, f.name) for item in items]
+        first = parts[0]
+        if first is None:
+            values[f.name] = None
+        elif is_dataclass(first):
+            values[f.name] = concat(parts, pad_id)
+        elif isinstance(first, torch.Tensor):
+            side = f.metadata.get("pad")
+            if side:
+                pad = f.metadata.get("pad_value", 0)
+                values[f.name] = cat_padded(parts, pad_id if pad == "pad_id" else pad, side)
+            else:
+                values[f.name] = torch.cat(parts)
+        elif isinstance(first, list):
+            values[f.name] = [x for p in parts for x in p]
+        elif isinstance(first, dict):
+            total: dict = {}
+            for p in parts:
+                for k, v in p.items():
+                    total[k] = total.get(k, 0) + v
+            values[f.name] = total
+        elif isinstance(first, str):
+            values[f.name] = ",".join(dict.fromkeys(parts))
+        else:
+            raise TypeError(f"concat: no rule for field {f.name} of type {type(first).__name__}")
+    return replace(items[0], **values)

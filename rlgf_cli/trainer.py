@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -24,17 +24,19 @@ from .ppo import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,
+    exact_kl,
     gae,
     kl_penalised_rewards,
     masked_mean,
     masked_whiten,
+    one_step_before_restart,
 )
-from .algorithms import GUIDE, LEARNER, Part, needs_guide, plan
+from .algorithms import AGGREVATED, GUIDE, LEARNER, Part
 from .chunking import EpisodeShape, rollout_chunk
 from .distributed import all_sum, any_rank, sum_gradients, world
 from .guided import GuidedRollout
 from .rollout import RolloutBatch
-from .tensors import cat_padded, chunks, trim_query, trim_response_width
+from .tensors import chunks, concat, trim_query, trim_response_width
 
 #: progress callback: ``callback(event, payload)`` with events
 #: "start" {"total"}, "phase" {"name"}, "iteration" {metrics}, "message" {"text"}
@@ -45,22 +47,29 @@ def _noop(event: str, payload: dict) -> None:
     return None
 
 
+_R = {"pad": "right", "pad_value": 0.0}
+
+
 @dataclass
 class Buffers:
-    """Scored rollouts with everything the update needs (all on the policy's device)."""
+    """Scored rollouts with everything the update needs (all on the policy's device);
+    B episodes, R response positions."""
 
     batch: RolloutBatch
-    scores: torch.Tensor
-    old_logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    old_values: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
-    kl: torch.Tensor
+    scores: torch.Tensor  # (B,) the task's reward per episode
+    old_logprobs: torch.Tensor = field(metadata=_R)  # (B, R) log π_θ_old(a|s)
+    ref_logprobs: torch.Tensor = field(metadata=_R)  # (B, R) log π_ref(a|s)
+    old_values: torch.Tensor = field(metadata=_R)  # (B, R) V(s) of the part's critic
+    advantages: torch.Tensor = field(metadata=_R)  # (B, R) whitened over the part's learner tokens
+    returns: torch.Tensor = field(metadata=_R)  # (B, R) value targets
+    kl: torch.Tensor = field(metadata=_R)  # (B, R) sampled log π − log π_ref on learner tokens
+    kl_exact: torch.Tensor = field(metadata=_R)  # (B, R) KL(π‖π_ref) on learner tokens
     #: per episode: 0 = the learner's critic gives its advantages, 1 = the guide's
-    critic_id: torch.Tensor
+    critic_id: torch.Tensor = None  # (B,)
     #: per episode: its index in the global (all ranks) batch of the iteration
-    global_index: torch.Tensor
+    global_index: torch.Tensor = None  # (B,)
+    #: per episode: which part of the iteration's plan it belongs to
+    part_id: torch.Tensor = None  # (B,)
 
 
 class PromptSampler:
@@ -92,7 +101,29 @@ class PromptSampler:
         return out
 
 
-class Trainer:
+class TrainerBase:
+    """What the run loop needs of every trainer (RL and BC): one :meth:`step` per iteration,
+    an optimizer, critics (none for BC), an optional guide, and a resumable :meth:`state`."""
+
+    #: critics by role (``learner``/``guide``); saved with checkpoints
+    critics: dict = {}
+    #: the guide policy (None when the algorithm uses none)
+    guide = None
+    optimizer: torch.optim.Optimizer
+    iteration: int = 0
+
+    def step(self) -> dict:
+        """Run one iteration; returns its metrics (one ``metrics.jsonl`` line)."""
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        raise NotImplementedError
+
+    def load_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class Trainer(TrainerBase):
     """Token-level PPO with separate critics and a KL penalty to a frozen reference."""
 
     def __init__(self, cfg: TrainConfig, task: Task, policy, reference, critic, callback: Callback | None = None,
@@ -104,7 +135,8 @@ class Trainer:
         self.guide = guide
         self.callback = callback or _noop
         self.device = policy.device
-        if needs_guide(cfg.alg) and guide is None:
+        self.algorithm = cfg.algorithm
+        if self.algorithm.needs_guide and guide is None:
             raise RlgfError(f"--alg {cfg.alg} needs a guide policy", "pass --guide SPEC (e.g. a BC checkpoint folder)")
         self.critics = {LEARNER: critic}
         if guide_critic is not None:
@@ -122,7 +154,8 @@ class Trainer:
             params += [p for p in c.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl or None, cfg.kl_horizon)
+        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl or None)
+        self.part_weights: list[float] = [1.0]
         self.sampler = PromptSampler(task.examples("train"), cfg.seed)
         max_new = cfg.max_new_tokens or task.max_new_tokens
         #: bf16 autocast on CUDA (weights and optimizer state stay float32)
@@ -146,7 +179,9 @@ class Trainer:
     def step(self) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        parts = plan(cfg.alg, self.iteration, cfg.iterations, alpha=cfg.alpha, beta=cfg.beta)
+        ctx = self.algorithm.context(self.iteration, cfg.iterations, alpha=cfg.alpha, betas=cfg.betas(),
+                                     switch=cfg.switch_iteration)
+        parts = self.algorithm.plan(ctx)
         self.callback("phase", {"name": "rollout"})
         w = world()
         # every rank draws the same global batch and keeps its shard of each part
@@ -164,29 +199,38 @@ class Trainer:
             start += n
         t1 = time.perf_counter()
         self.callback("phase", {"name": "reward"})
-        scored = [(part, batch, self.score(batch)) for part, batch in batches if len(batch)]
+        scored = [(j, part, batch, self.score(batch)) for j, (part, batch) in enumerate(batches) if len(batch)]
         t2 = time.perf_counter()
+        self.part_weights = [part.weight for part in parts]
         with self.autocast:
-            buffers = _concat_buffers([self.compute_advantages(b, s, part) for part, b, s in scored], self.pad_id)
+            buffers = concat([self.compute_advantages(b, s, part, part_id=j) for j, part, b, s in scored], self.pad_id)
         t3 = time.perf_counter()
         self.callback("phase", {"name": "update"})
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         stats = self.update(buffers)
         t4 = time.perf_counter()
         batch, scores = buffers.batch, buffers.scores
-        n, s1, s2, kl_sum, len_sum = all_sum([len(scores), float(scores.sum()), float((scores.double() ** 2).sum()),
-                                              float(buffers.kl.sum()), float(batch.response_mask.sum())]).tolist()
-        seq_kl = kl_sum / max(n, 1)
+        n, s1, s2, kl_sum, exact_sum, learner_sum, len_sum = all_sum(
+            [len(scores), float(scores.sum()), float((scores.double() ** 2).sum()), float(buffers.kl.sum()),
+             float(buffers.kl_exact.sum()), float(batch.learner_mask.sum()), float(batch.response_mask.sum())]).tolist()
+        token_kl = kl_sum / max(learner_sum, 1.0)
+        token_kl_exact = exact_sum / max(learner_sum, 1.0)
         kl_coef = self.kl_ctl.value
-        self.kl_ctl.update(seq_kl, n_steps=int(n))
+        self.kl_ctl.update(token_kl_exact)  # per learner token, as the target; exact, so never negative
         self.iteration += 1
         counts = dict(zip(batch.stats, all_sum([float(v) for v in batch.stats.values()]).tolist()))
         metrics = {
             "iteration": self.iteration,
-            "scheme": ",".join(p.scheme.name for p, _, _ in scored),
+            "scheme": ",".join(p.scheme.name for _, p, _, _ in scored),
             "reward_mean": s1 / max(n, 1),
             "reward_std": math.sqrt(max(s2 - s1 * s1 / n, 0.0) / (n - 1)) if n > 1 else 0.0,
-            "kl": seq_kl,
+            "kl": token_kl,
+            "kl_exact": token_kl_exact,
+            "kl_sequence": kl_sum / max(n, 1),
             "kl_coef": kl_coef,
+            "lr": lr,
             **stats,
             "response_length": len_sum / max(n, 1),
             **{k: int(v) for k, v in counts.items()},
@@ -203,6 +247,13 @@ class Trainer:
                     "lower --lr or --clip-range",
                 )
         return metrics
+
+    def learning_rate(self) -> float:
+        """This iteration's learning rate under ``--lr-schedule`` (linear: base·(1 − t/T))."""
+        base = self.cfg.learning_rate
+        if self.cfg.lr_schedule == "linear":
+            return base * max(0.0, 1.0 - self.iteration / self.cfg.iterations)
+        return base
 
     @property
     def pad_id(self) -> int:
@@ -249,37 +300,44 @@ class Trainer:
         return n
 
     @torch.no_grad()
-    def compute_advantages(self, batch: RolloutBatch, scores: torch.Tensor, part: Part | None = None) -> Buffers:
-        """Old log-probs, reference log-probs and values, then KL-penalised GAE.
+    def compute_advantages(self, batch: RolloutBatch, scores: torch.Tensor, part: Part | None = None,
+                           part_id: int = 0) -> Buffers:
+        """Old log-probs, reference log-probs, the exact KL and values, then KL-penalised GAE.
 
-        The advantages come from the critic of the scheme (learner or guide) and are scaled
-        by the part's weight (LOLS's α mix).
+        The advantages come from the critic of the scheme (learner or guide); for AggreVaTeD
+        the roll-in tokens before the restart get the one-step A^{π_g} (``--aggrevated-advantage``).
+        The part's weight (LOLS's α mix) is applied to its policy loss in the update.
         """
         critic_name = part.scheme.critic if part is not None else LEARNER
-        weight = part.weight if part is not None else 1.0
         critic = self.critics[critic_name]
         self.policy.model.eval()
         critic.eval()
         width = batch.response.shape[1]
-        lp, ref, val = [], [], []
+        lp, ref, val, kls = [], [], [], []
         for sl in chunks(len(batch), self.rollout_batch_size):
             args = _slice(batch, sl)
-            lp.append(_pad_to(self.policy.response_logprobs(*args), width))
-            ref.append(_pad_to(self.reference.response_logprobs(*args), width))
+            logprobs, ref_logprobs, kl_exact = _scored_pair(self.policy, self.reference, args)
+            lp.append(_pad_to(logprobs, width))
+            ref.append(_pad_to(ref_logprobs, width))
+            kls.append(_pad_to(kl_exact, width))
             val.append(_pad_to(critic.values(*args), width))
         old_logprobs, ref_logprobs, old_values = torch.cat(lp).float(), torch.cat(ref).float(), torch.cat(val).float()
         mask = batch.response_mask.float()
         learner = batch.learner_mask.float()
+        kl_exact = torch.cat(kls).float() * learner * mask
         rewards, kl = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_ctl.value, kl_mask=learner)
         advantages, returns = gae(rewards, old_values, mask, self.cfg.gamma, self.cfg.lam)
+        if part is not None and part.scheme is AGGREVATED and self.cfg.aggrevated_advantage == "one-step":
+            advantages = one_step_before_restart(advantages, rewards, old_values, mask, batch.restart, self.cfg.gamma)
         if self.cfg.whiten_advantages:
             advantages = _whiten(advantages, learner)
         critic_id = torch.full((len(batch),), 1 if critic_name == GUIDE else 0, dtype=torch.long, device=self.device)
         global_index = getattr(batch, "global_index", None)
         if global_index is None:
             global_index = torch.arange(len(batch), device=self.device)
-        return Buffers(batch, scores, old_logprobs, ref_logprobs, old_values * mask, advantages * weight,
-                       returns, kl, critic_id, global_index)
+        part_ids = torch.full((len(batch),), part_id, dtype=torch.long, device=self.device)
+        return Buffers(batch, scores, old_logprobs, ref_logprobs, old_values * mask, advantages,
+                       returns, kl, kl_exact, critic_id, global_index, part_ids)
 
     def update(self, buf: Buffers) -> dict:
         """PPO epochs over the batch. Minibatches are drawn from a permutation of the *global*
@@ -308,7 +366,11 @@ class Trainer:
 
     def _minibatch_step(self, buf: Buffers, idx: torch.Tensor) -> dict:
         """One optimizer step. Every loss is a sum over this rank's tokens divided by the
-        token count of the whole (global) minibatch; gradients are then summed over ranks."""
+        token count of the whole (global) minibatch; gradients are then summed over ranks.
+
+        With several parts (LOLS) each part's policy loss is normalised over its own learner
+        tokens and weighted by the part's weight: α·L(A^{π_θ}) + (1−α)·L(A^{π_g}), so the
+        mix does not depend on how many learner tokens each part happens to have."""
         cfg = self.cfg
         b = buf.batch
         has_rows = len(idx) > 0
@@ -322,10 +384,14 @@ class Trainer:
                 rows = (buf.critic_id[idx] == cid).nonzero().flatten()
                 mask = (b.learner_mask if name == LEARNER else b.guide_mask)[idx[rows], :width].float()
                 own[name] = (rows, mask)
+        n_parts = len(self.part_weights)
+        part_masks = [pg_mask * (buf.part_id[idx] == j).unsqueeze(1).float() for j in range(n_parts)] \
+            if has_rows else []
         local = [float(pg_mask.sum()) if has_rows else 0.0,
                  float(own[LEARNER][1].sum()) if has_rows else 0.0,
-                 float(own[GUIDE][1].sum()) if has_rows else 0.0]
-        g_pg, g_lv, g_gv = all_sum(local).tolist()
+                 float(own[GUIDE][1].sum()) if has_rows else 0.0,
+                 *([float(m.sum()) for m in part_masks] if has_rows else [0.0] * n_parts)]
+        g_pg, g_lv, g_gv, *g_parts = all_sum(local).tolist()
         loss = torch.zeros((), device=self.device)
         logged = [0.0] * 7  # pg_loss, entropy, approx_kl, clipfrac, v_loss, guide_v_loss (as global sums), any
         if has_rows and local[0] > 0:
@@ -334,12 +400,17 @@ class Trainer:
                 logprobs, entropy = self.policy.response_logprobs(query, qmask, response, rmask, with_entropy=True,
                                                                   entropy_grad=cfg.ent_coef > 0)
             logprobs, entropy = logprobs.float(), entropy.float()
-            pol = clipped_policy_loss(logprobs, buf.old_logprobs[idx, :width], buf.advantages[idx, :width], pg_mask,
-                                      cfg.clip_range)
+            old, adv = buf.old_logprobs[idx, :width], buf.advantages[idx, :width]
+            pg_total = torch.zeros((), device=self.device)
+            for j, (weight, mask_j, g_j) in enumerate(zip(self.part_weights, part_masks, g_parts)):
+                if g_j > 0 and local[3 + j] > 0:
+                    part_loss = clipped_policy_loss(logprobs, old, adv, mask_j, cfg.clip_range).pg_loss
+                    pg_total = pg_total + weight * part_loss * (local[3 + j] / g_j)
+            pol = clipped_policy_loss(logprobs, old, adv, pg_mask, cfg.clip_range)  # ratio statistics, all parts
             ent = masked_mean(entropy, pg_mask)
             share = local[0] / g_pg
-            loss = loss + (pol.pg_loss - cfg.ent_coef * ent) * share
-            logged[:4] = [pol.pg_loss.item() * share, ent.item() * share, pol.approx_kl.item() * share,
+            loss = loss + pg_total - cfg.ent_coef * ent * share
+            logged[:4] = [pg_total.item(), ent.item() * share, pol.approx_kl.item() * share,
                           pol.clipfrac.item() * share]
         # each critic learns the value of its own policy, on the tokens that policy generated
         for slot, name, g_count in ((4, LEARNER, g_lv), (5, GUIDE, g_gv)):
@@ -397,26 +468,15 @@ class Trainer:
             self.sampler.load_state_dict(state["sampler"])
 
 
-def _concat_buffers(parts: list[Buffers], pid: int) -> Buffers:
-    if len(parts) == 1:
-        return parts[0]
-    from .guided import _concat
-
-    def right(name: str) -> torch.Tensor:
-        return cat_padded([getattr(p, name) for p in parts], 0.0, "right")
-
-    return Buffers(
-        batch=_concat([p.batch for p in parts], pid, ",".join(p.batch.scheme for p in parts)),
-        scores=torch.cat([p.scores for p in parts]),
-        old_logprobs=right("old_logprobs"),
-        ref_logprobs=right("ref_logprobs"),
-        old_values=right("old_values"),
-        advantages=right("advantages"),
-        returns=right("returns"),
-        kl=right("kl"),
-        critic_id=torch.cat([p.critic_id for p in parts]),
-        global_index=torch.cat([p.global_index for p in parts]),
-    )
+def _scored_pair(policy, reference, args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(log π(a), log π_ref(a), KL(π‖π_ref))`` per response token, one forward pass each."""
+    response = args[2]
+    logits = policy.response_logits(*args).float()
+    ref_logits = reference.response_logits(*args).float()
+    index = response.unsqueeze(-1)
+    logprobs = (logits.gather(-1, index).squeeze(-1) - torch.logsumexp(logits, -1))
+    ref_logprobs = (ref_logits.gather(-1, index).squeeze(-1) - torch.logsumexp(ref_logits, -1))
+    return logprobs, ref_logprobs, exact_kl(logits, ref_logits)
 
 
 def _autocast(device):

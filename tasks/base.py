@@ -39,6 +39,9 @@ class Task:
     default_learner: ClassVar[str] = ""
     reward_name: ClassVar[str] = ""
     metric_names: ClassVar[tuple[str, ...]] = ()
+    #: the task's own ``rlgf train`` defaults for RL algorithms (TrainConfig field → value);
+    #: the paper's Tables 5 and 6 for its tasks. Flags and config files override them.
+    train_defaults: ClassVar[dict] = {}
 
     #: prompt length cap in learner tokens (left truncation), and continuation length
     prompt_max_tokens: int = 64

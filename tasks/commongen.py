@@ -217,6 +217,10 @@ class CommonGenTask(Task):
     default_learner = "hf:t5-base"
     reward_name = "spider (SPIDEr = (CIDEr-D + SPICE)/2); or cider_d, spice, bleu4, meteor, module:function"
     metric_names = METRICS
+    #: paper Table 6 (CommonGen with T5): no KL penalty, clip 0.4, value coefficient 3.0,
+    #: 1 epoch per update, lr 1e-5 decayed linearly
+    train_defaults = {"epochs": 1, "lr": 1e-5, "lr_schedule": "linear", "kl_coef": 0.0, "target_kl": 0.0,
+                      "clip_range": 0.4, "vf_coef": 3.0, "gamma": 0.99, "lam": 0.95}
 
     prompt_max_tokens = 64
     max_new_tokens = 20

@@ -237,6 +237,12 @@ class ImdbTask(SentimentContinuationTask):
     )
     default_learner = "hf:gpt2"
     reward_name = f"sentiment: P(positive) of prompt + continuation under reward_model (default {DEFAULT_REWARD_MODEL})"
+    #: paper Table 5 (RL4LMs' IMDB PPO config). RL4LMs counts steps in token transitions:
+    #: 1,280 per update of 48-token episodes ≈ 27 episodes, minibatches of 64 tokens (the
+    #: nearest whole episode: 1), 5 epochs, 128,000 steps in all = 100 iterations.
+    train_defaults = {"iterations": 100, "episodes": 27, "minibatch_size": 1, "epochs": 5, "lr": 1e-6,
+                      "lr_schedule": "constant", "gamma": 0.99, "lam": 0.95, "clip_range": 0.2, "vf_coef": 0.5,
+                      "kl_coef": 0.1, "target_kl": 0.1}
 
     def __init__(
         self,

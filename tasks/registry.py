@@ -43,6 +43,15 @@ def task_class(name: str) -> type[Task]:
     return getattr(importlib.import_module(module_name), attr)
 
 
+def train_defaults(name: str) -> dict:
+    """The task's own ``rlgf train`` defaults for RL algorithms (``{}`` for an unknown name:
+    building the task reports that)."""
+    try:
+        return dict(task_class(name).train_defaults)
+    except RlgfError:
+        return {}
+
+
 def constructor_options(cls: type[Task]) -> list[str]:
     """The keyword options a task's constructor accepts (following ``**options`` to its base)."""
     options: list[str] = []

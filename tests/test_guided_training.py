@@ -4,7 +4,8 @@
   on guide tokens changes), the KL penalty is zero on guide tokens;
 * each scheme takes its advantages (and critic targets) from its own critic, and each critic
   learns only on its own policy's tokens;
-* LOLS collects both batches every iteration and scales their advantages by α and 1 − α;
+* LOLS collects both batches every iteration and mixes their policy losses α : 1 − α, each
+  normalised over its own learner tokens;
   D2LOLS switches from AggreVaTeD to PPO++ after exactly ⌈α·T⌉ iterations;
 * a guide with another tokenizer (T5/ByT5, or text only) trains end to end;
 * every algorithm, run for a few seconds on a tiny model, improves a reward it can learn.
@@ -90,6 +91,10 @@ def build(alg: str, tokenizer, *, guide="e", reference_seed: int | None = None, 
                    epochs=1, minibatch_size=16, rollout_batch_size=16, lr=1e-2, kl_coef=0.01, seed=seed,
                    device="cpu", alpha=0.5)
     options.update(overrides)
+    if alg in ("lols", "d2lols") and "beta" in options:  # one β for both phases, in these tests
+        beta = options.pop("beta")
+        options.setdefault("ppopp_beta", beta)
+        options.setdefault("aggrevated_beta", beta)
     cfg = TrainConfig(**options).validate()
     set_seed(seed)
     model, _ = make_tiny_causal(tokenizer, seed=0)
@@ -105,9 +110,9 @@ def build(alg: str, tokenizer, *, guide="e", reference_seed: int | None = None, 
                    guide_critic=policy.make_critic() if needs_guide_critic else None)
 
 
-def buffers(trainer: Trainer, part: Part, n: int = 16) -> Buffers:
+def buffers(trainer: Trainer, part: Part, n: int = 16, part_id: int = 0) -> Buffers:
     batch = trainer.collect(TASK.examples("train")[:n], part)
-    return trainer.compute_advantages(batch, trainer.score(batch), part)
+    return trainer.compute_advantages(batch, trainer.score(batch), part, part_id=part_id)
 
 
 def gradients(trainer: Trainer, buf: Buffers, modules) -> list[torch.Tensor | None]:
@@ -228,17 +233,16 @@ def test_lols_mixes_both_batches_with_alpha(tokenizer):
     alpha = 0.3
     trainer = build("lols", tokenizer, alpha=alpha, iterations=2, episodes=16, minibatch_size=8)
     seen: list[tuple[Part, Buffers, Buffers]] = []
-    updates: list[Buffers] = []
+    updates: list[tuple[list, Buffers]] = []
     compute, update = trainer.compute_advantages, trainer.update
 
-    def spy_compute(batch, scores, part=None):
-        unit = compute(batch, scores, dataclasses.replace(part, weight=1.0))
-        weighted = compute(batch, scores, part)
-        seen.append((part, weighted, unit))
-        return weighted
+    def spy_compute(batch, scores, part=None, part_id=0):
+        buf = compute(batch, scores, part, part_id=part_id)
+        seen.append((part, buf, compute(batch, scores, dataclasses.replace(part, weight=1.0))))
+        return buf
 
     def spy_update(buf):
-        updates.append(buf)
+        updates.append((list(trainer.part_weights), buf))
         return update(buf)
 
     trainer.compute_advantages, trainer.update = spy_compute, spy_update
@@ -248,14 +252,43 @@ def test_lols_mixes_both_batches_with_alpha(tokenizer):
         parts = seen[2 * it: 2 * it + 2]
         assert [p.scheme for p, _, _ in parts] == [PPO_PP, AGGREVATED]
         assert [p.weight for p, _, _ in parts] == pytest.approx([alpha, 1 - alpha])
-        for part, weighted, unit in parts:
-            assert len(weighted.batch) == 8
-            assert unit.advantages.abs().sum() > 0
-            assert torch.allclose(weighted.advantages, part.weight * unit.advantages, atol=1e-6)
-        buf = updates[it]  # one update on both batches, each scored by its own critic
+        for part, buf, unit in parts:  # the weight is applied to the loss, not baked into the advantages
+            assert len(buf.batch) == 8
+            assert torch.equal(buf.advantages, unit.advantages)
+        weights, buf = updates[it]  # one update on both batches, each scored by its own critic
+        assert weights == pytest.approx([alpha, 1 - alpha])
         assert buf.critic_id.tolist() == [0] * 8 + [1] * 8
+        assert buf.part_id.tolist() == [0] * 8 + [1] * 8
         assert buf.batch.scheme == "ppo++,aggrevated"
         assert metrics["guide_calls"] > 0
+
+
+def test_lols_gradient_shares_are_alpha_and_one_minus_alpha(tokenizer):
+    """Each part's policy loss is normalised over its own learner tokens: the PPO++ part's
+    gradient is exactly α × its gradient alone, the AggreVaTeD part's (1 − α) × its own,
+    although the AggreVaTeD batch has far fewer learner tokens."""
+    from rlgf_cli.tensors import concat
+
+    alpha = 0.8
+    trainer = build("lols", tokenizer, alpha=alpha, reference_seed=3, ppopp_beta=0.5, aggrevated_beta=0.5,
+                    max_grad_norm=1e9)  # no clipping: the raw gradients are compared
+    policy = [trainer.policy.model]
+    pp = buffers(trainer, Part(PPO_PP, 0.5), part_id=0)
+    ag = buffers(trainer, Part(AGGREVATED, 0.5), part_id=1)
+    assert pp.batch.learner_mask.sum() > 1.5 * ag.batch.learner_mask.sum() > 0
+    both = concat([pp, ag], trainer.pad_id)
+    trainer.part_weights = [alpha, 1 - alpha]
+    rows_pp = (both.part_id == 0).unsqueeze(1).expand_as(both.advantages)
+    only_pp = gradients(trainer, changed(both, "advantages", ~rows_pp, 0.0), policy)
+    only_ag = gradients(trainer, changed(both, "advantages", rows_pp, 0.0), policy)
+    trainer.part_weights = [1.0]
+    alone_pp = gradients(trainer, pp, policy)
+    alone_ag = gradients(trainer, dataclasses.replace(ag, part_id=torch.zeros_like(ag.part_id)), policy)
+    scale = lambda grads, w: [None if g is None else w * g for g in grads]  # noqa: E731
+    assert same(only_pp, scale(alone_pp, alpha))
+    assert same(only_ag, scale(alone_ag, 1 - alpha))
+    norm = lambda grads: sum(float(g.norm() ** 2) for g in grads if g is not None) ** 0.5  # noqa: E731
+    assert norm(only_pp) > 0 and norm(only_ag) > 0
 
 
 def test_lols_with_one_episode(tokenizer):

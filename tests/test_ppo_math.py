@@ -7,6 +7,8 @@ import torch
 
 from rlgf_cli.ppo import (
     AdaptiveKLController,
+    exact_kl,
+    one_step_before_restart,
     clipped_policy_loss,
     clipped_value_loss,
     gae,
@@ -107,19 +109,57 @@ def test_clipped_value_loss_hand_computed():
     assert loss.item() == pytest.approx(0.5 * (3.24 + 1.21) / 2)
 
 
-def test_adaptive_kl_controller_update():
-    ctl = AdaptiveKLController(0.1, target=0.1, horizon=10000)
-    # KL twice the target: error clipped to +0.2
-    assert ctl.update(0.2, n_steps=64) == pytest.approx(0.1 * (1 + 0.2 * 64 / 10000))
+def test_adaptive_kl_controller_follows_rl4lms_rule():
+    """coef ← coef·(1 + 0.1·clip(KL/target − 1, −0.2, 0.2)), KL and target per learner token."""
+    ctl = AdaptiveKLController(0.1, target=0.1)
+    # KL twice the target: error clipped to +0.2, so +2 % in one iteration
+    assert ctl.update(0.2) == pytest.approx(0.1 * 1.02)
     before = ctl.value
-    # KL at 0.105: error 0.05
-    assert ctl.update(0.105, n_steps=100) == pytest.approx(before * (1 + 0.05 * 100 / 10000))
+    # KL at 0.105: error 0.05 → +0.5 %
+    assert ctl.update(0.105) == pytest.approx(before * 1.005)
     before = ctl.value
-    # KL zero: error clipped to -0.2, coefficient shrinks
-    assert ctl.update(0.0, n_steps=1000) == pytest.approx(before * (1 - 0.2 * 0.1))
-    fixed = AdaptiveKLController(0.3, target=None, horizon=10000)
-    assert fixed.update(5.0, n_steps=64) == 0.3
+    # KL zero: error clipped to -0.2, the coefficient shrinks 2 %
+    assert ctl.update(0.0) == pytest.approx(before * 0.98)
+    # ten iterations at twice the target move it by 1.02^10 ≈ 22 %, not the 0.13 % of a 10,000 horizon
+    ten = AdaptiveKLController(0.1, target=0.1)
+    for _ in range(10):
+        ten.update(0.5)
+    assert ten.value == pytest.approx(0.1 * 1.02 ** 10)
+    fixed = AdaptiveKLController(0.3, target=None)
+    assert fixed.update(5.0) == 0.3
     state = ctl.state_dict()
-    other = AdaptiveKLController(1.0, 1.0, 1)
+    other = AdaptiveKLController(1.0, 1.0)
     other.load_state_dict(state)
-    assert other.value == ctl.value and other.target == 0.1 and other.horizon == 10000
+    assert other.value == ctl.value and other.target == 0.1
+
+
+def test_exact_kl_hand_computed_and_never_negative():
+    # π = (0.5, 0.5), π_ref = (0.25, 0.75): KL = 0.5·ln 2 + 0.5·ln(2/3)
+    logits = torch.log(torch.tensor([[[0.5, 0.5]]]))
+    ref = torch.log(torch.tensor([[[0.25, 0.75]]]))
+    assert exact_kl(logits, ref).item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3))
+    # the sampled estimate log π(a) − log π_ref(a) of token 1 is negative; the exact KL is not
+    assert (logits[0, 0, 1] - ref[0, 0, 1]).item() < 0
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 5, 11), torch.randn(3, 5, 11)
+    assert (exact_kl(a, b) >= 0).all() and exact_kl(a, a).abs().max() < 1e-6
+
+
+def test_aggrevated_one_step_advantage_hand_computed():
+    """A row whose learner rolled in k = 3 tokens and the guide rolled out 2: tokens 0 and 1
+    get r_t + γV(s_{t+1}) − V(s_t); token 2 (the deviation) the λ-return through the roll-out."""
+    gamma, lam = 0.9, 0.5
+    rewards = torch.tensor([[-0.1, -0.2, -0.3, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.4, 0.6, 0.7, 0.8]])
+    mask = torch.ones(1, 5)
+    adv, _ = gae(rewards, values, mask, gamma, lam)
+    out = one_step_before_restart(adv, rewards, values, mask, torch.tensor([3]), gamma)
+    # deltas: t4 = 1 − 0.8 = 0.2; t3 = 0 + 0.72 − 0.7 = 0.02; t2 = −0.3 + 0.63 − 0.6 = −0.27
+    #         t1 = −0.2 + 0.54 − 0.4 = −0.06; t0 = −0.1 + 0.36 − 0.5 = −0.24
+    # GAE at t2 = −0.27 + 0.45·(0.02 + 0.45·0.2) = −0.2205
+    assert out[0].tolist() == pytest.approx([-0.24, -0.06, -0.2205, 0.02 + 0.45 * 0.2, 0.2])
+    # whole-sequence GAE credits token 0 with the later deviation too (what the authors' code does)
+    assert adv[0, 0].item() == pytest.approx(-0.24 + 0.45 * (-0.06 + 0.45 * adv[0, 2].item()))
+    # no roll-in (k = 0) or a one-token roll-in: nothing changes
+    for k in (0, 1):
+        assert torch.equal(one_step_before_restart(adv, rewards, values, mask, torch.tensor([k]), gamma), adv)
