@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_options import BertscoreModel, Data, Device, Quiet, Reward, RewardModel, Task
 from .console import err_console, handle_errors, out_console
 from .files import ensure_writable, write_atomic
 
@@ -17,7 +18,7 @@ _OUT = "Output"
 def difficulty_command(
     checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", "-c", help="A checkpoint folder (repeatable).")] = None,
     policy: Annotated[Optional[list[str]], typer.Option("--policy", "-p", help="A policy spec, e.g. smollm2, hf:PATH or openai:MODEL (repeatable).")] = None,
-    task: Annotated[Optional[str], typer.Option(help="Task name. Default: the checkpoint's task, else rotten-tomatoes.")] = None,
+    task: Task = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N examples of the split.")] = None,
     thresholds: Annotated[Optional[str], typer.Option(help="Sentiment tasks: cut points of the prompt's reward score instead of terciles: 'T' (easy/hard) or 'A,B' (hard < A ≤ medium < B ≤ easy).", rich_help_panel=_BUCKETS)] = None,
@@ -25,18 +26,18 @@ def difficulty_command(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     reference: Annotated[Optional[str], typer.Option(help="Frozen model for output_perplexity. Default: the checkpoint's initial learner, else the task's default learner.")] = None,
     policy_base_url: Annotated[Optional[str], typer.Option(help="Server of the openai: policies. Default: $OPENAI_BASE_URL.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Task data file or folder.")] = None,
-    reward_model: Annotated[Optional[str], typer.Option(help="Reward classifier folder (sentiment tasks).")] = None,
-    reward: Annotated[Optional[str], typer.Option(help="Reward: a task's named reward or module:function.")] = None,
-    bertscore_model: Annotated[Optional[str], typer.Option(help="BERTScore model name or folder (CommonGen).")] = None,
+    data: Data = None,
+    reward_model: RewardModel = None,
+    reward: Reward = None,
+    bertscore_model: BertscoreModel = None,
     decoding: Annotated[Optional[str], typer.Option(help="task, greedy, sample or beam. [default: task]")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the buckets as JSON to FILE ('-' for stdout).", rich_help_panel=_OUT)] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a grouped bar chart (PNG) to FILE.", rich_help_panel=_OUT)] = None,
     metric: Annotated[Optional[str], typer.Option(help="Metric of the chart and the easy−hard gaps. [default: sentiment, else the task's first]", rich_help_panel=_OUT)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table output.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Compare policies on easy, medium and hard prompts (paper §6, Figure 3).
 

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_options import BertscoreModel, Data, Device, Quiet, Reward, RewardModel, Task
 from .console import err_console, handle_errors, out_console
 
 _GUIDE = "Guide and collection"
@@ -18,7 +19,7 @@ _EVAL = "Evaluation"
 def distill_command(
     guide: Annotated[str, typer.Option(help="Guide policy spec: openai:MODEL, a model spec or a checkpoint folder.", rich_help_panel=_GUIDE)],
     learner: Annotated[Optional[str], typer.Option(help="Learner spec (hf:NAME_OR_PATH, a folder, smollm2). Default: the task's.")] = None,
-    task: Annotated[str, typer.Option(help="Task name (see `rlgf tasks`).")] = "rotten-tomatoes",
+    task: Task = "rotten-tomatoes",
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: runs/distill-TASK).")] = None,
     samples_per_prompt: Annotated[int, typer.Option(help="Guide completions per training prompt.", rich_help_panel=_GUIDE)] = 4,
     prompts: Annotated[Optional[int], typer.Option(help="Use the first N training prompts (default: all).", rich_help_panel=_GUIDE)] = None,
@@ -38,16 +39,16 @@ def distill_command(
     eval_split: Annotated[str, typer.Option(help="Split of the final evaluation: train, val or test.", rich_help_panel=_EVAL)] = "test",
     eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N examples only (default: all).", rich_help_panel=_EVAL)] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Task data file or folder.")] = None,
-    reward_model: Annotated[Optional[str], typer.Option(help="Reward classifier folder (sentiment tasks).")] = None,
-    reward: Annotated[Optional[str], typer.Option(help="Reward: a task's named reward or module:function.")] = None,
-    bertscore_model: Annotated[Optional[str], typer.Option(help="BERTScore model name or folder (CommonGen).")] = None,
+    data: Data = None,
+    reward_model: RewardModel = None,
+    reward: Reward = None,
+    bertscore_model: BertscoreModel = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON to stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table output.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Distill a guide into the learner: collect its completions, BC on them, optionally RLGF, compare.
 

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_options import BertscoreModel, Data, Device, Quiet, Reward, RewardModel, Task
 from .console import err_console, handle_errors, out_console
 from .files import ensure_writable, write_all
 
@@ -48,29 +49,29 @@ def check_common(split: str, limit: Optional[int], batch_size: int) -> None:
 def eval_command(
     checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", "-c", help="A checkpoint folder (repeatable).")] = None,
     policy: Annotated[Optional[list[str]], typer.Option("--policy", "-p", help="A policy spec, e.g. smollm2, hf:PATH or openai:MODEL (repeatable).")] = None,
-    task: Annotated[Optional[str], typer.Option(help="Task name. Default: the checkpoint's task, else rotten-tomatoes.")] = None,
+    task: Task = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N examples of the split.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed (the first one with --seeds).")] = 0,
     seeds: Annotated[int, typer.Option(help="Run N seeds (seed, seed+1, …) and report mean ± std.")] = 1,
     reference: Annotated[Optional[str], typer.Option(help="Frozen model for output_perplexity. Default: the checkpoint's initial learner, else the task's default learner.")] = None,
     policy_base_url: Annotated[Optional[str], typer.Option(help="Server of the openai: policies (vLLM, `rlgf serve`…). Default: $OPENAI_BASE_URL.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Task data file or folder.")] = None,
-    reward_model: Annotated[Optional[str], typer.Option(help="Reward classifier folder (sentiment tasks).")] = None,
-    reward: Annotated[Optional[str], typer.Option(help="Reward: a task's named reward or module:function.")] = None,
-    bertscore_model: Annotated[Optional[str], typer.Option(help="BERTScore model name or folder (CommonGen).")] = None,
+    data: Data = None,
+    reward_model: RewardModel = None,
+    reward: Reward = None,
+    bertscore_model: BertscoreModel = None,
     decoding: Annotated[Optional[str], typer.Option(help="task, greedy, sample or beam. [default: task: sampling for sentiment, beam 5 for CommonGen]", rich_help_panel=_DEC)] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (0: greedy).", rich_help_panel=_DEC)] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Top-k filtering (0: off).", rich_help_panel=_DEC)] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus filtering (1: off).", rich_help_panel=_DEC)] = None,
     num_beams: Annotated[Optional[int], typer.Option(help="Beams (1: no beam search).", rich_help_panel=_DEC)] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).", rich_help_panel=_DEC)] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON to FILE ('-' for stdout).", rich_help_panel=_OUT)] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown to FILE.", rich_help_panel=_OUT)] = None,
     samples: Annotated[Optional[Path], typer.Option(help="Write every generation as JSONL to FILE (prompt, completion, reference, scores).", rich_help_panel=_OUT)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table output.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Evaluate one or more policies on the same prompts and print one table.
 

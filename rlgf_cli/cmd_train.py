@@ -2,59 +2,28 @@
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
+from .cli_options import Quiet, with_config_options
+from .algorithms import get as get_algorithm, names as algorithm_names
+from .config import PANEL_RUN, build_config
 from .console import err_console, handle_errors
 from .files import ensure_writable, write_atomic
 
-_PPO = "PPO hyperparameters (paper Table 5 defaults)"
-_RUN = "Run"
-
 
 @handle_errors
+@with_config_options()
 def train_command(
-    task: Annotated[Optional[str], typer.Option(help="Task name (see `rlgf tasks`). Default: rotten-tomatoes.")] = None,
-    alg: Annotated[Optional[str], typer.Option(help="Algorithm: ppo, ppo++ (ppopp), aggrevated, lols, d2lols or bc. [default: ppo]")] = None,
-    learner: Annotated[Optional[str], typer.Option(help="Learner spec: hf:NAME_OR_PATH, a folder, or smollm2. Default: the task's.")] = None,
-    guide: Annotated[Optional[str], typer.Option(help="Guide policy spec for ppo++/aggrevated/lols/d2lols: a model spec or checkpoint folder.")] = None,
-    beta: Annotated[Optional[float], typer.Option(help="Mixing probability β. [default: PPO++ 0.2, AggreVaTeD 0.8]", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="LOLS advantage mix / D2LOLS switch fraction α. [default: 0.8]", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
-    guide_base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server for an openai: guide (vLLM, llama.cpp, `rlgf serve`…). Default: $OPENAI_BASE_URL.", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
-    guide_budget_tokens: Annotated[Optional[int], typer.Option(help="Stop cleanly (with a checkpoint) before the API guide spends more than N prompt+completion tokens.", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
-    guide_price_per_1k: Annotated[Optional[float], typer.Option(help="USD per 1,000 guide tokens, for the cost report.", rich_help_panel="Guided algorithms (paper Table 6 defaults)")] = None,
-    init: Annotated[Optional[str], typer.Option(help="Warm-start the learner from this spec or checkpoint folder.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Task data file or folder (default: the task's own source).")] = None,
-    reward_model: Annotated[Optional[str], typer.Option(help="Reward classifier folder (sentiment tasks).")] = None,
-    reward: Annotated[Optional[str], typer.Option(help="Reward: a task's named reward (e.g. cider_d, spider) or module:function.")] = None,
-    bertscore_model: Annotated[Optional[str], typer.Option(help="BERTScore model name or folder (CommonGen).")] = None,
-    iterations: Annotated[Optional[int], typer.Option(help="Training iterations. [default: 10]", rich_help_panel=_RUN)] = None,
-    episodes: Annotated[Optional[int], typer.Option(help="Episodes (prompts) per iteration. [default: 64]", rich_help_panel=_RUN)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same run on CPU. [default: 0]", rich_help_panel=_RUN)] = None,
-    out: Annotated[Optional[str], typer.Option(help="Run folder. [default: runs/TASK-ALG-seedN]", rich_help_panel=_RUN)] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. [default: auto]", rich_help_panel=_RUN)] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML file with any of these settings; flags override it.", rich_help_panel=_RUN)] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint every N iterations (0: only the final one). [default: 1]", rich_help_panel=_RUN)] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).", rich_help_panel=_RUN)] = None,
-    rollout_batch_size: Annotated[Optional[int], typer.Option(help="Episodes per generation chunk; 0 sizes it to the device (what fits in a GPU's free memory; 64 on CPU). [default: 0]", rich_help_panel=_RUN)] = None,
-    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="Experimental: replay each decoding step of a causal model as a CUDA graph (GPU only; falls back with a warning where capture fails). [default: off]", rich_help_panel=_RUN)] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.", rich_help_panel=_RUN)] = False,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its latest checkpoint (flags such as --iterations or --guide-budget-tokens override its config).", rich_help_panel=_RUN)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate. [default: 1e-6; BC 1e-5]", rich_help_panel=_PPO)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="PPO epochs per iteration. [default: 5]", rich_help_panel=_PPO)] = None,
-    minibatch_size: Annotated[Optional[int], typer.Option(help="Episodes per minibatch. [default: 16]", rich_help_panel=_PPO)] = None,
-    gamma: Annotated[Optional[float], typer.Option(help="Discount γ. [default: 0.99]", rich_help_panel=_PPO)] = None,
-    lam: Annotated[Optional[float], typer.Option(help="GAE λ. [default: 0.95]", rich_help_panel=_PPO)] = None,
-    clip_range: Annotated[Optional[float], typer.Option(help="Policy ratio clip ε. [default: 0.2]", rich_help_panel=_PPO)] = None,
-    clip_range_value: Annotated[Optional[float], typer.Option(help="Value clip. [default: 0.2]", rich_help_panel=_PPO)] = None,
-    vf_coef: Annotated[Optional[float], typer.Option(help="Value-loss coefficient. [default: 0.5]", rich_help_panel=_PPO)] = None,
-    ent_coef: Annotated[Optional[float], typer.Option(help="Entropy bonus. [default: 0]", rich_help_panel=_PPO)] = None,
-    kl_coef: Annotated[Optional[float], typer.Option(help="Initial KL-penalty coefficient. [default: 0.1]", rich_help_panel=_PPO)] = None,
-    target_kl: Annotated[Optional[float], typer.Option(help="Target KL of the adaptive controller (0: fixed). [default: 0.1]", rich_help_panel=_PPO)] = None,
-    max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm. [default: 1.0]", rich_help_panel=_PPO)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    *,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with any of these settings; flags override it.", rich_help_panel=PANEL_RUN)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.", rich_help_panel=PANEL_RUN)] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its latest checkpoint (flags such as --iterations or --guide-budget-tokens override its config).", rich_help_panel=PANEL_RUN)] = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved configuration as TOML (what OUT/config.toml gets) and exit, loading nothing.", rich_help_panel=PANEL_RUN)] = False,
+    quiet: Quiet = False,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the run summary as JSON to FILE ('-' for stdout).")] = None,
+    **options: Any,
 ) -> None:
     """Train a learner on a task.
 
@@ -72,55 +41,29 @@ def train_command(
 
       rlgf train --resume runs/ppo --iterations 40
 
+      rlgf train --config my.toml --alg bc --print-config
+
     Writes OUT/metrics.jsonl (one line per iteration), OUT/config.toml (the resolved
     config), OUT/final/ (a plain transformers folder, with critic and optimizer state
     beside it) and OUT/summary.json.
     """
-    from .algorithms import get as get_algorithm, names as algorithm_names
-    from .config import build_config
-    from .progress import TrainProgress
-    from .run import train
-
     if resume is not None:
-        from backends.errors import RlgfError
+        config = resume_settings(resume, config, options)
+    cfg = build_config(str(config) if config else None, **options)
+    if print_config:  # the task's name is checked (cheaply); no model or data is loaded
+        from tasks import task_class
 
-        if config is not None or out is not None:
-            raise RlgfError("--resume takes its settings and folder from the run", "drop --config/--out, or start a new run")
-        config = resume / "config.toml"
-        if not config.is_file():
-            raise RlgfError(f"{resume} holds no rlgf run (config.toml missing)", "pass the --out folder of an earlier run")
-        from .config import load_toml
-        from .run import latest_checkpoint
-
-        saved = load_toml(config)
-        if not {"task", "alg"} <= set(saved):  # rlgf always writes both: the file was emptied
-            kept = latest_checkpoint(resume)
-            hint = f"copy the one saved with the checkpoint: cp {kept / 'rlgf.toml'} {config}" if kept else \
-                "start the run again with --overwrite"
-            raise RlgfError(f"{config} is empty or damaged (no task or alg), so the run's settings are unknown", hint)
-        from .config import normalise_alg
-
-        for flag, given, was in (("--alg", alg and normalise_alg(alg), saved["alg"]), ("--task", task, saved["task"])):
-            if given is not None and given != was:
-                raise RlgfError(f"--resume continues the run's {flag} {was}, not {given}",
-                                f"drop {flag}, or start a new run warm-started from this one with --init {resume}/final")
-        out = str(resume)
-    cfg = build_config(
-        str(config) if config else None,
-        task=task, alg=alg, learner=learner, guide=guide, beta=beta, alpha=alpha, init=init,
-        guide_base_url=guide_base_url, guide_budget_tokens=guide_budget_tokens, guide_price_per_1k=guide_price_per_1k, data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
-        iterations=iterations, episodes=episodes, seed=seed, out=out, device=device,
-        save_every=save_every, max_new_tokens=max_new_tokens, rollout_batch_size=rollout_batch_size,
-        cuda_graphs=cuda_graphs,
-        lr=lr, epochs=epochs, minibatch_size=minibatch_size, gamma=gamma, lam=lam,
-        clip_range=clip_range, clip_range_value=clip_range_value, vf_coef=vf_coef, ent_coef=ent_coef,
-        kl_coef=kl_coef, target_kl=target_kl, max_grad_norm=max_grad_norm,
-    )
+        task_class(cfg.task)
+        typer.echo(cfg.to_toml(), nl=False)
+        return
     if json_out and json_out != "-":
         ensure_writable(json_out, "--json")
     if cfg.guide and not cfg.algorithm.needs_guide:  # not an error: a config file may set a guide for later runs
         err_console.print(f"warning: --alg {cfg.alg} does not use a guide; --guide {cfg.guide} is ignored "
                           f"({', '.join(a for a in algorithm_names() if get_algorithm(a).needs_guide)} use one)", markup=False)
+    from .progress import TrainProgress
+    from .run import train
+
     progress = TrainProgress(quiet=quiet)
     try:
         summary = train(cfg, overwrite=overwrite, resume=resume is not None, callback=progress)
@@ -141,3 +84,32 @@ def train_command(
             markup=False,
         )
 
+
+
+def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path:
+    """The config file of the run in ``resume``; checks the flags against it and points
+    ``options["out"]`` at the run."""
+    from backends.errors import RlgfError
+
+    from .config import load_toml, normalise_alg
+
+    if config is not None or options.get("out") is not None:
+        raise RlgfError("--resume takes its settings and folder from the run", "drop --config/--out, or start a new run")
+    saved_file = resume / "config.toml"
+    if not saved_file.is_file():
+        raise RlgfError(f"{resume} holds no rlgf run (config.toml missing)", "pass the --out folder of an earlier run")
+    saved = load_toml(saved_file)
+    if not {"task", "alg"} <= set(saved):  # rlgf always writes both: the file was emptied
+        from .run import latest_checkpoint
+
+        kept = latest_checkpoint(resume)
+        hint = f"copy the one saved with the checkpoint: cp {kept / 'rlgf.toml'} {saved_file}" if kept else \
+            "start the run again with --overwrite"
+        raise RlgfError(f"{saved_file} is empty or damaged (no task or alg), so the run's settings are unknown", hint)
+    alg = options.get("alg")
+    for flag, given, was in (("--alg", alg and normalise_alg(alg), saved["alg"]), ("--task", options.get("task"), saved["task"])):
+        if given is not None and given != was:
+            raise RlgfError(f"--resume continues the run's {flag} {was}, not {given}",
+                            f"drop {flag}, or start a new run warm-started from this one with --init {resume}/final")
+    options["out"] = str(resume)
+    return saved_file

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,99 +23,102 @@ LR_SCHEDULES = ("constant", "linear")
 REMOVED_KEYS = {"kl_horizon"}
 
 
+#: rich help panels of ``rlgf train`` (``None``: the default "Options" panel)
+PANEL_GUIDED = "Guided algorithms (paper Table 6 defaults)"
+PANEL_RUN = "Run"
+PANEL_PPO = "PPO hyperparameters (paper Table 5 defaults)"
+
+
+def opt(default: Any, help: str, *, panel: str | None = None, default_text: str | None = None) -> Any:
+    """Declare a :class:`TrainConfig` field once: its default, and the help its CLI option is generated from.
+
+    ``default_text`` is what the help shows as the default where the real one depends on
+    something else (the task, the algorithm); otherwise the default itself is shown.
+    """
+    return field(default=default, metadata={"help": help, "panel": panel, "default_text": default_text})
+
+
+def _algorithm_list() -> str:
+    from . import algorithms
+
+    names = [f"{n} ({', '.join(algorithms.get(n).aliases)})" if algorithms.get(n).aliases else n
+             for n in algorithms.names()]
+    return ", ".join(names)
+
+
 @dataclass
 class TrainConfig:
-    """Every knob of ``rlgf train``. Field names are the TOML keys and (with dashes) the flags."""
+    """Every knob of ``rlgf train``. Field names are the TOML keys and (with dashes) the flags;
+    each field's metadata (see :func:`opt`) generates its ``rlgf train`` option."""
 
-    #: task name (``rlgf tasks`` lists them)
-    task: str = "rotten-tomatoes"
-    #: algorithm: ppo, ppo++ (ppopp), aggrevated, lols, d2lols or bc
-    alg: str = "ppo"
-    #: learner policy spec (``hf:NAME_OR_PATH``, a folder, ``smollm2``); default: the task's
-    learner: str | None = None
-    #: guide policy spec for the guided algorithms
-    guide: str | None = None
-    #: base URL of an OpenAI-compatible server for an ``openai:`` guide (else $OPENAI_BASE_URL)
-    guide_base_url: str | None = None
-    #: cap on the API guide's prompt + completion tokens for the run (0 = no cap)
-    guide_budget_tokens: int = 0
-    #: price per 1,000 guide tokens in USD, for the cost report (default: known list prices)
-    guide_price_per_1k: float | None = None
-    #: warm-start the learner from this spec or checkpoint folder (the paper's BC+Alg rows)
-    init: str | None = None
-    #: task data file or folder (default: the task's own source)
-    data: str | None = None
-    #: reward classifier folder (sentiment tasks; default: the task's own)
-    reward_model: str | None = None
-    #: reward to train on: a task's named reward (e.g. cider_d, spider) or module:function
-    reward: str | None = None
-    #: BERTScore model (a name or local folder) for tasks that report bertscore_f1
-    bertscore_model: str | None = None
-    #: number of training iterations (one rollout batch + one update each)
-    iterations: int = 10
-    #: episodes (prompts) per iteration
-    episodes: int = 64
-    #: PPO epochs over each rollout batch
-    epochs: int = 5
-    #: episodes per minibatch in the update
-    minibatch_size: int = 16
-    #: episodes per generation / scoring chunk (memory bound); 0 = sized to the device
-    #: (what fits in a GPU's free memory, 64 on CPU)
-    rollout_batch_size: int = 0
-    #: capture each decoding step of a causal model in a CUDA graph (experimental; GPU only)
-    cuda_graphs: bool = False
-    #: learning rate (AdamW); default 1e-6 for RL (paper), 1e-5 for BC
-    lr: float | None = None
-    weight_decay: float = 0.0
-    #: discount and GAE lambda
-    gamma: float = 0.99
-    lam: float = 0.95
-    #: PPO clip range for the policy ratio and for the value
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    #: value-loss coefficient and entropy bonus
-    vf_coef: float = 0.5
-    ent_coef: float = 0.0
-    #: initial KL coefficient; target KL per learner token for the adaptive controller
-    #: (0 = fixed coefficient): coef ← coef·(1 + 0.1·clip(KL/target − 1, −0.2, 0.2)) per iteration
-    kl_coef: float = 0.1
-    target_kl: float = 0.1
-    #: gradient clipping (global norm)
-    max_grad_norm: float = 1.0
-    #: whiten advantages over each rollout batch
-    whiten_advantages: bool = True
-    #: continuation length (default: the task's)
-    max_new_tokens: int | None = None
-    #: mixing probability β of a one-phase algorithm (ppo++: the guide rolls in, default 0.2;
-    #: aggrevated: the learner rolls in, default 0.8); lols/d2lols take the two below
-    beta: float | None = None
-    #: β of the PPO++ phase (lols, d2lols): probability the *guide* rolls in (paper 0.2)
-    ppopp_beta: float | None = None
-    #: β of the AggreVaTeD phase (lols, d2lols): probability the *learner* rolls in (paper 0.8)
-    aggrevated_beta: float | None = None
-    #: LOLS loss mix α (default 0.8) / D2LOLS mixing time α (default 0.2: AggreVaTeD for the
-    #: first ⌈α·T⌉ iterations, then PPO++)
-    alpha: float | None = None
-    #: D2LOLS switch iteration, fixed from α and --iterations when a run starts (so
-    #: --resume --iterations N does not move it)
-    switch_iteration: int | None = None
-    #: AggreVaTeD's advantage for the learner's roll-in tokens: one-step (r + γV_g(s') − V_g(s)
-    #: before the restart, the λ-return through the guide's roll-out at the deviation token;
-    #: the paper's A^{π_g}) or gae (one GAE pass over the whole response, as the authors' code)
-    aggrevated_advantage: str = "one-step"
-    #: learning-rate schedule over the run: constant or linear (decay to 0 at the last iteration)
-    lr_schedule: str = "constant"
-    #: random seed (one place seeds python, numpy and torch)
-    seed: int = 0
-    #: cpu, cuda, cuda:N or auto
-    device: str = "auto"
-    #: run folder
-    out: str | None = None
-    #: write a checkpoint every N iterations (0 = only the final one); with 1 a killed run
-    #: loses at most one iteration on --resume
-    save_every: int = 1
-    #: how many periodic checkpoints to keep
-    keep_checkpoints: int = 1
+    task: str = opt("rotten-tomatoes", "Task name (see `rlgf tasks`); eval and difficulty take a checkpoint's own task by default.")
+    alg: str = opt("ppo", f"Algorithm: {_algorithm_list()}.")
+    learner: str | None = opt(None, "Learner policy spec: hf:NAME_OR_PATH, a folder, or smollm2.", default_text="the task's")
+    guide: str | None = opt(None, "Guide policy spec for ppo++, aggrevated, lols and d2lols: a model spec or a checkpoint "
+                                  "folder (e.g. a BC run's OUT/final).", default_text="none")
+    guide_base_url: str | None = opt(None, "OpenAI-compatible server for an openai: guide (vLLM, llama.cpp, `rlgf serve`…).",
+                                     panel=PANEL_GUIDED, default_text="$OPENAI_BASE_URL")
+    guide_budget_tokens: int = opt(0, "Stop cleanly (with a checkpoint) before the API guide spends more than N "
+                                      "prompt+completion tokens (0: no cap).", panel=PANEL_GUIDED)
+    guide_price_per_1k: float | None = opt(None, "USD per 1,000 guide tokens, for the cost report.", panel=PANEL_GUIDED,
+                                           default_text="known list prices")
+    init: str | None = opt(None, "Warm-start the learner from this spec or checkpoint folder (the paper's BC+Alg rows).",
+                           default_text="none")
+    data: str | None = opt(None, "Task data file or folder.", default_text="the task's own source")
+    reward_model: str | None = opt(None, "Reward classifier folder (sentiment tasks).", default_text="the task's")
+    reward: str | None = opt(None, "Reward: a task's named reward (e.g. cider_d, spider) or module:function.",
+                             default_text="the task's")
+    bertscore_model: str | None = opt(None, "BERTScore model (a name or local folder) for tasks that report bertscore_f1 "
+                                            "(CommonGen).", default_text="the task's")
+    iterations: int = opt(10, "Training iterations (one rollout batch and one update each).", panel=PANEL_RUN)
+    episodes: int = opt(64, "Episodes (prompts) per iteration.", panel=PANEL_RUN)
+    epochs: int = opt(5, "PPO epochs over each rollout batch.", panel=PANEL_PPO)
+    minibatch_size: int = opt(16, "Episodes per minibatch in the update.", panel=PANEL_PPO)
+    rollout_batch_size: int = opt(0, "Episodes per generation and scoring chunk (a memory bound); 0 sizes it to the "
+                                     "device (what fits in a GPU's free memory; 64 on CPU).", panel=PANEL_RUN)
+    cuda_graphs: bool = opt(False, "Experimental: replay each decoding step of a causal model as a CUDA graph (GPU only; "
+                                   "falls back with a warning where capture fails).", panel=PANEL_RUN)
+    lr: float | None = opt(None, "Learning rate (AdamW).", panel=PANEL_PPO, default_text="1e-6; BC 1e-5")
+    weight_decay: float = opt(0.0, "AdamW weight decay.", panel=PANEL_PPO)
+    gamma: float = opt(0.99, "Discount γ.", panel=PANEL_PPO)
+    lam: float = opt(0.95, "GAE λ.", panel=PANEL_PPO)
+    clip_range: float = opt(0.2, "Policy ratio clip ε.", panel=PANEL_PPO)
+    clip_range_value: float = opt(0.2, "Value clip range.", panel=PANEL_PPO)
+    vf_coef: float = opt(0.5, "Value-loss coefficient.", panel=PANEL_PPO)
+    ent_coef: float = opt(0.0, "Entropy bonus coefficient.", panel=PANEL_PPO)
+    kl_coef: float = opt(0.1, "Initial KL-penalty coefficient.", panel=PANEL_PPO)
+    target_kl: float = opt(0.1, "Target KL per learner token of the adaptive controller, which moves the coefficient "
+                                "by coef·(1 + 0.1·clip(KL/target − 1, ±0.2)) each iteration (RL4LMs' rule) from the "
+                                "exact per-token KL(π‖π_ref); 0: a fixed coefficient.", panel=PANEL_PPO)
+    lr_schedule: str = opt("constant", "Learning-rate schedule: constant, or linear (lr·(1 − t/T) in iteration t).",
+                           panel=PANEL_PPO)
+    max_grad_norm: float = opt(1.0, "Gradient clipping (global norm).", panel=PANEL_PPO)
+    whiten_advantages: bool = opt(True, "Whiten advantages over each rollout batch.", panel=PANEL_PPO)
+    max_new_tokens: int | None = opt(None, "Continuation length.", panel=PANEL_RUN, default_text="the task's")
+    beta: float | None = opt(None, "Mixing probability β of ppo++ (the guide rolls in) or aggrevated (the learner rolls "
+                                   "in); lols and d2lols take --ppopp-beta and --aggrevated-beta.", panel=PANEL_GUIDED,
+                             default_text="PPO++ 0.2, AggreVaTeD 0.8")
+    ppopp_beta: float | None = opt(None, "β of the PPO++ phase (lols, d2lols): probability the guide rolls in.",
+                                   panel=PANEL_GUIDED, default_text="0.2")
+    aggrevated_beta: float | None = opt(None, "β of the AggreVaTeD phase (lols, d2lols): probability the learner rolls "
+                                        "in.", panel=PANEL_GUIDED, default_text="0.8")
+    alpha: float | None = opt(None, "LOLS loss mix α (α·L(A_learner) + (1−α)·L(A_guide)) / D2LOLS mixing time α "
+                                    "(AggreVaTeD for the first ⌈α·T⌉ iterations, then PPO++).", panel=PANEL_GUIDED,
+                              default_text="LOLS 0.8, D2LOLS 0.2")
+    switch_iteration: int | None = opt(None, "D2LOLS switch iteration; fixed from α and --iterations when a run starts "
+                                             "(so --resume --iterations N does not move it).", panel=PANEL_GUIDED,
+                                       default_text="⌈α·T⌉")
+    aggrevated_advantage: str = opt("one-step", "AggreVaTeD's advantage on the learner's roll-in: one-step (the paper's "
+                                                "A^πg: r + γV_g(s') − V_g(s) before the restart, the λ-return through the "
+                                                "guide's roll-out at the deviation token) or gae (one GAE pass over the "
+                                                "whole response, as the authors' code).", panel=PANEL_GUIDED)
+    seed: int = opt(0, "Random seed (one place seeds python, numpy and torch); the same seed gives the same run on CPU.",
+                    panel=PANEL_RUN)
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N.", panel=PANEL_RUN)
+    out: str | None = opt(None, "Run folder.", panel=PANEL_RUN, default_text="runs/TASK-ALG-seedN")
+    save_every: int = opt(1, "Checkpoint every N iterations (0: only the final one); with 1 a killed run loses at most "
+                             "one iteration on --resume.", panel=PANEL_RUN)
+    keep_checkpoints: int = opt(1, "How many periodic checkpoints to keep.", panel=PANEL_RUN)
 
     # -- derived -----------------------------------------------------------------
     @property
@@ -210,11 +213,12 @@ class TrainConfig:
 
     def to_toml(self) -> str:
         lines = ["# rlgf train — resolved configuration", "[train]"]
-        for key, value in self.to_dict().items():
+        for f in fields(self):
+            value = getattr(self, f.name)
             if value is None:
-                lines.append(f"# {key} = (default)")
+                lines.append(f"# {f.name} = (default: {shown_default(f)})")
             else:
-                lines.append(f"{key} = {_toml_value(value)}")
+                lines.append(f"{f.name} = {_toml_value(value)}")
         return "\n".join(lines) + "\n"
 
 
@@ -223,6 +227,16 @@ def normalise_alg(name: str) -> str:
     from . import algorithms
 
     return algorithms.get(name).name
+
+
+def shown_default(f: Field) -> str:
+    """A field's default as help and ``config.toml`` show it: its ``default_text``, else the value."""
+    text = f.metadata.get("default_text")
+    if text is not None:
+        return text
+    if isinstance(f.default, bool):
+        return "on" if f.default else "off"
+    return "none" if f.default is None else str(f.default)
 
 
 def field_names() -> list[str]:
