@@ -1,20 +1,27 @@
-"""Reproduce the shape of the paper's Tables 1 and 2 on the embedded default.
+"""Reproduce the shape of the paper's Table 1 (and Table 7's BC+ rows) on the embedded default.
 
-Runs BC, PPO, PPO++, AggreVaTeD, LOLS and D2LOLS (and BC+each: the learner warm-started
-from the BC policy) on ``rotten-tomatoes`` with the BC policy as the guide, over several
-seeds, evaluates every result on the same test prompts, and writes a Markdown and a JSON
-table of mean ± std for every metric. ``--sweep`` adds the β and α sweeps (Table 2).
+Per seed: BC on the task's references (the guide), then PPO, PPO++, AggreVaTeD, LOLS and
+D2LOLS from the initial learner with the BC policy as guide, and BC+PPO / BC+PPO++ (the
+learner warm-started from the BC policy). Every policy is evaluated on the same test
+prompts; ``results.md`` / ``results.json`` hold mean ± std over seeds, the guide's own
+scores beside the learners', and ``curves.png`` the learning curves (mean reward per
+iteration, ± one std over seeds). Every algorithm uses the same hyperparameters; with
+``--lr-grid`` the learning rate is first chosen on the *validation* split (PPO, its own
+seed), never on the test split.
 
-    # CPU, tiny budget (minutes)
-    python bench/reproduce.py --preset tiny --out runs/reproduce-cpu
-    # one GPU, reduced budget (a few minutes)
-    python bench/reproduce.py --preset gpu --device cuda --seeds 3 --sweep --out runs/reproduce-gpu
+    # seconds: tiny models (the test suite)
+    python bench/reproduce.py --preset tiny --learner DIR --reward-model DIR --out runs/repro-tiny
+    # the committed CPU run (2 cores): 3 seeds
+    python bench/reproduce.py --preset cpu --seeds 3 --lr-grid 1e-5,3e-5 --out bench/results/rotten-tomatoes-cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import platform
+import shutil
 import statistics
 import sys
 import time
@@ -24,110 +31,221 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PRESETS = {
-    # iterations, episodes, epochs, minibatch, max_new_tokens, eval_limit, bc_iterations
-    "tiny": dict(iterations=2, episodes=8, epochs=1, minibatch_size=8, max_new_tokens=12, eval_limit=16, bc_iterations=4),
-    "gpu": dict(iterations=10, episodes=64, epochs=4, minibatch_size=16, max_new_tokens=24, eval_limit=256, bc_iterations=20),
+    "tiny": dict(iterations=2, episodes=8, epochs=1, minibatch_size=8, max_new_tokens=12, eval_limit=16,
+                 bc_iterations=4, bc_episodes=8, lr=1e-5, bc_lr=1e-5),
+    "cpu": dict(iterations=10, episodes=16, epochs=2, minibatch_size=8, max_new_tokens=24, eval_limit=128,
+                bc_iterations=30, bc_episodes=32, lr=3e-5, bc_lr=5e-5),
+    "gpu": dict(iterations=30, episodes=64, epochs=4, minibatch_size=16, max_new_tokens=24, eval_limit=512,
+                bc_iterations=60, bc_episodes=64, lr=1e-5, bc_lr=5e-5),
 }
-ALGS = ("ppo", "ppo++", "aggrevated", "lols", "d2lols")
+#: (row label, algorithm, warm start from the BC policy)
+ROWS = [("ppo", "ppo", False), ("ppo++", "ppo++", False), ("aggrevated", "aggrevated", False),
+        ("lols", "lols", False), ("d2lols", "d2lols", False), ("BC+ppo", "ppo", True), ("BC+ppo++", "ppo++", True)]
+EXTRA_ROWS = [("BC+aggrevated", "aggrevated", True), ("BC+lols", "lols", True), ("BC+d2lols", "d2lols", True)]
+INITIAL, GUIDE = "initial learner", "BC (guide)"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    p.add_argument("--seeds", type=int, default=2, help="number of seeds (0 … N-1)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0 … N-1)")
     p.add_argument("--learner", default="smollm2")
+    p.add_argument("--task", default="rotten-tomatoes")
     p.add_argument("--device", default="auto")
-    p.add_argument("--lr", type=float, default=1e-5, help="RL learning rate (the paper's 1e-6 needs far more iterations)")
-    p.add_argument("--bc-lr", type=float, default=1e-5)
-    p.add_argument("--sweep", action="store_true", help="also run the β (PPO++, AggreVaTeD) and α (LOLS, D2LOLS) sweeps")
+    p.add_argument("--lr", type=float, default=None, help="RL learning rate for every algorithm (default: the preset's)")
+    p.add_argument("--lr-grid", default=None,
+                   help="comma-separated learning rates: choose the RL lr first, by PPO's validation reward")
+    p.add_argument("--max-approx-kl", type=float, default=0.1,
+                   help="an lr whose mean approx_kl exceeds this is not chosen (PPO's healthy range)")
+    p.add_argument("--bc-lr", type=float, default=None)
+    p.add_argument("--all-rows", action="store_true", help="also BC+AggreVaTeD, BC+LOLS, BC+D2LOLS")
     p.add_argument("--reward-model", default=None, help="reward classifier folder (default: the task's own)")
     p.add_argument("--out", default="runs/reproduce")
-    p.add_argument("--iterations", type=int, default=None, help="override the preset")
-    p.add_argument("--episodes", type=int, default=None, help="override the preset")
-    p.add_argument("--eval-limit", type=int, default=None, help="override the preset")
+    p.add_argument("--keep-models", action="store_true", help="keep every run's final model (GBs each)")
+    for name in ("iterations", "episodes", "eval-limit", "bc-iterations"):
+        p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     return p.parse_args(argv)
+
+
+def setting(args, name: str):
+    value = getattr(args, name, None)
+    return PRESETS[args.preset][name] if value is None else value
 
 
 def run_training(name: str, out: Path, args, seed: int, **overrides) -> Path:
     from rlgf_cli.config import build_config
     from rlgf_cli.run import train
 
-    preset = PRESETS[args.preset]
+    episodes = setting(args, "episodes")
     values = dict(
-        task="rotten-tomatoes", learner=args.learner, device=args.device, seed=seed, out=str(out / name),
-        iterations=args.iterations or preset["iterations"], episodes=args.episodes or preset["episodes"],
-        epochs=preset["epochs"], minibatch_size=min(preset["minibatch_size"], args.episodes or preset["episodes"]),
-        max_new_tokens=preset["max_new_tokens"], lr=args.lr, save_every=0, reward_model=args.reward_model,
+        task=args.task, learner=args.learner, device=args.device, seed=seed, out=str(out / name),
+        iterations=setting(args, "iterations"), episodes=episodes, epochs=setting(args, "epochs"),
+        minibatch_size=min(setting(args, "minibatch_size"), episodes), max_new_tokens=setting(args, "max_new_tokens"),
+        lr=setting(args, "lr"), save_every=0, reward_model=args.reward_model,
     )
     values.update(overrides)
     started = time.perf_counter()
     summary = train(build_config(None, **values), overwrite=True)
-    print(f"  trained {name:<24} seed {seed} in {time.perf_counter() - started:6.1f}s", flush=True)
-    return Path(summary["final"])
+    print(f"  trained {name:<16} seed {seed} in {time.perf_counter() - started:6.1f}s", flush=True)
+    return Path(summary["out"])
 
 
-def evaluate(policies: dict[str, str], args, seed: int) -> dict[str, dict]:
+def evaluate(policies: dict[str, str], args, seed: int, split: str = "test") -> dict[str, dict]:
     from rlgf_cli.evaluate import run_eval
 
-    preset = PRESETS[args.preset]
-    task_options = {"max_new_tokens": preset["max_new_tokens"]}
+    task_options = {"max_new_tokens": setting(args, "max_new_tokens")}
     if args.reward_model:
         task_options["reward_model"] = args.reward_model
     report = run_eval(
-        list(policies.values()), task_name="rotten-tomatoes", split="test",
-        limit=args.eval_limit or preset["eval_limit"], seed=seed, reference_spec=args.learner,
-        task_options=task_options, device=args.device, batch_size=32, quiet=True,
+        list(dict.fromkeys(policies.values())), task_name=args.task, split=split, limit=setting(args, "eval_limit"),
+        seed=seed, reference_spec=args.learner, task_options=task_options, device=args.device, batch_size=32,
+        quiet=True,
     )
     by_spec = {r["policy"]: r["metrics"] for r in report["results"]}
     return {name: by_spec[spec] for name, spec in policies.items()}
 
 
-def one_seed(args, seed: int, out: Path) -> dict[str, dict]:
-    preset = PRESETS[args.preset]
-    bc = run_training("bc", out, args, seed, alg="bc", lr=args.bc_lr, iterations=preset["bc_iterations"])
-    policies = {"initial learner": args.learner, "BC (guide)": str(bc)}
-    for alg in ALGS:
-        guide = None if alg == "ppo" else str(bc)
-        policies[alg] = str(run_training(alg, out, args, seed, alg=alg, guide=guide))
-        policies[f"BC+{alg}"] = str(run_training(f"bc+{alg}", out, args, seed, alg=alg, guide=guide, init=str(bc)))
-    if args.sweep:
-        for value in (0.2, 0.5, 0.8):
-            for alg in ("ppo++", "aggrevated"):
-                policies[f"{alg} β={value}"] = str(run_training(f"{alg}-beta{value}", out, args, seed, alg=alg,
-                                                                 guide=str(bc), beta=value))
-            for alg in ("lols", "d2lols"):
-                policies[f"{alg} α={value}"] = str(run_training(f"{alg}-alpha{value}", out, args, seed, alg=alg,
-                                                                 guide=str(bc), alpha=value))
-    return evaluate(policies, args, seed)
+def train_bc(out: Path, args, seed: int) -> Path:
+    return run_training("bc", out, args, seed, alg="bc", lr=setting(args, "bc_lr"),
+                        iterations=setting(args, "bc_iterations"), episodes=setting(args, "bc_episodes"),
+                        minibatch_size=min(16, setting(args, "bc_episodes")))
+
+
+def choose_lr(args, out: Path) -> dict:
+    """PPO at each lr of the grid (seed 1000, not an evaluation seed), scored on the validation
+    split; the best validation reward among the lrs whose mean approx_kl stays healthy."""
+    grid = [float(x) for x in args.lr_grid.split(",") if x.strip()]
+    trials = []
+    for lr in grid:
+        run = run_training(f"ppo-lr{lr:g}", out, args, 1000, alg="ppo", lr=lr)
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        approx_kl = statistics.fmean(r.get("approx_kl", 0.0) for r in rows)
+        val = evaluate({"ppo": str(run / "final")}, args, 1000, split="val")["ppo"]
+        trials.append({"lr": lr, "val": val, "approx_kl_mean": approx_kl,
+                       "kl_exact_last": rows[-1].get("kl_exact"), "reward_last": rows[-1].get("reward_mean")})
+        _drop_models(run, args)
+        print(f"  lr {lr:g}: val {val} approx_kl {approx_kl:.4f}", flush=True)
+    metric = next(iter(trials[0]["val"]))
+    healthy = [t for t in trials if t["approx_kl_mean"] <= args.max_approx_kl] or trials
+    best = max(healthy, key=lambda t: t["val"][metric])
+    return {"metric": metric, "trials": trials, "chosen": best["lr"]}
+
+
+def one_seed(args, seed: int, out: Path) -> tuple[dict[str, dict], dict[str, Path]]:
+    bc = train_bc(out, args, seed)
+    guide = str(bc / "final")
+    policies = {INITIAL: args.learner, GUIDE: guide}
+    runs = {GUIDE: bc}
+    for label, alg, warm in ROWS + (EXTRA_ROWS if args.all_rows else []):
+        run = run_training(label.replace("+", "_"), out, args, seed, alg=alg,
+                           guide=None if alg == "ppo" else guide, init=guide if warm else None)
+        policies[label] = str(run / "final")
+        runs[label] = run
+    started = time.perf_counter()
+    table = evaluate(policies, args, seed)
+    print(f"  evaluated {len(policies)} policies in {time.perf_counter() - started:.0f}s", flush=True)
+    for run in runs.values():
+        _drop_models(run, args)
+    return table, runs
+
+
+def _drop_models(run: Path, args) -> None:
+    """Keep metrics, configs and summaries; the models of 20+ runs would take tens of GB."""
+    if args.keep_models:
+        return
+    for sub in ("final", "checkpoints"):
+        shutil.rmtree(run / sub, ignore_errors=True)
 
 
 def aggregate(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, dict]]:
     table: dict[str, dict[str, dict]] = {}
     for name in per_seed[0]:
-        metrics = per_seed[0][name].keys()
         table[name] = {}
-        for m in metrics:
+        for m in per_seed[0][name]:
             values = [run[name][m] for run in per_seed if m in run.get(name, {})]
-            table[name][m] = {
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "n": len(values),
-            }
+            table[name][m] = {"mean": statistics.fmean(values),
+                              "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
     return table
 
 
-def markdown(table: dict[str, dict[str, dict]], args) -> str:
+def health(runs_by_seed: list[dict[str, Path]]) -> dict[str, dict]:
+    """Per row, the last iteration's training statistics averaged over seeds."""
+    out: dict[str, dict] = {}
+    for label in runs_by_seed[0]:
+        last = []
+        for runs in runs_by_seed:
+            lines = (runs[label] / "metrics.jsonl").read_text().splitlines()
+            if lines:
+                last.append(json.loads(lines[-1]))
+        keys = ("reward_mean", "approx_kl", "kl_exact", "kl_coef", "clipfrac", "bc_loss")
+        out[label] = {k: statistics.fmean(r[k] for r in last) for k in keys if last and all(k in r for r in last)}
+    return out
+
+
+def ordering(table: dict[str, dict[str, dict]], metric: str) -> list[str]:
+    """Plain statements of whether the paper's ordering holds (means over seeds)."""
+    mean = {name: row[metric]["mean"] for name, row in table.items() if metric in row}
+    lines = []
+
+    def cmp(a: str, b: str) -> None:
+        if a in mean and b in mean:
+            verdict = "holds" if mean[a] < mean[b] else "does NOT hold"
+            lines.append(f"{a} < {b}: {verdict} ({mean[a]:.3f} vs {mean[b]:.3f})")
+
+    cmp(INITIAL, GUIDE)
+    cmp(GUIDE, "ppo")
+    cmp("ppo", "ppo++")
+    cmp("ppo", "d2lols")
+    best = max((n for n in mean if n not in (INITIAL, GUIDE)), key=mean.get, default=None)
+    if best is not None and GUIDE in mean:
+        at = [n for n in mean if n not in (INITIAL, GUIDE) and mean[n] >= mean[GUIDE]]
+        lines.append(f"learners at or above the guide ({mean[GUIDE]:.3f}): {', '.join(at) if at else 'none'}; "
+                     f"best learner: {best} ({mean[best]:.3f})")
+    return lines
+
+
+def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, lr_choice: dict | None) -> str:
     metrics = list(next(iter(table.values())).keys())
-    lines = [
-        f"# rlgf reproduction — rotten-tomatoes, preset `{args.preset}`, {args.seeds} seed(s), learner `{args.learner}`",
-        "",
-        "| method | " + " | ".join(metrics) + " |",
-        "|---|" + "---:|" * len(metrics),
-    ]
+    lines = [f"# rlgf reproduction — {meta['task']}, preset `{meta['preset']}`, {meta['seeds']} seeds, "
+             f"learner `{meta['learner']}`", "",
+             f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
+             f"- wall time: {meta['wall_s'] / 60:.1f} min", f"- settings: {meta['settings']}", ""]
+    if lr_choice:
+        lines.append(f"Learning rate chosen on the validation split (PPO, seed 1000, {lr_choice['metric']}):")
+        for t in lr_choice["trials"]:
+            lines.append(f"- lr {t['lr']:g}: val {t['val'][lr_choice['metric']]:.3f}, mean approx_kl "
+                         f"{t['approx_kl_mean']:.4f}, last exact KL {t['kl_exact_last']:.4f}")
+        lines += [f"- chosen: {lr_choice['chosen']:g}", ""]
+    lines += ["Test split, mean ± std over seeds (the BC policy is the guide of every guided row):", "",
+              "| method | " + " | ".join(metrics) + " | Δ sentiment vs guide |", "|---|" + "---:|" * (len(metrics) + 1)]
+    main = metrics[0]
+    guide = table.get(GUIDE, {}).get(main, {}).get("mean")
     for name, row in table.items():
         cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in metrics]
+        delta = "" if guide is None or name == GUIDE else f"{row[main]['mean'] - guide:+.3f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
+    lines += ["", "Last training iteration (mean over seeds):", "",
+              "| run | reward | approx_kl | exact KL / token | KL coef | clipfrac |", "|---|---:|---:|---:|---:|---:|"]
+    for name, h in rows_health.items():
+        cells = [f"{h[k]:.4f}" if k in h else "" for k in ("reward_mean", "approx_kl", "kl_exact", "kl_coef", "clipfrac")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Ordering ({main}):", ""] + [f"- {line}" for line in ordering(table, main)]
     return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice) -> dict:
+    from rlgf_cli.curves import plot_curves
+
+    table = aggregate(per_seed)
+    rows_health = health(runs_by_seed)
+    groups = {label: [runs[label] for runs in runs_by_seed] for label in runs_by_seed[0] if label != GUIDE}
+    curves = plot_curves(groups, out / "curves.png", title=f"{meta['task']}: reward per iteration (± std, "
+                                                          f"{len(per_seed)} seeds)")
+    (out / "results.md").write_text(markdown(table, meta, rows_health, lr_choice), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({**meta, "per_seed": per_seed, "table": table, "health": rows_health,
+                                                  "lr_choice": lr_choice, "curves": curves}, indent=2),
+                                      encoding="utf-8")
+    return table
 
 
 def main(argv=None) -> int:
@@ -135,18 +253,40 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    per_seed = []
+    lr_choice = None
+    if args.lr_grid:
+        print("choosing the learning rate on the validation split", flush=True)
+        lr_choice = choose_lr(args, out / "lr-selection")
+        args.lr = lr_choice["chosen"]
+    meta = {"task": args.task, "preset": args.preset, "seeds": args.seeds, "learner": args.learner,
+            "command": "python bench/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": datetime.date.today().isoformat(), "machine": _machine(),
+            "settings": {k: setting(args, k) for k in PRESETS[args.preset]}}
+    per_seed, runs_by_seed = [], []
     for seed in range(args.seeds):
         print(f"seed {seed}", flush=True)
-        per_seed.append(one_seed(args, seed, out / f"seed{seed}"))
-    table = aggregate(per_seed)
-    md = markdown(table, args)
-    (out / "results.md").write_text(md, encoding="utf-8")
-    (out / "results.json").write_text(json.dumps({"preset": args.preset, "seeds": args.seeds, "learner": args.learner,
-                                                  "per_seed": per_seed, "table": table}, indent=2), encoding="utf-8")
-    print(md)
-    print(f"wrote {out / 'results.md'} and {out / 'results.json'} in {time.perf_counter() - started:.0f}s")
+        table, runs = one_seed(args, seed, out / f"seed{seed}")
+        per_seed.append(table)
+        runs_by_seed.append(runs)
+        meta["wall_s"] = time.perf_counter() - started
+        write_results(out, per_seed, runs_by_seed, meta, lr_choice)  # partial results survive a kill
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {out / 'results.md'}, results.json and curves.png in {time.perf_counter() - started:.0f}s")
     return 0
+
+
+def _machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from . import __version__
 from .cmd_difficulty import difficulty_command
 from .cmd_distill import distill_command
 from .cmd_eval import eval_command
+from .cmd_plot import plot_command
 from .cmd_train import train_command
 from .console import handle_errors, out_console
 
@@ -55,6 +56,7 @@ app.command("train", no_args_is_help=False)(train_command)
 app.command("eval")(eval_command)
 app.command("difficulty")(difficulty_command)
 app.command("distill")(distill_command)
+app.command("plot")(plot_command)
 
 
 def _print_listing(title: str, rows: list[dict], columns: list[tuple[str, str]], as_json: bool) -> None:

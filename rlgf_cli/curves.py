@@ -1,0 +1,124 @@
+"""Learning curves from run folders: ``metrics.jsonl`` per iteration, grouped, mean ± std.
+
+Runs are grouped by algorithm (a warm-started run, ``--init``, gets its own group, the
+paper's BC+Alg rows); within a group each run is a seed and the curve is the mean over the
+seeds that reached an iteration, with a band of ± one standard deviation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import tomllib
+from pathlib import Path
+
+from backends.errors import RlgfError
+
+DEFAULT_METRIC = "reward_mean"
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    """The per-iteration metrics of a run folder (lines cut by a kill are skipped)."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise RlgfError(f"{run} holds no metrics.jsonl", "pass the --out folder of an rlgf train run")
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "iteration" in row:
+            rows.append(row)
+    return rows
+
+
+def group_label(run: str | Path) -> str:
+    """``alg``, or ``init+alg`` for a warm-started run (``BC+ppo++`` when it started from a BC run)."""
+    path = Path(run) / "config.toml"
+    try:
+        cfg = tomllib.loads(path.read_text(encoding="utf-8")).get("train", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return Path(run).name
+    alg = cfg.get("alg", Path(run).name)
+    init = cfg.get("init")
+    if not init:
+        return alg
+    source = Path(init)
+    if source.name == "final":
+        source = source.parent
+    try:
+        init_cfg = tomllib.loads((source / "config.toml").read_text(encoding="utf-8")).get("train", {})
+        prefix = str(init_cfg.get("alg", source.name)).upper() if init_cfg.get("alg") == "bc" else source.name
+    except (OSError, tomllib.TOMLDecodeError):
+        prefix = source.name
+    return f"{prefix}+{alg}"
+
+
+def curves(groups: dict[str, list[str | Path]], metric: str = DEFAULT_METRIC) -> dict[str, dict]:
+    """Per group: ``iterations``, ``mean``, ``std`` and ``seeds`` (runs that reached each iteration)."""
+    out: dict[str, dict] = {}
+    for label, runs in groups.items():
+        by_iteration: dict[int, list[float]] = {}
+        for run in runs:
+            for row in read_metrics(run):
+                value = row.get(metric)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    by_iteration.setdefault(int(row["iteration"]), []).append(float(value))
+        its = sorted(by_iteration)
+        out[label] = {
+            "iterations": its,
+            "mean": [statistics.fmean(by_iteration[i]) for i in its],
+            "std": [statistics.stdev(by_iteration[i]) if len(by_iteration[i]) > 1 else 0.0 for i in its],
+            "seeds": [len(by_iteration[i]) for i in its],
+        }
+    if not any(c["iterations"] for c in out.values()):
+        known = sorted({k for runs in groups.values() for r in runs for row in read_metrics(r) for k in row})
+        raise RlgfError(f"no run logged the metric '{metric}'", f"choose one of: {', '.join(known)}")
+    return out
+
+
+def group_runs(runs: list[str | Path]) -> dict[str, list[str | Path]]:
+    groups: dict[str, list[str | Path]] = {}
+    for run in runs:
+        groups.setdefault(group_label(run), []).append(run)
+    return groups
+
+
+def plot_curves(groups: dict[str, list[str | Path]], path: str | Path, metric: str = DEFAULT_METRIC,
+                title: str | None = None) -> dict[str, dict]:
+    """Draw one line per group with a ± std band and write a PNG (atomically); returns the curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = curves(groups, metric)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
+    for label, c in data.items():
+        if not c["iterations"]:
+            continue
+        n = max(c["seeds"])
+        (line,) = ax.plot(c["iterations"], c["mean"], marker="o", markersize=3, label=f"{label} (n={n})")
+        lo = [m - s for m, s in zip(c["mean"], c["std"])]
+        hi = [m + s for m, s in zip(c["mean"], c["std"])]
+        ax.fill_between(c["iterations"], lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} per iteration (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="best", frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)
+    except OSError as exc:
+        raise RlgfError(f"could not write the chart {path}: {exc.strerror or exc}", "choose another --out") from None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return data
