@@ -170,10 +170,9 @@ def normalise_alg(name: str) -> str:
     key = name.strip().lower()
     key = ALG_ALIASES.get(key, key)
     if key not in ALGORITHMS:
-        import difflib
+        from backends.errors import did_you_mean
 
-        close = difflib.get_close_matches(key, list(ALGORITHMS) + list(ALG_ALIASES), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = did_you_mean(key, list(ALGORITHMS) + list(ALG_ALIASES), n=1)
         raise RlgfError(f"unknown algorithm '{name}'", f"{hint}choose one of: {', '.join(ALGORITHMS)}")
     return key
 
@@ -196,10 +195,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     known = set(field_names())
     unknown = sorted(set(data) - known)
     if unknown:
-        import difflib
+        from backends.errors import did_you_mean
 
-        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
+        hint = did_you_mean(unknown[0], sorted(known), n=1).rstrip() or f"known keys: {', '.join(sorted(known))}"
         raise RlgfError(f"unknown key '{unknown[0]}' in {p}", hint)
     return data
 

@@ -42,7 +42,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import math
 import random
@@ -51,7 +50,7 @@ from pathlib import Path
 from typing import Sequence
 
 from backends.base import Sampling
-from backends.errors import RlgfError
+from backends.errors import RlgfError, with_suggestion
 
 from .jsonl import iter_jsonl
 from tasks.base import SPLITS, Example, Task
@@ -280,9 +279,8 @@ class CommonGenTask(Task):
             kind = DEFAULT_REWARD if reward is None else str(reward).strip().lower().replace("-", "_")
             kind = {"cider": "cider_d", "ciderd": "cider_d", "bleu": "bleu4", "bleu_4": "bleu4"}.get(kind, kind)
             if kind not in REWARDS:
-                close = difflib.get_close_matches(kind, REWARDS, n=1)
                 raise RlgfError(
-                    f"commongen has no reward {reward!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
+                    with_suggestion(f"commongen has no reward {reward!r}", kind, REWARDS, n=1),
                     hint=f"use one of {', '.join(REWARDS)}, or module:function for a custom reward",
                 )
             self.reward_kind = kind
