@@ -65,7 +65,7 @@ def get_task(name: str, **options) -> Task:
     caller can pass every option it has. Unknown names and options raise :class:`RlgfError`.
 
     ``reward="module:function"`` works for every task: a task whose constructor has no
-    ``reward`` option is wrapped in :class:`~tasks.custom_reward.CustomRewardTask`."""
+    ``reward`` option gets it through :meth:`~tasks.base.Task.with_reward`."""
     cls = task_class(name)
     options = {k: v for k, v in options.items() if v is not None}
     known = task_options(cls)
@@ -86,11 +86,7 @@ def get_task(name: str, **options) -> Task:
             )
         custom = CustomReward(spec)
     task = cls(**options)
-    if custom is not None:
-        from tasks.custom_reward import CustomRewardTask
-
-        return CustomRewardTask(task, custom)
-    return task
+    return task if custom is None else task.with_reward(custom)
 
 
 def available() -> list[dict]:
