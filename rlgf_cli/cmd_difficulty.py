@@ -87,8 +87,8 @@ def difficulty_command(
 
     chosen = metric or default_plot_metric(report)
     if chosen not in metric_names(report):
-        names = metric_names(report)
-        raise RlgfError(f"no metric '{chosen}' in the results", f"{did_you_mean(chosen, names)}choose one of: {', '.join(names)}")
+        known = metric_names(report)
+        raise RlgfError(f"no metric '{chosen}' in the results", f"{did_you_mean(chosen, known)}choose one of: {', '.join(known)}")
     text = json.dumps(report, indent=2)
     if json_out == "-":
         typer.echo(text)

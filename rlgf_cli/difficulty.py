@@ -127,8 +127,8 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     dev = resolve_device(device)
     task = build_eval_task(task_name, specs, task_options)
     if metric is not None and metric not in eval_metric_names(task):
-        names = eval_metric_names(task)
-        raise RlgfError(f"no metric '{metric}' for {task.name}", f"{did_you_mean(metric, names)}choose one of: {', '.join(names)}")
+        known = eval_metric_names(task)
+        raise RlgfError(f"no metric '{metric}' for {task.name}", f"{did_you_mean(metric, known)}choose one of: {', '.join(known)}")
     sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
     examples = split_examples(task, split, limit)
     say(f"measuring the difficulty of {len(examples)} {split} prompts")
@@ -211,8 +211,8 @@ def plot(report: dict, path: str | Path, metric: str | None = None) -> Path:
 
     metric = metric or default_plot_metric(report)
     if metric not in metric_names(report):
-        names = metric_names(report)
-        raise RlgfError(f"no metric '{metric}' to plot", f"{did_you_mean(metric, names)}choose one of: {', '.join(names)}")
+        known = metric_names(report)
+        raise RlgfError(f"no metric '{metric}' to plot", f"{did_you_mean(metric, known)}choose one of: {', '.join(known)}")
     buckets = report["buckets"]
     names = list(buckets)
     policies = report.get("policies") or list(next(iter(buckets.values()))["policies"])

@@ -66,6 +66,16 @@ def test_algorithm_and_config_keys_suggest_through_it(tmp_path):
     assert err.value.hint.startswith("known keys: ")
 
 
+def test_metric_names_suggest_through_it(tmp_path):
+    from rlgf_cli.difficulty import plot
+
+    report = {"buckets": {"easy": {"n": 1, "policies": {"p": {"sentiment": 0.5, "perplexity": 9.0}}}}}
+    with pytest.raises(RlgfError) as err:
+        plot(report, tmp_path / "fig.png", metric="sentimnt")
+    assert err.value.message == "no metric 'sentimnt' to plot"
+    assert err.value.hint.startswith("did you mean 'sentiment'? choose one of: ") and not (tmp_path / "fig.png").exists()
+
+
 def rlgf(*args, cwd):
     env = {k: v for k, v in os.environ.items() if k != "RLGF_DEBUG"}
     return subprocess.run([sys.executable, "-m", "rlgf_cli", *args], capture_output=True, text=True, cwd=cwd,
