@@ -2,10 +2,13 @@
 
 Every layer raises :class:`RlgfError` for problems the user can fix (bad spec, missing
 file, unreachable server…). The CLI turns it into a single ``[error] …`` line and exit
-status 1; anything else is a bug and keeps its traceback.
+status 1; anything else is a bug and keeps its traceback. :func:`did_you_mean` is the one
+"did you mean …?" for a misspelt name (task, algorithm, backend, option, metric…).
 """
 
 from __future__ import annotations
+
+from typing import Iterable
 
 
 class RlgfError(Exception):
@@ -20,9 +23,21 @@ class RlgfError(Exception):
         return f"{self.message} — {self.hint}" if self.hint else self.message
 
 
-def did_you_mean(name: str, choices) -> str:
-    """``"did you mean 'x'? "`` for the closest of ``choices`` to ``name``, else ``""``."""
+def did_you_mean(name: str, choices: Iterable[str], *, n: int = 3, cutoff: float = 0.6) -> str:
+    """``"did you mean 'x'? "`` (or ``'x' or 'y'``, closest first) for the ``choices`` closest to ``name``, or
+    ``""`` when none is close: the one way every layer suggests the name a user meant to type.
+
+    The trailing space lets a caller put it straight before the rest of a hint; ``n`` is the
+    most names suggested and ``cutoff`` how alike (0–1) a name must be to be suggested.
+    """
     import difflib
 
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f"did you mean '{close[0]}'? " if close else ""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=n, cutoff=cutoff)
+    return f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+
+
+def with_suggestion(message: str, name: str, choices: Iterable[str], **options) -> str:
+    """``message``, then ``"; did you mean 'x'?"`` when one of ``choices`` is close to ``name``
+    (``options`` as for :func:`did_you_mean`)."""
+    suggestion = did_you_mean(name, choices, **options)
+    return f"{message}; {suggestion.rstrip()}" if suggestion else message

@@ -19,7 +19,6 @@ an error message or a log line.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import random
@@ -29,7 +28,7 @@ import time
 from typing import Any
 
 from .completion_cache import endpoint_of
-from .errors import RlgfError
+from .errors import RlgfError, did_you_mean
 from .openai_payload import MalformedResponse, ParsedCompletion, backoff_delay, parse_completion, parse_retry_after
 from .token_budget import GuideBudgetExhausted, TokenBudget
 
@@ -175,9 +174,8 @@ class Transport:
             ) from None
 
     def unknown_model(self, models: list[str]) -> RlgfError:
-        close = difflib.get_close_matches(self.model, models, n=3)
         shown = ", ".join(models[:30]) + (f", … ({len(models)} in all)" if len(models) > 30 else "")
-        hint = (f"did you mean {', '.join(close)}? " if close else "") + f"the server offers: {shown or 'no models'}"
+        hint = did_you_mean(self.model, models) + f"the server offers: {shown or 'no models'}"
         return RlgfError(f"the server at {self.endpoint} has no model {self.model!r}", hint=hint)
 
     # -- errors -------------------------------------------------------------------

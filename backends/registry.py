@@ -20,7 +20,6 @@ has that classmethod, else ``Class(arg, **kwargs)``.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import logging
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import embedded
-from .errors import RlgfError
+from .errors import RlgfError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +107,7 @@ def load_backend(name: str) -> type:
 
 
 def _unknown(kind: str, name: str, choices: list[str]) -> RlgfError:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    hint = did_you_mean(name, choices, cutoff=0.5)
     return RlgfError(f"unknown {kind} {name!r}", f"{hint}known {kind}s: {', '.join(sorted(choices))}")
 
 
@@ -165,8 +163,7 @@ def resolve(spec: str, *, device="cpu", progress: Callable[[str], None] | None =
     if _looks_like_path(text):
         raise RlgfError(f"no such folder: {text}", "check the path, or use hf:ORG/NAME for a hub model")
     names = list(embedded.ALIASES) + [f"{b}:" for b in known]
-    close = difflib.get_close_matches(lowered, list(embedded.ALIASES) + list(known), n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    hint = did_you_mean(lowered, list(embedded.ALIASES) + list(known), cutoff=0.5)
     raise RlgfError(
         f"unknown model {text!r}",
         f"{hint}use one of: {', '.join(names)} (e.g. hf:{text} for a Hugging Face model, or a model folder)",

@@ -137,7 +137,7 @@ def get(name: str) -> Algorithm:
         return _REGISTRY[key]
     from backends.errors import did_you_mean
 
-    hint = did_you_mean(key, names() + list(aliases()))
+    hint = did_you_mean(key, names() + list(aliases()), n=1)
     raise RlgfError(f"unknown algorithm '{name}'", f"{hint}choose one of: {', '.join(names())}")
 
 

@@ -50,7 +50,7 @@ def difficulty_command(
 
       rlgf difficulty -c runs/ppo/final --thresholds 0.3,0.7 --json buckets.json
     """
-    from backends.errors import RlgfError
+    from backends.errors import RlgfError, did_you_mean
 
     from .cmd_eval import check_common, policy_specs
     from .config import MAX_NEW_TOKENS
@@ -88,7 +88,8 @@ def difficulty_command(
 
     chosen = metric or default_plot_metric(report)
     if chosen not in metric_names(report):
-        raise RlgfError(f"no metric '{chosen}' in the results", f"choose one of: {', '.join(metric_names(report))}")
+        known = metric_names(report)
+        raise RlgfError(f"no metric '{chosen}' in the results", f"{did_you_mean(chosen, known)}choose one of: {', '.join(known)}")
     text = json.dumps(report, indent=2)
     if json_out == "-":
         typer.echo(text)

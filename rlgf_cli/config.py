@@ -259,10 +259,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     known = set(field_names())
     unknown = sorted(set(data) - known)
     if unknown:
-        import difflib
+        from backends.errors import did_you_mean
 
-        close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
+        hint = did_you_mean(unknown[0], sorted(known), n=1).rstrip() or f"known keys: {', '.join(sorted(known))}"
         raise RlgfError(f"unknown key '{unknown[0]}' in {p}", hint)
     return data
 

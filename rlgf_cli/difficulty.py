@@ -1,18 +1,16 @@
 """Prompt difficulty (paper §6, Figure 3): every policy's metrics on easy, medium and hard prompts.
 
-How difficulty is measured:
+How difficulty is measured is the task's business: :meth:`~tasks.base.Task.prompt_difficulty`
+gives one value per prompt and says how to read it (:class:`~tasks.base.PromptDifficulty`) —
+the sentiment tasks score the prompt alone with their classifier, CommonGen counts concepts
+unseen in training. This module only cuts the values into buckets:
 
-* **Sentiment tasks** — the reward model's score of the prompt alone (P(positive) of the
-  first half of the snippet). A prompt that already reads positive is easy to continue
-  positively, so a HIGHER score is EASIER. By default the prompts are cut into terciles of
-  that score: sorted by score, the lowest ``round(n/3)`` are ``hard``, the next up to
-  ``round(2n/3)`` ``medium``, the rest ``easy``; the cut points are reported as the midpoints
-  between neighbouring scores, and tied scores always share a bucket (the higher one).
-  ``thresholds`` gives the cut points instead: one value → easy (score ≥ t) / hard; two
-  ascending values ``a, b`` → hard (< a) / medium / easy (≥ b).
-* **CommonGen** — the number of a prompt's concepts that no training prompt contains
-  (case-insensitive): ``hard`` with at least ``unseen_at_least`` (default 1) unseen concepts,
-  else ``easy``.
+* a **score** (higher is easier) — by default into terciles: sorted by score, the lowest
+  ``round(n/3)`` are ``hard``, the next up to ``round(2n/3)`` ``medium``, the rest ``easy``;
+  the cut points are reported as the midpoints between neighbouring scores, and tied scores
+  always share a bucket (the higher one). ``thresholds`` gives the cut points instead: one
+  value → easy (score ≥ t) / hard; two ascending values ``a, b`` → hard (< a) / medium / easy (≥ b).
+* a **count** (more is harder) — ``hard`` with at least ``unseen_at_least`` (default 1), else ``easy``.
 
 Each policy generates once for all prompts; the task's metrics are then computed per bucket.
 """
@@ -23,8 +21,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from backends.errors import RlgfError
-from tasks.base import Example, Task
+from backends.errors import RlgfError, did_you_mean
+from tasks.base import Example, PromptDifficulty, Task
 
 BUCKETS = ("easy", "medium", "hard")
 PLOT_METRIC_PREFERENCE = ("sentiment", "spider", "cider_d", "meteor")
@@ -67,59 +65,42 @@ def bucket_by_score(scores: Sequence[float], thresholds: Sequence[float]) -> lis
     return ["easy" if s >= high else "medium" if s >= low else "hard" for s in scores]
 
 
-def unseen_counts(concept_lists: Sequence[Sequence[str]], train_concept_lists: Sequence[Sequence[str]]) -> list[int]:
-    """Per prompt, how many of its concepts appear in no training prompt (case-insensitive)."""
-    seen = {c.strip().lower() for concepts in train_concept_lists for c in concepts}
-    return [sum(1 for c in concepts if c.strip().lower() not in seen) for concepts in concept_lists]
-
-
-def bucket_by_unseen(counts: Sequence[int], at_least: int) -> list[str]:
+def bucket_by_count(counts: Sequence[float], at_least: int) -> list[str]:
+    """Bucket per count of obstacles: ``hard`` with at least ``at_least``, else ``easy``."""
     return ["hard" if n >= at_least else "easy" for n in counts]
 
 
-# -- measuring a task's prompts ------------------------------------------------------------
-
-
-def concepts_of(example: Example) -> list[str] | None:
-    concepts = example.meta.get("concepts") if example.meta else None
-    return list(concepts) if concepts else None
-
-
-def uses_concepts(task: Task, examples: Sequence[Example]) -> bool:
-    return bool(examples) and all(concepts_of(ex) for ex in examples)
-
-
-def prompt_scores(task: Task, examples: Sequence[Example]) -> list[float]:
-    """The reward model's score of each prompt alone."""
-    prompts = [ex.prompt for ex in examples]
-    reward_model = getattr(task, "reward_model", None)
-    if callable(reward_model):
-        return [float(s) for s in reward_model().score(prompts)]
-    return [float(s) for s in task.reward(prompts, [""] * len(prompts), list(examples))]
+# -- bucketing a task's prompts --------------------------------------------------------------
 
 
 def assign_buckets(task: Task, examples: Sequence[Example], *, thresholds: Sequence[float] | None = None,
                    unseen_at_least: int | None = None) -> tuple[list[str], list[float], dict]:
-    """``(bucket per example, difficulty value per example, how it was measured)``."""
-    if uses_concepts(task, examples):
-        if thresholds:
-            raise RlgfError(f"{task.name} buckets prompts by unseen concepts, not by score thresholds",
-                            "use --unseen-at-least N")
-        at_least = 1 if unseen_at_least is None else unseen_at_least
-        train = [concepts_of(ex) or [] for ex in task.examples("train")]
-        counts = unseen_counts([concepts_of(ex) for ex in examples], train)
-        return bucket_by_unseen(counts, at_least), [float(c) for c in counts], {
-            "method": "unseen_concepts", "unseen_at_least": at_least,
-            "description": f"hard: at least {at_least} concept(s) never seen in the train split",
-        }
+    """``(bucket per example, difficulty value per example, how it was measured)``, from the
+    task's own :meth:`~tasks.base.Task.prompt_difficulty`."""
+    measured = task.prompt_difficulty(examples)
+    values = list(measured.values)
+    if len(values) != len(examples):
+        raise ValueError(f"{task.name}: prompt_difficulty gave {len(values)} values for {len(examples)} prompts")
+    if measured.kind == "count":
+        return _count_buckets(task, measured, values, thresholds, unseen_at_least)
     if unseen_at_least is not None:
-        raise RlgfError(f"{task.name} has no concepts to count", "--unseen-at-least is for CommonGen")
-    scores = prompt_scores(task, examples)
-    cuts = tuple(thresholds) if thresholds else tercile_thresholds(scores)
-    return bucket_by_score(scores, cuts), scores, {
-        "method": "thresholds" if thresholds else "prompt_reward_terciles",
+        raise RlgfError(f"{task.name} rates prompts by a score ({measured.description}), not by a count",
+                        "drop --unseen-at-least (it is for counting tasks such as CommonGen), or use --thresholds")
+    cuts = tuple(thresholds) if thresholds else tercile_thresholds(values)
+    return bucket_by_score(values, cuts), values, {
+        "method": "thresholds" if thresholds else f"{measured.method}_terciles",
         "thresholds": list(cuts),
-        "description": "the reward model's score of the prompt alone; higher is easier",
+        "description": measured.description,
+    }
+
+
+def _count_buckets(task: Task, measured: PromptDifficulty, values: list[float], thresholds, unseen_at_least):
+    if thresholds:
+        raise RlgfError(f"{task.name} buckets prompts by a count ({measured.method.replace('_', ' ')}), "
+                        "not by score thresholds", "use --unseen-at-least N")
+    at_least = 1 if unseen_at_least is None else unseen_at_least
+    return bucket_by_count(values, at_least), values, {
+        "method": measured.method, "unseen_at_least": at_least, "description": measured.description.format(n=at_least),
     }
 
 
@@ -146,7 +127,8 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     dev = resolve_device(device)
     task = build_eval_task(task_name, specs, task_options)
     if metric is not None and metric not in eval_metric_names(task):
-        raise RlgfError(f"no metric '{metric}' for {task.name}", f"choose one of: {', '.join(eval_metric_names(task))}")
+        known = eval_metric_names(task)
+        raise RlgfError(f"no metric '{metric}' for {task.name}", f"{did_you_mean(metric, known)}choose one of: {', '.join(known)}")
     sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
     examples = split_examples(task, split, limit)
     say(f"measuring the difficulty of {len(examples)} {split} prompts")
@@ -229,7 +211,8 @@ def plot(report: dict, path: str | Path, metric: str | None = None) -> Path:
 
     metric = metric or default_plot_metric(report)
     if metric not in metric_names(report):
-        raise RlgfError(f"no metric '{metric}' to plot", f"choose one of: {', '.join(metric_names(report))}")
+        known = metric_names(report)
+        raise RlgfError(f"no metric '{metric}' to plot", f"{did_you_mean(metric, known)}choose one of: {', '.join(known)}")
     buckets = report["buckets"]
     names = list(buckets)
     policies = report.get("policies") or list(next(iter(buckets.values()))["policies"])

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from backends.errors import RlgfError
 from backends.token_budget import GuideBudgetExhausted
-from tasks.base import Example
+from tasks.base import Example, Task, layered
 
 from .files import check_out_dir
 from .trainer import _noop
@@ -68,18 +68,19 @@ class DistillOptions:
     overwrite: bool = False
 
 
-class GuideDataTask:
-    """The real task, except that BC imitates the guide's completions."""
+class GuideDataTask(Task):
+    """The layer :func:`with_guide_data` puts in front of a task's class: BC imitates the
+    guide's completions; everything else is the task's own."""
 
-    def __init__(self, task, examples: list[Example]) -> None:
-        self._task = task
-        self._examples = examples
+    guide_examples: list[Example]
 
     def bc_examples(self) -> list[Example]:
-        return list(self._examples)
+        return list(self.guide_examples)
 
-    def __getattr__(self, name):
-        return getattr(self._task, name)
+
+def with_guide_data(task: Task, examples: list[Example]) -> Task:
+    """A copy of ``task`` (still an instance of its class) whose BC data is ``examples``."""
+    return layered(task, GuideDataTask, guide_examples=list(examples))
 
 
 def check_options(o: DistillOptions) -> None:
@@ -312,7 +313,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     iterations = o.iterations or max(1, math.ceil(o.bc_epochs * len(kept) / bc_cfg.episodes))
     bc_cfg.iterations = iterations
     say(f"BC on {len(kept)} guide completions: {iterations} iterations of {bc_cfg.episodes} examples")
-    stats["bc"] = train_bc(bc_cfg, GuideDataTask(task, kept), learner_spec, device, callback)
+    stats["bc"] = train_bc(bc_cfg, with_guide_data(task, kept), learner_spec, device, callback)
     evaluate(reference, "learner", learner_spec)
     bc_policy = resolve(stats["bc"]["final"], device=device)
     evaluate(bc_policy, "learner + BC", stats["bc"]["final"])

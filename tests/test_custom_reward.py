@@ -104,14 +104,44 @@ def test_every_task_takes_a_custom_reward(task_name, reward_module, imdb_file, t
     assert task.info()["reward"] == f"custom: {reward_module}:length"
 
 
-def test_the_wrapper_keeps_the_tasks_own_metrics(reward_module, imdb_file):
+def test_a_custom_reward_task_is_still_an_instance_of_its_task(reward_module, imdb_file):
+    from tasks.base import Task
+    from tasks.imdb import ImdbTask
+
+    plain = get_task("imdb", data=str(imdb_file))
     task = get_task("imdb", data=str(imdb_file), reward=f"{reward_module}:length")
-    assert isinstance(task, CustomRewardTask)
-    inner = task.task
-    assert task.max_new_tokens == inner.max_new_tokens == 48 and task.default_learner == "hf:gpt2"
-    assert task.metrics.__self__ is inner  # sentiment stays the classifier's P(positive), not the custom reward
+    assert isinstance(task, ImdbTask) and isinstance(task, Task) and isinstance(task, CustomRewardTask)
+    assert type(task).__name__ == "ImdbTaskWithCustomReward" and type(task) is type(plain.with_reward(task.custom_reward))
+    assert task.max_new_tokens == 48 and task.default_learner == "hf:gpt2" and task.name == "imdb"
+    assert type(task).metrics is ImdbTask.metrics and type(task).reward is CustomRewardTask.reward
+    with pytest.raises(AttributeError):
+        task.no_such_attribute  # noqa: B018 — a typo is an AttributeError, not a lookup on some inner object
     task.max_new_tokens = 12
-    assert inner.max_new_tokens == 12
+    assert task.max_new_tokens == 12 and plain.max_new_tokens == 48
+
+
+def test_with_reward_leaves_the_task_as_it_was(reward_module, imdb_file):
+    from tasks.imdb import ImdbTask
+
+    plain = get_task("imdb", data=str(imdb_file))
+    custom = plain.with_reward(f"{reward_module}:length")
+    assert type(plain) is ImdbTask and plain.custom_reward is None and "custom" not in repr(plain)
+    ex = plain.examples("train")[:2]
+    assert custom.examples("train")[:2] == ex and custom.reward([e.prompt for e in ex], ["a", "bbb"], ex) == [1.0, 3.0]
+    again = custom.with_reward(f"{reward_module}:numpy_scores")  # a second custom reward replaces the first
+    assert type(again) is type(custom) and again.reward(["p", "q"], ["a", "b"], ex) == [0.0, 1.0]
+    custom.check_reward()  # nothing to check: the custom reward was checked when loaded
+
+
+@pytest.mark.usefixtures("torch_one_thread")
+def test_the_sentiment_metric_stays_the_classifiers(tmp_path, reward_module):
+    data, clf = _rt_data_and_classifier(tmp_path)
+    task = get_task("rotten-tomatoes", data=str(data), reward_model=str(clf), reward=f"{reward_module}:length")
+    ex = task.examples("test")[:2]
+    prompts, completions = [e.prompt for e in ex], [" a long continuation", " another one"]
+    assert task.reward(prompts, completions, ex) == [float(len(c)) for c in completions]
+    classifier = task.reward_model().score([p + c for p, c in zip(prompts, completions)])
+    assert task.metrics(prompts, completions, ex)["sentiment"] == pytest.approx(sum(classifier) / 2)
 
 
 def test_numpy_and_tensor_results_are_accepted(reward_module):

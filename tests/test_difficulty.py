@@ -12,13 +12,16 @@ from backends.errors import RlgfError
 from rlgf_cli.app import app
 from rlgf_cli.difficulty import (
     assign_buckets,
+    bucket_by_count,
     bucket_by_score,
-    bucket_by_unseen,
     gaps_for,
     parse_thresholds,
+    run_difficulty,
     tercile_thresholds,
-    unseen_counts,
 )
+from tasks.base import Example, PromptDifficulty, Task
+from tasks.commongen import unseen_counts
+from tasks.registry import TASKS
 from tiny_assets import make_tiny_checkpoint, make_tiny_reward
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -62,8 +65,8 @@ def test_unseen_concept_counting():
     evals = [["dog", "catch", "ski"], ["dog", "surf"], ["violin", "surf", "beach"], ["RUN", "mountain"]]
     counts = unseen_counts(evals, train)
     assert counts == [0, 1, 3, 0]
-    assert bucket_by_unseen(counts, 1) == ["easy", "hard", "hard", "easy"]
-    assert bucket_by_unseen(counts, 2) == ["easy", "easy", "hard", "easy"]
+    assert bucket_by_count(counts, 1) == ["easy", "hard", "hard", "easy"]
+    assert bucket_by_count(counts, 2) == ["easy", "easy", "hard", "easy"]
 
 
 def test_commongen_task_buckets_by_unseen_concepts(tmp_path):
@@ -166,3 +169,68 @@ def test_unknown_metric_is_refused_before_generation(tmp_path, tiny_causal_dir):
     lines = bad.output.strip().splitlines()
     assert bad.exit_code == 1 and lines[-1].startswith("[error] no metric 'bleu4' for rotten-tomatoes")
     assert "sentiment" in lines[-1] and not any(line.startswith("measuring") for line in lines)
+
+
+class LengthTask(Task):
+    """Test-only: a task that rates its own prompts (shorter is easier) and knows nothing of the study."""
+
+    name = "toy-length"
+    metric_names = ("completion_chars",)
+    default_learner = "hf:unused"
+    max_new_tokens = min_new_tokens = 3
+    PROMPTS = ["a", "a b c d e f", "a b", "a b c d e f g h", "a b c", "a b c d e f g h i j k"]
+
+    def examples(self, split):
+        return [Example(p, (p,)) for p in self.PROMPTS]
+
+    def prompt_difficulty(self, examples):
+        return PromptDifficulty([-len(ex.prompt) for ex in examples], "score", "prompt_length", "shorter is easier")
+
+    def metrics(self, prompts, completions, examples, policy=None, reference_policy=None):
+        return {"completion_chars": sum(len(c) for c in completions) / len(completions)}
+
+
+class ObstacleTask(LengthTask):
+    name = "toy-obstacles"
+
+    def prompt_difficulty(self, examples):
+        return PromptDifficulty([ex.prompt.count(" ") for ex in examples], "count", "spaces", "hard: {n}+ spaces")
+
+
+def test_a_task_of_its_own_is_bucketed_by_its_own_measure():
+    task = LengthTask()
+    examples = task.examples("test")
+    buckets, values, how = assign_buckets(task, examples)
+    assert values == [-len(p) for p in LengthTask.PROMPTS]
+    assert buckets == ["easy", "medium", "easy", "hard", "medium", "hard"]
+    assert how["method"] == "prompt_length_terciles" and how["description"] == "shorter is easier"
+    buckets, _, how = assign_buckets(task, examples, thresholds=(-4.0,))
+    assert buckets == ["easy", "hard", "easy", "hard", "hard", "hard"] and how["method"] == "thresholds"
+    with pytest.raises(RlgfError, match="not by a count"):
+        assign_buckets(task, examples, unseen_at_least=2)
+    counting = ObstacleTask()
+    buckets, values, how = assign_buckets(counting, examples, unseen_at_least=3)
+    assert values == [0, 5, 1, 7, 2, 10] and buckets == ["easy", "hard", "easy", "hard", "easy", "hard"]
+    assert how == {"method": "spaces", "unseen_at_least": 3, "description": "hard: 3+ spaces"}
+
+
+def test_a_task_without_a_measure_is_refused():
+    class Plain(LengthTask):
+        name = "toy-plain"
+        prompt_difficulty = Task.prompt_difficulty
+
+    with pytest.raises(RlgfError, match="toy-plain has no measure of prompt difficulty"):
+        assign_buckets(Plain(), Plain().examples("test"))
+    with pytest.raises(ValueError, match="kind"):
+        PromptDifficulty([1.0], "rank", "x", "y")
+
+
+def test_the_study_runs_on_a_task_of_its_own(monkeypatch, tiny_causal_dir):
+    monkeypatch.setitem(TASKS, "toy-length", f"{__name__}:LengthTask")  # registered like any task
+    report = run_difficulty([str(tiny_causal_dir)], task_name="toy-length", split="test", limit=None, seed=0,
+                            reference_spec=str(tiny_causal_dir), task_options={}, device="cpu", batch_size=8)
+    assert report["task"] == "toy-length" and report["method"] == "prompt_length_terciles"
+    assert [p["bucket"] for p in report["prompts"]] == ["easy", "medium", "easy", "hard", "medium", "hard"]
+    assert {b: info["n"] for b, info in report["buckets"].items()} == {"easy": 2, "medium": 2, "hard": 2}
+    for info in report["buckets"].values():
+        assert set(info["policies"][str(tiny_causal_dir)]) == {"completion_chars"}

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rlgf_cli.app import app
-from rlgf_cli.distill import GuideDataTask, score_and_keep
-from tasks.base import Example
+from rlgf_cli.distill import GuideDataTask, score_and_keep, with_guide_data
+from tasks.base import Example, Task
 from tiny_assets import make_tiny_reward, served
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -112,14 +112,19 @@ def test_keep_top_and_the_bc_task():
     rows = score_and_keep(Len(), pairs, 3, keep_top=None)
     assert [r["kept"] for r in rows] == [True, True, False, True, True, True]  # empty completions never
 
-    class Base:
+    class Base(Task):
         max_new_tokens = 7
 
         def bc_examples(self):
             return ["reference"]
 
-    wrapped = GuideDataTask(Base(), [Example("a", ("a x",), target=" x")])
+    base = Base()
+    wrapped = with_guide_data(base, [Example("a", ("a x",), target=" x")])
+    assert isinstance(wrapped, Base) and isinstance(wrapped, GuideDataTask)
     assert wrapped.max_new_tokens == 7 and [e.target for e in wrapped.bc_examples()] == [" x"]
+    assert base.bc_examples() == ["reference"], "the task itself keeps its own BC data"
+    with pytest.raises(AttributeError):
+        wrapped.no_such_attribute  # noqa: B018
 
 
 @pytest.mark.parametrize("extra, message", [
