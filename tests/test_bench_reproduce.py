@@ -1,4 +1,4 @@
-"""bench/reproduce.py runs every algorithm and writes the mean ± std table (tiny models, one seed)."""
+"""bench/reproduce.py at its tiny preset: every row over two seeds, the table, the curves PNG."""
 
 import json
 import subprocess
@@ -11,19 +11,28 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_reproduce_tiny(tmp_path, tiny_causal_dir, tiny_reward_dir):
     out = tmp_path / "repro"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--learner", str(tiny_causal_dir),
-         "--reward-model", str(tiny_reward_dir), "--seeds", "2", "--iterations", "1", "--episodes", "4",
-         "--eval-limit", "4", "--device", "cpu", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
+         "--reward-model", str(tiny_reward_dir), "--seeds", "2", "--iterations", "2", "--episodes", "4",
+         "--eval-limit", "4", "--device", "cpu", "--lr-grid", "1e-5,1e-4", "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     rows = data["table"]
-    expected = {"initial learner", "BC (guide)", "ppo", "ppo++", "aggrevated", "lols", "d2lols",
-                "BC+ppo", "BC+ppo++", "BC+aggrevated", "BC+lols", "BC+d2lols"}
+    expected = {"initial learner", "BC (guide)", "ppo", "ppo++", "aggrevated", "lols", "d2lols", "BC+ppo", "BC+ppo++"}
     assert set(rows) == expected
     for row in rows.values():
         assert set(row) == {"sentiment", "perplexity", "output_perplexity"}
         assert all(cell["n"] == 2 and cell["std"] >= 0 for cell in row.values())
+    # the lr was chosen on the validation split, among the grid
+    assert data["lr_choice"]["chosen"] in (1e-5, 1e-4) and len(data["lr_choice"]["trials"]) == 2
+    assert data["settings"]["lr"] == data["lr_choice"]["chosen"]
+    # learning curves: one per trained row, two seeds each, two iterations
+    curves = data["curves"]
+    assert set(curves) == expected - {"initial learner", "BC (guide)"}
+    assert all(c["iterations"] == [1, 2] and c["seeds"] == [2, 2] for c in curves.values())
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()
-    assert "| BC+d2lols |" in md and "±" in md
+    assert "| BC+ppo++ |" in md and "±" in md and "Ordering (sentiment)" in md and "wall time" in md
+    # the models are dropped after evaluation (metrics and configs stay)
+    assert not (out / "seed0" / "ppo" / "final").exists() and (out / "seed0" / "ppo" / "metrics.jsonl").is_file()

@@ -1,0 +1,60 @@
+"""rlgf plot: learning curves from run folders, grouped by algorithm, seeds as a ± std band."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlgf_cli.curves import curves, group_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_run(folder: Path, alg: str, rewards: list[float], init: str | None = None) -> Path:
+    folder.mkdir(parents=True)
+    lines = ["[train]", f'alg = "{alg}"'] + ([f'init = "{init}"'] if init else [])
+    (folder / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = [json.dumps({"iteration": i + 1, "reward_mean": r, "kl_exact": 0.01 * i}) for i, r in enumerate(rewards)]
+    (folder / "metrics.jsonl").write_text("\n".join(rows) + "\n{cut by a kill", encoding="utf-8")
+    return folder
+
+
+def test_groups_and_bands(tmp_path):
+    bc = make_run(tmp_path / "bc", "bc", [0.1])
+    a = make_run(tmp_path / "ppo-s0", "ppo", [0.2, 0.4, 0.6])
+    b = make_run(tmp_path / "ppo-s1", "ppo", [0.4, 0.6])
+    c = make_run(tmp_path / "warm", "ppo++", [0.7, 0.8], init=str(bc / "final"))
+    groups = group_runs([a, b, c])
+    assert groups == {"ppo": [a, b], "BC+ppo++": [c]}
+    data = curves(groups)
+    assert data["ppo"]["iterations"] == [1, 2, 3]
+    assert data["ppo"]["mean"] == pytest.approx([0.3, 0.5, 0.6])
+    assert data["ppo"]["std"] == pytest.approx([0.1414214, 0.1414214, 0.0])
+    assert data["ppo"]["seeds"] == [2, 2, 1]
+
+
+def test_cli_writes_a_png_and_json(tmp_path):
+    a = make_run(tmp_path / "r0", "d2lols", [0.5, 0.6])
+    b = make_run(tmp_path / "r1", "d2lols", [0.55, 0.65])
+    out = tmp_path / "curves.png"
+    proc = subprocess.run([sys.executable, "-m", "rlgf_cli", "plot", str(a), str(b), "--out", str(out),
+                           "--metric", "kl_exact", "--json", "-"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(proc.stdout)["d2lols"]["mean"] == pytest.approx([0.0, 0.01])
+    assert "d2lols (2 runs)" in proc.stderr
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    a = make_run(tmp_path / "r0", "ppo", [0.5])
+    for args, text in ((["--metric", "nope"], "no run logged the metric 'nope'"), ([], None)):
+        run = [str(a)] if text else [str(tmp_path / "missing")]
+        proc = subprocess.run([sys.executable, "-m", "rlgf_cli", "plot", *run, "--out", str(tmp_path / "x.png"), *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert proc.returncode == 1
+        assert proc.stderr.startswith("[error]") and "Traceback" not in proc.stderr
+        assert (text or "holds no metrics.jsonl") in proc.stderr
