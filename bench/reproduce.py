@@ -76,7 +76,7 @@ def evaluate(policies: dict[str, str], args, seed: int) -> dict[str, dict]:
     report = run_eval(
         list(policies.values()), task_name="rotten-tomatoes", split="test",
         limit=args.eval_limit or preset["eval_limit"], seed=seed, reference_spec=args.learner,
-        task_options=task_options, device=args.device, batch_size=32, quiet=True,
+        task_options=task_options, device=args.device, batch_size=32,
     )
     by_spec = {r["policy"]: r["metrics"] for r in report["results"]}
     return {name: by_spec[spec] for name, spec in policies.items()}
