@@ -6,14 +6,15 @@ backend is resolved or an attribute such as :class:`HFPolicy` is first used.
 
 from __future__ import annotations
 
-from .base import GREEDY, Policy, Sampling, TokenPolicy
+from .base import GREEDY, Policy, RunSettings, Sampling, TokenPolicy
 from .cache import cache_dir
 from .errors import RlgfError
-from .registry import aliases, available, backends, load_backend, resolve
+from .registry import aliases, available, backends, load_backend, policy_class, resolve
 
 __all__ = [
     "GREEDY",
     "Policy",
+    "RunSettings",
     "Sampling",
     "TokenPolicy",
     "RlgfError",
@@ -22,6 +23,7 @@ __all__ = [
     "available",
     "backends",
     "load_backend",
+    "policy_class",
     "resolve",
     "HFPolicy",
     "Critic",

@@ -17,8 +17,8 @@ causal and seq2seq models alike, so policies and critics line up token by token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 if TYPE_CHECKING:  # keep `import backends` free of torch
     import torch
@@ -34,10 +34,20 @@ class Sampling:
     top_p: float = 1.0
     num_beams: int = 1
 
+    @property
+    def is_greedy(self) -> bool:
+        """No sampling: every step takes the most likely token (``num_beams`` > 1: beam search)."""
+        return not self.do_sample or self.temperature == 0
+
+    @property
+    def is_deterministic(self) -> bool:
+        """The same prompt always gives the same text (greedy decoding or beam search)."""
+        return self.num_beams > 1 or self.is_greedy
+
     def describe(self) -> str:
         if self.num_beams > 1:
             return f"beam search ({self.num_beams} beams)"
-        if not self.do_sample or self.temperature == 0:
+        if self.is_greedy:
             return "greedy"
         parts = [f"sampling (temperature {self.temperature:g}"]
         if self.top_k:
@@ -49,15 +59,46 @@ class Sampling:
 
 GREEDY = Sampling(do_sample=False)
 
+#: every decoding option a request can carry (``min_new_tokens`` is the minimum length)
+SAMPLING_OPTIONS: frozenset[str] = frozenset({"temperature", "top_k", "top_p", "min_new_tokens"})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run asks of a policy it loads, whatever the backend; each backend's
+    :meth:`Policy.options_from` turns the settings that apply to it into its own options."""
+
+    #: the run's seed (an API backend seeds its requests and cache keys with it)
+    seed: int | None = None
+    #: server of an API policy (None: the backend's default, e.g. ``$OPENAI_BASE_URL``)
+    base_url: str | None = None
+    #: cap on the tokens the policy may be paid for (0: no cap) and those already spent
+    budget_tokens: int = 0
+    budget_used: int = 0
+    #: price per 1,000 tokens for the cost report (None: the backend's list prices)
+    price_per_1k: float | None = None
+    #: requests in flight at once (None: the backend's default)
+    max_concurrency: int | None = None
+    #: loaded as a training guide: transport settings from ``$RLGF_GUIDE_*`` apply
+    guide: bool = False
+
 
 class Policy:
-    """Anything that continues text. Backends implement :meth:`complete`."""
+    """Anything that continues text. Backends implement :meth:`complete`.
 
-    #: backend name, e.g. ``"hf"`` (class attribute, set by subclasses)
+    What a policy is and can do are class attributes (:attr:`remote`, :attr:`trainable`,
+    :attr:`can_beam_search`) and :attr:`sampling_options`, so callers ask the policy (or,
+    before loading, the class :func:`backends.registry.policy_class` names) rather than its
+    backend's name. :meth:`stats`, :meth:`validate` and :meth:`close` always exist.
+    """
+
+    #: backend name, e.g. ``"hf"`` (class attribute, set by subclasses; for display only)
     backend: ClassVar[str] = ""
     #: whether the backend needs an API key, and where it looks for it
     needs_key: ClassVar[bool] = False
     key_env_var: ClassVar[str | None] = None
+    #: whether it runs elsewhere (an API model): nothing loads here and calls may be paid for
+    remote: ClassVar[bool] = False
     #: whether the policy can be trained (has token-level operations)
     trainable: ClassVar[bool] = False
     #: whether it can beam-search (API models usually cannot)
@@ -65,6 +106,24 @@ class Policy:
 
     def __init__(self, spec: str) -> None:
         self.spec = spec
+
+    @classmethod
+    def options_from(cls, settings: RunSettings) -> dict[str, Any]:
+        """This backend's keyword options for :func:`backends.resolve` from a run's settings
+        (called on the class, before anything loads); none by default."""
+        return {}
+
+    @property
+    def sampling_options(self) -> frozenset[str]:
+        """The decoding options this policy enforces (of :data:`SAMPLING_OPTIONS`); the others
+        are dropped from its requests."""
+        return SAMPLING_OPTIONS
+
+    def honoured(self, sampling: Sampling) -> Sampling:
+        """``sampling`` as this policy really decodes it (options it cannot enforce dropped)."""
+        if sampling.top_k and "top_k" not in self.sampling_options:
+            return replace(sampling, top_k=0)
+        return sampling
 
     def complete(
         self,
@@ -80,8 +139,19 @@ class Policy:
     def describe(self) -> str:
         return self.spec
 
-    def close(self) -> None:  # pragma: no cover - optional hook
-        """Release resources (HTTP clients, caches)."""
+    def stats(self) -> dict[str, Any]:
+        """Usage counters (an API backend's requests, tokens, cost); empty by default."""
+        return {}
+
+    def validate(self) -> None:
+        """Check, before a run spends anything, that the policy can answer (an API server is
+        reachable, accepts the key and offers the model); nothing to check by default."""
+
+    def use_cuda_graphs(self, on: bool) -> None:
+        """Replay decoding steps as CUDA graphs where the backend can; ignored by default."""
+
+    def close(self) -> None:
+        """Release resources (HTTP clients, caches); nothing by default."""
 
 
 class TokenPolicy(Policy):

@@ -56,10 +56,6 @@ def can_step(policy) -> bool:
     return {"attention_mask", "position_ids"} <= params
 
 
-def is_greedy(sampling: Sampling) -> bool:
-    return (not sampling.do_sample) or sampling.temperature == 0
-
-
 def warp(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """Temperature, then top-k, then top-p, as ``generate`` applies them (float logits)."""
     if sampling.temperature not in (0, 1):
@@ -80,7 +76,7 @@ def warp(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 
 def choose(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """One token per row: argmax (greedy) or a draw from the warped distribution."""
-    if is_greedy(sampling):
+    if sampling.is_greedy:
         return logits.argmax(-1)
     probs = warp(logits, sampling).softmax(-1)
     return torch.multinomial(probs, 1).squeeze(1)

@@ -18,13 +18,13 @@ from typing import Sequence
 import torch
 
 from .base import Sampling, TokenPolicy
+from .device import resolve_device
 from .errors import RlgfError
 from .hf_util import (
     hub_reachable,
     looks_like_path,
     pad_rows,
     quiet_progress,
-    resolve_device,
     resolve_dtype,
     special_affixes,
 )
@@ -105,7 +105,7 @@ class HFPolicy(TokenPolicy):
         """Load a ``save_pretrained`` folder or a Hugging Face hub id (cache first)."""
         from transformers import AutoConfig, AutoTokenizer
 
-        dev = resolve_device(device)
+        dev = torch.device(resolve_device(device))
         torch_dtype = resolve_dtype(dtype, dev)
         name = str(name_or_path).strip()
         if not name:
@@ -186,6 +186,9 @@ class HFPolicy(TokenPolicy):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    def use_cuda_graphs(self, on: bool) -> None:
+        self.cuda_graphs = bool(on)
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())

@@ -28,7 +28,7 @@ def _row_lengths(mask) -> list[int]:
 def _generation_config(policy, *, max_new: int, min_new: int, sampling: Sampling, output_logits: bool):
     from transformers import GenerationConfig
 
-    greedy = (not sampling.do_sample) or sampling.temperature == 0
+    greedy = sampling.is_greedy
     kwargs = dict(
         max_new_tokens=max_new,
         min_new_tokens=min_new,

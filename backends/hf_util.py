@@ -1,4 +1,4 @@
-"""Helpers for :mod:`backends.hf`: devices, dtypes, hub reachability, padding, special tokens."""
+"""Helpers for :mod:`backends.hf`: dtypes, hub reachability, padding, special tokens."""
 
 from __future__ import annotations
 
@@ -20,19 +20,6 @@ _DTYPES = {
     "fp16": torch.float16,
     "half": torch.float16,
 }
-
-
-def resolve_device(device) -> torch.device:
-    """``"auto"`` → cuda when available, else cpu; anything else as torch understands it."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise RlgfError(f"unknown device {device!r}", "use cpu, cuda, cuda:N or auto") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RlgfError(f"device {device!r} asked for, but CUDA is not available", "use --device cpu (or auto)")
-    return dev
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:

@@ -43,11 +43,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from .base import Policy, Sampling
+from .base import SAMPLING_OPTIONS, Policy, RunSettings, Sampling
 from .cache import cache_dir
 from .completion_cache import CompletionCache, cache_key
 from .errors import RlgfError
-from .openai_payload import cost_usd, create_payload, is_greedy, price_for, sampling_params
+from .openai_payload import cost_usd, create_payload, price_for, sampling_params
 from .openai_transport import PLACEHOLDER_KEY, Transport, resolve_connection
 from .token_budget import GuideBudgetExhausted, TokenBudget, token_counter
 
@@ -64,6 +64,7 @@ class OpenAIPolicy(Policy):
     backend = "openai"
     needs_key = True
     key_env_var = "OPENAI_API_KEY"
+    remote = True
     trainable = False
     can_beam_search = False
 
@@ -144,6 +145,34 @@ class OpenAIPolicy(Policy):
         """Registry entry: ``arg`` is the model (after ``openai:``); ``device`` is ignored."""
         return cls(spec or f"openai:{arg}", model=arg, **kwargs)
 
+    @classmethod
+    def options_from(cls, settings: RunSettings) -> dict[str, Any]:
+        """Constructor options from a run's settings (the key only ever comes from the
+        environment). ``budget_used`` tokens count against ``budget_tokens``; a guide also
+        takes its transport settings from ``$RLGF_GUIDE_*`` (:data:`GUIDE_ENV`)."""
+        opts: dict[str, Any] = {}
+        if settings.base_url:
+            opts["base_url"] = settings.base_url
+        if settings.budget_tokens:
+            budget = TokenBudget(settings.budget_tokens)
+            if settings.budget_used:
+                budget.charge(int(settings.budget_used))
+            opts["budget"] = budget
+        if settings.price_per_1k is not None:
+            opts["price_per_1k"] = settings.price_per_1k
+        if settings.seed is not None:
+            opts["seed"] = settings.seed
+        if settings.max_concurrency is not None:
+            opts["max_concurrency"] = settings.max_concurrency
+        if settings.guide:
+            opts.update(guide_env_options())
+        return opts
+
+    @property
+    def sampling_options(self) -> frozenset[str]:
+        """OpenAI takes no ``top_k`` and no minimum length; with ``extensions`` both are sent."""
+        return SAMPLING_OPTIONS if self.extensions else frozenset({"temperature", "top_p"})
+
     # -- public ---------------------------------------------------------------
     @property
     def max_retries(self) -> int:
@@ -205,7 +234,7 @@ class OpenAIPolicy(Policy):
         of the batch could pass the budget (estimated prompt tokens + ``max_new_tokens`` each).
         """
         params = sampling_params(sampling, extensions=self.extensions)
-        if self.seed is not None and not is_greedy(sampling):
+        if self.seed is not None and not sampling.is_greedy:
             params["run_seed"] = int(self.seed)  # other seeds, other samples (cache key only)
         if self.extensions and min_new_tokens > 0:
             params["min_tokens"] = int(min(min_new_tokens, max_new_tokens))
@@ -214,7 +243,7 @@ class OpenAIPolicy(Policy):
             return []
         if max_new_tokens <= 0:
             return [""] * len(prompts)
-        keyed = self._keys(prompts, max_new_tokens, params, is_greedy(sampling))
+        keyed = self._keys(prompts, max_new_tokens, params, sampling.is_greedy)
         keys = [k for k, _ in keyed]
         found = self.cache.get_many(keys) if self.cache is not None else {}
         pending: dict[str, tuple[str, int]] = {}
@@ -338,6 +367,29 @@ class OpenAIPolicy(Policy):
         finally:
             if self.budget is not None and not settled:
                 self.budget.release(reserved)
+
+
+#: transport settings of an API guide that only the environment sets (slow servers, tests)
+GUIDE_ENV = {"RLGF_GUIDE_TIMEOUT": ("timeout", float), "RLGF_GUIDE_MAX_RETRIES": ("max_retries", int),
+             "RLGF_GUIDE_BACKOFF": ("backoff_base", float)}
+
+
+def guide_env_options() -> dict[str, Any]:
+    """The :data:`GUIDE_ENV` settings present in the environment, checked (>= 0)."""
+    opts: dict[str, Any] = {}
+    for var, (name, kind) in GUIDE_ENV.items():
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            continue
+        try:
+            value = kind(raw)
+        except ValueError:
+            value = None
+        if value is None or value < 0:
+            raise RlgfError(f"${var} must be a {'whole ' if kind is int else ''}number >= 0, not {raw!r}",
+                            f"unset it, or e.g. {var}={'6' if kind is int else '30'}")
+        opts[name] = value
+    return opts
 
 
 def _tiktoken_knows(model: str) -> bool:

@@ -47,10 +47,6 @@ class ParsedCompletion:
     completion_tokens: int | None = None
 
 
-def is_greedy(sampling: Sampling) -> bool:
-    return not sampling.do_sample or sampling.temperature == 0
-
-
 def sampling_params(sampling: Sampling, *, extensions: bool = False) -> dict[str, Any]:
     """The decoding fields of a request (also part of the cache key)."""
     if sampling.num_beams > 1:
@@ -58,7 +54,7 @@ def sampling_params(sampling: Sampling, *, extensions: bool = False) -> dict[str
             f"the openai backend cannot beam-search (asked for {sampling.num_beams} beams)",
             hint="use greedy or sampled decoding for an API guide, or a local hf: guide for beams",
         )
-    if is_greedy(sampling):
+    if sampling.is_greedy:
         return {"temperature": 0}
     params: dict[str, Any] = {"temperature": float(sampling.temperature)}
     if sampling.top_p < 1.0:

@@ -14,8 +14,10 @@ Spec strings:
 * an alias (``smollm2``: the embedded SmolLM2-135M-Instruct);
 * a bare existing folder — a transformers model folder.
 
-A backend class is built with ``Class.from_spec(arg, device=..., spec=..., **kwargs)`` when it
-has that classmethod, else ``Class(arg, **kwargs)``.
+A backend class subclasses :class:`~backends.base.Policy` (which states its capabilities) and
+is built with ``Class.from_spec(arg, device=..., spec=..., **kwargs)`` when it has that
+classmethod, else ``Class(arg, **kwargs)``. :func:`policy_class` names the class a spec
+resolves to without building it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import embedded
+from .base import Policy
 from .errors import RlgfError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,9 @@ def load_backend(name: str) -> type:
             f"the backend {name!r} ({target}) could not be loaded: {exc}",
             "install the package that provides it (or its missing dependency)",
         ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, Policy)):
+        raise RlgfError(f"the backend {name!r} ({target}) is not a policy class",
+                        "a backend subclasses backends.base.Policy (see its documentation)")
     return cls
 
 
@@ -131,18 +137,16 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or "/" in spec or "\\" in spec
 
 
-def resolve(spec: str, *, device="cpu", progress: Callable[[str], None] | None = None, **kwargs):
-    """Turn a spec string into a ready :class:`~backends.base.Policy`.
+def _parse(spec: str) -> tuple[str | None, str, str]:
+    """``(backend name, argument, spec)`` of a spec; the name is None for the embedded model.
 
-    ``progress`` receives one-line messages about slow first-time work (converting the
-    embedded model). Other keyword arguments (``dtype``…) go to the backend.
-    """
+    Raises :class:`RlgfError` (with "did you mean" hints) for a spec that names nothing."""
     text = (spec or "").strip()
     if not text:
         raise RlgfError("empty model spec", "use hf:NAME_OR_PATH, openai:MODEL, a model folder, or smollm2")
     lowered = text.lower()
     if lowered in embedded.ALIASES:
-        return embedded.load_smollm2(device=device, progress=progress, spec=text, **kwargs)
+        return None, lowered, text
     known = backends()
     prefix, sep, rest = text.partition(":")
     if sep and prefix.lower() in known:
@@ -151,13 +155,11 @@ def resolve(spec: str, *, device="cpu", progress: Callable[[str], None] | None =
         if not rest:
             raise RlgfError(f"{text!r} names no model", f"write {name}:MODEL (e.g. {name}:gpt2)")
         if name == "hf" and rest.lower() in embedded.ALIASES:
-            return embedded.load_smollm2(device=device, progress=progress, spec=text, **kwargs)
-        cls = load_backend(name)
-        return _build(cls, rest, spec=text, device=device, progress=progress, kwargs=dict(kwargs))
+            return None, rest.lower(), text
+        return name, rest, text
     path = Path(text).expanduser()
     if path.is_dir():
-        cls = load_backend("hf")
-        return _build(cls, str(path), spec=text, device=device, progress=progress, kwargs=dict(kwargs))
+        return "hf", str(path), text
     if sep and len(prefix) > 1 and not _looks_like_path(prefix):
         raise _unknown("backend", prefix, list(known))
     if _looks_like_path(text):
@@ -168,3 +170,25 @@ def resolve(spec: str, *, device="cpu", progress: Callable[[str], None] | None =
         f"unknown model {text!r}",
         f"{hint}use one of: {', '.join(names)} (e.g. hf:{text} for a Hugging Face model, or a model folder)",
     )
+
+
+def policy_class(spec: str) -> type[Policy]:
+    """The class :func:`resolve` would build for ``spec``, without building it (its module is
+    imported, no model is loaded), so callers can ask its capabilities (``remote``,
+    ``trainable``…) and its :meth:`~backends.base.Policy.options_from` first.
+
+    Raises the same :class:`RlgfError` as :func:`resolve` for a spec that names nothing."""
+    name, _, _ = _parse(spec)
+    return load_backend(name or "hf")  # the embedded model is a transformers model
+
+
+def resolve(spec: str, *, device="cpu", progress: Callable[[str], None] | None = None, **kwargs):
+    """Turn a spec string into a ready :class:`~backends.base.Policy`.
+
+    ``progress`` receives one-line messages about slow first-time work (converting the
+    embedded model). Other keyword arguments (``dtype``…) go to the backend.
+    """
+    name, arg, text = _parse(spec)
+    if name is None:
+        return embedded.load_smollm2(device=device, progress=progress, spec=text, **kwargs)
+    return _build(load_backend(name), arg, spec=text, device=device, progress=progress, kwargs=dict(kwargs))

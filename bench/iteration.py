@@ -317,7 +317,7 @@ class HFStyleLoop:
 def build(args):
     from backends.critic import Critic
     from backends.hf import HFPolicy
-    from rlgf_cli.checkpoint import set_seed
+    from rlgf_cli.runtime import set_seed
     from rlgf_cli.config import TrainConfig
     from rlgf_cli.trainer import Trainer
 

@@ -99,7 +99,6 @@ def evaluate(policies: dict[str, str], args, seed: int, split: str = "test") -> 
     report = run_eval(
         list(dict.fromkeys(policies.values())), task_name=args.task, split=split, limit=setting(args, "eval_limit"),
         seed=seed, reference_spec=args.learner, task_options=task_options, device=args.device, batch_size=32,
-        quiet=True,
     )
     by_spec = {r["policy"]: r["metrics"] for r in report["results"]}
     return {name: by_spec[spec] for name, spec in policies.items()}

@@ -42,13 +42,6 @@ GIB = 2**30
 DAMAGE_HINT = "delete that folder to resume from the previous checkpoint, or start again with --overwrite"
 
 
-def set_seed(seed: int) -> None:
-    """The one place that seeds python, numpy and torch."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -88,6 +88,7 @@ def eval_command(
     from .config import MAX_NEW_TOKENS
     from .decoding import check_decoding
     from .evaluate import run_eval
+    from .progress import CountProgress
     from .run import task_options
 
     specs = policy_specs(checkpoint, policy)
@@ -115,11 +116,11 @@ def eval_command(
                                   max_new_tokens=max_new_tokens),
         device=device,
         batch_size=batch_size,
-        quiet=quiet,
         decoding=options,
         base_url=policy_base_url,
         sample_scores=samples is not None,
         say=None if quiet else (lambda text: err_console.print(text, markup=False)),
+        bar=None if quiet else CountProgress,
     )
     public = {
         "results": [{k: v for k, v in r.items() if k != "samples"} for r in report["results"]],

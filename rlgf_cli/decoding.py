@@ -53,7 +53,7 @@ def resolve_sampling(base: Sampling, mode: str | None = None, *, temperature=Non
     if num_beams == 1 and s.num_beams > 1:
         s = Sampling(do_sample=False)
     if mode == "sample" or any(v is not None for v in (temperature, top_k, top_p)):
-        if not s.do_sample or s.num_beams > 1 or s.temperature == 0:
+        if s.is_deterministic:
             s = Sampling(do_sample=True)
         s = replace(
             s,
@@ -61,24 +61,18 @@ def resolve_sampling(base: Sampling, mode: str | None = None, *, temperature=Non
             top_k=s.top_k if top_k is None else int(top_k),
             top_p=s.top_p if top_p is None else float(top_p),
         )
-        if s.temperature == 0:
+        if s.is_greedy:
             s = Sampling(do_sample=False)
     return s
 
 
 def decoding_for(policy, task: Task, override: Sampling | None) -> Sampling:
     sampling = override or task.eval_sampling
-    if sampling.num_beams > 1 and not getattr(policy, "can_beam_search", False):
+    if sampling.num_beams > 1 and not policy.can_beam_search:
         return replace(sampling, num_beams=1, do_sample=False, temperature=0.0)
     return sampling
 
 
 def describe_decoding(policy, sampling: Sampling) -> str:
-    """What really ran: an API backend without extensions sends no top-k."""
-    if getattr(policy, "backend", "") == "openai" and not getattr(policy, "extensions", False) and sampling.top_k:
-        sampling = replace(sampling, top_k=0)
-    return sampling.describe()
-
-
-def is_deterministic(sampling: Sampling) -> bool:
-    return sampling.num_beams > 1 or not sampling.do_sample or sampling.temperature == 0
+    """What really ran: options the policy cannot enforce (an API's top-k) left out."""
+    return policy.honoured(sampling).describe()

@@ -115,12 +115,12 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     ``metric`` (the one to chart) is checked against the task's metrics before any generation."""
     import contextlib
 
-    from backends import resolve
+    from backends import policy_class, resolve
 
-    from .evaluate import (api_options, build_eval_task, compute_metrics, decoding_for, describe_decoding, generate_for,
-                           is_api_spec, reference_spec_for, resolve_sampling, split_examples)
+    from .evaluate import (build_eval_task, compute_metrics, decoding_for, describe_decoding, generate_for,
+                           load_for_eval, reference_spec_for, resolve_sampling, split_examples)
     from .evaluate import metric_names as eval_metric_names
-    from .run import resolve_device
+    from .runtime import resolve_device
 
     say = say or (lambda text: None)
     bar = bar or (lambda label: contextlib.nullcontext(lambda done, total: None))
@@ -140,8 +140,9 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     buckets = {b: {"n": len(members[b]), "policies": {}} for b in names}
     decodings = {}
     for spec in specs:
-        if is_api_spec(spec):
-            policy = resolve(spec, device=dev, **api_options(spec, base_url=base_url, seed=seed))
+        remote = policy_class(spec).remote
+        if remote:
+            policy = load_for_eval(spec, dev, seed=seed, base_url=base_url)
         else:
             policy = reference if spec == ref_spec else resolve(spec, device=dev)
         decode = decoding_for(policy, task, sampling)
@@ -154,7 +155,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
             idx = members[b]
             buckets[b]["policies"][spec] = compute_metrics(
                 task, policy, [examples[i] for i in idx], [completions[i] for i in idx], reference)
-        if is_api_spec(spec):
+        if remote:
             policy.close()
         del policy
     return {

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backends import policy_class
 from backends.errors import RlgfError
 from backends.token_budget import GuideBudgetExhausted
 from tasks.base import Example, Task, layered
@@ -103,8 +104,7 @@ def check_options(o: DistillOptions) -> None:
                         "keep at most as many completions as are collected per prompt")
     if o.eval_split not in ("train", "val", "test"):
         raise RlgfError(f"unknown split '{o.eval_split}'", "use train, val or test")
-    is_api = o.guide.strip().lower().startswith("openai:")
-    if not is_api and (o.guide_budget_tokens or o.guide_base_url):
+    if (o.guide_budget_tokens or o.guide_base_url) and not policy_class(o.guide).remote:
         flag = "--guide-budget-tokens" if o.guide_budget_tokens else "--guide-base-url"
         raise RlgfError(f"{flag} is for an API guide (openai:MODEL), not '{o.guide}'", f"drop {flag}")
 
@@ -204,9 +204,10 @@ def score_and_keep(task, pairs: list, k: int, keep_top: int | None, batch: int =
 def train_bc(cfg, task, learner_spec: str, device: str, callback) -> dict:
     """BC of the learner on ``task.bc_examples()`` (the guide's data); a checkpoint in ``cfg.out/final``."""
     from .bc import BCTrainer
-    from .checkpoint import checkpoint_bytes, ensure_disk_space, save_checkpoint, set_seed
+    from .checkpoint import checkpoint_bytes, ensure_disk_space, save_checkpoint
     from .files import write_atomic
     from .run import load_policy
+    from .runtime import set_seed
 
     out = Path(cfg.out)
     set_seed(cfg.seed)
@@ -243,7 +244,8 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     from .evaluate import evaluate_policy, split_examples
     from .evaluate import metric_names as eval_metric_names
     from .files import write_atomic
-    from .run import build_task, guide_options, resolve_device, train
+    from .run import build_task, guide_options, train
+    from .runtime import resolve_device
     from .distill_report import report_markdown, row
 
     callback = callback or _noop
@@ -263,12 +265,10 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
         prepare(progress=lambda text, frac=None: say(text))
     eval_examples = split_examples(task, o.eval_split, o.eval_limit)
     train_examples = task.examples("train")[: o.prompts] if o.prompts else task.examples("train")
-    is_api = o.guide.strip().lower().startswith("openai:")
     say(f"loading learner {learner_spec} and guide {o.guide}")
     reference = resolve(learner_spec, device=device)
     check_room(out, reference, then_cfg)  # before the guide is paid for its completions
-    options = {**guide_options(bc_cfg), "max_concurrency": o.concurrency} if is_api else {}
-    guide = resolve(o.guide, device=device, **options)
+    guide = resolve(o.guide, device=device, **guide_options(bc_cfg, concurrency=o.concurrency))
     rows, stats = [], {}
 
     def evaluate(policy, name: str, spec: str) -> None:
@@ -308,7 +308,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
         "reward_mean_all": sum(r["reward"] for r in samples) / len(samples),
         "reward_mean_kept": sum(r["reward"] for r in samples if r["kept"]) / len(kept),
         "budget_exhausted": bool(stopped), "stopped": stopped,
-        "guide": guide.stats() if hasattr(guide, "stats") else None,
+        "guide": guide.stats() or None,
     }
     iterations = o.iterations or max(1, math.ceil(o.bc_epochs * len(kept) / bc_cfg.episodes))
     bc_cfg.iterations = iterations
@@ -319,15 +319,14 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     evaluate(bc_policy, "learner + BC", stats["bc"]["final"])
     del bc_policy
     if then_cfg is not None:
-        stats["then"] = run_then(then_cfg, guide, is_api, o, callback, say, train)
+        stats["then"] = run_then(then_cfg, guide, o, callback, say, train)
         if stats["then"].get("iterations"):  # a run stopped before its first iteration is the BC model
             evaluate(resolve(stats["then"]["final"], device=device), f"learner + BC + {then_cfg.alg}",
                      stats["then"]["final"])
-    if hasattr(guide, "close"):
-        guide.close()
+    guide.close()
     report = {
         "task": task.name, "split": o.eval_split, "n": len(eval_examples), "guide": o.guide, "learner": learner_spec,
-        "metric_names": eval_metric_names(task), "rows": rows, **stats, "guide_total": guide.stats() if hasattr(guide, "stats") else None,
+        "metric_names": eval_metric_names(task), "rows": rows, **stats, "guide_total": guide.stats() or None,
         "guide_budget_tokens": o.guide_budget_tokens or None, "out": str(out),
         "task_info": {"reference_model": learner_spec, **task.info()},
     }
@@ -336,11 +335,11 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     return report
 
 
-def run_then(cfg, guide, is_api: bool, o: DistillOptions, callback, say, train) -> dict:
+def run_then(cfg, guide, o: DistillOptions, callback, say, train) -> dict:
     """``rlgf train`` from the BC checkpoint with the same guide and the rest of the budget."""
 
-    if is_api and o.guide_budget_tokens:
-        left = o.guide_budget_tokens - guide.budget.used
+    if guide.remote and o.guide_budget_tokens:
+        left = o.guide_budget_tokens - guide.stats().get("budget_used_tokens", 0)
         if left <= 0 and cfg.algorithm.needs_guide:
             say(f"no guide budget left for --then {cfg.alg}; skipping it")
             return {"alg": cfg.alg, "skipped": "no guide budget left"}

@@ -23,16 +23,16 @@ from backends.base import Sampling, TokenPolicy
 from backends.errors import RlgfError
 from tasks.base import Example, Task
 
-from .checkpoint import is_checkpoint, read_state, set_seed
+from .checkpoint import is_checkpoint, read_state
 from .decoding import (  # noqa: F401 - re-exported: the decoding helpers used to live here
     DECODING_MODES,
     check_decoding,
     decoding_for,
     describe_decoding,
-    is_deterministic,
     resolve_sampling,
 )
 from .report import mean_std
+from .runtime import resolve_device, set_seed
 from .tensors import chunks
 
 Progress = Callable[[int, int], None]
@@ -41,6 +41,12 @@ Bar = Callable[[str], ContextManager[Progress]]
 
 def _silent(text: str) -> None:
     return None
+
+
+def _no_bar(label: str) -> ContextManager[Progress]:
+    import contextlib
+
+    return contextlib.nullcontext(lambda done, total: None)
 
 
 # -- one policy -----------------------------------------------------------------------
@@ -185,20 +191,13 @@ def evaluate_policy(
 # -- many policies --------------------------------------------------------------------
 
 
-def is_api_spec(spec: str) -> bool:
-    return spec.strip().lower().startswith("openai:")
+def load_for_eval(spec: str, device: str, *, seed: int, base_url: str | None = None):
+    """``spec`` as a policy, with the options its backend takes from the run (an API model's
+    server and seed)."""
+    from backends import RunSettings, policy_class, resolve
 
-
-def api_options(spec: str, *, base_url: str | None = None, seed: int | None = None, **extra) -> dict:
-    """Backend options for an ``openai:`` spec (nothing for other specs)."""
-    if not is_api_spec(spec):
-        return {}
-    opts = {k: v for k, v in extra.items() if v is not None}
-    if base_url:
-        opts["base_url"] = base_url
-    if seed is not None:
-        opts["seed"] = seed
-    return opts
+    options = policy_class(spec).options_from(RunSettings(seed=seed, base_url=base_url))
+    return resolve(spec, device=device, **options)
 
 
 def build_eval_task(task_name: str | None, specs: list[str], task_options: dict) -> Task:
@@ -228,7 +227,6 @@ def run_eval(
     task_options: dict,
     device: str,
     batch_size: int,
-    quiet: bool = False,
     decoding: dict | None = None,
     base_url: str | None = None,
     sample_scores: bool = False,
@@ -243,17 +241,10 @@ def run_eval(
     run), ``per_seed`` and every generation in ``samples`` (with its reward when
     ``sample_scores``).
     """
-    from backends import resolve
-
-    from .run import resolve_device
+    from backends import policy_class, resolve
 
     say = say or _silent
-    if bar is None:
-        from .progress import CountProgress
-
-        def bar(label: str):
-            return CountProgress(label, quiet=quiet)
-
+    bar = bar or _no_bar
     dev = resolve_device(device)
     task = build_eval_task(task_name, specs, task_options)
     sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
@@ -264,13 +255,14 @@ def run_eval(
     seed_list = [seed + i for i in range(seeds)]
     results = []
     for spec in specs:
-        local = None if is_api_spec(spec) else (reference if spec == ref_spec else resolve(spec, device=dev))
+        remote = policy_class(spec).remote  # loaded per seed (its requests are seeded), closed after
+        local = None if remote else (reference if spec == ref_spec else resolve(spec, device=dev))
         runs, rows, decoding_text = [], [], ""
         for s in seed_list:
-            if runs and is_deterministic(sampling):  # beam search falls back to greedy: deterministic too
+            if runs and sampling.is_deterministic:  # beam search falls back to greedy: deterministic too
                 say(f"{spec}: {decoding_text} is deterministic; one run stands for every seed")
                 break
-            policy = local or resolve(spec, device=dev, **api_options(spec, base_url=base_url, seed=s))
+            policy = local or load_for_eval(spec, dev, seed=s, base_url=base_url)
             decode = decoding_for(policy, task, sampling)
             decoding_text = describe_decoding(policy, decode)
             say(f"evaluating {spec} on {task.name} {split} (n={len(examples)}, seed {s}, {decoding_text})")

@@ -35,6 +35,7 @@ from tasks.base import Example, Task
 
 from .algorithms import GUIDE, LEARNER, Scheme
 from .rollout import RolloutBatch, pad_id
+from .runtime import derive_seed
 from .tensors import chunks, concat
 
 
@@ -86,7 +87,7 @@ class GuidedRollout:
         for sl in chunks(len(examples), batch_size):
             gen = generator
             if chunk_seed is not None:
-                seed = (chunk_seed * 1_000_003 + first_index + sl.start) % (2**63)
+                seed = derive_seed(chunk_seed, first_index + sl.start)
                 gen = torch.Generator().manual_seed(seed)
                 torch.manual_seed(seed)
             elif gen is None:

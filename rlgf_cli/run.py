@@ -29,24 +29,16 @@ from .checkpoint import (
     restore_rng_state,
     rng_state,
     save_checkpoint,
-    set_seed,
 )
 from .distributed import init_from_env, shutdown
 from .files import check_out_dir, write_atomic
 from .config import TrainConfig
+from .runtime import resolve_device, set_seed
 from .trainer import Callback, _noop
 
 
 class Interrupted(RlgfError):
     """Ctrl-C during training; the message names the checkpoint that was written."""
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RlgfError(f"--device {name} was asked for but no CUDA device is available", "use --device cpu or auto")
-    return name
 
 
 def build_task(cfg: TrainConfig):
@@ -66,56 +58,24 @@ def load_policy(spec: str, device: str):
     from backends import resolve
 
     policy = resolve(spec, device=device)
-    if not getattr(policy, "trainable", False):
+    if not policy.trainable:
         raise RlgfError(f"'{spec}' cannot be trained here", "the learner must be a local model (hf:… or a folder)")
     return policy
 
 
-def guide_options(cfg: TrainConfig, used: int = 0) -> dict:
-    """Backend options for an API guide (the key itself only ever comes from the environment).
+def guide_options(cfg: TrainConfig, used: int = 0, concurrency: int | None = None) -> dict:
+    """The guide backend's options for this run (its class builds them; nothing for a local guide).
 
-    ``used`` tokens (from a resumed run) count against ``--guide-budget-tokens``."""
-    if not (cfg.guide or "").lower().startswith("openai:"):
+    ``used`` tokens (from a resumed run) count against ``--guide-budget-tokens``; ``concurrency``
+    caps the requests in flight (the backend's default without it)."""
+    from backends import RunSettings, policy_class
+
+    if not cfg.guide:
         return {}
-    opts: dict = {}
-    if cfg.guide_base_url:
-        opts["base_url"] = cfg.guide_base_url
-    if cfg.guide_budget_tokens:
-        from backends.token_budget import TokenBudget
-
-        budget = TokenBudget(cfg.guide_budget_tokens)
-        if used:
-            budget.charge(int(used))
-        opts["budget"] = budget
-    if cfg.guide_price_per_1k is not None:
-        opts["price_per_1k"] = cfg.guide_price_per_1k
-    opts["seed"] = cfg.seed
-    opts.update(_guide_env_options())
-    return opts
-
-
-#: transport settings of an API guide that only the environment sets (slow servers, tests)
-GUIDE_ENV = {"RLGF_GUIDE_TIMEOUT": ("timeout", float), "RLGF_GUIDE_MAX_RETRIES": ("max_retries", int),
-             "RLGF_GUIDE_BACKOFF": ("backoff_base", float)}
-
-
-def _guide_env_options() -> dict:
-    import os
-
-    opts: dict = {}
-    for var, (name, kind) in GUIDE_ENV.items():
-        raw = os.environ.get(var, "").strip()
-        if not raw:
-            continue
-        try:
-            value = kind(raw)
-        except ValueError:
-            value = None
-        if value is None or value < 0:
-            raise RlgfError(f"${var} must be a {'whole ' if kind is int else ''}number >= 0, not {raw!r}",
-                            f"unset it, or e.g. {var}={'6' if kind is int else '30'}")
-        opts[name] = value
-    return opts
+    settings = RunSettings(seed=cfg.seed, base_url=cfg.guide_base_url, budget_tokens=cfg.guide_budget_tokens,
+                           budget_used=int(used or 0), price_per_1k=cfg.guide_price_per_1k, max_concurrency=concurrency,
+                           guide=True)
+    return policy_class(cfg.guide).options_from(settings)
 
 
 def prepare_out_dir(cfg: TrainConfig, overwrite: bool) -> Path:
@@ -261,7 +221,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     with open(out / "metrics.jsonl" if main else os.devnull, "a", encoding="utf-8") as log:
         try:
             while trainer.iteration < cfg.iterations:
-                before = (rng_state(), trainer.state()) if hasattr(guide, "stats") else None
+                before = (rng_state(), trainer.state()) if guide is not None and guide.remote else None
                 try:
                     last = trainer.step()
                 except GuideBudgetExhausted as exc:
@@ -284,7 +244,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     else:
                         where = f"no checkpoint was written yet; start again with --out {out} --overwrite"
                     raise RlgfError(exc.message, f"{exc.hint}; {where}" if exc.hint else where) from None
-                if hasattr(guide, "stats"):
+                if guide is not None:
                     last.update({f"guide_api_{k}": v for k, v in guide.stats().items() if not isinstance(v, str)})
                 log.write(json.dumps(last) + "\n")
                 log.flush()
@@ -302,7 +262,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
             ) from None
     final = checkpoint(out / "final")
     callback("checkpoint", {"path": str(final)})
-    if hasattr(guide, "close"):
+    if guide is not None:
         guide.close()
     summary = {
         "task": cfg.task,
@@ -315,7 +275,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         "final": str(final),
         "seconds": time.perf_counter() - started,
         "stopped": stopped,
-        "guide_stats": guide.stats() if hasattr(guide, "stats") else None,
+        "guide_stats": (guide.stats() or None) if guide is not None else None,
         "last": last,
         "task_info": task.info(),
     }
@@ -325,9 +285,9 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
 
 
 def _guide_state(guide) -> dict:
-    if not hasattr(guide, "stats"):
+    stats = guide.stats() if guide is not None else {}
+    if not stats:
         return {}
-    stats = guide.stats()
     return {"guide_budget_used_tokens": stats.get("budget_used_tokens", stats.get("total_tokens", 0))}
 
 
@@ -349,8 +309,7 @@ def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: st
         if algorithm.needs_guide:
             callback("message", {"text": f"loading guide {cfg.guide}"})
             guide = resolve(cfg.guide, device=device, **guide_options(cfg, used=state.get("guide_budget_used_tokens", 0)))
-            if hasattr(guide, "validate"):  # an API guide: reachable, key accepted, model known — before any output
-                guide.validate()
+            guide.validate()  # an API guide: reachable, key accepted, model known — before any output
         reference = load_policy(learner_spec, device)
 
         def critic(name: str):

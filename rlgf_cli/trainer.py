@@ -36,6 +36,7 @@ from .chunking import EpisodeShape, rollout_chunk
 from .distributed import all_sum, any_rank, sum_gradients, world
 from .guided import GuidedRollout
 from .rollout import RolloutBatch
+from .runtime import derive_seed
 from .tensors import chunks, concat, trim_query, trim_response_width
 
 #: progress callback: ``callback(event, payload)`` with events
@@ -79,7 +80,7 @@ class PromptSampler:
         if not examples:
             raise RlgfError("the task has no training examples", "check the task's data")
         self.examples = examples
-        self.rng = random.Random(seed)
+        self.rng = random.Random(derive_seed(seed))
         self.order: list[int] = []
 
     def state_dict(self) -> dict:
@@ -144,10 +145,9 @@ class Trainer(TrainerBase):
         for c in self.critics.values():
             c.to(self.device)
         for frozen in (self.reference, guide):  # inference only: no gradients, no dropout
-            model = getattr(frozen, "model", None)
-            if isinstance(model, torch.nn.Module) and frozen is not policy:  # (an API guide's model is a name)
-                model.eval()
-                for p in model.parameters():
+            if frozen is not None and frozen.trainable and frozen is not policy:  # (not an API guide)
+                frozen.model.eval()
+                for p in frozen.model.parameters():
                     p.requires_grad_(False)
         params = [p for p in policy.model.parameters() if p.requires_grad]
         for c in self.critics.values():
@@ -161,8 +161,8 @@ class Trainer(TrainerBase):
         #: bf16 autocast on CUDA (weights and optimizer state stay float32)
         self.autocast = _autocast(self.device)
         for p in (policy, guide):  # decoding steps replayed as CUDA graphs (GPU only, opt-in)
-            if p is not None and hasattr(p, "cuda_graphs"):
-                p.cuda_graphs = bool(cfg.cuda_graphs) and self.device.type == "cuda"
+            if p is not None:
+                p.use_cuda_graphs(bool(cfg.cuda_graphs) and self.device.type == "cuda")
         #: episodes per generation / scoring chunk: what the device's memory allows on a GPU
         self.rollout_batch_size = cfg.rollout_batch_size or self._auto_chunk(max_new)
         self.engine = GuidedRollout(
@@ -263,7 +263,7 @@ class Trainer(TrainerBase):
 
     def collect(self, examples: list[Example], part: Part, *, part_index: int = 0, first_index: int = 0) -> RolloutBatch:
         self.policy.model.eval()
-        seed = (self.cfg.seed * 1_000_003 + self.iteration) * 16 + part_index
+        seed = derive_seed(derive_seed(self.cfg.seed, self.iteration), part_index, stride=16)
         return self.engine.collect(examples, part.scheme, part.beta, batch_size=self.rollout_batch_size,
                                    chunk_seed=seed, first_index=first_index)
 
@@ -287,7 +287,7 @@ class Trainer(TrainerBase):
         return scores
 
     def _auto_chunk(self, max_new: int) -> int:
-        models = [m for m in (self.policy.model, getattr(self.guide, "model", None)) if isinstance(m, torch.nn.Module)]
+        models = [p.model for p in (self.policy, self.guide) if p is not None and p.trainable]
         bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         n, why = rollout_chunk(
             self.cfg.episodes, self.device, configs=[m.config for m in models],
@@ -352,7 +352,7 @@ class Trainer(TrainerBase):
         steps = 0
         n_global = int(all_sum([len(buf.batch)])[0])
         local_of = {int(g): i for i, g in enumerate(buf.global_index.tolist())}
-        gen = torch.Generator().manual_seed(cfg.seed * 1000003 + self.iteration)
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, self.iteration))
         for _ in range(cfg.epochs):
             perm = torch.randperm(n_global, generator=gen).tolist()
             for sl in chunks(n_global, cfg.minibatch_size * w.size):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from backends.cache import cache_dir
+from backends.device import resolve_device
 from backends.errors import RlgfError
 
 from .jsonl import quiet_transformers
@@ -68,14 +69,6 @@ class TrainingConfig:
 def _report(progress: Progress | None, message: str, fraction: float | None = None) -> None:
     if progress is not None:
         progress(message, fraction)
-
-
-def _pick_device(device: str | None) -> str:
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _usable_cpus() -> int:
@@ -174,7 +167,7 @@ class SentimentReward:
                 model = AutoModelForSequenceClassification.from_pretrained(str(path))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise RlgfError(f"could not load the reward classifier at {path}: {exc}", hint=hint) from exc
-        model.to(_pick_device(device))
+        model.to(resolve_device(device))
         facts = {}
         if (path / FACTS_FILE).is_file():
             try:
@@ -286,7 +279,7 @@ def train_classifier(
     if not train or not test:
         raise RlgfError("cannot train the reward classifier: the train or test split is empty")
     encoder = Path(encoder) if encoder is not None else encoder_path()
-    device = _pick_device(device)
+    device = resolve_device(device)
     train, test = list(train), list(test)
     threads_before = torch.get_num_threads()
     threads = _usable_cpus()

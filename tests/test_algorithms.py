@@ -187,7 +187,7 @@ def tokenizer_and_models():
     from test_guided_training import TASK
 
     from backends.hf import HFPolicy
-    from rlgf_cli.checkpoint import set_seed
+    from rlgf_cli.runtime import set_seed
 
     set_seed(0)
     tokenizer = make_byte_tokenizer()

@@ -27,7 +27,7 @@ from backends.base import Sampling
 from backends.hf import HFPolicy
 from rlgf_cli.algorithms import AGGREVATED, GUIDE, LEARNER, PPO, PPO_PP, Part
 from rlgf_cli.bc import BCTrainer
-from rlgf_cli.checkpoint import set_seed
+from rlgf_cli.runtime import set_seed
 from rlgf_cli.config import TrainConfig
 from rlgf_cli.ppo import gae, kl_penalised_rewards
 from rlgf_cli.trainer import Buffers, Trainer

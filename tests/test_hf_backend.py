@@ -377,10 +377,11 @@ def test_load_errors(tmp_path, monkeypatch):
 
 
 def test_device_and_dtype_resolution():
-    from backends.hf import resolve_device, resolve_dtype
+    from backends.device import resolve_device
+    from backends.hf import resolve_dtype
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
+    assert resolve_device("auto") == expected
     assert resolve_dtype(None, torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16

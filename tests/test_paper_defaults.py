@@ -10,7 +10,7 @@ from conftest import make_byte_tokenizer, make_tiny_causal, make_tiny_seq2seq
 from backends.base import Sampling
 from backends.hf import HFPolicy
 from rlgf_cli.bc import BCTrainer
-from rlgf_cli.checkpoint import set_seed
+from rlgf_cli.runtime import set_seed
 from rlgf_cli.config import TrainConfig, build_config
 from tasks.base import Example, Task
 
