@@ -43,7 +43,7 @@ def train_command(
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its latest checkpoint (flags such as --iterations or --guide-budget-tokens override its config).", rich_help_panel=_RUN)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate. [default: 1e-6; BC 1e-5]", rich_help_panel=_PPO)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="PPO epochs per iteration. [default: 5]", rich_help_panel=_PPO)] = None,
-    minibatch_size: Annotated[Optional[int], typer.Option(help="Episodes per minibatch. [default: 16]", rich_help_panel=_PPO)] = None,
+    minibatch_size: Annotated[Optional[int], typer.Option(help="Episodes per minibatch. [default: 16, at most --episodes]", rich_help_panel=_PPO)] = None,
     gamma: Annotated[Optional[float], typer.Option(help="Discount γ. [default: 0.99]", rich_help_panel=_PPO)] = None,
     lam: Annotated[Optional[float], typer.Option(help="GAE λ. [default: 0.95]", rich_help_panel=_PPO)] = None,
     clip_range: Annotated[Optional[float], typer.Option(help="Policy ratio clip ε. [default: 0.2]", rich_help_panel=_PPO)] = None,

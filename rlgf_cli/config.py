@@ -22,6 +22,8 @@ ALG_ALIASES = {"ppopp": "ppo++", "ppo_pp": "ppo++", "pp": "ppo++", "aggrevate": 
 #: paper defaults that depend on the algorithm (Tables 5 and 6); β defaults live with the
 #: schemes in rlgf_cli.algorithms (PPO++ 0.2, AggreVaTeD 0.8)
 DEFAULT_LR = {"bc": 1e-5}
+#: episodes per minibatch when --minibatch-size is not given (fewer when --episodes is smaller)
+DEFAULT_MINIBATCH = 16
 #: longest continuation any command generates (the paper's tasks use 48 and 20)
 MAX_NEW_TOKENS = 4096
 
@@ -60,8 +62,9 @@ class TrainConfig:
     episodes: int = 64
     #: PPO epochs over each rollout batch
     epochs: int = 5
-    #: episodes per minibatch in the update
-    minibatch_size: int = 16
+    #: episodes per minibatch in the update; 0 (the default) = 16, or --episodes when fewer
+    #: (the resolved number is what OUT/config.toml records)
+    minibatch_size: int = 0
     #: episodes per generation / scoring chunk (memory bound); 0 = sized to the device
     #: (what fits in a GPU's free memory, 64 on CPU)
     rollout_batch_size: int = 0
@@ -122,9 +125,11 @@ class TrainConfig:
                 f"--alg {self.alg} needs a guide policy",
                 "pass --guide SPEC (a model spec or a checkpoint folder, e.g. a BC run's OUT/final)",
             )
-        _positive_int(self, "iterations", "episodes", "epochs", "minibatch_size", "kl_horizon")
+        _positive_int(self, "iterations", "episodes", "epochs", "kl_horizon")
         _non_negative(self, "weight_decay", "vf_coef", "ent_coef", "kl_coef", "target_kl", "max_grad_norm")
-        _non_negative_int(self, "save_every", "seed", "guide_budget_tokens", "rollout_batch_size")
+        _non_negative_int(self, "save_every", "seed", "guide_budget_tokens", "rollout_batch_size", "minibatch_size")
+        if self.minibatch_size == 0:  # not given: follows the episodes per iteration
+            self.minibatch_size = min(DEFAULT_MINIBATCH, self.episodes)
         if self.guide_price_per_1k is not None and not (self.guide_price_per_1k >= 0):
             raise _range_error("guide_price_per_1k", self.guide_price_per_1k, ">= 0")
         _in_range(self, "gamma", 0.0, 1.0)
