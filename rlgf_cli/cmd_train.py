@@ -73,8 +73,9 @@ def train_command(
       rlgf train --resume runs/ppo --iterations 40
 
     Writes OUT/metrics.jsonl (one line per iteration), OUT/config.toml (the resolved
-    config), OUT/final/ (a plain transformers folder, with critic and optimizer state
-    beside it) and OUT/summary.json.
+    config), OUT/checkpoints/iter-NNNN/ (resumable: model, critic, optimizer and RNG state;
+    the last iteration's is always kept), OUT/final/ (what you ship: a plain transformers
+    folder with the critic beside it) and OUT/summary.json.
     """
     from .config import build_config
     from .progress import TrainProgress

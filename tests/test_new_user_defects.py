@@ -202,3 +202,35 @@ def test_imdb_test_rows_evaluate_but_do_not_train(tmp_path, tiny_causal_dir, tin
         "--learner", str(tiny_causal_dir), "--out", str(out), "--episodes", "2", "--device", "cpu", "--quiet",
     ]))  # fmt: skip
     assert "the train split of the IMDB data is empty" in line and not out.exists()
+
+
+# -- 4. final/ is what a user ships; the resumable state stays in checkpoints/ --------------------
+
+
+def test_final_ships_the_model_and_a_save_every_0_run_still_resumes_and_extends(tmp_path, tiny_causal_dir,
+                                                                                 tiny_reward_dir):
+    from rlgf_cli.checkpoint import folder_bytes
+
+    out = tmp_path / "run"
+    args = ["train", "--learner", str(tiny_causal_dir), "--reward-model", str(tiny_reward_dir), "--out", str(out),
+            "--iterations", "2", "--episodes", "4", "--epochs", "1", "--max-new-tokens", "4", "--device", "cpu",
+            "--quiet", "--lr", "1e-3", "--save-every", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    final = out / "final"
+    names = {p.name for p in final.iterdir()}
+    assert {"config.json", "model.safetensors", "critic", "rlgf.toml"} <= names
+    assert not {n for n in names if n.startswith(("optimizer", "rng"))}, names
+    weights = (final / "model.safetensors").stat().st_size + folder_bytes(final / "critic")
+    assert folder_bytes(final) < weights + 2**20, "final/ holds the model, tokenizer, configs and critic only"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["iter-0002"], "the last iteration stays resumable"
+    before = (final / "model.safetensors").read_bytes()
+
+    result = runner.invoke(app, ["train", "--resume", str(out), "--iterations", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    assert json.loads((final / "trainer_state.json").read_text())["iteration"] == 3
+    assert (final / "model.safetensors").read_bytes() != before, "final/ holds the extended run"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "iter-0003"
+    assert not list(out.rglob(".tmp-*"))
