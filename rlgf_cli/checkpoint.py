@@ -1,24 +1,30 @@
 """Checkpoints: a plain ``save_pretrained`` folder with the trainer's state beside it.
 
-Layout of one checkpoint folder (``OUT/checkpoints/iter-NNNN/`` or ``OUT/final/``)::
+A resumable checkpoint (``OUT/checkpoints/iter-NNNN/``)::
 
     config.json, model.safetensors, tokenizer files   # plain transformers loads this
     critic/ guide_critic/                               # value models (safetensors)
-    optimizer.pt                                        # AdamW state
-    trainer_state.json                                  # iteration, KL controller, metrics
-    rng.pt                                              # python / numpy / torch RNG states
+    optimizer.safetensors optimizer.json                # AdamW state (no pickle: resume_state)
+    rng.safetensors rng.json                            # python / numpy / torch RNG states
+    trainer_state.json                                  # iteration, KL controller, sampler, metrics
     rlgf.toml                                           # the run's resolved config
 
-A checkpoint is written into a temporary sibling folder and renamed into place, so a
-crash never leaves a half-written folder under its final name. Before writing, the free
-space is checked against an estimate of the checkpoint's size; a write that still fails
-(a full disk, a file-size limit) is reported as an :class:`RlgfError` naming the folder.
+``OUT/final/`` (:func:`export_final`) is what a user ships: the model, tokenizer, configs and
+critics of the run's last checkpoint, hardlinked from it where the file system allows (so
+the weights are on disk once), with a short ``trainer_state.json`` (iteration, task, initial
+learner) and no resumable state.
+
+A folder is written into a temporary sibling folder and renamed into place, so a crash
+never leaves a half-written folder under its final name. Before writing, the free space
+is checked against an estimate of the checkpoint's size; a write that still fails (a full
+disk, a file-size limit) is reported as an :class:`RlgfError` naming the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -31,6 +37,7 @@ import torch
 from backends.errors import RlgfError
 
 from .files import nearest_existing
+from .resume_state import RESUME_FILES, BadState, save_optimizer, save_rng
 
 STATE_FILE = "trainer_state.json"
 #: folder of each critic inside a checkpoint
@@ -38,6 +45,8 @@ CRITIC_DIRS = {"learner": "critic", "guide": "guide_critic"}
 TMP_PREFIX = ".tmp-"
 #: room kept beside the tensors for configs, tokenizer files, RNG and trainer state
 SMALL_FILES_BYTES = 64 * 2**20
+#: what OUT/final/trainer_state.json keeps of the trainer state (evaluation reads task and learner)
+SHIPPED_STATE = ("iteration", "alg", "task", "learner", "guide_budget_used_tokens")
 GIB = 2**30
 DAMAGE_HINT = "delete that folder to resume from the previous checkpoint, or start again with --overwrite"
 
@@ -91,8 +100,15 @@ def checkpoint_bytes(policy=None, critics: dict | None = None, optimizer=None) -
 
 
 def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under ``folder`` (0 when it does not exist)."""
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) if Path(folder).is_dir() else 0
+    """Bytes of the files under ``folder`` (0 when it does not exist); a hardlinked file counts once."""
+    if not Path(folder).is_dir():
+        return 0
+    sizes = {}
+    for f in Path(folder).rglob("*"):
+        if f.is_file():
+            st = f.stat()
+            sizes[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(sizes.values())
 
 
 def ensure_disk_space(folder: Path, need: int, what: str) -> None:
@@ -117,21 +133,61 @@ def save_checkpoint(
     state: dict[str, Any] | None = None,
     config_toml: str | None = None,
 ) -> Path:
-    """Write a checkpoint atomically to ``target`` (replacing an older one of that name)."""
+    """Write a resumable checkpoint atomically to ``target`` (replacing an older one of that name)."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    ensure_disk_space(target.parent, checkpoint_bytes(policy, critics, optimizer), f"checkpoint {target.name}")
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + "-", dir=target.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         policy.save(tmp)
         for name, critic in (critics or {}).items():
             critic.save(tmp / CRITIC_DIRS[name])
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+            save_optimizer(optimizer, tmp)
+        save_rng(tmp)
         (tmp / STATE_FILE).write_text(json.dumps(state or {}, indent=2), encoding="utf-8")
         if config_toml is not None:
             (tmp / "rlgf.toml").write_text(config_toml, encoding="utf-8")
+
+    return write_folder(target, fill, checkpoint_bytes(policy, critics, optimizer))
+
+
+def export_final(source: Path, target: Path) -> Path:
+    """``target`` (``OUT/final/``): the checkpoint ``source`` without its resumable state.
+
+    Its files are hardlinks to the checkpoint's (copies where the file system has none):
+    the checkpoint is never written again, and pruning it later leaves ``target`` whole."""
+    source, target = Path(source), Path(target)
+    state = json.loads((source / STATE_FILE).read_text(encoding="utf-8"))
+
+    def fill(tmp: Path) -> None:
+        for path in sorted(source.rglob("*")):
+            rel = path.relative_to(source)
+            if len(rel.parts) == 1 and rel.name in (*RESUME_FILES, STATE_FILE):
+                continue
+            if path.is_dir():
+                (tmp / rel).mkdir(parents=True, exist_ok=True)
+            else:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(path, tmp / rel)
+        shipped = {k: state[k] for k in SHIPPED_STATE if k in state}
+        (tmp / STATE_FILE).write_text(json.dumps(shipped, indent=2), encoding="utf-8")
+
+    return write_folder(target, fill, SMALL_FILES_BYTES)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # no hardlinks here (some network and FUSE file systems)
+        shutil.copy2(src, dst)
+
+
+def write_folder(target: Path, fill, need: int) -> Path:
+    """Build a folder with ``fill(tmp)`` in a temporary sibling, then rename it to ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_disk_space(target.parent, need, f"checkpoint {target.name}")
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + "-", dir=target.parent))
+    try:
+        fill(tmp)
         if target.exists():
             old = target.with_name(TMP_PREFIX + target.name + "-old")
             shutil.rmtree(old, ignore_errors=True)
@@ -190,14 +246,12 @@ def read_state(folder: Path) -> dict[str, Any]:
 
 def _is_damage(exc: BaseException) -> bool:
     """A file that does not parse — not out-of-memory, a missing import or a bug."""
-    import pickle
-
-    if isinstance(exc, (json.JSONDecodeError, pickle.UnpicklingError, EOFError, UnicodeDecodeError)):
+    if isinstance(exc, (json.JSONDecodeError, BadState, EOFError, UnicodeDecodeError)):
         return True
     if type(exc).__name__ in ("SafetensorError", "HeaderTooLarge", "HeaderTooSmall", "InvalidHeaderDeserialization"):
         return True
     text = str(exc)
-    # torch.load of a truncated or foreign file; transformers' safetensors loader
+    # a truncated or foreign weights file, as transformers' loaders report it
     return isinstance(exc, (RuntimeError, OSError)) and "memory" not in text.lower() and any(
         key in text for key in ("PytorchStreamReader", "zip archive", "invalid header", "Error while deserializing",
                                 "unable to load weights", "Unable to load weights"))
@@ -205,7 +259,7 @@ def _is_damage(exc: BaseException) -> bool:
 
 @contextlib.contextmanager
 def reading_checkpoint(folder: Path | None):
-    """Turn a damaged checkpoint file (truncated, not JSON, not a pickle…) into one clear error;
+    """Turn a damaged checkpoint file (truncated, not JSON, not safetensors…) into one clear error;
     anything else (out of memory, a bug) passes through unchanged."""
     try:
         yield

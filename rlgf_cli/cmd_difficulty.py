@@ -24,7 +24,7 @@ def difficulty_command(
     thresholds: Annotated[Optional[str], typer.Option(help="Sentiment tasks: cut points of the prompt's reward score instead of terciles: 'T' (easy/hard) or 'A,B' (hard < A ≤ medium < B ≤ easy).", rich_help_panel=_BUCKETS)] = None,
     unseen_at_least: Annotated[Optional[int], typer.Option(help="CommonGen: a prompt with at least N concepts never seen in training is hard. [default: 1]", rich_help_panel=_BUCKETS)] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    reference: Annotated[Optional[str], typer.Option(help="Frozen model for output_perplexity. Default: the checkpoint's initial learner, else the task's default learner.")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Frozen model for output_perplexity, or none to skip it. Default: the checkpoint's initial learner, else the task's default learner (left out, with the reason, when it cannot load).")] = None,
     policy_base_url: Annotated[Optional[str], typer.Option(help="Server of the openai: policies. Default: $OPENAI_BASE_URL.")] = None,
     data: Data = None,
     reward_model: RewardModel = None,

@@ -54,7 +54,7 @@ def eval_command(
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N examples of the split.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed (the first one with --seeds).")] = 0,
     seeds: Annotated[int, typer.Option(help="Run N seeds (seed, seed+1, …) and report mean ± std.")] = 1,
-    reference: Annotated[Optional[str], typer.Option(help="Frozen model for output_perplexity. Default: the checkpoint's initial learner, else the task's default learner.")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Frozen model for output_perplexity, or none to skip it. Default: the checkpoint's initial learner, else the task's default learner (left out, with the reason, when it cannot load).")] = None,
     policy_base_url: Annotated[Optional[str], typer.Option(help="Server of the openai: policies (vLLM, `rlgf serve`…). Default: $OPENAI_BASE_URL.")] = None,
     data: Data = None,
     reward_model: RewardModel = None,

@@ -44,8 +44,9 @@ def train_command(
       rlgf train --config my.toml --alg bc --print-config
 
     Writes OUT/metrics.jsonl (one line per iteration), OUT/config.toml (the resolved
-    config), OUT/final/ (a plain transformers folder, with critic and optimizer state
-    beside it) and OUT/summary.json.
+    config), OUT/checkpoints/iter-NNNN/ (resumable: model, critic, optimizer and RNG state;
+    the last iteration's is always kept), OUT/final/ (what you ship: a plain transformers
+    folder with the critic beside it) and OUT/summary.json.
     """
     if resume is not None:
         config = resume_settings(resume, config, options)

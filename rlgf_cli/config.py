@@ -15,6 +15,8 @@ from typing import Any
 
 from backends.errors import RlgfError
 
+#: episodes per minibatch when --minibatch-size is not given (fewer when --episodes is smaller)
+DEFAULT_MINIBATCH = 16
 #: longest continuation any command generates (the paper's tasks use 48 and 20)
 MAX_NEW_TOKENS = 4096
 ADVANTAGE_ESTIMATORS = ("one-step", "gae")
@@ -73,7 +75,9 @@ class TrainConfig:
     iterations: int = opt(10, "Training iterations (one rollout batch and one update each).", panel=PANEL_RUN)
     episodes: int = opt(64, "Episodes (prompts) per iteration.", panel=PANEL_RUN)
     epochs: int = opt(5, "PPO epochs over each rollout batch.", panel=PANEL_PPO)
-    minibatch_size: int = opt(16, "Episodes per minibatch in the update.", panel=PANEL_PPO)
+    minibatch_size: int = opt(0, "Episodes per minibatch in the update; 0: 16, or --episodes when fewer (the resolved "
+                                 "number is what OUT/config.toml records).", panel=PANEL_PPO,
+                              default_text="16, at most --episodes")
     rollout_batch_size: int = opt(0, "Episodes per generation and scoring chunk (a memory bound); 0 sizes it to the "
                                      "device (what fits in a GPU's free memory; 64 on CPU).", panel=PANEL_RUN)
     cuda_graphs: bool = opt(False, "Experimental: replay each decoding step of a causal model as a CUDA graph (GPU only; "
@@ -155,9 +159,11 @@ class TrainConfig:
                 f"--alg {self.alg} needs a guide policy",
                 "pass --guide SPEC (a model spec or a checkpoint folder, e.g. a BC run's OUT/final)",
             )
-        _positive_int(self, "iterations", "episodes", "epochs", "minibatch_size")
+        _positive_int(self, "iterations", "episodes", "epochs")
         _non_negative(self, "weight_decay", "vf_coef", "ent_coef", "kl_coef", "target_kl", "max_grad_norm")
-        _non_negative_int(self, "save_every", "seed", "guide_budget_tokens", "rollout_batch_size")
+        _non_negative_int(self, "save_every", "seed", "guide_budget_tokens", "rollout_batch_size", "minibatch_size")
+        if self.minibatch_size == 0:  # not given: follows the episodes per iteration
+            self.minibatch_size = min(DEFAULT_MINIBATCH, self.episodes)
         if self.guide_price_per_1k is not None and not (self.guide_price_per_1k >= 0):
             raise _range_error("guide_price_per_1k", self.guide_price_per_1k, ">= 0")
         _in_range(self, "gamma", 0.0, 1.0)

@@ -118,7 +118,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     from backends import policy_class, resolve
 
     from .evaluate import (build_eval_task, compute_metrics, decoding_for, describe_decoding, generate_for,
-                           load_for_eval, reference_spec_for, resolve_sampling, split_examples)
+                           load_for_eval, load_reference, resolve_sampling, split_examples)
     from .evaluate import metric_names as eval_metric_names
     from .runtime import resolve_device
 
@@ -135,8 +135,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     labels, values, how = assign_buckets(task, examples, thresholds=thresholds, unseen_at_least=unseen_at_least)
     names = [b for b in BUCKETS if b in labels]
     members = {b: [i for i, lab in enumerate(labels) if lab == b] for b in names}
-    ref_spec = reference_spec or reference_spec_for(specs[0], task)
-    reference = resolve(ref_spec, device=dev)
+    ref_spec, reference, ref_facts = load_reference(reference_spec, specs, task, dev, say)
     buckets = {b: {"n": len(members[b]), "policies": {}} for b in names}
     decodings = {}
     for spec in specs:
@@ -144,7 +143,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
         if remote:
             policy = load_for_eval(spec, dev, seed=seed, base_url=base_url)
         else:
-            policy = reference if spec == ref_spec else resolve(spec, device=dev)
+            policy = reference if reference is not None and spec == ref_spec else resolve(spec, device=dev)
         decode = decoding_for(policy, task, sampling)
         decodings[spec] = describe_decoding(policy, decode)
         say(f"generating with {spec} ({decodings[spec]})")
@@ -171,7 +170,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
         "gaps": {m: gaps_for({"buckets": buckets}, m) for m in metric_names({"buckets": buckets})},
         "prompts": [{"index": i, "prompt": ex.prompt, "difficulty": v, "bucket": lab}
                     for i, (ex, v, lab) in enumerate(zip(examples, values, labels))],
-        "task_info": {"reference_model": ref_spec, **task.info()},
+        "task_info": {**ref_facts, **task.info()},
     }
 
 

@@ -54,7 +54,7 @@ class DistillOptions:
     bc_epochs: float = 2.0
     iterations: int | None = None
     episodes: int = 32
-    minibatch_size: int = 16
+    minibatch_size: int = 0  # 0: 16, or --episodes when fewer
     lr: float | None = None
     then: str | None = None
     then_config: str | None = None
@@ -118,7 +118,7 @@ def configs(o: DistillOptions):
                   guide_price_per_1k=o.guide_price_per_1k, seed=o.seed, device=o.device,
                   max_new_tokens=o.max_new_tokens, **o.task_options)
     bc = build_config(None, alg="bc", iterations=o.iterations or 1, episodes=o.episodes,
-                      minibatch_size=min(o.minibatch_size, o.episodes), lr=o.lr, out=str(out / "bc"),
+                      minibatch_size=o.minibatch_size, lr=o.lr, out=str(out / "bc"),
                       guide_budget_tokens=o.guide_budget_tokens, **common)
     then = None
     if o.then:

@@ -62,6 +62,39 @@ def reference_spec_for(spec: str, task: Task) -> str:
     return task.default_learner
 
 
+#: ``--reference none``: no output_perplexity
+NO_REFERENCE = "none"
+REFERENCE_METRIC = "output_perplexity"
+
+
+def load_reference(given: str | None, specs: list[str], task: Task, device: str, say: Say):
+    """``(spec, policy, facts)`` of the frozen model that scores ``output_perplexity``.
+
+    Only a task with that metric loads one. ``--reference none`` skips it; a default reference
+    (the checkpoint's initial learner, the task's default learner) that cannot load — offline,
+    say — leaves the metric out with the reason in ``facts`` (as a missing SPICE is reported);
+    a reference asked for by name that cannot load is an error."""
+    from backends import resolve
+
+    if REFERENCE_METRIC not in task.metric_names:
+        return None, None, {}
+    if given is not None and given.strip().lower() == NO_REFERENCE:
+        return None, None, {"reference_model": NO_REFERENCE, REFERENCE_METRIC: "not computed (--reference none)"}
+    spec = given or reference_spec_for(specs[0], task)
+    say(f"reference model for output perplexity: {spec}")
+    try:
+        return spec, resolve(spec, device=device), {"reference_model": spec}
+    except RlgfError as exc:
+        if given is not None:
+            raise RlgfError(exc.message, f"{exc.hint}; or pass --reference none to skip {REFERENCE_METRIC}"
+                            if exc.hint else f"pass --reference none to skip {REFERENCE_METRIC}") from None
+        reason = f"the reference model {spec} could not be loaded: {exc.message}"
+        say(f"warning: {REFERENCE_METRIC} is left out: {reason}")
+        facts = {"reference_model": spec,
+                 REFERENCE_METRIC: f"unavailable — {reason} (pass --reference SPEC, or --reference none)"}
+        return spec, None, facts
+
+
 def split_examples(task: Task, split: str, limit: int | None) -> list[Example]:
     examples = task.examples(split)
     if limit is not None:
@@ -249,14 +282,13 @@ def run_eval(
     task = build_eval_task(task_name, specs, task_options)
     sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
     examples = split_examples(task, split, limit)
-    ref_spec = reference_spec or reference_spec_for(specs[0], task)
-    say(f"reference model for output perplexity: {ref_spec}")
-    reference = resolve(ref_spec, device=dev)
+    ref_spec, reference, ref_facts = load_reference(reference_spec, specs, task, dev, say)
     seed_list = [seed + i for i in range(seeds)]
     results = []
     for spec in specs:
         remote = policy_class(spec).remote  # loaded per seed (its requests are seeded), closed after
-        local = None if remote else (reference if spec == ref_spec else resolve(spec, device=dev))
+        shared = reference is not None and spec == ref_spec
+        local = None if remote else (reference if shared else resolve(spec, device=dev))
         runs, rows, decoding_text = [], [], ""
         for s in seed_list:
             if runs and sampling.is_deterministic:  # beam search falls back to greedy: deterministic too
@@ -276,7 +308,7 @@ def run_eval(
         results.append(summarise(spec, task, split, len(examples), decoding_text, runs, rows))
         del local  # free memory before the next policy
     return {"results": results, "metric_names": metric_names(task),
-            "task_info": {"reference_model": ref_spec, **task.info()}}
+            "task_info": {**ref_facts, **task.info()}}
 
 
 def summarise(spec: str, task: Task, split: str, n: int, decoding: str, runs: list[dict], rows: list[dict]) -> dict:

@@ -21,6 +21,7 @@ from .checkpoint import (
     TMP_PREFIX,
     checkpoint_bytes,
     ensure_disk_space,
+    export_final,
     folder_bytes,
     is_checkpoint,
     prune_checkpoints,
@@ -31,6 +32,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .distributed import init_from_env, shutdown
+from .resume_state import load_optimizer, load_rng, refuse_pickles
 from .files import check_out_dir, write_atomic
 from .config import TrainConfig
 from .runtime import resolve_device, set_seed
@@ -90,8 +92,8 @@ def extra_checkpoints(cfg: TrainConfig, done: int, existing_run: Path | None = N
     """How many checkpoints beyond the one being written must fit on the disk at once.
 
     Periodic saves keep ``keep_checkpoints`` folders (older ones are pruned after each save)
-    and the final one is written while they are still there; on a resume the folders already
-    on disk take their room already.
+    and the last iteration's is written while they are still there (``final/`` then links
+    its files); on a resume the folders already on disk take their room already.
     """
     to_come = 0
     if cfg.save_every:
@@ -101,11 +103,11 @@ def extra_checkpoints(cfg: TrainConfig, done: int, existing_run: Path | None = N
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    """The complete checkpoint with the highest iteration in a run folder (``final/`` or
-    ``checkpoints/iter-NNNN/``); temporary (half-written) folders are never considered."""
-    candidates = [out / "final", *sorted((out / "checkpoints").glob("iter-*"))]
+    """The complete checkpoint with the highest iteration in a run folder's ``checkpoints/``
+    (a finished run's last iteration is always among them; ``final/`` holds no resumable
+    state); temporary (half-written) folders are never considered."""
     best, best_iter = None, -1
-    for path in candidates:
+    for path in sorted((out / "checkpoints").glob("iter-*")):
         if path.is_dir() and not path.name.startswith(".") and is_checkpoint(path):
             it = int(read_state(path).get("iteration", -1))
             if it > best_iter:
@@ -138,6 +140,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     out = cfg.out_dir()
     ckpt: Path | None = None
     if resume:
+        refuse_pickles(out)
         ckpt = latest_checkpoint(out)
         if ckpt is None:
             hint = ("it stopped before its first checkpoint: start it again with --out and --overwrite"
@@ -189,7 +192,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         write_atomic(out / "config.toml", config_toml)
     if ckpt:
         with reading_checkpoint(ckpt):
-            restore_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+            load_rng(ckpt)
         if main:
             _truncate_metrics(out / "metrics.jsonl", trainer.iteration)
             for stale in [*out.glob(TMP_PREFIX + "*"), *(out / "checkpoints").glob(TMP_PREFIX + "*")]:
@@ -214,6 +217,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     from backends.token_budget import GuideBudgetExhausted
 
     guide = trainer.guide
+    saved = (trainer.iteration, ckpt) if ckpt else (-1, None)  # the newest checkpoint: (iteration, folder)
     callback("start", {"total": cfg.iterations, "done": trainer.iteration, "out": str(out)})
     started = time.perf_counter()
     last: dict = {}
@@ -251,6 +255,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                 callback("iteration", last)
                 if cfg.save_every and trainer.iteration % cfg.save_every == 0 and trainer.iteration < cfg.iterations:
                     path = checkpoint(out / "checkpoints" / f"iter-{trainer.iteration:04d}")
+                    saved = (trainer.iteration, path)
                     if main:
                         prune_checkpoints(out / "checkpoints", cfg.keep_checkpoints)
                     callback("checkpoint", {"path": str(path)})
@@ -260,7 +265,8 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                 f"interrupted after {trainer.iteration} iterations",
                 f"checkpoint saved in {path}; continue with rlgf train --resume {out}",
             ) from None
-    final = checkpoint(out / "final")
+    final = finish(out, saved[1] if saved[0] == trainer.iteration else None, checkpoint, trainer.iteration,
+                   cfg.keep_checkpoints, main)
     callback("checkpoint", {"path": str(final)})
     if guide is not None:
         guide.close()
@@ -282,6 +288,16 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     if main:
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def finish(out: Path, current: Path | None, checkpoint, iteration: int, keep: int, main: bool) -> Path:
+    """The end of a run: its last iteration as a resumable checkpoint (``current`` when one
+    was already written), kept besides the ``keep`` periodic ones, then ``OUT/final/`` from it."""
+    resumable = current or checkpoint(out / "checkpoints" / f"iter-{iteration:04d}")
+    if not main:
+        return out / "final"
+    prune_checkpoints(out / "checkpoints", keep + 1)
+    return export_final(resumable, out / "final")
 
 
 def _guide_state(guide) -> dict:
@@ -323,7 +339,5 @@ def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: st
     if ckpt is not None:
         with reading_checkpoint(ckpt):
             trainer.load_state(state)
-            opt = ckpt / "optimizer.pt"
-            if opt.is_file():
-                trainer.optimizer.load_state_dict(torch.load(opt, map_location=device, weights_only=False))
+            load_optimizer(trainer.optimizer, ckpt)
     return trainer

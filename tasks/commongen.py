@@ -12,7 +12,9 @@
   (``train``/``validation``/``val``/``dev``/``test``) places a row; a file without split
   fields is cut by concept set, shuffled with the seed (42), 80/10/10 into train/val/test.
   A file with train and validation rows but no test rows uses validation as test (like the
-  hub). Rows with an empty target are skipped. A corrupt line is an error naming the file
+  hub). A split the file lacks is an error only where it is needed: training (and the CIDEr-D
+  reward's idf) needs train rows, evaluation only the split it evaluates. Rows with an
+  empty target are skipped. A corrupt line is an error naming the file
   and the line.
 * **Prompt** — ``"generate a sentence with: " + " ".join(concepts) + "."`` (RL4LMs'
   ``CommonGen`` data pool). Up to 64 prompt tokens (left truncation; real prompts are far
@@ -156,10 +158,9 @@ def read_jsonl(path: Path, seed: int = 42) -> dict[str, list[ConceptSet]]:
         out["test"] = out["val"]
     if not out["val"]:
         out["val"] = out["test"]
-    for name in SPLITS:
-        if not out[name]:
-            raise RlgfError(f"{path} has no {name} concept sets with targets", hint='add rows with "split": "train" and "validation"')
-    return out
+    if not any(out.values()):
+        raise RlgfError(f"{path} has no concept sets with targets", hint='add rows with "concepts" and "targets"')
+    return out  # a split may be empty: evaluation needs no train rows (see CommonGenTask.examples)
 
 
 def load_hf_common_gen() -> dict[str, list[ConceptSet]]:
@@ -342,6 +343,12 @@ class CommonGenTask(Task):
                 f"{self.reward_error}",
                 hint="pass --reward cider_d (or bleu4, meteor) to train without SPICE",
             )
+        if self.reward_kind in ("cider_d", "spider"):  # CIDEr-D's idf comes from the train references
+            try:
+                self.examples("train")
+            except RlgfError as exc:
+                raise RlgfError(f"{exc.message} (the {self.reward_kind} reward takes CIDEr-D's idf from them)",
+                                exc.hint) from None
 
     def unavailable_metrics(self) -> dict[str, str]:
         """``metric → reason`` for the metrics that cannot be computed here."""
@@ -368,6 +375,10 @@ class CommonGenTask(Task):
         if split not in SPLITS:
             raise RlgfError(f"unknown split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
         if split not in self._examples:
+            sets = self.splits()[split]
+            if not sets:  # only a data file can lack a split; training needs train, evaluation test
+                raise RlgfError(f"{self.data_path} has no {split} concept sets with targets",
+                                hint=f'add rows with "split": "{"validation" if split == "val" else split}"')
             self._examples[split] = [
                 Example(
                     prompt=make_prompt(s.concepts),
@@ -375,7 +386,7 @@ class CommonGenTask(Task):
                     target=s.targets[0],
                     meta={"concepts": list(s.concepts), "line": s.first_line},
                 )
-                for s in self.splits()[split]
+                for s in sets
             ]
         return self._examples[split]
 

@@ -159,10 +159,9 @@ def read_jsonl(path: Path, seed: int) -> dict[str, list[LabelledText]]:
         n_test = max(1, round(0.1 * len(pool))) if len(pool) > 1 else 0
         parts["test"] += [pool[i] for i in order[len(pool) - n_test :]]
         parts["train"] += [pool[i] for i in order[: len(pool) - n_test]]
-    for part in ("train", "test"):
-        if not parts[part]:
-            raise RlgfError(f"{path} gives no {part} reviews", hint='add rows (or "split": "train"/"test" fields)')
-    return parts
+    if not parts["train"] and not parts["test"]:
+        raise RlgfError(f"{path} gives no reviews", hint='add rows of {"text": str, "label": 0|1}')
+    return parts  # one part may be empty: ImdbTask.examples says so when that split is used
 
 
 def load_hf_imdb() -> dict[str, list[LabelledText]]:
@@ -212,14 +211,7 @@ def load_splits(data: Path | None, seed: int) -> dict[str, list[LabelledText]]:
             parts = read_acl_imdb(data)
         else:
             parts = read_jsonl(data, seed)
-        splits = split_parts(parts["train"], parts["test"], seed)
-        for name in ("train", "val"):
-            if not splits[name]:
-                raise RlgfError(
-                    f"the {name} split of the IMDB data is empty ({len(parts['train'])} training reviews)",
-                    hint="the train part needs at least 2 reviews for an 80/20 train/val split",
-                )
-        _CACHE[key] = splits
+        _CACHE[key] = split_parts(parts["train"], parts["test"], seed)
     return _CACHE[key]
 
 
@@ -282,6 +274,20 @@ class ImdbTask(SentimentContinuationTask):
 
     def splits(self) -> dict[str, list[LabelledText]]:
         return load_splits(self.data_path, self.seed)
+
+    def examples(self, split: str):
+        """As the base class; a split the data lacks is an error only here, where it is used
+        (training needs train reviews, evaluation only the split it evaluates)."""
+        splits = self.splits() if split in ("train", "val", "test") else {}
+        if split in splits and not splits[split]:
+            source = self.data_path or "hf:imdb"
+            if split == "test":
+                raise RlgfError(f"{source} gives no test reviews", hint='add rows with "split": "test"')
+            n = len(splits["train"]) + len(splits["val"])
+            raise RlgfError(f"the {split} split of the IMDB data is empty ({n} training reviews)",
+                            hint='add rows with "split": "train" (or no split); the train part needs at least '
+                                 "2 reviews for an 80/20 train/val split")
+        return super().examples(split)
 
     def _default_reward(self, progress=None):
         """The hub classifier (``lvwerra/distilbert-imdb`` unless another name was given)."""

@@ -30,6 +30,7 @@ def finished_run(tmp_path_factory, tiny_causal_dir, tiny_reward_dir):
     result = runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, "--save-every", "1"))
     assert result.exit_code == 0, result.output
     assert (out / "final").is_dir() and (out / "checkpoints" / "iter-0001").is_dir()
+    assert (out / "checkpoints" / "iter-0002").is_dir(), "the last iteration is resumable"
     return out
 
 
@@ -37,20 +38,27 @@ def finished_run(tmp_path_factory, tiny_causal_dir, tiny_reward_dir):
     ("trainer_state.json", b'{"iteration": '),
     ("trainer_state.json", b'{"iteration": "x"}'),
     ("model.safetensors", None),  # truncated
-    ("optimizer.pt", b"\xf5 not a pickle"),
-    ("rng.pt", b"\xcd junk"),
+    ("optimizer.safetensors", b"\xf5 not safetensors"),
+    ("optimizer.json", b'{"format": 1, "param_groups": "x"'),
+    ("optimizer.json", b'{"format": 1, "param_groups": [], "state": {}}'),  # not this run's optimizer
+    ("rng.safetensors", None),
+    ("rng.json", b'{"format": 1, "python": [1, 2]}'),
+    ("rng.json", b"\xcd junk"),
 ])
 def test_resume_from_a_damaged_checkpoint_is_one_clear_error(finished_run, damage):
     name, content = damage
-    path = finished_run / "final" / name
-    path.write_bytes(content if content is not None else path.read_bytes()[:1000])
+    last = finished_run / "checkpoints" / "iter-0002"
+    path = last / name
+    damaged = content if content is not None else path.read_bytes()[:100]
+    path.unlink()  # a new file: final/ links the checkpoint's model, and must stay whole
+    path.write_bytes(damaged)
     result = runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"])
     line = _error(result)
-    assert f"checkpoint {finished_run / 'final'} is damaged" in line and "delete that folder" in line
+    assert f"checkpoint {last} is damaged" in line and "delete that folder" in line
     # and following the hint works: the previous checkpoint takes over
     import shutil
 
-    shutil.rmtree(finished_run / "final")
+    shutil.rmtree(last)
     result = runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(x) for x in (finished_run / "metrics.jsonl").read_text().splitlines()]
@@ -128,8 +136,9 @@ def test_a_user_data_file_that_does_not_parse_says_what_shape_it_needs(tmp_path)
 def test_resume_with_an_emptied_config_refuses_instead_of_using_defaults(finished_run):
     (finished_run / "config.toml").write_text("")
     line = _error(runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"]))
-    assert "is empty or damaged" in line and f"cp {finished_run / 'final' / 'rlgf.toml'}" in line
-    (finished_run / "config.toml").write_text((finished_run / "final" / "rlgf.toml").read_text())
+    kept = finished_run / "checkpoints" / "iter-0002" / "rlgf.toml"
+    assert "is empty or damaged" in line and f"cp {kept}" in line
+    (finished_run / "config.toml").write_text(kept.read_text())
     result = runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(x) for x in (finished_run / "metrics.jsonl").read_text().splitlines()]

@@ -39,7 +39,8 @@ def test_train_then_plain_transformers_load_then_eval(tmp_path, tiny_causal_dir,
         assert 0.0 <= m["reward_mean"] <= 1.0
         assert m["learner_tokens"] == 8 * 8 and m["guide_tokens"] == 0
     assert "alg = \"ppo\"" in (out / "config.toml").read_text()
-    # periodic checkpoint of iteration 1 (the last iteration only goes to final/)
+    # the periodic checkpoint of iteration 1 and the last iteration's, which final/ is made from
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter-0001", "iter-0002"]
     assert (out / "checkpoints" / "iter-0001" / "model.safetensors").is_file()
     assert not list(out.rglob(".tmp-*")), "no temporary folders may be left behind"
 
@@ -51,9 +52,16 @@ def test_train_then_plain_transformers_load_then_eval(tmp_path, tiny_causal_dir,
     start = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
     changed = any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), start.state_dict().values()))
     assert changed, "training must change the weights"
-    assert (final / "critic").is_dir() and (final / "optimizer.pt").is_file()
+    # final/ is what a user ships: model, tokenizer, configs, the critic; no resumable state
+    assert (final / "critic").is_dir()
+    assert not [p.name for p in final.iterdir() if p.name.startswith(("optimizer", "rng"))]
     state = json.loads((final / "trainer_state.json").read_text())
-    assert state["iteration"] == 2 and state["learner"] == str(tiny_causal_dir)
+    assert state == {"iteration": 2, "alg": "ppo", "task": "rotten-tomatoes", "learner": str(tiny_causal_dir)}
+    last = out / "checkpoints" / "iter-0002"
+    assert {"optimizer.safetensors", "optimizer.json", "rng.safetensors", "rng.json"} <= {p.name for p in last.iterdir()}
+    assert json.loads((last / "trainer_state.json").read_text())["iteration"] == 2
+    # the weights are on disk once: final/ links the last checkpoint's files
+    assert (final / "model.safetensors").stat().st_ino == (last / "model.safetensors").stat().st_ino
 
     report = tmp_path / "eval.json"
     samples = tmp_path / "samples.jsonl"

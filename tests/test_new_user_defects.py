@@ -1,0 +1,236 @@
+"""Defects a new user hits first: small runs, offline evaluation, test-only data files."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+from typer.testing import CliRunner
+
+from backends.errors import RlgfError
+from rlgf_cli.app import app
+from rlgf_cli.config import build_config
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _error(result) -> str:
+    lines = [x for x in result.output.splitlines() if x.startswith("[error]")]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+# -- 1. a minibatch size nobody asked for follows --episodes ------------------------------------
+
+
+def test_an_unset_minibatch_size_follows_the_episodes():
+    assert build_config(None).minibatch_size == 16  # the paper's default with its 64 episodes
+    assert build_config(None, episodes=4).minibatch_size == 4
+    assert build_config(None, episodes=40).minibatch_size == 16
+    assert build_config(None, episodes=4, minibatch_size=2).minibatch_size == 2
+    with pytest.raises(RlgfError, match="--minibatch-size 8 is larger than --episodes 4"):
+        build_config(None, episodes=4, minibatch_size=8)  # given explicitly: still an error
+    with pytest.raises(RlgfError, match="--minibatch-size must be >= 0"):
+        build_config(None, minibatch_size=-1)
+
+
+def test_a_config_file_minibatch_size_is_explicit(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("minibatch_size = 16\n")
+    with pytest.raises(RlgfError, match="--minibatch-size 16 is larger than --episodes 4"):
+        build_config(str(cfg), episodes=4)
+
+
+def test_train_with_few_episodes_runs_and_records_the_resolved_minibatch(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "train", "--task", "rotten-tomatoes", "--alg", "ppo", "--iterations", "1", "--episodes", "4",
+        "--learner", str(tiny_causal_dir), "--reward-model", str(tiny_reward_dir), "--out", str(out),
+        "--epochs", "1", "--max-new-tokens", "4", "--device", "cpu", "--quiet",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = tomllib.loads((out / "config.toml").read_text())["train"]
+    assert saved["minibatch_size"] == 4 and saved["episodes"] == 4
+    line = _error(runner.invoke(app, [
+        "train", "--episodes", "4", "--minibatch-size", "8", "--learner", str(tiny_causal_dir),
+        "--reward-model", str(tiny_reward_dir), "--out", str(tmp_path / "other"), "--device", "cpu", "--quiet",
+    ]))  # fmt: skip
+    assert "--minibatch-size 8 is larger than --episodes 4" in line
+    assert not (tmp_path / "other").exists()
+
+
+def test_distill_and_then_configs_follow_their_episodes(tmp_path):
+    from rlgf_cli.distill import DistillOptions, configs
+
+    then_toml = tmp_path / "then.toml"
+    then_toml.write_text("episodes = 4\n")  # no minibatch_size: the --then run follows these episodes
+    bc, then = configs(DistillOptions(guide="hf:x", episodes=8, then="ppo++", then_config=str(then_toml),
+                                      out=str(tmp_path / "d"), device="cpu"))
+    assert bc.minibatch_size == 8 and then.minibatch_size == 4
+    with pytest.raises(RlgfError, match="--minibatch-size 16 is larger than --episodes 8"):
+        configs(DistillOptions(guide="hf:x", episodes=8, minibatch_size=16, out=str(tmp_path / "d")))
+
+
+# -- 2. a reference model that cannot load leaves output_perplexity out, with the reason ------
+
+
+def _eval(*args):
+    return runner.invoke(app, ["eval", "--device", "cpu", "--quiet", *args])
+
+
+def test_an_unloadable_default_reference_leaves_output_perplexity_out(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    from tiny_assets import make_tiny_checkpoint
+
+    gone = tmp_path / "initial-learner-no-longer-here"  # as hf:t5-base is offline: it cannot load
+    ckpt = make_tiny_checkpoint(tmp_path / "run" / "final", gone, seed=1)
+    report = tmp_path / "eval.json"
+    result = _eval("-c", str(ckpt), "--reward-model", str(tiny_reward_dir), "--limit", "2", "--max-new-tokens", "4",
+                   "--json", str(report))
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    (res,) = data["results"]
+    assert set(res["metrics"]) == {"sentiment", "perplexity"}  # left out, never reported as 0
+    why = data["task_info"]["output_perplexity"]
+    assert why.startswith(f"unavailable — the reference model {gone} could not be loaded") and "--reference none" in why
+
+    result = _eval("-c", str(ckpt), "--reward-model", str(tiny_reward_dir), "--limit", "2", "--max-new-tokens", "4",
+                   "--reference", "none", "--json", str(report))
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert "output_perplexity" not in data["results"][0]["metrics"]
+    assert data["task_info"]["output_perplexity"] == "not computed (--reference none)"
+
+    line = _error(_eval("-c", str(ckpt), "--reward-model", str(tiny_reward_dir), "--reference", str(gone)))
+    assert str(gone) in line and "--reference none" in line  # asked for by name: an error
+
+
+def _commongen_file(path, split="test"):
+    rows = [
+        {"concepts": ["dog", "frisbee", "catch"], "targets": ["A dog catches a frisbee.", "The dog leaps for the frisbee."]},
+        {"concepts": ["boat", "lake", "row"], "targets": ["Two friends row a boat across the lake."]},
+        {"concepts": ["guitar", "sing", "stage"], "targets": ["She sings on stage with her guitar."]},
+    ]
+    path.write_text("".join(json.dumps({**r, "split": split}) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_commongen_eval_of_an_api_policy_on_test_rows_needs_no_reference_or_train_rows(tmp_path, tiny_causal_dir,
+                                                                                       monkeypatch):
+    from tasks.commongen import CommonGenTask
+    from tiny_assets import served
+
+    monkeypatch.setattr(CommonGenTask, "default_learner", str(tmp_path / "t5-base-offline"))
+    monkeypatch.setenv("RLGF_CACHE_DIR", str(tmp_path / "cache"))
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    data = _commongen_file(tmp_path / "test-only.jsonl")
+    report = tmp_path / "eval.json"
+    with served(tiny_causal_dir, "tiny") as server:
+        result = _eval("--task", "commongen", "--policy", "openai:tiny", "--policy-base-url", server.url,
+                       "--data", str(data), "--max-new-tokens", "4", "--json", str(report))
+    assert result.exit_code == 0, result.output
+    out = json.loads(report.read_text())
+    (res,) = out["results"]
+    assert res["n"] == 3 and {"bleu4", "cider_d", "rouge_l"} <= set(res["metrics"])
+    assert "reference_model" not in out["task_info"]  # commongen has no output_perplexity to load one for
+    assert out["task_info"]["splits"] == {"train": 0, "val": 3, "test": 3}
+
+
+# -- 3. evaluation needs no train split; training does ------------------------------------------
+
+
+def test_commongen_test_rows_evaluate_but_do_not_train(tmp_path, tiny_seq2seq_dir):
+    from tasks.commongen import CommonGenTask
+
+    data = _commongen_file(tmp_path / "test-only.jsonl")
+    report = tmp_path / "eval.json"
+    result = _eval("--task", "commongen", "--data", str(data), "--policy", str(tiny_seq2seq_dir),
+                   "--limit", "2", "--json", str(report))
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["results"][0]["n"] == 2
+
+    CommonGenTask(data=data, reward="bleu4").check_reward()  # BLEU-4 needs no train rows…
+    with pytest.raises(RlgfError, match="has no train concept sets with targets .*idf"):
+        CommonGenTask(data=data, reward="cider_d").check_reward()  # …CIDEr-D's idf does
+    with pytest.raises(RlgfError, match="has no train concept sets with targets"):
+        CommonGenTask(data=data, reward="bleu4").bc_examples()
+    for alg, reward in (("ppo", "cider_d"), ("ppo", "bleu4"), ("bc", "cider_d")):
+        out = tmp_path / f"run-{alg}-{reward}"
+        line = _error(runner.invoke(app, [
+            "train", "--task", "commongen", "--alg", alg, "--data", str(data), "--reward", reward,
+            "--learner", str(tiny_seq2seq_dir), "--out", str(out), "--iterations", "1", "--episodes", "2",
+            "--device", "cpu", "--quiet",
+        ]))  # fmt: skip
+        assert f"{data} has no train concept sets with targets" in line and '"split": "train"' in line
+        assert not out.exists()
+
+
+def test_commongen_file_without_test_rows_still_trains_and_says_what_is_missing(tmp_path):
+    from tasks.commongen import CommonGenTask
+
+    data = _commongen_file(tmp_path / "train-only.jsonl", split="train")
+    task = CommonGenTask(data=data, reward="cider_d")
+    task.check_reward()
+    assert len(task.examples("train")) == 3
+    with pytest.raises(RlgfError, match="has no test concept sets with targets"):
+        task.examples("test")
+
+
+def test_imdb_test_rows_evaluate_but_do_not_train(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    from tasks.imdb import ImdbTask
+
+    data = tmp_path / "imdb-test.jsonl"
+    texts = ["a wonderful film with a story that moved me to tears", "a dull and lifeless remake of a good film",
+             "funny warm and surprisingly deep comedy for everyone"]
+    data.write_text("".join(json.dumps({"text": t, "label": i % 2, "split": "test"}) + "\n" for i, t in enumerate(texts)))
+    task = ImdbTask(data=data, reward_model=tiny_reward_dir)
+    assert len(task.examples("test")) == 3
+    with pytest.raises(RlgfError, match=r"the train split of the IMDB data is empty \(0 training reviews\)"):
+        task.examples("train")
+    report = tmp_path / "eval.json"
+    result = _eval("--task", "imdb", "--data", str(data), "--reward-model", str(tiny_reward_dir),
+                   "--policy", str(tiny_causal_dir), "--reference", "none", "--max-new-tokens", "4",
+                   "--json", str(report))
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["results"][0]["n"] == 3
+    out = tmp_path / "run"
+    line = _error(runner.invoke(app, [
+        "train", "--task", "imdb", "--data", str(data), "--reward-model", str(tiny_reward_dir),
+        "--learner", str(tiny_causal_dir), "--out", str(out), "--episodes", "2", "--device", "cpu", "--quiet",
+    ]))  # fmt: skip
+    assert "the train split of the IMDB data is empty" in line and not out.exists()
+
+
+# -- 4. final/ is what a user ships; the resumable state stays in checkpoints/ --------------------
+
+
+def test_final_ships_the_model_and_a_save_every_0_run_still_resumes_and_extends(tmp_path, tiny_causal_dir,
+                                                                                 tiny_reward_dir):
+    from rlgf_cli.checkpoint import folder_bytes
+
+    out = tmp_path / "run"
+    args = ["train", "--learner", str(tiny_causal_dir), "--reward-model", str(tiny_reward_dir), "--out", str(out),
+            "--iterations", "2", "--episodes", "4", "--epochs", "1", "--max-new-tokens", "4", "--device", "cpu",
+            "--quiet", "--lr", "1e-3", "--save-every", "0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    final = out / "final"
+    names = {p.name for p in final.iterdir()}
+    assert {"config.json", "model.safetensors", "critic", "rlgf.toml"} <= names
+    assert not {n for n in names if n.startswith(("optimizer", "rng"))}, names
+    weights = (final / "model.safetensors").stat().st_size + folder_bytes(final / "critic")
+    assert folder_bytes(final) < weights + 2**20, "final/ holds the model, tokenizer, configs and critic only"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["iter-0002"], "the last iteration stays resumable"
+    before = (final / "model.safetensors").read_bytes()
+
+    result = runner.invoke(app, ["train", "--resume", str(out), "--iterations", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    assert json.loads((final / "trainer_state.json").read_text())["iteration"] == 3
+    assert (final / "model.safetensors").read_bytes() != before, "final/ holds the extended run"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "iter-0003"
+    assert not list(out.rglob(".tmp-*"))
