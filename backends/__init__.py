@@ -6,10 +6,10 @@ backend is resolved or an attribute such as :class:`HFPolicy` is first used.
 
 from __future__ import annotations
 
-from .base import GREEDY, Policy, RunSettings, Sampling, TokenPolicy
-from .cache import cache_dir
-from .errors import RlgfError
-from .registry import aliases, available, backends, load_backend, policy_class, resolve
+from backends.base import GREEDY, Policy, RunSettings, Sampling, TokenPolicy
+from backends.cache import cache_dir
+from backends.errors import RlgfError
+from backends.registry import aliases, available, backends, load_backend, policy_class, resolve
 
 __all__ = [
     "GREEDY",
@@ -29,7 +29,7 @@ __all__ = [
     "Critic",
 ]
 
-_LAZY = {"HFPolicy": ("backends.hf", "HFPolicy"), "Critic": ("backends.critic", "Critic")}
+_LAZY = {"HFPolicy": ("backends.hf.policy", "HFPolicy"), "Critic": ("backends.hf.critic", "Critic")}
 
 
 def __getattr__(name: str):

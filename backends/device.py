@@ -6,7 +6,7 @@ re-exports it for the CLI and the trainer (``backends`` never imports ``rlgf_cli
 
 from __future__ import annotations
 
-from .errors import RlgfError
+from backends.errors import RlgfError
 
 
 def resolve_device(device=None) -> str:

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .cache import cache_dir
-from .errors import RlgfError
+from backends.cache import cache_dir
+from backends.errors import RlgfError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _convert(source: Path, out: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .hf_util import quiet_progress
+    from backends.hf.util import quiet_progress
 
     with quiet_progress():
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_NAME)
@@ -135,7 +135,7 @@ def _convert(source: Path, out: Path) -> None:
 
 
 def load_smollm2(*, device="cpu", progress: Progress | None = None, spec: str = "smollm2", **kwargs):
-    """The embedded model as an :class:`~backends.hf.HFPolicy` (``kwargs`` go to ``HFPolicy.load``)."""
-    from .hf import HFPolicy
+    """The embedded model as an :class:`~backends.hf.policy.HFPolicy` (``kwargs`` go to ``HFPolicy.load``)."""
+    from backends.hf.policy import HFPolicy
 
     return HFPolicy.load(str(smollm2_dir(progress)), device=device, spec=spec, **kwargs)

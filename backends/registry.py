@@ -29,17 +29,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from . import embedded
-from .base import Policy
-from .errors import RlgfError, did_you_mean
+from backends import embedded
+from backends.base import Policy
+from backends.errors import RlgfError, did_you_mean
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "rlgf.backends"
 
 BUILTIN: dict[str, str] = {
-    "hf": "backends.hf:HFPolicy",
-    "openai": "backends.openai_api:OpenAIPolicy",
+    "hf": "backends.hf.policy:HFPolicy",
+    "openai": "backends.openai_api.policy:OpenAIPolicy",
 }
 
 DESCRIPTIONS: dict[str, str] = {

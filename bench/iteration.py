@@ -8,7 +8,7 @@ epochs of 4 minibatches (28 episodes each), a critic and a frozen reference mode
 Both sides run on the *same* models (random weights built from a config; nothing is
 downloaded) and the same synthetic task, one after the other in the same process:
 
-* **rlgf** — :meth:`rlgf_cli.trainer.Trainer.step`: the guide rolls in up to the restart point
+* **rlgf** — :meth:`rlgf_cli.training.trainer.Trainer.step`: the guide rolls in up to the restart point
   ``k`` in lock-step with the learner's roll-out (one decoding loop, the learner reads the
   roll-in tokens in the steps it makes anyway); reward; old / reference log-probs and values;
   the PPO update. Phase times are the Trainer's own metrics (``time_rollout_s`` …
@@ -225,7 +225,7 @@ class HFStyleLoop:
     def iteration(self, examples: list[Example], seed: int) -> dict:
         from transformers import LogitsProcessor
 
-        from rlgf_cli.ppo import clipped_policy_loss, clipped_value_loss, gae, kl_penalised_rewards, masked_whiten
+        from rlgf_cli.training.ppo import clipped_policy_loss, clipped_value_loss, gae, kl_penalised_rewards, masked_whiten
 
         cfg, dev, L = self.cfg, self.device, self.task.max_new_tokens
         gen = torch.Generator().manual_seed(seed)
@@ -315,11 +315,11 @@ class HFStyleLoop:
 
 # -- the run ------------------------------------------------------------------------------------
 def build(args):
-    from backends.critic import Critic
-    from backends.hf import HFPolicy
+    from backends.hf.critic import Critic
+    from backends.hf.policy import HFPolicy
     from rlgf_cli.runtime import set_seed
-    from rlgf_cli.config import TrainConfig
-    from rlgf_cli.trainer import Trainer
+    from rlgf_cli.training.config import TrainConfig
+    from rlgf_cli.training.trainer import Trainer
 
     preset = dict(PRESETS[args.preset])
     if args.episodes:

@@ -73,8 +73,8 @@ def setting(args, name: str):
 
 
 def run_training(name: str, out: Path, args, seed: int, **overrides) -> Path:
-    from rlgf_cli.config import build_config
-    from rlgf_cli.run import train
+    from rlgf_cli.training.config import build_config
+    from rlgf_cli.training.run import train
 
     episodes = setting(args, "episodes")
     values = dict(
@@ -91,7 +91,7 @@ def run_training(name: str, out: Path, args, seed: int, **overrides) -> Path:
 
 
 def evaluate(policies: dict[str, str], args, seed: int, split: str = "test") -> dict[str, dict]:
-    from rlgf_cli.evaluate import run_eval
+    from rlgf_cli.evaluation.evaluate import run_eval
 
     task_options = {"max_new_tokens": setting(args, "max_new_tokens")}
     if args.reward_model:
@@ -233,7 +233,7 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
 
 
 def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice) -> dict:
-    from rlgf_cli.curves import plot_curves
+    from rlgf_cli.evaluation.curves import plot_curves
 
     table = aggregate(per_seed)
     rows_health = health(runs_by_seed)

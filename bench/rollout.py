@@ -2,7 +2,7 @@
 
 Times, on the same prompts and sampling, median over ``--repeats`` runs:
 
-(a) a PPO++ batch through :class:`rlgf_cli.guided.GuidedRollout` — the guide rolls in (per
+(a) a PPO++ batch through :class:`rlgf_cli.training.guided.GuidedRollout` — the guide rolls in (per
     episode with probability β: 0.2 as in the paper, and 1.0 as the worst case) and the learner
     rolls out. Two engines: **lock-step** (the default: both models in one decoding loop, the
     learner reads the roll-in tokens in the steps it makes anyway) and **two-pass** (the roll-in
@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from backends.base import Sampling  # noqa: E402
-from backends.hf import HFPolicy  # noqa: E402
-from rlgf_cli.algorithms import PPO_PP  # noqa: E402
-from rlgf_cli.guided import GuidedRollout  # noqa: E402
+from backends.hf.policy import HFPolicy  # noqa: E402
+from rlgf_cli.training.algorithms import PPO_PP  # noqa: E402
+from rlgf_cli.training.guided import GuidedRollout  # noqa: E402
 from tasks.base import Example, Task  # noqa: E402
 
 SAMPLING = Sampling(do_sample=True, top_k=50)  # the tasks' training sampling
@@ -200,7 +200,7 @@ def redecode(learner: HFPolicy, guide: HFPolicy, prompts: list[str], task: Bench
     response with the learner, forcing the prefix tokens one decoding step at a time."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
-    from backends.hf_generate import _generation_config, _run_generate
+    from backends.hf.generate import _generation_config, _run_generate
 
     n, L = len(prompts), task.max_new_tokens
     generator = torch.Generator().manual_seed(seed)

@@ -1,3 +1,3 @@
-from .app import main
+from rlgf_cli.app import main
 
 main()

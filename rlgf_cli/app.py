@@ -11,13 +11,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
-from .cmd_difficulty import difficulty_command
-from .cmd_distill import distill_command
-from .cmd_eval import eval_command
-from .cmd_plot import plot_command
-from .cmd_train import train_command
-from .console import handle_errors, out_console
+from rlgf_cli import __version__
+from rlgf_cli.commands.difficulty import difficulty_command
+from rlgf_cli.commands.distill import distill_command
+from rlgf_cli.commands.eval import eval_command
+from rlgf_cli.commands.plot import plot_command
+from rlgf_cli.commands.train import train_command
+from rlgf_cli.commands.console import handle_errors, out_console
 
 app = typer.Typer(
     name="rlgf",
@@ -100,7 +100,7 @@ def backends_command(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
 
 def _register_serve() -> None:
     try:
-        from .cmd_serve import serve_command
+        from rlgf_cli.commands.serve import serve_command
     except ImportError:  # the server arrives with the API-guide work
         return
     app.command("serve")(handle_errors(serve_command))

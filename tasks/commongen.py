@@ -25,18 +25,18 @@
   field says which ran.
 * **Rewards** (``reward=``) — ``spider`` (default; SPIDEr = (CIDEr-D + SPICE) / 2),
   ``cider_d``, ``spice``, ``bleu4``, ``meteor``, or a custom ``module:function`` (see
-  :mod:`tasks.custom_reward`). Texts are PTB-tokenized first (:mod:`tasks.coco_metrics`).
+  :mod:`tasks.custom_reward`). Texts are PTB-tokenized first (:mod:`tasks.scoring.coco_metrics`).
   Per-sample CIDEr-D takes its idf from the references of the train split (fixed for the
-  whole run; see :class:`~tasks.coco_metrics.CiderD`); BLEU-4 is pycocoevalcap's
+  whole run; see :class:`~tasks.scoring.coco_metrics.CiderD`); BLEU-4 is pycocoevalcap's
   sentence-level BLEU-4; METEOR and SPICE are the Java scorers. SPICE needs Stanford CoreNLP
-  3.6.0, which no registry ships (:mod:`tasks.spice`): asking for ``spice`` or ``spider``
+  3.6.0, which no registry ships (:mod:`tasks.scoring.spice`): asking for ``spice`` or ``spider``
   without it is an error saying what to install. The DEFAULT reward (spider) is checked
   lazily instead, so that evaluation and BC, which need no reward, work offline: the first
   reward computation then fails with the same message and a hint to pass
   ``--reward cider_d``. :meth:`CommonGenTask.check_reward` performs the check up front.
 * **Metrics** — ``bleu4``, ``cider_d``, ``rouge_l`` (pycocoevalcap, corpus level, on
   PTB-tokenized texts), ``meteor`` (Java), ``spice`` and ``spider`` (when CoreNLP 3.6.0 is
-  present) and ``bertscore_f1`` (see :mod:`tasks.bertscore`), each against every reference
+  present) and ``bertscore_f1`` (see :mod:`tasks.scoring.bertscore`), each against every reference
   of a concept set. A metric that cannot run here is left out of the results and named,
   once, with the reason, in :meth:`CommonGenTask.info` (``rlgf eval`` prints it under the
   table) — never reported as 0.
@@ -54,7 +54,7 @@ from typing import Sequence
 from backends.base import Sampling
 from backends.errors import RlgfError, with_suggestion
 
-from .jsonl import iter_jsonl
+from tasks.jsonl import iter_jsonl
 from tasks.base import SPLITS, Example, PromptDifficulty, Task
 
 PREFIX = "generate a sentence with: "
@@ -305,7 +305,7 @@ class CommonGenTask(Task):
         self.bertscore_spec = bertscore_model
         self._bertscore_problem: str | None = None
         try:
-            from tasks.bertscore import BertScore
+            from tasks.scoring.bertscore import BertScore
 
             self._bertscore = BertScore(bertscore_model, device=device)
         except RlgfError as exc:
@@ -316,10 +316,10 @@ class CommonGenTask(Task):
     # -- availability ------------------------------------------------------------------
     @staticmethod
     def _reward_problem(kind: str) -> str | None:
-        from tasks.coco_metrics import java_info
+        from tasks.scoring.coco_metrics import java_info
 
         if kind in ("spice", "spider"):
-            from tasks.spice import spice_status
+            from tasks.scoring.spice import spice_status
 
             ok, reason = spice_status()
             return None if ok else reason
@@ -352,8 +352,8 @@ class CommonGenTask(Task):
 
     def unavailable_metrics(self) -> dict[str, str]:
         """``metric → reason`` for the metrics that cannot be computed here."""
-        from tasks.coco_metrics import java_info
-        from tasks.spice import spice_status
+        from tasks.scoring.coco_metrics import java_info
+        from tasks.scoring.spice import spice_status
 
         out = {}
         java, _, reason = java_info()
@@ -414,7 +414,7 @@ class CommonGenTask(Task):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from tasks.coco_metrics import PTBTokenizer
+            from tasks.scoring.coco_metrics import PTBTokenizer
 
             self._tokenizer = PTBTokenizer(self.tokenizer_kind)
         return self._tokenizer
@@ -422,7 +422,7 @@ class CommonGenTask(Task):
     def cider_scorer(self):
         """Per-sample CIDEr-D with the idf of the train split's (tokenized) references."""
         if self._cider is None:
-            from tasks.coco_metrics import CiderD
+            from tasks.scoring.coco_metrics import CiderD
 
             train = self.examples("train")
             self._cider = CiderD(self.tokenizer.refs([ex.references for ex in train]))
@@ -447,14 +447,14 @@ class CommonGenTask(Task):
         if kind == "cider_d":
             return self.cider_scorer().scores(hyps, refs)
         if kind == "bleu4":
-            from tasks.coco_metrics import bleu4
+            from tasks.scoring.coco_metrics import bleu4
 
             return bleu4(hyps, refs)[1]
         if kind == "meteor":
-            from tasks.coco_metrics import meteor
+            from tasks.scoring.coco_metrics import meteor
 
             return meteor(hyps, refs)[1]
-        from tasks.spice import spice_scores
+        from tasks.scoring.spice import spice_scores
 
         spice = [0.0 if math.isnan(s) else s for s in spice_scores(hyps, refs)]
         if kind == "spice":
@@ -465,7 +465,7 @@ class CommonGenTask(Task):
     # -- metrics -----------------------------------------------------------------------
     def metrics(self, prompts, completions, examples, policy=None, reference_policy=None) -> dict:
         """The available metrics of :data:`METRICS` (corpus level; see the module docstring)."""
-        from tasks.coco_metrics import bleu4, cider_d, mean, meteor, rouge_l
+        from tasks.scoring.coco_metrics import bleu4, cider_d, mean, meteor, rouge_l
 
         if len(completions) != len(examples):
             raise ValueError(f"{len(completions)} completions for {len(examples)} examples")
@@ -480,7 +480,7 @@ class CommonGenTask(Task):
             out["meteor"] = meteor(hyps, refs)[0]
         out["rouge_l"] = rouge_l(hyps, refs)[0]
         if "spice" not in missing:
-            from tasks.spice import spice_scores
+            from tasks.scoring.spice import spice_scores
 
             import numpy as np
 

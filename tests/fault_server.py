@@ -1,7 +1,7 @@
 """Test helpers: a deterministic local policy, and an ``rlgf serve`` server that misbehaves on cue.
 
 ``make_fault_server(policy, faults=[...])`` returns a real loopback server (the handler of
-:mod:`rlgf_cli.serve`) whose next completion requests fail as scripted, one fault per
+:mod:`rlgf_cli.serving.server`) whose next completion requests fail as scripted, one fault per
 request, before it goes back to answering normally:
 
 * ``"429"`` — HTTP 429 with ``Retry-After: <server.retry_after>``;
@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from backends.base import Policy, Sampling
-from rlgf_cli.serve import CompletionHandler, CompletionServer, start_in_thread
-from rlgf_cli.serve_request import ApiError, parse_completion_request
+from rlgf_cli.serving.server import CompletionHandler, CompletionServer, start_in_thread
+from rlgf_cli.serving.contract import ApiError, parse_completion_request
 
 
 class EchoPolicy(Policy):

@@ -1,6 +1,6 @@
 """The algorithms as data: one record per ``--alg`` (rollout plan, guide needs, defaults).
 
-Pure tests of :mod:`rlgf_cli.algorithms` and of the defaults the config takes from it (no
+Pure tests of :mod:`rlgf_cli.training.algorithms` and of the defaults the config takes from it (no
 models); that the trainer really follows the plan is in ``test_guided_training.py``, and a
 test-only algorithm trained end to end is at the bottom of this file.
 """
@@ -12,9 +12,9 @@ import math
 import pytest
 
 from backends.errors import RlgfError
-from rlgf_cli import algorithms
-from rlgf_cli.algorithms import AGGREVATED, GUIDE, LEARNER, PPO, PPO_PP, Algorithm, Part, switch_iteration
-from rlgf_cli.config import TrainConfig, build_config
+from rlgf_cli.training import algorithms
+from rlgf_cli.training.algorithms import AGGREVATED, GUIDE, LEARNER, PPO, PPO_PP, Algorithm, Part, switch_iteration
+from rlgf_cli.training.config import TrainConfig, build_config
 
 RL_ALGS = [a for a in algorithms.names() if algorithms.get(a).trainer == "ppo"]
 
@@ -163,7 +163,7 @@ def toy_algorithm():
 
 
 def test_a_registered_toy_algorithm_trains_one_iteration(toy_algorithm, tokenizer_and_models):
-    from rlgf_cli.trainer import Trainer
+    from rlgf_cli.training.trainer import Trainer
 
     cfg = build_config(None, task="letters", alg="toy-alg", guide="tiny", iterations=1, episodes=8, epochs=1,
                        minibatch_size=8, rollout_batch_size=8, device="cpu")
@@ -186,7 +186,7 @@ def tokenizer_and_models():
     from test_guided_rollout import always
     from test_guided_training import TASK
 
-    from backends.hf import HFPolicy
+    from backends.hf.policy import HFPolicy
     from rlgf_cli.runtime import set_seed
 
     set_seed(0)

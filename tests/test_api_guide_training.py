@@ -22,7 +22,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from backends import token_budget
+from backends.openai_api import token_budget
 from fault_server import FaultServerProcess, make_fault_server, running
 from rlgf_cli.app import app
 
@@ -340,7 +340,7 @@ def test_the_key_is_sent_but_never_written_or_shown(tmp_path, monkeypatch, tiny_
 def test_a_guide_that_goes_away_mid_run_stops_it_with_the_checkpoint_intact(tmp_path, monkeypatch, tiny_causal_dir,
                                                                             reward_dir, guide_dir):
     from backends import resolve
-    from rlgf_cli import progress
+    from rlgf_cli.commands import progress
 
     monkeypatch.setenv("RLGF_GUIDE_MAX_RETRIES", "2")
     srv = make_fault_server(resolve(f"hf:{guide_dir}", device="cpu"), model_name=MODEL)
@@ -368,7 +368,7 @@ def test_a_guide_that_goes_away_mid_run_stops_it_with_the_checkpoint_intact(tmp_
     AutoModelForCausalLM.from_pretrained(ckpt)
     assert not (out / "final").exists() and not list(out.rglob(".tmp-*"))
     assert [m["iteration"] for m in read_metrics(out)] == [1]
-    from rlgf_cli.run import latest_checkpoint
+    from rlgf_cli.training.run import latest_checkpoint
 
     assert latest_checkpoint(out) == ckpt
     # the guide is back (at another address): the run continues from that checkpoint to the end
@@ -391,8 +391,8 @@ def test_a_guide_with_nothing_listening_is_one_error(tmp_path, monkeypatch, tiny
 
 def test_guide_transport_settings_from_the_environment(monkeypatch):
     from backends.errors import RlgfError
-    from rlgf_cli.config import TrainConfig
-    from rlgf_cli.run import guide_options
+    from rlgf_cli.training.config import TrainConfig
+    from rlgf_cli.training.run import guide_options
 
     cfg = TrainConfig(alg="ppo++", guide="openai:m", guide_base_url="http://127.0.0.1:1/v1")
     monkeypatch.setenv("RLGF_GUIDE_TIMEOUT", "2.5")

@@ -148,7 +148,7 @@ def test_resume_with_an_emptied_config_refuses_instead_of_using_defaults(finishe
 def test_out_of_memory_on_resume_is_not_called_damage(finished_run, monkeypatch):
     import torch
 
-    import rlgf_cli.run as run
+    import rlgf_cli.training.run as run
 
     def no_memory(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

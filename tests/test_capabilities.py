@@ -92,8 +92,8 @@ def test_base_policy_defaults():
 
 def test_builtin_capabilities():
     from backends.base import TokenPolicy
-    from backends.hf import HFPolicy
-    from backends.openai_api import OpenAIPolicy
+    from backends.hf.policy import HFPolicy
+    from backends.openai_api.policy import OpenAIPolicy
 
     assert TokenPolicy.trainable and TokenPolicy.can_beam_search and not TokenPolicy.remote
     assert HFPolicy.trainable and not HFPolicy.remote
@@ -104,8 +104,8 @@ def test_builtin_capabilities():
 
 
 def test_policy_class_resolves_specs_without_building(tiny_causal_dir):
-    from backends.hf import HFPolicy
-    from backends.openai_api import OpenAIPolicy
+    from backends.hf.policy import HFPolicy
+    from backends.openai_api.policy import OpenAIPolicy
 
     assert registry.policy_class("openai:davinci-002") is OpenAIPolicy
     assert registry.policy_class("smollm2") is HFPolicy
@@ -137,8 +137,8 @@ def test_a_registered_backend_reports_its_capabilities():
 
 @pytest.mark.usefixtures("fake_backend")
 def test_training_guide_options_come_from_the_guide_backend():
-    from rlgf_cli.config import TrainConfig
-    from rlgf_cli.run import guide_options
+    from rlgf_cli.training.config import TrainConfig
+    from rlgf_cli.training.run import guide_options
 
     cfg = TrainConfig(alg="ppo++", guide="fakeapi:m", guide_base_url="http://h/v1", guide_budget_tokens=50, seed=9)
     assert guide_options(cfg) == {"seed": 9, "budget_tokens": 50, "base_url": "http://h/v1"}
@@ -146,8 +146,8 @@ def test_training_guide_options_come_from_the_guide_backend():
 
 @pytest.mark.usefixtures("fake_backend")
 def test_eval_decoding_follows_what_the_policy_honours():
-    from rlgf_cli.decoding import decoding_for, describe_decoding
-    from rlgf_cli.evaluate import load_for_eval
+    from rlgf_cli.evaluation.decoding import decoding_for, describe_decoding
+    from rlgf_cli.evaluation.evaluate import load_for_eval
     from tasks.base import Task
 
     policy = load_for_eval("fakeapi:m", "cpu", seed=2, base_url="http://h/v1")
@@ -165,7 +165,7 @@ def test_eval_decoding_follows_what_the_policy_honours():
 
 @pytest.mark.usefixtures("fake_backend")
 def test_distill_accepts_budget_options_for_any_remote_guide(tiny_causal_dir):
-    from rlgf_cli.distill import DistillOptions, check_options
+    from rlgf_cli.evaluation.distill import DistillOptions, check_options
 
     check_options(DistillOptions(guide="fakeapi:m", guide_budget_tokens=100))
     with pytest.raises(RlgfError, match="is for an API guide"):
@@ -174,7 +174,7 @@ def test_distill_accepts_budget_options_for_any_remote_guide(tiny_causal_dir):
 
 @pytest.mark.usefixtures("fake_backend")
 def test_run_records_a_guides_stats_only_when_it_has_any():
-    from rlgf_cli.run import _guide_state
+    from rlgf_cli.training.run import _guide_state
 
     assert _guide_state(backends.resolve("fakeapi:m")) == {"guide_budget_used_tokens": 7}
     assert _guide_state(Policy("local")) == {}
@@ -185,8 +185,8 @@ def test_run_records_a_guides_stats_only_when_it_has_any():
 
 
 def test_openai_builds_its_options_from_the_run(monkeypatch):
-    from backends.openai_api import OpenAIPolicy
-    from backends.token_budget import TokenBudget
+    from backends.openai_api.policy import OpenAIPolicy
+    from backends.openai_api.token_budget import TokenBudget
 
     for var in ("RLGF_GUIDE_TIMEOUT", "RLGF_GUIDE_MAX_RETRIES", "RLGF_GUIDE_BACKOFF"):
         monkeypatch.delenv(var, raising=False)
@@ -206,7 +206,7 @@ def test_openai_builds_its_options_from_the_run(monkeypatch):
 
 
 def test_openai_sampling_options_depend_on_extensions():
-    from backends.openai_api import OpenAIPolicy
+    from backends.openai_api.policy import OpenAIPolicy
 
     plain = OpenAIPolicy("openai:m", base_url="http://127.0.0.1:9/v1", cache_path=False)
     extended = OpenAIPolicy("openai:m", base_url="http://127.0.0.1:9/v1", cache_path=False, extensions=True)
@@ -221,6 +221,6 @@ def test_openai_sampling_options_depend_on_extensions():
 
 
 def test_hf_takes_no_run_options():
-    from backends.hf import HFPolicy
+    from backends.hf.policy import HFPolicy
 
     assert HFPolicy.options_from(RunSettings(seed=1, base_url="http://h", budget_tokens=5, guide=True)) == {}

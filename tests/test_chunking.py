@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import GPT2Config, LlamaConfig
 
-from rlgf_cli.chunking import CPU_CHUNK, EpisodeShape, auto_chunk, bytes_per_episode, kv_bytes_per_token, rollout_chunk
+from rlgf_cli.training.chunking import CPU_CHUNK, EpisodeShape, auto_chunk, bytes_per_episode, kv_bytes_per_token, rollout_chunk
 
 GiB = 2**30
 

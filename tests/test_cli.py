@@ -127,7 +127,7 @@ def test_corrupt_data_file(tmp_path):
 
 
 def test_a_multi_line_library_message_still_prints_one_error_line():
-    from rlgf_cli.console import error_line
+    from rlgf_cli.commands.console import error_line
 
     line = error_line("could not load X: first line\n  second line.\n", "try\nthis")
     assert line == "[error] could not load X: first line second line — try this"

@@ -16,8 +16,8 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from rlgf_cli.app import app
-from rlgf_cli.cli_options import with_config_options
-from rlgf_cli.config import TrainConfig, build_config, opt
+from rlgf_cli.commands.options import with_config_options
+from rlgf_cli.training.config import TrainConfig, build_config, opt
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = dataclasses.fields(TrainConfig)

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 from backends.errors import RlgfError
 from rlgf_cli.app import app
 from tasks import get_task
-from tasks.coco_metrics import CiderD, PTBTokenizer, bleu4, java_available
+from tasks.scoring.coco_metrics import CiderD, PTBTokenizer, bleu4, java_available
 from tasks.commongen import METRICS, PREFIX, CommonGenTask, make_prompt
-from tasks.spice import spice_status
+from tasks.scoring.spice import spice_status
 
 runner = CliRunner()
 SPICE_OK = spice_status()[0]

@@ -1,4 +1,4 @@
-"""rlgf's own decoding loop (:mod:`backends.decode`).
+"""rlgf's own decoding loop (:mod:`backends.hf.decode`).
 
 Checked against ``model.generate`` (the same tokens for the same seed), against full forward
 passes without a cache (the roll-out continues the right state, also after a rewind), and
@@ -20,10 +20,10 @@ from conftest import (
     make_tiny_seq2seq,
 )
 
-from backends import hf_generate
+from backends.hf import generate as hf_generate
 from backends.base import GREEDY, Sampling
-from backends.decode import can_step, lockstep_generate, warp
-from backends.hf import HFPolicy
+from backends.hf.decode import can_step, lockstep_generate, warp
+from backends.hf.policy import HFPolicy
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -238,9 +238,9 @@ def test_static_mode_keeps_shapes_and_addresses(tokenizer):
 
 def test_cuda_graphs_are_ignored_on_cpu(tiny_causal_dir, tiny_reward_dir):
     from backends import resolve
-    from rlgf_cli.config import build_config
-    from rlgf_cli.run import build_task
-    from rlgf_cli.trainer import Trainer
+    from rlgf_cli.training.config import build_config
+    from rlgf_cli.training.run import build_task
+    from rlgf_cli.training.trainer import Trainer
 
     cfg = build_config(None, learner=str(tiny_causal_dir), reward_model=str(tiny_reward_dir), device="cpu",
                        cuda_graphs=True)

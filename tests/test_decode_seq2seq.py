@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import bias_lm_head, greedy_reference, make_tiny_seq2seq
 
-from backends import hf_generate
+from backends.hf import generate as hf_generate
 from backends.base import GREEDY, Sampling
-from backends.decode import lockstep_generate
-from backends.hf import HFPolicy
+from backends.hf.decode import lockstep_generate
+from backends.hf.policy import HFPolicy
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -49,7 +49,7 @@ def test_library_names_suggest_through_it():
 
 
 def test_algorithm_and_config_keys_suggest_through_it(tmp_path):
-    from rlgf_cli.config import load_toml, normalise_alg
+    from rlgf_cli.training.config import load_toml, normalise_alg
 
     with pytest.raises(RlgfError) as err:
         normalise_alg("agrevated")
@@ -67,7 +67,7 @@ def test_algorithm_and_config_keys_suggest_through_it(tmp_path):
 
 
 def test_metric_names_suggest_through_it(tmp_path):
-    from rlgf_cli.difficulty import plot
+    from rlgf_cli.evaluation.difficulty import plot
 
     report = {"buckets": {"easy": {"n": 1, "policies": {"p": {"sentiment": 0.5, "perplexity": 9.0}}}}}
     with pytest.raises(RlgfError) as err:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from backends.errors import RlgfError
 from rlgf_cli.app import app
-from rlgf_cli.difficulty import (
+from rlgf_cli.evaluation.difficulty import (
     assign_buckets,
     bucket_by_count,
     bucket_by_score,

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from backends.errors import RlgfError
-from rlgf_cli import checkpoint
+from rlgf_cli.training import checkpoint
 from rlgf_cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def _args(learner, reward, out, iterations=2):
 
 
 def test_estimate_matches_what_a_checkpoint_takes(tmp_path, tiny_causal_dir):
-    from backends.hf import HFPolicy
+    from backends.hf.policy import HFPolicy
 
     policy = HFPolicy.load(str(tiny_causal_dir), device="cpu")
     critic = policy.make_critic()
@@ -70,7 +70,7 @@ def test_bc_refuses_up_front_too(tmp_path, tiny_causal_dir, tiny_reward_dir, mon
 
 
 def test_save_checkpoint_checks_before_writing(tmp_path, tiny_causal_dir, monkeypatch):
-    from backends.hf import HFPolicy
+    from backends.hf.policy import HFPolicy
 
     policy = HFPolicy.load(str(tiny_causal_dir), device="cpu")
     usage = namedtuple("usage", "total used free")
@@ -113,8 +113,8 @@ def test_an_older_checkpoint_survives_a_failed_overwrite(tmp_path, tiny_causal_d
 import resource, signal, sys
 from pathlib import Path
 import torch
-from backends.hf import HFPolicy
-from rlgf_cli.checkpoint import save_checkpoint
+from backends.hf.policy import HFPolicy
+from rlgf_cli.training.checkpoint import save_checkpoint
 from backends.errors import RlgfError
 policy = HFPolicy.load({str(tiny_causal_dir)!r}, device="cpu")
 target = Path({str(tmp_path / "final")!r})
@@ -141,8 +141,8 @@ except RlgfError as exc:
 
 
 def test_how_many_checkpoints_must_fit_at_once(tmp_path):
-    from rlgf_cli.config import TrainConfig
-    from rlgf_cli.run import extra_checkpoints
+    from rlgf_cli.training.config import TrainConfig
+    from rlgf_cli.training.run import extra_checkpoints
 
     def cfg(**kw):
         return TrainConfig(**{"iterations": 10, "save_every": 1, "keep_checkpoints": 1, **kw})
@@ -158,7 +158,7 @@ def test_how_many_checkpoints_must_fit_at_once(tmp_path):
 
 
 def test_up_front_check_counts_the_kept_checkpoints(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
-    import rlgf_cli.run as run
+    import rlgf_cli.training.run as run
 
     sizes = []
     real = run.checkpoint_bytes

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rlgf_cli.app import app
-from rlgf_cli.distill import GuideDataTask, score_and_keep, with_guide_data
+from rlgf_cli.evaluation.distill import GuideDataTask, score_and_keep, with_guide_data
 from tasks.base import Example, Task
 from tiny_assets import make_tiny_reward, served
 
@@ -168,7 +168,7 @@ def test_local_guide(tmp_path, tiny_causal_dir, reward_dir):
 def test_a_full_disk_is_refused_before_the_guide_is_paid(tmp_path, tiny_causal_dir, reward_dir, monkeypatch):
     from collections import namedtuple
 
-    from rlgf_cli import checkpoint
+    from rlgf_cli.training import checkpoint
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 10**6))

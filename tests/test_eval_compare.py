@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from backends.base import Sampling
 from backends.errors import RlgfError
 from rlgf_cli.app import app
-from rlgf_cli.decoding import resolve_sampling
-from rlgf_cli.report import mean_std
+from rlgf_cli.evaluation.decoding import resolve_sampling
+from rlgf_cli.evaluation.report import mean_std
 from tiny_assets import make_tiny_checkpoint, make_tiny_reward, served
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

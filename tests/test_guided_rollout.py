@@ -1,4 +1,4 @@
-"""The roll-in / roll-out engine (:class:`rlgf_cli.guided.GuidedRollout`).
+"""The roll-in / roll-out engine (:class:`rlgf_cli.training.guided.GuidedRollout`).
 
 Who generated each token is proved with deterministic policies: tiny models whose LM head
 carries a large bias on one token, so the learner always writes ``a`` and the guide always
@@ -14,9 +14,9 @@ import torch
 from conftest import bias_lm_head, greedy_reference, make_byte_tokenizer, make_tiny_causal, make_tiny_seq2seq
 
 from backends.base import GREEDY, Policy, Sampling
-from backends.hf import HFPolicy
-from rlgf_cli.algorithms import AGGREVATED, PPO, PPO_PP
-from rlgf_cli.guided import GuidedRollout, same_vocabulary
+from backends.hf.policy import HFPolicy
+from rlgf_cli.training.algorithms import AGGREVATED, PPO, PPO_PP
+from rlgf_cli.training.guided import GuidedRollout, same_vocabulary
 from tasks.base import Example, Task
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

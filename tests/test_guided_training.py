@@ -24,13 +24,13 @@ from conftest import make_byte_tokenizer, make_tiny_causal
 from test_guided_rollout import TextGuide, always
 
 from backends.base import Sampling
-from backends.hf import HFPolicy
-from rlgf_cli.algorithms import AGGREVATED, GUIDE, LEARNER, PPO, PPO_PP, Part
-from rlgf_cli.bc import BCTrainer
+from backends.hf.policy import HFPolicy
+from rlgf_cli.training.algorithms import AGGREVATED, GUIDE, LEARNER, PPO, PPO_PP, Part
+from rlgf_cli.training.bc import BCTrainer
 from rlgf_cli.runtime import set_seed
-from rlgf_cli.config import TrainConfig
-from rlgf_cli.ppo import gae, kl_penalised_rewards
-from rlgf_cli.trainer import Buffers, Trainer
+from rlgf_cli.training.config import TrainConfig
+from rlgf_cli.training.ppo import gae, kl_penalised_rewards
+from rlgf_cli.training.trainer import Buffers, Trainer
 from tasks.base import Example, Task
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -267,7 +267,7 @@ def test_lols_gradient_shares_are_alpha_and_one_minus_alpha(tokenizer):
     """Each part's policy loss is normalised over its own learner tokens: the PPO++ part's
     gradient is exactly α × its gradient alone, the AggreVaTeD part's (1 − α) × its own,
     although the AggreVaTeD batch has far fewer learner tokens."""
-    from rlgf_cli.tensors import concat
+    from rlgf_cli.training.tensors import concat
 
     alpha = 0.8
     trainer = build("lols", tokenizer, alpha=alpha, reference_seed=3, ppopp_beta=0.5, aggrevated_beta=0.5,

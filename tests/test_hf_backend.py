@@ -9,9 +9,9 @@ import torch
 from conftest import bias_lm_head, make_tiny_causal, make_tiny_gpt2, make_tiny_seq2seq
 
 from backends.base import GREEDY, Sampling
-from backends.critic import Critic
+from backends.hf.critic import Critic
 from backends.errors import RlgfError
-from backends.hf import HFPolicy
+from backends.hf.policy import HFPolicy
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -357,7 +357,7 @@ def test_save_loads_with_plain_transformers(policy, tmp_path):
 
 
 def test_load_errors(tmp_path, monkeypatch):
-    import backends.hf as hf
+    import backends.hf.policy as hf
 
     with pytest.raises(RlgfError, match="no such folder"):
         HFPolicy.load(str(tmp_path / "missing" / "model"))
@@ -378,7 +378,7 @@ def test_load_errors(tmp_path, monkeypatch):
 
 def test_device_and_dtype_resolution():
     from backends.device import resolve_device
-    from backends.hf import resolve_dtype
+    from backends.hf.policy import resolve_dtype
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto") == expected
@@ -394,7 +394,7 @@ def test_device_and_dtype_resolution():
 def test_prompt_shorter_than_the_limit_is_kept_whole(tiny_causal_dir):
     """Left truncation only cuts prompts longer than the limit (regression: a prompt between
     half the limit and the limit lost its start)."""
-    from backends.hf import HFPolicy
+    from backends.hf.policy import HFPolicy
 
     policy = HFPolicy.load(str(tiny_causal_dir))
     text = "x" * 40  # 40 byte tokens + BOS, limit 64

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from backends.errors import RlgfError
 from rlgf_cli.app import app
-from rlgf_cli.config import build_config
+from rlgf_cli.training.config import build_config
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -63,7 +63,7 @@ def test_train_with_few_episodes_runs_and_records_the_resolved_minibatch(tmp_pat
 
 
 def test_distill_and_then_configs_follow_their_episodes(tmp_path):
-    from rlgf_cli.distill import DistillOptions, configs
+    from rlgf_cli.evaluation.distill import DistillOptions, configs
 
     then_toml = tmp_path / "then.toml"
     then_toml.write_text("episodes = 4\n")  # no minibatch_size: the --then run follows these episodes
@@ -209,7 +209,7 @@ def test_imdb_test_rows_evaluate_but_do_not_train(tmp_path, tiny_causal_dir, tin
 
 def test_final_ships_the_model_and_a_save_every_0_run_still_resumes_and_extends(tmp_path, tiny_causal_dir,
                                                                                  tiny_reward_dir):
-    from rlgf_cli.checkpoint import folder_bytes
+    from rlgf_cli.training.checkpoint import folder_bytes
 
     out = tmp_path / "run"
     args = ["train", "--learner", str(tiny_causal_dir), "--reward-model", str(tiny_reward_dir), "--out", str(out),

@@ -17,8 +17,8 @@ import pytest
 
 from backends.base import GREEDY, Sampling
 from backends.errors import RlgfError
-from backends.openai_api import OpenAIPolicy
-from backends.openai_payload import (
+from backends.openai_api.policy import OpenAIPolicy
+from backends.openai_api.payload import (
     MalformedResponse,
     backoff_delay,
     cost_usd,
@@ -28,8 +28,8 @@ from backends.openai_payload import (
     price_for,
     sampling_params,
 )
-from backends import token_budget
-from backends.token_budget import GuideBudgetExhausted, TokenBudget, rough_token_count
+from backends.openai_api import token_budget
+from backends.openai_api.token_budget import GuideBudgetExhausted, TokenBudget, rough_token_count
 from fault_server import CharPolicy, EchoPolicy, make_fault_server, running
 
 PROMPTS = ["the movie was", "I did not expect", "a quiet film about", "worst plot ever", "the actors"]

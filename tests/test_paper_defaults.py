@@ -8,10 +8,10 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_causal, make_tiny_seq2seq
 
 from backends.base import Sampling
-from backends.hf import HFPolicy
-from rlgf_cli.bc import BCTrainer
+from backends.hf.policy import HFPolicy
+from rlgf_cli.training.bc import BCTrainer
 from rlgf_cli.runtime import set_seed
-from rlgf_cli.config import TrainConfig, build_config
+from rlgf_cli.training.config import TrainConfig, build_config
 from tasks.base import Example, Task
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -64,7 +64,7 @@ def test_linear_schedule_decays_from_the_base_rate():
     tokenizer = make_byte_tokenizer()
     model, _ = make_tiny_causal(tokenizer)
     policy = HFPolicy(model, tokenizer)
-    from rlgf_cli.trainer import Trainer
+    from rlgf_cli.training.trainer import Trainer
 
     cfg = TrainConfig(task="letters", alg="ppo", iterations=4, episodes=4, epochs=1, minibatch_size=4, lr=1e-3,
                       lr_schedule="linear", device="cpu").validate()

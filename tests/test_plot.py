@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlgf_cli.curves import curves, group_runs
+from rlgf_cli.evaluation.curves import curves, group_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 

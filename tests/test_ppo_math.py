@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlgf_cli.ppo import (
+from rlgf_cli.training.ppo import (
     AdaptiveKLController,
     exact_kl,
     one_step_before_restart,

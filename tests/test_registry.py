@@ -30,12 +30,12 @@ def test_builtins_listed_once():
     names = [b["name"] for b in listed]
     assert names[:2] == ["hf", "openai"] and names.count("hf") == 1
     hf = listed[0]
-    assert hf["target"] == "backends.hf:HFPolicy" and hf["source"] == "built-in" and hf["description"]
+    assert hf["target"] == "backends.hf.policy:HFPolicy" and hf["source"] == "built-in" and hf["description"]
     assert backends.aliases()[0]["name"] == "smollm2"
 
 
 def test_resolve_hf_prefix_and_bare_folder(tiny_causal_dir, tiny_seq2seq_dir):
-    from backends.hf import HFPolicy
+    from backends.hf.policy import HFPolicy
 
     policy = backends.resolve(f"hf:{tiny_causal_dir}")
     assert isinstance(policy, HFPolicy) and not policy.is_seq2seq
@@ -131,7 +131,7 @@ def test_entry_point_plugins():
     assert listed["echo"]["source"] == "entry point"
     assert listed["echo"]["target"] == "rlgf_fake_plugin:EchoPolicy"
     assert "rlgf-fake-plugin" in listed["echo"]["description"]
-    assert listed["hf"]["target"] == "backends.hf:HFPolicy"  # built-ins cannot be overridden
+    assert listed["hf"]["target"] == "backends.hf.policy:HFPolicy"  # built-ins cannot be overridden
 
     echo = backends.resolve("echo:hello")
     assert echo.complete(["x"], max_new_tokens=1) == ["hello:x"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rlgf_cli import resume_state
+from rlgf_cli.training import resume_state
 from rlgf_cli.app import app
 
 runner = CliRunner()

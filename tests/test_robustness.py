@@ -51,7 +51,7 @@ def test_sigkill_then_resume_runs_each_iteration_once(tmp_path, tiny_causal_dir,
 
 
 def test_nan_reward_stops_with_error_and_keeps_last_checkpoint(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
-    import rlgf_cli.run as run
+    import rlgf_cli.training.run as run
 
     real_build = run.build_task
     calls = {"n": 0}

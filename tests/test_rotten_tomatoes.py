@@ -12,7 +12,7 @@ import pytest
 
 import tasks.rotten_tomatoes as rt
 from backends.errors import RlgfError
-from tasks.perplexity import corpus_perplexity, perplexity_from_nll
+from tasks.scoring.perplexity import corpus_perplexity, perplexity_from_nll
 from tasks.rotten_tomatoes import RottenTomatoesTask, half_prompt
 
 # -- fixtures ------------------------------------------------------------------------

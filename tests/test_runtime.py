@@ -41,12 +41,12 @@ def test_cuda_without_cuda_is_refused(name):
 
 
 def test_every_caller_uses_the_one_resolver():
-    import backends.hf
-    import rlgf_cli.run
-    import tasks.sentiment_reward
+    import backends.hf.policy
+    import rlgf_cli.training.run
+    import tasks.scoring.sentiment_reward
     from backends import device
 
-    for module in (backends.hf, rlgf_cli.run, tasks.sentiment_reward):
+    for module in (backends.hf.policy, rlgf_cli.training.run, tasks.scoring.sentiment_reward):
         assert module.resolve_device is device.resolve_device
 
 
@@ -115,9 +115,9 @@ def test_is_greedy_and_is_deterministic(sampling, greedy, deterministic):
 
 
 def test_the_backends_and_the_cli_share_the_greedy_test():
-    from backends.decode import choose
-    from backends.openai_payload import sampling_params
-    from rlgf_cli.decoding import resolve_sampling
+    from backends.hf.decode import choose
+    from backends.openai_api.payload import sampling_params
+    from rlgf_cli.evaluation.decoding import resolve_sampling
 
     at_zero = Sampling(do_sample=True, temperature=0.0, top_k=5)
     assert at_zero.describe() == "greedy"
@@ -131,7 +131,7 @@ def test_the_backends_and_the_cli_share_the_greedy_test():
 def test_hf_generate_does_not_sample_at_temperature_zero():
     from types import SimpleNamespace
 
-    from backends.hf_generate import _generation_config
+    from backends.hf.generate import _generation_config
 
     policy = SimpleNamespace(pad_id=0, eos_ids=[2], bos_id=1, is_seq2seq=False)
     cfg = _generation_config(policy, max_new=4, min_new=0, sampling=Sampling(temperature=0.0), output_logits=False)

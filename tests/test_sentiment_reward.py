@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import tasks.sentiment_reward as sr  # noqa: E402
+import tasks.scoring.sentiment_reward as sr  # noqa: E402
 from backends.errors import RlgfError  # noqa: E402
 from tasks.rotten_tomatoes import RottenTomatoesTask  # noqa: E402
-from tasks.sentiment_reward import SentimentReward, TrainingConfig, positive_index  # noqa: E402
+from tasks.scoring.sentiment_reward import SentimentReward, TrainingConfig, positive_index  # noqa: E402
 
 
 def make_tiny_classifier(folder, label2id=None, seed=0):

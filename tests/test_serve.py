@@ -17,8 +17,8 @@ import pytest
 from backends.base import GREEDY, Policy
 from backends.errors import RlgfError
 from fault_server import CharPolicy, EchoPolicy, running
-from rlgf_cli.serve import make_server
-from rlgf_cli.serve_request import ApiError, parse_completion_request
+from rlgf_cli.serving.server import make_server
+from rlgf_cli.serving.contract import ApiError, parse_completion_request
 
 KEY = "serve-test-key-123"
 
@@ -178,8 +178,8 @@ def test_bind_errors_are_rlgf_errors(server):
 
 # -- a real (tiny) transformers model behind the server --------------------------------------
 def test_tiny_hf_model_served_and_used_as_a_guide(tiny_causal_dir, tmp_path):
-    from backends.hf import HFPolicy
-    from backends.openai_api import OpenAIPolicy
+    from backends.hf.policy import HFPolicy
+    from backends.openai_api.policy import OpenAIPolicy
 
     local = HFPolicy.load(str(tiny_causal_dir))
     prompts = ["the movie", "a film about"]
@@ -200,8 +200,8 @@ def test_tiny_hf_model_served_and_used_as_a_guide(tiny_causal_dir, tmp_path):
 
 def test_seeded_guides_reproduce_samples_with_a_cold_cache(tiny_causal_dir):
     from backends.base import Sampling
-    from backends.hf import HFPolicy
-    from backends.openai_api import OpenAIPolicy
+    from backends.hf.policy import HFPolicy
+    from backends.openai_api.policy import OpenAIPolicy
 
     sampling = Sampling(temperature=1.0)
     prompts = ["the movie", "the movie", "a film"]  # a repeated prompt must still get two samples

@@ -13,8 +13,8 @@ import shutil
 import pytest
 
 from backends.errors import RlgfError
-from tasks import coco_metrics, spice
-from tasks.coco_metrics import CiderD, PTBTokenizer, approx_ptb_tokenize, bleu4, cider_d, java_available, rouge_l
+from tasks.scoring import coco_metrics, spice
+from tasks.scoring.coco_metrics import CiderD, PTBTokenizer, approx_ptb_tokenize, bleu4, cider_d, java_available, rouge_l
 
 needs_java = pytest.mark.skipif(
     not java_available(), reason="Java not found: install Debian's default-jre-headless (`make setup` as root)"
@@ -213,7 +213,7 @@ def test_spice_command_and_output_parsing(tmp_path):
 
 
 def test_bertscore_specs(tmp_path):
-    from tasks.bertscore import parse_spec
+    from tasks.scoring.bertscore import parse_spec
 
     path, layer, text = parse_spec(None)
     assert layer == 6 and "MiniLM" in text and "roberta-large" in text
@@ -230,7 +230,7 @@ def test_bertscore_specs(tmp_path):
 
 
 def test_bertscore_minilm_offline_best_reference():
-    from tasks.bertscore import BertScore
+    from tasks.scoring.bertscore import BertScore
 
     scorer = BertScore(None, device="cpu")
     hyps = ["a dog catches a frisbee", "the girl picks apples"]

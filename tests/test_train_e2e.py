@@ -167,9 +167,9 @@ def test_resume_without_checkpoint_is_an_error(tmp_path):
 def test_rollout_batch_size_is_sized_to_the_device(tiny_causal_dir, tiny_reward_dir):
     """0 (the default) sizes chunks to a GPU's free memory (tests/test_chunking.py) and is 64 on CPU."""
     from backends import resolve
-    from rlgf_cli.config import build_config
-    from rlgf_cli.run import build_task
-    from rlgf_cli.trainer import Trainer
+    from rlgf_cli.training.config import build_config
+    from rlgf_cli.training.run import build_task
+    from rlgf_cli.training.trainer import Trainer
 
     cfg = build_config(None, learner=str(tiny_causal_dir), reward_model=str(tiny_reward_dir), episodes=48,
                        device="cpu")

@@ -27,8 +27,8 @@ def make_tiny_reward(path: Path) -> Path:
 
 def make_tiny_checkpoint(path: Path, learner: Path, seed: int) -> Path:
     """A checkpoint folder (as `rlgf train` writes) holding a tiny model built with ``seed``."""
-    from backends.hf import HFPolicy
-    from rlgf_cli.checkpoint import save_checkpoint
+    from backends.hf.policy import HFPolicy
+    from rlgf_cli.training.checkpoint import save_checkpoint
 
     model, tok = make_tiny_causal(seed=seed)
     policy = HFPolicy(model, tok, spec=str(path))
@@ -38,8 +38,8 @@ def make_tiny_checkpoint(path: Path, learner: Path, seed: int) -> Path:
 @contextlib.contextmanager
 def served(model_dir: Path, name: str = "tiny"):
     """``rlgf serve`` around the tiny model in ``model_dir`` on a free loopback port."""
-    from backends.hf import HFPolicy
-    from rlgf_cli.serve import make_server, start_in_thread
+    from backends.hf.policy import HFPolicy
+    from rlgf_cli.serving.server import make_server, start_in_thread
 
     server = make_server(HFPolicy.load(str(model_dir)), "127.0.0.1", 0, model_name=name)
     start_in_thread(server)

@@ -1,0 +1,177 @@
+"""``rlgf eval``: evaluate checkpoints and policies side by side on a task split."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rlgf_cli.commands.options import BertscoreModel, Data, Device, Quiet, Reward, RewardModel, Task
+from rlgf_cli.commands.console import err_console, handle_errors, out_console
+from rlgf_cli.files import ensure_writable, write_all
+
+_DEC = "Decoding (default: the task's)"
+_OUT = "Output"
+
+
+def policy_specs(checkpoint: list[Path] | None, policy: list[str] | None) -> list[str]:
+    """Checkpoints then policies, checked: at least one, folders exist, no spec twice."""
+    from backends.errors import RlgfError
+
+    specs = [str(c) for c in (checkpoint or [])] + list(policy or [])
+    if not specs:
+        raise RlgfError("nothing to evaluate", "pass --checkpoint DIR and/or --policy SPEC")
+    for c in checkpoint or []:
+        if not c.is_dir():
+            raise RlgfError(f"checkpoint folder not found: {c}", "pass a folder written by `rlgf train` (e.g. OUT/final)")
+        if not (c / "config.json").is_file() and (c / "final" / "config.json").is_file():
+            raise RlgfError(f"{c} is a run folder, not a checkpoint", f"did you mean {c / 'final'}?")
+    seen = set()
+    for s in specs:
+        if s in seen:
+            raise RlgfError(f"'{s}' is given twice", "name each checkpoint or policy once")
+        seen.add(s)
+    return specs
+
+
+def check_common(split: str, limit: Optional[int], batch_size: int) -> None:
+    from backends.errors import RlgfError
+
+    if split not in ("train", "val", "test"):
+        raise RlgfError(f"unknown split '{split}'", "use train, val or test")
+    if limit is not None and limit < 1:
+        raise RlgfError(f"--limit must be >= 1 (got {limit})", "pass a positive number of examples")
+    if batch_size < 1:
+        raise RlgfError(f"--batch-size must be >= 1 (got {batch_size})", "pass a positive batch size")
+
+
+@handle_errors
+def eval_command(
+    checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", "-c", help="A checkpoint folder (repeatable).")] = None,
+    policy: Annotated[Optional[list[str]], typer.Option("--policy", "-p", help="A policy spec, e.g. smollm2, hf:PATH or openai:MODEL (repeatable).")] = None,
+    task: Task = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N examples of the split.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed (the first one with --seeds).")] = 0,
+    seeds: Annotated[int, typer.Option(help="Run N seeds (seed, seed+1, …) and report mean ± std.")] = 1,
+    reference: Annotated[Optional[str], typer.Option(help="Frozen model for output_perplexity, or none to skip it. Default: the checkpoint's initial learner, else the task's default learner (left out, with the reason, when it cannot load).")] = None,
+    policy_base_url: Annotated[Optional[str], typer.Option(help="Server of the openai: policies (vLLM, `rlgf serve`…). Default: $OPENAI_BASE_URL.")] = None,
+    data: Data = None,
+    reward_model: RewardModel = None,
+    reward: Reward = None,
+    bertscore_model: BertscoreModel = None,
+    decoding: Annotated[Optional[str], typer.Option(help="task, greedy, sample or beam. [default: task: sampling for sentiment, beam 5 for CommonGen]", rich_help_panel=_DEC)] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (0: greedy).", rich_help_panel=_DEC)] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="Top-k filtering (0: off).", rich_help_panel=_DEC)] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus filtering (1: off).", rich_help_panel=_DEC)] = None,
+    num_beams: Annotated[Optional[int], typer.Option(help="Beams (1: no beam search).", rich_help_panel=_DEC)] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).", rich_help_panel=_DEC)] = None,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON to FILE ('-' for stdout).", rich_help_panel=_OUT)] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown to FILE.", rich_help_panel=_OUT)] = None,
+    samples: Annotated[Optional[Path], typer.Option(help="Write every generation as JSONL to FILE (prompt, completion, reference, scores).", rich_help_panel=_OUT)] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Evaluate one or more policies on the same prompts and print one table.
+
+    [bold]Examples[/]
+
+      rlgf eval --policy smollm2 --checkpoint runs/ppo/final --limit 200
+
+      rlgf eval -c runs/ppo/final -c runs/d2lols/final --seeds 3 --markdown table.md
+
+      rlgf eval -c runs/ppo/final -p openai:davinci-002 --limit 100 --samples gens.jsonl
+    """
+    from backends.errors import RlgfError
+
+    from rlgf_cli.training.config import MAX_NEW_TOKENS
+    from rlgf_cli.evaluation.decoding import check_decoding
+    from rlgf_cli.evaluation.evaluate import run_eval
+    from rlgf_cli.commands.progress import CountProgress
+    from rlgf_cli.training.run import task_options
+
+    specs = policy_specs(checkpoint, policy)
+    check_common(split, limit, batch_size)
+    if seeds < 1:
+        raise RlgfError(f"--seeds must be >= 1 (got {seeds})", "pass the number of seeds to average over")
+    if max_new_tokens is not None and not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise RlgfError(f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS}] (got {max_new_tokens})",
+                        "pass a length the model can generate")
+    options = dict(mode=decoding, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
+    check_decoding(**options)
+    for option, path in (("--json", None if json_out == "-" else json_out), ("--markdown", markdown), ("--samples", samples)):
+        if path:
+            ensure_writable(path, option)
+
+    report = run_eval(
+        specs,
+        task_name=task,
+        split=split,
+        limit=limit,
+        seed=seed,
+        seeds=seeds,
+        reference_spec=reference,
+        task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
+                                  max_new_tokens=max_new_tokens),
+        device=device,
+        batch_size=batch_size,
+        decoding=options,
+        base_url=policy_base_url,
+        sample_scores=samples is not None,
+        say=None if quiet else (lambda text: err_console.print(text, markup=False)),
+        bar=None if quiet else CountProgress,
+    )
+    public = {
+        "results": [{k: v for k, v in r.items() if k != "samples"} for r in report["results"]],
+        "metric_names": report["metric_names"],
+        "task_info": report["task_info"],
+    }
+    if json_out == "-":
+        typer.echo(json.dumps(public, indent=2))
+    elif not quiet:
+        _print_table(public)  # shown before the files are written, so a failed write loses nothing
+    outputs = []
+    if json_out and json_out != "-":
+        outputs.append((json_out, json.dumps(public, indent=2)))
+    if markdown:
+        outputs.append((markdown, eval_markdown(public)))
+    if samples:
+        lines = [json.dumps({"policy": res["policy"], **s}) for res in report["results"] for s in res["samples"]]
+        outputs.append((samples, "\n".join(lines)))
+    write_all(outputs)
+
+
+def table_rows(report: dict) -> tuple[str, list[str], list[list[str]]]:
+    from rlgf_cli.evaluation.report import fmt_mean_std, metric_columns, short_labels
+
+    results = report["results"]
+    labels = short_labels([r["policy"] for r in results])
+    names = metric_columns((r["metrics"] for r in results), report.get("metric_names", ()))
+    first = results[0]
+    n_seeds = max(len(r.get("seeds", [0])) for r in results)
+    title = f"{first['task']} · {first['split']} split · n={first['n']}" + (f" · {n_seeds} seeds (mean ± std)" if n_seeds > 1 else "")
+    rows = []
+    for r in results:
+        std = r.get("metrics_std", {})
+        rows.append([labels[r["policy"]], r["decoding"], *[fmt_mean_std(r["metrics"].get(m), std.get(m)) for m in names]])
+    return title, ["policy", "decoding", *names], rows
+
+
+def eval_markdown(report: dict) -> str:
+    from rlgf_cli.evaluation.report import markdown_table
+
+    title, columns, rows = table_rows(report)
+    lines = [f"## {title}", "", markdown_table(columns, rows, align_right_from=2), ""]
+    for key, value in report.get("task_info", {}).items():
+        lines.append(f"- {key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _print_table(report: dict) -> None:
+    from rlgf_cli.evaluation.report import rich_table
+
+    title, columns, rows = table_rows(report)
+    out_console.print(rich_table(title, columns, rows, align_right_from=2))
+    for key, value in report.get("task_info", {}).items():
+        err_console.print(f"{key}: {value}", markup=False)

@@ -1,0 +1,45 @@
+"""``rlgf plot``: learning curves of run folders → :func:`rlgf_cli.evaluation.curves.plot_curves`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rlgf_cli.commands.console import err_console, handle_errors
+
+
+@handle_errors
+def plot_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (the --out of rlgf train runs).", show_default=False)],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("curves.png"),
+    metric: Annotated[str, typer.Option(help="Any metric of metrics.jsonl (reward_mean, kl_exact, approx_kl, …).")]
+    = "reward_mean",
+    title: Annotated[Optional[str], typer.Option(help="Chart title.", show_default="the metric's name")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Also write the curves as JSON to FILE ('-' for stdout).")]
+    = None,
+) -> None:
+    """Plot learning curves: one line per algorithm, seeds as a ± std band.
+
+    Runs are grouped by their algorithm; a warm-started run (--init) gets its own group, such
+    as BC+ppo++ for a run started from a BC run.
+
+    [bold]Examples[/]
+
+      rlgf plot runs/ppo-seed0 runs/ppo-seed1 runs/d2lols-seed0 runs/d2lols-seed1 --out curves.png
+
+      rlgf plot runs/*/ --metric kl_exact --out kl.png
+    """
+    from rlgf_cli.evaluation.curves import group_runs, plot_curves
+
+    data = plot_curves(group_runs(runs), out, metric=metric, title=title)
+    if json_out == "-":
+        typer.echo(json.dumps(data, indent=2))
+    elif json_out:
+        from rlgf_cli.files import write_atomic
+
+        write_atomic(json_out, json.dumps(data, indent=2))
+    groups = ", ".join(f"{k} ({max(v['seeds'], default=0)} runs)" for k, v in data.items())
+    err_console.print(f"wrote {out}: {metric} for {groups}", markup=False)

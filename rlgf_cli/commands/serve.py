@@ -1,0 +1,69 @@
+"""``rlgf serve``: put a local policy behind an OpenAI-compatible completions API."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Optional
+
+import typer
+
+SERVE_KEY_ENV = "RLGF_SERVE_API_KEY"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_command(
+    policy: Annotated[str, typer.Option("--policy", "-p", help="The policy to serve: smollm2, hf:NAME_OR_PATH, a checkpoint folder…", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to bind. Anything but loopback exposes the model to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar=SERVE_KEY_ENV, show_default=False, show_envvar=True, help="Require 'Authorization: Bearer KEY' on every request.")] = None,
+    model_name: Annotated[Optional[str], typer.Option("--model-name", show_default=False, help="Model id clients must ask for. Default: the policy spec.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Serve a local policy as an OpenAI-compatible completions API (POST /v1/completions, GET /v1/models).
+
+    Another run can then use it as a black-box guide: OPENAI_BASE_URL=http://HOST:PORT/v1 and
+    --guide openai:MODEL_NAME. Runs until Ctrl-C.
+
+    [bold]Examples[/]
+
+      rlgf serve --policy smollm2 --port 8000
+
+      RLGF_SERVE_API_KEY=secret rlgf serve --policy hf:runs/ppo/final --model-name guide
+    """
+    from backends.errors import RlgfError
+
+    from rlgf_cli.commands.console import err_console
+    from rlgf_cli.serving.server import make_server, serve_forever
+
+    if not 0 <= port <= 65535:
+        raise RlgfError(f"--port must be between 0 and 65535 (got {port})", "e.g. --port 8000, or 0 for any free port")
+    if not host.strip():
+        raise RlgfError("--host is empty", "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
+    if model_name is not None and not model_name.strip():
+        raise RlgfError("--model-name is empty", "leave it out to use the policy spec, or give a name")
+    if api_key is not None and not api_key.strip():
+        api_key = None
+
+    from backends.registry import resolve
+
+    served = resolve(policy, device=device, progress=lambda msg: err_console.print(msg, markup=False))
+    server = make_server(served, host, port, api_key=api_key, model_name=model_name)
+    name = server.model_name
+    warning = "" if api_key or _is_loopback(host) else " — no --api-key on a non-loopback address: anyone who can reach it can use it"
+    err_console.print(
+        f"rlgf serve: {served.describe()} as model '{name}' at {server.url} "
+        f"(guide: OPENAI_BASE_URL={server.url} --guide openai:{name}; auth {'on' if api_key else 'off'}; Ctrl-C stops){warning}",
+        markup=False,
+    )
+    try:
+        serve_forever(server)
+    finally:
+        served.close()

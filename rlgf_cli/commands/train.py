@@ -1,0 +1,116 @@
+"""``rlgf train``: flags → TrainConfig → :func:`rlgf_cli.training.run.train`."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from rlgf_cli.commands.options import Quiet, with_config_options
+from rlgf_cli.training.algorithms import get as get_algorithm, names as algorithm_names
+from rlgf_cli.training.config import PANEL_RUN, build_config
+from rlgf_cli.commands.console import err_console, handle_errors
+from rlgf_cli.files import ensure_writable, write_atomic
+
+
+@handle_errors
+@with_config_options()
+def train_command(
+    *,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file with any of these settings; flags override it.", rich_help_panel=PANEL_RUN)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.", rich_help_panel=PANEL_RUN)] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its latest checkpoint (flags such as --iterations or --guide-budget-tokens override its config).", rich_help_panel=PANEL_RUN)] = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved configuration as TOML (what OUT/config.toml gets) and exit, loading nothing.", rich_help_panel=PANEL_RUN)] = False,
+    quiet: Quiet = False,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the run summary as JSON to FILE ('-' for stdout).")] = None,
+    **options: Any,
+) -> None:
+    """Train a learner on a task.
+
+    [bold]Examples[/]
+
+      rlgf train --task rotten-tomatoes --alg ppo --iterations 20 --episodes 32 --out runs/ppo
+
+      rlgf train --alg bc --iterations 50 --lr 1e-5 --out runs/bc
+
+      rlgf train --alg d2lols --guide runs/bc/final --out runs/d2lols
+
+      rlgf train --alg ppo++ --guide openai:davinci-002 --guide-budget-tokens 200000
+
+      rlgf train --config my.toml --seed 3
+
+      rlgf train --resume runs/ppo --iterations 40
+
+      rlgf train --config my.toml --alg bc --print-config
+
+    Writes OUT/metrics.jsonl (one line per iteration), OUT/config.toml (the resolved
+    config), OUT/checkpoints/iter-NNNN/ (resumable: model, critic, optimizer and RNG state;
+    the last iteration's is always kept), OUT/final/ (what you ship: a plain transformers
+    folder with the critic beside it) and OUT/summary.json.
+    """
+    if resume is not None:
+        config = resume_settings(resume, config, options)
+    cfg = build_config(str(config) if config else None, **options)
+    if print_config:  # the task's name is checked (cheaply); no model or data is loaded
+        from tasks import task_class
+
+        task_class(cfg.task)
+        typer.echo(cfg.to_toml(), nl=False)
+        return
+    if json_out and json_out != "-":
+        ensure_writable(json_out, "--json")
+    if cfg.guide and not cfg.algorithm.needs_guide:  # not an error: a config file may set a guide for later runs
+        err_console.print(f"warning: --alg {cfg.alg} does not use a guide; --guide {cfg.guide} is ignored "
+                          f"({', '.join(a for a in algorithm_names() if get_algorithm(a).needs_guide)} use one)", markup=False)
+    from rlgf_cli.commands.progress import TrainProgress
+    from rlgf_cli.training.run import train
+
+    progress = TrainProgress(quiet=quiet)
+    try:
+        summary = train(cfg, overwrite=overwrite, resume=resume is not None, callback=progress)
+    finally:
+        progress.close()
+    text = json.dumps(summary, indent=2)
+    if json_out == "-":
+        typer.echo(text)
+    elif json_out:
+        write_atomic(json_out, text)
+    if summary.get("stopped"):
+        err_console.print(f"stopped early: {summary['stopped']}; checkpoint in {summary['final']}", markup=False)
+    if not quiet:
+        last = summary.get("last", {})
+        reward = f", last reward {last['reward_mean']:.3f}" if "reward_mean" in last else ""
+        err_console.print(
+            f"done: {summary['iterations']} iterations in {summary['seconds']:.0f}s{reward}; final model in {summary['final']}",
+            markup=False,
+        )
+
+
+
+def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path:
+    """The config file of the run in ``resume``; checks the flags against it and points
+    ``options["out"]`` at the run."""
+    from backends.errors import RlgfError
+
+    from rlgf_cli.training.config import load_toml, normalise_alg
+
+    if config is not None or options.get("out") is not None:
+        raise RlgfError("--resume takes its settings and folder from the run", "drop --config/--out, or start a new run")
+    saved_file = resume / "config.toml"
+    if not saved_file.is_file():
+        raise RlgfError(f"{resume} holds no rlgf run (config.toml missing)", "pass the --out folder of an earlier run")
+    saved = load_toml(saved_file)
+    if not {"task", "alg"} <= set(saved):  # rlgf always writes both: the file was emptied
+        from rlgf_cli.training.run import latest_checkpoint
+
+        kept = latest_checkpoint(resume)
+        hint = f"copy the one saved with the checkpoint: cp {kept / 'rlgf.toml'} {saved_file}" if kept else \
+            "start the run again with --overwrite"
+        raise RlgfError(f"{saved_file} is empty or damaged (no task or alg), so the run's settings are unknown", hint)
+    alg = options.get("alg")
+    for flag, given, was in (("--alg", alg and normalise_alg(alg), saved["alg"]), ("--task", options.get("task"), saved["task"])):
+        if given is not None and given != was:
+            raise RlgfError(f"--resume continues the run's {flag} {was}, not {given}",
+                            f"drop {flag}, or start a new run warm-started from this one with --init {resume}/final")
+    options["out"] = str(resume)
+    return saved_file

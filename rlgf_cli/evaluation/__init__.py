@@ -1,0 +1,1 @@
+"""Evaluation studies: compare policies, difficulty buckets, distillation, reports, learning curves."""

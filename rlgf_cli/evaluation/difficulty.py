@@ -1,0 +1,249 @@
+"""Prompt difficulty (paper §6, Figure 3): every policy's metrics on easy, medium and hard prompts.
+
+How difficulty is measured is the task's business: :meth:`~tasks.base.Task.prompt_difficulty`
+gives one value per prompt and says how to read it (:class:`~tasks.base.PromptDifficulty`) —
+the sentiment tasks score the prompt alone with their classifier, CommonGen counts concepts
+unseen in training. This module only cuts the values into buckets:
+
+* a **score** (higher is easier) — by default into terciles: sorted by score, the lowest
+  ``round(n/3)`` are ``hard``, the next up to ``round(2n/3)`` ``medium``, the rest ``easy``;
+  the cut points are reported as the midpoints between neighbouring scores, and tied scores
+  always share a bucket (the higher one). ``thresholds`` gives the cut points instead: one
+  value → easy (score ≥ t) / hard; two ascending values ``a, b`` → hard (< a) / medium / easy (≥ b).
+* a **count** (more is harder) — ``hard`` with at least ``unseen_at_least`` (default 1), else ``easy``.
+
+Each policy generates once for all prompts; the task's metrics are then computed per bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from backends.errors import RlgfError, did_you_mean
+from tasks.base import Example, PromptDifficulty, Task
+
+BUCKETS = ("easy", "medium", "hard")
+PLOT_METRIC_PREFERENCE = ("sentiment", "spider", "cider_d", "meteor")
+
+
+# -- bucketing (pure) -------------------------------------------------------------------
+
+
+def tercile_thresholds(scores: Sequence[float]) -> tuple[float, float]:
+    """The two cut points splitting ``scores`` into thirds (see the module docstring)."""
+    if len(scores) < 3:
+        raise RlgfError(f"terciles need at least 3 prompts, got {len(scores)}", "raise --limit")
+    s = sorted(float(x) for x in scores)
+    n = len(s)
+    cuts = []
+    for k in (round(n / 3), round(2 * n / 3)):
+        cuts.append((s[k - 1] + s[k]) / 2)
+    return cuts[0], cuts[1]
+
+
+def parse_thresholds(text: str) -> tuple[float, ...]:
+    """``"0.3,0.7"`` → ``(0.3, 0.7)``: one or two finite, strictly ascending values."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise RlgfError(f"--thresholds {text!r} is not a list of numbers", "e.g. --thresholds 0.3,0.7") from None
+    if not 1 <= len(values) <= 2 or not all(math.isfinite(v) for v in values):
+        raise RlgfError(f"--thresholds takes one or two numbers, got {text!r}", "e.g. --thresholds 0.5 or 0.3,0.7")
+    if len(values) == 2 and not values[0] < values[1]:
+        raise RlgfError(f"--thresholds must ascend, got {text!r}", "write the hard/medium cut first: 0.3,0.7")
+    return values
+
+
+def bucket_by_score(scores: Sequence[float], thresholds: Sequence[float]) -> list[str]:
+    """Bucket per score; a higher score is easier (one threshold: easy/hard, two: easy/medium/hard)."""
+    if len(thresholds) == 1:
+        (t,) = thresholds
+        return ["easy" if s >= t else "hard" for s in scores]
+    low, high = thresholds
+    return ["easy" if s >= high else "medium" if s >= low else "hard" for s in scores]
+
+
+def bucket_by_count(counts: Sequence[float], at_least: int) -> list[str]:
+    """Bucket per count of obstacles: ``hard`` with at least ``at_least``, else ``easy``."""
+    return ["hard" if n >= at_least else "easy" for n in counts]
+
+
+# -- bucketing a task's prompts --------------------------------------------------------------
+
+
+def assign_buckets(task: Task, examples: Sequence[Example], *, thresholds: Sequence[float] | None = None,
+                   unseen_at_least: int | None = None) -> tuple[list[str], list[float], dict]:
+    """``(bucket per example, difficulty value per example, how it was measured)``, from the
+    task's own :meth:`~tasks.base.Task.prompt_difficulty`."""
+    measured = task.prompt_difficulty(examples)
+    values = list(measured.values)
+    if len(values) != len(examples):
+        raise ValueError(f"{task.name}: prompt_difficulty gave {len(values)} values for {len(examples)} prompts")
+    if measured.kind == "count":
+        return _count_buckets(task, measured, values, thresholds, unseen_at_least)
+    if unseen_at_least is not None:
+        raise RlgfError(f"{task.name} rates prompts by a score ({measured.description}), not by a count",
+                        "drop --unseen-at-least (it is for counting tasks such as CommonGen), or use --thresholds")
+    cuts = tuple(thresholds) if thresholds else tercile_thresholds(values)
+    return bucket_by_score(values, cuts), values, {
+        "method": "thresholds" if thresholds else f"{measured.method}_terciles",
+        "thresholds": list(cuts),
+        "description": measured.description,
+    }
+
+
+def _count_buckets(task: Task, measured: PromptDifficulty, values: list[float], thresholds, unseen_at_least):
+    if thresholds:
+        raise RlgfError(f"{task.name} buckets prompts by a count ({measured.method.replace('_', ' ')}), "
+                        "not by score thresholds", "use --unseen-at-least N")
+    at_least = 1 if unseen_at_least is None else unseen_at_least
+    return bucket_by_count(values, at_least), values, {
+        "method": measured.method, "unseen_at_least": at_least, "description": measured.description.format(n=at_least),
+    }
+
+
+# -- the whole study -------------------------------------------------------------------------
+
+
+def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference_spec, task_options, device,
+                   batch_size, decoding=None, base_url=None, thresholds=None, unseen_at_least=None,
+                   say=None, bar=None, metric: str | None = None) -> dict:
+    """Generate with every policy, then compute its metrics per difficulty bucket.
+
+    ``metric`` (the one to chart) is checked against the task's metrics before any generation."""
+    import contextlib
+
+    from backends import policy_class, resolve
+
+    from rlgf_cli.evaluation.evaluate import (build_eval_task, compute_metrics, decoding_for, describe_decoding, generate_for,
+                           load_for_eval, load_reference, resolve_sampling, split_examples)
+    from rlgf_cli.evaluation.evaluate import metric_names as eval_metric_names
+    from rlgf_cli.runtime import resolve_device
+
+    say = say or (lambda text: None)
+    bar = bar or (lambda label: contextlib.nullcontext(lambda done, total: None))
+    dev = resolve_device(device)
+    task = build_eval_task(task_name, specs, task_options)
+    if metric is not None and metric not in eval_metric_names(task):
+        known = eval_metric_names(task)
+        raise RlgfError(f"no metric '{metric}' for {task.name}", f"{did_you_mean(metric, known)}choose one of: {', '.join(known)}")
+    sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
+    examples = split_examples(task, split, limit)
+    say(f"measuring the difficulty of {len(examples)} {split} prompts")
+    labels, values, how = assign_buckets(task, examples, thresholds=thresholds, unseen_at_least=unseen_at_least)
+    names = [b for b in BUCKETS if b in labels]
+    members = {b: [i for i, lab in enumerate(labels) if lab == b] for b in names}
+    ref_spec, reference, ref_facts = load_reference(reference_spec, specs, task, dev, say)
+    buckets = {b: {"n": len(members[b]), "policies": {}} for b in names}
+    decodings = {}
+    for spec in specs:
+        remote = policy_class(spec).remote
+        if remote:
+            policy = load_for_eval(spec, dev, seed=seed, base_url=base_url)
+        else:
+            policy = reference if reference is not None and spec == ref_spec else resolve(spec, device=dev)
+        decode = decoding_for(policy, task, sampling)
+        decodings[spec] = describe_decoding(policy, decode)
+        say(f"generating with {spec} ({decodings[spec]})")
+        with bar(f"difficulty {spec}") as progress:
+            completions = generate_for(policy, task, examples, decoding=decode, seed=seed, batch_size=batch_size,
+                                       progress=progress)
+        for b in names:
+            idx = members[b]
+            buckets[b]["policies"][spec] = compute_metrics(
+                task, policy, [examples[i] for i in idx], [completions[i] for i in idx], reference)
+        if remote:
+            policy.close()
+        del policy
+    return {
+        "task": task.name,
+        "split": split,
+        "n": len(examples),
+        "seed": seed,
+        **how,
+        "policies": specs,
+        "metric_names": eval_metric_names(task),
+        "decoding": decodings,
+        "buckets": buckets,
+        "gaps": {m: gaps_for({"buckets": buckets}, m) for m in metric_names({"buckets": buckets})},
+        "prompts": [{"index": i, "prompt": ex.prompt, "difficulty": v, "bucket": lab}
+                    for i, (ex, v, lab) in enumerate(zip(examples, values, labels))],
+        "task_info": {**ref_facts, **task.info()},
+    }
+
+
+def metric_names(report: dict) -> list[str]:
+    from rlgf_cli.evaluation.report import metric_columns
+
+    return metric_columns((m for b in report["buckets"].values() for m in b["policies"].values()),
+                          report.get("metric_names", ()))
+
+
+def gaps_for(report: dict, metric: str) -> dict[str, float | None]:
+    """Per policy, its ``metric`` on easy prompts minus on hard prompts (None without both)."""
+    buckets = report["buckets"]
+    out = {}
+    policies = list(next(iter(buckets.values()))["policies"]) if buckets else []
+    for p in policies:
+        easy = buckets.get("easy", {}).get("policies", {}).get(p, {}).get(metric)
+        hard = buckets.get("hard", {}).get("policies", {}).get(p, {}).get(metric)
+        out[p] = None if easy is None or hard is None else easy - hard
+    return out
+
+
+def default_plot_metric(report: dict) -> str:
+    names = metric_names(report)
+    if not names:
+        raise RlgfError("no metrics to plot")
+    return next((m for m in PLOT_METRIC_PREFERENCE if m in names), names[0])
+
+
+def plot(report: dict, path: str | Path, metric: str | None = None) -> Path:
+    """A grouped bar chart like the paper's Figure 3: buckets on x, one bar per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlgf_cli.evaluation.report import short_labels
+
+    metric = metric or default_plot_metric(report)
+    if metric not in metric_names(report):
+        known = metric_names(report)
+        raise RlgfError(f"no metric '{metric}' to plot", f"{did_you_mean(metric, known)}choose one of: {', '.join(known)}")
+    buckets = report["buckets"]
+    names = list(buckets)
+    policies = report.get("policies") or list(next(iter(buckets.values()))["policies"])
+    labels = short_labels(policies)
+    gaps = gaps_for(report, metric)
+    width = 0.8 / max(1, len(policies))
+    fig, ax = plt.subplots(figsize=(7, 4.5 + 0.25 * ((len(policies) + 1) // 2)), dpi=100)
+    for j, p in enumerate(policies):
+        heights = [buckets[b]["policies"].get(p, {}).get(metric, math.nan) for b in names]
+        xs = [i + (j - (len(policies) - 1) / 2) * width for i in range(len(names))]
+        gap = gaps.get(p)
+        legend = labels[p] + ("" if gap is None else f" (easy−hard {gap:+.3f})")
+        ax.bar(xs, heights, width=width * 0.95, label=legend)
+    ax.set_xticks(range(len(names)), [f"{b}\n(n={buckets[b]['n']})" for b in names])
+    ax.set_ylabel(metric)
+    ax.set_title(f"{report.get('task', '')} · {metric} by prompt difficulty")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(2, len(policies)),
+              frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)
+    except OSError as exc:
+        raise RlgfError(f"could not write the chart {path}: {exc.strerror or exc}",
+                        "free some space or choose another --plot") from None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

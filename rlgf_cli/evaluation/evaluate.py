@@ -1,0 +1,335 @@
+"""Evaluation: generate on a split and compute the task's metrics, for one or more policies.
+
+:func:`run_eval` evaluates any number of policies (checkpoint folders, model specs, API
+models) on the same prompts, once per seed, and returns the mean (and sample standard
+deviation over seeds) of every metric. Decoding follows the task (``task.eval_sampling``:
+sampling for the sentiment tasks, beam search for CommonGen) unless overridden with
+:func:`resolve_sampling`. Deterministic decoding (greedy, beam) is run once whatever the
+number of seeds, since every seed would give the same text. API policies cannot beam-search:
+they decode greedily instead (the result's ``decoding`` says so).
+
+The library never prints: progress goes to ``say(text)`` and to ``bar(label)`` context
+managers that are called with ``(done, total)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, ContextManager
+
+import torch
+
+from backends.base import Sampling, TokenPolicy
+from backends.errors import RlgfError
+from tasks.base import Example, Task
+
+from rlgf_cli.training.checkpoint import is_checkpoint, read_state
+from rlgf_cli.evaluation.decoding import (  # noqa: F401 - re-exported: the decoding helpers used to live here
+    DECODING_MODES,
+    check_decoding,
+    decoding_for,
+    describe_decoding,
+    resolve_sampling,
+)
+from rlgf_cli.evaluation.report import mean_std
+from rlgf_cli.runtime import resolve_device, set_seed
+from rlgf_cli.training.tensors import chunks
+
+Progress = Callable[[int, int], None]
+Say = Callable[[str], None]
+Bar = Callable[[str], ContextManager[Progress]]
+
+def _silent(text: str) -> None:
+    return None
+
+
+def _no_bar(label: str) -> ContextManager[Progress]:
+    import contextlib
+
+    return contextlib.nullcontext(lambda done, total: None)
+
+
+# -- one policy -----------------------------------------------------------------------
+
+
+def reference_spec_for(spec: str, task: Task) -> str:
+    """The frozen initial model for ``output_perplexity``: the learner a checkpoint started from."""
+    path = Path(spec)
+    if path.is_dir() and is_checkpoint(path):
+        learner = read_state(path).get("learner")
+        if learner:
+            return learner
+    return task.default_learner
+
+
+#: ``--reference none``: no output_perplexity
+NO_REFERENCE = "none"
+REFERENCE_METRIC = "output_perplexity"
+
+
+def load_reference(given: str | None, specs: list[str], task: Task, device: str, say: Say):
+    """``(spec, policy, facts)`` of the frozen model that scores ``output_perplexity``.
+
+    Only a task with that metric loads one. ``--reference none`` skips it; a default reference
+    (the checkpoint's initial learner, the task's default learner) that cannot load — offline,
+    say — leaves the metric out with the reason in ``facts`` (as a missing SPICE is reported);
+    a reference asked for by name that cannot load is an error."""
+    from backends import resolve
+
+    if REFERENCE_METRIC not in task.metric_names:
+        return None, None, {}
+    if given is not None and given.strip().lower() == NO_REFERENCE:
+        return None, None, {"reference_model": NO_REFERENCE, REFERENCE_METRIC: "not computed (--reference none)"}
+    spec = given or reference_spec_for(specs[0], task)
+    say(f"reference model for output perplexity: {spec}")
+    try:
+        return spec, resolve(spec, device=device), {"reference_model": spec}
+    except RlgfError as exc:
+        if given is not None:
+            raise RlgfError(exc.message, f"{exc.hint}; or pass --reference none to skip {REFERENCE_METRIC}"
+                            if exc.hint else f"pass --reference none to skip {REFERENCE_METRIC}") from None
+        reason = f"the reference model {spec} could not be loaded: {exc.message}"
+        say(f"warning: {REFERENCE_METRIC} is left out: {reason}")
+        facts = {"reference_model": spec,
+                 REFERENCE_METRIC: f"unavailable — {reason} (pass --reference SPEC, or --reference none)"}
+        return spec, None, facts
+
+
+def split_examples(task: Task, split: str, limit: int | None) -> list[Example]:
+    examples = task.examples(split)
+    if limit is not None:
+        examples = examples[:limit]
+    if not examples:
+        raise RlgfError(f"the {split} split of {task.name} is empty", "check --split and --limit")
+    return examples
+
+
+def generate(
+    policy,
+    prompts: list[str],
+    task: Task,
+    *,
+    sampling: Sampling,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> list[str]:
+    out: list[str] = []
+    for sl in chunks(len(prompts), batch_size):
+        if isinstance(policy, TokenPolicy):
+            q, qm = policy.encode_prompts(prompts[sl], task.prompt_max_tokens)
+            q, qm = q.to(policy.device), qm.to(policy.device)
+            with torch.no_grad():
+                r, rm = policy.generate(
+                    q, qm, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, sampling=sampling
+                )
+            out.extend(policy.decode(r, rm))
+        else:
+            out.extend(
+                policy.complete(
+                    prompts[sl], max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, sampling=sampling
+                )
+            )
+        if progress:
+            progress(len(out), len(prompts))
+    return out
+
+
+def generate_for(policy, task: Task, examples: list[Example], *, decoding: Sampling, seed: int, batch_size: int,
+                 progress: Progress | None = None) -> list[str]:
+    """The policy's completions of ``examples`` with the task's lengths, seeded."""
+    set_seed(seed)
+    max_new = task.max_new_tokens
+    return generate(
+        policy, [ex.prompt for ex in examples], task, sampling=decoding, max_new_tokens=max_new,
+        min_new_tokens=min(task.min_new_tokens, max_new), batch_size=batch_size, progress=progress,
+    )
+
+
+def compute_metrics(task: Task, policy, examples: list[Example], completions: list[str], reference=None) -> dict:
+    """The task's metrics, plus ``reward`` (its mean) when the task trains on a custom ``--reward``."""
+    scorer = policy if isinstance(policy, TokenPolicy) else None
+    prompts = [ex.prompt for ex in examples]
+    metrics = task.metrics(prompts, completions, examples, policy=scorer, reference_policy=reference)
+    custom = getattr(task, "custom_reward", None)
+    if custom is not None and completions:
+        values = custom.for_examples(prompts, completions, examples)
+        metrics = {**metrics, "reward": sum(values) / len(values)}
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def metric_names(task: Task) -> list[str]:
+    """The columns :func:`compute_metrics` fills for ``task``."""
+    extra = ["reward"] if getattr(task, "custom_reward", None) is not None else []
+    return [*task.metric_names, *extra]
+
+
+def sample_rows(task: Task, examples: list[Example], completions: list[str], *, seed: int | None = None,
+                scores: bool = True) -> list[dict]:
+    """One row per generation: prompt, completion, reference(s) and the per-sample reward."""
+    prompts = [ex.prompt for ex in examples]
+    if scores:
+        try:
+            task.check_reward()
+        except RlgfError:  # e.g. CommonGen's SPIDEr without SPICE: metrics still run, rows carry no reward
+            scores = False
+    rewards = task.reward(prompts, completions, examples) if scores else [None] * len(examples)
+    rows = []
+    for i, (ex, c, r) in enumerate(zip(examples, completions, rewards)):
+        row = {"index": i}
+        if seed is not None:
+            row["seed"] = seed
+        row.update({"prompt": ex.prompt, "completion": c, "reference": ex.references[0] if ex.references else ""})
+        if len(ex.references) > 1:
+            row["references"] = list(ex.references)
+        if scores:
+            row["scores"] = {"reward": float(r)}
+        rows.append(row)
+    return rows
+
+
+def evaluate_policy(
+    policy,
+    label: str,
+    task: Task,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    seed: int = 0,
+    reference=None,
+    sampling: Sampling | None = None,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+    examples: list[Example] | None = None,
+    scores: bool = True,
+) -> dict:
+    """Generate for the first ``limit`` examples of ``split`` (or ``examples``) and compute the metrics."""
+    examples = examples if examples is not None else split_examples(task, split, limit)
+    decoding = decoding_for(policy, task, sampling)
+    completions = generate_for(policy, task, examples, decoding=decoding, seed=seed, batch_size=batch_size,
+                               progress=progress)
+    return {
+        "policy": label,
+        "task": task.name,
+        "split": split,
+        "n": len(examples),
+        "decoding": describe_decoding(policy, decoding),
+        "metrics": compute_metrics(task, policy, examples, completions, reference),
+        "completions": completions,
+        "samples": sample_rows(task, examples, completions, seed=seed, scores=scores),
+    }
+
+
+# -- many policies --------------------------------------------------------------------
+
+
+def load_for_eval(spec: str, device: str, *, seed: int, base_url: str | None = None):
+    """``spec`` as a policy, with the options its backend takes from the run (an API model's
+    server and seed)."""
+    from backends import RunSettings, policy_class, resolve
+
+    options = policy_class(spec).options_from(RunSettings(seed=seed, base_url=base_url))
+    return resolve(spec, device=device, **options)
+
+
+def build_eval_task(task_name: str | None, specs: list[str], task_options: dict) -> Task:
+    from tasks import get_task
+
+    if task_name is None:
+        task_name = next(
+            (read_state(Path(s)).get("task") for s in specs if Path(s).is_dir() and read_state(Path(s)).get("task")),
+            "rotten-tomatoes",
+        )
+    task = get_task(task_name, **task_options)
+    prepare = getattr(task, "prepare", None)
+    if prepare is not None:
+        prepare()
+    return task
+
+
+def run_eval(
+    specs: list[str],
+    *,
+    task_name: str | None,
+    split: str,
+    limit: int | None,
+    seed: int = 0,
+    seeds: int = 1,
+    reference_spec: str | None,
+    task_options: dict,
+    device: str,
+    batch_size: int,
+    decoding: dict | None = None,
+    base_url: str | None = None,
+    sample_scores: bool = False,
+    say: Say | None = None,
+    bar: Bar | None = None,
+) -> dict:
+    """Evaluate each policy in turn on the same prompts, ``seeds`` times (seeds ``seed``, ``seed+1``…).
+
+    ``decoding`` holds :func:`resolve_sampling` options (``mode``, ``temperature``, ``top_k``,
+    ``top_p``, ``num_beams``). One reference model is shared. Returns ``{"results": [...],
+    "task_info": {...}}``; each result has the mean ``metrics``, ``metrics_std`` (empty for one
+    run), ``per_seed`` and every generation in ``samples`` (with its reward when
+    ``sample_scores``).
+    """
+    from backends import policy_class, resolve
+
+    say = say or _silent
+    bar = bar or _no_bar
+    dev = resolve_device(device)
+    task = build_eval_task(task_name, specs, task_options)
+    sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
+    examples = split_examples(task, split, limit)
+    ref_spec, reference, ref_facts = load_reference(reference_spec, specs, task, dev, say)
+    seed_list = [seed + i for i in range(seeds)]
+    results = []
+    for spec in specs:
+        remote = policy_class(spec).remote  # loaded per seed (its requests are seeded), closed after
+        shared = reference is not None and spec == ref_spec
+        local = None if remote else (reference if shared else resolve(spec, device=dev))
+        runs, rows, decoding_text = [], [], ""
+        for s in seed_list:
+            if runs and sampling.is_deterministic:  # beam search falls back to greedy: deterministic too
+                say(f"{spec}: {decoding_text} is deterministic; one run stands for every seed")
+                break
+            policy = local or load_for_eval(spec, dev, seed=s, base_url=base_url)
+            decode = decoding_for(policy, task, sampling)
+            decoding_text = describe_decoding(policy, decode)
+            say(f"evaluating {spec} on {task.name} {split} (n={len(examples)}, seed {s}, {decoding_text})")
+            with bar(f"eval {spec} · seed {s}") as progress:
+                completions = generate_for(policy, task, examples, decoding=decode, seed=s, batch_size=batch_size,
+                                           progress=progress)
+            runs.append({"seed": s, "metrics": compute_metrics(task, policy, examples, completions, reference)})
+            rows.extend(sample_rows(task, examples, completions, seed=s, scores=sample_scores))
+            if local is None:
+                policy.close()
+        results.append(summarise(spec, task, split, len(examples), decoding_text, runs, rows))
+        del local  # free memory before the next policy
+    return {"results": results, "metric_names": metric_names(task),
+            "task_info": {**ref_facts, **task.info()}}
+
+
+def summarise(spec: str, task: Task, split: str, n: int, decoding: str, runs: list[dict], rows: list[dict]) -> dict:
+    names: list[str] = []
+    for run in runs:
+        names += [m for m in run["metrics"] if m not in names]
+    means, stds = {}, {}
+    for name in names:
+        mean, std = mean_std([r["metrics"][name] for r in runs if name in r["metrics"]])
+        means[name] = mean
+        if std is not None:
+            stds[name] = std
+    return {
+        "policy": spec,
+        "task": task.name,
+        "split": split,
+        "n": n,
+        "decoding": decoding,
+        "seeds": [r["seed"] for r in runs],
+        "metrics": means,
+        "metrics_std": stds,
+        "per_seed": runs,
+        "samples": rows,
+    }

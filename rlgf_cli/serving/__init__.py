@@ -1,0 +1,1 @@
+"""The OpenAI-compatible server (``rlgf serve``) and its pure request/response contract."""

@@ -1,0 +1,343 @@
+"""A whole training run: build the objects from a config, loop, log, checkpoint.
+
+Everything that can fail on user input (task, specs, output folder) is checked before
+the run folder is created, so a bad command leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from backends.errors import RlgfError
+
+from rlgf_cli.training.checkpoint import (
+    CRITIC_DIRS,
+    TMP_PREFIX,
+    checkpoint_bytes,
+    ensure_disk_space,
+    export_final,
+    folder_bytes,
+    is_checkpoint,
+    prune_checkpoints,
+    read_state,
+    reading_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
+from rlgf_cli.training.distributed import init_from_env, shutdown
+from rlgf_cli.training.resume_state import load_optimizer, load_rng, refuse_pickles
+from rlgf_cli.files import check_out_dir, write_atomic
+from rlgf_cli.training.config import TrainConfig
+from rlgf_cli.runtime import resolve_device, set_seed
+from rlgf_cli.training.trainer import Callback, _noop
+
+
+class Interrupted(RlgfError):
+    """Ctrl-C during training; the message names the checkpoint that was written."""
+
+
+def build_task(cfg: TrainConfig):
+    from tasks import get_task
+
+    options = task_options(data=cfg.data, reward_model=cfg.reward_model, reward=cfg.reward,
+                           bertscore_model=cfg.bertscore_model, max_new_tokens=cfg.max_new_tokens)
+    return get_task(cfg.task, **options)
+
+
+def task_options(**values) -> dict:
+    """The task options a user actually gave (``None`` means "the task's default")."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def load_policy(spec: str, device: str):
+    from backends import resolve
+
+    policy = resolve(spec, device=device)
+    if not policy.trainable:
+        raise RlgfError(f"'{spec}' cannot be trained here", "the learner must be a local model (hf:… or a folder)")
+    return policy
+
+
+def guide_options(cfg: TrainConfig, used: int = 0, concurrency: int | None = None) -> dict:
+    """The guide backend's options for this run (its class builds them; nothing for a local guide).
+
+    ``used`` tokens (from a resumed run) count against ``--guide-budget-tokens``; ``concurrency``
+    caps the requests in flight (the backend's default without it)."""
+    from backends import RunSettings, policy_class
+
+    if not cfg.guide:
+        return {}
+    settings = RunSettings(seed=cfg.seed, base_url=cfg.guide_base_url, budget_tokens=cfg.guide_budget_tokens,
+                           budget_used=int(used or 0), price_per_1k=cfg.guide_price_per_1k, max_concurrency=concurrency,
+                           guide=True)
+    return policy_class(cfg.guide).options_from(settings)
+
+
+def prepare_out_dir(cfg: TrainConfig, overwrite: bool) -> Path:
+    out = cfg.out_dir()
+    if not overwrite and (out / "config.toml").is_file() and latest_checkpoint(out) is None:
+        raise RlgfError(f"--out {out} holds a run that stopped before its first checkpoint (nothing to resume)",
+                        "pass --overwrite to start it again, or choose another --out")
+    return check_out_dir(out, overwrite)
+
+
+def extra_checkpoints(cfg: TrainConfig, done: int, existing_run: Path | None = None) -> int:
+    """How many checkpoints beyond the one being written must fit on the disk at once.
+
+    Periodic saves keep ``keep_checkpoints`` folders (older ones are pruned after each save)
+    and the last iteration's is written while they are still there (``final/`` then links
+    its files); on a resume the folders already on disk take their room already.
+    """
+    to_come = 0
+    if cfg.save_every:
+        to_come = sum(1 for i in range(done + 1, cfg.iterations) if i % cfg.save_every == 0)
+    existing = len(list((existing_run / "checkpoints").glob("iter-*"))) if existing_run else 0
+    return max(0, min(cfg.keep_checkpoints, existing + to_come) - existing)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The complete checkpoint with the highest iteration in a run folder's ``checkpoints/``
+    (a finished run's last iteration is always among them; ``final/`` holds no resumable
+    state); temporary (half-written) folders are never considered."""
+    best, best_iter = None, -1
+    for path in sorted((out / "checkpoints").glob("iter-*")):
+        if path.is_dir() and not path.name.startswith(".") and is_checkpoint(path):
+            it = int(read_state(path).get("iteration", -1))
+            if it > best_iter:
+                best, best_iter = path, it
+    return best
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop metric lines of iterations after ``iteration`` (they were not checkpointed)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("iteration", 0) <= iteration:
+                keep.append(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+    write_atomic(path, "\n".join(keep)) if keep else path.write_text("", encoding="utf-8")
+
+
+def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
+          callback: Callback | None = None) -> dict:
+    """Run training as configured; returns the summary (also written to ``OUT/summary.json``).
+
+    With ``resume=True`` the run continues from the latest checkpoint in ``cfg.out``:
+    weights, critics, optimizer, KL controller, prompt order, RNG states and iteration.
+    """
+    callback = callback or _noop
+    out = cfg.out_dir()
+    ckpt: Path | None = None
+    if resume:
+        refuse_pickles(out)
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            hint = ("it stopped before its first checkpoint: start it again with --out and --overwrite"
+                    if (out / "config.toml").is_file() else "start the run without --resume")
+            raise RlgfError(f"no checkpoint to resume in {out}", hint)
+    else:
+        prepare_out_dir(cfg, overwrite)
+    task = build_task(cfg)
+    if cfg.algorithm.trainer != "bc":  # an RL run needs its reward; fail before anything is written
+        task.check_reward()
+    w, device = init_from_env(resolve_device(cfg.device))
+    try:
+        return _train(cfg, task, device, w, out, ckpt, overwrite, resume, callback if w.is_main else _noop)
+    finally:
+        shutdown()
+
+
+def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None, overwrite: bool, resume: bool,
+           callback: Callback) -> dict:
+    main = w.is_main  # only rank 0 writes the run folder
+    if device.startswith("cuda"):  # TF32 for whatever autocast leaves in float32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    state = read_state(ckpt) if ckpt else {}
+    learner_spec = state.get("learner") or cfg.init or cfg.learner or task.default_learner
+    set_seed(cfg.seed)
+    load_from = str(ckpt) if ckpt else learner_spec
+    callback("message", {"text": f"loading learner {load_from} on {device}"})
+    with reading_checkpoint(ckpt):
+        policy = load_policy(load_from, device)
+    prepare = getattr(task, "prepare", None)
+    if prepare is not None:  # e.g. train the reward classifier once, before the run folder exists
+        prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
+    trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
+    critics = trainer.critics
+
+    if main:  # fail now, not after hours of training, when the checkpoints cannot fit
+        extra = extra_checkpoints(cfg, trainer.iteration, out if resume else None)
+        need = (1 + extra) * checkpoint_bytes(policy, critics, trainer.optimizer)
+        if not resume and overwrite:
+            need -= folder_bytes(out)  # --overwrite frees the old run first
+        ensure_disk_space(out, need, "this run's checkpoints" if extra else "the final checkpoint")
+    if not resume and main:
+        if out.exists() and overwrite:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    config_toml = cfg.to_toml()
+    if main:
+        write_atomic(out / "config.toml", config_toml)
+    if ckpt:
+        with reading_checkpoint(ckpt):
+            load_rng(ckpt)
+        if main:
+            _truncate_metrics(out / "metrics.jsonl", trainer.iteration)
+            for stale in [*out.glob(TMP_PREFIX + "*"), *(out / "checkpoints").glob(TMP_PREFIX + "*")]:
+                shutil.rmtree(stale, ignore_errors=True)  # left by a kill in the middle of a save
+        callback("message", {"text": f"resuming from {ckpt} (iteration {trainer.iteration})"})
+    else:
+        set_seed(cfg.seed)  # same seed → same run, whatever loading consumed
+
+    def checkpoint(target: Path) -> Path:
+        if not main:
+            return target
+        return save_checkpoint(
+            target,
+            policy=policy,
+            critics=critics,
+            optimizer=trainer.optimizer,
+            state={**trainer.state(), "learner": learner_spec, "task": cfg.task,
+                   **_guide_state(trainer.guide)},
+            config_toml=config_toml,
+        )
+
+    from backends.openai_api.token_budget import GuideBudgetExhausted
+
+    guide = trainer.guide
+    saved = (trainer.iteration, ckpt) if ckpt else (-1, None)  # the newest checkpoint: (iteration, folder)
+    callback("start", {"total": cfg.iterations, "done": trainer.iteration, "out": str(out)})
+    started = time.perf_counter()
+    last: dict = {}
+    stopped = None
+    with open(out / "metrics.jsonl" if main else os.devnull, "a", encoding="utf-8") as log:
+        try:
+            while trainer.iteration < cfg.iterations:
+                before = (rng_state(), trainer.state()) if guide is not None and guide.remote else None
+                try:
+                    last = trainer.step()
+                except GuideBudgetExhausted as exc:
+                    # rewind what the cut iteration drew (prompts, random numbers), so the checkpoint
+                    # is the end of the last whole iteration and --resume replays this one exactly
+                    # (its guide calls that were already paid for then come from the cache)
+                    if before is not None:
+                        restore_rng_state(before[0])
+                        trainer.load_state(before[1])
+                    stopped = f"guide budget exhausted after {trainer.iteration} iterations ({exc.message})"
+                    callback("message", {"text": f"stopping: {stopped}; resume with a larger --guide-budget-tokens"})
+                    break
+                except RlgfError as exc:  # a diverged loss, a bad reward, an unreachable API guide…
+                    try:  # every rank (it only reads files), so every rank prints the same advice
+                        kept = latest_checkpoint(out)
+                    except RlgfError:  # a damaged checkpoint must not hide the error being reported
+                        kept = None
+                    if kept is not None:
+                        where = f"the last checkpoint is {kept}; continue with rlgf train --resume {out}"
+                    else:
+                        where = f"no checkpoint was written yet; start again with --out {out} --overwrite"
+                    raise RlgfError(exc.message, f"{exc.hint}; {where}" if exc.hint else where) from None
+                if guide is not None:
+                    last.update({f"guide_api_{k}": v for k, v in guide.stats().items() if not isinstance(v, str)})
+                log.write(json.dumps(last) + "\n")
+                log.flush()
+                callback("iteration", last)
+                if cfg.save_every and trainer.iteration % cfg.save_every == 0 and trainer.iteration < cfg.iterations:
+                    path = checkpoint(out / "checkpoints" / f"iter-{trainer.iteration:04d}")
+                    saved = (trainer.iteration, path)
+                    if main:
+                        prune_checkpoints(out / "checkpoints", cfg.keep_checkpoints)
+                    callback("checkpoint", {"path": str(path)})
+        except KeyboardInterrupt:
+            path = checkpoint(out / "checkpoints" / f"iter-{trainer.iteration:04d}")
+            raise Interrupted(
+                f"interrupted after {trainer.iteration} iterations",
+                f"checkpoint saved in {path}; continue with rlgf train --resume {out}",
+            ) from None
+    final = finish(out, saved[1] if saved[0] == trainer.iteration else None, checkpoint, trainer.iteration,
+                   cfg.keep_checkpoints, main)
+    callback("checkpoint", {"path": str(final)})
+    if guide is not None:
+        guide.close()
+    summary = {
+        "task": cfg.task,
+        "alg": cfg.alg,
+        "learner": learner_spec,
+        "guide": cfg.guide,
+        "iterations": trainer.iteration,
+        "resumed_from": str(ckpt) if ckpt else None,
+        "out": str(out),
+        "final": str(final),
+        "seconds": time.perf_counter() - started,
+        "stopped": stopped,
+        "guide_stats": (guide.stats() or None) if guide is not None else None,
+        "last": last,
+        "task_info": task.info(),
+    }
+    if main:
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def finish(out: Path, current: Path | None, checkpoint, iteration: int, keep: int, main: bool) -> Path:
+    """The end of a run: its last iteration as a resumable checkpoint (``current`` when one
+    was already written), kept besides the ``keep`` periodic ones, then ``OUT/final/`` from it."""
+    resumable = current or checkpoint(out / "checkpoints" / f"iter-{iteration:04d}")
+    if not main:
+        return out / "final"
+    prune_checkpoints(out / "checkpoints", keep + 1)
+    return export_final(resumable, out / "final")
+
+
+def _guide_state(guide) -> dict:
+    stats = guide.stats() if guide is not None else {}
+    if not stats:
+        return {}
+    return {"guide_budget_used_tokens": stats.get("budget_used_tokens", stats.get("total_tokens", 0))}
+
+
+def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: str, callback, ckpt: Path | None,
+                   state: dict):
+    """The trainer for ``cfg.alg``, with its state restored from ``ckpt`` when resuming."""
+    algorithm = cfg.algorithm
+    if algorithm.trainer == "bc":
+        from rlgf_cli.training.bc import BCTrainer
+
+        trainer = BCTrainer(cfg, task, policy, callback)
+    else:
+        from backends import resolve
+        from backends.hf.critic import Critic
+
+        from rlgf_cli.training.trainer import Trainer
+
+        guide = None
+        if algorithm.needs_guide:
+            callback("message", {"text": f"loading guide {cfg.guide}"})
+            guide = resolve(cfg.guide, device=device, **guide_options(cfg, used=state.get("guide_budget_used_tokens", 0)))
+            guide.validate()  # an API guide: reachable, key accepted, model known — before any output
+        reference = load_policy(learner_spec, device)
+
+        def critic(name: str):
+            if ckpt is not None and (ckpt / CRITIC_DIRS[name]).is_dir():
+                with reading_checkpoint(ckpt):
+                    return Critic.load(ckpt / CRITIC_DIRS[name], device=device)
+            return policy.make_critic()
+
+        trainer = Trainer(cfg, task, policy, reference, critic("learner"), callback, guide=guide,
+                          guide_critic=critic("guide") if algorithm.needs_guide_critic else None)
+    if ckpt is not None:
+        with reading_checkpoint(ckpt):
+            trainer.load_state(state)
+            load_optimizer(trainer.optimizer, ckpt)
+    return trainer

@@ -1,0 +1,514 @@
+"""The RL trainer: collect → score → advantages → PPO update, one iteration at a time.
+
+Every algorithm is this one update fed by different rollout schemes
+(:mod:`rlgf_cli.training.algorithms`). It takes built objects (policy, reference, critics, guide,
+task, config) so tests can inject tiny ones, and reports progress through a callback,
+never by printing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from backends.errors import RlgfError
+from tasks.base import Example, Task
+
+from rlgf_cli.training.config import TrainConfig
+from rlgf_cli.training.ppo import (
+    AdaptiveKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    exact_kl,
+    gae,
+    kl_penalised_rewards,
+    masked_mean,
+    masked_whiten,
+    one_step_before_restart,
+)
+from rlgf_cli.training.algorithms import AGGREVATED, GUIDE, LEARNER, Part
+from rlgf_cli.training.chunking import EpisodeShape, rollout_chunk
+from rlgf_cli.training.distributed import all_sum, any_rank, sum_gradients, world
+from rlgf_cli.training.guided import GuidedRollout
+from rlgf_cli.training.rollout import RolloutBatch
+from rlgf_cli.runtime import derive_seed
+from rlgf_cli.training.tensors import chunks, concat, trim_query, trim_response_width
+
+#: progress callback: ``callback(event, payload)`` with events
+#: "start" {"total"}, "phase" {"name"}, "iteration" {metrics}, "message" {"text"}
+Callback = Callable[[str, dict], None]
+
+
+def _noop(event: str, payload: dict) -> None:
+    return None
+
+
+_R = {"pad": "right", "pad_value": 0.0}
+
+
+@dataclass
+class Buffers:
+    """Scored rollouts with everything the update needs (all on the policy's device);
+    B episodes, R response positions."""
+
+    batch: RolloutBatch
+    scores: torch.Tensor  # (B,) the task's reward per episode
+    old_logprobs: torch.Tensor = field(metadata=_R)  # (B, R) log π_θ_old(a|s)
+    ref_logprobs: torch.Tensor = field(metadata=_R)  # (B, R) log π_ref(a|s)
+    old_values: torch.Tensor = field(metadata=_R)  # (B, R) V(s) of the part's critic
+    advantages: torch.Tensor = field(metadata=_R)  # (B, R) whitened over the part's learner tokens
+    returns: torch.Tensor = field(metadata=_R)  # (B, R) value targets
+    kl: torch.Tensor = field(metadata=_R)  # (B, R) sampled log π − log π_ref on learner tokens
+    kl_exact: torch.Tensor = field(metadata=_R)  # (B, R) KL(π‖π_ref) on learner tokens
+    #: per episode: 0 = the learner's critic gives its advantages, 1 = the guide's
+    critic_id: torch.Tensor = None  # (B,)
+    #: per episode: its index in the global (all ranks) batch of the iteration
+    global_index: torch.Tensor = None  # (B,)
+    #: per episode: which part of the iteration's plan it belongs to
+    part_id: torch.Tensor = None  # (B,)
+
+
+class PromptSampler:
+    """Draws training prompts without replacement, reshuffling (seeded) each pass."""
+
+    def __init__(self, examples: list[Example], seed: int) -> None:
+        if not examples:
+            raise RlgfError("the task has no training examples", "check the task's data")
+        self.examples = examples
+        self.rng = random.Random(derive_seed(seed))
+        self.order: list[int] = []
+
+    def state_dict(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {"order": list(self.order), "rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order = list(state["order"])
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+    def draw(self, n: int) -> list[Example]:
+        out = []
+        while len(out) < n:
+            if not self.order:
+                self.order = list(range(len(self.examples)))
+                self.rng.shuffle(self.order)
+            out.append(self.examples[self.order.pop()])
+        return out
+
+
+class TrainerBase:
+    """What the run loop needs of every trainer (RL and BC): one :meth:`step` per iteration,
+    an optimizer, critics (none for BC), an optional guide, and a resumable :meth:`state`."""
+
+    #: critics by role (``learner``/``guide``); saved with checkpoints
+    critics: dict = {}
+    #: the guide policy (None when the algorithm uses none)
+    guide = None
+    optimizer: torch.optim.Optimizer
+    iteration: int = 0
+
+    def step(self) -> dict:
+        """Run one iteration; returns its metrics (one ``metrics.jsonl`` line)."""
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        raise NotImplementedError
+
+    def load_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class Trainer(TrainerBase):
+    """Token-level PPO with separate critics and a KL penalty to a frozen reference."""
+
+    def __init__(self, cfg: TrainConfig, task: Task, policy, reference, critic, callback: Callback | None = None,
+                 *, guide=None, guide_critic=None):
+        self.cfg = cfg
+        self.task = task
+        self.policy = policy
+        self.reference = reference
+        self.guide = guide
+        self.callback = callback or _noop
+        self.device = policy.device
+        self.algorithm = cfg.algorithm
+        if self.algorithm.needs_guide and guide is None:
+            raise RlgfError(f"--alg {cfg.alg} needs a guide policy", "pass --guide SPEC (e.g. a BC checkpoint folder)")
+        self.critics = {LEARNER: critic}
+        if guide_critic is not None:
+            self.critics[GUIDE] = guide_critic
+        for c in self.critics.values():
+            c.to(self.device)
+        for frozen in (self.reference, guide):  # inference only: no gradients, no dropout
+            if frozen is not None and frozen.trainable and frozen is not policy:  # (not an API guide)
+                frozen.model.eval()
+                for p in frozen.model.parameters():
+                    p.requires_grad_(False)
+        params = [p for p in policy.model.parameters() if p.requires_grad]
+        for c in self.critics.values():
+            params += [p for p in c.parameters() if p.requires_grad]
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl or None)
+        self.part_weights: list[float] = [1.0]
+        self.sampler = PromptSampler(task.examples("train"), cfg.seed)
+        max_new = cfg.max_new_tokens or task.max_new_tokens
+        #: bf16 autocast on CUDA (weights and optimizer state stay float32)
+        self.autocast = _autocast(self.device)
+        for p in (policy, guide):  # decoding steps replayed as CUDA graphs (GPU only, opt-in)
+            if p is not None:
+                p.use_cuda_graphs(bool(cfg.cuda_graphs) and self.device.type == "cuda")
+        #: episodes per generation / scoring chunk: what the device's memory allows on a GPU
+        self.rollout_batch_size = cfg.rollout_batch_size or self._auto_chunk(max_new)
+        self.engine = GuidedRollout(
+            policy, guide, task, max_new_tokens=max_new, min_new_tokens=min(task.min_new_tokens, max_new),
+            sampling=task.train_sampling,
+        )
+        self.iteration = 0
+
+    @property
+    def critic(self):
+        return self.critics[LEARNER]
+
+    # -- one iteration --------------------------------------------------------------
+    def step(self) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        ctx = self.algorithm.context(self.iteration, cfg.iterations, alpha=cfg.alpha, betas=cfg.betas(),
+                                     switch=cfg.switch_iteration)
+        parts = self.algorithm.plan(ctx)
+        self.callback("phase", {"name": "rollout"})
+        w = world()
+        # every rank draws the same global batch and keeps its shard of each part
+        examples = self.sampler.draw(cfg.episodes * w.size)
+        batches, start = [], 0
+        for j, part in enumerate(parts):
+            n = len(examples) - start if j == len(parts) - 1 else round(part.share * len(examples))
+            n -= n % w.size
+            per_rank = n // w.size
+            first = start + w.rank * per_rank
+            with self.autocast:
+                batch = self.collect(examples[first:first + per_rank], part, part_index=j, first_index=first)
+            batch.global_index = torch.arange(first, first + per_rank, device=self.device)
+            batches.append((part, batch))
+            start += n
+        t1 = time.perf_counter()
+        self.callback("phase", {"name": "reward"})
+        scored = [(j, part, batch, self.score(batch)) for j, (part, batch) in enumerate(batches) if len(batch)]
+        t2 = time.perf_counter()
+        self.part_weights = [part.weight for part in parts]
+        with self.autocast:
+            buffers = concat([self.compute_advantages(b, s, part, part_id=j) for j, part, b, s in scored], self.pad_id)
+        t3 = time.perf_counter()
+        self.callback("phase", {"name": "update"})
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        stats = self.update(buffers)
+        t4 = time.perf_counter()
+        batch, scores = buffers.batch, buffers.scores
+        n, s1, s2, kl_sum, exact_sum, learner_sum, len_sum = all_sum(
+            [len(scores), float(scores.sum()), float((scores.double() ** 2).sum()), float(buffers.kl.sum()),
+             float(buffers.kl_exact.sum()), float(batch.learner_mask.sum()), float(batch.response_mask.sum())]).tolist()
+        token_kl = kl_sum / max(learner_sum, 1.0)
+        token_kl_exact = exact_sum / max(learner_sum, 1.0)
+        kl_coef = self.kl_ctl.value
+        self.kl_ctl.update(token_kl_exact)  # per learner token, as the target; exact, so never negative
+        self.iteration += 1
+        counts = dict(zip(batch.stats, all_sum([float(v) for v in batch.stats.values()]).tolist()))
+        metrics = {
+            "iteration": self.iteration,
+            "scheme": ",".join(p.scheme.name for _, p, _, _ in scored),
+            "reward_mean": s1 / max(n, 1),
+            "reward_std": math.sqrt(max(s2 - s1 * s1 / n, 0.0) / (n - 1)) if n > 1 else 0.0,
+            "kl": token_kl,
+            "kl_exact": token_kl_exact,
+            "kl_sequence": kl_sum / max(n, 1),
+            "kl_coef": kl_coef,
+            "lr": lr,
+            **stats,
+            "response_length": len_sum / max(n, 1),
+            **{k: int(v) for k, v in counts.items()},
+            "time_rollout_s": t1 - t0,
+            "time_reward_s": t2 - t1,
+            "time_forward_s": t3 - t2,
+            "time_update_s": t4 - t3,
+            "time_s": t4 - t0,
+        }
+        for key in ("pg_loss", "v_loss", "kl", "reward_mean"):
+            if key in metrics and not math.isfinite(metrics[key]):
+                raise RlgfError(
+                    f"training diverged at iteration {self.iteration}: {key} is {metrics[key]}",
+                    "lower --lr or --clip-range",
+                )
+        return metrics
+
+    def learning_rate(self) -> float:
+        """This iteration's learning rate under ``--lr-schedule`` (linear: base·(1 − t/T))."""
+        base = self.cfg.learning_rate
+        if self.cfg.lr_schedule == "linear":
+            return base * max(0.0, 1.0 - self.iteration / self.cfg.iterations)
+        return base
+
+    @property
+    def pad_id(self) -> int:
+        from rlgf_cli.training.rollout import pad_id
+
+        return pad_id(self.policy)
+
+    def collect(self, examples: list[Example], part: Part, *, part_index: int = 0, first_index: int = 0) -> RolloutBatch:
+        self.policy.model.eval()
+        seed = derive_seed(derive_seed(self.cfg.seed, self.iteration), part_index, stride=16)
+        return self.engine.collect(examples, part.scheme, part.beta, batch_size=self.rollout_batch_size,
+                                   chunk_seed=seed, first_index=first_index)
+
+    def score(self, batch: RolloutBatch) -> torch.Tensor:
+        rewards = self.task.reward(batch.prompts, batch.completions, batch.examples)
+        if len(rewards) != len(batch):
+            raise RlgfError(
+                f"the reward returned {len(rewards)} values for {len(batch)} episodes",
+                "a reward must return one float per completion",
+            )
+        scores = torch.tensor([float(r) for r in rewards], dtype=torch.float32, device=self.device)
+        bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+        if any_rank(bool(bad)) and not bad:
+            raise RlgfError(f"another rank got a non-finite reward in iteration {self.iteration + 1}",
+                            "fix the reward")
+        if bad:
+            raise RlgfError(
+                f"the reward is {scores[bad[0]].item()} for episode {bad[0]} of iteration {self.iteration + 1}",
+                "fix the reward",
+            )
+        return scores
+
+    def _auto_chunk(self, max_new: int) -> int:
+        models = [p.model for p in (self.policy, self.guide) if p is not None and p.trainable]
+        bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        n, why = rollout_chunk(
+            self.cfg.episodes, self.device, configs=[m.config for m in models],
+            shape=EpisodeShape(self.task.prompt_max_tokens or 128, max_new),
+            dtype_bytes=2 if bf16 else next(self.policy.model.parameters()).element_size(),
+            trainable_params=sum(p.numel() for p in self.params),
+        )
+        if self.device.type == "cuda":
+            self.callback("message", {"text": why})
+        return n
+
+    @torch.no_grad()
+    def compute_advantages(self, batch: RolloutBatch, scores: torch.Tensor, part: Part | None = None,
+                           part_id: int = 0) -> Buffers:
+        """Old log-probs, reference log-probs, the exact KL and values, then KL-penalised GAE.
+
+        The advantages come from the critic of the scheme (learner or guide); for AggreVaTeD
+        the roll-in tokens before the restart get the one-step A^{π_g} (``--aggrevated-advantage``).
+        The part's weight (LOLS's α mix) is applied to its policy loss in the update.
+        """
+        critic_name = part.scheme.critic if part is not None else LEARNER
+        critic = self.critics[critic_name]
+        self.policy.model.eval()
+        critic.eval()
+        width = batch.response.shape[1]
+        lp, ref, val, kls = [], [], [], []
+        for sl in chunks(len(batch), self.rollout_batch_size):
+            args = _slice(batch, sl)
+            logprobs, ref_logprobs, kl_exact = _scored_pair(self.policy, self.reference, args)
+            lp.append(_pad_to(logprobs, width))
+            ref.append(_pad_to(ref_logprobs, width))
+            kls.append(_pad_to(kl_exact, width))
+            val.append(_pad_to(critic.values(*args), width))
+        old_logprobs, ref_logprobs, old_values = torch.cat(lp).float(), torch.cat(ref).float(), torch.cat(val).float()
+        mask = batch.response_mask.float()
+        learner = batch.learner_mask.float()
+        kl_exact = torch.cat(kls).float() * learner * mask
+        rewards, kl = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_ctl.value, kl_mask=learner)
+        advantages, returns = gae(rewards, old_values, mask, self.cfg.gamma, self.cfg.lam)
+        if part is not None and part.scheme is AGGREVATED and self.cfg.aggrevated_advantage == "one-step":
+            advantages = one_step_before_restart(advantages, rewards, old_values, mask, batch.restart, self.cfg.gamma)
+        if self.cfg.whiten_advantages:
+            advantages = _whiten(advantages, learner)
+        critic_id = torch.full((len(batch),), 1 if critic_name == GUIDE else 0, dtype=torch.long, device=self.device)
+        global_index = getattr(batch, "global_index", None)
+        if global_index is None:
+            global_index = torch.arange(len(batch), device=self.device)
+        part_ids = torch.full((len(batch),), part_id, dtype=torch.long, device=self.device)
+        return Buffers(batch, scores, old_logprobs, ref_logprobs, old_values * mask, advantages,
+                       returns, kl, kl_exact, critic_id, global_index, part_ids)
+
+    def update(self, buf: Buffers) -> dict:
+        """PPO epochs over the batch. Minibatches are drawn from a permutation of the *global*
+        batch (the same on every rank); each rank works on its rows of each minibatch."""
+        cfg = self.cfg
+        w = world()
+        # dropout stays off (eval mode): the ratio of new to old log-probs starts at exactly 1
+        self.policy.model.eval()
+        for c in self.critics.values():
+            c.eval()
+        totals: dict[str, float] = {}
+        steps = 0
+        n_global = int(all_sum([len(buf.batch)])[0])
+        local_of = {int(g): i for i, g in enumerate(buf.global_index.tolist())}
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, self.iteration))
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n_global, generator=gen).tolist()
+            for sl in chunks(n_global, cfg.minibatch_size * w.size):
+                rows = [local_of[g] for g in perm[sl] if g in local_of]
+                idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+                stats = self._minibatch_step(buf, idx)
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                steps += 1
+        return {k: v / max(steps, 1) for k, v in totals.items()}
+
+    def _minibatch_step(self, buf: Buffers, idx: torch.Tensor) -> dict:
+        """One optimizer step. Every loss is a sum over this rank's tokens divided by the
+        token count of the whole (global) minibatch; gradients are then summed over ranks.
+
+        With several parts (LOLS) each part's policy loss is normalised over its own learner
+        tokens and weighted by the part's weight: α·L(A^{π_θ}) + (1−α)·L(A^{π_g}), so the
+        mix does not depend on how many learner tokens each part happens to have."""
+        cfg = self.cfg
+        b = buf.batch
+        has_rows = len(idx) > 0
+        if has_rows:
+            query, qmask = trim_query(b.query[idx], b.query_mask[idx])
+            width = trim_response_width(b.response_mask[idx])
+            response, rmask = b.response[idx, :width], b.response_mask[idx, :width]
+            pg_mask = b.learner_mask[idx, :width].float()
+            own = {}
+            for cid, name in ((0, LEARNER), (1, GUIDE)):
+                rows = (buf.critic_id[idx] == cid).nonzero().flatten()
+                mask = (b.learner_mask if name == LEARNER else b.guide_mask)[idx[rows], :width].float()
+                own[name] = (rows, mask)
+        n_parts = len(self.part_weights)
+        part_masks = [pg_mask * (buf.part_id[idx] == j).unsqueeze(1).float() for j in range(n_parts)] \
+            if has_rows else []
+        local = [float(pg_mask.sum()) if has_rows else 0.0,
+                 float(own[LEARNER][1].sum()) if has_rows else 0.0,
+                 float(own[GUIDE][1].sum()) if has_rows else 0.0,
+                 *([float(m.sum()) for m in part_masks] if has_rows else [0.0] * n_parts)]
+        g_pg, g_lv, g_gv, *g_parts = all_sum(local).tolist()
+        loss = torch.zeros((), device=self.device)
+        logged = [0.0] * 7  # pg_loss, entropy, approx_kl, clipfrac, v_loss, guide_v_loss (as global sums), any
+        if has_rows and local[0] > 0:
+            with self.autocast:
+                # with no entropy bonus the entropy is only logged: keep it out of the backward pass
+                logprobs, entropy = self.policy.response_logprobs(query, qmask, response, rmask, with_entropy=True,
+                                                                  entropy_grad=cfg.ent_coef > 0)
+            logprobs, entropy = logprobs.float(), entropy.float()
+            old, adv = buf.old_logprobs[idx, :width], buf.advantages[idx, :width]
+            pg_total = torch.zeros((), device=self.device)
+            for j, (weight, mask_j, g_j) in enumerate(zip(self.part_weights, part_masks, g_parts)):
+                if g_j > 0 and local[3 + j] > 0:
+                    part_loss = clipped_policy_loss(logprobs, old, adv, mask_j, cfg.clip_range).pg_loss
+                    pg_total = pg_total + weight * part_loss * (local[3 + j] / g_j)
+            pol = clipped_policy_loss(logprobs, old, adv, pg_mask, cfg.clip_range)  # ratio statistics, all parts
+            ent = masked_mean(entropy, pg_mask)
+            share = local[0] / g_pg
+            loss = loss + pg_total - cfg.ent_coef * ent * share
+            logged[:4] = [pg_total.item(), ent.item() * share, pol.approx_kl.item() * share,
+                          pol.clipfrac.item() * share]
+        # each critic learns the value of its own policy, on the tokens that policy generated
+        for slot, name, g_count in ((4, LEARNER, g_lv), (5, GUIDE, g_gv)):
+            if not has_rows or name not in self.critics:
+                continue
+            rows, mask = own[name]
+            if mask.sum() == 0:
+                continue
+            with self.autocast:
+                values = self.critics[name].values(query[rows], qmask[rows], response[rows], rmask[rows])
+            values = values.float()
+            v_loss = clipped_value_loss(values, buf.old_values[idx[rows], :width], buf.returns[idx[rows], :width], mask,
+                                        cfg.clip_range_value)
+            share = float(mask.sum()) / g_count
+            loss = loss + cfg.vf_coef * v_loss * share
+            logged[slot] = v_loss.item() * share
+        if has_rows and not torch.isfinite(loss):
+            logged[6] = 1.0
+        sums = all_sum(logged).tolist() if world().enabled else logged
+        if sums[6] > 0:
+            raise RlgfError(
+                f"training diverged at iteration {self.iteration + 1}: the loss is not finite",
+                "lower --lr or --clip-range",
+            )
+        if g_pg == 0 and g_lv == 0 and g_gv == 0:
+            return {}
+        self.optimizer.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
+        sum_gradients(self.params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        out = {"grad_norm": float(grad_norm)}
+        if g_pg > 0:
+            out.update(pg_loss=sums[0], entropy=sums[1], approx_kl=sums[2], clipfrac=sums[3])
+        if g_lv > 0:
+            out["v_loss"] = sums[4]
+        if g_gv > 0:
+            out["guide_v_loss"] = sums[5]
+        out["loss"] = out.get("pg_loss", 0.0) - cfg.ent_coef * out.get("entropy", 0.0) + cfg.vf_coef * (
+            out.get("v_loss", 0.0) + out.get("guide_v_loss", 0.0))
+        return out
+
+    # -- state --------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"iteration": self.iteration, "kl_controller": self.kl_ctl.state_dict(), "alg": self.cfg.alg,
+                "guide_calls": self.engine.guide_calls, "sampler": self.sampler.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what :meth:`state` saved (the optimizer and RNG are restored by the caller)."""
+        self.iteration = int(state["iteration"])
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.engine.guide_calls = int(state.get("guide_calls", 0))
+        if "sampler" in state:
+            self.sampler.load_state_dict(state["sampler"])
+
+
+def _scored_pair(policy, reference, args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(log π(a), log π_ref(a), KL(π‖π_ref))`` per response token, one forward pass each."""
+    response = args[2]
+    logits = policy.response_logits(*args).float()
+    ref_logits = reference.response_logits(*args).float()
+    index = response.unsqueeze(-1)
+    logprobs = (logits.gather(-1, index).squeeze(-1) - torch.logsumexp(logits, -1))
+    ref_logprobs = (ref_logits.gather(-1, index).squeeze(-1) - torch.logsumexp(ref_logits, -1))
+    return logprobs, ref_logprobs, exact_kl(logits, ref_logits)
+
+
+def _autocast(device):
+    """bf16 autocast on a CUDA device that supports it; a no-op context elsewhere."""
+    import contextlib
+
+    if getattr(device, "type", str(device)).startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`masked_whiten` with the statistics of the global (all ranks) batch."""
+    if not world().enabled:
+        return masked_whiten(x, mask) if mask.sum() > 1 else x * mask
+    m = mask.to(x.dtype)
+    n, s1, s2 = all_sum([float(m.sum()), float((x * m).sum()), float((x.double() ** 2 * m.double()).sum())]).tolist()
+    if n <= 1:
+        return x * m
+    mean = s1 / n
+    var = (s2 - n * mean * mean) / (n - 1)
+    return (x - mean) * (1.0 / math.sqrt(max(var, 0.0) + 1e-8)) * m
+
+
+def _slice(batch: RolloutBatch, sl: slice):
+    query, qmask = trim_query(batch.query[sl], batch.query_mask[sl])
+    width = trim_response_width(batch.response_mask[sl])
+    return query, qmask, batch.response[sl, :width], batch.response_mask[sl, :width]
+
+
+def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    if x.shape[1] == width:
+        return x
+    pad = torch.zeros(x.shape[0], width - x.shape[1], dtype=x.dtype, device=x.device)
+    return torch.cat([x, pad], 1)

@@ -1,0 +1,1 @@
+"""Metrics and reward models: COCO metrics, SPICE, BERTScore, perplexity, the sentiment classifier."""
