@@ -100,7 +100,7 @@ def api_args(learner, reward, out, url, *extra, alg="d2lols", iterations=2):
 
 
 #: the reference configuration: D2LOLS switching from AggreVaTeD to PPO++ half-way
-REF = ("--alpha", "0.5", "--beta", "0.5")
+REF = ("--alpha", "0.5", "--ppopp-beta", "0.5", "--aggrevated-beta", "0.5")
 
 
 def invoke(args, code=0):

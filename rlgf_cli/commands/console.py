@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import typer
 from rich.console import Console
@@ -92,3 +92,15 @@ def quiet_libraries() -> None:
 
 def is_terminal() -> bool:
     return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def rich_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], align_right_from: int = 1):
+    """The terminal rendering of a result table (the library makes Markdown; this layer draws)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="right" if i >= align_right_from else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*[str(c) for c in row])
+    return table

@@ -111,7 +111,8 @@ def _bar(label: str):
 
 def print_table(report: dict, metric: str, gaps: dict) -> None:
     from rlgf_cli.evaluation.difficulty import metric_names
-    from rlgf_cli.evaluation.report import fmt, rich_table, short_labels
+    from rlgf_cli.commands.console import rich_table
+    from rlgf_cli.evaluation.report import fmt, short_labels
 
     names = metric_names(report)
     labels = short_labels(report["policies"])

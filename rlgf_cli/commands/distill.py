@@ -87,7 +87,7 @@ def distill_command(
         typer.echo(json.dumps(report, indent=2))
     elif not quiet:
         from rlgf_cli.evaluation.distill_report import facts, table
-        from rlgf_cli.evaluation.report import rich_table
+        from rlgf_cli.commands.console import rich_table
 
         columns, rows = table(report, short=True)
         title = f"{report['task']} · {report['split']} split · n={report['n']} · guide vs learner"

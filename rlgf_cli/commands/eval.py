@@ -169,7 +169,7 @@ def eval_markdown(report: dict) -> str:
 
 
 def _print_table(report: dict) -> None:
-    from rlgf_cli.evaluation.report import rich_table
+    from rlgf_cli.commands.console import rich_table
 
     title, columns, rows = table_rows(report)
     out_console.print(rich_table(title, columns, rows, align_right_from=2))

@@ -81,14 +81,3 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]], align_
     rule = "|" + "|".join("---:" if i >= align_right_from else "---" for i in range(len(columns))) + "|"
     body = ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join([head, rule, *body])
-
-
-def rich_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], align_right_from: int = 1):
-    from rich.table import Table
-
-    table = Table(title=title)
-    for i, col in enumerate(columns):
-        table.add_column(col, justify="right" if i >= align_right_from else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*[str(c) for c in row])
-    return table
