@@ -83,3 +83,23 @@ def write_all(items: list[tuple[str | Path, str]]) -> None:
     if failed:
         kept = f"written: {', '.join(written)}" if written else "nothing was written"
         raise RlgfError("; ".join(failed), f"free some space or choose other paths ({kept})")
+
+
+def save_png(fig, path: str | Path, option: str) -> Path:
+    """Write a matplotlib figure to ``path`` atomically (temporary name, then rename) and
+    close it; a failed write is one :class:`RlgfError` naming ``option``."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, format="png")
+        tmp.replace(path)
+    except OSError as exc:
+        raise RlgfError(f"could not write the chart {path}: {exc.strerror or exc}",
+                        f"free some space or choose another {option}") from None
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

@@ -110,15 +110,7 @@ def plot_curves(groups: dict[str, list[str | Path]], path: str | Path, metric: s
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best", frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, format="png")
-        tmp.replace(path)
-    except OSError as exc:
-        raise RlgfError(f"could not write the chart {path}: {exc.strerror or exc}", "choose another --out") from None
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    from rlgf_cli.files import save_png
+
+    save_png(fig, path, "--out")
     return data

@@ -234,16 +234,6 @@ def plot(report: dict, path: str | Path, metric: str | None = None) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, format="png")
-        tmp.replace(path)
-    except OSError as exc:
-        raise RlgfError(f"could not write the chart {path}: {exc.strerror or exc}",
-                        "free some space or choose another --plot") from None
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    from rlgf_cli.files import save_png
+
+    return save_png(fig, path, "--plot")
