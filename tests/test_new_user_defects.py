@@ -234,3 +234,22 @@ def test_final_ships_the_model_and_a_save_every_0_run_still_resumes_and_extends(
     assert (final / "model.safetensors").read_bytes() != before, "final/ holds the extended run"
     assert sorted(p.name for p in (out / "checkpoints").iterdir())[-1] == "iter-0003"
     assert not list(out.rglob(".tmp-*"))
+
+
+# -- a bad model spec fails before the task's reward is prepared ---------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--learner", "--init", "--guide"])
+def test_a_bad_spec_fails_before_the_reward_is_prepared(tmp_path, monkeypatch, flag):
+    """The embedded reward trains for minutes the first time: a typo in a spec must not wait for it."""
+    from tasks.rotten_tomatoes import RottenTomatoesTask
+
+    def never(self):
+        raise AssertionError("the reward was prepared before the specs were checked")
+
+    monkeypatch.setattr(RottenTomatoesTask, "check_reward", never)
+    args = ["train", "--task", "rotten-tomatoes", "--alg", "ppo++", "--guide", "smollm2", flag, "./no/such/folder",
+            "--out", str(tmp_path / "run"), "--device", "cpu"]
+    line = _error(runner.invoke(app, args))
+    assert "no such folder: ./no/such/folder" in line
+    assert not (tmp_path / "run").exists()

@@ -260,9 +260,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     task = build_task(bc_cfg)
     device = resolve_device(o.device)
     learner_spec = o.learner or task.default_learner
-    prepare = getattr(task, "prepare", None)
-    if prepare is not None:
-        prepare(progress=lambda text, frac=None: say(text))
+    task.prepare(progress=lambda text, frac=None: say(text))
     eval_examples = split_examples(task, o.eval_split, o.eval_limit)
     train_examples = task.examples("train")[: o.prompts] if o.prompts else task.examples("train")
     say(f"loading learner {learner_spec} and guide {o.guide}")

@@ -152,7 +152,7 @@ def compute_metrics(task: Task, policy, examples: list[Example], completions: li
     scorer = policy if isinstance(policy, TokenPolicy) else None
     prompts = [ex.prompt for ex in examples]
     metrics = task.metrics(prompts, completions, examples, policy=scorer, reference_policy=reference)
-    custom = getattr(task, "custom_reward", None)
+    custom = task.custom_reward
     if custom is not None and completions:
         values = custom.for_examples(prompts, completions, examples)
         metrics = {**metrics, "reward": sum(values) / len(values)}
@@ -161,7 +161,7 @@ def compute_metrics(task: Task, policy, examples: list[Example], completions: li
 
 def metric_names(task: Task) -> list[str]:
     """The columns :func:`compute_metrics` fills for ``task``."""
-    extra = ["reward"] if getattr(task, "custom_reward", None) is not None else []
+    extra = ["reward"] if task.custom_reward is not None else []
     return [*task.metric_names, *extra]
 
 
@@ -242,9 +242,7 @@ def build_eval_task(task_name: str | None, specs: list[str], task_options: dict)
             "rotten-tomatoes",
         )
     task = get_task(task_name, **task_options)
-    prepare = getattr(task, "prepare", None)
-    if prepare is not None:
-        prepare()
+    task.prepare()
     return task
 
 

@@ -149,6 +149,7 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     else:
         prepare_out_dir(cfg, overwrite)
     task = build_task(cfg)
+    _check_specs(cfg, task, resumed=ckpt is not None)  # cheap, before a reward model is prepared
     if cfg.algorithm.trainer != "bc":  # an RL run needs its reward; fail before anything is written
         task.check_reward()
     w, device = init_from_env(resolve_device(cfg.device))
@@ -171,9 +172,8 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     callback("message", {"text": f"loading learner {load_from} on {device}"})
     with reading_checkpoint(ckpt):
         policy = load_policy(load_from, device)
-    prepare = getattr(task, "prepare", None)
-    if prepare is not None:  # e.g. train the reward classifier once, before the run folder exists
-        prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
+    # e.g. train the reward classifier once, before the run folder exists
+    task.prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
     trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
     critics = trainer.critics
 
@@ -298,6 +298,18 @@ def finish(out: Path, current: Path | None, checkpoint, iteration: int, keep: in
         return out / "final"
     prune_checkpoints(out / "checkpoints", keep + 1)
     return export_final(resumable, out / "final")
+
+
+def _check_specs(cfg: TrainConfig, task, *, resumed: bool) -> None:
+    """Unknown backends and missing folders in --learner, --init and --guide fail here, in
+    milliseconds, not after minutes of preparing the task's reward."""
+    from backends import policy_class
+
+    specs = [] if resumed else [cfg.init or cfg.learner or task.default_learner]
+    if cfg.algorithm.needs_guide and cfg.guide:
+        specs.append(cfg.guide)
+    for spec in specs:
+        policy_class(spec)
 
 
 def _guide_state(guide) -> dict:

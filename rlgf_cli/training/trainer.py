@@ -332,7 +332,7 @@ class Trainer(TrainerBase):
         if self.cfg.whiten_advantages:
             advantages = _whiten(advantages, learner)
         critic_id = torch.full((len(batch),), 1 if critic_name == GUIDE else 0, dtype=torch.long, device=self.device)
-        global_index = getattr(batch, "global_index", None)
+        global_index = batch.global_index
         if global_index is None:
             global_index = torch.arange(len(batch), device=self.device)
         part_ids = torch.full((len(batch),), part_id, dtype=torch.long, device=self.device)
