@@ -69,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per seed process (0: the cores shared among the seeds running at once)")
     p.add_argument("--only-seed", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: gather the seeds already finished in --out (their seed.json) into the tables")
     for name in ("iterations", "episodes", "eval-limit", "bc-iterations"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     return p.parse_args(argv)
@@ -134,7 +136,9 @@ def choose_lr(args, out: Path) -> dict:
     metric = next(iter(trials[0]["val"]))
     healthy = [t for t in trials if t["approx_kl_mean"] <= args.max_approx_kl] or trials
     best = max(healthy, key=lambda t: t["val"][metric])
-    return {"metric": metric, "trials": trials, "chosen": best["lr"]}
+    choice = {"metric": metric, "trials": trials, "chosen": best["lr"]}
+    (out / "lr_choice.json").write_text(json.dumps(choice, indent=2), encoding="utf-8")
+    return choice
 
 
 def one_seed(args, seed: int, out: Path) -> tuple[dict[str, dict], dict[str, Path]]:
@@ -298,6 +302,8 @@ def main(argv=None) -> int:
         (out / f"seed{args.only_seed}" / "seed.json").write_text(
             json.dumps({"table": table, "runs": {k: str(v) for k, v in runs.items()}}), encoding="utf-8")
         return 0
+    if args.collect:
+        return collect(args, out)
     started = time.perf_counter()
     lr_choice = None
     if args.lr_grid:
@@ -324,6 +330,33 @@ def main(argv=None) -> int:
         write_results(out, per_seed, runs_by_seed, meta, lr_choice)  # partial results survive a kill
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'results.md'}, results.json and curves.png in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+def collect(args, out: Path) -> int:
+    """The tables from the seeds that finished (each child writes ``seedN/seed.json``); the
+    wall time is from the first run folder written to the last seed finished."""
+    done = [s for s in range(args.seeds) if (out / f"seed{s}" / "seed.json").is_file()]
+    if not done:
+        raise SystemExit(f"no finished seed in {out}")
+    per_seed, runs_by_seed = [], []
+    for s in done:
+        data = json.loads((out / f"seed{s}" / "seed.json").read_text(encoding="utf-8"))
+        per_seed.append(data["table"])
+        runs_by_seed.append({k: Path(v) for k, v in data["runs"].items()})
+    choice_file = out / "lr-selection" / "lr_choice.json"
+    lr_choice = json.loads(choice_file.read_text(encoding="utf-8")) if choice_file.is_file() else None
+    if lr_choice:
+        args.lr = lr_choice["chosen"]
+    stamps = [p.stat().st_mtime for p in out.rglob("config.toml")] + \
+             [(out / f"seed{s}" / "seed.json").stat().st_mtime for s in done]
+    meta = {"task": args.task, "preset": args.preset, "seeds": len(done), "learner": args.learner,
+            "command": "python bench/reproduce.py " + " ".join(a for a in sys.argv[1:] if a != "--collect"),
+            "date": datetime.date.fromtimestamp(max(stamps)).isoformat(), "machine": _machine(),
+            "settings": {k: setting(args, k) for k in PRESETS[args.preset]}, "wall_s": max(stamps) - min(stamps),
+            "seeds_done": done}
+    write_results(out, per_seed, runs_by_seed, meta, lr_choice)
+    print((out / "results.md").read_text(encoding="utf-8"))
     return 0
 
 

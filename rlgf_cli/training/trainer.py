@@ -9,7 +9,6 @@ never by printing.
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -37,6 +36,7 @@ from rlgf_cli.training.distributed import all_sum, any_rank, sum_gradients, worl
 from rlgf_cli.training.guided import GuidedRollout
 from rlgf_cli.training.rollout import RolloutBatch
 from rlgf_cli.runtime import derive_seed
+from rlgf_cli.training.sampler import PromptSampler  # noqa: F401  (BC and tests take it from here)
 from rlgf_cli.training.tensors import chunks, concat, trim_query, trim_response_width
 
 #: progress callback: ``callback(event, payload)`` with events
@@ -71,35 +71,6 @@ class Buffers:
     global_index: torch.Tensor = None  # (B,)
     #: per episode: which part of the iteration's plan it belongs to
     part_id: torch.Tensor = None  # (B,)
-
-
-class PromptSampler:
-    """Draws training prompts without replacement, reshuffling (seeded) each pass."""
-
-    def __init__(self, examples: list[Example], seed: int) -> None:
-        if not examples:
-            raise RlgfError("the task has no training examples", "check the task's data")
-        self.examples = examples
-        self.rng = random.Random(derive_seed(seed))
-        self.order: list[int] = []
-
-    def state_dict(self) -> dict:
-        version, internal, gauss = self.rng.getstate()
-        return {"order": list(self.order), "rng": [version, list(internal), gauss]}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.order = list(state["order"])
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
-
-    def draw(self, n: int) -> list[Example]:
-        out = []
-        while len(out) < n:
-            if not self.order:
-                self.order = list(range(len(self.examples)))
-                self.rng.shuffle(self.order)
-            out.append(self.examples[self.order.pop()])
-        return out
 
 
 class TrainerBase:
