@@ -117,3 +117,14 @@ def test_bc_learns_to_stop_after_the_target(kind):
                                           sampling=Sampling(do_sample=False))
     assert policy.decode(response, rmask) == ["ab"]
     assert int(rmask.sum()) <= 3  # "a", "b", EOS — then nothing more
+
+
+@pytest.mark.parametrize("key,value", [("alpha", '"high"'), ("ppopp_beta", '"x"'), ("aggrevated_beta", "true"),
+                                       ("switch_iteration", "2.5"), ("max_new_tokens", '"many"')])
+def test_the_new_fields_in_a_config_file_are_type_checked(tmp_path, key, value):
+    from backends.errors import RlgfError
+
+    file = tmp_path / "bad.toml"
+    file.write_text(f'[train]\nalg = "d2lols"\nguide = "g"\n{key} = {value}\n', encoding="utf-8")
+    with pytest.raises(RlgfError, match=f"config value {key} = .* has the wrong type"):
+        build_config(str(file))

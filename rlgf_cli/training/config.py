@@ -328,14 +328,16 @@ def _check_types(cfg: TrainConfig) -> None:
                 f"config value {f.name} = {value!r} has the wrong type",
                 f"expected {type(default).__name__ if default is not None else 'a string'}",
             )
-    for name in ("lr", "beta", "guide_price_per_1k"):
+    for name in ("lr", "beta", "ppopp_beta", "aggrevated_beta", "alpha", "guide_price_per_1k"):
         value = getattr(cfg, name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise RlgfError(f"config value {name} = {value!r} has the wrong type", "expected a number")
             setattr(cfg, name, float(value))
-    if cfg.max_new_tokens is not None and (isinstance(cfg.max_new_tokens, bool) or not isinstance(cfg.max_new_tokens, int)):
-        raise RlgfError(f"config value max_new_tokens = {cfg.max_new_tokens!r} has the wrong type", "expected an integer")
+    for name in ("max_new_tokens", "switch_iteration"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise RlgfError(f"config value {name} = {value!r} has the wrong type", "expected an integer")
 
 
 def _range_error(name: str, value: Any, want: str) -> RlgfError:
