@@ -67,3 +67,12 @@ def serve_command(
         serve_forever(server)
     finally:
         served.close()
+    # Stopped by Ctrl-C, everything closed: leave without the interpreter's teardown, where a
+    # request thread still inside a native (torch) call can abort the process ("terminate
+    # called without an active exception", exit -6) instead of exiting 0.
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
