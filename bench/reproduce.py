@@ -1,18 +1,21 @@
 """Reproduce the shape of the paper's Table 1 (and Table 7's BC+ rows) on the embedded default.
 
-Per seed: BC on the task's references (the guide), then PPO, PPO++, AggreVaTeD, LOLS and
-D2LOLS from the initial learner with the BC policy as guide, and BC+PPO / BC+PPO++ (the
-learner warm-started from the BC policy). Every policy is evaluated on the same test
-prompts; ``results.md`` / ``results.json`` hold mean ± std over seeds, the guide's own
-scores beside the learners', and ``curves.png`` the learning curves (mean reward per
-iteration, ± one std over seeds). Every algorithm uses the same hyperparameters; with
-``--lr-grid`` the learning rate is first chosen on the *validation* split (PPO, its own
-seed), never on the test split.
+First BC on the task's references makes the guide (once, seed 0: the guide is a given policy,
+as in the paper), then per seed PPO, PPO++, AggreVaTeD, LOLS and D2LOLS from the initial
+learner with the BC policy as guide, and BC+PPO / BC+PPO++ (the learner warm-started from the
+BC policy). Every policy, the initial learner and the guide included, is evaluated on the same
+test prompts at every seed; ``results.md`` / ``results.json`` hold mean ± std over seeds, the
+guide's own scores beside the learners', and ``curves.png`` the learning curves (mean reward
+per iteration, ± one std over seeds). Every algorithm uses the same hyperparameters; with
+``--lr-grid`` the learning rate is first chosen on the *validation* split (PPO, its own seed),
+never on the test split. The work is split into jobs (see ``reproduce_jobs.py``) that
+``--jobs`` runs side by side.
 
     # seconds: tiny models (the test suite)
     python bench/reproduce.py --preset tiny --learner DIR --reward-model DIR --out runs/repro-tiny
     # the committed CPU run (2 cores): 3 seeds
-    python bench/reproduce.py --preset cpu --seeds 3 --lr-grid 1e-5,3e-5 --out bench/results/rotten-tomatoes-cpu
+    python bench/reproduce.py --preset cpu --seeds 3 --jobs 2 --lr-grid 5e-5,2e-4 \
+        --out bench/results/rotten-tomatoes-cpu
 """
 
 from __future__ import annotations
@@ -40,11 +43,7 @@ PRESETS = {
     "gpu": dict(iterations=30, episodes=64, epochs=4, minibatch_size=16, max_new_tokens=24, eval_limit=512,
                 bc_iterations=60, bc_episodes=64, lr=1e-5, bc_lr=5e-5),
 }
-#: (row label, algorithm, warm start from the BC policy)
-ROWS = [("ppo", "ppo", False), ("ppo++", "ppo++", False), ("aggrevated", "aggrevated", False),
-        ("lols", "lols", False), ("d2lols", "d2lols", False), ("BC+ppo", "ppo", True), ("BC+ppo++", "ppo++", True)]
-EXTRA_ROWS = [("BC+aggrevated", "aggrevated", True), ("BC+lols", "lols", True), ("BC+d2lols", "d2lols", True)]
-INITIAL, GUIDE = "initial learner", "BC (guide)"
+from reproduce_jobs import EXTRA_ROWS, GUIDE, GUIDE_SEED, INITIAL, ROWS, gather, plan, result_file, run_job, schedule  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -65,12 +64,13 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--keep-models", action="store_true", help="keep every run's final model (GBs each)")
     p.add_argument("--jobs", type=int, default=1,
-                   help="seeds run in this many processes at once, each with --threads torch threads")
+                   help="jobs (one training run and its evaluation, a learning-rate trial…) run in this many "
+                        "processes at once, each with --threads torch threads")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch threads per seed process (0: the cores shared among the seeds running at once)")
-    p.add_argument("--only-seed", type=int, default=None, help=argparse.SUPPRESS)
+                   help="torch threads per job process (0: the cores shared among the jobs running at once)")
+    p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # a child of --jobs: do this one job
     p.add_argument("--collect", action="store_true",
-                   help="train nothing: gather the seeds already finished in --out (their seed.json) into the tables")
+                   help="train nothing: gather the jobs already finished in --out (jobs/*.json) into the tables")
     for name in ("iterations", "episodes", "eval-limit", "bc-iterations"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     return p.parse_args(argv)
@@ -113,50 +113,33 @@ def evaluate(policies: dict[str, str], args, seed: int, split: str = "test") -> 
     return {name: by_spec[spec] for name, spec in policies.items()}
 
 
-def train_bc(out: Path, args, seed: int) -> Path:
-    return run_training("bc", out, args, seed, alg="bc", lr=setting(args, "bc_lr"),
+def train_bc(out: Path, args, seed: int, name: str = "bc") -> Path:
+    return run_training(name, out, args, seed, alg="bc", lr=setting(args, "bc_lr"),
                         iterations=setting(args, "bc_iterations"), episodes=setting(args, "bc_episodes"),
                         minibatch_size=min(16, setting(args, "bc_episodes")))
 
 
-def choose_lr(args, out: Path) -> dict:
-    """PPO at each lr of the grid (seed 1000, not an evaluation seed), scored on the validation
-    split; the best validation reward among the lrs whose mean approx_kl stays healthy."""
-    grid = [float(x) for x in args.lr_grid.split(",") if x.strip()]
-    trials = []
-    for lr in grid:
-        run = run_training(f"ppo-lr{lr:g}", out, args, 1000, alg="ppo", lr=lr)
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        approx_kl = statistics.fmean(r.get("approx_kl", 0.0) for r in rows)
-        val = evaluate({"ppo": str(run / "final")}, args, 1000, split="val")["ppo"]
-        trials.append({"lr": lr, "val": val, "approx_kl_mean": approx_kl,
-                       "kl_exact_last": rows[-1].get("kl_exact"), "reward_last": rows[-1].get("reward_mean")})
-        _drop_models(run, args)
-        print(f"  lr {lr:g}: val {val} approx_kl {approx_kl:.4f}", flush=True)
+def lr_trial(args, out: Path, lr: float) -> dict:
+    """PPO at one lr of the grid (seed 1000, not an evaluation seed), scored on the validation split."""
+    run = run_training(f"ppo-lr{lr:g}", out, args, 1000, alg="ppo", lr=lr)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    approx_kl = statistics.fmean(r.get("approx_kl", 0.0) for r in rows)
+    val = evaluate({"ppo": str(run / "final")}, args, 1000, split="val")["ppo"]
+    _drop_models(run, args)
+    print(f"  lr {lr:g}: val {val} approx_kl {approx_kl:.4f}", flush=True)
+    return {"lr": lr, "val": val, "approx_kl_mean": approx_kl,
+            "kl_exact_last": rows[-1].get("kl_exact"), "reward_last": rows[-1].get("reward_mean")}
+
+
+def choose_lr(args, trials: list[dict], out: Path) -> dict:
+    """The best validation reward among the lrs whose mean approx_kl stays healthy."""
     metric = next(iter(trials[0]["val"]))
     healthy = [t for t in trials if t["approx_kl_mean"] <= args.max_approx_kl] or trials
     best = max(healthy, key=lambda t: t["val"][metric])
     choice = {"metric": metric, "trials": trials, "chosen": best["lr"]}
+    out.mkdir(parents=True, exist_ok=True)
     (out / "lr_choice.json").write_text(json.dumps(choice, indent=2), encoding="utf-8")
     return choice
-
-
-def one_seed(args, seed: int, out: Path) -> tuple[dict[str, dict], dict[str, Path]]:
-    bc = train_bc(out, args, seed)
-    guide = str(bc / "final")
-    policies = {INITIAL: args.learner, GUIDE: guide}
-    runs = {GUIDE: bc}
-    for label, alg, warm in ROWS + (EXTRA_ROWS if args.all_rows else []):
-        run = run_training(label.replace("+", "_"), out, args, seed, alg=alg,
-                           guide=None if alg == "ppo" else guide, init=guide if warm else None)
-        policies[label] = str(run / "final")
-        runs[label] = run
-    started = time.perf_counter()
-    table = evaluate(policies, args, seed)
-    print(f"  evaluated {len(policies)} policies in {time.perf_counter() - started:.0f}s", flush=True)
-    for run in runs.values():
-        _drop_models(run, args)
-    return table, runs
 
 
 def _drop_models(run: Path, args) -> None:
@@ -169,9 +152,9 @@ def _drop_models(run: Path, args) -> None:
 
 def aggregate(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, dict]]:
     table: dict[str, dict[str, dict]] = {}
-    for name in per_seed[0]:
+    for name in _labels(per_seed):
         table[name] = {}
-        for m in per_seed[0][name]:
+        for m in dict.fromkeys(m for run in per_seed for m in run.get(name, {})):
             values = [run[name][m] for run in per_seed if m in run.get(name, {})]
             table[name][m] = {"mean": statistics.fmean(values),
                               "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
@@ -181,9 +164,11 @@ def aggregate(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, dict]]:
 def health(runs_by_seed: list[dict[str, Path]]) -> dict[str, dict]:
     """Per row, the last iteration's training statistics averaged over seeds."""
     out: dict[str, dict] = {}
-    for label in runs_by_seed[0]:
+    for label in _labels(runs_by_seed):
         last = []
         for runs in runs_by_seed:
+            if label not in runs or not (runs[label] / "metrics.jsonl").is_file():
+                continue
             lines = (runs[label] / "metrics.jsonl").read_text().splitlines()
             if lines:
                 last.append(json.loads(lines[-1]))
@@ -226,7 +211,9 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
             lines.append(f"- lr {t['lr']:g}: val {t['val'][lr_choice['metric']]:.3f}, mean approx_kl "
                          f"{t['approx_kl_mean']:.4f}, last exact KL {t['kl_exact_last']:.4f}")
         lines += [f"- chosen: {lr_choice['chosen']:g}", ""]
-    lines += ["Test split, mean ± std over seeds (the BC policy is the guide of every guided row):", "",
+    lines += [f"Test split, mean ± std over seeds. One BC policy (trained once, seed {meta.get('guide_seed', 0)}) "
+              "is the guide of every guided row and the warm start of the BC+ rows, so its own ± is the "
+              "evaluation's sampling alone:", "",
               "| method | " + " | ".join(metrics) + " | Δ sentiment vs guide |", "|---|" + "---:|" * (len(metrics) + 1)]
     main = metrics[0]
     guide = table.get(GUIDE, {}).get(main, {}).get("mean")
@@ -240,7 +227,21 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
         cells = [f"{h[k]:.4f}" if k in h else "" for k in ("reward_mean", "approx_kl", "kl_exact", "kl_coef", "clipfrac")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Ordering ({main}):", ""] + [f"- {line}" for line in ordering(table, main)]
+    if meta.get("job_seconds"):
+        lines += ["", "Where the time went (seconds of one job process, summed by kind):", ""]
+        kinds: dict[str, list[float]] = {}
+        for name, sec in meta["job_seconds"].items():
+            kind = "lr trials" if name.startswith("lr-") else "guide (BC)" if name == "guide" else \
+                "evaluation of the initial learner and the guide" if name.endswith(("-initial", "-guide")) else \
+                "RL rows (training + evaluation)"
+            kinds.setdefault(kind, []).append(sec)
+        lines += [f"- {kind}: {len(v)} jobs, {sum(v):.0f} s" for kind, v in kinds.items()]
     return "\n".join(lines) + "\n"
+
+
+def _labels(by_seed: list[dict]) -> list[str]:
+    """Row labels in order of first appearance over the seeds (a seed may miss some)."""
+    return list(dict.fromkeys(label for seed in by_seed for label in seed))
 
 
 def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice) -> dict:
@@ -248,7 +249,8 @@ def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice) -> dict:
 
     table = aggregate(per_seed)
     rows_health = health(runs_by_seed)
-    groups = {label: [runs[label] for runs in runs_by_seed] for label in runs_by_seed[0] if label != GUIDE}
+    groups = {label: [runs[label] for runs in runs_by_seed if label in runs]
+              for label in _labels(runs_by_seed) if label != GUIDE}
     curves = plot_curves(groups, out / "curves.png", title=f"{meta['task']}: reward per iteration (± std, "
                                                           f"{len(per_seed)} seeds)")
     (out / "results.md").write_text(markdown(table, meta, rows_health, lr_choice), encoding="utf-8")
@@ -258,103 +260,90 @@ def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice) -> dict:
     return table
 
 
-def run_seeds_in_processes(args, out: Path, argv) -> list[tuple[dict, dict]]:
-    """Each seed in its own process (``--jobs`` at a time): small models use two cores better
-    as two one-thread processes than as one two-thread process."""
-    import subprocess
-
-    base = [a for a in (sys.argv[1:] if argv is None else argv)]
-    pending, running, done = list(range(args.seeds)), {}, {}
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            seed = pending.pop(0)
-            import os
-
-            # share the cores among the seeds that will run at once (a last seed alone gets them all)
-            threads = args.threads or max(1, (os.cpu_count() or 1) // min(args.jobs, len(pending) + len(running) + 1))
-            cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--only-seed", str(seed), "--lr",
-                   repr(setting(args, "lr")), "--threads", str(threads)]
-            log = open(out / f"seed{seed}.log", "w", encoding="utf-8")
-            running[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
-        time.sleep(2)
-        for seed, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[seed]
-                if proc.returncode != 0:
-                    raise SystemExit(f"seed {seed} failed (exit {proc.returncode}); see {out / f'seed{seed}.log'}")
-                data = json.loads((out / f"seed{seed}" / "seed.json").read_text(encoding="utf-8"))
-                done[seed] = (data["table"], {k: Path(v) for k, v in data["runs"].items()})
-                print(f"seed {seed} done", flush=True)
-    return [done[s] for s in range(args.seeds)]
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.threads and (args.only_seed is not None or args.jobs <= 1):  # the parent keeps every core
+    if args.threads:  # a child of --jobs, or a run told its threads
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.only_seed is not None:  # a child of --jobs
-        table, runs = one_seed(args, args.only_seed, out / f"seed{args.only_seed}")
-        (out / f"seed{args.only_seed}" / "seed.json").write_text(
-            json.dumps({"table": table, "runs": {k: str(v) for k, v in runs.items()}}), encoding="utf-8")
+    rows = ROWS + (EXTRA_ROWS if args.all_rows else [])
+    jobs = plan(args, rows)
+    if args.job is not None:  # a child of --jobs
+        job = next((j for j in jobs if j.name == args.job), None)
+        if job is None:
+            raise SystemExit(f"unknown job {args.job}")
+        run_job(job, args, out, setting(args, "lr"))
         return 0
     if args.collect:
-        return collect(args, out)
+        return collect(args, out, jobs)
     started = time.perf_counter()
-    lr_choice = None
-    if args.lr_grid:
-        print("choosing the learning rate on the validation split", flush=True)
-        lr_choice = choose_lr(args, out / "lr-selection")
-        args.lr = lr_choice["chosen"]
-    meta = {"task": args.task, "preset": args.preset, "seeds": args.seeds, "learner": args.learner,
-            "command": "python bench/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "date": datetime.date.today().isoformat(), "machine": _machine(),
-            "settings": {k: setting(args, k) for k in PRESETS[args.preset]}}
-    per_seed, runs_by_seed = [], []
-    if args.jobs > 1:
-        for table, runs in run_seeds_in_processes(args, out, argv):
-            per_seed.append(table)
-            runs_by_seed.append(runs)
-        meta["wall_s"] = time.perf_counter() - started
-        write_results(out, per_seed, runs_by_seed, meta, lr_choice)
-    for seed in range(args.seeds if args.jobs <= 1 else 0):
-        print(f"seed {seed}", flush=True)
-        table, runs = one_seed(args, seed, out / f"seed{seed}")
-        per_seed.append(table)
-        runs_by_seed.append(runs)
-        meta["wall_s"] = time.perf_counter() - started
-        write_results(out, per_seed, runs_by_seed, meta, lr_choice)  # partial results survive a kill
+    child_argv = [a for a in _without(argv, "--lr", "--threads", "--jobs")]
+    choice_holder: dict = {}
+
+    def on_lr_trials(trials: list[dict]) -> float:
+        if trials:
+            choice_holder["choice"] = choose_lr(args, trials, out / "lr-selection")
+            args.lr = choice_holder["choice"]["chosen"]
+            print(f"learning rate chosen on the validation split: {args.lr:g}", flush=True)
+        return setting(args, "lr")
+
+    print(f"{len(jobs)} jobs, {max(1, args.jobs)} at a time", flush=True)
+    done = schedule(jobs, args, out, child_argv, on_lr_trials)
+    meta = _meta(args, argv, len(range(args.seeds)))
+    meta["wall_s"] = time.perf_counter() - started
+    meta["job_seconds"] = {name: round(r.get("seconds", 0.0), 1) for name, r in done.items()}
+    per_seed, runs_by_seed, _ = gather(jobs, done, args.seeds)
+    write_results(out, per_seed, runs_by_seed, meta, choice_holder.get("choice"))
+    if not args.keep_models:
+        shutil.rmtree(out / "guide" / "final", ignore_errors=True)
+        shutil.rmtree(out / "guide" / "checkpoints", ignore_errors=True)
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'results.md'}, results.json and curves.png in {time.perf_counter() - started:.0f}s")
     return 0
 
 
-def collect(args, out: Path) -> int:
-    """The tables from the seeds that finished (each child writes ``seedN/seed.json``); the
-    wall time is from the first run folder written to the last seed finished."""
-    done = [s for s in range(args.seeds) if (out / f"seed{s}" / "seed.json").is_file()]
-    if not done:
-        raise SystemExit(f"no finished seed in {out}")
-    per_seed, runs_by_seed = [], []
-    for s in done:
-        data = json.loads((out / f"seed{s}" / "seed.json").read_text(encoding="utf-8"))
-        per_seed.append(data["table"])
-        runs_by_seed.append({k: Path(v) for k, v in data["runs"].items()})
+def _without(argv: list[str], *names: str) -> list[str]:
+    """``argv`` less the named options (and their values)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in names:
+            skip = True
+            continue
+        if any(a.startswith(n + "=") for n in names):
+            continue
+        kept.append(a)
+    return kept
+
+
+def _meta(args, argv: list[str], seeds: int) -> dict:
+    return {"task": args.task, "preset": args.preset, "seeds": seeds, "learner": args.learner,
+            "command": "python bench/reproduce.py " + " ".join(a for a in argv if a != "--collect"),
+            "date": datetime.date.today().isoformat(), "machine": _machine(),
+            "settings": {k: setting(args, k) for k in PRESETS[args.preset]}, "guide_seed": GUIDE_SEED}
+
+
+def collect(args, out: Path, jobs) -> int:
+    """The tables from the jobs that finished; the wall time runs from the first result file
+    written to the last (a lower bound: the first job's own time is not in it)."""
+    done = {j.name: json.loads(result_file(out, j.name).read_text(encoding="utf-8"))
+            for j in jobs if result_file(out, j.name).is_file()}
+    per_seed, runs_by_seed, used = gather(jobs, done, args.seeds)
+    if not per_seed:
+        raise SystemExit(f"no finished job in {out}")
     choice_file = out / "lr-selection" / "lr_choice.json"
     lr_choice = json.loads(choice_file.read_text(encoding="utf-8")) if choice_file.is_file() else None
     if lr_choice:
         args.lr = lr_choice["chosen"]
-    stamps = [p.stat().st_mtime for p in out.rglob("config.toml")] + \
-             [(out / f"seed{s}" / "seed.json").stat().st_mtime for s in done]
-    meta = {"task": args.task, "preset": args.preset, "seeds": len(done), "learner": args.learner,
-            "command": "python bench/reproduce.py " + " ".join(a for a in sys.argv[1:] if a != "--collect"),
-            "date": datetime.date.fromtimestamp(max(stamps)).isoformat(), "machine": _machine(),
-            "settings": {k: setting(args, k) for k in PRESETS[args.preset]}, "wall_s": max(stamps) - min(stamps),
-            "seeds_done": done}
+    stamps = [result_file(out, name).stat().st_mtime for name in done]
+    meta = _meta(args, sys.argv[1:], len(used))
+    meta.update(wall_s=max(stamps) - min(stamps), seeds_done=used,
+                job_seconds={name: round(r.get("seconds", 0.0), 1) for name, r in done.items()})
     write_results(out, per_seed, runs_by_seed, meta, lr_choice)
     print((out / "results.md").read_text(encoding="utf-8"))
     return 0

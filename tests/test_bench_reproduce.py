@@ -13,7 +13,7 @@ def test_reproduce_tiny(tmp_path, tiny_causal_dir, tiny_reward_dir):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
          "--reward-model", str(tiny_reward_dir), "--seeds", "2", "--iterations", "2", "--episodes", "4",
-         "--eval-limit", "4", "--device", "cpu", "--lr-grid", "1e-5,1e-4", "--out", str(out)],
+         "--eval-limit", "4", "--device", "cpu", "--lr-grid", "1e-5,1e-4", "--jobs", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -36,3 +36,15 @@ def test_reproduce_tiny(tmp_path, tiny_causal_dir, tiny_reward_dir):
     assert "| BC+ppo++ |" in md and "±" in md and "Ordering (sentiment)" in md and "wall time" in md
     # the models are dropped after evaluation (metrics and configs stay)
     assert not (out / "seed0" / "ppo" / "final").exists() and (out / "seed0" / "ppo" / "metrics.jsonl").is_file()
+    # one guide for every seed; every job left its result file; the guide's model is dropped at the end
+    assert (out / "guide" / "metrics.jsonl").is_file() and not (out / "seed0" / "bc").exists()
+    assert not (out / "guide" / "final").exists()
+    assert len(list((out / "jobs").glob("*.json"))) == 1 + 2 + 2 * 7 + 2 * 2 == len(data["job_seconds"])
+    # the tables can be rebuilt from the job files alone
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
+         "--seeds", "2", "--lr-grid", "1e-5,1e-4", "--out", str(out), "--collect"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["table"] == rows

@@ -288,6 +288,17 @@ def test_sequence_nll_matches_manual_causal(causal):
     assert ppl == pytest.approx(math.exp(sum(s for s, _ in scored) / 12), rel=1e-6)
 
 
+def test_sequence_nll_batches_by_length_but_answers_in_input_order(causal):
+    # mixed lengths in a shuffled order: each score is the text scored alone, in input order
+    contexts = ["a", "the long and winding road goes on", "", "xy", "once upon a time there"]
+    texts = [" b c d e f g", " z", "hello there", " q", " was a"]
+    batched = causal.sequence_nll(contexts, texts, batch_size=2)
+    alone = [causal.sequence_nll([c], [t], batch_size=1)[0] for c, t in zip(contexts, texts)]
+    assert [n for _, n in batched] == [n for _, n in alone]
+    for (nll, _), (want, _) in zip(batched, alone):
+        assert nll == pytest.approx(want, abs=1e-4)
+
+
 def test_sequence_nll_without_bos_skips_first_token():
     from transformers import ByT5Tokenizer
 

@@ -1,0 +1,172 @@
+"""The reproduction's units of work and the scheduler that runs them on every core.
+
+One job is one training run with the evaluation of its model, one learning-rate trial, the
+guide's training, or the evaluation of the initial learner or of the guide at one seed. Each
+job writes ``jobs/NAME.json`` when it finishes, so an interrupted reproduction keeps what it
+finished (``--collect`` turns those files into the tables). Jobs wait for what they need:
+every RL row for the learning rate (all trials done), the guided and warm-started rows and the
+guide's evaluations for the guide. ``--jobs N`` runs N at once, each in its own process with
+the cores shared among them (small models use two cores better as two one-thread processes);
+the evaluations go last, so the short jobs fill the end and no core idles long.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: (row label, algorithm, warm start from the BC policy)
+ROWS = [("ppo", "ppo", False), ("ppo++", "ppo++", False), ("aggrevated", "aggrevated", False),
+        ("lols", "lols", False), ("d2lols", "d2lols", False), ("BC+ppo", "ppo", True), ("BC+ppo++", "ppo++", True)]
+EXTRA_ROWS = [("BC+aggrevated", "aggrevated", True), ("BC+lols", "lols", True), ("BC+d2lols", "d2lols", True)]
+INITIAL, GUIDE = "initial learner", "BC (guide)"
+GUIDE_SEED = 0
+
+
+@dataclass
+class Job:
+    name: str
+    kind: str  # guide | lr | row | initial | guide-eval
+    seed: int = 0
+    label: str = ""
+    alg: str = ""
+    warm: bool = False
+    lr: float | None = None
+    needs: set[str] = field(default_factory=set)  # "lr" and/or "guide"
+
+
+def plan(args, rows) -> list[Job]:
+    """Every job, in the order they are started when ready (dependencies first, evaluations last)."""
+    jobs = [Job("guide", "guide", seed=GUIDE_SEED)]
+    grid = [float(x) for x in (args.lr_grid or "").split(",") if x.strip()]
+    jobs += [Job(f"lr-{lr:g}", "lr", seed=1000, lr=lr) for lr in grid]
+    for seed in range(args.seeds):
+        for label, alg, warm in rows:
+            needs = {"lr"} | ({"guide"} if alg != "ppo" or warm else set())
+            jobs.append(Job(f"s{seed}-{slug(label)}", "row", seed=seed, label=label, alg=alg, warm=warm, needs=needs))
+    for seed in range(args.seeds):
+        jobs.append(Job(f"s{seed}-initial", "initial", seed=seed, label=INITIAL))
+        jobs.append(Job(f"s{seed}-guide", "guide-eval", seed=seed, label=GUIDE, needs={"guide"}))
+    return jobs
+
+
+def slug(label: str) -> str:
+    return label.replace("+", "_")
+
+
+def guide_dir(out: Path) -> Path:
+    return out / "guide"
+
+
+def result_file(out: Path, name: str) -> Path:
+    return out / "jobs" / f"{name}.json"
+
+
+def run_job(job: Job, args, out: Path, lr: float) -> dict:
+    """Do one job in this process and write its result file (the last step, so a killed job leaves none)."""
+    import reproduce as R
+
+    started = time.perf_counter()
+    guide_final = str(guide_dir(out) / "final")
+    if job.kind == "guide":
+        result = {"run": str(R.train_bc(out, args, job.seed, name="guide"))}
+    elif job.kind == "lr":
+        result = R.lr_trial(args, out / "lr-selection", job.lr)
+    elif job.kind == "initial":
+        result = {"metrics": R.evaluate({INITIAL: args.learner}, args, job.seed)[INITIAL]}
+    elif job.kind == "guide-eval":
+        result = {"metrics": R.evaluate({GUIDE: guide_final}, args, job.seed)[GUIDE], "run": str(guide_dir(out))}
+    else:
+        guided = job.alg != "ppo"
+        run = R.run_training(slug(job.label), out / f"seed{job.seed}", args, job.seed, alg=job.alg, lr=lr,
+                             guide=guide_final if guided else None, init=guide_final if job.warm else None)
+        result = {"metrics": R.evaluate({job.label: str(run / "final")}, args, job.seed)[job.label], "run": str(run)}
+        R._drop_models(run, args)
+    result["seconds"] = time.perf_counter() - started
+    path = result_file(out, job.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    tmp.replace(path)
+    print(f"  job {job.name:<18} done in {result['seconds']:6.1f}s", flush=True)
+    return result
+
+
+def schedule(jobs: list[Job], args, out: Path, argv: list[str], on_lr_trials) -> dict[str, dict]:
+    """Run every job, ``args.jobs`` at a time; ``on_lr_trials(trials)`` returns the chosen lr once
+    every trial has finished (or the preset's lr when there is no grid). Returns results by name."""
+    done: dict[str, dict] = {}
+    lr = None if any(j.kind == "lr" for j in jobs) else on_lr_trials([])
+    pending = list(jobs)
+    running: dict[str, tuple[Job, subprocess.Popen, object]] = {}
+
+    def ready(job: Job) -> bool:
+        if "lr" in job.needs and lr is None:
+            return False
+        return "guide" not in job.needs or "guide" in done
+
+    def finish(job: Job, result: dict) -> None:
+        nonlocal lr
+        done[job.name] = result
+        trials = [j for j in jobs if j.kind == "lr"]
+        if lr is None and trials and all(j.name in done for j in trials):
+            lr = on_lr_trials([done[j.name] for j in trials])
+
+    while pending or running:
+        while len(running) < max(1, args.jobs):
+            job = next((j for j in pending if ready(j)), None)
+            if job is None:
+                break
+            pending.remove(job)
+            if args.jobs <= 1:
+                finish(job, run_job(job, args, out, lr))
+                continue
+            running[job.name] = (job, *_launch(job, args, out, argv, lr, len(pending) + len(running) + 1))
+        if not running:
+            if pending and not any(ready(j) for j in pending):
+                raise SystemExit(f"jobs cannot start: {', '.join(j.name for j in pending)}")
+            continue
+        time.sleep(1)
+        for name, (job, proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            path = result_file(out, name)
+            if proc.returncode != 0 or not path.is_file():
+                for _, other, _ in running.values():
+                    other.terminate()
+                raise SystemExit(f"job {name} failed (exit {proc.returncode}); see {out / 'logs' / f'{name}.log'}")
+            finish(job, json.loads(path.read_text(encoding="utf-8")))
+    return done
+
+
+def _launch(job: Job, args, out: Path, argv: list[str], lr: float | None, left: int):
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, min(args.jobs, left)))
+    cmd = [sys.executable, str(Path(__file__).resolve().with_name("reproduce.py")), *argv, "--job", job.name,
+           "--threads", str(threads)]
+    if lr is not None:
+        cmd += ["--lr", repr(lr)]
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    log = open(out / "logs" / f"{job.name}.log", "w", encoding="utf-8")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def gather(jobs: list[Job], done: dict[str, dict], seeds: int) -> tuple[list[dict], list[dict], list[int]]:
+    """Per seed (those with at least one finished row): metrics and run folders by row label."""
+    per_seed, runs_by_seed, used = [], [], []
+    order = [INITIAL, GUIDE] + [j.label for j in jobs if j.kind == "row" and j.seed == 0]
+    for seed in range(seeds):
+        mine = {j.label: done[j.name] for j in jobs if j.seed == seed and j.name in done
+                and j.kind in ("row", "initial", "guide-eval")}
+        if not mine:
+            continue
+        per_seed.append({label: mine[label]["metrics"] for label in order if label in mine})
+        runs_by_seed.append({label: Path(mine[label]["run"]) for label in order if "run" in mine.get(label, {})})
+        used.append(seed)
+    return per_seed, runs_by_seed, used
