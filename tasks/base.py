@@ -90,6 +90,17 @@ class Task:
     eval_sampling: Sampling = Sampling(do_sample=True, top_k=50)
     #: the ``module:function`` reward training uses instead of the task's own, if any
     custom_reward: CustomReward | None = None
+    #: the run's :class:`~backends.precision.Precision` (None: float32), for the task's frozen scorers
+    precision = None
+
+    def use_precision(self, precision) -> None:
+        """Run the task's frozen scoring models (a reward classifier) at ``precision``: bf16
+        weights and autocast under bf16. Tasks with such models apply it in :meth:`apply_precision`."""
+        self.precision = precision
+        self.apply_precision()
+
+    def apply_precision(self) -> None:
+        """Give the loaded scoring models :attr:`precision` (nothing to do by default)."""
 
     def examples(self, split: str) -> list[Example]:
         """The examples of ``split`` (one of :data:`SPLITS`), in a fixed order."""

@@ -320,7 +320,12 @@ class SentimentContinuationTask(Task):
                 )
             else:
                 self._reward = self._default_reward(progress)
+            self.apply_precision()
         return self._reward
+
+    def apply_precision(self) -> None:
+        if self._reward is not None and self.precision is not None:
+            self._reward.use_precision(self.precision)
 
     def prepare(self, progress=None) -> None:
         """Load the data and the reward classifier (training it first if it is not cached)."""

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import BertscoreModel, Data, Device, Quiet, Reward, RewardModel, Task
+from rlgf_cli.commands.options import BertscoreModel, Data, Device, Precision, Quiet, Reward, RewardModel, Task
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 from rlgf_cli.files import ensure_writable, write_atomic
 
@@ -33,6 +33,7 @@ def difficulty_command(
     decoding: Annotated[Optional[str], typer.Option(help="task, greedy, sample or beam. [default: task]")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).")] = None,
     device: Device = "auto",
+    precision: Precision = "auto",
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the buckets as JSON to FILE ('-' for stdout).", rich_help_panel=_OUT)] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a grouped bar chart (PNG) to FILE.", rich_help_panel=_OUT)] = None,
@@ -78,7 +79,7 @@ def difficulty_command(
         task_name=task, split=split, limit=limit, seed=seed, reference_spec=reference,
         task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
                                   max_new_tokens=max_new_tokens),
-        device=device, batch_size=batch_size, decoding={"mode": decoding}, base_url=policy_base_url,
+        device=device, precision=precision, batch_size=batch_size, decoding={"mode": decoding}, base_url=policy_base_url,
         thresholds=cuts, unseen_at_least=unseen_at_least, metric=metric,
         say=None if quiet else (lambda text: err_console.print(text, markup=False)),
         bar=None if quiet else _bar,

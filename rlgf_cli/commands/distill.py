@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import BertscoreModel, Data, Device, Quiet, Reward, RewardModel, Task
+from rlgf_cli.commands.options import BertscoreModel, Data, Device, Precision, Quiet, Reward, RewardModel, Task
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 
 _GUIDE = "Guide and collection"
@@ -40,6 +40,7 @@ def distill_command(
     eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N examples only (default: all).", rich_help_panel=_EVAL)] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Device = "auto",
+    precision: Precision = "auto",
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).")] = None,
     data: Data = None,
@@ -75,7 +76,7 @@ def distill_command(
         concurrency=concurrency, bc_epochs=bc_epochs, iterations=iterations, episodes=episodes,
         minibatch_size=minibatch_size or 0, lr=lr, then=then, then_config=str(then_config) if then_config else None,
         then_iterations=then_iterations, eval_split=eval_split, eval_limit=eval_limit, seed=seed, device=device,
-        batch_size=batch_size, max_new_tokens=max_new_tokens, overwrite=overwrite,
+        precision=precision, batch_size=batch_size, max_new_tokens=max_new_tokens, overwrite=overwrite,
         task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model),
     )
     progress = TrainProgress(quiet=quiet)

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import BertscoreModel, Data, Device, Quiet, Reward, RewardModel, Task
+from rlgf_cli.commands.options import BertscoreModel, Data, Device, Precision, Quiet, Reward, RewardModel, Task
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 from rlgf_cli.files import ensure_writable, write_all
 
@@ -67,6 +67,7 @@ def eval_command(
     num_beams: Annotated[Optional[int], typer.Option(help="Beams (1: no beam search).", rich_help_panel=_DEC)] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).", rich_help_panel=_DEC)] = None,
     device: Device = "auto",
+    precision: Precision = "auto",
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON to FILE ('-' for stdout).", rich_help_panel=_OUT)] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown to FILE.", rich_help_panel=_OUT)] = None,
@@ -115,6 +116,7 @@ def eval_command(
         task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
                                   max_new_tokens=max_new_tokens),
         device=device,
+        precision=precision,
         batch_size=batch_size,
         decoding=options,
         base_url=policy_base_url,

@@ -75,4 +75,5 @@ Reward = config_option("reward", panel=False)
 RewardModel = config_option("reward_model", panel=False)
 BertscoreModel = config_option("bertscore_model", panel=False)
 Device = config_option("device", panel=False)
+Precision = config_option("precision", panel=False)
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, table or summary output; errors still print.")]

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from rlgf_cli.commands.options import Precision
+
 SERVE_KEY_ENV = "RLGF_SERVE_API_KEY"
 
 
@@ -26,6 +28,7 @@ def serve_command(
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar=SERVE_KEY_ENV, show_default=False, show_envvar=True, help="Require 'Authorization: Bearer KEY' on every request.")] = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", show_default=False, help="Model id clients must ask for. Default: the policy spec.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Precision = "auto",
 ) -> None:
     """Serve a local policy as an OpenAI-compatible completions API (POST /v1/completions, GET /v1/models).
 
@@ -54,13 +57,18 @@ def serve_command(
 
     from backends.registry import resolve
 
+    from backends.precision import freeze_in, resolve_precision
+    from rlgf_cli.runtime import resolve_device
+
+    prec = resolve_precision(precision, resolve_device(device))
     served = resolve(policy, device=device, progress=lambda msg: err_console.print(msg, markup=False))
-    server = make_server(served, host, port, api_key=api_key, model_name=model_name)
+    freeze_in(served, prec)
+    server = make_server(served, host, port, api_key=api_key, model_name=model_name, precision=prec)
     name = server.model_name
     warning = "" if api_key or _is_loopback(host) else " — no --api-key on a non-loopback address: anyone who can reach it can use it"
     err_console.print(
         f"rlgf serve: {served.describe()} as model '{name}' at {server.url} "
-        f"(guide: OPENAI_BASE_URL={server.url} --guide openai:{name}; auth {'on' if api_key else 'off'}; Ctrl-C stops){warning}",
+        f"({prec.describe()}; guide: OPENAI_BASE_URL={server.url} --guide openai:{name}; auth {'on' if api_key else 'off'}; Ctrl-C stops){warning}",
         markup=False,
     )
     try:

@@ -109,13 +109,14 @@ def _count_buckets(task: Task, measured: PromptDifficulty, values: list[float], 
 
 def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference_spec, task_options, device,
                    batch_size, decoding=None, base_url=None, thresholds=None, unseen_at_least=None,
-                   say=None, bar=None, metric: str | None = None) -> dict:
+                   say=None, bar=None, metric: str | None = None, precision: str = "auto") -> dict:
     """Generate with every policy, then compute its metrics per difficulty bucket.
 
     ``metric`` (the one to chart) is checked against the task's metrics before any generation."""
     import contextlib
 
     from backends import policy_class, resolve
+    from backends.precision import freeze_in, resolve_precision
 
     from rlgf_cli.evaluation.evaluate import (build_eval_task, compute_metrics, decoding_for, describe_decoding, generate_for,
                            load_for_eval, load_reference, resolve_sampling, split_examples)
@@ -125,7 +126,9 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     say = say or (lambda text: None)
     bar = bar or (lambda label: contextlib.nullcontext(lambda done, total: None))
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     task = build_eval_task(task_name, specs, task_options)
+    task.use_precision(prec)
     if metric is not None and metric not in eval_metric_names(task):
         known = eval_metric_names(task)
         raise RlgfError(f"no metric '{metric}' for {task.name}", f"{did_you_mean(metric, known)}choose one of: {', '.join(known)}")
@@ -136,6 +139,8 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     names = [b for b in BUCKETS if b in labels]
     members = {b: [i for i, lab in enumerate(labels) if lab == b] for b in names}
     ref_spec, reference, ref_facts = load_reference(reference_spec, specs, task, dev, say)
+    if reference is not None:
+        freeze_in(reference, prec)
     buckets = {b: {"n": len(members[b]), "policies": {}} for b in names}
     decodings = {}
     for spec in specs:
@@ -144,16 +149,18 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
             policy = load_for_eval(spec, dev, seed=seed, base_url=base_url)
         else:
             policy = reference if reference is not None and spec == ref_spec else resolve(spec, device=dev)
+        freeze_in(policy, prec)
         decode = decoding_for(policy, task, sampling)
         decodings[spec] = describe_decoding(policy, decode)
         say(f"generating with {spec} ({decodings[spec]})")
-        with bar(f"difficulty {spec}") as progress:
+        with bar(f"difficulty {spec}") as progress, prec.autocast():
             completions = generate_for(policy, task, examples, decoding=decode, seed=seed, batch_size=batch_size,
                                        progress=progress)
         for b in names:
             idx = members[b]
-            buckets[b]["policies"][spec] = compute_metrics(
-                task, policy, [examples[i] for i in idx], [completions[i] for i in idx], reference)
+            with prec.autocast():
+                buckets[b]["policies"][spec] = compute_metrics(
+                    task, policy, [examples[i] for i in idx], [completions[i] for i in idx], reference)
         if remote:
             policy.close()
         del policy
@@ -170,7 +177,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
         "gaps": {m: gaps_for({"buckets": buckets}, m) for m in metric_names({"buckets": buckets})},
         "prompts": [{"index": i, "prompt": ex.prompt, "difficulty": v, "bucket": lab}
                     for i, (ex, v, lab) in enumerate(zip(examples, values, labels))],
-        "task_info": {**ref_facts, **task.info()},
+        "task_info": {**ref_facts, **task.info(), **prec.info()},
     }
 
 

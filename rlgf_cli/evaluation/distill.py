@@ -63,6 +63,7 @@ class DistillOptions:
     eval_limit: int | None = None
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     batch_size: int = 32
     max_new_tokens: int | None = None
     task_options: dict = field(default_factory=dict)
@@ -116,7 +117,7 @@ def configs(o: DistillOptions):
     out = Path(o.out)
     common = dict(task=o.task, learner=o.learner, guide=o.guide, guide_base_url=o.guide_base_url,
                   guide_price_per_1k=o.guide_price_per_1k, seed=o.seed, device=o.device,
-                  max_new_tokens=o.max_new_tokens, **o.task_options)
+                  precision=o.precision, max_new_tokens=o.max_new_tokens, **o.task_options)
     bc = build_config(None, alg="bc", iterations=o.iterations or 1, episodes=o.episodes,
                       minibatch_size=o.minibatch_size, lr=o.lr, out=str(out / "bc"),
                       guide_budget_tokens=o.guide_budget_tokens, **common)
@@ -240,6 +241,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     import shutil
 
     from backends import resolve
+    from backends.precision import freeze_in, resolve_precision
 
     from rlgf_cli.evaluation.evaluate import evaluate_policy, split_examples
     from rlgf_cli.evaluation.evaluate import metric_names as eval_metric_names
@@ -259,19 +261,24 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     out = prepare_out(o)
     task = build_task(bc_cfg)
     device = resolve_device(o.device)
+    prec = resolve_precision(o.precision, device)
     learner_spec = o.learner or task.default_learner
     task.prepare(progress=lambda text, frac=None: say(text))
+    task.use_precision(prec)
+    say(prec.describe())
     eval_examples = split_examples(task, o.eval_split, o.eval_limit)
     train_examples = task.examples("train")[: o.prompts] if o.prompts else task.examples("train")
     say(f"loading learner {learner_spec} and guide {o.guide}")
     reference = resolve(learner_spec, device=device)
     check_room(out, reference, then_cfg)  # before the guide is paid for its completions
     guide = resolve(o.guide, device=device, **guide_options(bc_cfg, concurrency=o.concurrency))
+    freeze_in(guide, prec)
     rows, stats = [], {}
 
     def evaluate(policy, name: str, spec: str) -> None:
         say(f"evaluating {name} on {task.name} {o.eval_split} (n={len(eval_examples)})")
-        with bar(f"eval {name}") as progress:
+        freeze_in(policy, prec)  # frozen from here on (BC trains its own copy, loaded afresh)
+        with bar(f"eval {name}") as progress, prec.autocast():
             res = evaluate_policy(policy, spec, task, split=o.eval_split, seed=o.seed, reference=reference,
                                   batch_size=o.batch_size, progress=progress, examples=eval_examples, scores=False)
         rows.append(row(name, spec, res))
@@ -286,7 +293,9 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     k = o.samples_per_prompt
     say(f"collecting {k} guide completion(s) for each of {len(train_examples)} training prompts")
-    pairs, stopped = collect(guide, task, train_examples, k=k, batch_prompts=max(1, o.batch_size // k), say=say, bar=bar)
+    with prec.autocast():
+        pairs, stopped = collect(guide, task, train_examples, k=k, batch_prompts=max(1, o.batch_size // k), say=say,
+                                 bar=bar)
     if stopped:
         say(f"guide budget exhausted after {len(pairs)} completions of {len(pairs) // k} prompts; "
             "going on with what was collected")
@@ -326,7 +335,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
         "task": task.name, "split": o.eval_split, "n": len(eval_examples), "guide": o.guide, "learner": learner_spec,
         "metric_names": eval_metric_names(task), "rows": rows, **stats, "guide_total": guide.stats() or None,
         "guide_budget_tokens": o.guide_budget_tokens or None, "out": str(out),
-        "task_info": {"reference_model": learner_spec, **task.info()},
+        "task_info": {"reference_model": learner_spec, **task.info(), **prec.info()},
     }
     write_atomic(out / "report.json", json.dumps(report, indent=2))
     write_atomic(out / "report.md", report_markdown(report))

@@ -21,6 +21,7 @@ import torch
 
 from backends.base import Sampling, TokenPolicy
 from backends.errors import RlgfError
+from backends.precision import freeze_in, resolve_precision
 from tasks.base import Example, Task
 
 from rlgf_cli.training.checkpoint import is_checkpoint, read_state
@@ -263,8 +264,12 @@ def run_eval(
     sample_scores: bool = False,
     say: Say | None = None,
     bar: Bar | None = None,
+    precision: str = "auto",
 ) -> dict:
     """Evaluate each policy in turn on the same prompts, ``seeds`` times (seeds ``seed``, ``seed+1``…).
+
+    Under ``precision`` bf16 (see :mod:`backends.precision`) every local model — the policies,
+    the reference and the task's reward classifier — holds bf16 weights and runs under autocast.
 
     ``decoding`` holds :func:`resolve_sampling` options (``mode``, ``temperature``, ``top_k``,
     ``top_p``, ``num_beams``). One reference model is shared. Returns ``{"results": [...],
@@ -277,10 +282,15 @@ def run_eval(
     say = say or _silent
     bar = bar or _no_bar
     dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     task = build_eval_task(task_name, specs, task_options)
+    task.use_precision(prec)
+    say(prec.describe())
     sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
     examples = split_examples(task, split, limit)
     ref_spec, reference, ref_facts = load_reference(reference_spec, specs, task, dev, say)
+    if reference is not None:
+        freeze_in(reference, prec)
     seed_list = [seed + i for i in range(seeds)]
     results = []
     for spec in specs:
@@ -293,20 +303,23 @@ def run_eval(
                 say(f"{spec}: {decoding_text} is deterministic; one run stands for every seed")
                 break
             policy = local or load_for_eval(spec, dev, seed=s, base_url=base_url)
+            freeze_in(policy, prec)
             decode = decoding_for(policy, task, sampling)
             decoding_text = describe_decoding(policy, decode)
             say(f"evaluating {spec} on {task.name} {split} (n={len(examples)}, seed {s}, {decoding_text})")
-            with bar(f"eval {spec} · seed {s}") as progress:
+            with bar(f"eval {spec} · seed {s}") as progress, prec.autocast():
                 completions = generate_for(policy, task, examples, decoding=decode, seed=s, batch_size=batch_size,
                                            progress=progress)
-            runs.append({"seed": s, "metrics": compute_metrics(task, policy, examples, completions, reference)})
+            with prec.autocast():
+                metrics = compute_metrics(task, policy, examples, completions, reference)
+            runs.append({"seed": s, "metrics": metrics})
             rows.extend(sample_rows(task, examples, completions, seed=s, scores=sample_scores))
             if local is None:
                 policy.close()
         results.append(summarise(spec, task, split, len(examples), decoding_text, runs, rows))
         del local  # free memory before the next policy
     return {"results": results, "metric_names": metric_names(task),
-            "task_info": {**ref_facts, **task.info()}}
+            "task_info": {**ref_facts, **task.info(), **prec.info()}}
 
 
 def summarise(spec: str, task: Task, split: str, n: int, decoding: str, runs: list[dict], rows: list[dict]) -> dict:

@@ -21,6 +21,7 @@ The server binds 127.0.0.1 unless told otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -70,7 +71,8 @@ class CompletionServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address, handler, policy: Policy, *, api_key: str | None, model_name: str | None):
+    def __init__(self, address, handler, policy: Policy, *, api_key: str | None, model_name: str | None,
+                 precision=None):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
@@ -78,6 +80,8 @@ class CompletionServer(ThreadingHTTPServer):
         self.api_key = api_key or None
         self.model_name = model_name or policy.spec
         self.model_lock = threading.Lock()
+        #: a :class:`~backends.precision.Precision` whose autocast each request enters (autocast is per thread)
+        self.precision = precision
         self.count_tokens = token_counter_for(policy)
         self.created = int(time.time())
         self._counts_lock = threading.Lock()
@@ -244,7 +248,8 @@ class CompletionHandler(BaseHTTPRequestHandler):
         expanded = [p for p in req.prompts for _ in range(req.n)]
         sampling = req.sampling()
         try:
-            with server.model_lock:
+            autocast = server.precision.autocast() if server.precision is not None else contextlib.nullcontext()
+            with server.model_lock, autocast:
                 if req.seed is not None:
                     _seed_everything(req.seed)
                 texts = server.policy.complete(
@@ -282,11 +287,13 @@ def make_server(
     model_name: str | None = None,
     *,
     handler_class: type[CompletionHandler] = CompletionHandler,
+    precision=None,
 ) -> CompletionServer:
     """Bind (port 0 picks a free one) and return the server; run it with :func:`serve_forever`
     or :func:`start_in_thread`. Raises :class:`RlgfError` when the address cannot be bound."""
     try:
-        return CompletionServer((host, port), handler_class, policy, api_key=api_key, model_name=model_name)
+        return CompletionServer((host, port), handler_class, policy, api_key=api_key, model_name=model_name,
+                                precision=precision)
     except OSError as exc:
         import errno
 

@@ -13,6 +13,7 @@ import time
 import torch
 
 from backends.errors import RlgfError
+from backends.precision import resolve_precision
 from tasks.base import Task
 
 from rlgf_cli.training.config import TrainConfig
@@ -31,6 +32,8 @@ class BCTrainer(TrainerBase):
         self.policy = policy
         self.callback = callback or _noop
         self.device = policy.device
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.autocast = self.precision.autocast()  # the weights and optimizer state stay float32
         self.examples = [ex for ex in task.bc_examples() if ex.target]
         self.sampler = PromptSampler(self.examples, cfg.seed)
         params = [p for p in policy.model.parameters() if p.requires_grad]
@@ -53,7 +56,8 @@ class BCTrainer(TrainerBase):
                                                          append_eos=True)
             query, qmask = query.to(self.device), qmask.to(self.device)
             target, tmask = target.to(self.device), tmask.to(self.device)
-            logprobs = self.policy.response_logprobs(query, qmask, target, tmask)
+            with self.autocast:
+                logprobs = self.policy.response_logprobs(query, qmask, target, tmask).float()
             local = float(tmask.sum())
             total = float(all_sum([local])[0])
             loss = -masked_mean(logprobs, tmask.float()) * (local / max(total, 1.0))

@@ -119,6 +119,9 @@ class TrainConfig:
     seed: int = opt(0, "Random seed (one place seeds python, numpy and torch); the same seed gives the same run on CPU.",
                     panel=PANEL_RUN)
     device: str = opt("auto", "auto, cpu, cuda or cuda:N.", panel=PANEL_RUN)
+    precision: str = opt("auto", "auto, fp32 or bf16. auto: bf16 autocast on a GPU that supports it or a CPU with "
+                                 "AMX-BF16 / AVX512-BF16 units, fp32 elsewhere. The trained models' weights and "
+                                 "optimizer state stay float32; frozen models hold bf16 weights.", panel=PANEL_RUN)
     out: str | None = opt(None, "Run folder.", panel=PANEL_RUN, default_text="runs/TASK-ALG-seedN")
     save_every: int = opt(1, "Checkpoint every N iterations (0: only the final one); with 1 a killed run loses at most "
                              "one iteration on --resume.", panel=PANEL_RUN)
@@ -177,6 +180,8 @@ class TrainConfig:
         if self.aggrevated_advantage not in ADVANTAGE_ESTIMATORS:
             raise RlgfError(f"unknown --aggrevated-advantage '{self.aggrevated_advantage}'",
                             f"choose one of: {', '.join(ADVANTAGE_ESTIMATORS)}")
+        if str(self.precision).lower() not in ("auto", "fp32", "bf16", "float32", "bfloat16"):
+            raise RlgfError(f"unknown --precision '{self.precision}'", "choose one of: auto, fp32, bf16")
         if self.lr_schedule not in LR_SCHEDULES:
             raise RlgfError(f"unknown --lr-schedule '{self.lr_schedule}'", f"choose one of: {', '.join(LR_SCHEDULES)}")
         _in_range(self, "clip_range", 0.0, 1.0, low_open=True)

@@ -176,6 +176,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     task.prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
     trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
     critics = trainer.critics
+    callback("message", {"text": trainer.precision.describe()})
 
     if main:  # fail now, not after hours of training, when the checkpoints cannot fit
         extra = extra_checkpoints(cfg, trainer.iteration, out if resume else None)
@@ -284,6 +285,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         "guide_stats": (guide.stats() or None) if guide is not None else None,
         "last": last,
         "task_info": task.info(),
+        **trainer.precision.info(),
     }
     if main:
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))

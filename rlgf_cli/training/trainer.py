@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from backends.errors import RlgfError
+from backends.precision import Precision, freeze_in, resolve_precision
 from tasks.base import Example, Task
 
 from rlgf_cli.training.config import TrainConfig
@@ -23,7 +24,6 @@ from rlgf_cli.training.ppo import (
     AdaptiveKLController,
     clipped_policy_loss,
     clipped_value_loss,
-    exact_kl,
     gae,
     kl_penalised_rewards,
     masked_mean,
@@ -37,7 +37,8 @@ from rlgf_cli.training.guided import GuidedRollout
 from rlgf_cli.training.rollout import RolloutBatch
 from rlgf_cli.runtime import derive_seed
 from rlgf_cli.training.sampler import PromptSampler  # noqa: F401  (BC and tests take it from here)
-from rlgf_cli.training.tensors import chunks, concat, trim_query, trim_response_width
+from rlgf_cli.training.scoring import minibatch_tensors, pad_to, score_like_update, scored_pair
+from rlgf_cli.training.tensors import chunks, concat
 
 #: progress callback: ``callback(event, payload)`` with events
 #: "start" {"total"}, "phase" {"name"}, "iteration" {metrics}, "message" {"text"}
@@ -83,6 +84,8 @@ class TrainerBase:
     guide = None
     optimizer: torch.optim.Optimizer
     iteration: int = 0
+    #: what ``--precision`` resolved to on this device (autocast context, frozen weight dtype)
+    precision: Precision = Precision("fp32", "default")
 
     def step(self) -> dict:
         """Run one iteration; returns its metrics (one ``metrics.jsonl`` line)."""
@@ -108,6 +111,8 @@ class Trainer(TrainerBase):
         self.callback = callback or _noop
         self.device = policy.device
         self.algorithm = cfg.algorithm
+        self.precision = resolve_precision(cfg.precision, self.device)
+        task.use_precision(self.precision)  # its reward classifier, if any: bf16 weights under bf16
         if self.algorithm.needs_guide and guide is None:
             raise RlgfError(f"--alg {cfg.alg} needs a guide policy", "pass --guide SPEC (e.g. a BC checkpoint folder)")
         self.critics = {LEARNER: critic}
@@ -120,6 +125,7 @@ class Trainer(TrainerBase):
                 frozen.model.eval()
                 for p in frozen.model.parameters():
                     p.requires_grad_(False)
+                freeze_in(frozen, self.precision)  # bf16 weights under bf16: never re-cast per step
         params = [p for p in policy.model.parameters() if p.requires_grad]
         for c in self.critics.values():
             params += [p for p in c.parameters() if p.requires_grad]
@@ -129,8 +135,8 @@ class Trainer(TrainerBase):
         self.part_weights: list[float] = [1.0]
         self.sampler = PromptSampler(task.examples("train"), cfg.seed)
         max_new = cfg.max_new_tokens or task.max_new_tokens
-        #: bf16 autocast on CUDA (weights and optimizer state stay float32)
-        self.autocast = _autocast(self.device)
+        #: bf16 autocast under --precision bf16 (weights and optimizer state stay float32)
+        self.autocast = self.precision.autocast()
         for p in (policy, guide):  # decoding steps replayed as CUDA graphs (GPU only, opt-in)
             if p is not None:
                 p.use_cuda_graphs(bool(cfg.cuda_graphs) and self.device.type == "cuda")
@@ -141,6 +147,8 @@ class Trainer(TrainerBase):
             sampling=task.train_sampling,
         )
         self.iteration = 0
+        #: per part batch (by id), its rows of the iteration's scoring (only during a step)
+        self._prescored: dict[int, dict] = {}
 
     @property
     def critic(self):
@@ -174,7 +182,12 @@ class Trainer(TrainerBase):
         t2 = time.perf_counter()
         self.part_weights = [part.weight for part in parts]
         with self.autocast:
-            buffers = concat([self.compute_advantages(b, s, part, part_id=j) for j, part, b, s in scored], self.pad_id)
+            self._prescore(scored)
+            try:
+                buffers = concat([self.compute_advantages(b, s, part, part_id=j) for j, part, b, s in scored],
+                                 self.pad_id)
+            finally:
+                self._prescored = {}
         t3 = time.perf_counter()
         self.callback("phase", {"name": "update"})
         lr = self.learning_rate()
@@ -259,7 +272,7 @@ class Trainer(TrainerBase):
 
     def _auto_chunk(self, max_new: int) -> int:
         models = [p.model for p in (self.policy, self.guide) if p is not None and p.trainable]
-        bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        bf16 = self.precision.bf16
         n, why = rollout_chunk(
             self.cfg.episodes, self.device, configs=[m.config for m in models],
             shape=EpisodeShape(self.task.prompt_max_tokens or 128, max_new),
@@ -284,18 +297,24 @@ class Trainer(TrainerBase):
         self.policy.model.eval()
         critic.eval()
         width = batch.response.shape[1]
-        lp, ref, val, kls = [], [], [], []
-        for sl in chunks(len(batch), self.rollout_batch_size):
-            args = _slice(batch, sl)
-            logprobs, ref_logprobs, kl_exact = _scored_pair(self.policy, self.reference, args)
-            lp.append(_pad_to(logprobs, width))
-            ref.append(_pad_to(ref_logprobs, width))
-            kls.append(_pad_to(kl_exact, width))
-            val.append(_pad_to(critic.values(*args), width))
-        old_logprobs, ref_logprobs, old_values = torch.cat(lp).float(), torch.cat(ref).float(), torch.cat(val).float()
+        pre = self._prescored.get(id(batch))
+        if pre is not None:  # scored with the whole iteration, in the update's minibatches (see _prescore)
+            old_logprobs, ref_logprobs, kls, old_values = (pre[k][:, :width] for k in
+                                                           ("logprobs", "ref_logprobs", "kl_exact", "values"))
+        else:
+            lp, ref, val, kl_parts = [], [], [], []
+            for sl in chunks(len(batch), self.rollout_batch_size):
+                args = minibatch_tensors(batch, sl)
+                logprobs, ref_lp, kl_exact = scored_pair(self.policy, self.reference, args)
+                lp.append(pad_to(logprobs, width))
+                ref.append(pad_to(ref_lp, width))
+                kl_parts.append(pad_to(kl_exact, width))
+                val.append(pad_to(critic.values(*args), width))
+            old_logprobs, ref_logprobs, old_values = torch.cat(lp).float(), torch.cat(ref).float(), torch.cat(val).float()
+            kls = torch.cat(kl_parts)
         mask = batch.response_mask.float()
         learner = batch.learner_mask.float()
-        kl_exact = torch.cat(kls).float() * learner * mask
+        kl_exact = kls.float() * learner * mask
         rewards, kl = kl_penalised_rewards(scores, old_logprobs, ref_logprobs, mask, self.kl_ctl.value, kl_mask=learner)
         advantages, returns = gae(rewards, old_values, mask, self.cfg.gamma, self.cfg.lam)
         if part is not None and part.scheme is AGGREVATED and self.cfg.aggrevated_advantage == "one-step":
@@ -321,19 +340,48 @@ class Trainer(TrainerBase):
             c.eval()
         totals: dict[str, float] = {}
         steps = 0
-        n_global = int(all_sum([len(buf.batch)])[0])
-        local_of = {int(g): i for i, g in enumerate(buf.global_index.tolist())}
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, self.iteration))
-        for _ in range(cfg.epochs):
-            perm = torch.randperm(n_global, generator=gen).tolist()
-            for sl in chunks(n_global, cfg.minibatch_size * w.size):
-                rows = [local_of[g] for g in perm[sl] if g in local_of]
-                idx = torch.tensor(rows, dtype=torch.long, device=self.device)
+        for epoch in self.minibatches(buf.global_index):
+            for idx in epoch:
                 stats = self._minibatch_step(buf, idx)
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
                 steps += 1
         return {k: v / max(steps, 1) for k, v in totals.items()}
+
+    def minibatches(self, global_index: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Per epoch, this rank's row indices of each minibatch: chunks of a permutation of the
+        *global* batch (the same on every rank), seeded by the run's seed and the iteration."""
+        w = world()
+        n_global = int(all_sum([len(global_index)])[0])
+        local_of = {int(g): i for i, g in enumerate(global_index.tolist())}
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.iteration))
+        epochs = []
+        for _ in range(self.cfg.epochs):
+            perm = torch.randperm(n_global, generator=gen).tolist()
+            epochs.append([torch.tensor([local_of[g] for g in perm[sl] if g in local_of], dtype=torch.long,
+                                        device=self.device)
+                           for sl in chunks(n_global, self.cfg.minibatch_size * w.size)])
+        return epochs
+
+    def _prescore(self, scored) -> None:
+        """Score the iteration's whole batch in the update's first-epoch minibatches, so the
+        first minibatch sees exactly the old log-probs it recomputes (ratio 1, bf16 included);
+        :meth:`compute_advantages` then takes each part's rows from here."""
+        self._prescored = {}
+        if not scored:
+            return
+        batches = [b for _, _, b, _ in scored]
+        full = concat(batches, self.pad_id)
+        names = [part.scheme.critic for _, part, b, _ in scored for _ in range(len(b))]
+        self.policy.model.eval()
+        for c in self.critics.values():
+            c.eval()
+        first_epoch = self.minibatches(full.global_index)[0]
+        pre = score_like_update(self.policy, self.reference, self.critics, full, names, first_epoch)
+        start = 0
+        for b in batches:
+            self._prescored[id(b)] = {k: v[start:start + len(b)] for k, v in pre.items()}
+            start += len(b)
 
     def _minibatch_step(self, buf: Buffers, idx: torch.Tensor) -> dict:
         """One optimizer step. Every loss is a sum over this rank's tokens divided by the
@@ -346,9 +394,8 @@ class Trainer(TrainerBase):
         b = buf.batch
         has_rows = len(idx) > 0
         if has_rows:
-            query, qmask = trim_query(b.query[idx], b.query_mask[idx])
-            width = trim_response_width(b.response_mask[idx])
-            response, rmask = b.response[idx, :width], b.response_mask[idx, :width]
+            query, qmask, response, rmask = minibatch_tensors(b, idx)  # as score_like_update trims them
+            width = response.shape[1]
             pg_mask = b.learner_mask[idx, :width].float()
             own = {}
             for cid, name in ((0, LEARNER), (1, GUIDE)):
@@ -439,26 +486,6 @@ class Trainer(TrainerBase):
             self.sampler.load_state_dict(state["sampler"])
 
 
-def _scored_pair(policy, reference, args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(log π(a), log π_ref(a), KL(π‖π_ref))`` per response token, one forward pass each."""
-    response = args[2]
-    logits = policy.response_logits(*args).float()
-    ref_logits = reference.response_logits(*args).float()
-    index = response.unsqueeze(-1)
-    logprobs = (logits.gather(-1, index).squeeze(-1) - torch.logsumexp(logits, -1))
-    ref_logprobs = (ref_logits.gather(-1, index).squeeze(-1) - torch.logsumexp(ref_logits, -1))
-    return logprobs, ref_logprobs, exact_kl(logits, ref_logits)
-
-
-def _autocast(device):
-    """bf16 autocast on a CUDA device that supports it; a no-op context elsewhere."""
-    import contextlib
-
-    if getattr(device, "type", str(device)).startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """:func:`masked_whiten` with the statistics of the global (all ranks) batch."""
     if not world().enabled:
@@ -470,16 +497,3 @@ def _whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mean = s1 / n
     var = (s2 - n * mean * mean) / (n - 1)
     return (x - mean) * (1.0 / math.sqrt(max(var, 0.0) + 1e-8)) * m
-
-
-def _slice(batch: RolloutBatch, sl: slice):
-    query, qmask = trim_query(batch.query[sl], batch.query_mask[sl])
-    width = trim_response_width(batch.response_mask[sl])
-    return query, qmask, batch.response[sl, :width], batch.response_mask[sl, :width]
-
-
-def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
-    if x.shape[1] == width:
-        return x
-    pad = torch.zeros(x.shape[0], width - x.shape[1], dtype=x.dtype, device=x.device)
-    return torch.cat([x, pad], 1)

@@ -144,6 +144,14 @@ class SentimentReward:
         self.batch_size = batch_size
         self.name = name
         self.facts = dict(facts or {})
+        self.precision = None
+
+    def use_precision(self, precision) -> None:
+        """Score in ``precision`` (a :class:`~backends.precision.Precision`): bf16 weights and
+        autocast under bf16; under fp32 nothing changes."""
+        self.precision = precision
+        if precision is not None and precision.bf16:
+            self.model.to(precision.frozen_dtype)
 
     @classmethod
     def load(
@@ -191,7 +199,8 @@ class SentimentReward:
         texts = [str(t) for t in texts]
         device = next(self.model.parameters()).device
         scores: list[float] = []
-        with torch.inference_mode():
+        autocast = self.precision.autocast() if self.precision is not None else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
             for start in range(0, len(texts), self.batch_size):
                 batch = texts[start : start + self.batch_size]
                 enc = self.tokenizer(

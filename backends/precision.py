@@ -1,0 +1,117 @@
+"""The one precision resolver: what ``--precision auto|fp32|bf16`` means on this machine.
+
+Under ``bf16`` matrix products run in bfloat16 through ``torch.autocast`` while the weights
+and optimizer state of the models being trained stay float32; frozen models (the reference,
+a local guide, a reward classifier, a policy being evaluated or served) hold bfloat16 weights,
+so no step re-casts them. ``auto`` picks bf16 where the hardware runs it fast: a CUDA device
+that supports it, or a CPU that reports AMX-BF16 or AVX512-BF16 (read from ``/proc/cpuinfo``;
+tests inject the flags). Elsewhere it is float32 — bf16 on a CPU without those units is
+emulated and slower, so it is only used when asked for, and said so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.errors import RlgfError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+#: CPU feature flags (as /proc/cpuinfo names them) whose units run bf16 matrix products natively
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+_ALIASES = {"float32": "fp32", "fp32": "fp32", "bfloat16": "bf16", "bf16": "bf16", "auto": "auto"}
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # "fp32" or "bf16"
+    reason: str
+    device_type: str = "cpu"
+
+    @property
+    def bf16(self) -> bool:
+        return self.name == "bf16"
+
+    def autocast(self):
+        """A reusable context: bf16 autocast on this device type, or nothing under fp32."""
+        import torch
+
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=torch.bfloat16)
+
+    @property
+    def frozen_dtype(self):
+        """The dtype of frozen models' weights."""
+        import torch
+
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+    def info(self) -> dict:
+        return {"precision": self.name, "precision_reason": self.reason}
+
+    def describe(self) -> str:
+        return f"precision {self.name} ({self.reason})"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The bf16-related feature flags of this CPU (empty when ``/proc/cpuinfo`` is unreadable)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split()) & set(BF16_CPU_FLAGS)
+    return set()
+
+
+def resolve_precision(precision: str | None, device, *, flags: set[str] | None = None,
+                      cuda_bf16: bool | None = None) -> Precision:
+    """The :class:`Precision` for ``--precision`` on ``device`` (a name or ``torch.device``).
+
+    ``flags`` (the CPU's bf16 flags) and ``cuda_bf16`` (whether the GPU supports bf16) are
+    read from the machine when not given. An unknown name, or bf16 asked for on a device
+    that cannot run it, raises :class:`RlgfError`.
+    """
+    name = _ALIASES.get(str(precision or "auto").lower())
+    if name is None:
+        raise RlgfError(f"unknown --precision '{precision}'", f"choose one of: {', '.join(PRECISIONS)}")
+    dev_type = getattr(device, "type", None) or str(device).split(":")[0]
+    if dev_type == "cuda":
+        if cuda_bf16 is None:
+            import torch
+
+            cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if name == "fp32":
+            return Precision("fp32", "asked for", dev_type)
+        if cuda_bf16:
+            return Precision("bf16", "asked for" if name == "bf16" else "the GPU supports bf16", dev_type)
+        if name == "bf16":
+            raise RlgfError("--precision bf16 was asked for but this GPU does not support bfloat16",
+                            "use --precision fp32 (or auto)")
+        return Precision("fp32", "the GPU does not support bf16", dev_type)
+    if dev_type != "cpu":
+        if name == "bf16":
+            raise RlgfError(f"--precision bf16 is supported on CPU and CUDA devices, not on {dev_type}",
+                            "use --precision fp32 (or auto)")
+        return Precision("fp32", f"{dev_type}: float32", dev_type)
+    have = cpu_flags() if flags is None else set(flags) & set(BF16_CPU_FLAGS)
+    units = ", ".join(sorted(f.upper().replace("_", "-") for f in have))
+    if name == "fp32":
+        return Precision("fp32", "asked for", dev_type)
+    if name == "bf16":
+        why = f"asked for; the CPU has {units}" if have else \
+            "asked for; this CPU has no AMX-BF16 or AVX512-BF16, so bf16 is emulated and slower than fp32"
+        return Precision("bf16", why, dev_type)
+    if have:
+        return Precision("bf16", f"the CPU reports {units}", dev_type)
+    return Precision("fp32", "the CPU has no AMX-BF16 or AVX512-BF16 units", dev_type)
+
+
+def freeze_in(policy, precision: Precision) -> None:
+    """Give a frozen local policy the precision's weight dtype (API policies are left alone)."""
+    if getattr(policy, "trainable", False) and getattr(policy, "model", None) is not None and precision.bf16:
+        policy.model.to(precision.frozen_dtype)

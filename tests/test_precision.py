@@ -1,0 +1,192 @@
+"""``--precision auto|fp32|bf16``: what auto picks (CPU flags injected), bf16 on CPU end to end,
+frozen models in bf16, and the PPO ratio exactly 1 at the first minibatch of each iteration."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import make_byte_tokenizer, make_tiny_causal
+from test_guided_rollout import always
+from test_train_e2e import invoke, read_metrics, train_args
+
+import rlgf_cli.training.trainer as trainer_module
+from backends.base import Sampling
+from backends.errors import RlgfError
+from backends.hf.policy import HFPolicy
+from backends.precision import Precision, cpu_flags, freeze_in, resolve_precision
+from rlgf_cli.runtime import set_seed
+from rlgf_cli.training.config import TrainConfig
+from rlgf_cli.training.trainer import Trainer
+from tasks.base import Example, Task
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+# -- what auto picks ----------------------------------------------------------------------
+@pytest.mark.parametrize("flags, want", [
+    ({"amx_bf16"}, "bf16"), ({"avx512_bf16"}, "bf16"), ({"amx_bf16", "avx512_bf16"}, "bf16"), (set(), "fp32"),
+])
+def test_auto_on_cpu_follows_the_bf16_units(flags, want):
+    p = resolve_precision("auto", "cpu", flags=flags)
+    assert p.name == want and p.bf16 == (want == "bf16")
+    assert ("AMX" in p.reason or "AVX512" in p.reason)
+
+
+def test_auto_on_cuda_follows_the_gpu():
+    assert resolve_precision("auto", "cuda:0", cuda_bf16=True).name == "bf16"
+    assert resolve_precision("auto", "cuda", cuda_bf16=False).name == "fp32"
+    assert resolve_precision("fp32", "cuda", cuda_bf16=True).name == "fp32"
+    with pytest.raises(RlgfError, match="does not support bfloat16"):
+        resolve_precision("bf16", "cuda", cuda_bf16=False)
+
+
+def test_explicit_choices_and_errors():
+    assert resolve_precision("fp32", "cpu", flags={"amx_bf16"}).name == "fp32"
+    slow = resolve_precision("bf16", "cpu", flags=set())
+    assert slow.bf16 and "emulated" in slow.reason  # allowed, and said to be slower
+    assert resolve_precision("bfloat16", "cpu", flags={"amx_bf16"}).name == "bf16"
+    assert resolve_precision("auto", "mps").name == "fp32"
+    with pytest.raises(RlgfError, match="unknown --precision"):
+        resolve_precision("fp8", "cpu", flags=set())
+    with pytest.raises(RlgfError, match="not on mps"):
+        resolve_precision("bf16", "mps")
+    with pytest.raises(RlgfError, match="unknown --precision"):
+        TrainConfig(precision="half").validate()
+
+
+def test_cpu_flags_are_read_from_cpuinfo_text():
+    text = "processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 amx_tile avx512_bf16 avx512f\n"
+    assert cpu_flags(text) == {"amx_bf16", "avx512_bf16"}
+    assert cpu_flags("flags\t: fpu avx2 fma\n") == set()
+
+
+def test_autocast_context():
+    x, w = torch.randn(3, 4), torch.randn(5, 4)
+    with Precision("bf16", "test").autocast():
+        assert torch.nn.functional.linear(x, w).dtype == torch.bfloat16
+    with Precision("fp32", "test").autocast():
+        assert torch.nn.functional.linear(x, w).dtype == torch.float32
+
+
+# -- the trainer ----------------------------------------------------------------------------
+class VariedPrompts(Task):
+    """Prompts of very different lengths, so padding differs from one batch to another."""
+
+    name = "varied"
+    prompt_max_tokens = 32
+    max_new_tokens = 6
+    min_new_tokens = 2  # variable-length responses: the response width is trimmed too
+    train_sampling = Sampling(do_sample=True)
+    eval_sampling = Sampling(do_sample=True)
+
+    def examples(self, split: str) -> list[Example]:
+        return [Example(prompt="ab" * (1 + (7 * i) % 13) + ":", references=(), target="e") for i in range(24)]
+
+    def reward(self, prompts, completions, examples) -> list[float]:
+        return [sum(c == "e" for c in text) / max(len(text), 1) for text in completions]
+
+
+def build(alg: str, precision: str, tokenizer, **overrides) -> Trainer:
+    options = dict(task="varied", alg=alg, guide=None if alg == "ppo" else "tiny", iterations=3, episodes=12,
+                   epochs=2, minibatch_size=4, rollout_batch_size=12, lr=1e-2, kl_coef=0.05, seed=3, device="cpu",
+                   precision=precision, alpha=0.5)
+    options.update(overrides)
+    cfg = TrainConfig(**options).validate()
+    set_seed(0)
+    model, _ = make_tiny_causal(tokenizer, seed=0)
+    policy = HFPolicy(model, tokenizer)
+    reference = HFPolicy(copy.deepcopy(model), tokenizer)
+    guide = None if alg == "ppo" else always("e", seed=7, tokenizer=tokenizer, bias=3.0)
+    needs = alg in ("aggrevated", "lols", "d2lols")
+    return Trainer(cfg, VariedPrompts(), policy, reference, policy.make_critic(), guide=guide,
+                   guide_critic=policy.make_critic() if needs else None)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_byte_tokenizer()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("alg", ["ppo", "lols"])
+def test_ratio_is_exactly_one_at_the_first_minibatch(monkeypatch, tokenizer, alg, precision):
+    trainer = build(alg, precision, tokenizer)
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    real = trainer_module.clipped_policy_loss
+
+    def spy(logprobs, old, adv, mask, clip):
+        seen.append((logprobs.detach().clone(), old.clone(), mask.clone()))
+        return real(logprobs, old, adv, mask, clip)
+
+    monkeypatch.setattr(trainer_module, "clipped_policy_loss", spy)
+    for _ in range(3):
+        seen.clear()
+        metrics = trainer.step()
+        new, old, mask = seen[0]
+        on = mask > 0
+        assert on.any()
+        assert torch.equal(new[on], old[on]), (new[on] - old[on]).abs().max()
+        assert metrics["approx_kl"] >= 0.0
+    # later minibatches moved: the update did something
+    later = seen[-1]
+    assert not torch.equal(later[0][later[2] > 0], later[1][later[2] > 0])
+
+
+def test_bf16_holds_frozen_models_in_bf16_and_trains_in_fp32(tokenizer):
+    trainer = build("ppo++", "bf16", tokenizer)
+    assert trainer.precision.bf16
+    assert {p.dtype for p in trainer.reference.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in trainer.guide.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in trainer.policy.model.parameters()} == {torch.float32}
+    assert {p.dtype for p in trainer.critic.parameters()} == {torch.float32}
+    trainer.step()
+    state = trainer.optimizer.state_dict()["state"]
+    assert state and all(s["exp_avg"].dtype == torch.float32 for s in state.values())
+    assert {p.dtype for p in trainer.policy.model.parameters()} == {torch.float32}
+    fp32 = build("ppo++", "fp32", tokenizer)
+    assert {p.dtype for p in fp32.reference.model.parameters()} == {torch.float32}
+
+
+def test_freeze_in_leaves_api_policies_alone():
+    class Remote:
+        trainable = False
+        model = None
+
+    freeze_in(Remote(), Precision("bf16", "test"))  # no error, nothing to cast
+
+
+# -- end to end through the CLI -----------------------------------------------------------
+def test_bf16_train_and_eval_on_cpu(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    out = tmp_path / "bf16"
+    invoke(train_args(tiny_causal_dir, tiny_reward_dir, out, "--lr", "1e-3", "--precision", "bf16"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["precision"] == "bf16"
+    metrics = read_metrics(out)
+    assert len(metrics) == 2 and all(torch.isfinite(torch.tensor(m["reward_mean"])) for m in metrics)
+    from safetensors.torch import load_file
+
+    weights = load_file(out / "final" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}  # the trained weights stay float32
+    report = tmp_path / "eval.json"
+    invoke(["eval", "--checkpoint", str(out / "final"), "--reward-model", str(tiny_reward_dir), "--limit", "4",
+            "--max-new-tokens", "4", "--device", "cpu", "--precision", "bf16", "--quiet", "--json", str(report)])
+    data = json.loads(report.read_text())
+    assert data["task_info"]["precision"] == "bf16"
+    assert 0.0 <= data["results"][0]["metrics"]["sentiment"] <= 1.0
+
+
+def test_fp32_is_what_auto_gives_without_bf16_units(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
+    import backends.precision as precision_module
+
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda cpuinfo=None: set())
+    runs = []
+    for name, flag in (("auto", "auto"), ("fp32", "fp32")):
+        out = tmp_path / name
+        invoke(train_args(tiny_causal_dir, tiny_reward_dir, out, "--lr", "1e-3", "--precision", flag))
+        runs.append(out)
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.startswith("time")} for m in ms]  # noqa: E731
+    assert strip(read_metrics(runs[0])) == strip(read_metrics(runs[1]))
+    assert json.loads((runs[0] / "summary.json").read_text())["precision"] == "fp32"
