@@ -389,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog="see the module docstring (bench/iteration.py) for what each side does")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
-                   help="paper: GPT-2-124M, 112 episodes × 64 + 48 tokens; tiny: a 2-layer config, 16 × 16 + 8")
+    p.add_argument("--preset", choices=sorted([*PRESETS, "embedded"]), default="tiny",
+                   help="paper: GPT-2-124M, 112 episodes × 64 + 48 tokens; tiny: a 2-layer config, 16 × 16 + 8; "
+                        "embedded: the cached SmolLM2 on rotten-tomatoes in fp32 and bf16 (bench/iteration_embedded.py)")
     p.add_argument("--repeats", type=int, default=3, help="timed iterations per side (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations per side first")
     p.add_argument("--alg", choices=["ppo++", "ppo"], default="ppo++",
@@ -403,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cuda-graphs", action="store_true", help="rlgf side: decoding steps replayed as CUDA graphs")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
+    if args.preset == "embedded":  # a different benchmark: fp32 against bf16 on the real default
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import iteration_embedded
+
+        return iteration_embedded.main(args)
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
     if args.device.startswith("cuda"):

@@ -1,5 +1,6 @@
 """Where a run executes and how its randomness is seeded: the one device resolver, the one
-seed derivation and the one place that seeds python, numpy and torch.
+precision resolver (both live in ``backends``, which places models), the one seed derivation
+and the one place that seeds python, numpy and torch.
 
 :func:`derive_seed` is the only seed arithmetic in the trainer: a run's seed and explicit
 parts (the iteration, a rollout part, a chunk's global index) fold into one number, so the
@@ -11,8 +12,9 @@ from __future__ import annotations
 import random
 
 from backends.device import resolve_device
+from backends.precision import resolve_precision
 
-__all__ = ["SEED_STRIDE", "derive_seed", "resolve_device", "set_seed"]
+__all__ = ["SEED_STRIDE", "derive_seed", "resolve_device", "resolve_precision", "set_seed"]
 
 #: the multiplier each part is folded in with (a prime, so nearby seeds and parts do not collide)
 SEED_STRIDE = 1_000_003

@@ -150,6 +150,19 @@ def test_bf16_holds_frozen_models_in_bf16_and_trains_in_fp32(tokenizer):
     assert {p.dtype for p in fp32.reference.model.parameters()} == {torch.float32}
 
 
+def test_bf16_learner_decodes_from_a_bf16_copy_refreshed_after_each_update(tokenizer):
+    trainer = build("ppo", "bf16", tokenizer)
+    decoder = trainer.engine.learner
+    assert decoder is trainer.decoder and decoder is not trainer.policy
+    assert {p.dtype for p in decoder.model.parameters()} == {torch.bfloat16}
+    for _ in range(2):
+        trainer.step()
+        for d, p in zip(decoder.model.parameters(), trainer.policy.model.parameters()):
+            assert torch.equal(d, p.detach().to(torch.bfloat16))
+    assert build("ppo", "fp32", tokenizer).engine.learner is not None
+    assert build("ppo", "fp32", tokenizer).decoder is None
+
+
 def test_freeze_in_leaves_api_policies_alone():
     class Remote:
         trainable = False

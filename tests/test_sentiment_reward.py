@@ -199,3 +199,37 @@ def test_real_minilm_reward_classifier():
     ex = task.examples("test")[:4]
     rewards = task.reward([e.prompt for e in ex], [e.target for e in ex], ex)
     assert len(rewards) == 4 and all(0 <= r <= 1 for r in rewards)
+
+
+def test_bf16_training_has_its_own_cache_key_and_fp32_keeps_the_old_one(tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    train = [("good great fine", 1), ("bad awful poor", 0)] * 4
+    test = [("great good", 1), ("awful bad", 0)]
+    fp32 = TrainingConfig(seed=3)
+    # the key of every classifier cached before the precision field existed
+    old = {k: v for k, v in dataclasses.asdict(fp32).items() if k != "precision"}
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"recipe": sr.RECIPE_VERSION, "training": old, "encoder": "e"}, sort_keys=True).encode())
+    for split in (train, test):
+        digest.update(b"\x00split\x00")
+        for text, label in split:
+            digest.update(f"{int(label)}\t{text}\n".encode())
+    assert sr.classifier_key("toy", train, test, fp32, "e") == f"toy-minilm-{digest.hexdigest()[:16]}"
+    bf16 = TrainingConfig(seed=3, precision="bf16")
+    assert sr.classifier_key("toy", train, test, bf16, "e") != sr.classifier_key("toy", train, test, fp32, "e")
+    encoder = make_tiny_classifier(tmp_path / "encoder", seed=1)
+    facts = sr.train_classifier(train * 3, test, tmp_path / "bf16", encoder=encoder,
+                                config=TrainingConfig(batch_size=8, lr=1e-3, epochs=2, seed=3, precision="bf16"))
+    assert 0.0 <= facts["test_accuracy"] <= 1.0 and facts["training"]["precision"] == "bf16"
+    reward = SentimentReward.load(tmp_path / "bf16")
+    assert {p.dtype for p in reward.model.parameters()} == {torch.float32}  # trained weights stay float32
+    from backends.precision import Precision
+
+    fp32_scores = reward.score(["good great", "awful bad"])
+    reward.use_precision(Precision("bf16", "test"))  # a frozen scorer: bf16 weights, autocast
+    assert {p.dtype for p in reward.model.parameters()} == {torch.bfloat16}
+    bf16_scores = reward.score(["good great", "awful bad"])
+    assert all(0.0 <= s <= 1.0 for s in bf16_scores)
+    assert bf16_scores == pytest.approx(fp32_scores, abs=0.05)

@@ -132,8 +132,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
     config_toml: str | None = None,
+    rng: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a resumable checkpoint atomically to ``target`` (replacing an older one of that name)."""
+    """Write a resumable checkpoint atomically to ``target`` (replacing an older one of that name);
+    ``rng`` is a :func:`rng_state` taken earlier (default: the generators' states now)."""
     target = Path(target)
 
     def fill(tmp: Path) -> None:
@@ -142,7 +144,7 @@ def save_checkpoint(
             critic.save(tmp / CRITIC_DIRS[name])
         if optimizer is not None:
             save_optimizer(optimizer, tmp)
-        save_rng(tmp)
+        save_rng(tmp, rng)
         (tmp / STATE_FILE).write_text(json.dumps(state or {}, indent=2), encoding="utf-8")
         if config_toml is not None:
             (tmp / "rlgf.toml").write_text(config_toml, encoding="utf-8")

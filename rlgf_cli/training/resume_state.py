@@ -43,7 +43,8 @@ class BadState(ValueError):
 # -- optimizer ------------------------------------------------------------------------------
 
 
-def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+def save_optimizer(optimizer, folder: Path) -> None:
+    """Write ``optimizer``'s state (an optimizer, or anything with its ``state_dict()``)."""
     from safetensors.torch import save_file
 
     state = optimizer.state_dict()
@@ -82,20 +83,23 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
 # -- random number generators ---------------------------------------------------------------
 
 
-def save_rng(folder: Path) -> None:
+def save_rng(folder: Path, state: dict | None = None) -> None:
+    """Write the generators' states: ``state`` (as :func:`~rlgf_cli.training.checkpoint.rng_state`
+    took it earlier), or the current ones."""
     from safetensors.torch import save_file
 
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = state["python"] if state else random.getstate()
+    name, keys, pos, has_gauss, cached = state["numpy"] if state else np.random.get_state()
     meta = {
         "format": FORMAT,
         "python": {"version": version, "state": list(internal), "gauss_next": gauss},
         "numpy": {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
                   "cached_gaussian": float(cached)},
     }
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    tensors = {"torch": state["torch"] if state else torch.get_rng_state()}
+    cuda = state.get("cuda") if state else (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    if cuda:
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(cuda)})
     save_file(tensors, str(Path(folder) / RNG_TENSORS))
     (Path(folder) / RNG_META).write_text(json.dumps(meta), encoding="utf-8")
 

@@ -12,10 +12,54 @@ minibatches of the update's first epoch (:meth:`Trainer.minibatches`), trimmed a
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from rlgf_cli.training.distributed import all_sum, world
 from rlgf_cli.training.ppo import exact_kl
-from rlgf_cli.training.tensors import trim_query, trim_response_width
+from rlgf_cli.training.rollout import RolloutBatch
+from rlgf_cli.training.tensors import chunks, trim_query, trim_response_width
+
+_R = {"pad": "right", "pad_value": 0.0}
+
+
+@dataclass
+class Buffers:
+    """Scored rollouts with everything the update needs (all on the policy's device);
+    B episodes, R response positions."""
+
+    batch: RolloutBatch
+    scores: torch.Tensor  # (B,) the task's reward per episode
+    old_logprobs: torch.Tensor = field(metadata=_R)  # (B, R) log π_θ_old(a|s)
+    ref_logprobs: torch.Tensor = field(metadata=_R)  # (B, R) log π_ref(a|s)
+    old_values: torch.Tensor = field(metadata=_R)  # (B, R) V(s) of the part's critic
+    advantages: torch.Tensor = field(metadata=_R)  # (B, R) whitened over the part's learner tokens
+    returns: torch.Tensor = field(metadata=_R)  # (B, R) value targets
+    kl: torch.Tensor = field(metadata=_R)  # (B, R) sampled log π − log π_ref on learner tokens
+    kl_exact: torch.Tensor = field(metadata=_R)  # (B, R) KL(π‖π_ref) on learner tokens
+    #: per episode: 0 = the learner's critic gives its advantages, 1 = the guide's
+    critic_id: torch.Tensor = None  # (B,)
+    #: per episode: its index in the global (all ranks) batch of the iteration
+    global_index: torch.Tensor = None  # (B,)
+    #: per episode: which part of the iteration's plan it belongs to
+    part_id: torch.Tensor = None  # (B,)
+
+
+def minibatch_plan(global_index: torch.Tensor, *, epochs: int, minibatch_size: int, seed: int,
+                   device) -> list[list[torch.Tensor]]:
+    """Per epoch, this rank's row indices of each minibatch: chunks of a permutation of the
+    *global* batch (the same on every rank; ``global_index`` maps this rank's rows into it)."""
+    w = world()
+    n_global = int(all_sum([len(global_index)])[0])
+    local_of = {int(g): i for i, g in enumerate(global_index.tolist())}
+    gen = torch.Generator().manual_seed(seed)
+    plan = []
+    for _ in range(epochs):
+        perm = torch.randperm(n_global, generator=gen).tolist()
+        plan.append([torch.tensor([local_of[g] for g in perm[sl] if g in local_of], dtype=torch.long, device=device)
+                     for sl in chunks(n_global, minibatch_size * w.size)])
+    return plan
 
 
 def minibatch_tensors(batch, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -37,7 +36,7 @@ from rlgf_cli.training.guided import GuidedRollout
 from rlgf_cli.training.rollout import RolloutBatch
 from rlgf_cli.runtime import derive_seed
 from rlgf_cli.training.sampler import PromptSampler  # noqa: F401  (BC and tests take it from here)
-from rlgf_cli.training.scoring import minibatch_tensors, pad_to, score_like_update, scored_pair
+from rlgf_cli.training.scoring import Buffers, minibatch_plan, minibatch_tensors, pad_to, score_like_update, scored_pair  # noqa: F401
 from rlgf_cli.training.tensors import chunks, concat
 
 #: progress callback: ``callback(event, payload)`` with events
@@ -47,31 +46,6 @@ Callback = Callable[[str, dict], None]
 
 def _noop(event: str, payload: dict) -> None:
     return None
-
-
-_R = {"pad": "right", "pad_value": 0.0}
-
-
-@dataclass
-class Buffers:
-    """Scored rollouts with everything the update needs (all on the policy's device);
-    B episodes, R response positions."""
-
-    batch: RolloutBatch
-    scores: torch.Tensor  # (B,) the task's reward per episode
-    old_logprobs: torch.Tensor = field(metadata=_R)  # (B, R) log π_θ_old(a|s)
-    ref_logprobs: torch.Tensor = field(metadata=_R)  # (B, R) log π_ref(a|s)
-    old_values: torch.Tensor = field(metadata=_R)  # (B, R) V(s) of the part's critic
-    advantages: torch.Tensor = field(metadata=_R)  # (B, R) whitened over the part's learner tokens
-    returns: torch.Tensor = field(metadata=_R)  # (B, R) value targets
-    kl: torch.Tensor = field(metadata=_R)  # (B, R) sampled log π − log π_ref on learner tokens
-    kl_exact: torch.Tensor = field(metadata=_R)  # (B, R) KL(π‖π_ref) on learner tokens
-    #: per episode: 0 = the learner's critic gives its advantages, 1 = the guide's
-    critic_id: torch.Tensor = None  # (B,)
-    #: per episode: its index in the global (all ranks) batch of the iteration
-    global_index: torch.Tensor = None  # (B,)
-    #: per episode: which part of the iteration's plan it belongs to
-    part_id: torch.Tensor = None  # (B,)
 
 
 class TrainerBase:
@@ -149,6 +123,17 @@ class Trainer(TrainerBase):
         self.iteration = 0
         #: per part batch (by id), its rows of the iteration's scoring (only during a step)
         self._prescored: dict[int, dict] = {}
+        #: under bf16 the learner decodes from a bf16 copy of its weights, refreshed after each
+        #: update (autocast alone would re-cast every weight at every one-token decoding step)
+        self.decoder = None
+        if self.precision.bf16:
+            from rlgf_cli.training.checkpoint_writer import snapshot_policy
+
+            self.decoder = snapshot_policy(policy)
+            self.decoder.model.to(self.precision.frozen_dtype).eval()
+            for p in self.decoder.model.parameters():
+                p.requires_grad_(False)
+            self.engine.learner = self.decoder
 
     @property
     def critic(self):
@@ -194,6 +179,7 @@ class Trainer(TrainerBase):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         stats = self.update(buffers)
+        self.refresh_decoder()
         t4 = time.perf_counter()
         batch, scores = buffers.batch, buffers.scores
         n, s1, s2, kl_sum, exact_sum, learner_sum, len_sum = all_sum(
@@ -231,6 +217,14 @@ class Trainer(TrainerBase):
                     "lower --lr or --clip-range",
                 )
         return metrics
+
+    @torch.no_grad()
+    def refresh_decoder(self) -> None:
+        """Copy the learner's updated weights into its bf16 decoding copy (if it has one)."""
+        if self.decoder is None:
+            return
+        for dst, src in zip(self.decoder.model.parameters(), self.policy.model.parameters()):
+            dst.copy_(src)
 
     def learning_rate(self) -> float:
         """This iteration's learning rate under ``--lr-schedule`` (linear: base·(1 − t/T))."""
@@ -332,8 +326,6 @@ class Trainer(TrainerBase):
     def update(self, buf: Buffers) -> dict:
         """PPO epochs over the batch. Minibatches are drawn from a permutation of the *global*
         batch (the same on every rank); each rank works on its rows of each minibatch."""
-        cfg = self.cfg
-        w = world()
         # dropout stays off (eval mode): the ratio of new to old log-probs starts at exactly 1
         self.policy.model.eval()
         for c in self.critics.values():
@@ -349,19 +341,9 @@ class Trainer(TrainerBase):
         return {k: v / max(steps, 1) for k, v in totals.items()}
 
     def minibatches(self, global_index: torch.Tensor) -> list[list[torch.Tensor]]:
-        """Per epoch, this rank's row indices of each minibatch: chunks of a permutation of the
-        *global* batch (the same on every rank), seeded by the run's seed and the iteration."""
-        w = world()
-        n_global = int(all_sum([len(global_index)])[0])
-        local_of = {int(g): i for i, g in enumerate(global_index.tolist())}
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, self.iteration))
-        epochs = []
-        for _ in range(self.cfg.epochs):
-            perm = torch.randperm(n_global, generator=gen).tolist()
-            epochs.append([torch.tensor([local_of[g] for g in perm[sl] if g in local_of], dtype=torch.long,
-                                        device=self.device)
-                           for sl in chunks(n_global, self.cfg.minibatch_size * w.size)])
-        return epochs
+        """Per epoch, this rank's row indices of each minibatch (see :func:`minibatch_plan`)."""
+        return minibatch_plan(global_index, epochs=self.cfg.epochs, minibatch_size=self.cfg.minibatch_size,
+                              seed=derive_seed(self.cfg.seed, self.iteration), device=self.device)
 
     def _prescore(self, scored) -> None:
         """Score the iteration's whole batch in the update's first-epoch minibatches, so the

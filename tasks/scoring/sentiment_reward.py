@@ -61,6 +61,8 @@ class TrainingConfig:
     warmup_fraction: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 42
+    #: "bf16": the forward passes under bf16 autocast (weights and AdamW state stay float32)
+    precision: str = "fp32"
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -237,7 +239,10 @@ def classifier_key(
 ) -> str:
     """The cache folder name: ``<name>-minilm-<hash of data, recipe and encoder>``."""
     digest = hashlib.sha256()
-    header = {"recipe": RECIPE_VERSION, "training": asdict(config), "encoder": encoder}
+    training = asdict(config)
+    if training.get("precision") == "fp32":  # the key of every classifier trained before the field
+        del training["precision"]
+    header = {"recipe": RECIPE_VERSION, "training": training, "encoder": encoder}
     digest.update(json.dumps(header, sort_keys=True).encode())
     for split in (train, test):
         digest.update(b"\x00split\x00")
@@ -296,6 +301,8 @@ def train_classifier(
     try:
         if device == "cpu":
             torch.set_num_threads(threads)
+        autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) \
+            if config.precision == "bf16" else contextlib.nullcontext()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             _report(progress, "reward classifier: loading the MiniLM encoder", 0.0)
@@ -346,7 +353,8 @@ def train_classifier(
                         return_tensors="pt",
                     ).to(device)
                     labels = torch.tensor([int(y) for _, y in batch], device=device)
-                    loss = model(**enc, labels=labels).loss
+                    with autocast:
+                        loss = model(**enc, labels=labels).loss.float()
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                     optimizer.step()

@@ -1,0 +1,184 @@
+"""``bench/iteration.py --preset embedded``: one training iteration of the embedded default in
+float32 and in bf16, in the same run.
+
+The embedded default as ``make demo`` trains it: the cached SmolLM2-135M learner (a frozen
+copy as reference, a critic of the same size), the Rotten Tomatoes task with its MiniLM
+reward classifier, PPO with 32 episodes × 24 new tokens, 2 epochs of minibatches of 16. Each
+precision runs in a child process of its own (so each peak memory is its own); the parent
+prints one table with the two side by side and the ratios.
+
+Per phase (rollout, reward, forward scoring, update, checkpoint) it prints seconds and the
+achieved GFLOP/s, counting 2 FLOPs per weight per token for a forward pass and 6 for a
+forward and backward pass (attention's own products are left out: at 40-token episodes they
+are under 3 % of the total). Beside them, a matrix-product roofline measured in the same
+child: a 1440×576×1536 product (the shape of SmolLM2's MLP over an update minibatch) in that
+precision, so the distance to what the machine can do is visible. The checkpoint phase is
+what the training thread spends on a periodic checkpoint (the snapshot; the write itself runs
+in the background), next to the time a foreground write takes.
+
+    .venv/bin/python bench/iteration.py --preset embedded [--threads 2] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = dict(episodes=32, max_new_tokens=24, epochs=2, minibatch_size=16)
+PHASES = ("rollout", "reward", "forward", "update", "checkpoint")
+
+
+def roofline(dtype_name: str, threads: int, repeats: int = 5) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    m, k, n = 1440, 576, 1536
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype_name == "bf16" else torch.no_grad()
+    if dtype_name == "bf16":
+        a, b = a.bfloat16(), b.bfloat16()
+    with ctx:
+        a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        seconds = (time.perf_counter() - start) / repeats
+    return 2 * m * k * n / seconds / 1e9
+
+
+def one(precision: str, threads: int, seed: int) -> dict:
+    """Build the trainer, run one iteration, time a checkpoint; the numbers as a dict."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from backends import resolve
+    from rlgf_cli.runtime import set_seed
+    from rlgf_cli.training.checkpoint import save_checkpoint
+    from rlgf_cli.training.checkpoint_writer import CheckpointWriter
+    from rlgf_cli.training.config import build_config
+    from rlgf_cli.training.run import build_task
+    from rlgf_cli.training.trainer import Trainer
+
+    cfg = build_config(None, task="rotten-tomatoes", alg="ppo", learner="smollm2", iterations=10, seed=seed,
+                       device="cpu", precision=precision, lr=1e-5, save_every=0, **SHAPE)
+    task = build_task(cfg)
+    task.prepare()
+    set_seed(seed)
+    policy = resolve("smollm2", device="cpu")
+    reference = resolve("smollm2", device="cpu")
+    trainer = Trainer(cfg, task, policy, reference, policy.make_critic())
+    metrics = trainer.step()
+    tokens = {"prompt": float(trainer_prompt_tokens(trainer)), "response": metrics["response_length"] * cfg.episodes}
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = CheckpointWriter(background=True)
+        tick = time.perf_counter()
+        writer.submit(Path(tmp) / "bg", policy=policy, critics=trainer.critics, optimizer=trainer.optimizer,
+                      state=trainer.state(), config_toml="")
+        snapshot_s = time.perf_counter() - tick
+        writer.wait()
+        background_total_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        save_checkpoint(Path(tmp) / "fg", policy=policy, critics=trainer.critics, optimizer=trainer.optimizer,
+                        state=trainer.state(), config_toml="")
+        foreground_s = time.perf_counter() - tick
+    policy_params = sum(p.numel() for p in policy.model.parameters())
+    critic_params = sum(p.numel() for p in trainer.critic.parameters())
+    reward_params = sum(p.numel() for p in task.reward_model().model.parameters())
+    total = tokens["prompt"] + tokens["response"]
+    flops = {
+        # decoding: every new token passes through the learner once, and the prompts once (prefill)
+        "rollout": 2 * policy_params * total,
+        "reward": 2 * reward_params * total,
+        # old log-probs (learner), reference log-probs, values (critic)
+        "forward": 2 * (2 * policy_params + critic_params) * total,
+        # per epoch one forward + backward of the learner and of the critic over every episode
+        "update": cfg.epochs * 6 * (policy_params + critic_params) * total,
+    }
+    seconds = {p: metrics[f"time_{p}_s"] for p in ("rollout", "reward", "forward", "update")}
+    seconds["checkpoint"] = snapshot_s
+    return {
+        "precision": trainer.precision.name, "precision_reason": trainer.precision.reason, "threads": threads,
+        "seconds": seconds, "iteration_s": metrics["time_s"] + snapshot_s,
+        "gflops": {p: flops[p] / seconds[p] / 1e9 for p in flops if seconds[p] > 0},
+        "roofline_gflops": roofline(trainer.precision.name, threads),
+        "checkpoint": {"snapshot_s": snapshot_s, "background_write_s": background_total_s,
+                       "foreground_write_s": foreground_s},
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "reward_mean": metrics["reward_mean"], "approx_kl": metrics.get("approx_kl"),
+        "tokens": tokens, "params": {"policy": policy_params, "critic": critic_params, "reward": reward_params},
+    }
+
+
+def trainer_prompt_tokens(trainer) -> float:
+    """Prompt tokens of an iteration's episodes: the mean prompt length of the first 256
+    training prompts (as the learner's tokenizer counts them) times the episodes."""
+    prompts = [ex.prompt for ex in trainer.task.examples("train")[:256]]
+    _, mask = trainer.policy.encode_prompts(prompts, trainer.task.prompt_max_tokens)
+    return float(mask.sum()) / len(prompts) * trainer.cfg.episodes
+
+
+def table(results: list[dict]) -> str:
+    a, b = results
+    lines = [f"| phase | {a['precision']} s | {b['precision']} s | {a['precision']}/{b['precision']} | "
+             f"{a['precision']} GFLOP/s | {b['precision']} GFLOP/s |", "|---|---:|---:|---:|---:|---:|"]
+    for p in PHASES:
+        sa, sb = a["seconds"][p], b["seconds"][p]
+        ga, gb = a["gflops"].get(p), b["gflops"].get(p)
+        lines.append(f"| {p} | {sa:.2f} | {sb:.2f} | {sa / sb:.2f}× | {'' if ga is None else f'{ga:.1f}'} | "
+                     f"{'' if gb is None else f'{gb:.1f}'} |")
+    lines.append(f"| **iteration** | **{a['iteration_s']:.1f}** | **{b['iteration_s']:.1f}** | "
+                 f"**{a['iteration_s'] / b['iteration_s']:.2f}×** | | |")
+    lines += ["", f"- matrix-product roofline (1440×576×1536): {a['precision']} {a['roofline_gflops']:.1f} GFLOP/s, "
+                  f"{b['precision']} {b['roofline_gflops']:.1f} GFLOP/s; the update reaches "
+                  f"{a['gflops']['update'] / a['roofline_gflops']:.0%} and "
+                  f"{b['gflops']['update'] / b['roofline_gflops']:.0%} of them",
+              f"- peak memory (each precision in its own process): {a['peak_rss_gib']:.1f} GiB and "
+              f"{b['peak_rss_gib']:.1f} GiB",
+              f"- checkpoint: the training thread spends {a['checkpoint']['snapshot_s']:.2f} s on the snapshot; the "
+              f"background write takes {a['checkpoint']['background_write_s']:.1f} s and a foreground write "
+              f"{a['checkpoint']['foreground_write_s']:.1f} s ({a['checkpoint']['foreground_write_s'] / a['iteration_s']:.0%}"
+              f" of an iteration)",
+              f"- precision choices: {a['precision']} ({a['precision_reason']}), {b['precision']} ({b['precision_reason']})",
+              f"- mean reward of the iteration: {a['reward_mean']:.3f} and {b['reward_mean']:.3f}"]
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    """Run fp32 then bf16, each in a child process; print the table (and write ``--json``)."""
+    import os
+
+    threads = args.threads or os.cpu_count() or 1
+    results = []
+    for precision in ("fp32", "bf16"):
+        proc = subprocess.run([sys.executable, __file__, "--one", precision, "--threads", str(threads),
+                               "--seed", str(args.seed)], capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return proc.returncode
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    sys.path.insert(0, str(ROOT))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--one", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(one(a.one, a.threads or 1, a.seed)))
+        sys.exit(0)
+    sys.exit(main(a))

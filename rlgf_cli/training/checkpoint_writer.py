@@ -1,0 +1,107 @@
+"""Checkpoints written in the background while the next iteration runs.
+
+A periodic checkpoint of the embedded default is about 3 GB (learner, critic, optimizer
+state); writing it between iterations stalls training. :class:`CheckpointWriter` takes a
+snapshot in memory when a checkpoint is asked for (a copy of the models and of the optimizer
+state, and the random generators' states: the live ones go on changing) and writes it in a
+thread, one write at a time. The write goes through :func:`save_checkpoint`, which builds the
+folder under a temporary name and renames it when complete, so a kill at any moment leaves
+either the previous checkpoint or the new one, never a half-written one that ``--resume``
+would pick up. A kill during the write loses the iteration being written besides the one in
+progress. On a GPU the snapshot would need a second copy in device memory, so there the
+write stays in the foreground.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rlgf_cli.training.checkpoint import rng_state, save_checkpoint
+
+
+class _OptimizerSnapshot:
+    """A copy of an optimizer's ``state_dict()`` (all that :func:`save_optimizer` reads)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        state = optimizer.state_dict()
+        self._state = {
+            "state": {i: {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+                      for i, values in state["state"].items()},
+            "param_groups": copy.deepcopy(state["param_groups"]),
+        }
+        # for the size estimate of the disk-space check (shapes do not change): the live
+        # parameters, each counted as the two AdamW moments it holds
+        self.param_groups = optimizer.param_groups
+        self.state: dict = {}
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
+def snapshot_policy(policy):
+    """A shallow copy of ``policy`` holding a deep copy of its model (what ``save`` writes)."""
+    snap = copy.copy(policy)
+    snap.model = copy.deepcopy(policy.model)
+    return snap
+
+
+class CheckpointWriter:
+    """One checkpoint write at a time, in a thread (``background``) or in the caller."""
+
+    def __init__(self, background: bool) -> None:
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, target: Path, *, policy, critics: dict, optimizer, state: dict, config_toml: str,
+               then: Callable[[], None] | None = None) -> Path:
+        """Write a checkpoint of the models as they are now to ``target``; ``then()`` runs after
+        the write (pruning older checkpoints). Waits for the previous write first."""
+        self.wait()
+        state = json.loads(json.dumps(state))  # a copy: the trainer's state goes on changing
+        if not self.background:
+            save_checkpoint(target, policy=policy, critics=critics, optimizer=optimizer, state=state,
+                            config_toml=config_toml)
+            if then is not None:
+                then()
+            return target
+        snap_policy = snapshot_policy(policy)
+        snap_critics = {name: copy.deepcopy(c) for name, c in critics.items()}
+        snap_optimizer = _OptimizerSnapshot(optimizer) if optimizer is not None else None
+        rng = rng_state()
+
+        def write() -> None:
+            try:
+                save_checkpoint(target, policy=snap_policy, critics=snap_critics, optimizer=snap_optimizer,
+                                state=state, config_toml=config_toml, rng=rng)
+                if then is not None:
+                    then()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the training thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=write, name="rlgf-checkpoint", daemon=True)
+        self._thread.start()
+        return target
+
+    def join(self) -> None:
+        """Block until the write in flight is done (its error, if any, is kept for :meth:`wait`)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def wait(self) -> None:
+        """Block until the write in flight is done; raise its error, if it had one."""
+        self.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
