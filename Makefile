@@ -36,8 +36,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/rlgf train --task rotten-tomatoes --alg ppo --learner smollm2 \
-		--iterations 6 --episodes 32 --minibatch-size 16 --epochs 2 --lr 1e-4 \
+	$(BIN)/rlgf train --task rotten-tomatoes --alg ppo --learner smollm2 --iterations 6 \
 		--seed 0 --save-every 0 --out $(DEMO_OUT) --overwrite
 	$(BIN)/rlgf eval --policy smollm2 --checkpoint $(DEMO_OUT)/final --limit 128 \
 		--json $(DEMO_OUT)/eval.json --markdown $(DEMO_OUT)/eval.md --samples $(DEMO_OUT)/samples.jsonl

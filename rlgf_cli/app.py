@@ -81,10 +81,10 @@ _JSON_OPTION = typer.Option("--json", help="Print machine-readable JSON to stdou
 @app.command("tasks")
 @handle_errors
 def tasks_command(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
-    """List the tasks with their data source, default learner, reward and metrics."""
+    """List the tasks (built-in and from the `rlgf.tasks` entry points) with their data source, default learner, reward and metrics."""
     from tasks import available
 
-    _print_listing("rlgf tasks", available(), [("name", "name"), ("data source", "data_source"),
+    _print_listing("rlgf tasks", available(), [("name", "name"), ("source", "source"), ("data source", "data_source"),
                    ("default learner", "default_learner"), ("reward", "reward"), ("metrics", "metrics")], as_json)
 
 

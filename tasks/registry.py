@@ -2,13 +2,19 @@
 
 Each task is a ``"module:Class"`` string, imported only when asked for, so ``import tasks``
 (and ``rlgf --help``) stays free of torch and transformers; task modules import them
-inside their methods. Adding a task is one line in :data:`TASKS`.
+inside their methods. Adding a built-in task is one line in :data:`TASKS`; another package
+adds tasks through the ``rlgf.tasks`` entry-point group (a built-in name cannot be taken)::
+
+    [project.entry-points."rlgf.tasks"]
+    my-task = "my_package.tasks:MyTask"     # a subclass of tasks.base.Task
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
+from importlib import metadata
 
 from backends.errors import RlgfError, with_suggestion
 from tasks.base import Task
@@ -18,11 +24,35 @@ TASKS: dict[str, str] = {
     "rotten-tomatoes": "tasks.rotten_tomatoes:RottenTomatoesTask",
     "imdb": "tasks.imdb:ImdbTask",
     "commongen": "tasks.commongen:CommonGenTask",
+    "prompts": "tasks.prompts:PromptsTask",
 }
+ENTRY_POINT_GROUP = "rlgf.tasks"
+log = logging.getLogger(__name__)
+
+
+def registered() -> dict[str, dict]:
+    """``name → {"target", "source"}``: the built-in tasks, then the entry-point plug-ins."""
+    found = {name: {"target": target, "source": "built-in"} for name, target in TASKS.items()}
+    try:
+        points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except Exception as exc:  # noqa: BLE001 - broken metadata must not break the CLI
+        log.warning("could not read the %s entry points: %s", ENTRY_POINT_GROUP, exc)
+        points = []
+    for ep in points:
+        name = _normalise(ep.name)
+        if name in found:
+            if found[name]["target"] != ep.value:
+                log.warning("ignoring the task entry point %s = %s: %r is already %s", ep.name, ep.value, name,
+                            found[name]["target"])
+            continue
+        dist = getattr(ep, "dist", None)
+        package = getattr(dist, "name", None) if dist is not None else None
+        found[name] = {"target": ep.value, "source": f"entry point ({package})" if package else "entry point"}
+    return found
 
 
 def names() -> list[str]:
-    return sorted(TASKS)
+    return sorted(registered())
 
 
 def _normalise(name: str) -> str:
@@ -32,11 +62,21 @@ def _normalise(name: str) -> str:
 def task_class(name: str) -> type[Task]:
     """The class registered as ``name`` (case and ``_``/``-`` insensitive)."""
     key = _normalise(name)
-    if key not in TASKS:
-        message = with_suggestion(f"unknown task {name!r}", key, TASKS, cutoff=0.5)
-        raise RlgfError(message, hint=f"known tasks: {', '.join(names())} (see `rlgf tasks`)")
-    module_name, _, attr = TASKS[key].partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    known = registered()
+    if key not in known:
+        message = with_suggestion(f"unknown task {name!r}", key, known, cutoff=0.5)
+        raise RlgfError(message, hint=f"known tasks: {', '.join(sorted(known))} (see `rlgf tasks`)")
+    target = known[key]["target"]
+    module_name, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise RlgfError(f"task {key} ({target}, {known[key]['source']}) cannot be loaded: {exc}",
+                        "reinstall the package that provides it") from None
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise RlgfError(f"task {key} ({target}) is not a tasks.base.Task subclass",
+                        "a task plug-in must subclass tasks.base.Task")
+    return cls
 
 
 def train_defaults(name: str) -> dict:
@@ -102,11 +142,17 @@ def available() -> list[dict]:
     """One row per task for ``rlgf tasks``: name, description, data source, default learner,
     reward and metrics (imports each task's module, which does not import torch)."""
     rows = []
-    for name in names():
-        cls = task_class(name)
+    for name, info in sorted(registered().items()):
+        try:
+            cls = task_class(name)
+        except RlgfError as exc:  # a broken plug-in is listed with the reason, not fatal
+            rows.append({"name": name, "description": exc.message, "data_source": "", "default_learner": "",
+                         "reward": "", "metrics": [], "options": [], "source": info["source"]})
+            continue
         rows.append(
             {
                 "name": name,
+                "source": info["source"],
                 "description": cls.description,
                 "data_source": cls.data_source,
                 "default_learner": cls.default_learner,

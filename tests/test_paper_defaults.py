@@ -41,6 +41,16 @@ def test_commongen_defaults_are_table_6():
                    "vf_coef": 3.0}
 
 
+def test_rotten_tomatoes_has_cpu_sized_defaults_of_its_own():
+    """Not the paper's: 10 iterations of 32 episodes, 2 epochs of minibatches of 16, lr 5e-5
+    (the learning rate the reproduction chose on the validation split)."""
+    cfg = build_config(None, task="rotten-tomatoes", alg="ppo")
+    got = {k: getattr(cfg, k) for k in ("iterations", "episodes", "minibatch_size", "epochs", "lr")}
+    assert got == {"iterations": 10, "episodes": 32, "minibatch_size": 16, "epochs": 2, "lr": 5e-5}
+    assert build_config(None, task="rotten-tomatoes", alg="ppo", episodes=8).minibatch_size == 8
+    assert build_config(None, task="rotten-tomatoes", alg="bc").learning_rate == 1e-5  # BC keeps its own
+
+
 def test_flags_and_files_override_task_defaults_and_bc_keeps_its_own(tmp_path):
     assert build_config(None, task="imdb", alg="ppo", epochs=2).epochs == 2
     file = tmp_path / "run.toml"

@@ -41,7 +41,8 @@ def test_options_are_checked_and_none_means_default(tmp_path):
 
 def test_available_rows():
     rows = tasks.available()
-    assert [r["name"] for r in rows] == sorted(TASKS) == ["commongen", "imdb", "rotten-tomatoes"]
+    assert [r["name"] for r in rows] == sorted(TASKS) == ["commongen", "imdb", "prompts", "rotten-tomatoes"]
+    assert {r["source"] for r in rows} == {"built-in"}
     row = rows[-1]
     assert set(row) >= {"name", "description", "data_source", "default_learner", "reward", "metrics"}
     assert row["default_learner"] == "smollm2"
@@ -67,3 +68,69 @@ def test_import_tasks_does_not_load_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.fixture
+def task_plugin(tmp_path, monkeypatch):
+    """A third-party distribution on sys.path registering tasks through ``rlgf.tasks``."""
+    import sys
+    import textwrap
+
+    (tmp_path / "rlgf_fake_tasks.py").write_text(textwrap.dedent('''
+        from backends.base import Sampling
+        from tasks.base import Example, Task
+
+        class CountE(Task):
+            name = "count-e"
+            description = "a test plug-in: write many e"
+            data_source = "made up"
+            default_learner = "smollm2"
+            reward_name = "share of e"
+            metric_names = ()
+            prompt_max_tokens = 8
+            max_new_tokens = 4
+            min_new_tokens = 4
+            train_sampling = Sampling(do_sample=True)
+
+            def examples(self, split):
+                return [Example(prompt=f"{i}:", references=()) for i in range(8)]
+
+            def reward(self, prompts, completions, examples):
+                return [c.count("e") / max(len(c), 1) for c in completions]
+
+            def metrics(self, prompts, completions, examples, policy=None, reference_policy=None):
+                return {}
+
+        class NotATask:
+            pass
+        '''))
+    dist = tmp_path / "rlgf_fake_tasks-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: rlgf-fake-tasks\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[rlgf.tasks]\ncount-e = rlgf_fake_tasks:CountE\n"
+                                           "not-a-task = rlgf_fake_tasks:NotATask\n"
+                                           "imdb = rlgf_fake_tasks:CountE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("rlgf_fake_tasks", None)
+
+
+@pytest.mark.usefixtures("task_plugin")
+def test_a_plugin_task_is_listed_and_trains_one_iteration(tmp_path, tiny_causal_dir):
+    from typer.testing import CliRunner
+
+    from rlgf_cli.app import app
+
+    rows = {r["name"]: r for r in tasks.available()}
+    assert rows["count-e"]["source"] == "entry point (rlgf-fake-tasks)"
+    assert rows["imdb"]["source"] == "built-in"  # a plug-in cannot take a built-in name
+    assert "not a tasks.base.Task subclass" in rows["not-a-task"]["description"]
+    with pytest.raises(RlgfError, match="did you mean 'count-e'"):
+        tasks.task_class("count-f")
+    result = CliRunner().invoke(app, ["train", "--task", "count-e", "--learner", str(tiny_causal_dir),
+                                      "--iterations", "1", "--episodes", "4", "--epochs", "1", "--device", "cpu",
+                                      "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "final").is_dir()
+    listing = CliRunner().invoke(app, ["tasks", "--json"])
+    assert "count-e" in listing.output and "entry point" in listing.output

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import BertscoreModel, Data, Device, Precision, Quiet, Reward, RewardModel, Task
+from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, Quiet, ReferenceField,
+                                       Reward, RewardLabel, RewardModel, RewardUrl, Task)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 from rlgf_cli.files import ensure_writable, write_atomic
 
@@ -28,6 +29,10 @@ def difficulty_command(
     policy_base_url: Annotated[Optional[str], typer.Option(help="Server of the openai: policies. Default: $OPENAI_BASE_URL.")] = None,
     data: Data = None,
     reward_model: RewardModel = None,
+    prompt_field: PromptField = None,
+    reference_field: ReferenceField = None,
+    reward_label: RewardLabel = None,
+    reward_url: RewardUrl = None,
     reward: Reward = None,
     bertscore_model: BertscoreModel = None,
     decoding: Annotated[Optional[str], typer.Option(help="task, greedy, sample or beam. [default: task]")] = None,
@@ -78,6 +83,8 @@ def difficulty_command(
         specs,
         task_name=task, split=split, limit=limit, seed=seed, reference_spec=reference,
         task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
+                                  prompt_field=prompt_field, reference_field=reference_field,
+                                  reward_label=reward_label, reward_url=reward_url,
                                   max_new_tokens=max_new_tokens),
         device=device, precision=precision, batch_size=batch_size, decoding={"mode": decoding}, base_url=policy_base_url,
         thresholds=cuts, unseen_at_least=unseen_at_least, metric=metric,

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import BertscoreModel, Data, Device, Precision, Quiet, Reward, RewardModel, Task
+from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, Quiet, ReferenceField,
+                                       Reward, RewardLabel, RewardModel, RewardUrl, Task)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 
 _GUIDE = "Guide and collection"
@@ -45,6 +46,10 @@ def distill_command(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).")] = None,
     data: Data = None,
     reward_model: RewardModel = None,
+    prompt_field: PromptField = None,
+    reference_field: ReferenceField = None,
+    reward_label: RewardLabel = None,
+    reward_url: RewardUrl = None,
     reward: Reward = None,
     bertscore_model: BertscoreModel = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
@@ -77,7 +82,9 @@ def distill_command(
         minibatch_size=minibatch_size or 0, lr=lr, then=then, then_config=str(then_config) if then_config else None,
         then_iterations=then_iterations, eval_split=eval_split, eval_limit=eval_limit, seed=seed, device=device,
         precision=precision, batch_size=batch_size, max_new_tokens=max_new_tokens, overwrite=overwrite,
-        task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model),
+        task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
+                                  prompt_field=prompt_field, reference_field=reference_field,
+                                  reward_label=reward_label, reward_url=reward_url),
     )
     progress = TrainProgress(quiet=quiet)
     try:

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import BertscoreModel, Data, Device, Precision, Quiet, Reward, RewardModel, Task
+from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, Quiet, ReferenceField,
+                                       Reward, RewardLabel, RewardModel, RewardUrl, Task)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 from rlgf_cli.files import ensure_writable, write_all
 
@@ -58,6 +59,10 @@ def eval_command(
     policy_base_url: Annotated[Optional[str], typer.Option(help="Server of the openai: policies (vLLM, `rlgf serve`…). Default: $OPENAI_BASE_URL.")] = None,
     data: Data = None,
     reward_model: RewardModel = None,
+    prompt_field: PromptField = None,
+    reference_field: ReferenceField = None,
+    reward_label: RewardLabel = None,
+    reward_url: RewardUrl = None,
     reward: Reward = None,
     bertscore_model: BertscoreModel = None,
     decoding: Annotated[Optional[str], typer.Option(help="task, greedy, sample or beam. [default: task: sampling for sentiment, beam 5 for CommonGen]", rich_help_panel=_DEC)] = None,
@@ -114,6 +119,8 @@ def eval_command(
         seeds=seeds,
         reference_spec=reference,
         task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
+                                  prompt_field=prompt_field, reference_field=reference_field,
+                                  reward_label=reward_label, reward_url=reward_url,
                                   max_new_tokens=max_new_tokens),
         device=device,
         precision=precision,

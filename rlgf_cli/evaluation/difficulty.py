@@ -127,8 +127,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     bar = bar or (lambda label: contextlib.nullcontext(lambda done, total: None))
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    task = build_eval_task(task_name, specs, task_options)
-    task.use_precision(prec)
+    task = build_eval_task(task_name, specs, task_options, prec)
     if metric is not None and metric not in eval_metric_names(task):
         known = eval_metric_names(task)
         raise RlgfError(f"no metric '{metric}' for {task.name}", f"{did_you_mean(metric, known)}choose one of: {', '.join(known)}")

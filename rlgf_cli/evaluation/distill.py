@@ -263,8 +263,8 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     device = resolve_device(o.device)
     prec = resolve_precision(o.precision, device)
     learner_spec = o.learner or task.default_learner
-    task.prepare(progress=lambda text, frac=None: say(text))
     task.use_precision(prec)
+    task.prepare(progress=lambda text, frac=None: say(text))
     say(prec.describe())
     eval_examples = split_examples(task, o.eval_split, o.eval_limit)
     train_examples = task.examples("train")[: o.prompts] if o.prompts else task.examples("train")

@@ -234,7 +234,7 @@ def load_for_eval(spec: str, device: str, *, seed: int, base_url: str | None = N
     return resolve(spec, device=device, **options)
 
 
-def build_eval_task(task_name: str | None, specs: list[str], task_options: dict) -> Task:
+def build_eval_task(task_name: str | None, specs: list[str], task_options: dict, precision=None) -> Task:
     from tasks import get_task
 
     if task_name is None:
@@ -243,6 +243,8 @@ def build_eval_task(task_name: str | None, specs: list[str], task_options: dict)
             "rotten-tomatoes",
         )
     task = get_task(task_name, **task_options)
+    if precision is not None:  # before prepare: a reward classifier trained now uses it too
+        task.use_precision(precision)
     task.prepare()
     return task
 
@@ -283,8 +285,7 @@ def run_eval(
     bar = bar or _no_bar
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    task = build_eval_task(task_name, specs, task_options)
-    task.use_precision(prec)
+    task = build_eval_task(task_name, specs, task_options, prec)
     say(prec.describe())
     sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
     examples = split_examples(task, split, limit)

@@ -67,7 +67,16 @@ class TrainConfig:
     init: str | None = opt(None, "Warm-start the learner from this spec or checkpoint folder (the paper's BC+Alg rows).",
                            default_text="none")
     data: str | None = opt(None, "Task data file or folder.", default_text="the task's own source")
-    reward_model: str | None = opt(None, "Reward classifier folder (sentiment tasks).", default_text="the task's")
+    reward_model: str | None = opt(None, "Reward model folder: the sentiment tasks' classifier, or for --task prompts "
+                                         "any sequence-classification model (see --reward-label).", default_text="the task's")
+    reward_label: str | None = opt(None, "--task prompts with --reward-model: the class (name or index) whose probability "
+                                         "is the reward; a one-output head gives its raw score.",
+                                   default_text="a 'positive' class")
+    reward_url: str | None = opt(None, "--task prompts: a reward service; rlgf POSTs {prompts, completions, references} "
+                                       "and reads {rewards}. Bearer key from $RLGF_REWARD_API_KEY.", default_text="none")
+    prompt_field: str | None = opt(None, "--task prompts: the column holding the prompt text.", default_text="prompt")
+    reference_field: str | None = opt(None, "--task prompts: the column holding the reference text(s).",
+                                      default_text="references or reference, if present")
     reward: str | None = opt(None, "Reward: a task's named reward (e.g. cider_d, spider) or module:function.",
                              default_text="the task's")
     bertscore_model: str | None = opt(None, "BERTScore model (a name or local folder) for tasks that report bertscore_f1 "
@@ -324,7 +333,8 @@ def _check_types(cfg: TrainConfig) -> None:
             if ok:
                 setattr(cfg, f.name, float(value))
         elif isinstance(default, str) or f.name in ("learner", "guide", "init", "data", "reward_model", "out", "reward", "bertscore_model",
-                                                            "guide_base_url"):
+                                                            "guide_base_url", "prompt_field", "reference_field",
+                                                            "reward_label", "reward_url"):
             ok = isinstance(value, str)
         else:
             ok = True

@@ -16,6 +16,7 @@ import torch
 
 from backends.errors import RlgfError
 
+from rlgf_cli.training.checkpoint_writer import CheckpointWriter
 from rlgf_cli.training.checkpoint import (
     CRITIC_DIRS,
     TMP_PREFIX,
@@ -35,6 +36,7 @@ from rlgf_cli.training.distributed import init_from_env, shutdown
 from rlgf_cli.training.resume_state import load_optimizer, load_rng, refuse_pickles
 from rlgf_cli.files import check_out_dir, write_atomic
 from rlgf_cli.training.config import TrainConfig
+from backends.precision import resolve_precision
 from rlgf_cli.runtime import resolve_device, set_seed
 from rlgf_cli.training.trainer import Callback, _noop
 
@@ -47,7 +49,9 @@ def build_task(cfg: TrainConfig):
     from tasks import get_task
 
     options = task_options(data=cfg.data, reward_model=cfg.reward_model, reward=cfg.reward,
-                           bertscore_model=cfg.bertscore_model, max_new_tokens=cfg.max_new_tokens)
+                           bertscore_model=cfg.bertscore_model, max_new_tokens=cfg.max_new_tokens,
+                           prompt_field=cfg.prompt_field, reference_field=cfg.reference_field,
+                           reward_label=cfg.reward_label, reward_url=cfg.reward_url)
     return get_task(cfg.task, **options)
 
 
@@ -172,7 +176,8 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     callback("message", {"text": f"loading learner {load_from} on {device}"})
     with reading_checkpoint(ckpt):
         policy = load_policy(load_from, device)
-    # e.g. train the reward classifier once, before the run folder exists
+    # e.g. train the reward classifier once (at the run's precision), before the run folder exists
+    task.use_precision(resolve_precision(cfg.precision, device))
     task.prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
     trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
     critics = trainer.critics
@@ -202,20 +207,26 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     else:
         set_seed(cfg.seed)  # same seed → same run, whatever loading consumed
 
+    def resumable_state() -> dict:
+        return {**trainer.state(), "learner": learner_spec, "task": cfg.task, **_guide_state(trainer.guide)}
+
     def checkpoint(target: Path) -> Path:
         if not main:
             return target
-        return save_checkpoint(
-            target,
-            policy=policy,
-            critics=critics,
-            optimizer=trainer.optimizer,
-            state={**trainer.state(), "learner": learner_spec, "task": cfg.task,
-                   **_guide_state(trainer.guide)},
-            config_toml=config_toml,
-        )
+        return save_checkpoint(target, policy=policy, critics=critics, optimizer=trainer.optimizer,
+                               state=resumable_state(), config_toml=config_toml)
 
     from backends.openai_api.token_budget import GuideBudgetExhausted
+
+    # periodic checkpoints are written from a snapshot while the next iteration runs (CPU)
+    writer = CheckpointWriter(background=main and torch.device(device).type == "cpu")
+
+    def periodic(target: Path) -> Path:
+        if not main:
+            return target
+        return writer.submit(target, policy=policy, critics=critics, optimizer=trainer.optimizer,
+                             state=resumable_state(), config_toml=config_toml,
+                             then=lambda: prune_checkpoints(out / "checkpoints", cfg.keep_checkpoints))
 
     guide = trainer.guide
     saved = (trainer.iteration, ckpt) if ckpt else (-1, None)  # the newest checkpoint: (iteration, folder)
@@ -223,6 +234,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     started = time.perf_counter()
     last: dict = {}
     stopped = None
+    checkpoint_s = 0.0  # what the last periodic checkpoint cost this thread (snapshot, or the write)
     with open(out / "metrics.jsonl" if main else os.devnull, "a", encoding="utf-8") as log:
         try:
             while trainer.iteration < cfg.iterations:
@@ -240,6 +252,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     callback("message", {"text": f"stopping: {stopped}; resume with a larger --guide-budget-tokens"})
                     break
                 except RlgfError as exc:  # a diverged loss, a bad reward, an unreachable API guide…
+                    writer.join()  # the checkpoint being written counts
                     try:  # every rank (it only reads files), so every rank prints the same advice
                         kept = latest_checkpoint(out)
                     except RlgfError:  # a damaged checkpoint must not hide the error being reported
@@ -249,23 +262,29 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     else:
                         where = f"no checkpoint was written yet; start again with --out {out} --overwrite"
                     raise RlgfError(exc.message, f"{exc.hint}; {where}" if exc.hint else where) from None
+                last["time_checkpoint_s"] = checkpoint_s
+                checkpoint_s = 0.0
                 if guide is not None:
                     last.update({f"guide_api_{k}": v for k, v in guide.stats().items() if not isinstance(v, str)})
                 log.write(json.dumps(last) + "\n")
                 log.flush()
                 callback("iteration", last)
                 if cfg.save_every and trainer.iteration % cfg.save_every == 0 and trainer.iteration < cfg.iterations:
-                    path = checkpoint(out / "checkpoints" / f"iter-{trainer.iteration:04d}")
+                    tick = time.perf_counter()
+                    path = periodic(out / "checkpoints" / f"iter-{trainer.iteration:04d}")
+                    checkpoint_s = time.perf_counter() - tick
                     saved = (trainer.iteration, path)
-                    if main:
-                        prune_checkpoints(out / "checkpoints", cfg.keep_checkpoints)
                     callback("checkpoint", {"path": str(path)})
         except KeyboardInterrupt:
+            writer.join()
             path = checkpoint(out / "checkpoints" / f"iter-{trainer.iteration:04d}")
             raise Interrupted(
                 f"interrupted after {trainer.iteration} iterations",
                 f"checkpoint saved in {path}; continue with rlgf train --resume {out}",
             ) from None
+        finally:
+            writer.join()  # its error, if any, is raised below or gives way to the run's
+    writer.wait()  # a failed last write is an error of the run
     final = finish(out, saved[1] if saved[0] == trainer.iteration else None, checkpoint, trainer.iteration,
                    cfg.keep_checkpoints, main)
     callback("checkpoint", {"path": str(final)})

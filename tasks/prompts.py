@@ -1,0 +1,290 @@
+"""``--task prompts``: your own prompts, with the reward you bring.
+
+``--data FILE`` is JSON lines (``.jsonl``/``.json``), CSV (``.csv``) or Parquet
+(``.parquet``). Each row has a ``prompt`` (text; another column with ``--prompt-field``),
+optionally a ``reference`` (text) or ``references`` (a list of texts; another column with
+``--reference-field``) and a ``split`` (``train``, ``val`` or ``test``). Without a split
+column the rows are split 80/10/10 with a seeded shuffle, as the built-in tasks are. Chat rows
+(a ``messages`` list) are refused for now with a clear error: chat templates are not wired
+into this task yet.
+
+The task has no reward of its own: training needs one of yours, one of three kinds —
+``--reward module:function`` (or ``path/to/file.py:function``; see :mod:`tasks.custom_reward`),
+``--reward-model DIR`` (any sequence-classification folder, ``--reward-label`` picks the class;
+:mod:`tasks.scoring.model_reward`) or ``--reward-url URL`` (a service of yours;
+:mod:`tasks.scoring.http_reward`). Its metrics are the mean ``reward`` (when there is one),
+``length`` (mean words per completion), ``perplexity`` of the references under the policy
+(when the rows have references) and ``output_perplexity`` of the completions under the
+reference model. BC clones the first reference of each train row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any, Iterator
+
+from backends.base import Sampling
+from backends.errors import RlgfError
+from tasks.base import SPLITS, Example, Task
+from tasks.scoring.perplexity import can_score, corpus_perplexity
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test"}
+
+
+class PromptsTask(Task):
+    """Prompts from a file of yours; the reward is a function of yours."""
+
+    name = "prompts"
+    description = "Your own prompts from a JSONL, CSV or Parquet file (--data), with your reward (--reward)"
+    data_source = "--data FILE: rows with a prompt, optionally reference(s) and a split"
+    default_learner = "smollm2"
+    reward_name = "yours: --reward module:function, --reward-model DIR or --reward-url URL (one is needed to train)"
+    metric_names = ("length", "perplexity", "output_perplexity")
+    train_sampling = Sampling(do_sample=True, top_k=50)
+    eval_sampling = Sampling(do_sample=True, top_k=50)
+
+    def __init__(self, *, data: str | Path | None = None, prompt_field: str = "prompt",
+                 reference_field: str | None = None, reward: str | None = None, reward_model: str | None = None,
+                 reward_label: str | None = None, reward_url: str | None = None, seed: int = 42,
+                 max_new_tokens: int = 48, min_new_tokens: int = 1, prompt_max_tokens: int = 256,
+                 device: str | None = None) -> None:
+        if data is None:
+            raise RlgfError("--task prompts needs --data FILE",
+                            "a JSON lines, CSV or Parquet file whose rows have a 'prompt' (see `rlgf tasks`)")
+        if int(max_new_tokens) < 1:
+            raise RlgfError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+        if not 0 <= int(min_new_tokens) <= int(max_new_tokens):
+            raise RlgfError(f"min_new_tokens must be between 0 and max_new_tokens ({max_new_tokens})")
+        self.path = Path(data).expanduser()
+        self.prompt_field = str(prompt_field)
+        self.reference_field = reference_field
+        self.seed = int(seed)
+        self.max_new_tokens = int(max_new_tokens)
+        self.min_new_tokens = int(min_new_tokens)
+        self.prompt_max_tokens = int(prompt_max_tokens)
+        self.device = device
+        self._splits: dict[str, list[Example]] | None = None
+        given = [(flag, v) for flag, v in (("--reward", reward), ("--reward-model", reward_model),
+                                          ("--reward-url", reward_url)) if v]
+        if len(given) > 1:
+            raise RlgfError(f"{' and '.join(f for f, _ in given)} were both given; --task prompts takes one reward",
+                            "keep one of --reward, --reward-model, --reward-url")
+        if reward_label is not None and not reward_model:
+            raise RlgfError("--reward-label picks a class of --reward-model, which was not given")
+        self.reward_spec = given[0] if given else None
+        self._reward_label = reward_label
+        self._scorer = None
+        if reward:
+            from tasks.custom_reward import CustomReward, is_custom_spec
+
+            if not is_custom_spec(reward):
+                raise RlgfError(f"--reward {reward!r} is not module:function",
+                                "pass your function as module:function or path/to/file.py:function")
+            custom = CustomReward(reward)
+            self._scorer = custom.for_examples
+        if self.reward_spec is not None:
+            self.metric_names = ("reward", *self.metric_names)
+
+    # -- data -------------------------------------------------------------------
+    def splits(self) -> dict[str, list[Example]]:
+        if self._splits is None:
+            self._splits = split_rows(list(read_rows(self.path)), self.path, prompt_field=self.prompt_field,
+                                      reference_field=self.reference_field, seed=self.seed)
+        return self._splits
+
+    def examples(self, split: str) -> list[Example]:
+        if split not in SPLITS:
+            raise RlgfError(f"unknown split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
+        splits = self.splits()
+        if not splits[split]:
+            counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+            raise RlgfError(f"{self.path} has no {split} rows ({counts})",
+                            f"give some rows \"split\": \"{split}\", or leave the split column out for a seeded "
+                            "80/10/10 split")
+        return splits[split]
+
+    def bc_examples(self) -> list[Example]:
+        rows = [ex for ex in self.examples("train") if ex.target]
+        if not rows:
+            raise RlgfError(f"{self.path}: no train row has a reference to clone",
+                            "give rows a 'reference' (or --reference-field) for --alg bc")
+        return rows
+
+    def prepare(self, progress=None) -> None:
+        self.splits()
+        self._reward_scorer()
+
+    def _reward_scorer(self):
+        """The reward callable ``(prompts, completions, examples)``, loaded on first use."""
+        if self._scorer is None and self.reward_spec is not None:
+            flag, value = self.reward_spec
+            if flag == "--reward-model":
+                from tasks.scoring.model_reward import ModelReward
+
+                self._scorer = ModelReward(value, label=self._reward_label, device=self.device)
+            else:
+                from tasks.scoring.http_reward import HttpReward
+
+                self._scorer = HttpReward(value)
+            self.apply_precision()
+        return self._scorer
+
+    def apply_precision(self) -> None:
+        if self.precision is not None and hasattr(self._scorer, "use_precision"):
+            self._scorer.use_precision(self.precision)
+
+    # -- reward and metrics -------------------------------------------------------
+    def reward(self, prompts, completions, examples) -> list[float]:
+        scorer = self._reward_scorer()
+        if scorer is None:
+            raise RlgfError("--task prompts has no reward of its own",
+                            "pass --reward module:function, --reward-model DIR or --reward-url URL")
+        values = scorer(list(prompts), list(completions), list(examples))
+        if len(values) != len(completions):
+            raise RlgfError(f"the reward returned {len(values)} values for {len(completions)} completions")
+        return [float(v) for v in values]
+
+    def check_reward(self) -> None:
+        if self.reward_spec is None:
+            self.reward([], [], [])
+
+    def metrics(self, prompts, completions, examples, policy=None, reference_policy=None) -> dict:
+        out: dict[str, float] = {}
+        if self.reward_spec is not None and completions:
+            values = self.reward(prompts, completions, examples)
+            out["reward"] = sum(values) / len(values)
+        if completions:
+            out["length"] = sum(len(c.split()) for c in completions) / len(completions)
+        refs = [ref for ex in examples for ref in ex.references]
+        contexts = [ex.prompt for ex in examples for _ in ex.references]
+        if can_score(policy) and refs:
+            out["perplexity"] = corpus_perplexity(policy, contexts, refs)
+        if can_score(reference_policy) and completions:
+            out["output_perplexity"] = corpus_perplexity(reference_policy, list(prompts), list(completions))
+        return out
+
+    def info(self) -> dict:
+        splits = self.splits()
+        reward = None
+        if self.reward_spec is not None:
+            flag, value = self.reward_spec
+            reward = f"{flag} {value}"
+        return {"task": self.name, "data": str(self.path), "split_seed": self.seed,
+                "splits": {k: len(v) for k, v in splits.items()}, "reward": reward}
+
+
+# -- reading ----------------------------------------------------------------------
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, row)`` pairs of a prompts file (line numbers as an editor shows them)."""
+    if not path.is_file():
+        raise RlgfError(f"prompts file not found: {path}", "pass --data FILE (a .jsonl, .csv or .parquet file)")
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise RlgfError(f"{path}: unknown prompts file type {path.suffix!r}",
+                        f"use one of: {', '.join(sorted(FORMATS))}")
+    if kind == "jsonl":
+        yield from _jsonl(path)
+    elif kind == "csv":
+        yield from _csv(path)
+    else:
+        yield from _parquet(path)
+
+
+def _jsonl(path: Path):
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RlgfError(f"{path}, line {n}: not valid JSON ({exc.msg})",
+                                "each line must be one JSON object, e.g. {\"prompt\": \"...\"}") from None
+            if not isinstance(row, dict):
+                raise RlgfError(f"{path}, line {n}: a JSON {type(row).__name__}, not an object",
+                                "each line must be one JSON object, e.g. {\"prompt\": \"...\"}")
+            yield n, row
+
+
+def _csv(path: Path):
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        try:
+            for row in reader:
+                yield reader.line_num, {k: v for k, v in row.items() if k is not None}
+        except csv.Error as exc:
+            raise RlgfError(f"{path}, line {reader.line_num}: not valid CSV ({exc})") from None
+
+
+def _parquet(path: Path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise RlgfError(f"{path}: reading Parquet needs pyarrow", "pip install pyarrow, or convert it to JSONL") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        raise RlgfError(f"{path}: not a readable Parquet file ({exc})") from None
+    for n, row in enumerate(table.to_pylist(), 1):
+        yield n, row
+
+
+# -- rows to examples ---------------------------------------------------------------
+def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = "prompt",
+               reference_field: str | None = None, seed: int = 42) -> dict[str, list[Example]]:
+    """Examples by split: the rows' own ``split`` column, or a seeded 80/10/10 split."""
+    if not rows:
+        raise RlgfError(f"{path} holds no rows", "add rows with a 'prompt', one per line (JSONL) or row (CSV)")
+    first = rows[0][1]
+    if prompt_field not in first:
+        if "messages" in first:
+            raise RlgfError(f"{path}: chat rows ('messages') are not supported by --task prompts yet",
+                            "give each row a 'prompt' text instead")
+        raise RlgfError(f"{path}, line {rows[0][0]}: no '{prompt_field}' field (fields: {', '.join(map(str, first))})",
+                        "name the prompt column with --prompt-field")
+    ref_field = reference_field or next((f for f in ("references", "reference") if f in first), None)
+    if reference_field is not None and reference_field not in first:
+        raise RlgfError(f"{path}, line {rows[0][0]}: no '{reference_field}' field (fields: {', '.join(map(str, first))})",
+                        "name the reference column with --reference-field, or leave it out")
+    by_split: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    unsplit: list[Example] = []
+    for n, row in rows:
+        example = _example(row, n, path, prompt_field, ref_field)
+        split = row.get("split")
+        if split in (None, ""):
+            unsplit.append(example)
+            continue
+        key = SPLIT_ALIASES.get(str(split).strip().lower())
+        if key is None:
+            raise RlgfError(f"{path}, line {n}: unknown split {split!r}", "use train, val or test")
+        by_split[key].append(example)
+    if unsplit:
+        order = list(range(len(unsplit)))
+        random.Random(seed).shuffle(order)
+        n_test = n_val = max(1, len(order) // 10) if len(order) >= 10 else 0
+        for rank, i in enumerate(order):
+            key = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+            by_split[key].append(unsplit[i])
+    return by_split
+
+
+def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | None) -> Example:
+    prompt = row.get(prompt_field)
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RlgfError(f"{path}, line {n}: '{prompt_field}' is {'missing' if prompt is None else 'not a text'}",
+                        "every row needs a non-empty prompt text")
+    refs: tuple[str, ...] = ()
+    if ref_field is not None:
+        value = row.get(ref_field)
+        if isinstance(value, str):
+            refs = (value,) if value else ()
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            refs = tuple(v for v in value if v)
+        elif value is not None:
+            raise RlgfError(f"{path}, line {n}: '{ref_field}' must be a text or a list of texts")
+    return Example(prompt=prompt, references=refs, target=refs[0] if refs else "", meta={"line": n})

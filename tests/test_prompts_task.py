@@ -1,0 +1,186 @@
+"""``--task prompts``: a JSONL or CSV prompts file of the user's, with a Python reward, trains
+(PPO and PPO++ with a tiny model) and evaluates; bad files and rewards are one [error] line."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from backends.errors import RlgfError
+from rlgf_cli.app import app
+from tasks import get_task
+from tasks.prompts import PromptsTask
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+REWARD = '''
+def reward(prompts, completions, references):
+    return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
+
+def broken(prompts, completions, references):
+    raise ValueError("the reward service is down")
+
+def short(prompts, completions, references):
+    return [0.0]
+'''
+
+
+def rows(n: int = 30, split: bool = False) -> list[dict]:
+    out = []
+    for i in range(n):
+        row = {"prompt": f"Write about item {i}:", "reference": f" item {i} is a fine thing"}
+        if split:
+            row["split"] = "test" if i < 4 else "val" if i < 8 else "train"
+        out.append(row)
+    return out
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows()) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    path = tmp_path / "prompts.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["question", "answer", "split"])
+        writer.writeheader()
+        for r in rows(split=True):
+            writer.writerow({"question": r["prompt"], "answer": r["reference"], "split": r["split"]})
+    return path
+
+
+@pytest.fixture
+def reward_file(tmp_path):
+    path = tmp_path / "my_reward.py"
+    path.write_text(REWARD, encoding="utf-8")
+    return path
+
+
+def _train(tmp_path, learner, data, reward, *extra, alg="ppo", out="run"):
+    args = ["train", "--task", "prompts", "--data", str(data), "--reward", f"{reward}:reward", "--learner",
+            str(learner), "--alg", alg, "--iterations", "2", "--episodes", "4", "--epochs", "1", "--max-new-tokens",
+            "6", "--device", "cpu", "--lr", "1e-3", "--out", str(tmp_path / out), "--quiet", *extra]
+    if alg != "ppo":
+        args += ["--guide", str(learner)]
+    return runner.invoke(app, args)
+
+
+def _error(result) -> str:
+    lines = [x for x in result.output.splitlines() if x.startswith("[error]")]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_seeded_split_and_the_file_s_own_split(jsonl, csv_file):
+    task = PromptsTask(data=jsonl)
+    sizes = {k: len(v) for k, v in task.splits().items()}
+    assert sizes == {"train": 24, "val": 3, "test": 3}
+    assert PromptsTask(data=jsonl).examples("test") == task.examples("test")  # seeded
+    assert {k: len(v) for k, v in PromptsTask(data=jsonl, seed=1).splits().items()} == sizes
+    assert PromptsTask(data=jsonl, seed=1).examples("test") != task.examples("test")
+    mapped = PromptsTask(data=csv_file, prompt_field="question", reference_field="answer")
+    assert {k: len(v) for k, v in mapped.splits().items()} == {"train": 22, "val": 4, "test": 4}
+    first = mapped.examples("test")[0]
+    assert first.prompt == "Write about item 0:" and first.references == (" item 0 is a fine thing",)
+    assert first.target == " item 0 is a fine thing"
+
+
+@pytest.mark.parametrize("alg", ["ppo", "ppo++"])
+def test_jsonl_trains_and_evaluates(tmp_path, tiny_causal_dir, jsonl, reward_file, alg):
+    result = _train(tmp_path, tiny_causal_dir, jsonl, reward_file, alg=alg)
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [1, 2] and all(0 <= m["reward_mean"] <= 1 for m in metrics)
+    report = tmp_path / "eval.json"
+    result = runner.invoke(app, ["eval", "--task", "prompts", "--data", str(jsonl), "--reward", f"{reward_file}:reward",
+                                 "--checkpoint", str(tmp_path / "run" / "final"), "--max-new-tokens", "6",
+                                 "--device", "cpu", "--quiet", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    got = json.loads(report.read_text())["results"][0]["metrics"]
+    assert set(got) == {"reward", "length", "perplexity", "output_perplexity"}
+    assert 0 <= got["reward"] <= 1 and got["perplexity"] > 1
+
+
+def test_csv_with_mapped_columns_trains(tmp_path, tiny_causal_dir, csv_file, reward_file):
+    result = _train(tmp_path, tiny_causal_dir, csv_file, reward_file, "--prompt-field", "question",
+                    "--reference-field", "answer")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["task_info"]["splits"] == {"train": 22, "val": 4, "test": 4}
+
+
+def test_a_test_only_file_evaluates(tmp_path, tiny_causal_dir, reward_file):
+    path = tmp_path / "test_only.jsonl"
+    path.write_text("\n".join(json.dumps({**r, "split": "test"}) for r in rows(5)), encoding="utf-8")
+    result = runner.invoke(app, ["eval", "--task", "prompts", "--data", str(path), "--reward", f"{reward_file}:reward",
+                                 "--policy", str(tiny_causal_dir), "--max-new-tokens", "4", "--device", "cpu",
+                                 "--reference", "none", "--quiet", "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "e.json").read_text())["results"][0]["n"] == 5
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "holds no rows"),
+    ('{"prompt": "a"}\n{"prompt": \n', "line 2: not valid JSON"),
+    ('{"text": "a"}\n', "no 'prompt' field (fields: text)"),
+    ('{"prompt": ""}\n', "line 1: 'prompt' is not a text"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}\n', "chat rows"),
+    ('{"prompt": "a", "split": "holdout"}\n', "unknown split 'holdout'"),
+    ('[1, 2]\n', "line 1: a JSON list, not an object"),
+])
+def test_bad_files_are_one_clear_error(tmp_path, tiny_causal_dir, reward_file, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    line = _error(_train(tmp_path, tiny_causal_dir, path, reward_file))
+    assert message in line and str(path) in line
+
+
+def test_bad_options_and_rewards_are_one_clear_error(tmp_path, tiny_causal_dir, jsonl, reward_file):
+    assert "no 'question' field" in _error(_train(tmp_path, tiny_causal_dir, jsonl, reward_file,
+                                                  "--prompt-field", "question"))
+    assert "raised ValueError: the reward service is down" in _error(runner.invoke(app, [
+        "train", "--task", "prompts", "--data", str(jsonl), "--reward", f"{reward_file}:broken", "--learner",
+        str(tiny_causal_dir), "--iterations", "1", "--episodes", "4", "--max-new-tokens", "4", "--device", "cpu",
+        "--out", str(tmp_path / "b"), "--quiet"]))
+    assert "returned 1 values for 4 completions" in _error(runner.invoke(app, [
+        "train", "--task", "prompts", "--data", str(jsonl), "--reward", f"{reward_file}:short", "--learner",
+        str(tiny_causal_dir), "--iterations", "1", "--episodes", "4", "--max-new-tokens", "4", "--device", "cpu",
+        "--out", str(tmp_path / "c"), "--quiet"]))
+    no_reward = runner.invoke(app, ["train", "--task", "prompts", "--data", str(jsonl), "--learner",
+                                    str(tiny_causal_dir), "--iterations", "1", "--device", "cpu",
+                                    "--out", str(tmp_path / "d"), "--quiet"])
+    assert "no reward of its own" in _error(no_reward)
+    assert not (tmp_path / "d").exists()
+    assert "needs --data" in _error(runner.invoke(app, ["train", "--task", "prompts", "--reward",
+                                                        f"{reward_file}:reward", "--quiet"]))
+
+
+def test_an_empty_split_says_which(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({**r, "split": "train"}) for r in rows(5)), encoding="utf-8")
+    task = get_task("prompts", data=str(path))
+    assert len(task.examples("train")) == 5
+    with pytest.raises(RlgfError, match="no test rows"):
+        task.examples("test")
+
+
+def test_the_shipped_example_loads_and_its_reward_scores():
+    from pathlib import Path
+
+    from tasks.custom_reward import CustomReward
+
+    root = Path(__file__).resolve().parents[1] / "tasks" / "examples"
+    task = get_task("prompts", data=str(root / "critic_snippets.jsonl"), reward=f"{root / 'upbeat.py'}:reward")
+    assert {k: len(v) for k, v in task.splits().items()} == {"train": 240, "val": 30, "test": 30}
+    reward = CustomReward(f"{root / 'upbeat.py'}:reward")
+    good, bad, flat = reward(["a"] * 3, ["a wonderful, moving film", "a dull and boring mess", "a film"], [[]] * 3)
+    assert good > flat == 0.5 > bad
