@@ -42,7 +42,7 @@ def regression_folder(folder: Path) -> Path:
 
 
 def test_a_class_or_a_raw_score(tmp_path):
-    folder = make_tiny_classifier(tmp_path / "cls", label2id={"bad": 0, "good": 1, "meh": 2})
+    folder = make_tiny_classifier(tmp_path / "cls", label2id={"bad": 0, "good": 1})
     with pytest.raises(RlgfError, match="which one is the reward"):
         ModelReward(folder)
     by_name, by_index = ModelReward(folder, label="GOOD"), ModelReward(folder, label="1")
