@@ -26,7 +26,7 @@ def test_unknown_task_suggests_close_names():
     assert "rotten-tomatoes" in err.value.hint
     with pytest.raises(RlgfError) as err:
         tasks.get_task("zzz")
-    assert "did you mean" not in err.value.message and "known tasks: commongen, imdb, rotten-tomatoes" in err.value.hint
+    assert "did you mean" not in err.value.message and "known tasks: commongen, imdb, prompts, rotten-tomatoes" in err.value.hint
 
 
 def test_options_are_checked_and_none_means_default(tmp_path):
