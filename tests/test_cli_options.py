@@ -68,7 +68,7 @@ def test_rendered_help_keeps_the_defaults():
 
 def _other_value(f: dataclasses.Field):
     special = {"task": "imdb", "alg": "aggrevate", "device": "cpu", "aggrevated_advantage": "gae",
-               "lr_schedule": "linear"}
+               "lr_schedule": "linear", "precision": "bf16"}
     if f.name in special:
         return special[f.name]
     if isinstance(f.default, bool):
@@ -109,8 +109,9 @@ def test_print_config_merges_file_and_flags_and_loads_nothing(tmp_path):
     assert "torch loaded: False" in proc.stderr
     got = tomllib.loads(proc.stdout)["train"]
     assert (got["alg"], got["guide"], got["episodes"], got["seed"]) == ("ppo++", "hf:guide", 8, 3)
-    assert got["learner"] == "hf:does-not-exist" and got["gamma"] == 0.99 and "lr" not in got
-    assert "# lr = (default: 1e-6; BC 1e-5)" in proc.stdout
+    assert got["learner"] == "hf:does-not-exist" and got["gamma"] == 0.99
+    assert got["lr"] == 5e-5 and got["epochs"] == 2  # rotten-tomatoes' own CPU-sized defaults
+    assert "# max_new_tokens = (default: the task's)" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my.toml"]  # no run folder made
 
 
