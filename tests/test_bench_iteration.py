@@ -35,3 +35,25 @@ def test_word_tokenizer_has_gpt2_vocabulary():
     task = bench.BenchTask(3, 64, 48, 50256)
     assert all(len(tok(ex.prompt)["input_ids"]) == 64 for ex in task.examples("train"))
     assert task.reward(["p"], ["w7 w1"], task.examples("train")[:1]) == [pytest.approx(1 / 5)]
+
+
+def test_embedded_preset_tables_render_every_phase():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import iteration_embedded as ie
+
+    def result(name, scale):
+        seconds = {p: scale * (i + 1) for i, p in enumerate(ie.PHASES)}
+        return {"precision": name, "precision_reason": "test", "seconds": seconds, "iteration_s": sum(seconds.values()),
+                "gflops": {p: 10.0 / scale for p in ("rollout", "reward", "forward", "update")},
+                "roofline_gflops": 40.0 / scale, "peak_rss_gib": 1.5,
+                "checkpoint": {"snapshot_s": 0.1, "background_write_s": 2.0, "foreground_write_s": 2.5},
+                "reward_mean": 0.5}
+
+    both = ie.table([result("fp32", 2.0), result("bf16", 1.0)])
+    assert all(f"| {p} |" in both for p in ie.PHASES) and "| **iteration** | **30.0** | **15.0** | **2.00×**" in both
+    assert "the update reaches 25% and 25% of them" in both
+    one = ie.single(result("fp32", 2.0))
+    assert "| update | 8.00 | 5.0 |" in one and "snapshot 0.10 s" in one
