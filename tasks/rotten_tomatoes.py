@@ -412,7 +412,7 @@ class RottenTomatoesTask(SentimentContinuationTask):
         "fine-tuned on the train split"
     )
     #: sized for a CPU, not the paper's (this is the offline stand-in for IMDB): an iteration of
-    #: the embedded default is about half a minute on 2 cores; lr 5e-5 is what the reproduction
+    #: the embedded default takes 60-80 s on 2 cores; lr 5e-5 is what the reproduction
     #: chose on the validation split (bench/results/rotten-tomatoes-cpu)
     train_defaults = {"iterations": 10, "episodes": 32, "epochs": 2, "lr": 5e-5}  # minibatches: min(16, episodes)
 
