@@ -149,8 +149,7 @@ class SentimentReward:
         self.precision = None
 
     def use_precision(self, precision) -> None:
-        """Score in ``precision`` (a :class:`~backends.precision.Precision`): bf16 weights and
-        autocast under bf16; under fp32 nothing changes."""
+        """Score in ``precision`` (a :class:`~backends.precision.Precision`): under bf16, bf16 weights and autocast."""
         self.precision = precision
         if precision is not None and precision.bf16:
             self.model.to(precision.frozen_dtype)
@@ -239,9 +238,8 @@ def classifier_key(
 ) -> str:
     """The cache folder name: ``<name>-minilm-<hash of data, recipe and encoder>``."""
     digest = hashlib.sha256()
-    training = asdict(config)
-    if training.get("precision") == "fp32":  # the key of every classifier trained before the field
-        del training["precision"]
+    # fp32 keeps the key of every classifier trained before the precision field existed
+    training = {k: v for k, v in asdict(config).items() if not (k == "precision" and v == "fp32")}
     header = {"recipe": RECIPE_VERSION, "training": training, "encoder": encoder}
     digest.update(json.dumps(header, sort_keys=True).encode())
     for split in (train, test):
