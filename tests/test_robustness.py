@@ -88,8 +88,11 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path, tiny_causal_dir, tin
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = _args(tiny_causal_dir, tiny_reward_dir, out, 1000) + ["--save-every", "0"]
+    # Ctrl-C's default action even where this test runs in the background of a shell (which
+    # starts its children with SIGINT ignored)
     proc = subprocess.Popen([sys.executable, "-m", "rlgf_cli", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 1):
         assert proc.poll() is None, proc.stderr.read()

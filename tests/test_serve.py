@@ -235,6 +235,8 @@ def test_serve_command_runs_until_ctrl_c(tiny_causal_dir, tmp_path):
         [sys.executable, "-m", "rlgf_cli", "serve", "--policy", f"hf:{tiny_causal_dir}", "--port", "0",
          "--model-name", "tiny", "--device", "cpu"],
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        # Ctrl-C's default action even under a shell's background job (SIGINT ignored there)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         line = proc.stderr.readline()
