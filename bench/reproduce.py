@@ -99,17 +99,25 @@ def run_training(name: str, out: Path, args, seed: int, **overrides) -> Path:
     return Path(summary["out"])
 
 
-def evaluate(policies: dict[str, str], args, seed: int, split: str = "test") -> dict[str, dict]:
+def evaluate(policies: dict[str, str], args, seed: int, split: str = "test", seeds: int = 1) -> dict[str, dict]:
+    """Metrics by row name at ``seed``; with ``seeds`` > 1, ``{seed: metrics}`` by row name for
+    seeds ``seed`` … ``seed + seeds - 1`` (one process, the models loaded and their reference
+    perplexities computed once)."""
     from rlgf_cli.evaluation.evaluate import run_eval
 
     task_options = {"max_new_tokens": setting(args, "max_new_tokens")}
     if args.reward_model:
         task_options["reward_model"] = args.reward_model
+    limit = setting(args, "eval_limit")
     report = run_eval(
-        list(dict.fromkeys(policies.values())), task_name=args.task, split=split, limit=setting(args, "eval_limit"),
-        seed=seed, reference_spec=args.learner, task_options=task_options, device=args.device, batch_size=32,
+        list(dict.fromkeys(policies.values())), task_name=args.task, split=split, limit=limit, seed=seed,
+        seeds=seeds, reference_spec=args.learner, task_options=task_options, device=args.device,
+        batch_size=min(128, limit),  # one batch: on a CPU, 128 rows decode 40 % faster than 4 batches of 32
     )
-    by_spec = {r["policy"]: r["metrics"] for r in report["results"]}
+    if seeds > 1:
+        by_spec = {r["policy"]: {run["seed"]: run["metrics"] for run in r["per_seed"]} for r in report["results"]}
+    else:
+        by_spec = {r["policy"]: r["metrics"] for r in report["results"]}
     return {name: by_spec[spec] for name, spec in policies.items()}
 
 

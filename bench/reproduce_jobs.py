@@ -1,7 +1,8 @@
 """The reproduction's units of work and the scheduler that runs them on every core.
 
 One job is one training run with the evaluation of its model, one learning-rate trial, the
-guide's training, or the evaluation of the initial learner or of the guide at one seed. Each
+guide's training, or the evaluation of the initial learner or of the guide (every seed in one
+job: each is one model, so it is loaded and its reference perplexity computed once). Each
 job writes ``jobs/NAME.json`` when it finishes, so an interrupted reproduction keeps what it
 finished (``--collect`` turns those files into the tables). Jobs wait for what they need:
 every RL row for the learning rate (all trials done), the guided and warm-started rows and the
@@ -45,14 +46,22 @@ def plan(args, rows) -> list[Job]:
     jobs = [Job("guide", "guide", seed=GUIDE_SEED)]
     grid = [float(x) for x in (args.lr_grid or "").split(",") if x.strip()]
     jobs += [Job(f"lr-{lr:g}", "lr", seed=1000, lr=lr) for lr in grid]
+    row_jobs = []
     for seed in range(args.seeds):
         for label, alg, warm in rows:
             needs = {"lr"} | ({"guide"} if alg != "ppo" or warm else set())
-            jobs.append(Job(f"s{seed}-{slug(label)}", "row", seed=seed, label=label, alg=alg, warm=warm, needs=needs))
-    for seed in range(args.seeds):
-        jobs.append(Job(f"s{seed}-initial", "initial", seed=seed, label=INITIAL))
-        jobs.append(Job(f"s{seed}-guide", "guide-eval", seed=seed, label=GUIDE, needs={"guide"}))
+            row_jobs.append(Job(f"s{seed}-{slug(label)}", "row", seed=seed, label=label, alg=alg, warm=warm,
+                                needs=needs))
+    # longest first, so the short ones fill the end (a stable sort: seed order within a cost)
+    jobs += sorted(row_jobs, key=lambda j: -COST.get(j.alg, 1.0))
+    # the initial learner and the guide are one model each: one job evaluates every seed
+    jobs.append(Job("initial", "initial", label=INITIAL))
+    jobs.append(Job("guide-eval", "guide-eval", label=GUIDE, needs={"guide"}))
     return jobs
+
+
+#: relative cost of a row's training (measured: LOLS rolls out with both models)
+COST = {"lols": 1.3, "d2lols": 1.15, "aggrevated": 1.15, "ppo++": 1.05, "ppo": 1.0}
 
 
 def slug(label: str) -> str:
@@ -77,10 +86,12 @@ def run_job(job: Job, args, out: Path, lr: float) -> dict:
         result = {"run": str(R.train_bc(out, args, job.seed, name="guide"))}
     elif job.kind == "lr":
         result = R.lr_trial(args, out / "lr-selection", job.lr)
-    elif job.kind == "initial":
-        result = {"metrics": R.evaluate({INITIAL: args.learner}, args, job.seed)[INITIAL]}
-    elif job.kind == "guide-eval":
-        result = {"metrics": R.evaluate({GUIDE: guide_final}, args, job.seed)[GUIDE], "run": str(guide_dir(out))}
+    elif job.kind in ("initial", "guide-eval"):
+        spec = args.learner if job.kind == "initial" else guide_final
+        by_seed = R.evaluate({job.label: spec}, args, 0, seeds=args.seeds)[job.label]
+        result = {"per_seed": {str(s): m for s, m in by_seed.items()}}
+        if job.kind == "guide-eval":
+            result["run"] = str(guide_dir(out))
     else:
         guided = job.alg != "ppo"
         run = R.run_training(slug(job.label), out / f"seed{job.seed}", args, job.seed, alg=job.alg, lr=lr,
@@ -161,9 +172,12 @@ def gather(jobs: list[Job], done: dict[str, dict], seeds: int) -> tuple[list[dic
     """Per seed (those with at least one finished row): metrics and run folders by row label."""
     per_seed, runs_by_seed, used = [], [], []
     order = [INITIAL, GUIDE] + [j.label for j in jobs if j.kind == "row" and j.seed == 0]
+    fixed = {j.label: done[j.name] for j in jobs if j.kind in ("initial", "guide-eval") and j.name in done}
     for seed in range(seeds):
-        mine = {j.label: done[j.name] for j in jobs if j.seed == seed and j.name in done
-                and j.kind in ("row", "initial", "guide-eval")}
+        mine = {j.label: done[j.name] for j in jobs if j.seed == seed and j.name in done and j.kind == "row"}
+        for label, result in fixed.items():  # one job, every seed: this seed's metrics
+            if str(seed) in result.get("per_seed", {}):
+                mine[label] = {**result, "metrics": result["per_seed"][str(seed)]}
         if not mine:
             continue
         per_seed.append({label: mine[label]["metrics"] for label in order if label in mine})

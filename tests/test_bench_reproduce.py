@@ -39,7 +39,10 @@ def test_reproduce_tiny(tmp_path, tiny_causal_dir, tiny_reward_dir):
     # one guide for every seed; every job left its result file; the guide's model is dropped at the end
     assert (out / "guide" / "metrics.jsonl").is_file() and not (out / "seed0" / "bc").exists()
     assert not (out / "guide" / "final").exists()
-    assert len(list((out / "jobs").glob("*.json"))) == 1 + 2 + 2 * 7 + 2 * 2 == len(data["job_seconds"])
+    # (guide, 2 lr trials, 7 rows per seed, one evaluation job each for the initial learner and the guide)
+    assert len(list((out / "jobs").glob("*.json"))) == 1 + 2 + 2 * 7 + 2 == len(data["job_seconds"])
+    # those two are one model each: their reference perplexity is the same at both seeds
+    assert rows["initial learner"]["perplexity"]["std"] == 0 == rows["BC (guide)"]["perplexity"]["std"]
     # the tables can be rebuilt from the job files alone
     again = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),

@@ -55,6 +55,8 @@ def test_two_checkpoints_and_an_api_policy_side_by_side(tmp_path, assets, tiny_c
         assert 0.0 <= r["metrics"]["sentiment"] <= 1.0
         assert r["metrics"]["sentiment"] == pytest.approx(
             sum(s["metrics"]["sentiment"] for s in r["per_seed"]) / 2)
+    for r in data["results"][:2]:  # one model, one set of references: the same perplexity at every seed
+        assert r["metrics_std"]["perplexity"] == 0.0
     api = data["results"][2]
     assert "perplexity" not in api["metrics"]  # an API model cannot score text
     assert "output_perplexity" in api["metrics"]  # …but the reference model scores its output
@@ -76,6 +78,25 @@ def test_two_checkpoints_and_an_api_policy_side_by_side(tmp_path, assets, tiny_c
     assert sum(first) / 4 == pytest.approx(api["per_seed"][0]["metrics"]["sentiment"], abs=1e-6)
     text = md.read_text()
     assert text.count("\n| ") == 4 and "openai:tiny" in text and " ± " in text
+
+
+def test_a_frozen_model_scores_the_same_texts_once():
+    from rlgf_cli.evaluation.evaluate import remember_scores
+
+    class Scorer:
+        calls = 0
+
+        def sequence_nll(self, contexts, texts, batch_size=16):
+            self.calls += 1
+            return [(float(len(t)), len(t)) for t in texts]
+
+    scorer = Scorer()
+    remember_scores(scorer)
+    remember_scores(scorer)  # a second wrap is a no-op
+    assert scorer.sequence_nll(["", "a"], ["xy", "z"]) == [(2.0, 2), (1.0, 1)]
+    assert scorer.sequence_nll(["", "a"], ["xy", "z"], 4) == [(2.0, 2), (1.0, 1)] and scorer.calls == 1
+    assert scorer.sequence_nll(["", "a"], ["xy", "zz"]) == [(2.0, 2), (2.0, 2)] and scorer.calls == 2
+    remember_scores(None)  # nothing to wrap (an API policy)
 
 
 def test_deterministic_decoding_runs_once(tmp_path, assets):

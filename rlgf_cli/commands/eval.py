@@ -73,7 +73,7 @@ def eval_command(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Continuation length (default: the task's).", rich_help_panel=_DEC)] = None,
     device: Device = "auto",
     precision: Precision = "auto",
-    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 64,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON to FILE ('-' for stdout).", rich_help_panel=_OUT)] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown to FILE.", rich_help_panel=_OUT)] = None,
     samples: Annotated[Optional[Path], typer.Option(help="Write every generation as JSONL to FILE (prompt, completion, reference, scores).", rich_help_panel=_OUT)] = None,

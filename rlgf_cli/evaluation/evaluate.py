@@ -293,11 +293,13 @@ def run_eval(
     if reference is not None:
         freeze_in(reference, prec)
     seed_list = [seed + i for i in range(seeds)]
+    remember_scores(reference)
     results = []
     for spec in specs:
         remote = policy_class(spec).remote  # loaded per seed (its requests are seeded), closed after
         shared = reference is not None and spec == ref_spec
         local = None if remote else (reference if shared else resolve(spec, device=dev))
+        remember_scores(local)
         runs, rows, decoding_text = [], [], ""
         for s in seed_list:
             if runs and sampling.is_deterministic:  # beam search falls back to greedy: deterministic too
@@ -321,6 +323,23 @@ def run_eval(
         del local  # free memory before the next policy
     return {"results": results, "metric_names": metric_names(task),
             "task_info": {**ref_facts, **task.info(), **prec.info()}}
+
+
+def remember_scores(model) -> None:
+    """Make a frozen local model's ``sequence_nll`` remember what it scored: the perplexity of
+    the references under a policy is the same at every seed, and is computed once."""
+    inner = getattr(model, "sequence_nll", None)
+    if not callable(inner) or "sequence_nll" in vars(model):
+        return
+    memo: dict[tuple, list] = {}
+
+    def sequence_nll(contexts, texts, batch_size=None):
+        key = (tuple(contexts), tuple(texts))
+        if key not in memo:
+            memo[key] = list(inner(contexts, texts) if batch_size is None else inner(contexts, texts, batch_size))
+        return list(memo[key])
+
+    model.sequence_nll = sequence_nll
 
 
 def summarise(spec: str, task: Task, split: str, n: int, decoding: str, runs: list[dict], rows: list[dict]) -> dict:
