@@ -102,6 +102,12 @@ class Task:
     def apply_precision(self) -> None:
         """Give the loaded scoring models :attr:`precision` (nothing to do by default)."""
 
+    def prompts_for(self, examples: Sequence[Example], policy=None) -> list[str]:
+        """The prompt texts ``policy`` reads for ``examples``: the examples' own prompts, or
+        (``--task prompts``) a chat rendered with the policy's template. Rewards and metrics
+        keep seeing the examples' plain ``prompt``."""
+        return [ex.prompt for ex in examples]
+
     def examples(self, split: str) -> list[Example]:
         """The examples of ``split`` (one of :data:`SPLITS`), in a fixed order."""
         raise NotImplementedError

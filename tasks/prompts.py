@@ -1,21 +1,24 @@
 """``--task prompts``: your own prompts, with the reward you bring.
 
 ``--data FILE`` is JSON lines (``.jsonl``/``.json``), CSV (``.csv``) or Parquet
-(``.parquet``). Each row has a ``prompt`` (text; another column with ``--prompt-field``),
-optionally a ``reference`` (text) or ``references`` (a list of texts; another column with
-``--reference-field``) and a ``split`` (``train``, ``val`` or ``test``). Without a split
-column the rows are split 80/10/10 with a seeded shuffle, as the built-in tasks are. Chat rows
-(a ``messages`` list) are refused for now with a clear error: chat templates are not wired
-into this task yet.
+(``.parquet``), or ``hf:NAME[:SPLIT]`` for a Hugging Face dataset (a hub name, online or in the
+local datasets cache, or a local dataset folder). Each row has a ``prompt`` (text; another
+column with ``--prompt-field``) or ``messages`` (a chat: a list of ``{"role", "content"}``
+turns, rendered with each model's chat template — see :mod:`tasks.chat` and
+``--chat-template``), optionally a ``reference`` (text) or ``references`` (a list of texts;
+another column with ``--reference-field``) and a ``split`` (``train``, ``val`` or ``test``).
+Without a split column the rows are split 80/10/10 with a seeded shuffle, as the built-in
+tasks are (a dataset's own train/validation/test splits are kept).
 
 The task has no reward of its own: training needs one of yours, one of three kinds —
 ``--reward module:function`` (or ``path/to/file.py:function``; see :mod:`tasks.custom_reward`),
 ``--reward-model DIR`` (any sequence-classification folder, ``--reward-label`` picks the class;
 :mod:`tasks.scoring.model_reward`) or ``--reward-url URL`` (a service of yours;
 :mod:`tasks.scoring.http_reward`). Its metrics are the mean ``reward`` (when there is one),
-``length`` (mean words per completion), ``perplexity`` of the references under the policy
-(when the rows have references) and ``output_perplexity`` of the completions under the
-reference model. BC clones the first reference of each train row.
+``length`` (mean words per completion), ``perplexity`` of the references under the policy,
+``bleu4`` and ``rouge_l`` (pycocoevalcap, as CommonGen's, on PTB-tokenized text) when the rows
+have references, and ``output_perplexity`` of the completions under the reference model. BC
+clones the first reference of each train row.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class PromptsTask(Task):
     data_source = "--data FILE: rows with a prompt, optionally reference(s) and a split"
     default_learner = "smollm2"
     reward_name = "yours: --reward module:function, --reward-model DIR or --reward-url URL (one is needed to train)"
-    metric_names = ("length", "perplexity", "output_perplexity")
+    metric_names = ("length", "bleu4", "rouge_l", "perplexity", "output_perplexity")
     train_sampling = Sampling(do_sample=True, top_k=50)
     eval_sampling = Sampling(do_sample=True, top_k=50)
 
@@ -52,15 +55,19 @@ class PromptsTask(Task):
                  reference_field: str | None = None, reward: str | None = None, reward_model: str | None = None,
                  reward_label: str | None = None, reward_url: str | None = None, seed: int = 42,
                  max_new_tokens: int = 48, min_new_tokens: int = 1, prompt_max_tokens: int = 256,
-                 device: str | None = None) -> None:
+                 chat_template: str = "auto", device: str | None = None) -> None:
+        from tasks.chat import ChatPrompts
+
         if data is None:
             raise RlgfError("--task prompts needs --data FILE",
-                            "a JSON lines, CSV or Parquet file whose rows have a 'prompt' (see `rlgf tasks`)")
+                            "a JSON lines, CSV or Parquet file (or hf:NAME[:SPLIT]) whose rows have a 'prompt' "
+                            "or 'messages' (see `rlgf tasks`)")
+        self.chat = ChatPrompts(chat_template)
         if int(max_new_tokens) < 1:
             raise RlgfError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         if not 0 <= int(min_new_tokens) <= int(max_new_tokens):
             raise RlgfError(f"min_new_tokens must be between 0 and max_new_tokens ({max_new_tokens})")
-        self.path = Path(data).expanduser()
+        self.path = Path(data).expanduser() if not str(data).startswith(HF_PREFIX) else str(data)
         self.prompt_field = str(prompt_field)
         self.reference_field = reference_field
         self.seed = int(seed)
@@ -107,6 +114,9 @@ class PromptsTask(Task):
                             f"give some rows \"split\": \"{split}\", or leave the split column out for a seeded "
                             "80/10/10 split")
         return splits[split]
+
+    def prompts_for(self, examples, policy=None) -> list[str]:
+        return self.chat.texts(examples, policy)
 
     def bc_examples(self) -> list[Example]:
         rows = [ex for ex in self.examples("train") if ex.target]
@@ -161,11 +171,15 @@ class PromptsTask(Task):
         if completions:
             out["length"] = sum(len(c.split()) for c in completions) / len(completions)
         refs = [ref for ex in examples for ref in ex.references]
-        contexts = [ex.prompt for ex in examples for _ in ex.references]
+        if completions and examples and all(ex.references for ex in examples):
+            out.update(overlap_metrics(completions, [ex.references for ex in examples]))
         if can_score(policy) and refs:
+            rendered = self.prompts_for(examples, policy)  # a chat scored as the policy reads it
+            contexts = [text for ex, text in zip(examples, rendered) for _ in ex.references]
             out["perplexity"] = corpus_perplexity(policy, contexts, refs)
         if can_score(reference_policy) and completions:
-            out["output_perplexity"] = corpus_perplexity(reference_policy, list(prompts), list(completions))
+            contexts = self.prompts_for(examples, reference_policy) if len(examples) == len(completions) else prompts
+            out["output_perplexity"] = corpus_perplexity(reference_policy, list(contexts), list(completions))
         return out
 
     def info(self) -> dict:
@@ -174,13 +188,34 @@ class PromptsTask(Task):
         if self.reward_spec is not None:
             flag, value = self.reward_spec
             reward = f"{flag} {value}"
+        chats = sum(1 for rows in splits.values() for ex in rows if "messages" in ex.meta)
         return {"task": self.name, "data": str(self.path), "split_seed": self.seed,
-                "splits": {k: len(v) for k, v in splits.items()}, "reward": reward}
+                "splits": {k: len(v) for k, v in splits.items()}, "reward": reward,
+                "chat_rows": chats, "chat_template": self.chat.mode}
+
+
+def overlap_metrics(completions, references) -> dict[str, float]:
+    """Corpus BLEU-4 and ROUGE-L of the completions against their references (pycocoevalcap,
+    on the Python PTB tokenization, so no Java is needed)."""
+    from tasks.scoring.coco_metrics import PTBTokenizer, bleu4, rouge_l
+
+    tokenizer = PTBTokenizer("python")
+    hyps, refs = tokenizer(list(completions)), tokenizer.refs(list(references))
+    return {"bleu4": bleu4(hyps, refs)[0], "rouge_l": rouge_l(hyps, refs)[0]}
 
 
 # -- reading ----------------------------------------------------------------------
-def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line, row)`` pairs of a prompts file (line numbers as an editor shows them)."""
+HF_PREFIX = "hf:"
+
+
+def read_rows(path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line, row)`` pairs of a prompts file (line numbers as an editor shows them), or of an
+    ``hf:NAME[:SPLIT]`` dataset (row numbers from 1)."""
+    if isinstance(path, str) and path.startswith(HF_PREFIX):
+        from tasks.hub_rows import hub_rows
+
+        yield from hub_rows(path[len(HF_PREFIX):])
+        return
     if not path.is_file():
         raise RlgfError(f"prompts file not found: {path}", "pass --data FILE (a .jsonl, .csv or .parquet file)")
     kind = FORMATS.get(path.suffix.lower())
@@ -241,10 +276,7 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
     if not rows:
         raise RlgfError(f"{path} holds no rows", "add rows with a 'prompt', one per line (JSONL) or row (CSV)")
     first = rows[0][1]
-    if prompt_field not in first:
-        if "messages" in first:
-            raise RlgfError(f"{path}: chat rows ('messages') are not supported by --task prompts yet",
-                            "give each row a 'prompt' text instead")
+    if prompt_field not in first and not (prompt_field == "prompt" and "messages" in first):
         raise RlgfError(f"{path}, line {rows[0][0]}: no '{prompt_field}' field (fields: {', '.join(map(str, first))})",
                         "name the prompt column with --prompt-field")
     ref_field = reference_field or next((f for f in ("references", "reference") if f in first), None)
@@ -275,9 +307,16 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
 
 def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | None) -> Example:
     prompt = row.get(prompt_field)
+    meta: dict = {"line": n}
+    if prompt is None and row.get("messages") is not None:
+        from tasks.chat import parse_messages, plain_text
+
+        meta["messages"] = parse_messages(row["messages"], path, n)
+        prompt = plain_text(meta["messages"])
     if not isinstance(prompt, str) or not prompt.strip():
-        raise RlgfError(f"{path}, line {n}: '{prompt_field}' is {'missing' if prompt is None else 'not a text'}",
-                        "every row needs a non-empty prompt text")
+        what = f"'{prompt_field}'" + (" (or 'messages')" if prompt_field == "prompt" else "")
+        raise RlgfError(f"{path}, line {n}: {what} is {'missing' if prompt is None else 'not a text'}",
+                        "every row needs a non-empty prompt text or a chat")
     refs: tuple[str, ...] = ()
     if ref_field is not None:
         value = row.get(ref_field)
@@ -287,4 +326,4 @@ def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | 
             refs = tuple(v for v in value if v)
         elif value is not None:
             raise RlgfError(f"{path}, line {n}: '{ref_field}' must be a text or a list of texts")
-    return Example(prompt=prompt, references=refs, target=refs[0] if refs else "", meta={"line": n})
+    return Example(prompt=prompt, references=refs, target=refs[0] if refs else "", meta=meta)

@@ -106,7 +106,7 @@ def test_jsonl_trains_and_evaluates(tmp_path, tiny_causal_dir, jsonl, reward_fil
                                  "--device", "cpu", "--quiet", "--json", str(report)])
     assert result.exit_code == 0, result.output
     got = json.loads(report.read_text())["results"][0]["metrics"]
-    assert set(got) == {"reward", "length", "perplexity", "output_perplexity"}
+    assert set(got) == {"reward", "length", "bleu4", "rouge_l", "perplexity", "output_perplexity"}
     assert 0 <= got["reward"] <= 1 and got["perplexity"] > 1
 
 
@@ -132,8 +132,7 @@ def test_a_test_only_file_evaluates(tmp_path, tiny_causal_dir, reward_file):
     ("", "holds no rows"),
     ('{"prompt": "a"}\n{"prompt": \n', "line 2: not valid JSON"),
     ('{"text": "a"}\n', "no 'prompt' field (fields: text)"),
-    ('{"prompt": ""}\n', "line 1: 'prompt' is not a text"),
-    ('{"messages": [{"role": "user", "content": "hi"}]}\n', "chat rows"),
+    ('{"prompt": ""}\n', "line 1: 'prompt' (or 'messages') is not a text"),
     ('{"prompt": "a", "split": "holdout"}\n', "unknown split 'holdout'"),
     ('[1, 2]\n', "line 1: a JSON list, not an object"),
 ])

@@ -61,7 +61,11 @@ class HFPolicy(TokenPolicy):
         self.pad_id: int = int(tokenizer.pad_token_id)
         gen_cfg = getattr(model, "generation_config", None)
         eos: list[int] = []
-        for source in (tokenizer.eos_token_id, getattr(gen_cfg, "eos_token_id", None), model.config.eos_token_id):
+        from backends.hf.chat_template import end_of_turn_id  # a chat reply ends at the template's end of turn
+
+        turn_end = None if self.is_seq2seq else end_of_turn_id(tokenizer)
+        for source in (tokenizer.eos_token_id, getattr(gen_cfg, "eos_token_id", None), model.config.eos_token_id,
+                       turn_end):
             if source is None:
                 continue
             for token in source if isinstance(source, (list, tuple)) else [source]:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, Quiet, ReferenceField,
+from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, ChatTemplate, Quiet, ReferenceField,
                                        Reward, RewardLabel, RewardModel, RewardUrl, Task)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 from rlgf_cli.files import ensure_writable, write_atomic
@@ -30,6 +30,7 @@ def difficulty_command(
     data: Data = None,
     reward_model: RewardModel = None,
     prompt_field: PromptField = None,
+    chat_template: ChatTemplate = None,
     reference_field: ReferenceField = None,
     reward_label: RewardLabel = None,
     reward_url: RewardUrl = None,
@@ -83,7 +84,7 @@ def difficulty_command(
         specs,
         task_name=task, split=split, limit=limit, seed=seed, reference_spec=reference,
         task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
-                                  prompt_field=prompt_field, reference_field=reference_field,
+                                  prompt_field=prompt_field, reference_field=reference_field, chat_template=chat_template,
                                   reward_label=reward_label, reward_url=reward_url,
                                   max_new_tokens=max_new_tokens),
         device=device, precision=precision, batch_size=batch_size, decoding={"mode": decoding}, base_url=policy_base_url,

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, Quiet, ReferenceField,
+from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, ChatTemplate, Quiet, ReferenceField,
                                        Reward, RewardLabel, RewardModel, RewardUrl, Task)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 
@@ -47,6 +47,7 @@ def distill_command(
     data: Data = None,
     reward_model: RewardModel = None,
     prompt_field: PromptField = None,
+    chat_template: ChatTemplate = None,
     reference_field: ReferenceField = None,
     reward_label: RewardLabel = None,
     reward_url: RewardUrl = None,
@@ -83,7 +84,7 @@ def distill_command(
         then_iterations=then_iterations, eval_split=eval_split, eval_limit=eval_limit, seed=seed, device=device,
         precision=precision, batch_size=batch_size, max_new_tokens=max_new_tokens, overwrite=overwrite,
         task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
-                                  prompt_field=prompt_field, reference_field=reference_field,
+                                  prompt_field=prompt_field, reference_field=reference_field, chat_template=chat_template,
                                   reward_label=reward_label, reward_url=reward_url),
     )
     progress = TrainProgress(quiet=quiet)

@@ -168,7 +168,7 @@ def collect(guide, task, examples: list[Example], *, k: int, batch_prompts: int,
         while i < len(examples):
             batch = examples[i : i + size]
             try:
-                texts = guide.complete([ex.prompt for ex in batch for _ in range(k)], max_new_tokens=max_new,
+                texts = guide.complete([p for p in task.prompts_for(batch, guide) for _ in range(k)], max_new_tokens=max_new,
                                        min_new_tokens=min_new, sampling=sampling)
             except GuideBudgetExhausted as exc:
                 if size > 1:

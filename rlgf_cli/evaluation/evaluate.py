@@ -143,7 +143,7 @@ def generate_for(policy, task: Task, examples: list[Example], *, decoding: Sampl
     set_seed(seed)
     max_new = task.max_new_tokens
     return generate(
-        policy, [ex.prompt for ex in examples], task, sampling=decoding, max_new_tokens=max_new,
+        policy, task.prompts_for(examples, policy), task, sampling=decoding, max_new_tokens=max_new,
         min_new_tokens=min(task.min_new_tokens, max_new), batch_size=batch_size, progress=progress,
     )
 

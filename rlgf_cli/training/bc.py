@@ -50,7 +50,7 @@ class BCTrainer(TrainerBase):
         losses, tokens = [], 0
         for sl in chunks(len(examples), self.cfg.minibatch_size):
             mb = examples[sl]
-            query, qmask = self.policy.encode_prompts([ex.prompt for ex in mb], self.task.prompt_max_tokens)
+            query, qmask = self.policy.encode_prompts(self.task.prompts_for(mb, self.policy), self.task.prompt_max_tokens)
             # targets end with EOS, so the cloned policy learns where a reference stops
             target, tmask = self.policy.encode_responses([ex.target for ex in mb], self.target_max_tokens,
                                                          append_eos=True)

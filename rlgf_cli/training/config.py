@@ -77,6 +77,9 @@ class TrainConfig:
     prompt_field: str | None = opt(None, "--task prompts: the column holding the prompt text.", default_text="prompt")
     reference_field: str | None = opt(None, "--task prompts: the column holding the reference text(s).",
                                       default_text="references or reference, if present")
+    chat_template: str | None = opt(None, "--task prompts: render prompts with the model's chat template: auto (chat "
+                                          "'messages' rows, when the tokenizer has a template), on (every row), off.",
+                                    default_text="auto")
     reward: str | None = opt(None, "Reward: a task's named reward (e.g. cider_d, spider) or module:function.",
                              default_text="the task's")
     bertscore_model: str | None = opt(None, "BERTScore model (a name or local folder) for tasks that report bertscore_f1 "
@@ -333,7 +336,7 @@ def _check_types(cfg: TrainConfig) -> None:
             if ok:
                 setattr(cfg, f.name, float(value))
         elif isinstance(default, str) or f.name in ("learner", "guide", "init", "data", "reward_model", "out", "reward", "bertscore_model",
-                                                            "guide_base_url", "prompt_field", "reference_field",
+                                                            "guide_base_url", "prompt_field", "reference_field", "chat_template",
                                                             "reward_label", "reward_url"):
             ok = isinstance(value, str)
         else:

@@ -99,9 +99,9 @@ class GuidedRollout:
     def _collect_chunk(self, examples: list[Example], scheme: Scheme, beta: float,
                        generator: torch.Generator) -> RolloutBatch:
         learner = self.learner
-        prompts = [ex.prompt for ex in examples]
+        prompts = [ex.prompt for ex in examples]  # what the reward sees
         n = len(prompts)
-        query, qmask = learner.encode_prompts(prompts, self.task.prompt_max_tokens)
+        query, qmask = learner.encode_prompts(self.task.prompts_for(examples, learner), self.task.prompt_max_tokens)
         query, qmask = query.to(learner.device), qmask.to(learner.device)
         # 1. the β-coin: does this episode switch from the mixed-in policy to the roll-out policy?
         switch = torch.rand(n, generator=generator) < beta
@@ -114,7 +114,9 @@ class GuidedRollout:
             response, rmask, prefix_len = self._lockstep_chunk(scheme, query, qmask, rows, generator)
             prefix_len = prefix_len.cpu()
         else:
-            response, rmask, prefix_len = self._two_pass_chunk(scheme, query, qmask, prompts, rows, generator)
+            # a text-level guide reads the prompts as its own template renders them (a chat)
+            guide_prompts = self.task.prompts_for(examples, self.guide)
+            response, rmask, prefix_len = self._two_pass_chunk(scheme, query, qmask, guide_prompts, rows, generator)
         positions = torch.arange(response.shape[1], device=response.device).unsqueeze(0)
         in_prefix = positions < prefix_len.to(response.device).unsqueeze(1)
         roll_in_is_guide = scheme.mix_roll_in == GUIDE
