@@ -81,6 +81,11 @@ class RunSettings:
     max_concurrency: int | None = None
     #: loaded as a training guide: transport settings from ``$RLGF_GUIDE_*`` apply
     guide: bool = False
+    #: a chat guide's system message and roll-in instruction (``{prompt}`` placeholder), and
+    #: how it continues a partial reply (None: the backend's defaults; ``auto`` probes)
+    guide_system: str | None = None
+    guide_instruction: str | None = None
+    guide_prefill: str | None = None
 
 
 class Policy:
@@ -135,6 +140,17 @@ class Policy:
     ) -> list[str]:
         """Return one continuation (text only, without the prompt) per prompt."""
         raise NotImplementedError
+
+    #: whether :meth:`continue_from` can continue a partial reply (a chat API without prefill cannot)
+    can_continue: ClassVar[bool] = True
+
+    def continue_from(self, prompts: Sequence[str], prefixes: Sequence[str], *, max_new_tokens: int,
+                      min_new_tokens: int = 0, sampling: Sampling = Sampling()) -> list[str]:
+        """Continue each prompt's partial reply ``prefixes[i]`` (a learner's roll-in), text only.
+        A text model continues the two as one text; a chat model sends the prefix as the
+        assistant's message to be continued."""
+        return self.complete([p + x for p, x in zip(prompts, prefixes)], max_new_tokens=max_new_tokens,
+                             min_new_tokens=min_new_tokens, sampling=sampling)
 
     def describe(self) -> str:
         return self.spec

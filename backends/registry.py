@@ -40,11 +40,13 @@ ENTRY_POINT_GROUP = "rlgf.backends"
 BUILTIN: dict[str, str] = {
     "hf": "backends.hf.policy:HFPolicy",
     "openai": "backends.openai_api.policy:OpenAIPolicy",
+    "openai-chat": "backends.openai_api.chat_policy:OpenAIChatPolicy",
 }
 
 DESCRIPTIONS: dict[str, str] = {
     "hf": "local Hugging Face transformers model, causal or seq2seq (trainable): hf:gpt2, hf:./runs/x/final",
     "openai": "OpenAI-compatible completions API (text only; guide or evaluation): openai:davinci-002",
+    "openai-chat": "OpenAI-compatible chat API (guide or evaluation; roll-outs through prefill): openai-chat:gpt-4o-mini",
 }
 
 

@@ -88,6 +88,10 @@ class Task:
     min_new_tokens: int = 24
     train_sampling: Sampling = Sampling(do_sample=True, top_k=50)
     eval_sampling: Sampling = Sampling(do_sample=True, top_k=50)
+    #: an ``openai-chat:`` guide's system message and roll-in instruction (``{prompt}`` marks the
+    #: prompt) for this task; None: the backend's generic "continue this text" ones
+    guide_system: str | None = None
+    guide_instruction: str | None = None
     #: the ``module:function`` reward training uses instead of the task's own, if any
     custom_reward: CustomReward | None = None
     #: the run's :class:`~backends.precision.Precision` (None: float32), for the task's frozen scorers

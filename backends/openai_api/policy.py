@@ -233,7 +233,7 @@ class OpenAIPolicy(Policy):
         Raises :class:`GuideBudgetExhausted` *before sending anything* when the uncached part
         of the batch could pass the budget (estimated prompt tokens + ``max_new_tokens`` each).
         """
-        params = sampling_params(sampling, extensions=self.extensions)
+        params = {**sampling_params(sampling, extensions=self.extensions), **self._key_extras()}
         if self.seed is not None and not sampling.is_greedy:
             params["run_seed"] = int(self.seed)  # other seeds, other samples (cache key only)
         if self.extensions and min_new_tokens > 0:
@@ -257,6 +257,21 @@ class OpenAIPolicy(Policy):
             self._stats["completions"] += len(prompts)
             self._stats["cache_hits"] += hits
         return [found[k][0] for k in keys]
+
+    # -- hooks of the chat backend ------------------------------------------------
+    #: requests go to ``/chat/completions`` (see :mod:`backends.openai_api.chat_policy`)
+    chat = False
+
+    def _key_extras(self) -> dict[str, Any]:
+        """Request settings beyond decoding that change the reply (part of the cache key)."""
+        return {}
+
+    def _payload(self, prompts: list[str], max_tokens: int, sampling: Sampling, params: dict) -> dict[str, Any]:
+        return create_payload(self.model, prompts, max_tokens=max_tokens, sampling=sampling,
+                              min_tokens=params.get("min_tokens", 0), extensions=self.extensions)
+
+    def _texts(self, texts: list[str], prompts: list[str]) -> list[str]:
+        return texts
 
     def close(self) -> None:
         if self._pool is not None:
@@ -334,12 +349,11 @@ class OpenAIPolicy(Policy):
         prompts = [p for _, (p, _) in chunk]
         settled = False
         try:
-            payload = create_payload(self.model, prompts, max_tokens=max_tokens, sampling=sampling,
-                                     min_tokens=params.get("min_tokens", 0), extensions=self.extensions)
+            payload = self._payload(prompts, max_tokens, sampling, params)
             if "run_seed" in params:  # a seed per request, so each sample index differs and replays
                 digest = hashlib.sha256(f"{self.seed}:{','.join(k for k, _ in chunk)}".encode()).hexdigest()
                 payload["seed"] = int(digest[:8], 16) & 0x7FFFFFFF
-            parsed = self._transport.request(payload, len(prompts), reserved)
+            parsed = self._transport.request(payload, len(prompts), reserved, chat=self.chat)
             p_tok = parsed.prompt_tokens if parsed.prompt_tokens is not None else math.ceil(raw_prompt * self._ratio)
             c_tok = parsed.completion_tokens
             if c_tok is None:
@@ -359,7 +373,8 @@ class OpenAIPolicy(Policy):
             rows = [
                 dict(key=key, model=self.model, endpoint=self.endpoint, prompt=prompt, max_tokens=max_tokens,
                      params=params, sample_index=idx, text=text, finish_reason=reason)
-                for (key, (prompt, idx)), text, reason in zip(chunk, parsed.texts, parsed.finish_reasons)
+                for (key, (prompt, idx)), text, reason in zip(chunk, self._texts(parsed.texts, prompts),
+                                                              parsed.finish_reasons)
             ]
             if self.cache is not None:
                 self.cache.put_many(rows)

@@ -106,17 +106,21 @@ class Transport:
         with self._lock:
             self.counts[name] += by
 
-    def request(self, payload: dict[str, Any], n_prompts: int, estimate: int) -> ParsedCompletion:
-        """Send ``payload`` until a well-formed completion of ``n_prompts`` prompts comes back."""
+    def request(self, payload: dict[str, Any], n_prompts: int, estimate: int, *, chat: bool = False) -> ParsedCompletion:
+        """Send ``payload`` until a well-formed completion of ``n_prompts`` prompts comes back
+        (``chat``: to ``/chat/completions``, one conversation a request)."""
+        from backends.openai_api.chat import parse_chat
+
         oa = self._oa
+        api = self.client.chat.completions if chat else self.client.completions
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
             retry_after = None
             lost = False  # sent, but the reply is gone: the server may have done (and billed) the work
             self._bump("requests")
             try:
-                raw = self.client.completions.with_raw_response.create(**payload, timeout=self.timeout)
-                return parse_completion(raw.content, n_prompts)
+                raw = api.with_raw_response.create(**payload, timeout=self.timeout)
+                return parse_chat(raw.content, n_prompts) if chat else parse_completion(raw.content, n_prompts)
             except MalformedResponse as exc:
                 last, lost = f"malformed reply ({self.redact(str(exc))})", True
             except oa.APITimeoutError:

@@ -60,6 +60,15 @@ class TrainConfig:
                                   "folder (e.g. a BC run's OUT/final).", default_text="none")
     guide_base_url: str | None = opt(None, "OpenAI-compatible server for an openai: guide (vLLM, llama.cpp, `rlgf serve`…).",
                                      panel=PANEL_GUIDED, default_text="$OPENAI_BASE_URL")
+    guide_system: str | None = opt(None, "openai-chat: guide: its system message.", panel=PANEL_GUIDED,
+                                   default_text="the task's, else: continue the text, never repeat it")
+    guide_instruction: str | None = opt(None, "openai-chat: guide: the user message of a roll-in, with a {prompt} "
+                                              "placeholder.", panel=PANEL_GUIDED,
+                                        default_text="the task's, else 'Continue this text…{prompt}'")
+    guide_prefill: str | None = opt(None, "openai-chat: guide: how it continues the learner's partial reply: auto "
+                                          "(probe once), continue (vLLM, SGLang), prefix (DeepSeek, Mistral), trailing "
+                                          "(llama.cpp), instruct (approximate), none.", panel=PANEL_GUIDED,
+                                    default_text="auto")
     guide_budget_tokens: int = opt(0, "Stop cleanly (with a checkpoint) before the API guide spends more than N "
                                       "prompt+completion tokens (0: no cap).", panel=PANEL_GUIDED)
     guide_price_per_1k: float | None = opt(None, "USD per 1,000 guide tokens, for the cost report.", panel=PANEL_GUIDED,
@@ -337,6 +346,7 @@ def _check_types(cfg: TrainConfig) -> None:
                 setattr(cfg, f.name, float(value))
         elif isinstance(default, str) or f.name in ("learner", "guide", "init", "data", "reward_model", "out", "reward", "bertscore_model",
                                                             "guide_base_url", "prompt_field", "reference_field", "chat_template",
+                                                            "guide_system", "guide_instruction", "guide_prefill",
                                                             "reward_label", "reward_url"):
             ok = isinstance(value, str)
         else:

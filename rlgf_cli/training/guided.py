@@ -243,7 +243,10 @@ class GuidedRollout:
         for room, idx in by_room.items():
             if room <= 0:
                 continue
-            texts = self._guide_text([prompts[i] + prefix_texts[i] for i in idx], room)
+            self.guide_calls += len(idx)
+            texts = self.guide.continue_from([prompts[i] for i in idx], [prefix_texts[i] for i in idx],
+                                             max_new_tokens=room, min_new_tokens=min(self.min_new_tokens, room),
+                                             sampling=self.guide_sampling)
             for i, t in zip(idx, texts):
                 continuations[i] = t
         cont, cmask = self.learner.encode_responses(continuations, L)

@@ -69,7 +69,7 @@ def load_policy(spec: str, device: str):
     return policy
 
 
-def guide_options(cfg: TrainConfig, used: int = 0, concurrency: int | None = None) -> dict:
+def guide_options(cfg: TrainConfig, used: int = 0, concurrency: int | None = None, task=None) -> dict:
     """The guide backend's options for this run (its class builds them; nothing for a local guide).
 
     ``used`` tokens (from a resumed run) count against ``--guide-budget-tokens``; ``concurrency``
@@ -80,8 +80,27 @@ def guide_options(cfg: TrainConfig, used: int = 0, concurrency: int | None = Non
         return {}
     settings = RunSettings(seed=cfg.seed, base_url=cfg.guide_base_url, budget_tokens=cfg.guide_budget_tokens,
                            budget_used=int(used or 0), price_per_1k=cfg.guide_price_per_1k, max_concurrency=concurrency,
-                           guide=True)
+                           guide=True, guide_system=cfg.guide_system or getattr(task, "guide_system", None),
+                           guide_instruction=cfg.guide_instruction or getattr(task, "guide_instruction", None),
+                           guide_prefill=cfg.guide_prefill)
     return policy_class(cfg.guide).options_from(settings)
+
+
+def check_guide_continues(cfg: TrainConfig, guide, callback) -> None:
+    """An algorithm whose guide rolls out from the learner's prefix needs a guide that can
+    continue a partial reply (a chat API needs a prefill form): refuse before any work."""
+    if not cfg.algorithm.needs_guide_critic:  # the algorithms with guide roll-outs
+        return
+    continues = guide.can_continue  # a chat guide under --guide-prefill auto probes here
+    note = getattr(guide, "probe_note", "")
+    if not continues:
+        raise RlgfError(f"--alg {cfg.alg} rolls out with the guide from the learner's partial reply, and "
+                        f"{guide.describe()} cannot continue one ({getattr(guide, 'probe_note', '') or 'no prefill'})",
+                        "use --alg ppo++ (it needs guide roll-ins only), --guide-prefill continue|prefix|trailing "
+                        "where the server supports one, or --guide-prefill instruct (approximate)")
+    if note:
+        callback("message", {"text": f"guide {guide.describe()}: {note}"
+                             + (" — approximate roll-outs" if getattr(guide, "approximate", False) else "")})
 
 
 def prepare_out_dir(cfg: TrainConfig, overwrite: bool) -> Path:
@@ -357,8 +376,10 @@ def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: st
         guide = None
         if algorithm.needs_guide:
             callback("message", {"text": f"loading guide {cfg.guide}"})
-            guide = resolve(cfg.guide, device=device, **guide_options(cfg, used=state.get("guide_budget_used_tokens", 0)))
+            guide = resolve(cfg.guide, device=device,
+                            **guide_options(cfg, used=state.get("guide_budget_used_tokens", 0), task=task))
             guide.validate()  # an API guide: reachable, key accepted, model known — before any output
+            check_guide_continues(cfg, guide, callback)
         reference = load_policy(learner_spec, device)
 
         def critic(name: str):
