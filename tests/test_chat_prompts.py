@@ -11,15 +11,13 @@ from typer.testing import CliRunner
 from backends.errors import RlgfError
 from backends.hf.chat_template import end_of_turn_id
 from backends.hf.policy import HFPolicy
-from conftest import make_byte_tokenizer, make_tiny_causal
 from rlgf_cli.app import app
 from tasks import get_task
+from tiny_assets import make_tiny_chat
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 REWARD = '''
 def reward(prompts, completions, references):
     return [sum(ch in "aeiou" for ch in c) / max(len(c), 1) for c in completions]
@@ -29,14 +27,7 @@ def reward(prompts, completions, references):
 @pytest.fixture(scope="module")
 def chat_dir(tmp_path_factory):
     """A tiny causal LM whose tokenizer has a ChatML template; its EOS stays ``</s>``."""
-    tokenizer = make_byte_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tokenizer.chat_template = CHATML
-    model, tokenizer = make_tiny_causal(tokenizer)
-    path = tmp_path_factory.mktemp("tiny-chat")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return make_tiny_chat(tmp_path_factory.mktemp("tiny-chat"))
 
 
 def chat_rows(n: int = 30) -> list[dict]:

@@ -29,8 +29,13 @@ def serve_command(
     model_name: Annotated[Optional[str], typer.Option("--model-name", show_default=False, help="Model id clients must ask for. Default: the policy spec.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Precision = "auto",
+    max_batch: Annotated[int, typer.Option(help="Most prompts decoded together: requests that wait together share one batch (1: one request at a time).")] = 64,
+    batch_window_ms: Annotated[float, typer.Option(help="How long the first waiting request waits for others to join its batch.")] = 5.0,
 ) -> None:
     """Serve a local policy as an OpenAI-compatible completions API (POST /v1/completions, GET /v1/models).
+
+    Requests that arrive while the model is busy, or within --batch-window-ms of each other, are
+    decoded together (up to --max-batch prompts) when they decode the same way.
 
     Another run can then use it as a black-box guide: OPENAI_BASE_URL=http://HOST:PORT/v1 and
     --guide openai:MODEL_NAME. Runs until Ctrl-C.
@@ -52,6 +57,10 @@ def serve_command(
         raise RlgfError("--host is empty", "use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
     if model_name is not None and not model_name.strip():
         raise RlgfError("--model-name is empty", "leave it out to use the policy spec, or give a name")
+    if max_batch < 1:
+        raise RlgfError(f"--max-batch must be at least 1 (got {max_batch})", "e.g. --max-batch 64, or 1 for no batching")
+    if not 0 <= batch_window_ms <= 1000:
+        raise RlgfError(f"--batch-window-ms must be between 0 and 1000 (got {batch_window_ms:g})", "e.g. 5")
     if api_key is not None and not api_key.strip():
         api_key = None
 
@@ -63,7 +72,8 @@ def serve_command(
     prec = resolve_precision(precision, resolve_device(device))
     served = resolve(policy, device=device, progress=lambda msg: err_console.print(msg, markup=False))
     freeze_in(served, prec)
-    server = make_server(served, host, port, api_key=api_key, model_name=model_name, precision=prec)
+    server = make_server(served, host, port, api_key=api_key, model_name=model_name, precision=prec,
+                         max_batch=max_batch, batch_window_s=batch_window_ms / 1000)
     name = server.model_name
     warning = "" if api_key or _is_loopback(host) else " — no --api-key on a non-loopback address: anyone who can reach it can use it"
     err_console.print(

@@ -2,8 +2,8 @@
 
 ``rlgf serve`` puts a local model behind ``POST /v1/completions`` and ``GET /v1/models``,
 so another run (or any OpenAI client) can use it as a black-box guide with the ``openai:``
-backend. Standard library only (``http.server``); one request generates at a time (a lock
-around the model), while other connections wait.
+backend. Standard library HTTP (``http.server``, a thread per connection); requests that wait
+together are decoded together in one batch (:mod:`rlgf_cli.serving.batcher`).
 
 Request fields: ``model`` (must be the served name, else 404), ``prompt`` (a string or a
 list of strings), ``max_tokens`` (default 16), ``temperature`` (default 1; 0 is greedy),
@@ -21,14 +21,11 @@ The server binds 127.0.0.1 unless told otherwise.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import logging
-import random
 import socket
 import socketserver
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +34,9 @@ from typing import Any, Callable
 from backends.base import Policy
 from backends.errors import RlgfError
 
+from rlgf_cli.serving.batcher import Batcher
+from rlgf_cli.serving.chat_contract import build_chat_reply, parse_chat_request
+from rlgf_cli.serving.chat_contract import render as render_chat
 from rlgf_cli.serving.contract import ApiError, CompletionRequest, build_reply, parse_completion_request
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class CompletionServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address, handler, policy: Policy, *, api_key: str | None, model_name: str | None,
-                 precision=None):
+                 precision=None, max_batch: int = 64, batch_window_s: float = 0.005):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
@@ -83,6 +83,9 @@ class CompletionServer(ThreadingHTTPServer):
         #: a :class:`~backends.precision.Precision` whose autocast each request enters (autocast is per thread)
         self.precision = precision
         self.count_tokens = token_counter_for(policy)
+        #: decodes the requests that wait together in one batch (see :mod:`rlgf_cli.serving.batcher`)
+        self.batcher = Batcher(policy, max_batch=max_batch, window_s=batch_window_s, lock=self.model_lock,
+                               precision=precision)
         self.created = int(time.time())
         self._counts_lock = threading.Lock()
         self.counts = dict.fromkeys(
@@ -98,6 +101,12 @@ class CompletionServer(ThreadingHTTPServer):
         # HTTPServer.server_bind looks up the host's FQDN, which can stall without DNS
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def server_close(self) -> None:
+        super().server_close()
+        batcher = getattr(self, "batcher", None)  # absent when binding failed in __init__
+        if batcher is not None:
+            batcher.close()
 
     def handle_error(self, request, client_address) -> None:
         # a client that hangs up mid-request is routine; keep tracebacks out of the console
@@ -116,7 +125,8 @@ class CompletionServer(ThreadingHTTPServer):
 
 
 class CompletionHandler(BaseHTTPRequestHandler):
-    """Routes: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/completions``, ``GET /health``."""
+    """Routes: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/completions``,
+    ``POST /v1/chat/completions`` (:mod:`rlgf_cli.serving.chat_contract`), ``GET /health``."""
 
     protocol_version = "HTTP/1.1"
     server_version = "rlgf-serve"
@@ -211,15 +221,16 @@ class CompletionHandler(BaseHTTPRequestHandler):
             payload = self._read_json()  # read before answering, so the connection stays in sync
         except ApiError as err:
             return self.send_error_json(err)
-        if path != "/v1/completions":
+        if path not in ("/v1/completions", "/v1/chat/completions"):
             return self.send_error_json(ApiError(404, f"no route POST {path}", type_="not_found_error"))
         if not self._authorized():
             return self.send_error_json(self._auth_error())
         try:
-            req = parse_completion_request(payload)
+            chat = path == "/v1/chat/completions"
+            req = parse_chat_request(payload) if chat else parse_completion_request(payload)
             if req.model != self.server.model_name:
                 raise self._unknown_model(req.model)
-            body = self.complete(req)
+            body = self.chat(req) if chat else self.complete(req)
         except ApiError as err:
             return self.send_error_json(err)
         self.send_json(200, body)
@@ -243,21 +254,35 @@ class CompletionHandler(BaseHTTPRequestHandler):
             code="model_not_found",
         )
 
+    def chat(self, req) -> dict:
+        """A chat request: the conversation rendered with the model's template, then decoded
+        like a completions prompt (in the same batches)."""
+        prompt = render_chat(self.server.policy, req)
+        texts = self._decode([prompt] * req.completion.n, req.completion)
+        body = build_chat_reply(req, prompt, texts, self.server.count_tokens, self.server.model_name)
+        usage = body["usage"]
+        self.server.bump(completion_requests=1, completions=len(texts), prompt_tokens=usage["prompt_tokens"],
+                         completion_tokens=usage["completion_tokens"])
+        return body
+
     def complete(self, req: CompletionRequest) -> dict:
         server = self.server
         expanded = [p for p in req.prompts for _ in range(req.n)]
+        texts = self._decode(expanded, req)
+        body = build_reply(req, texts, server.count_tokens, server.model_name)
+        usage = body["usage"]
+        server.bump(completion_requests=1, completions=len(texts), prompt_tokens=usage["prompt_tokens"],
+                    completion_tokens=usage["completion_tokens"])
+        return body
+
+    def _decode(self, expanded: list[str], req: CompletionRequest) -> list[str]:
+        server = self.server
         sampling = req.sampling()
         try:
-            autocast = server.precision.autocast() if server.precision is not None else contextlib.nullcontext()
-            with server.model_lock, autocast:
-                if req.seed is not None:
-                    _seed_everything(req.seed)
-                texts = server.policy.complete(
-                    expanded,
-                    max_new_tokens=req.max_tokens,
-                    min_new_tokens=min(req.min_tokens, req.max_tokens),
-                    sampling=sampling,
-                ) if req.max_tokens > 0 else [""] * len(expanded)
+            texts = server.batcher.submit(
+                expanded, max_new_tokens=req.max_tokens, min_new_tokens=min(req.min_tokens, req.max_tokens),
+                sampling=sampling, seed=req.seed,
+            ) if req.max_tokens > 0 else [""] * len(expanded)
         except RlgfError as exc:
             raise ApiError(400, f"the policy refused the request: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - a policy bug must not kill the server
@@ -265,18 +290,7 @@ class CompletionHandler(BaseHTTPRequestHandler):
             raise ApiError(500, f"the policy failed: {type(exc).__name__}: {exc}", type_="server_error") from None
         if len(texts) != len(expanded):
             raise ApiError(500, "the policy returned the wrong number of completions", type_="server_error")
-        body = build_reply(req, texts, server.count_tokens, server.model_name)
-        usage = body["usage"]
-        server.bump(completion_requests=1, completions=len(texts), prompt_tokens=usage["prompt_tokens"],
-                    completion_tokens=usage["completion_tokens"])
-        return body
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch = sys.modules.get("torch")  # seed torch only if the policy already loaded it
-    if torch is not None:
-        torch.manual_seed(seed)
+        return texts
 
 
 def make_server(
@@ -288,12 +302,14 @@ def make_server(
     *,
     handler_class: type[CompletionHandler] = CompletionHandler,
     precision=None,
+    max_batch: int = 64,
+    batch_window_s: float = 0.005,
 ) -> CompletionServer:
     """Bind (port 0 picks a free one) and return the server; run it with :func:`serve_forever`
     or :func:`start_in_thread`. Raises :class:`RlgfError` when the address cannot be bound."""
     try:
         return CompletionServer((host, port), handler_class, policy, api_key=api_key, model_name=model_name,
-                                precision=precision)
+                                precision=precision, max_batch=max_batch, batch_window_s=batch_window_s)
     except OSError as exc:
         import errno
 

@@ -1,0 +1,140 @@
+"""Dynamic batching for ``rlgf serve``: requests that wait together are decoded together.
+
+Each HTTP request thread calls :meth:`Batcher.submit` and blocks. One worker thread owns the
+model: it takes the oldest waiting request, waits ``window_s`` (a few milliseconds) for
+others to arrive, then decodes every waiting request that decodes the same way (the same
+``max_tokens``, ``min_tokens`` and sampling; no ``seed``) in one ``policy.complete`` call,
+up to ``max_batch`` prompts. Requests that arrived while the model was busy are all waiting
+when it frees, so under load batches fill by themselves. A request with a ``seed`` is decoded
+on its own (the seed re-seeds the generator before it, as an unbatched server would).
+
+``max_batch=1`` serves one request at a time (what ``bench/serve.py`` compares against).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from backends.base import Policy, Sampling
+
+
+@dataclass
+class _Job:
+    prompts: list[str]
+    max_new_tokens: int
+    min_new_tokens: int
+    sampling: Sampling
+    seed: int | None
+    done: threading.Event = field(default_factory=threading.Event)
+    texts: list[str] | None = None
+    error: BaseException | None = None
+
+    @property
+    def key(self):
+        return None if self.seed is not None else (self.max_new_tokens, self.min_new_tokens, self.sampling)
+
+
+class Batcher:
+    """Decodes submitted requests in batches on one worker thread (see the module docstring)."""
+
+    def __init__(self, policy: Policy, *, max_batch: int = 64, window_s: float = 0.005, lock=None,
+                 precision=None) -> None:
+        self.policy = policy
+        self.max_batch = max(1, int(max_batch))
+        self.window_s = max(0.0, float(window_s))
+        self.lock = lock or threading.Lock()
+        self.precision = precision
+        self._queue: list[_Job] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        #: prompts per ``policy.complete`` call, in order (the tests and the bench read it)
+        self.batches: list[int] = []
+        self._worker = threading.Thread(target=self._run, name="rlgf-serve-batcher", daemon=True)
+        self._worker.start()
+
+    def submit(self, prompts: list[str], *, max_new_tokens: int, min_new_tokens: int, sampling: Sampling,
+               seed: int | None = None) -> list[str]:
+        """The completions of ``prompts`` (blocks until they are decoded; re-raises the policy's error)."""
+        if not prompts:
+            return []
+        job = _Job(list(prompts), int(max_new_tokens), int(min_new_tokens), sampling, seed)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            self._queue.append(job)
+            self._cond.notify()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.texts or []
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Finish the requests already waiting, then stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._worker.join(timeout)
+
+    # -- the worker ---------------------------------------------------------------------
+    def _take(self) -> list[_Job] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            first = self._queue[0]
+        if first.key is not None and self.window_s and self.max_batch > 1:
+            time.sleep(self.window_s)  # let requests sent at the same moment join this batch
+        with self._cond:
+            first = self._queue.pop(0)
+            batch, size = [first], len(first.prompts)
+            if first.key is not None:
+                for job in list(self._queue):
+                    if job.key == first.key and size + len(job.prompts) <= self.max_batch:
+                        self._queue.remove(job)
+                        batch.append(job)
+                        size += len(job.prompts)
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            self._decode(batch)
+
+    def _decode(self, batch: list[_Job]) -> None:
+        first = batch[0]
+        prompts = [p for job in batch for p in job.prompts]
+        try:
+            autocast = self.precision.autocast() if self.precision is not None else contextlib.nullcontext()
+            with self.lock, autocast:
+                if first.seed is not None:
+                    seed_everything(first.seed)
+                texts = self.policy.complete(prompts, max_new_tokens=first.max_new_tokens,
+                                             min_new_tokens=first.min_new_tokens, sampling=first.sampling)
+            self.batches.append(len(prompts))
+            if len(texts) != len(prompts):
+                raise RuntimeError(f"the policy returned {len(texts)} completions for {len(prompts)} prompts")
+            at = 0
+            for job in batch:
+                job.texts = list(texts[at : at + len(job.prompts)])
+                at += len(job.prompts)
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
+            for job in batch:
+                job.error = exc
+        finally:
+            for job in batch:
+                job.done.set()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch = sys.modules.get("torch")  # seed torch only if the policy already loaded it
+    if torch is not None:
+        torch.manual_seed(seed)

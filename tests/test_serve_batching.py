@@ -1,0 +1,102 @@
+"""``rlgf serve`` batches: requests that wait together are decoded in one batch, and under
+greedy decoding each answer equals its unbatched answer (a real tiny model on loopback)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+
+import pytest
+
+from backends.base import GREEDY, Sampling
+from backends.hf.policy import HFPolicy
+from rlgf_cli.serving.batcher import Batcher
+from rlgf_cli.serving.server import make_server, start_in_thread
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+PROMPTS = ["The film was", "A long and winding story about"]
+
+
+def post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{url}/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as reply:
+        return json.loads(reply.read())
+
+
+@pytest.fixture
+def server_of(tiny_causal_dir):
+    started = []
+
+    def make(**options):
+        server = make_server(HFPolicy.load(str(tiny_causal_dir)), "127.0.0.1", 0, model_name="tiny", **options)
+        start_in_thread(server)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+def concurrently(url: str, bodies: list[dict]) -> list[dict]:
+    out: list[dict | None] = [None] * len(bodies)
+
+    def one(i: int) -> None:
+        out[i] = post(url, bodies[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out  # type: ignore[return-value]
+
+
+def test_two_concurrent_requests_share_one_batch_and_match_their_unbatched_answers(server_of, tiny_causal_dir):
+    alone = HFPolicy.load(str(tiny_causal_dir))
+    expected = [alone.complete([p], max_new_tokens=6, sampling=GREEDY)[0] for p in PROMPTS]
+    server = server_of(batch_window_s=0.3)
+    replies = concurrently(server.url, [{"model": "tiny", "prompt": p, "max_tokens": 6, "temperature": 0}
+                                        for p in PROMPTS])
+    assert [r["choices"][0]["text"] for r in replies] == expected
+    assert server.batcher.batches == [2]
+
+
+def test_requests_that_decode_differently_or_carry_a_seed_are_not_mixed(server_of):
+    server = server_of(batch_window_s=0.3)
+    concurrently(server.url, [
+        {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0},
+        {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 5, "temperature": 0},
+    ])
+    assert sorted(server.batcher.batches) == [1, 1]
+    first = post(server.url, {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 5, "seed": 7})
+    again = post(server.url, {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 5, "seed": 7})
+    assert first["choices"][0]["text"] == again["choices"][0]["text"]  # a seeded request replays
+
+
+def test_max_batch_one_serves_one_request_at_a_time(server_of):
+    server = server_of(max_batch=1, batch_window_s=0.3)
+    concurrently(server.url, [{"model": "tiny", "prompt": p, "max_tokens": 3, "temperature": 0} for p in PROMPTS * 2])
+    assert server.batcher.batches == [1, 1, 1, 1]
+
+
+def test_a_failing_policy_fails_every_request_of_its_batch_and_the_batcher_goes_on():
+    class Flaky:
+        calls = 0
+
+        def complete(self, prompts, *, max_new_tokens, min_new_tokens=0, sampling=Sampling()):
+            self.calls += 1
+            if self.calls == 1:
+                raise ValueError("boom")
+            return [p.upper() for p in prompts]
+
+    batcher = Batcher(Flaky(), window_s=0.0)
+    with pytest.raises(ValueError, match="boom"):
+        batcher.submit(["a"], max_new_tokens=2, min_new_tokens=0, sampling=GREEDY)
+    assert batcher.submit(["b", "c"], max_new_tokens=2, min_new_tokens=0, sampling=GREEDY) == ["B", "C"]
+    batcher.close()
+    with pytest.raises(RuntimeError, match="shutting down"):
+        batcher.submit(["d"], max_new_tokens=2, min_new_tokens=0, sampling=GREEDY)

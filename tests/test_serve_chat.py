@@ -1,0 +1,84 @@
+"""``rlgf serve``'s ``/v1/chat/completions``: the model's template, vLLM's prefill form, the
+``openai`` SDK's chat client, and an ``openai-chat:`` guide probing it (a tiny chat model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends import resolve
+from backends.base import GREEDY
+from backends.hf.policy import HFPolicy
+from rlgf_cli.serving.chat_contract import parse_chat_request, render
+from rlgf_cli.serving.contract import ApiError
+from rlgf_cli.serving.server import make_server, start_in_thread
+from tiny_assets import make_tiny_chat
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+TURNS = [{"role": "user", "content": "Review the film."}]
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory):
+    return make_tiny_chat(tmp_path_factory.mktemp("serve-chat"))
+
+
+@pytest.fixture
+def server(chat_dir):
+    srv = make_server(HFPolicy.load(str(chat_dir)), "127.0.0.1", 0, model_name="tiny-chat")
+    start_in_thread(srv)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "m", "messages": TURNS, "continue_final_message": True, "add_generation_prompt": False}, "continue_final_message"),
+    ({"model": "m", "messages": TURNS + [{"role": "assistant", "content": "It"}], "continue_final_message": True,
+      "add_generation_prompt": True}, "continue_final_message"),
+    ({"model": "m", "messages": [{"role": "robot", "content": "x"}]}, "messages"),
+    ({"model": "m", "messages": TURNS, "stream": True}, "stream"),
+    ({"model": "m", "messages": TURNS, "tools": []}, "tools"),
+    ({"model": "m", "messages": TURNS, "frobnicate": 1}, "frobnicate"),
+    ({"model": "m", "messages": TURNS, "max_completion_tokens": 10**7}, "max_tokens"),
+    ({"model": "m", "messages": TURNS, "n": 1000}, "n"),
+])
+def test_bad_chat_requests_are_400_with_the_param(body, param):
+    with pytest.raises(ApiError) as info:
+        parse_chat_request(body)
+    assert info.value.status == 400 and info.value.param == param
+
+
+def test_render_uses_the_template_and_leaves_a_prefill_open(chat_dir):
+    policy = HFPolicy.load(str(chat_dir))
+    plain = parse_chat_request({"model": "m", "messages": TURNS})
+    assert render(policy, plain) == "<|im_start|>user\nReview the film.<|im_end|>\n<|im_start|>assistant\n"
+    prefill = parse_chat_request({"model": "m", "messages": TURNS + [{"role": "assistant", "content": "It was"}],
+                                  "continue_final_message": True, "add_generation_prompt": False})
+    assert render(policy, prefill) == "<|im_start|>user\nReview the film.<|im_end|>\n<|im_start|>assistant\nIt was"
+
+
+def test_the_openai_sdk_chat_client_against_rlgf_serve(server, chat_dir):
+    import openai
+
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(model="tiny-chat", messages=TURNS, max_tokens=5, temperature=0, n=2)
+    assert reply.object == "chat.completion" and len(reply.choices) == 2
+    assert reply.choices[0].message.role == "assistant" and reply.usage.prompt_tokens > 0
+    expected = HFPolicy.load(str(chat_dir)).complete(
+        ["<|im_start|>user\nReview the film.<|im_end|>\n<|im_start|>assistant\nIt was"], max_new_tokens=5,
+        sampling=GREEDY)
+    cont = client.chat.completions.create(
+        model="tiny-chat", messages=TURNS + [{"role": "assistant", "content": "It was"}], max_tokens=5,
+        temperature=0, extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    assert cont.choices[0].message.content == expected[0]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="other", messages=TURNS, max_tokens=2)
+
+
+def test_an_openai_chat_guide_probes_rlgf_serve_and_continues_prefixes(server, tmp_path):
+    guide = resolve("openai-chat:tiny-chat", base_url=server.url, cache_path=False)
+    assert guide.prefill == "continue"  # the first form rlgf serve accepts
+    texts = guide.continue_from(["The film"], [" was"], max_new_tokens=4, sampling=GREEDY)
+    assert len(texts) == 1 and isinstance(texts[0], str)
+    assert guide.complete(["The film"], max_new_tokens=3, sampling=GREEDY)[0] is not None
+    guide.close()
