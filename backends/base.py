@@ -77,8 +77,11 @@ class RunSettings:
     budget_used: int = 0
     #: price per 1,000 tokens for the cost report (None: the backend's list prices)
     price_per_1k: float | None = None
-    #: requests in flight at once (None: the backend's default)
+    #: requests in flight at once, and prompts per request (None: the backend's defaults)
     max_concurrency: int | None = None
+    prompts_per_request: int | None = None
+    #: send ``top_k`` and ``min_tokens`` (vLLM, llama.cpp, SGLang, ``rlgf serve``): "auto" (probe), "on", "off"
+    extensions: str | None = None
     #: loaded as a training guide: transport settings from ``$RLGF_GUIDE_*`` apply
     guide: bool = False
     #: a chat guide's system message and roll-in instruction (``{prompt}`` placeholder), and

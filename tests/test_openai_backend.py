@@ -71,7 +71,7 @@ def test_sampling_mapping():
     assert sampling_params(GREEDY) == {"temperature": 0}
     assert sampling_params(Sampling(do_sample=True, temperature=0)) == {"temperature": 0}
     assert sampling_params(Sampling(temperature=0.7, top_p=0.9, top_k=50)) == {"temperature": 0.7, "top_p": 0.9}
-    assert sampling_params(Sampling(top_k=50), extensions=True) == {"temperature": 1.0, "top_k": 50}
+    assert sampling_params(Sampling(top_k=50), extensions=True) == {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
     with pytest.raises(RlgfError, match="beam"):
         sampling_params(Sampling(do_sample=False, num_beams=4))
 

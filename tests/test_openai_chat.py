@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from backends import resolve
-from backends.base import GREEDY, Sampling
+from backends.base import GREEDY, SAMPLING_OPTIONS, Sampling
 from backends.errors import RlgfError
 from backends.openai_api.chat import (MalformedResponse, chat_body, check_instruction, check_prefill, decode_request,
                                       encode_request, parse_chat, strip_echo)
@@ -165,3 +165,18 @@ def test_aggrevated_refuses_a_chat_guide_without_prefill(tmp_path, tiny_causal_d
     assert result.exit_code == 1 and len(lines) == 1 and "Traceback" not in result.output, result.output
     assert "cannot continue" in lines[0] and "ppo++" in result.output
     assert not (tmp_path / "aggrevated" / "final").exists()
+
+
+def test_extensions_auto_reads_who_serves_the_model(tiny_causal_dir):
+    from tiny_assets import served
+
+    with ChatServer() as server:  # an unknown server: neither top_k nor min_tokens is sent
+        guide = chat_guide(server, extensions="auto")
+        guide.complete(["x"], max_new_tokens=2, min_new_tokens=2, sampling=Sampling(top_k=50))
+        assert not guide.extensions and "top_k" not in server.requests[-1] and "min_tokens" not in server.requests[-1]
+        assert server.requests[-1]["top_p"] == 1.0 and server.requests[-1]["temperature"] == 1.0  # always explicit
+    with pytest.raises(RlgfError, match="--guide-extensions 'maybe'"):
+        chat_guide(server, extensions="maybe")
+    with served(tiny_causal_dir) as srv:  # rlgf serve says owned_by "rlgf"
+        guide = resolve("openai:tiny", base_url=srv.url, cache_path=False, extensions="auto")
+        assert guide.extensions and guide.sampling_options == SAMPLING_OPTIONS

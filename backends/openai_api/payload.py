@@ -5,7 +5,7 @@ Nothing here does I/O, so each function is unit-tested as a plain function.
 Sampling mapping (:func:`sampling_params`):
 
 * greedy (``do_sample=False`` or ``temperature == 0``) → ``temperature: 0`` (no ``top_p``);
-* sampling → ``temperature`` and, when below 1, ``top_p``;
+* sampling → ``temperature`` and ``top_p``, always (so a server's own defaults cannot change them);
 * ``top_k`` is not an OpenAI parameter: it is dropped, unless ``extensions=True`` (servers
   such as vLLM and ``rlgf serve`` accept ``top_k`` and ``min_tokens`` as extra fields);
 * beam search cannot be asked of the API: :func:`sampling_params` raises.
@@ -56,9 +56,8 @@ def sampling_params(sampling: Sampling, *, extensions: bool = False) -> dict[str
         )
     if sampling.is_greedy:
         return {"temperature": 0}
-    params: dict[str, Any] = {"temperature": float(sampling.temperature)}
-    if sampling.top_p < 1.0:
-        params["top_p"] = float(sampling.top_p)
+    # both always sent: a server's own generation_config must not change the distribution
+    params: dict[str, Any] = {"temperature": float(sampling.temperature), "top_p": float(sampling.top_p)}
     if extensions and sampling.top_k:
         params["top_k"] = int(sampling.top_k)
     return params

@@ -20,8 +20,10 @@ malformed replies. Other errors, and the last failure, become :class:`RlgfError`
 
 What the API cannot do: beam search (``can_beam_search = False``; asking raises),
 ``top_k`` and ``min_new_tokens`` (dropped: OpenAI rejects unknown fields; a short
-completion can come back). With ``extensions=True`` both are sent as the ``top_k`` and
-``min_tokens`` fields that vLLM and ``rlgf serve`` understand.
+completion can come back). With ``extensions=True`` (``"on"``) both are sent as the ``top_k``
+and ``min_tokens`` fields that vLLM, llama.cpp, SGLang and ``rlgf serve`` understand;
+``"auto"`` reads who serves the model from ``GET /v1/models`` (:data:`EXTENSION_SERVERS`). Sampled requests always carry their
+``temperature`` and ``top_p``, so a server's own generation defaults cannot change them.
 
 Caching and sampling. Every completion is stored (see :mod:`backends.openai_api.completion_cache`).
 Greedy requests use sample index 0. With sampling, the k-th time this policy object is
@@ -56,6 +58,8 @@ __all__ = ["OpenAIPolicy", "GuideBudgetExhausted", "TokenBudget"]
 log = logging.getLogger(__name__)
 
 _MAX_CALIBRATION = 8.0
+#: ``owned_by`` values of servers that take ``top_k`` and ``min_tokens`` (``--guide-extensions auto``)
+EXTENSION_SERVERS = frozenset({"vllm", "sglang", "llamacpp", "llama.cpp", "rlgf"})
 
 
 class OpenAIPolicy(Policy):
@@ -82,7 +86,7 @@ class OpenAIPolicy(Policy):
         budget: TokenBudget | int | None = None,
         price_per_1k: float | tuple[float, float] | None = None,
         prompts_per_request: int = 1,
-        extensions: bool = False,
+        extensions: bool | str = False,
         seed: int | None = None,
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
@@ -100,7 +104,7 @@ class OpenAIPolicy(Policy):
         self.timeout = float(timeout)
         self.max_concurrency = int(max_concurrency)
         self.prompts_per_request = int(prompts_per_request)
-        self.extensions = bool(extensions)
+        self._extensions = _extensions_setting(extensions)  # None: probe the server on first need
         self.seed = seed
         self.price = price_for(model, price_per_1k)
         self.budget = TokenBudget(budget) if isinstance(budget, int) else budget
@@ -164,9 +168,36 @@ class OpenAIPolicy(Policy):
             opts["seed"] = settings.seed
         if settings.max_concurrency is not None:
             opts["max_concurrency"] = settings.max_concurrency
+        if settings.prompts_per_request is not None:
+            opts["prompts_per_request"] = settings.prompts_per_request
+        if settings.extensions is not None:
+            opts["extensions"] = settings.extensions
         if settings.guide:
             opts.update(guide_env_options())
         return opts
+
+    @property
+    def extensions(self) -> bool:
+        """Whether requests carry ``top_k`` and ``min_tokens`` (probed once under ``auto``)."""
+        if self._extensions is None:
+            self._extensions = self._probe_extensions()
+        return self._extensions
+
+    def _probe_extensions(self) -> bool:
+        """Does the server take ``top_k`` and ``min_tokens``? Read from who serves the model in
+        ``GET /v1/models`` (``owned_by``: vLLM, SGLang, llama.cpp and ``rlgf serve`` say so and take
+        them); OpenAI, and any server not known to, get neither (OpenAI refuses unknown fields)."""
+        if self.endpoint.split("/")[0].split(":")[0] == "api.openai.com":
+            return False
+        try:
+            cards = self._transport.client.models.list(timeout=self.timeout).data
+        except self._transport._oa.APIError as exc:
+            log.info("%s: cannot list models (%s); top_k/min_tokens are not sent", self.describe(), exc)
+            return False
+        owner = next((str(getattr(c, "owned_by", "") or "") for c in cards if c.id == self.model), "")
+        found = owner.strip().lower() in EXTENSION_SERVERS
+        log.info("%s: served by %r: top_k/min_tokens %s", self.describe(), owner, "sent" if found else "not sent")
+        return found
 
     @property
     def sampling_options(self) -> frozenset[str]:
@@ -416,6 +447,16 @@ def _tiktoken_knows(model: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - unknown model (KeyError), or no tiktoken
         return False
+
+
+def _extensions_setting(value: bool | str | None) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    mode = str(value or "auto").strip().lower()
+    if mode not in ("auto", "on", "off"):
+        raise RlgfError(f"--guide-extensions {value!r} is not one of auto, on, off",
+                        "auto asks the server once whether it takes top_k and min_tokens")
+    return None if mode == "auto" else mode == "on"
 
 
 def _check_positive(**values) -> None:

@@ -57,6 +57,9 @@ def eval_command(
     seeds: Annotated[int, typer.Option(help="Run N seeds (seed, seed+1, …) and report mean ± std.")] = 1,
     reference: Annotated[Optional[str], typer.Option(help="Frozen model for output_perplexity, or none to skip it. Default: the checkpoint's initial learner, else the task's default learner (left out, with the reason, when it cannot load).")] = None,
     policy_base_url: Annotated[Optional[str], typer.Option(help="Server of the openai: policies (vLLM, `rlgf serve`…). Default: $OPENAI_BASE_URL.")] = None,
+    guide_concurrency: Annotated[int, typer.Option(help="API policies (openai:, openai-chat:): requests in flight at once.")] = 8,
+    guide_prompts_per_request: Annotated[int, typer.Option(help="openai: policies: prompts per completions request.")] = 1,
+    guide_extensions: Annotated[str, typer.Option(help="API policies: send top_k and min_tokens: auto (ask the server once), on, off.")] = "auto",
     data: Data = None,
     reward_model: RewardModel = None,
     prompt_field: PromptField = None,
@@ -105,6 +108,9 @@ def eval_command(
     if max_new_tokens is not None and not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise RlgfError(f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS}] (got {max_new_tokens})",
                         "pass a length the model can generate")
+    if guide_concurrency < 1 or guide_prompts_per_request < 1:
+        raise RlgfError("--guide-concurrency and --guide-prompts-per-request must be at least 1",
+                        "e.g. --guide-concurrency 8 --guide-prompts-per-request 1")
     options = dict(mode=decoding, temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams)
     check_decoding(**options)
     for option, path in (("--json", None if json_out == "-" else json_out), ("--markdown", markdown), ("--samples", samples)):
@@ -128,6 +134,8 @@ def eval_command(
         batch_size=batch_size,
         decoding=options,
         base_url=policy_base_url,
+        api=dict(max_concurrency=guide_concurrency, prompts_per_request=guide_prompts_per_request,
+                 extensions=guide_extensions),
         sample_scores=samples is not None,
         say=None if quiet else (lambda text: err_console.print(text, markup=False)),
         bar=None if quiet else CountProgress,

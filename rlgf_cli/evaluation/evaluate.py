@@ -225,12 +225,12 @@ def evaluate_policy(
 # -- many policies --------------------------------------------------------------------
 
 
-def load_for_eval(spec: str, device: str, *, seed: int, base_url: str | None = None):
+def load_for_eval(spec: str, device: str, *, seed: int, base_url: str | None = None, api: dict | None = None):
     """``spec`` as a policy, with the options its backend takes from the run (an API model's
-    server and seed)."""
+    server and seed; ``api``: more :class:`~backends.base.RunSettings` fields, e.g. concurrency)."""
     from backends import RunSettings, policy_class, resolve
 
-    options = policy_class(spec).options_from(RunSettings(seed=seed, base_url=base_url))
+    options = policy_class(spec).options_from(RunSettings(seed=seed, base_url=base_url, **(api or {})))
     return resolve(spec, device=device, **options)
 
 
@@ -263,6 +263,7 @@ def run_eval(
     batch_size: int,
     decoding: dict | None = None,
     base_url: str | None = None,
+    api: dict | None = None,
     sample_scores: bool = False,
     say: Say | None = None,
     bar: Bar | None = None,
@@ -305,7 +306,7 @@ def run_eval(
             if runs and sampling.is_deterministic:  # beam search falls back to greedy: deterministic too
                 say(f"{spec}: {decoding_text} is deterministic; one run stands for every seed")
                 break
-            policy = local or load_for_eval(spec, dev, seed=s, base_url=base_url)
+            policy = local or load_for_eval(spec, dev, seed=s, base_url=base_url, api=api)
             freeze_in(policy, prec)
             decode = decoding_for(policy, task, sampling)
             decoding_text = describe_decoding(policy, decode)

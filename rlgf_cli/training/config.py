@@ -69,6 +69,12 @@ class TrainConfig:
                                           "(probe once), continue (vLLM, SGLang), prefix (DeepSeek, Mistral), trailing "
                                           "(llama.cpp), instruct (approximate), none.", panel=PANEL_GUIDED,
                                     default_text="auto")
+    guide_concurrency: int = opt(0, "API guide: requests in flight at once (0: the backend's 8).", panel=PANEL_GUIDED)
+    guide_prompts_per_request: int = opt(1, "openai: guide: prompts per completions request (chat guides send one).",
+                                         panel=PANEL_GUIDED)
+    guide_extensions: str | None = opt(None, "API guide: send top_k and min_tokens (vLLM, llama.cpp, SGLang, `rlgf serve` "
+                                             "take them; OpenAI refuses them): auto (ask the server once), on, off.",
+                                       panel=PANEL_GUIDED, default_text="auto")
     guide_budget_tokens: int = opt(0, "Stop cleanly (with a checkpoint) before the API guide spends more than N "
                                       "prompt+completion tokens (0: no cap).", panel=PANEL_GUIDED)
     guide_price_per_1k: float | None = opt(None, "USD per 1,000 guide tokens, for the cost report.", panel=PANEL_GUIDED,
@@ -183,9 +189,10 @@ class TrainConfig:
                 f"--alg {self.alg} needs a guide policy",
                 "pass --guide SPEC (a model spec or a checkpoint folder, e.g. a BC run's OUT/final)",
             )
-        _positive_int(self, "iterations", "episodes", "epochs")
+        _positive_int(self, "iterations", "episodes", "epochs", "guide_prompts_per_request")
         _non_negative(self, "weight_decay", "vf_coef", "ent_coef", "kl_coef", "target_kl", "max_grad_norm")
-        _non_negative_int(self, "save_every", "seed", "guide_budget_tokens", "rollout_batch_size", "minibatch_size")
+        _non_negative_int(self, "save_every", "seed", "guide_budget_tokens", "rollout_batch_size", "minibatch_size",
+                          "guide_concurrency")
         if self.minibatch_size == 0:  # not given: follows the episodes per iteration
             self.minibatch_size = min(DEFAULT_MINIBATCH, self.episodes)
         if self.guide_price_per_1k is not None and not (self.guide_price_per_1k >= 0):
@@ -346,7 +353,7 @@ def _check_types(cfg: TrainConfig) -> None:
                 setattr(cfg, f.name, float(value))
         elif isinstance(default, str) or f.name in ("learner", "guide", "init", "data", "reward_model", "out", "reward", "bertscore_model",
                                                             "guide_base_url", "prompt_field", "reference_field", "chat_template",
-                                                            "guide_system", "guide_instruction", "guide_prefill",
+                                                            "guide_system", "guide_instruction", "guide_prefill", "guide_extensions",
                                                             "reward_label", "reward_url"):
             ok = isinstance(value, str)
         else:

@@ -79,7 +79,9 @@ def guide_options(cfg: TrainConfig, used: int = 0, concurrency: int | None = Non
     if not cfg.guide:
         return {}
     settings = RunSettings(seed=cfg.seed, base_url=cfg.guide_base_url, budget_tokens=cfg.guide_budget_tokens,
-                           budget_used=int(used or 0), price_per_1k=cfg.guide_price_per_1k, max_concurrency=concurrency,
+                           budget_used=int(used or 0), price_per_1k=cfg.guide_price_per_1k,
+                           max_concurrency=concurrency or cfg.guide_concurrency or None,
+                           prompts_per_request=cfg.guide_prompts_per_request, extensions=cfg.guide_extensions or "auto",
                            guide=True, guide_system=cfg.guide_system or getattr(task, "guide_system", None),
                            guide_instruction=cfg.guide_instruction or getattr(task, "guide_instruction", None),
                            guide_prefill=cfg.guide_prefill)
