@@ -80,7 +80,7 @@ def test_request_defaults_and_fields():
     ({"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"model": "m", "prompt": "x", "seed": 1.5}, "seed"),
     ({"model": "m", "prompt": "x", "stream": True}, "stream"),
-    ({"model": "m", "prompt": "x", "logprobs": 5}, "logprobs"),
+    ({"model": "m", "prompt": "x", "logprobs": 6}, "logprobs"),
     ({"model": "m", "prompt": "x", "presence_penalty": 1.0}, "presence_penalty"),
     ({"model": "m", "prompt": "x", "bogus": 1}, "bogus"),
 ])

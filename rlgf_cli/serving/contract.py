@@ -62,6 +62,8 @@ class CompletionRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     echo: bool = False
+    #: top alternatives per token in ``logprobs`` (None: no logprobs; see :mod:`rlgf_cli.serving.logprobs`)
+    logprobs: int | None = None
 
     def sampling(self) -> Sampling:
         if self.temperature == 0:
@@ -104,7 +106,8 @@ _ACCEPTED = {
     "model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "echo", "user",
     "top_k", "min_tokens",
     # refused unless left at their neutral value:
-    "stream", "stream_options", "logprobs", "suffix", "best_of", "presence_penalty",
+    "logprobs",
+    "stream", "stream_options", "suffix", "best_of", "presence_penalty",
     "frequency_penalty", "logit_bias",
 }
 
@@ -152,6 +155,9 @@ def parse_completion_request(body: Any) -> CompletionRequest:
     n = _int(body, "n", 1, 1, MAX_N)
     _refuse_unsupported(body, n)
     top_k = _int(body, "top_k", 0, -1)
+    logprobs = body.get("logprobs")
+    if logprobs is not None and (not _is_int(logprobs) or not 0 <= logprobs <= 5):
+        raise _bad("logprobs", f"'logprobs' must be an integer between 0 and 5, got {logprobs!r}")
     return CompletionRequest(
         model=model,
         prompts=prompts,
@@ -164,6 +170,7 @@ def parse_completion_request(body: Any) -> CompletionRequest:
         stop=stops,
         seed=seed,
         echo=bool(echo),
+        logprobs=logprobs,
     )
 
 
@@ -172,8 +179,6 @@ def _refuse_unsupported(body: dict, n: int) -> None:
         raise _bad("stream", "streaming is not supported by rlgf serve; send stream: false")
     if body.get("stream_options") is not None:
         raise _bad("stream_options", "stream_options is not supported by rlgf serve")
-    if body.get("logprobs") is not None:
-        raise _bad("logprobs", "logprobs are not supported by rlgf serve")
     if body.get("suffix") not in (None, ""):
         raise _bad("suffix", "suffix (insertion) is not supported by rlgf serve")
     best_of = body.get("best_of")

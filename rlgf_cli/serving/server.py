@@ -8,9 +8,9 @@ together are decoded together in one batch (:mod:`rlgf_cli.serving.batcher`).
 Request fields: ``model`` (must be the served name, else 404), ``prompt`` (a string or a
 list of strings), ``max_tokens`` (default 16), ``temperature`` (default 1; 0 is greedy),
 ``top_p``, ``n``, ``stop`` (a string or up to 4), ``seed`` (re-seeds ``random`` and torch
-before generating), ``echo``, ``user``; the extensions ``top_k`` and ``min_tokens`` (as in
-vLLM). Streaming, logprobs, suffix, penalties and logit bias are refused with 400 rather
-than silently ignored; unknown fields too. Replies carry ``choices`` (``index``, ``text``,
+before generating), ``echo``, ``logprobs`` (0–5 alternatives; :mod:`rlgf_cli.serving.logprobs`),
+``user``; the extensions ``top_k`` and ``min_tokens`` (as in vLLM). Streaming, suffix,
+penalties and logit bias are refused with 400 rather than silently ignored; unknown fields too. Replies carry ``choices`` (``index``, ``text``,
 ``finish_reason``: ``"stop"`` or ``"length"``) and ``usage`` counted with the policy's
 tokenizer when it has one (else the offline tiktoken count / rough estimate).
 
@@ -38,6 +38,7 @@ from rlgf_cli.serving.batcher import Batcher
 from rlgf_cli.serving.chat_contract import build_chat_reply, parse_chat_request
 from rlgf_cli.serving.chat_contract import render as render_chat
 from rlgf_cli.serving.contract import ApiError, CompletionRequest, build_reply, parse_completion_request
+from rlgf_cli.serving.logprobs import choice_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,13 @@ class CompletionHandler(BaseHTTPRequestHandler):
         expanded = [p for p in req.prompts for _ in range(req.n)]
         texts = self._decode(expanded, req)
         body = build_reply(req, texts, server.count_tokens, server.model_name)
+        if req.logprobs is not None:
+            with server.model_lock:
+                for i, choice in enumerate(body["choices"]):
+                    prompt = req.prompts[i // req.n]
+                    completion = choice["text"][len(prompt):] if req.echo else choice["text"]
+                    choice["logprobs"] = choice_logprobs(server.policy, prompt, completion, echo=req.echo,
+                                                         top=req.logprobs)
         usage = body["usage"]
         server.bump(completion_requests=1, completions=len(texts), prompt_tokens=usage["prompt_tokens"],
                     completion_tokens=usage["completion_tokens"])

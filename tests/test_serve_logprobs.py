@@ -1,0 +1,50 @@
+"""``logprobs`` and ``echo`` on ``rlgf serve``'s completions, as evaluation harnesses use them
+(the openai SDK against a real tiny model on loopback)."""
+
+from __future__ import annotations
+
+import math
+
+import openai
+import pytest
+
+from backends.hf.policy import HFPolicy
+from tiny_assets import served
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture
+def client(tiny_causal_dir):
+    with served(tiny_causal_dir) as server:
+        yield openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+
+
+def test_echo_with_no_new_tokens_scores_the_prompt_as_the_model_does(client, tiny_causal_dir):
+    prompt = "The film was long"
+    out = client.completions.create(model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=2)
+    (choice,) = out.choices
+    lp = choice.logprobs
+    assert choice.text == prompt and "".join(lp.tokens) == prompt
+    assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs) == len(lp.text_offset)
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    nll, n = HFPolicy.load(str(tiny_causal_dir)).sequence_nll([""], [prompt])[0]
+    scored = [v for v in lp.token_logprobs if v is not None]
+    assert len(scored) == n and math.isclose(-sum(scored), nll, rel_tol=1e-4, abs_tol=1e-4)
+    for alts, token, value in zip(lp.top_logprobs, lp.tokens, lp.token_logprobs):
+        assert token in alts and alts[token] == pytest.approx(value) and len(alts) <= 3
+        assert max(alts.values()) >= value - 1e-6  # the top alternatives are at least as likely
+
+
+def test_logprobs_of_a_generated_completion(client, tiny_causal_dir):
+    out = client.completions.create(model="tiny", prompt="A story", max_tokens=4, temperature=0, logprobs=0)
+    (choice,) = out.choices
+    tokens = choice.logprobs.tokens
+    tokenizer = HFPolicy.load(str(tiny_causal_dir)).tokenizer
+    assert len(tokens) == len(tokenizer(choice.text, add_special_tokens=False)["input_ids"]) >= 1
+    if choice.text.isascii():  # a byte token of a multi-byte character decodes to U+FFFD alone
+        assert "".join(tokens) == choice.text
+    assert all(v <= 0 for v in choice.logprobs.token_logprobs)
+    assert choice.logprobs.text_offset[0] == len("A story")
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tiny", prompt="x", max_tokens=1, logprobs=9)
