@@ -100,3 +100,36 @@ def test_a_failing_policy_fails_every_request_of_its_batch_and_the_batcher_goes_
     batcher.close()
     with pytest.raises(RuntimeError, match="shutting down"):
         batcher.submit(["d"], max_new_tokens=2, min_new_tokens=0, sampling=GREEDY)
+
+
+def test_sigterm_finishes_the_requests_in_flight_then_exits_0(tiny_causal_dir):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "rlgf_cli", "serve", "--policy", str(tiny_causal_dir), "--port", "0",
+                             "--device", "cpu", "--model-name", "tiny", "--batch-window-ms", "800"],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            found = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
+            url = found.group(1) if found else None
+        assert url, "the server did not start"
+        replies: list[dict] = []
+        worker = threading.Thread(target=lambda: replies.append(
+            post(url, {"model": "tiny", "prompt": "The film", "max_tokens": 5, "temperature": 0})))
+        worker.start()
+        time.sleep(0.3)  # the request now waits in the batcher's 800 ms window
+        proc.send_signal(signal.SIGTERM)
+        worker.join(60)
+        assert proc.wait(60) == 0
+        assert len(replies) == 1 and len(replies[0]["choices"]) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()

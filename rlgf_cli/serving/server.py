@@ -21,6 +21,7 @@ The server binds 127.0.0.1 unless told otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -89,9 +90,31 @@ class CompletionServer(ThreadingHTTPServer):
                                precision=precision)
         self.created = int(time.time())
         self._counts_lock = threading.Lock()
+        self._flight = threading.Condition()
+        self._flying = 0
         self.counts = dict.fromkeys(
             ("requests", "completion_requests", "completions", "prompt_tokens", "completion_tokens", "errors"), 0
         )
+
+    @contextlib.contextmanager
+    def in_flight(self):
+        """Counts a request being answered, so a shutdown can wait for it (:meth:`drain`)."""
+        with self._flight:
+            self._flying += 1
+        try:
+            yield
+        finally:
+            with self._flight:
+                self._flying -= 1
+                self._flight.notify_all()
+
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Wait until no request is being answered (at most ``timeout`` s); True if none is left."""
+        deadline = time.monotonic() + timeout
+        with self._flight:
+            while self._flying and time.monotonic() < deadline:
+                self._flight.wait(max(0.0, min(0.5, deadline - time.monotonic())))
+            return self._flying == 0
 
     def bump(self, **by: int) -> None:
         with self._counts_lock:
@@ -216,6 +239,10 @@ class CompletionHandler(BaseHTTPRequestHandler):
         return self.send_error_json(ApiError(404, f"no route GET {path}", type_="not_found_error"))
 
     def do_POST(self) -> None:  # noqa: N802
+        with self.server.in_flight():
+            self._do_post()
+
+    def _do_post(self) -> None:
         self.server.bump(requests=1)
         path = self._path()
         try:
@@ -328,13 +355,26 @@ def make_server(
         raise RlgfError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint=hint) from None
 
 
-def serve_forever(server: CompletionServer, poll_interval: float = 0.5) -> None:
-    """Serve until Ctrl-C (or :meth:`shutdown` from another thread), then close the socket."""
+def serve_forever(server: CompletionServer, poll_interval: float = 0.5, drain_s: float = 60.0) -> None:
+    """Serve until Ctrl-C or SIGTERM (or :meth:`shutdown` from another thread); then stop
+    accepting, let the requests in flight finish (at most ``drain_s``) and close the socket."""
+    import signal
+
+    def on_term(signum, frame) -> None:  # shutdown() waits for the loop: call it from another thread
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, on_term)
     try:
         server.serve_forever(poll_interval=poll_interval)
     except KeyboardInterrupt:
         pass
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if not server.drain(drain_s):
+            log.warning("stopping with requests still in flight after %.0f s", drain_s)
         server.server_close()
 
 
