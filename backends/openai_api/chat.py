@@ -22,7 +22,7 @@ import json
 from typing import Any, Mapping
 
 from backends.errors import RlgfError
-from backends.openai_api.payload import MalformedResponse, ParsedCompletion, _as_count
+from backends.openai_api.payload import MalformedResponse, ParsedCompletion, _as_count, reply_object
 
 PREFILLS = ("auto", "continue", "prefix", "trailing", "instruct", "none")
 #: the forms ``auto`` tries, in order (the first the server accepts wins)
@@ -86,16 +86,7 @@ def chat_body(prompt: str, prefix: str, *, system: str, instruction: str, prefil
 
 def parse_chat(body: str | bytes | Mapping[str, Any], n: int = 1) -> ParsedCompletion:
     """Reply texts, finish reasons and usage of a chat-completions reply with ``n`` choices."""
-    if isinstance(body, (str, bytes, bytearray)):
-        try:
-            body = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise MalformedResponse(f"reply is not JSON ({exc})") from None
-    if not isinstance(body, Mapping):
-        raise MalformedResponse(f"reply is a JSON {type(body).__name__}, not an object")
-    if body.get("error"):
-        err = body["error"]
-        raise MalformedResponse(f"reply carries an error: {err.get('message') if isinstance(err, Mapping) else err}")
+    body = reply_object(body)
     choices = body.get("choices")
     if not isinstance(choices, list) or len(choices) != n:
         raise MalformedResponse(f"reply has {len(choices) if isinstance(choices, list) else 'no'} choices, expected {n}")

@@ -108,12 +108,8 @@ def _as_count(value: Any) -> int | None:
     return None
 
 
-def parse_completion(body: str | bytes | Mapping[str, Any], n_prompts: int, n: int = 1) -> ParsedCompletion:
-    """Texts (in prompt order), finish reasons and usage from a completions reply.
-
-    Raises :class:`MalformedResponse` for anything that is not a well-formed completion
-    with exactly ``n_prompts * n`` choices.
-    """
+def reply_object(body: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
+    """A reply body as a JSON object without an ``error``; else :class:`MalformedResponse`."""
     if isinstance(body, (str, bytes, bytearray)):
         try:
             body = json.loads(body)
@@ -121,10 +117,20 @@ def parse_completion(body: str | bytes | Mapping[str, Any], n_prompts: int, n: i
             raise MalformedResponse(f"reply is not JSON ({exc})") from None
     if not isinstance(body, Mapping):
         raise MalformedResponse(f"reply is a JSON {type(body).__name__}, not an object")
-    if "error" in body and body.get("error"):
+    if body.get("error"):
         err = body["error"]
         msg = err.get("message") if isinstance(err, Mapping) else err
         raise MalformedResponse(f"reply carries an error: {msg}")
+    return body
+
+
+def parse_completion(body: str | bytes | Mapping[str, Any], n_prompts: int, n: int = 1) -> ParsedCompletion:
+    """Texts (in prompt order), finish reasons and usage from a completions reply.
+
+    Raises :class:`MalformedResponse` for anything that is not a well-formed completion
+    with exactly ``n_prompts * n`` choices.
+    """
+    body = reply_object(body)
     choices = body.get("choices")
     expected = n_prompts * n
     if not isinstance(choices, list):

@@ -17,7 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rlgf_cli.serving.contract import MAX_N, ApiError, CompletionRequest, _bad, _int, _is_int, _num, _first_stop
+from rlgf_cli.serving.contract import (MAX_N, ApiError, CompletionRequest, _bad, _first_stop, _int, _is_int, _num,
+                                      check_body)
 from rlgf_cli.training.config import MAX_NEW_TOKENS
 
 ROLES = ("system", "user", "assistant")
@@ -40,11 +41,7 @@ class ChatRequest:
 
 def parse_chat_request(body: Any) -> ChatRequest:
     """Check a decoded JSON body; raises :class:`ApiError` (400) with the offending ``param``."""
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
-    unknown = sorted(set(body) - _ACCEPTED)
-    if unknown:
-        raise ApiError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0])
+    body = check_body(body, _ACCEPTED)
     for name in ("stream", "logprobs"):
         if body.get(name) not in (None, False):
             raise _bad(name, f"{name} is not supported by rlgf serve's chat endpoint")

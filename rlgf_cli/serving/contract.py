@@ -112,13 +112,19 @@ _ACCEPTED = {
 }
 
 
-def parse_completion_request(body: Any) -> CompletionRequest:
-    """Check a decoded JSON body; raises :class:`ApiError` (400) with the offending ``param``."""
+def check_body(body: Any, accepted: set[str]) -> dict:
+    """``body`` if it is a JSON object of ``accepted`` fields; else an :class:`ApiError` (400)."""
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}")
-    unknown = sorted(set(body) - _ACCEPTED)
+    unknown = sorted(set(body) - accepted)
     if unknown:
         raise ApiError(400, f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0])
+    return body
+
+
+def parse_completion_request(body: Any) -> CompletionRequest:
+    """Check a decoded JSON body; raises :class:`ApiError` (400) with the offending ``param``."""
+    body = check_body(body, _ACCEPTED)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model", "'model' must be a non-empty string")
