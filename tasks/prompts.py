@@ -55,7 +55,8 @@ class PromptsTask(Task):
                  reference_field: str | None = None, reward: str | None = None, reward_model: str | None = None,
                  reward_label: str | None = None, reward_url: str | None = None, seed: int = 42,
                  max_new_tokens: int = 48, min_new_tokens: int = 1, prompt_max_tokens: int = 256,
-                 chat_template: str = "auto", device: str | None = None) -> None:
+                 chat_template: str = "auto", temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0,
+                 device: str | None = None) -> None:
         from tasks.chat import ChatPrompts
 
         if data is None:
@@ -66,7 +67,12 @@ class PromptsTask(Task):
         if int(max_new_tokens) < 1:
             raise RlgfError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         if not 0 <= int(min_new_tokens) <= int(max_new_tokens):
-            raise RlgfError(f"min_new_tokens must be between 0 and max_new_tokens ({max_new_tokens})")
+            raise RlgfError(f"--min-new-tokens must be between 0 and --max-new-tokens ({max_new_tokens})")
+        if not 0 < float(temperature) <= 2 or int(top_k) < 0 or not 0 < float(top_p) <= 1:
+            raise RlgfError(f"sampling out of range (temperature {temperature}, top-k {top_k}, top-p {top_p})",
+                            "use a temperature in (0, 2], a top-k >= 0 (0: off) and a top-p in (0, 1]")
+        self.train_sampling = self.eval_sampling = Sampling(do_sample=True, temperature=float(temperature),
+                                                            top_k=int(top_k), top_p=float(top_p))
         self.path = Path(data).expanduser() if not str(data).startswith(HF_PREFIX) else str(data)
         self.prompt_field = str(prompt_field)
         self.reference_field = reference_field

@@ -175,3 +175,17 @@ def test_hf_datasets_from_a_local_folder(tmp_path):
     assert task.examples("test")[0].prompt == "test 0"
     with pytest.raises(RlgfError, match="could not load the dataset hf:no-such-dataset-rlgf"):
         get_task("prompts", data="hf:no-such-dataset-rlgf:train").examples("train")
+
+
+def test_sampling_and_minimum_length_are_options(chat_file, tmp_path, reward_file, chat_dir):
+    task = get_task("prompts", data=str(chat_file), temperature=0.7, top_k=0, top_p=0.9, min_new_tokens=3)
+    assert task.train_sampling == task.eval_sampling
+    assert (task.train_sampling.temperature, task.train_sampling.top_k, task.train_sampling.top_p) == (0.7, 0, 0.9)
+    assert task.min_new_tokens == 3
+    default = get_task("prompts", data=str(chat_file)).train_sampling
+    assert (default.temperature, default.top_k, default.top_p) == (1.0, 50, 1.0)
+    result = runner.invoke(app, ["train", "--task", "prompts", "--data", str(chat_file), "--reward",
+                                 f"{reward_file}:reward", "--learner", str(chat_dir), "--temperature", "5",
+                                 "--out", str(tmp_path / "run"), "--quiet"])
+    lines = [x for x in result.output.splitlines() if x.startswith("[error]")]
+    assert result.exit_code == 1 and len(lines) == 1 and "temperature 5" in lines[0], result.output

@@ -126,6 +126,14 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "Gradient clipping (global norm).", panel=PANEL_PPO)
     whiten_advantages: bool = opt(True, "Whiten advantages over each rollout batch.", panel=PANEL_PPO)
     max_new_tokens: int | None = opt(None, "Continuation length.", panel=PANEL_RUN, default_text="the task's")
+    min_new_tokens: int | None = opt(None, "--task prompts: the shortest continuation (EOS is blocked before it).",
+                                     panel=PANEL_RUN, default_text="1")
+    temperature: float | None = opt(None, "--task prompts: sampling temperature of the rollouts and evaluation.",
+                                    panel=PANEL_RUN, default_text="1.0")
+    top_k: int | None = opt(None, "--task prompts: top-k of that sampling (0: off).", panel=PANEL_RUN,
+                            default_text="50")
+    top_p: float | None = opt(None, "--task prompts: nucleus top-p of that sampling (1: off).", panel=PANEL_RUN,
+                              default_text="1.0")
     beta: float | None = opt(None, "Mixing probability β of ppo++ (the guide rolls in) or aggrevated (the learner rolls "
                                    "in); lols and d2lols take --ppopp-beta and --aggrevated-beta.", panel=PANEL_GUIDED,
                              default_text="PPO++ 0.2, AggreVaTeD 0.8")
@@ -363,13 +371,13 @@ def _check_types(cfg: TrainConfig) -> None:
                 f"config value {f.name} = {value!r} has the wrong type",
                 f"expected {type(default).__name__ if default is not None else 'a string'}",
             )
-    for name in ("lr", "beta", "ppopp_beta", "aggrevated_beta", "alpha", "guide_price_per_1k"):
+    for name in ("lr", "beta", "ppopp_beta", "aggrevated_beta", "alpha", "guide_price_per_1k", "temperature", "top_p"):
         value = getattr(cfg, name)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise RlgfError(f"config value {name} = {value!r} has the wrong type", "expected a number")
             setattr(cfg, name, float(value))
-    for name in ("max_new_tokens", "switch_iteration"):
+    for name in ("max_new_tokens", "switch_iteration", "min_new_tokens", "top_k"):
         value = getattr(cfg, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise RlgfError(f"config value {name} = {value!r} has the wrong type", "expected an integer")

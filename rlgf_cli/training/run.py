@@ -51,7 +51,8 @@ def build_task(cfg: TrainConfig):
     options = task_options(data=cfg.data, reward_model=cfg.reward_model, reward=cfg.reward,
                            bertscore_model=cfg.bertscore_model, max_new_tokens=cfg.max_new_tokens,
                            prompt_field=cfg.prompt_field, reference_field=cfg.reference_field, chat_template=cfg.chat_template,
-                           reward_label=cfg.reward_label, reward_url=cfg.reward_url)
+                           reward_label=cfg.reward_label, reward_url=cfg.reward_url, min_new_tokens=cfg.min_new_tokens,
+                           temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     return get_task(cfg.task, **options)
 
 
