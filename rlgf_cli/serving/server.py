@@ -97,7 +97,7 @@ class CompletionServer(ThreadingHTTPServer):
         )
 
     @contextlib.contextmanager
-    def in_flight(self):
+    def answering(self):
         """Counts a request being answered, so a shutdown can wait for it (:meth:`drain`)."""
         with self._flight:
             self._flying += 1
@@ -239,7 +239,7 @@ class CompletionHandler(BaseHTTPRequestHandler):
         return self.send_error_json(ApiError(404, f"no route GET {path}", type_="not_found_error"))
 
     def do_POST(self) -> None:  # noqa: N802
-        with self.server.in_flight():
+        with self.server.answering():
             self._do_post()
 
     def _do_post(self) -> None:
