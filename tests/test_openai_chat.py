@@ -180,3 +180,17 @@ def test_extensions_auto_reads_who_serves_the_model(tiny_causal_dir):
     with served(tiny_causal_dir) as srv:  # rlgf serve says owned_by "rlgf"
         guide = resolve("openai:tiny", base_url=srv.url, cache_path=False, extensions="auto")
         assert guide.extensions and guide.sampling_options == SAMPLING_OPTIONS
+
+
+def test_eval_of_a_chat_policy_uses_the_tasks_instruction(tmp_path):
+    reward = make_tiny_reward(tmp_path / "reward")
+    with ChatServer() as server:
+        result = runner.invoke(app, ["eval", "-p", "openai-chat:chatty", "--policy-base-url", server.url,
+                                     "--reward-model", str(reward), "--reference", "none", "--limit", "2",
+                                     "--max-new-tokens", "3", "--device", "cpu", "--json", str(tmp_path / "e.json"),
+                                     "--guide-concurrency", "2", "--quiet"])
+        assert result.exit_code == 0, (result.output, result.exception)
+        users = [b["messages"][-1]["content"] for b in server.requests]
+        assert len(users) == 2 and all("movie review" in u for u in users)
+    (res,) = json.loads((tmp_path / "e.json").read_text())["results"]
+    assert res["n"] == 2 and 0.0 <= res["metrics"]["sentiment"] <= 1.0

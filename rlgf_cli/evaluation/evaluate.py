@@ -294,6 +294,7 @@ def run_eval(
     if reference is not None:
         freeze_in(reference, prec)
     seed_list = [seed + i for i in range(seeds)]
+    api = {"guide_system": task.guide_system, "guide_instruction": task.guide_instruction, **(api or {})}
     remember_scores(reference)
     results = []
     for spec in specs:
