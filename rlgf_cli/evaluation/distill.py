@@ -271,7 +271,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     say(f"loading learner {learner_spec} and guide {o.guide}")
     reference = resolve(learner_spec, device=device)
     check_room(out, reference, then_cfg)  # before the guide is paid for its completions
-    guide = resolve(o.guide, device=device, **guide_options(bc_cfg, concurrency=o.concurrency))
+    guide = resolve(o.guide, device=device, **guide_options(bc_cfg, concurrency=o.concurrency, task=task))
     freeze_in(guide, prec)
     rows, stats = [], {}
 
