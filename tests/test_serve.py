@@ -3,6 +3,7 @@ auth, a tiny transformers model behind it, and the ``serve`` command."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -17,7 +18,9 @@ import pytest
 from backends.base import GREEDY, Policy
 from backends.errors import RlgfError
 from fault_server import CharPolicy, EchoPolicy, running
+from rlgf_cli.serving.asgi import AsgiServer
 from rlgf_cli.serving.server import make_server
+from rlgf_cli.serving.service import Service
 from rlgf_cli.serving.contract import ApiError, parse_completion_request
 
 KEY = "serve-test-key-123"
@@ -30,15 +33,29 @@ def _env(monkeypatch, tmp_path):
     monkeypatch.setenv("RLGF_CACHE_DIR", str(tmp_path / "cache"))
 
 
-@pytest.fixture
-def server():
-    with running(make_server(CharPolicy(), "127.0.0.1", 0, model_name="echo")) as srv:
+@contextlib.contextmanager
+def serving(stack: str, policy, **options):
+    """The standard-library server or the uvicorn one (what ``rlgf serve`` runs), on a free port."""
+    if stack == "stdlib":
+        with running(make_server(policy, "127.0.0.1", 0, **options)) as srv:
+            yield srv
+        return
+    srv = AsgiServer(Service(policy, **options), "127.0.0.1", 0).start_in_thread()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(params=["stdlib", "uvicorn"])
+def server(request):
+    with serving(request.param, CharPolicy(), model_name="echo") as srv:
         yield srv
 
 
-@pytest.fixture
-def keyed():
-    with running(make_server(EchoPolicy(), "127.0.0.1", 0, api_key=KEY, model_name="echo")) as srv:
+@pytest.fixture(params=["stdlib", "uvicorn"])
+def keyed(request):
+    with serving(request.param, EchoPolicy(), api_key=KEY, model_name="echo") as srv:
         yield srv
 
 

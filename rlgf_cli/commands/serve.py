@@ -1,4 +1,4 @@
-"""``rlgf serve``: put a local policy behind an OpenAI-compatible completions API."""
+"""``rlgf serve``: put a local policy behind an OpenAI-compatible API (uvicorn + Starlette)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def serve_command(
     max_batch: Annotated[int, typer.Option(help="Most prompts decoded together: requests that wait together share one batch (1: one request at a time).")] = 64,
     batch_window_ms: Annotated[float, typer.Option(help="How long the first waiting request waits for others to join its batch.")] = 5.0,
 ) -> None:
-    """Serve a local policy as an OpenAI-compatible completions API (POST /v1/completions, GET /v1/models).
+    """Serve a local policy as an OpenAI-compatible API (POST /v1/completions, POST /v1/chat/completions, GET /v1/models) on uvicorn.
 
     Requests that arrive while the model is busy, or within --batch-window-ms of each other, are
     decoded together (up to --max-batch prompts) when they decode the same way.
@@ -49,7 +49,9 @@ def serve_command(
     from backends.errors import RlgfError
 
     from rlgf_cli.commands.console import err_console
-    from rlgf_cli.serving.server import make_server, serve_forever
+    from rlgf_cli.serving.asgi import AsgiServer
+    from rlgf_cli.serving.server import bind_error
+    from rlgf_cli.serving.service import Service
 
     if not 0 <= port <= 65535:
         raise RlgfError(f"--port must be between 0 and 65535 (got {port})", "e.g. --port 8000, or 0 for any free port")
@@ -72,9 +74,14 @@ def serve_command(
     prec = resolve_precision(precision, resolve_device(device))
     served = resolve(policy, device=device, progress=lambda msg: err_console.print(msg, markup=False))
     freeze_in(served, prec)
-    server = make_server(served, host, port, api_key=api_key, model_name=model_name, precision=prec,
-                         max_batch=max_batch, batch_window_s=batch_window_ms / 1000)
-    name = server.model_name
+    service = Service(served, api_key=api_key, model_name=model_name, precision=prec, max_batch=max_batch,
+                      batch_window_s=batch_window_ms / 1000)
+    try:
+        server = AsgiServer(service, host, port)
+    except OSError as exc:
+        service.close()
+        raise bind_error(host, port, exc) from None
+    name = service.model_name
     warning = "" if api_key or _is_loopback(host) else " — no --api-key on a non-loopback address: anyone who can reach it can use it"
     err_console.print(
         f"rlgf serve: {served.describe()} as model '{name}' at {server.url} "
@@ -82,7 +89,9 @@ def serve_command(
         markup=False,
     )
     try:
-        serve_forever(server)
+        server.run()  # uvicorn: until Ctrl-C or SIGTERM, answering the requests in flight first
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it stopped on, once it has stopped
+        pass
     finally:
         served.close()
     # Stopped by Ctrl-C, everything closed: leave without the interpreter's teardown, where a

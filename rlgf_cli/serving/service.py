@@ -1,0 +1,187 @@
+"""What ``rlgf serve`` answers, whatever HTTP stack carries it.
+
+:class:`Service` holds the policy, its batcher (:mod:`rlgf_cli.serving.batcher`), the key,
+the served name and the counters, and turns a decoded request into a reply body or an
+:class:`~rlgf_cli.serving.contract.ApiError`. The production stack
+(:mod:`rlgf_cli.serving.asgi`, uvicorn + Starlette) and the standard-library one
+(:mod:`rlgf_cli.serving.server`, what the tests' fault-injecting servers extend) both call it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from backends.base import Policy
+from backends.errors import RlgfError
+
+from rlgf_cli.serving.batcher import Batcher
+from rlgf_cli.serving.chat_contract import build_chat_reply, parse_chat_request
+from rlgf_cli.serving.chat_contract import render as render_chat
+from rlgf_cli.serving.contract import ApiError, CompletionRequest, build_reply, parse_completion_request
+from rlgf_cli.serving.logprobs import choice_logprobs
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+POST_ROUTES = ("/v1/completions", "/v1/chat/completions")
+
+
+def token_counter_for(policy: Policy) -> Callable[[str], int]:
+    """Count tokens as the policy does: its ``count_tokens``, its HF tokenizer, else offline tiktoken."""
+    count = getattr(policy, "count_tokens", None)
+    if callable(count):
+        return count
+    tok = getattr(policy, "tokenizer", None)
+    if tok is not None:
+
+        def count_hf(text: str) -> int:
+            return len(tok(text, add_special_tokens=False)["input_ids"])
+
+        try:
+            count_hf("probe")
+            return count_hf
+        except Exception:  # noqa: BLE001 - not an HF tokenizer: fall through
+            pass
+    from backends.openai_api.token_budget import token_counter
+
+    return token_counter()[0]
+
+
+class Service:
+    """The served policy and everything a request needs (see the module docstring)."""
+
+    def __init__(self, policy: Policy, *, api_key: str | None = None, model_name: str | None = None, precision=None,
+                 max_batch: int = 64, batch_window_s: float = 0.005) -> None:
+        self.policy = policy
+        self.api_key = api_key or None
+        self.model_name = model_name or policy.spec
+        self.precision = precision
+        self.model_lock = threading.Lock()
+        self.count_tokens = token_counter_for(policy)
+        self.batcher = Batcher(policy, max_batch=max_batch, window_s=batch_window_s, lock=self.model_lock,
+                               precision=precision)
+        self.created = int(time.time())
+        self._counts_lock = threading.Lock()
+        self.counts = dict.fromkeys(
+            ("requests", "completion_requests", "completions", "prompt_tokens", "completion_tokens", "errors"), 0)
+        self._flight = threading.Condition()
+        self._flying = 0
+
+    def bump(self, **by: int) -> None:
+        with self._counts_lock:
+            for name, value in by.items():
+                self.counts[name] += value
+
+    @contextlib.contextmanager
+    def answering(self):
+        """Counts a request being answered, so a shutdown can wait for it (:meth:`drain`)."""
+        with self._flight:
+            self._flying += 1
+        try:
+            yield
+        finally:
+            with self._flight:
+                self._flying -= 1
+                self._flight.notify_all()
+
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Wait until no request is being answered (at most ``timeout`` s); True if none is left."""
+        deadline = time.monotonic() + timeout
+        with self._flight:
+            while self._flying and time.monotonic() < deadline:
+                self._flight.wait(max(0.0, min(0.5, deadline - time.monotonic())))
+            return self._flying == 0
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    # -- auth and routes ------------------------------------------------------------
+    def authorized(self, header: str | None) -> bool:
+        if self.api_key is None:
+            return True
+        scheme, _, token = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode())
+
+    @staticmethod
+    def auth_error(header: str | None) -> ApiError:
+        msg = "Incorrect API key provided." if header else "You didn't provide an API key (Authorization: Bearer KEY)."
+        return ApiError(401, msg, code="invalid_api_key")
+
+    def get(self, path: str) -> dict:
+        """The body of ``GET path`` (auth is the caller's: ``/health`` needs none)."""
+        if path == "/health":
+            return {"status": "ok", "model": self.model_name}
+        if path == "/v1/models":
+            return {"object": "list", "data": [self.model_card()]}
+        if path.startswith("/v1/models/"):
+            name = path[len("/v1/models/"):]
+            if name == self.model_name:
+                return self.model_card()
+            raise self.unknown_model(name)
+        raise ApiError(404, f"no route GET {path}", type_="not_found_error")
+
+    def post(self, path: str, payload: Any) -> dict:
+        """The body of ``POST path`` with the decoded JSON ``payload`` (blocks while it decodes)."""
+        if path not in POST_ROUTES:
+            raise ApiError(404, f"no route POST {path}", type_="not_found_error")
+        chat = path == "/v1/chat/completions"
+        req = parse_chat_request(payload) if chat else parse_completion_request(payload)
+        if req.model != self.model_name:
+            raise self.unknown_model(req.model)
+        return self.chat(req) if chat else self.complete(req)
+
+    def model_card(self) -> dict:
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "rlgf"}
+
+    def unknown_model(self, name: str) -> ApiError:
+        return ApiError(404, f"The model '{name}' does not exist; this server offers '{self.model_name}'.",
+                        param="model", code="model_not_found")
+
+    # -- work -------------------------------------------------------------------------
+    def chat(self, req) -> dict:
+        """A chat request: the conversation rendered with the model's template, then decoded
+        like a completions prompt (in the same batches)."""
+        prompt = render_chat(self.policy, req)
+        texts = self._decode([prompt] * req.completion.n, req.completion)
+        body = build_chat_reply(req, prompt, texts, self.count_tokens, self.model_name)
+        self._count(body, len(texts))
+        return body
+
+    def complete(self, req: CompletionRequest) -> dict:
+        expanded = [p for p in req.prompts for _ in range(req.n)]
+        texts = self._decode(expanded, req)
+        body = build_reply(req, texts, self.count_tokens, self.model_name)
+        if req.logprobs is not None:
+            with self.model_lock:
+                for i, choice in enumerate(body["choices"]):
+                    prompt = req.prompts[i // req.n]
+                    completion = choice["text"][len(prompt):] if req.echo else choice["text"]
+                    choice["logprobs"] = choice_logprobs(self.policy, prompt, completion, echo=req.echo,
+                                                         top=req.logprobs)
+        self._count(body, len(texts))
+        return body
+
+    def _count(self, body: dict, completions: int) -> None:
+        usage = body["usage"]
+        self.bump(completion_requests=1, completions=completions, prompt_tokens=usage["prompt_tokens"],
+                  completion_tokens=usage["completion_tokens"])
+
+    def _decode(self, expanded: list[str], req: CompletionRequest) -> list[str]:
+        try:
+            texts = self.batcher.submit(
+                expanded, max_new_tokens=req.max_tokens, min_new_tokens=min(req.min_tokens, req.max_tokens),
+                sampling=req.sampling(), seed=req.seed,
+            ) if req.max_tokens > 0 else [""] * len(expanded)
+        except RlgfError as exc:
+            raise ApiError(400, f"the policy refused the request: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a policy bug must not kill the server
+            log.exception("the policy failed on a completion request")
+            raise ApiError(500, f"the policy failed: {type(exc).__name__}: {exc}", type_="server_error") from None
+        if len(texts) != len(expanded):
+            raise ApiError(500, "the policy returned the wrong number of completions", type_="server_error")
+        return texts
