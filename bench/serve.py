@@ -1,8 +1,9 @@
 """Benchmark: ``rlgf serve`` with dynamic batching against one-request-at-a-time serving.
 
 16 concurrent clients each send one completions request (one prompt, 24 new tokens, the
-tasks' top-k 50 sampling) to a loopback server; the same model is served twice in the same
-run — batching on (``--max-batch 64``) and off (``--max-batch 1``) — and the completions per
+tasks' top-k 50 sampling) to a loopback server (uvicorn, as ``rlgf serve`` runs it); the same
+model is served twice in the same run — batching on (``--max-batch 64``) and off
+(``--max-batch 1``) — and the completions per
 second of each (median of ``--rounds`` rounds) and their ratio are printed::
 
     .venv/bin/python bench/serve.py                    # the embedded SmolLM2 (cached)
@@ -58,18 +59,19 @@ def one_round(url: str, clients: int, tokens: int) -> float:
 
 
 def measure(policy, max_batch: int, args) -> dict:
-    from rlgf_cli.serving.server import make_server, start_in_thread
+    """One serving of ``policy`` on the stack ``rlgf serve`` runs (uvicorn), timed."""
+    from rlgf_cli.serving.asgi import AsgiServer
+    from rlgf_cli.serving.service import Service
 
-    server = make_server(policy, "127.0.0.1", 0, model_name="bench", max_batch=max_batch)
-    start_in_thread(server)
+    server = AsgiServer(Service(policy, model_name="bench", max_batch=max_batch), "127.0.0.1", 0).start_in_thread()
+    batcher = server.service.batcher
     try:
         one_round(server.url, 2, 2)  # warm-up
-        server.batcher.batches.clear()
+        batcher.batches.clear()
         times = [one_round(server.url, args.clients, args.tokens) for _ in range(args.rounds)]
-        batches = list(server.batcher.batches)
+        batches = list(batcher.batches)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
     wall = statistics.median(times)
     return {"max_batch": max_batch, "seconds": times, "median_s": wall, "completions_per_s": args.clients / wall,
             "mean_batch": statistics.fmean(batches) if batches else 0.0}
