@@ -17,8 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rlgf_cli.serving.contract import (MAX_N, ApiError, CompletionRequest, _bad, _first_stop, _int, _is_int, _num,
-                                      check_body)
+from rlgf_cli.serving.contract import (MAX_N, ApiError, CompletionRequest, _bad, _int, _is_int, _num, check_body,
+                                      finish)
 from rlgf_cli.training.config import MAX_NEW_TOKENS
 
 ROLES = ("system", "user", "assistant")
@@ -107,12 +107,8 @@ def build_chat_reply(req: ChatRequest, prompt: str, texts: list[str], count_toke
                      model: str) -> dict:
     choices, completion_tokens = [], 0
     for i, text in enumerate(texts):
-        cut = _first_stop(text, req.stop)
-        if cut is not None:
-            text = text[:cut]
-        n_tokens = count_tokens(text)
+        text, n_tokens, reason = finish(text, req.stop, req.completion.max_tokens, count_tokens)
         completion_tokens += n_tokens
-        reason = "stop" if cut is not None or n_tokens < req.completion.max_tokens else "length"
         choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                         "logprobs": None})
     prompt_tokens = count_tokens(prompt)

@@ -204,16 +204,21 @@ def _first_stop(text: str, stops: list[str]) -> int | None:
     return min(hits) if hits else None
 
 
+def finish(text: str, stops: list[str], max_tokens: int, count_tokens: Callable[[str], int]) -> tuple[str, int, str]:
+    """``(text cut at its first stop string, its tokens, finish_reason)`` of one completion."""
+    cut = _first_stop(text, stops)
+    if cut is not None:
+        text = text[:cut]
+    n_tokens = count_tokens(text)
+    return text, n_tokens, "stop" if cut is not None or n_tokens < max_tokens else "length"
+
+
 def build_reply(req: CompletionRequest, texts: list[str], count_tokens: Callable[[str], int], model: str) -> dict:
     """The reply for ``texts`` (``n`` per prompt, in order); prompt tokens count once per prompt."""
     choices, completion_tokens = [], 0
     for i, text in enumerate(texts):
-        cut = _first_stop(text, req.stop)
-        if cut is not None:
-            text = text[:cut]
-        n_tokens = count_tokens(text)
+        text, n_tokens, reason = finish(text, req.stop, req.max_tokens, count_tokens)
         completion_tokens += n_tokens
-        reason = "stop" if cut is not None or n_tokens < req.max_tokens else "length"
         if req.echo:
             text = req.prompts[i // req.n] + text
         choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
