@@ -58,6 +58,9 @@ def parse_args(argv=None):
                    help="comma-separated learning rates: choose the RL lr first, by PPO's validation reward")
     p.add_argument("--max-approx-kl", type=float, default=0.1,
                    help="an lr whose mean approx_kl exceeds this is not chosen (PPO's healthy range)")
+    p.add_argument("--max-kl-per-token", type=float, default=0.1,
+                   help="nor one whose exact KL to the reference, per learner token, ends above this "
+                        "(0.1 nats a token: 2.4 nats over 24 tokens)")
     p.add_argument("--bc-lr", type=float, default=None)
     p.add_argument("--all-rows", action="store_true", help="also BC+AggreVaTeD, BC+LOLS, BC+D2LOLS")
     p.add_argument("--reward-model", default=None, help="reward classifier folder (default: the task's own)")
@@ -142,7 +145,8 @@ def lr_trial(args, out: Path, lr: float) -> dict:
 def choose_lr(args, trials: list[dict], out: Path) -> dict:
     """The best validation reward among the lrs whose mean approx_kl stays healthy."""
     metric = next(iter(trials[0]["val"]))
-    healthy = [t for t in trials if t["approx_kl_mean"] <= args.max_approx_kl] or trials
+    healthy = [t for t in trials if t["approx_kl_mean"] <= args.max_approx_kl
+               and (t.get("kl_exact_last") or 0.0) <= args.max_kl_per_token] or trials
     best = max(healthy, key=lambda t: t["val"][metric])
     choice = {"metric": metric, "trials": trials, "chosen": best["lr"]}
     out.mkdir(parents=True, exist_ok=True)

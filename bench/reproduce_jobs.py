@@ -171,7 +171,9 @@ def _launch(job: Job, args, out: Path, argv: list[str], lr: float | None, left: 
 def gather(jobs: list[Job], done: dict[str, dict], seeds: int) -> tuple[list[dict], list[dict], list[int]]:
     """Per seed (those with at least one finished row): metrics and run folders by row label."""
     per_seed, runs_by_seed, used = [], [], []
-    order = [INITIAL, GUIDE] + [j.label for j in jobs if j.kind == "row" and j.seed == 0]
+    labels = [j.label for j in jobs if j.kind == "row" and j.seed == 0]
+    paper = [label for label, _, _ in ROWS + EXTRA_ROWS]  # the tables keep the paper's row order
+    order = [INITIAL, GUIDE] + sorted(labels, key=lambda x: paper.index(x) if x in paper else len(paper))
     fixed = {j.label: done[j.name] for j in jobs if j.kind in ("initial", "guide-eval") and j.name in done}
     for seed in range(seeds):
         mine = {j.label: done[j.name] for j in jobs if j.seed == seed and j.name in done and j.kind == "row"}
