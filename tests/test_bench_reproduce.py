@@ -51,3 +51,19 @@ def test_reproduce_tiny(tmp_path, tiny_causal_dir, tiny_reward_dir):
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["table"] == rows
+
+
+def test_the_lr_rule_refuses_drift_from_the_reference(tmp_path):
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reproduce import choose_lr
+
+    args = argparse.Namespace(max_approx_kl=0.1, max_kl_per_token=0.1)
+    trials = [{"lr": 5e-5, "val": {"sentiment": 0.612}, "approx_kl_mean": 0.0003, "kl_exact_last": 0.05},
+              {"lr": 2e-4, "val": {"sentiment": 0.622}, "approx_kl_mean": 0.0045, "kl_exact_last": 0.31}]
+    assert choose_lr(args, trials, tmp_path)["chosen"] == 5e-5  # the better val score drifted too far
+    args.max_kl_per_token = 1.0
+    assert choose_lr(args, trials, tmp_path)["chosen"] == 2e-4
+    args.max_kl_per_token = 0.01  # none is healthy: the best of all
+    assert choose_lr(args, trials, tmp_path)["chosen"] == 2e-4
