@@ -88,9 +88,15 @@ def serve_command(
         f"({prec.describe()}; guide: OPENAI_BASE_URL={server.url} --guide openai:{name}; auth {'on' if api_key else 'off'}; Ctrl-C stops){warning}",
         markup=False,
     )
+    import signal
+
+    def stopped(signum, frame):  # uvicorn re-raises the signal it stopped on, once it has stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stopped)
     try:
         server.run()  # uvicorn: until Ctrl-C or SIGTERM, answering the requests in flight first
-    except KeyboardInterrupt:  # uvicorn re-raises the signal it stopped on, once it has stopped
+    except KeyboardInterrupt:
         pass
     finally:
         served.close()

@@ -94,6 +94,7 @@ class AsgiServer:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self.socket.bind((host, port))
+            self.socket.listen(2048)  # connections wait in the backlog until uvicorn's loop accepts
         except OSError:
             self.socket.close()
             raise

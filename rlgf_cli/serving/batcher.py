@@ -2,7 +2,8 @@
 
 Each HTTP request thread calls :meth:`Batcher.submit` and blocks. One worker thread owns the
 model: it takes the oldest waiting request, waits ``window_s`` (a few milliseconds) for
-others to arrive, then decodes every waiting request that decodes the same way (the same
+others to arrive — and another window while the last one brought more, up to
+:data:`MAX_WINDOWS` — then decodes every waiting request that decodes the same way (the same
 ``max_tokens``, ``min_tokens`` and sampling; no ``seed``) in one ``policy.complete`` call,
 up to ``max_batch`` prompts. Requests that arrived while the model was busy are all waiting
 when it frees, so under load batches fill by themselves. A request with a ``seed`` is decoded
@@ -21,6 +22,10 @@ import time
 from dataclasses import dataclass, field
 
 from backends.base import Policy, Sampling
+
+
+#: the most windows the first waiting request waits for others (while they keep arriving)
+MAX_WINDOWS = 8
 
 
 @dataclass
@@ -89,7 +94,7 @@ class Batcher:
                 self._cond.wait()
             first = self._queue[0]
         if first.key is not None and self.window_s and self.max_batch > 1:
-            time.sleep(self.window_s)  # let requests sent at the same moment join this batch
+            self._gather()
         with self._cond:
             first = self._queue.pop(0)
             batch, size = [first], len(first.prompts)
@@ -100,6 +105,18 @@ class Batcher:
                         batch.append(job)
                         size += len(job.prompts)
             return batch
+
+    def _gather(self) -> None:
+        """Wait while requests keep arriving: one window, then another as long as the last one
+        brought more (at most :data:`MAX_WINDOWS` in all, or until a batch's worth waits)."""
+        seen = -1
+        for _ in range(MAX_WINDOWS):
+            with self._cond:
+                waiting = sum(len(job.prompts) for job in self._queue)
+            if waiting == seen or waiting >= self.max_batch:
+                return
+            seen = waiting
+            time.sleep(self.window_s)
 
     def _run(self) -> None:
         while True:
