@@ -21,6 +21,9 @@ from rlgf_cli.app import app
 from tiny_assets import make_tiny_reward
 
 runner = CliRunner()
+
+if os.environ.get("RLGF_INTEROP") != "1":  # minutes and extra packages: `make test-interop` sets it
+    pytest.skip("interop test: run `make test-interop`", allow_module_level=True)
 llama_server = pytest.importorskip("llama_cpp.server", reason="make test-interop installs llama-cpp-python[server]")
 
 

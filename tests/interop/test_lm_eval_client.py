@@ -5,10 +5,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from tiny_assets import served
+
+if os.environ.get("RLGF_INTEROP") != "1":  # minutes and extra packages: `make test-interop` sets it
+    pytest.skip("interop test: run `make test-interop`", allow_module_level=True)
 
 lm_eval = pytest.importorskip("lm_eval", reason="make test-interop installs lm-eval")
 
