@@ -45,7 +45,7 @@ def test_library_names_suggest_through_it():
     assert err.value.message == "task imdb has no option 'max_new_token'; did you mean 'max_new_tokens'?"
     with pytest.raises(RlgfError) as err:
         resolve("opnai:gpt-4o")
-    assert err.value.hint.startswith("did you mean 'openai'? known backends: ")
+    assert err.value.hint.startswith("did you mean 'openai' or 'openai-chat'? known backends: ")
 
 
 def test_algorithm_and_config_keys_suggest_through_it(tmp_path):

@@ -75,20 +75,12 @@ def warp(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 
 
 def choose(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
-    """One token per row: argmax (greedy) or a draw from the warped distribution.
-
-    With top-k the draw is made among the k candidates only (temperature and top-p applied to
-    them): the same distribution as warping the whole vocabulary, at a fraction of the cost
-    (a draw over a 49k vocabulary was an eighth of a CPU decoding step). Only exact ties at
-    the k-th logit differ: the whole-vocabulary warp keeps them all, this keeps k."""
+    """One token per row: argmax (greedy) or a draw from the warped distribution, over the whole
+    vocabulary as ``generate`` draws it, so the loop's samples are ``generate``'s token for token
+    (a draw among the top-k candidates only would be cheaper on a CPU, and the same
+    distribution, but other random streams)."""
     if sampling.is_greedy:
         return logits.argmax(-1)
-    top_k = int(sampling.top_k or 0)
-    if 0 < top_k < logits.shape[-1]:
-        values, index = torch.topk(logits, top_k, dim=-1)  # sorted, largest first
-        kept = warp(values, Sampling(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p))
-        pick = torch.multinomial(kept.softmax(-1), 1)
-        return index.gather(-1, pick).squeeze(1)
     probs = warp(logits, sampling).softmax(-1)
     return torch.multinomial(probs, 1).squeeze(1)
 
