@@ -110,12 +110,20 @@ def test_jsonl_trains_and_evaluates(tmp_path, tiny_causal_dir, jsonl, reward_fil
     assert 0 <= got["reward"] <= 1 and got["perplexity"] > 1
 
 
-def test_csv_with_mapped_columns_trains(tmp_path, tiny_causal_dir, csv_file, reward_file):
+@pytest.mark.parametrize("alg", ["ppo", "ppo++"])
+def test_csv_with_mapped_columns_trains_and_evaluates(tmp_path, tiny_causal_dir, csv_file, reward_file, alg):
     result = _train(tmp_path, tiny_causal_dir, csv_file, reward_file, "--prompt-field", "question",
-                    "--reference-field", "answer")
+                    "--reference-field", "answer", alg=alg)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["task_info"]["splits"] == {"train": 22, "val": 4, "test": 4}
+    result = runner.invoke(app, ["eval", "--task", "prompts", "--data", str(csv_file), "--prompt-field", "question",
+                                 "--reference-field", "answer", "--reward", f"{reward_file}:reward", "--checkpoint",
+                                 str(tmp_path / "run" / "final"), "--max-new-tokens", "6", "--device", "cpu",
+                                 "--quiet", "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    got = json.loads((tmp_path / "e.json").read_text())["results"][0]
+    assert got["n"] == 4 and {"reward", "bleu4", "rouge_l", "perplexity"} <= set(got["metrics"])
 
 
 def test_a_test_only_file_evaluates(tmp_path, tiny_causal_dir, reward_file):
