@@ -206,3 +206,16 @@ def tiny_reward_dir(tmp_path_factory):
     BertForSequenceClassification(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def generate_draws(monkeypatch):
+    """Sample over the whole vocabulary as ``generate`` does, so a test can check rlgf's decoding
+    loop against ``generate`` token for token (the default draw among the top-k candidates has
+    the same distribution but another random stream).
+
+    Use with ``pytestmark = pytest.mark.usefixtures("generate_draws")``.
+    """
+    from backends.hf import decode
+
+    monkeypatch.setattr(decode, "DRAW", "generate")

@@ -68,6 +68,7 @@ def run_mode(mode: str, roll_out, *args, roll_in=None, **kwargs):
 SAMPLINGS = [GREEDY, Sampling(top_k=50), Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.3, top_k=5)]
 
 
+@pytest.mark.usefixtures("generate_draws")
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("arch", ARCHS)
@@ -89,6 +90,7 @@ def test_plain_loop_matches_generate(tokenizer, sampling, arch, device, mode):
         assert len(set(lengths)) > 1
 
 
+@pytest.mark.usefixtures("generate_draws")
 def test_hf_policy_generate_uses_the_loop(tokenizer):
     p = policy(tokenizer, 0)
     q, qm = p.encode_prompts(PROMPTS)
@@ -132,9 +134,14 @@ def test_warp_matches_transformers_warpers(sampling):
 
 @pytest.mark.parametrize("sampling", [Sampling(top_k=4), Sampling(top_k=5, temperature=0.7, top_p=0.8),
                                       Sampling(top_k=3, temperature=1.6)], ids=lambda s: s.describe())
-def test_draws_follow_the_warped_distribution(sampling):
+@pytest.mark.parametrize("draw", ["candidates", "generate"])
+def test_draws_follow_the_warped_distribution(sampling, draw, monkeypatch):
     """``choose``'s frequencies match the probabilities of the warped distribution (within 4.5
-    standard errors over 40,000 draws), and it never draws outside the kept tokens."""
+    standard errors over 40,000 draws), and it never draws outside the kept tokens: drawing
+    among the top-k candidates (the default) and over the whole vocabulary alike."""
+    from backends.hf import decode
+
+    monkeypatch.setattr(decode, "DRAW", draw)
     logits = torch.tensor([2.0, -1.0, 0.5, 3.0, 1.2, -0.3, 2.6, 0.0, 1.9, -2.0])
     exact = warp(logits[None], sampling).softmax(-1)[0]
     torch.manual_seed(0)
@@ -265,6 +272,7 @@ def test_cuda_graphs_are_ignored_on_cpu(tiny_causal_dir, tiny_reward_dir):
     assert policy.cuda_graphs is False  # CPU: nothing to capture
 
 
+@pytest.mark.usefixtures("generate_draws")
 @pytest.mark.parametrize("arch", ARCHS)
 def test_finished_rows_leave_the_batch_without_changing_the_samples(tokenizer, arch):
     """Once half the rows have ended, the model decodes only the others — and every row's tokens

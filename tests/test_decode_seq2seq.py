@@ -32,6 +32,7 @@ def t5(seed: int, *, eos_bias: float = 0.0) -> HFPolicy:
 
 @pytest.mark.parametrize("sampling", [GREEDY, Sampling(top_k=50), Sampling(temperature=0.7, top_p=0.9)],
                          ids=lambda s: s.describe())
+@pytest.mark.usefixtures("generate_draws")
 def test_plain_loop_matches_generate(sampling):
     p = t5(0, eos_bias=1.0)
     q, qm = p.encode_prompts(PROMPTS * 3)

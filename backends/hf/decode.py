@@ -23,8 +23,10 @@ rolls such rows out in a second pass that replays their prefix). For a roll-in o
 for every ``j < m``, so it is exactly "k uniform over the roll-in's generated length", without
 generating roll-in tokens that are thrown away.
 
-Sampling matches ``generate``'s: EOS is forbidden until ``min_new_tokens``, then temperature,
-top-k and top-p shape the raw logits, and ``torch.multinomial`` draws from the global RNG.
+Sampling follows ``generate``'s: EOS is forbidden until ``min_new_tokens``, then temperature,
+top-k and top-p shape the raw logits, and ``torch.multinomial`` draws from the global RNG (among
+the top-k candidates by default; ``DRAW = "generate"`` draws as ``generate`` does, token for
+token).
 """
 
 from __future__ import annotations
@@ -74,13 +76,27 @@ def warp(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     return logits
 
 
+#: how ``choose`` draws a sampled token. ``"candidates"`` (the default): with top-k, among the k
+#: candidates only (temperature and top-p applied to them), the same distribution as warping the
+#: whole vocabulary at a fraction of the cost: ``torch.multinomial`` over a 49k vocabulary draws
+#: one exponential variate per token, which measured 46 ms of a batch-8 CPU step (4 ms among 50
+#: candidates). Only exact ties at the k-th logit differ: the whole-vocabulary warp keeps them
+#: all, this keeps k. ``"generate"``: over the whole vocabulary, as transformers' ``generate``
+#: draws, so the loop's samples are ``generate``'s token for token (the tests check the loop
+#: against ``generate`` that way; the random stream is not the candidates' one).
+DRAW = "candidates"
+
+
 def choose(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
-    """One token per row: argmax (greedy) or a draw from the warped distribution, over the whole
-    vocabulary as ``generate`` draws it, so the loop's samples are ``generate``'s token for token
-    (a draw among the top-k candidates only would be cheaper on a CPU, and the same
-    distribution, but other random streams)."""
+    """One token per row: argmax (greedy) or a draw from the warped distribution (see ``DRAW``)."""
     if sampling.is_greedy:
         return logits.argmax(-1)
+    top_k = int(sampling.top_k or 0)
+    if DRAW == "candidates" and 0 < top_k < logits.shape[-1]:
+        values, index = torch.topk(logits, top_k, dim=-1)  # sorted, largest first
+        kept = warp(values, Sampling(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p))
+        pick = torch.multinomial(kept.softmax(-1), 1)
+        return index.gather(-1, pick).squeeze(1)
     probs = warp(logits, sampling).softmax(-1)
     return torch.multinomial(probs, 1).squeeze(1)
 
