@@ -43,7 +43,8 @@ PRESETS = {
     "gpu": dict(iterations=30, episodes=64, epochs=4, minibatch_size=16, max_new_tokens=24, eval_limit=512,
                 bc_iterations=60, bc_episodes=64, lr=1e-5, bc_lr=5e-5),
 }
-from reproduce_jobs import EXTRA_ROWS, GUIDE, GUIDE_SEED, INITIAL, ROWS, gather, plan, result_file, run_job, schedule  # noqa: E402
+from reproduce_jobs import (EXTRA_ROWS, GUIDE, GUIDE_SEED, INITIAL, ROWS, gather, plan, result_file,  # noqa: E402
+                            run_job, schedule, serve_jobs)
 
 
 def parse_args(argv=None):
@@ -71,7 +72,8 @@ def parse_args(argv=None):
                         "processes at once, each with --threads torch threads")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per job process (0: the cores shared among the jobs running at once)")
-    p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # a child of --jobs: do this one job
+    p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # do this one job alone
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --jobs
     p.add_argument("--collect", action="store_true",
                    help="train nothing: gather the jobs already finished in --out (jobs/*.json) into the tables")
     for name in ("iterations", "episodes", "eval-limit", "bc-iterations"):
@@ -283,7 +285,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rows = ROWS + (EXTRA_ROWS if args.all_rows else [])
     jobs = plan(args, rows)
-    if args.job is not None:  # a child of --jobs
+    if args.worker:  # a child of --jobs: the jobs its parent sends, one at a time
+        return serve_jobs(args, out, jobs, setting(args, "lr"))
+    if args.job is not None:  # one job alone
         job = next((j for j in jobs if j.name == args.job), None)
         if job is None:
             raise SystemExit(f"unknown job {args.job}")

@@ -6,9 +6,10 @@ job: each is one model, so it is loaded and its reference perplexity computed on
 job writes ``jobs/NAME.json`` when it finishes, so an interrupted reproduction keeps what it
 finished (``--collect`` turns those files into the tables). Jobs wait for what they need:
 every RL row for the learning rate (all trials done), the guided and warm-started rows and the
-guide's evaluations for the guide. ``--jobs N`` runs N at once, each in its own process with
-the cores shared among them (small models use two cores better as two one-thread processes);
-the evaluations go last, so the short jobs fill the end and no core idles long.
+guide's evaluations for the guide. ``--jobs N`` runs N at once in N long-lived worker
+processes, the cores shared among the jobs running (small models use two cores better as two
+one-thread processes); the evaluations go last, so the short jobs fill the end and no core
+idles long.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def run_job(job: Job, args, out: Path, lr: float) -> dict:
         result = {"metrics": R.evaluate({job.label: str(run / "final")}, args, job.seed)[job.label], "run": str(run)}
         R._drop_models(run, args)
     result["seconds"] = time.perf_counter() - started
+    result["pid"] = os.getpid()  # which worker ran it
     path = result_file(out, job.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -114,7 +116,7 @@ def schedule(jobs: list[Job], args, out: Path, argv: list[str], on_lr_trials) ->
     done: dict[str, dict] = {}
     lr = None if any(j.kind == "lr" for j in jobs) else on_lr_trials([])
     pending = list(jobs)
-    running: dict[str, tuple[Job, subprocess.Popen, object]] = {}
+    workers = [Worker(argv, out, i) for i in range(args.jobs)] if args.jobs > 1 else []
 
     def ready(job: Job) -> bool:
         if "lr" in job.needs and lr is None:
@@ -128,44 +130,116 @@ def schedule(jobs: list[Job], args, out: Path, argv: list[str], on_lr_trials) ->
         if lr is None and trials and all(j.name in done for j in trials):
             lr = on_lr_trials([done[j.name] for j in trials])
 
-    while pending or running:
-        while len(running) < max(1, args.jobs):
-            job = next((j for j in pending if ready(j)), None)
-            if job is None:
-                break
-            pending.remove(job)
-            if args.jobs <= 1:
+    try:
+        while pending or any(w.job for w in workers):
+            for worker in (w for w in workers if w.job is None):
+                job = next((j for j in pending if ready(j)), None)
+                if job is None:
+                    break
+                pending.remove(job)
+                busy = sum(1 for w in workers if w.job) + 1
+                threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, min(args.jobs, busy + len(pending))))
+                worker.start(job, lr, threads)
+            if not workers:  # --jobs 1: in this process
+                job = next((j for j in pending if ready(j)), None)
+                if job is None:
+                    raise SystemExit(f"jobs cannot start: {', '.join(j.name for j in pending)}")
+                pending.remove(job)
                 finish(job, run_job(job, args, out, lr))
                 continue
-            running[job.name] = (job, *_launch(job, args, out, argv, lr, len(pending) + len(running) + 1))
-        if not running:
-            if pending and not any(ready(j) for j in pending):
+            if not any(w.job for w in workers):
                 raise SystemExit(f"jobs cannot start: {', '.join(j.name for j in pending)}")
-            continue
-        time.sleep(1)
-        for name, (job, proc, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            del running[name]
-            path = result_file(out, name)
-            if proc.returncode != 0 or not path.is_file():
-                for _, other, _ in running.values():
-                    other.terminate()
-                raise SystemExit(f"job {name} failed (exit {proc.returncode}); see {out / 'logs' / f'{name}.log'}")
-            finish(job, json.loads(path.read_text(encoding="utf-8")))
+            for job, ok in wait_any(workers, timeout=1.0):
+                path = result_file(out, job.name)
+                if not ok or not path.is_file():
+                    raise SystemExit(f"job {job.name} failed; see {out / 'logs' / f'{job.name}.log'}")
+                finish(job, json.loads(path.read_text(encoding="utf-8")))
+    finally:
+        for worker in workers:
+            worker.close()
     return done
 
 
-def _launch(job: Job, args, out: Path, argv: list[str], lr: float | None, left: int):
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, min(args.jobs, left)))
-    cmd = [sys.executable, str(Path(__file__).resolve().with_name("reproduce.py")), *argv, "--job", job.name,
-           "--threads", str(threads)]
-    if lr is not None:
-        cmd += ["--lr", repr(lr)]
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    log = open(out / "logs" / f"{job.name}.log", "w", encoding="utf-8")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
+class Worker:
+    """One long-lived job process: torch, transformers and the task's modules are imported once
+    for every job it runs (a fresh process per job spent about 10 s of each job on that)."""
+
+    def __init__(self, argv: list[str], out: Path, index: int) -> None:
+        self.out = out
+        self.job: Job | None = None
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        self.stderr = open(out / "logs" / f"worker-{index}.log", "w", encoding="utf-8")
+        cmd = [sys.executable, str(Path(__file__).resolve().with_name("reproduce.py")), *argv, "--worker"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                     text=True, bufsize=1)
+
+    def start(self, job: Job, lr: float | None, threads: int) -> None:
+        self.job = job
+        self.proc.stdin.write(json.dumps({"job": job.name, "lr": lr, "threads": threads}) + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            if self.job is None:
+                self.proc.stdin.close()  # the worker ends at the end of its input
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+            else:
+                self.proc.terminate()
+                self.proc.wait()
+        self.stderr.close()
+
+
+def wait_any(workers: list[Worker], timeout: float) -> list[tuple[Job, bool]]:
+    """The jobs that ended within ``timeout`` seconds and whether each succeeded (a worker that
+    died mid-job counts as that job failing)."""
+    import select
+
+    busy = {w.proc.stdout.fileno(): w for w in workers if w.job is not None}
+    readable, _, _ = select.select(list(busy), [], [], timeout)
+    ended = []
+    for fd in readable:
+        worker = busy[fd]
+        line = worker.proc.stdout.readline()
+        job, worker.job = worker.job, None
+        ended.append((job, line.strip() == f"ok {job.name}"))
+    return ended
+
+
+def serve_jobs(args, out: Path, jobs: list[Job], default_lr: float) -> int:
+    """A worker's loop: one JSON request a line on stdin, each job's output in its own log,
+    ``ok NAME`` or ``failed NAME`` on stdout when it ends; ends with its input."""
+    import gc
+    import traceback
+
+    import torch
+
+    by_name = {j.name: j for j in jobs}
+    report = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    for line in sys.stdin:
+        request = json.loads(line)
+        job = by_name[request["job"]]
+        torch.set_num_threads(int(request["threads"]))
+        with open(out / "logs" / f"{job.name}.log", "w", encoding="utf-8") as log:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                if request["lr"] is not None:
+                    args.lr = request["lr"]  # the lr chosen on the validation split
+                run_job(job, args, out, default_lr if args.lr is None else args.lr)
+                status = "ok"
+            except BaseException:  # noqa: BLE001 -- a failed job is reported, the worker goes on
+                traceback.print_exc()
+                status = "failed"
+            sys.stdout.flush()
+            sys.stderr.flush()
+        gc.collect()
+        report.write(f"{status} {job.name}\n")
+    return 0
 
 
 def gather(jobs: list[Job], done: dict[str, dict], seeds: int) -> tuple[list[dict], list[dict], list[int]]:

@@ -43,6 +43,10 @@ def test_reproduce_tiny(tmp_path, tiny_causal_dir, tiny_reward_dir):
     assert len(list((out / "jobs").glob("*.json"))) == 1 + 2 + 2 * 7 + 2 == len(data["job_seconds"])
     # those two are one model each: their reference perplexity is the same at both seeds
     assert rows["initial learner"]["perplexity"]["std"] == 0 == rows["BC (guide)"]["perplexity"]["std"]
+    # --jobs 2: two long-lived workers ran all 19 jobs, each job's output in its own log
+    pids = {json.loads(f.read_text())["pid"] for f in (out / "jobs").glob("*.json")}
+    assert len(pids) == 2
+    assert "done in" in (out / "logs" / "s1-lols.log").read_text()
     # the tables can be rebuilt from the job files alone
     again = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
@@ -67,3 +71,17 @@ def test_the_lr_rule_refuses_drift_from_the_reference(tmp_path):
     assert choose_lr(args, trials, tmp_path)["chosen"] == 2e-4
     args.max_kl_per_token = 0.01  # none is healthy: the best of all
     assert choose_lr(args, trials, tmp_path)["chosen"] == 2e-4
+
+
+def test_a_failed_job_stops_the_reproduction_and_names_its_log(tmp_path, tiny_reward_dir):
+    out = tmp_path / "repro"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner",
+         str(tmp_path / "no-such-model"), "--reward-model", str(tiny_reward_dir), "--seeds", "1", "--eval-limit", "4",
+         "--device", "cpu", "--jobs", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "failed; see" in proc.stderr and "guide.log" in proc.stderr
+    assert "no such folder" in (out / "logs" / "guide.log").read_text()
+    assert not (out / "jobs" / "guide.json").exists() and not (out / "results.json").exists()
