@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 PRESETS = {
     "tiny": dict(iterations=2, episodes=8, epochs=1, minibatch_size=8, max_new_tokens=12, eval_limit=16,
                  bc_iterations=4, bc_episodes=8, lr=1e-5, bc_lr=1e-5),
-    # sized so 3 seeds of every row fit in about 75 minutes on 2 CPU cores (an iteration of 8
-    # SmolLM2 episodes costs about 17 s there; the update dominates)
+    # sized so 3 seeds of every row fit in 90 minutes on 2 CPU cores (80.0 min measured with
+    # --jobs 2 and two lr trials; one 8-episode SmolLM2 iteration takes about 30 s on one core)
     "cpu": dict(iterations=8, episodes=8, epochs=1, minibatch_size=4, max_new_tokens=24, eval_limit=128,
                 bc_iterations=20, bc_episodes=32, lr=3e-5, bc_lr=5e-5),
     "gpu": dict(iterations=30, episodes=64, epochs=4, minibatch_size=16, max_new_tokens=24, eval_limit=512,
