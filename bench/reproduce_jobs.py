@@ -165,7 +165,6 @@ class Worker:
     for every job it runs (a fresh process per job spent about 10 s of each job on that)."""
 
     def __init__(self, argv: list[str], out: Path, index: int) -> None:
-        self.out = out
         self.job: Job | None = None
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.stderr = open(out / "logs" / f"worker-{index}.log", "w", encoding="utf-8")
