@@ -452,11 +452,17 @@ class RottenTomatoesTask(SentimentContinuationTask):
         )
 
     def _classifier_config(self):
-        """The classifier's training recipe; bf16 autocast when the run's precision is bf16."""
+        """The classifier's training recipe, in the precision ``auto`` picks on this machine.
+
+        Not the run's own ``--precision``: the classifier is the task's asset, trained once per
+        machine and shared by every run, so a ``--precision fp32`` run on a bf16 machine scores
+        with the same classifier as a bf16 run (and does not train a second one). On machines
+        without bf16 units this is fp32, whose cache key predates the precision field."""
+        from backends.precision import resolve_precision
         from tasks.scoring.sentiment_reward import TrainingConfig
 
-        bf16 = self.precision is not None and self.precision.bf16
-        return TrainingConfig(seed=self.seed, precision="bf16" if bf16 else "fp32")
+        auto = resolve_precision("auto", self.device or "cpu")
+        return TrainingConfig(seed=self.seed, precision=auto.name)
 
     def _reward_info(self) -> dict:
         info = super()._reward_info()

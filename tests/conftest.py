@@ -12,6 +12,34 @@ from __future__ import annotations
 
 import pytest
 
+from backends.precision import cpu_flags as _MACHINE_CPU_FLAGS
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _auto_precision_is_fp32():
+    """``--precision auto`` resolves to fp32 in every in-process test, whatever the machine.
+
+    On a CPU with AMX or AVX512-BF16 units ``auto`` picks bf16, whose rounding would make the
+    suite's exact comparisons depend on the machine CI happens to run on. Session-wide, so a
+    module's reference run and the test compared with it resolve alike. Tests of the bf16
+    path ask for it (``--precision bf16``) or inject the CPU flags themselves; subprocess tests
+    that compare numbers pass ``--precision fp32``."""
+    import backends.precision as precision_module
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision_module, "cpu_flags", lambda cpuinfo=None: set())
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _slow_tests_keep_the_machines_precision(request, monkeypatch):
+    """The ``slow`` tests of the real embedded assets keep the machine's own choice, as ``make
+    demo`` does, so they share its cached reward classifier (trained once per machine)."""
+    if request.node.get_closest_marker("slow"):
+        import backends.precision as precision_module
+
+        monkeypatch.setattr(precision_module, "cpu_flags", _MACHINE_CPU_FLAGS)
+
 
 def make_byte_tokenizer():
     """A GPT-2-like byte-level tokenizer (260 tokens) that prepends ``<s>``."""

@@ -203,3 +203,17 @@ def test_fp32_is_what_auto_gives_without_bf16_units(tmp_path, tiny_causal_dir, t
     strip = lambda ms: [{k: v for k, v in m.items() if not k.startswith("time")} for m in ms]  # noqa: E731
     assert strip(read_metrics(runs[0])) == strip(read_metrics(runs[1]))
     assert json.loads((runs[0] / "summary.json").read_text())["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("flags,run,want", [({"amx_bf16"}, "fp32", "bf16"), ({"amx_bf16"}, "bf16", "bf16"),
+                                            (set(), "fp32", "fp32"), (set(), "bf16", "fp32")])
+def test_the_reward_classifier_is_trained_in_the_machines_precision_not_the_runs(monkeypatch, flags, run, want):
+    # one classifier per machine, shared by fp32 and bf16 runs (a second would cost minutes of
+    # training and make the two precisions' rewards incomparable)
+    import backends.precision as precision_module
+    from tasks.rotten_tomatoes import RottenTomatoesTask
+
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda cpuinfo=None: set(flags))
+    task = RottenTomatoesTask(device="cpu")
+    task.precision = Precision(run, "test")
+    assert task._classifier_config().precision == want
