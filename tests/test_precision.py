@@ -163,6 +163,31 @@ def test_bf16_learner_decodes_from_a_bf16_copy_refreshed_after_each_update(token
     assert build("ppo", "fp32", tokenizer).decoder is None
 
 
+def _attention(model) -> str:
+    return getattr(model, "body", model).config._attn_implementation
+
+
+def test_bf16_on_a_cpu_runs_every_model_with_eager_attention_and_fp32_keeps_sdpa(tokenizer):
+    # torch's CPU sdpa kernels are slow in bf16 at these lengths (see Precision.attention)
+    trainer = build("lols", "bf16", tokenizer)
+    models = [trainer.policy.model, trainer.reference.model, trainer.guide.model, trainer.decoder.model,
+              *trainer.critics.values()]
+    assert [_attention(m) for m in models] == ["eager"] * 6
+    assert torch.isfinite(torch.tensor(trainer.step()["reward_mean"]))
+    fp32 = build("lols", "fp32", tokenizer)
+    assert [_attention(m) for m in (fp32.policy.model, fp32.reference.model, *fp32.critics.values())] == ["sdpa"] * 4
+    assert Precision("bf16", "test", "cuda").attention is None  # the GPU keeps its fused kernels
+
+
+def test_freeze_in_gives_bf16_weights_and_eager_attention_on_a_cpu(tokenizer):
+    model, _ = make_tiny_causal(tokenizer, seed=0)
+    policy = HFPolicy(model, tokenizer)
+    freeze_in(policy, Precision("fp32", "test"))
+    assert _attention(policy.model) == "sdpa" and policy.model.dtype == torch.float32
+    freeze_in(policy, Precision("bf16", "test"))
+    assert _attention(policy.model) == "eager" and policy.model.dtype == torch.bfloat16
+
+
 def test_freeze_in_leaves_api_policies_alone():
     class Remote:
         trainable = False

@@ -230,6 +230,7 @@ def test_bf16_training_has_its_own_cache_key_and_fp32_keeps_the_old_one(tmp_path
     fp32_scores = reward.score(["good great", "awful bad"])
     reward.use_precision(Precision("bf16", "test"))  # a frozen scorer: bf16 weights, autocast
     assert {p.dtype for p in reward.model.parameters()} == {torch.bfloat16}
+    assert reward.model.config._attn_implementation == "eager"  # CPU bf16: eager attention
     bf16_scores = reward.score(["good great", "awful bad"])
     assert all(0.0 <= s <= 1.0 for s in bf16_scores)
     assert bf16_scores == pytest.approx(fp32_scores, abs=0.05)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from backends.errors import RlgfError
-from backends.precision import Precision, freeze_in, resolve_precision
+from backends.precision import Precision, freeze_in, resolve_precision, use_attention
 from tasks.base import Example, Task
 
 from rlgf_cli.training.config import TrainConfig
@@ -94,6 +94,8 @@ class Trainer(TrainerBase):
             self.critics[GUIDE] = guide_critic
         for c in self.critics.values():
             c.to(self.device)
+        for trained in (policy.model, *self.critics.values()):  # eager attention under CPU bf16
+            use_attention(trained, self.precision)
         for frozen in (self.reference, guide):  # inference only: no gradients, no dropout
             if frozen is not None and frozen.trainable and frozen is not policy:  # (not an API guide)
                 frozen.model.eval()
@@ -131,6 +133,7 @@ class Trainer(TrainerBase):
 
             self.decoder = snapshot_policy(policy)
             self.decoder.model.to(self.precision.frozen_dtype).eval()
+            use_attention(self.decoder.model, self.precision)
             for p in self.decoder.model.parameters():
                 p.requires_grad_(False)
             self.engine.learner = self.decoder

@@ -76,7 +76,10 @@ class ModelReward:
     def use_precision(self, precision) -> None:
         self.precision = precision
         if precision is not None and precision.bf16:
+            from backends.precision import use_attention
+
             self.model.to(precision.frozen_dtype)
+            use_attention(self.model, precision)  # eager on a CPU, like the policies
 
     def describe(self) -> str:
         what = "its score" if self.index is None else \

@@ -152,7 +152,10 @@ class SentimentReward:
         """Score in ``precision`` (a :class:`~backends.precision.Precision`): under bf16, bf16 weights and autocast."""
         self.precision = precision
         if precision is not None and precision.bf16:
+            from backends.precision import use_attention
+
             self.model.to(precision.frozen_dtype)
+            use_attention(self.model, precision)  # eager on a CPU, like the policies
 
     @classmethod
     def load(
