@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -177,6 +178,22 @@ def test_bf16_on_a_cpu_runs_every_model_with_eager_attention_and_fp32_keeps_sdpa
     fp32 = build("lols", "fp32", tokenizer)
     assert [_attention(m) for m in (fp32.policy.model, fp32.reference.model, *fp32.critics.values())] == ["sdpa"] * 4
     assert Precision("bf16", "test", "cuda").attention is None  # the GPU keeps its fused kernels
+
+
+@pytest.mark.parametrize("precision, want", [("bf16", "eager"), ("fp32", "sdpa")])
+def test_bc_trains_with_the_precisions_attention(tokenizer, precision, want):
+    from rlgf_cli.training.bc import BCTrainer
+
+    cfg = TrainConfig(task="varied", alg="bc", iterations=1, episodes=4, epochs=1, minibatch_size=4, lr=1e-3,
+                      seed=3, device="cpu", precision=precision).validate()
+    model, _ = make_tiny_causal(tokenizer, seed=0)
+    class WithTargets(VariedPrompts):
+        def bc_examples(self):
+            return self.examples("train")
+
+    trainer = BCTrainer(cfg, WithTargets(), HFPolicy(model, tokenizer))
+    assert _attention(trainer.policy.model) == want
+    assert math.isfinite(trainer.step()["bc_loss"])
 
 
 def test_freeze_in_gives_bf16_weights_and_eager_attention_on_a_cpu(tokenizer):

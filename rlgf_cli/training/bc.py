@@ -13,7 +13,7 @@ import time
 import torch
 
 from backends.errors import RlgfError
-from backends.precision import resolve_precision
+from backends.precision import resolve_precision, use_attention
 from tasks.base import Task
 
 from rlgf_cli.training.config import TrainConfig
@@ -34,6 +34,7 @@ class BCTrainer(TrainerBase):
         self.device = policy.device
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = self.precision.autocast()  # the weights and optimizer state stay float32
+        use_attention(policy.model, self.precision)  # eager under CPU bf16, like the RL trainer
         self.examples = [ex for ex in task.bc_examples() if ex.target]
         self.sampler = PromptSampler(self.examples, cfg.seed)
         params = [p for p in policy.model.parameters() if p.requires_grad]
