@@ -9,6 +9,11 @@ per machine). Prints both curves of mean reward per iteration, the largest gap b
 the two curves into one PNG.
 
     .venv/bin/python bench/precision_learning.py --iterations 5 --out runs/bench-precision
+
+Arguments after ``--`` go to both ``rlgf train`` commands as they are (the tests train a tiny
+model that way). On a CPU without AMX-BF16 or AVX512-BF16 (and no GPU) bf16 is emulated and
+an embedded-default run would take hours, so the script stops with an error there unless
+``--force`` is given.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ def train(precision: str, args) -> dict:
     run = Path(args.out) / precision
     cmd = [sys.executable, "-m", "rlgf_cli", "train", "--task", "rotten-tomatoes", "--alg", "ppo",
            "--learner", args.learner, "--iterations", str(args.iterations), "--seed", str(args.seed),
-           "--precision", precision, "--save-every", "0", "--out", str(run), "--overwrite"]
+           "--precision", precision, "--save-every", "0", "--out", str(run), "--overwrite",
+           *args.train_args]
     tick = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - tick
@@ -57,18 +63,34 @@ def report(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def bf16_is_native() -> bool:
+    """Whether ``--precision auto`` picks bf16 here (a CPU with bf16 units, or a bf16 GPU)."""
+    import torch
+
+    from backends.precision import resolve_precision
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_precision("auto", device).bf16
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--learner", default="smollm2")
     p.add_argument("--out", default="runs/bench-precision")
-    a = p.parse_args()
+    p.add_argument("--force", action="store_true", help="run bf16 even where it is emulated (slow)")
+    p.add_argument("train_args", nargs="*", help="after --: more `rlgf train` arguments for both runs")
+    a = p.parse_args(argv)
     if a.iterations < 1:
         raise SystemExit("[error] --iterations must be at least 1")
+    sys.path.insert(0, str(ROOT))
+    if not a.force and not bf16_is_native():
+        raise SystemExit("[error] this machine has no bf16 units (no AMX-BF16 / AVX512-BF16 CPU, no bf16 GPU), so "
+                         "the bf16 run would be emulated and take hours; run it where `--precision auto` picks "
+                         "bf16, or pass --force")
     results = {precision: train(precision, a) for precision in PRECISIONS}
     print(report(results))
-    sys.path.insert(0, str(ROOT))
     from rlgf_cli.evaluation.curves import plot_curves
 
     out = Path(a.out)

@@ -1,0 +1,38 @@
+"""bench/precision_learning.py trains fp32 and bf16 with the same seed and compares their curves
+(here a tiny model; bf16 is emulated on CPUs without bf16 units, hence --force)."""
+
+import json
+
+import pytest
+from conftest import load_bench
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def test_precision_learning_tiny(tmp_path, capsys, tiny_causal_dir, tiny_reward_dir):
+    bench = load_bench("precision_learning")
+    out = tmp_path / "bench"
+    assert bench.main([
+        "--iterations", "2", "--seed", "3", "--out", str(out), "--force", "--",
+        "--learner", str(tiny_causal_dir), "--reward-model", str(tiny_reward_dir), "--episodes", "4",
+        "--minibatch-size", "4", "--epochs", "1", "--max-new-tokens", "4", "--device", "cpu", "--quiet",
+    ]) == 0
+    text = capsys.readouterr().out
+    assert "| iteration | fp32 reward | bf16 reward | gap | fp32 s | bf16 s |" in text
+    data = json.loads((out / "results.json").read_text())
+    assert data["fp32"]["precision"] == "fp32" and data["bf16"]["precision"] == "bf16"
+    fp32, bf16 = data["fp32"]["reward_mean"], data["bf16"]["reward_mean"]
+    assert len(fp32) == len(bf16) == 2
+    gap = max(abs(a - b) for a, b in zip(fp32, bf16))
+    assert f"largest reward gap {gap:.3f} (goal ≤ 0.05)" in text
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_precision_learning_refuses_emulated_bf16_without_force(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # and the suite hides the CPU's units
+    bench = load_bench("precision_learning")
+    with pytest.raises(SystemExit, match=r"\[error\] this machine has no bf16 units"):
+        bench.main(["--iterations", "1", "--out", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
