@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 from backends.cache import cache_dir
 from backends.device import resolve_device
 from backends.errors import RlgfError
+from backends.precision import use_attention
 
 from tasks.jsonl import quiet_transformers
 
@@ -152,8 +153,6 @@ class SentimentReward:
         """Score in ``precision`` (a :class:`~backends.precision.Precision`): under bf16, bf16 weights and autocast."""
         self.precision = precision
         if precision is not None and precision.bf16:
-            from backends.precision import use_attention
-
             self.model.to(precision.frozen_dtype)
             use_attention(self.model, precision)  # eager on a CPU, like the policies
 
