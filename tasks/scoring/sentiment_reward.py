@@ -185,15 +185,8 @@ class SentimentReward:
                 facts = json.loads((path / FACTS_FILE).read_text())
             except (OSError, ValueError):
                 facts = {}
-        return cls(
-            model,
-            tokenizer,
-            positive_index=positive_index(model.config),
-            max_length=max_length,
-            batch_size=batch_size,
-            name=str(path),
-            facts=facts,
-        )
+        return cls(model, tokenizer, positive_index=positive_index(model.config), max_length=max_length,
+                   batch_size=batch_size, name=str(path), facts=facts)
 
     def score(self, texts: Sequence[str]) -> list[float]:
         """P(positive) for each text, in order."""
