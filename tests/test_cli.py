@@ -166,3 +166,15 @@ def test_write_all_keeps_what_it_can_write(tmp_path):
     assert f"written: {tmp_path / 'ok.json'}" in err.value.hint
     assert (tmp_path / "ok.json").read_text() == "{}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ok.json", "taken"], "no temporary file is left"
+
+
+def test_the_iteration_line_shows_the_exact_kl_which_cannot_be_negative():
+    from rlgf_cli.commands.progress import format_iteration
+
+    line = format_iteration({"iteration": 2, "reward_mean": 0.634, "kl": -0.008, "kl_exact": 0.0134,
+                             "approx_kl": 0.0676, "time_s": 59.4})
+    assert line == "iter 2 · reward 0.634 · kl/token 0.013 · approx_kl 0.068 · 59.4s"
+    # an older metrics row without the exact KL (or a BC row) still reads
+    assert format_iteration({"iteration": 1, "reward_mean": 0.5, "kl": 0.01, "time_s": 1.0}) == \
+        "iter 1 · reward 0.500 · kl 0.010 · 1.0s"
+    assert format_iteration({"iteration": 3, "bc_loss": 1.25, "time_s": 2.0}) == "iter 3 · bc loss 1.250 · 2.0s"

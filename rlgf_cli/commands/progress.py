@@ -61,7 +61,14 @@ def format_iteration(m: dict[str, Any]) -> str:
     parts = [f"iter {m['iteration']}"]
     if "reward_mean" in m:
         parts.append(f"reward {m['reward_mean']:.3f}")
-        parts.append(f"kl {m.get('kl', 0.0):.3f}")
+        # the exact per-token KL(π‖π_ref) from the logits, which cannot go negative (the sampled
+        # estimate in ``kl`` can, which reads as a bug); PPO's approx_kl is the step-size gauge
+        if m.get("kl_exact") is not None:
+            parts.append(f"kl/token {m['kl_exact']:.3f}")
+        else:
+            parts.append(f"kl {m.get('kl', 0.0):.3f}")
+        if m.get("approx_kl") is not None:
+            parts.append(f"approx_kl {m['approx_kl']:.3f}")
     if "bc_loss" in m:
         parts.append(f"bc loss {m['bc_loss']:.3f}")
     parts.append(f"{m.get('time_s', 0.0):.1f}s")
