@@ -2,9 +2,15 @@
 (here a tiny model; bf16 is emulated on CPUs without bf16 units, hence --force)."""
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import load_bench
+
+from backends.precision import cpu_flags  # the real reader (the suite hides the flags only at run time)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -36,3 +42,13 @@ def test_precision_learning_refuses_emulated_bf16_without_force(tmp_path, monkey
     with pytest.raises(SystemExit, match=r"\[error\] this machine has no bf16 units"):
         bench.main(["--iterations", "1", "--out", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.skipif(bool(cpu_flags()), reason="this CPU has bf16 units: the script would run for real")
+def test_the_cpu_bf16_check_stops_at_once_without_bf16_units(tmp_path):
+    out = tmp_path / "check"
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "cpu_bf16_check.sh"), str(out)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("[error] this CPU reports neither AMX-BF16 nor AVX512-BF16")
+    assert not out.exists()
