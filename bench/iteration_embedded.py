@@ -104,6 +104,7 @@ def one(precision: str, threads: int, seed: int) -> dict:
     seconds["checkpoint"] = snapshot_s
     return {
         "precision": trainer.precision.name, "precision_reason": trainer.precision.reason, "threads": threads,
+        "attention": trainer.policy.model.config._attn_implementation,
         "seconds": seconds, "iteration_s": metrics["time_s"] + snapshot_s,
         "gflops": {p: flops[p] / seconds[p] / 1e9 for p in flops if seconds[p] > 0},
         "roofline_gflops": roofline(trainer.precision.name, threads),
@@ -144,7 +145,8 @@ def table(results: list[dict]) -> str:
               f"background write takes {a['checkpoint']['background_write_s']:.1f} s and a foreground write "
               f"{a['checkpoint']['foreground_write_s']:.1f} s ({a['checkpoint']['foreground_write_s'] / a['iteration_s']:.0%}"
               f" of an iteration)",
-              f"- precision choices: {a['precision']} ({a['precision_reason']}), {b['precision']} ({b['precision_reason']})",
+              f"- precision choices: {a['precision']} ({a['precision_reason']}; {a.get('attention', '?')} attention), "
+              f"{b['precision']} ({b['precision_reason']}; {b.get('attention', '?')} attention)",
               f"- mean reward of the iteration: {a['reward_mean']:.3f} and {b['reward_mean']:.3f}"]
     return "\n".join(lines)
 

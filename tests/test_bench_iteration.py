@@ -46,7 +46,8 @@ def test_embedded_preset_tables_render_every_phase():
 
     def result(name, scale):
         seconds = {p: scale * (i + 1) for i, p in enumerate(ie.PHASES)}
-        return {"precision": name, "precision_reason": "test", "seconds": seconds, "iteration_s": sum(seconds.values()),
+        return {"precision": name, "precision_reason": "test", "attention": "eager" if name == "bf16" else "sdpa",
+                "seconds": seconds, "iteration_s": sum(seconds.values()),
                 "gflops": {p: 10.0 / scale for p in ("rollout", "reward", "forward", "update")},
                 "roofline_gflops": 40.0 / scale, "peak_rss_gib": 1.5,
                 "checkpoint": {"snapshot_s": 0.1, "background_write_s": 2.0, "foreground_write_s": 2.5},
@@ -55,5 +56,6 @@ def test_embedded_preset_tables_render_every_phase():
     both = ie.table([result("fp32", 2.0), result("bf16", 1.0)])
     assert all(f"| {p} |" in both for p in ie.PHASES) and "| **iteration** | **30.0** | **15.0** | **2.00×**" in both
     assert "the update reaches 25% and 25% of them" in both
+    assert "fp32 (test; sdpa attention), bf16 (test; eager attention)" in both
     one = ie.single(result("fp32", 2.0))
     assert "| update | 8.00 | 5.0 |" in one and "snapshot 0.10 s" in one
