@@ -41,7 +41,9 @@ def train(precision: str, args) -> dict:
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-3000:])
         raise SystemExit(f"[error] the {precision} run failed (exit {proc.returncode}); command: {' '.join(cmd)}")
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from rlgf_cli.evaluation.curves import read_metrics
+
+    rows = read_metrics(run)
     return {"run": str(run), "wall_s": wall, "reward_mean": [r["reward_mean"] for r in rows],
             "time_s": [r["time_s"] for r in rows], "time_update_s": [r["time_update_s"] for r in rows],
             "kl_exact": [r.get("kl_exact") for r in rows],
@@ -90,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                          "the bf16 run would be emulated and take hours; run it where `--precision auto` picks "
                          "bf16, or pass --force")
     results = {precision: train(precision, a) for precision in PRECISIONS}
+    out = Path(a.out)
+    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")  # before the plot
     print(report(results))
     from rlgf_cli.evaluation.curves import plot_curves
 
-    out = Path(a.out)
     plot_curves({p: [results[p]["run"]] for p in PRECISIONS}, out / "curves.png", metric="reward_mean",
                 title="mean reward per iteration: fp32 and bf16, same seed")
-    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(f"wrote {out / 'curves.png'} and {out / 'results.json'}")
     return 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from backends.errors import RlgfError
+from backends.precision import use_attention
 
 
 def pick_label(config, label: str | int | None) -> int | None:
@@ -76,8 +77,6 @@ class ModelReward:
     def use_precision(self, precision) -> None:
         self.precision = precision
         if precision is not None and precision.bf16:
-            from backends.precision import use_attention
-
             self.model.to(precision.frozen_dtype)
             use_attention(self.model, precision)  # eager on a CPU, like the policies
 
