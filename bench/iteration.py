@@ -457,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                  n_embd=preset["n_embd"], alg=args.alg, beta=args.beta if args.alg == "ppo++" else None)
     result = {
         "preset": args.preset, "device": str(device), "device_name": dev_name, "threads": torch.get_num_threads(),
+        "allocator": __import__("backends.allocator", fromlist=["current"]).current(),
         "precision": "bf16 autocast" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32",
         "parameters_per_model": n_params, "shape": shape, "repeats": args.repeats, "warmup": args.warmup,
         "rlgf": r, "hf_style": b, "ratio": ratio,
@@ -496,4 +497,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from backends.allocator import maybe_reexec
+
+    maybe_reexec()  # tcmalloc, as `rlgf` itself runs (backends/allocator.py)
     raise SystemExit(main())

@@ -105,6 +105,7 @@ def one(precision: str, threads: int, seed: int) -> dict:
     return {
         "precision": trainer.precision.name, "precision_reason": trainer.precision.reason, "threads": threads,
         "attention": trainer.policy.model.config._attn_implementation,
+        "allocator": __import__("backends.allocator", fromlist=["current"]).current(),
         "seconds": seconds, "iteration_s": metrics["time_s"] + snapshot_s,
         "gflops": {p: flops[p] / seconds[p] / 1e9 for p in flops if seconds[p] > 0},
         "roofline_gflops": roofline(trainer.precision.name, threads),
@@ -146,7 +147,7 @@ def table(results: list[dict]) -> str:
               f"{a['checkpoint']['foreground_write_s']:.1f} s ({a['checkpoint']['foreground_write_s'] / a['iteration_s']:.0%}"
               f" of an iteration)",
               f"- precision choices: {a['precision']} ({a['precision_reason']}; {a.get('attention', '?')} attention), "
-              f"{b['precision']} ({b['precision_reason']}; {b.get('attention', '?')} attention)",
+              f"{b['precision']} ({b['precision_reason']}; {b.get('attention', '?')} attention); memory allocator {a.get('allocator', '?')}",
               f"- mean reward of the iteration: {a['reward_mean']:.3f} and {b['reward_mean']:.3f}"]
     return "\n".join(lines)
 

@@ -380,4 +380,7 @@ def _machine() -> str:
 
 
 if __name__ == "__main__":
+    from backends.allocator import maybe_reexec
+
+    maybe_reexec()  # tcmalloc, as `rlgf` itself runs (backends/allocator.py)
     sys.exit(main())

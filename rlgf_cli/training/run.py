@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from backends import allocator
 from backends.errors import RlgfError
 
 from rlgf_cli.training.checkpoint_writer import CheckpointWriter
@@ -203,7 +204,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     task.prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
     trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
     critics = trainer.critics
-    callback("message", {"text": trainer.precision.describe()})
+    callback("message", {"text": f"{trainer.precision.describe()} · memory allocator {allocator.current()}"})
 
     if main:  # fail now, not after hours of training, when the checkpoints cannot fit
         extra = extra_checkpoints(cfg, trainer.iteration, out if resume else None)
@@ -327,6 +328,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         "last": last,
         "task_info": task.info(),
         **trainer.precision.info(),
+        "allocator": allocator.current(),
     }
     if main:
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))
