@@ -3,11 +3,14 @@
 Training a 135M-parameter model on a CPU allocates and frees hundreds of tensors of tens to
 hundreds of MB per minibatch (logits alone are 16 × 44 × 49,152 floats). glibc's malloc
 hands every block over 32 MB back to the kernel when it is freed, so the next minibatch
-faults the same memory in again, page by page: measured on a 2-core AMD EPYC with
-``make demo``'s settings, 2 iterations spent 54–78 s of system time in 173–181 s of wall
-time under glibc and 40 s in 148 s under tcmalloc, which keeps freed memory for reuse —
-iterations 1.26× faster, the same numbers to the last bit (an allocator does not change
-arithmetic), and a lower peak (7.6 against 8.7 GB). jemalloc did not help (173 s).
+faults the same memory in again, page by page, at a cost that varies widely from run to run.
+Measured on a 2-core AMD EPYC with ``make demo``'s settings, 2 iterations, 7 runs on
+2026-12-03: under glibc 154–243 s of iterations with 54–193 s of system time, under
+tcmalloc (which keeps freed memory for reuse) 123–165 s with 40–48 s; in ``bench/allocator.py``'s
+paired run the means were 204 against 159 s (1.28×), though its first pair tied (166 against
+165 s). The numbers are the same to the last bit (an allocator does not change arithmetic),
+and the peak is lower (7.6 against 8.7 GB). jemalloc did not help (173 s of wall time against
+glibc's 173–181 s).
 
 An allocator can only be chosen before a process starts, so the ``rlgf`` command re-executes
 itself once (the same command line, the same process id) with ``LD_PRELOAD`` naming tcmalloc when it finds the library (Debian:

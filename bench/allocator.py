@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -48,6 +49,8 @@ def train(kind: str, round_: int, args) -> dict:
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-3000:])
         raise SystemExit(f"[error] the {kind} run failed (exit {proc.returncode}); command: {' '.join(cmd)}")
+    for weights in ("final", "checkpoints"):  # the model is not what is measured: keep the logs only
+        shutil.rmtree(run / weights, ignore_errors=True)
     rows = read_metrics(run)
     summary = json.loads((run / "summary.json").read_text())
     return {

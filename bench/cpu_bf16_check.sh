@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared script for a CPU with AMX-BF16 or AVX512-BF16 units: the measurements the bf16
-# issue asks for, one after the other so none competes for the cores. About 25 minutes on a
+# issue asks for, one after the other so none competes for the cores. About 35 minutes on a
 # 2-core AMX Xeon, once `make setup` has run and the embedded assets are cached (`make demo` once).
 #
 #   bash bench/cpu_bf16_check.sh [OUT_DIR]   # default runs/cpu-bf16-check
@@ -10,6 +10,8 @@
 # 2. 5 iterations of fp32 and of bf16 with the same seed (the ±0.05 learning goal):
 #    OUT_DIR/precision/{results.json,curves.png}, the table in OUT_DIR/precision.md
 # 3. `make demo` with a warm cache, timed: OUT_DIR/demo.txt
+# 4. 2 iterations under glibc's malloc and under tcmalloc (when installed), 2 runs each:
+#    OUT_DIR/allocator.md, OUT_DIR/allocator/results.json
 # On a CPU without those units it stops at once with an [error] line: bf16 would be emulated.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +36,5 @@ make demo DEMO_OUT="$OUT_DIR/demo" > "$OUT_DIR/demo.log" 2>&1
 demo=$?
 [ "$demo" = 0 ] || status=1
 echo "make demo (warm cache): $(( $(date +%s) - start )) s, exit $demo" | tee "$OUT_DIR/demo.txt"
+"$PY" bench/allocator.py --iterations 2 --out "$OUT_DIR/allocator" 2>&1 | tee "$OUT_DIR/allocator.md" || status=1
 exit $status

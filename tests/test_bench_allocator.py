@@ -30,3 +30,4 @@ def test_allocator_bench_compares_both_in_one_run(tmp_path, tiny_causal_dir, tin
     assert [r["allocator"] for r in data["runs"]] == ["system", "tcmalloc", "tcmalloc", "system"]
     assert data["same_rewards"] is True and data["ratio"] > 0
     assert "tcmalloc's iterations" in proc.stdout and "| system (system) |" in proc.stdout
+    assert not list(out.glob("*/final")) and not list(out.glob("*/checkpoints"))  # logs only, no weights
