@@ -1,3 +1,3 @@
-from rlgf_cli.launch import main
+from rlgf_cli.app import main
 
 main()

@@ -110,6 +110,15 @@ _register_serve()
 
 
 def main() -> None:
+    from backends.allocator import maybe_reexec
+    from backends.errors import RlgfError
+    from rlgf_cli.commands.console import EXIT_ERROR, print_error
+
+    try:
+        maybe_reexec()  # tcmalloc where installed (backends/allocator.py)
+    except RlgfError as exc:
+        print_error(exc.message, exc.hint)
+        raise SystemExit(EXIT_ERROR) from None
     app()
 
 
