@@ -16,7 +16,13 @@ precision, so the distance to what the machine can do is visible. The checkpoint
 what the training thread spends on a periodic checkpoint (the snapshot; the write itself runs
 in the background), next to the time a foreground write takes.
 
-    .venv/bin/python bench/iteration.py --preset embedded [--threads 2] [--json FILE]
+The phases are those of the iteration after ``--warmup`` untimed ones (default 1): the first pays
+one-time costs (the process's first touch of its ~8 GB, the optimizer's state, the kernels'
+first calls) that ``make demo``'s other five iterations do not, and its total is shown on a row
+of its own. Likewise the checkpoint is taken twice and the second snapshot reported (it
+refreshes the first one's tensors in place, as every periodic checkpoint after the first does).
+
+    .venv/bin/python bench/iteration.py --preset embedded [--threads 2] [--warmup 1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -52,8 +58,9 @@ def roofline(dtype_name: str, threads: int, repeats: int = 5) -> float:
     return 2 * m * k * n / seconds / 1e9
 
 
-def one(precision: str, threads: int, seed: int) -> dict:
-    """Build the trainer, run one iteration, time a checkpoint; the numbers as a dict."""
+def one(precision: str, threads: int, seed: int, warmup: int = 1) -> dict:
+    """Build the trainer, run ``warmup`` iterations and a timed one, time two checkpoints; the
+    numbers of the last of each as a dict."""
     import torch
 
     torch.set_num_threads(threads)
@@ -73,16 +80,20 @@ def one(precision: str, threads: int, seed: int) -> dict:
     policy = resolve("smollm2", device="cpu")
     reference = resolve("smollm2", device="cpu")
     trainer = Trainer(cfg, task, policy, reference, policy.make_critic())
-    metrics = trainer.step()
+    steps = [trainer.step() for _ in range(max(0, warmup) + 1)]
+    metrics = steps[-1]
     tokens = {"prompt": float(trainer_prompt_tokens(trainer)), "response": metrics["response_length"] * cfg.episodes}
     with tempfile.TemporaryDirectory() as tmp:
         writer = CheckpointWriter(background=True)
-        tick = time.perf_counter()
-        writer.submit(Path(tmp) / "bg", policy=policy, critics=trainer.critics, optimizer=trainer.optimizer,
-                      state=trainer.state(), config_toml="")
-        snapshot_s = time.perf_counter() - tick
-        writer.wait()
-        background_total_s = time.perf_counter() - tick
+        snapshots = []
+        for i in range(2):  # the first allocates the snapshot, the second refreshes it
+            tick = time.perf_counter()
+            writer.submit(Path(tmp) / f"bg{i}", policy=policy, critics=trainer.critics, optimizer=trainer.optimizer,
+                          state=trainer.state(), config_toml="")
+            snapshots.append(time.perf_counter() - tick)
+            writer.wait()
+            background_total_s = time.perf_counter() - tick
+        snapshot_s = snapshots[-1]
         tick = time.perf_counter()
         save_checkpoint(Path(tmp) / "fg", policy=policy, critics=trainer.critics, optimizer=trainer.optimizer,
                         state=trainer.state(), config_toml="")
@@ -106,13 +117,15 @@ def one(precision: str, threads: int, seed: int) -> dict:
         "precision": trainer.precision.name, "precision_reason": trainer.precision.reason, "threads": threads,
         "attention": trainer.policy.model.config._attn_implementation,
         "allocator": __import__("backends.allocator", fromlist=["current"]).current(),
-        "seconds": seconds, "iteration_s": metrics["time_s"] + snapshot_s,
+        "seconds": seconds, "iteration_s": metrics["time_s"] + snapshot_s, "iterations": len(steps),
+        "first_iteration_s": steps[0]["time_s"],
         "gflops": {p: flops[p] / seconds[p] / 1e9 for p in flops if seconds[p] > 0},
         "roofline_gflops": roofline(trainer.precision.name, threads),
-        "checkpoint": {"snapshot_s": snapshot_s, "background_write_s": background_total_s,
+        "checkpoint": {"snapshot_s": snapshot_s, "first_snapshot_s": snapshots[0], "background_write_s": background_total_s,
                        "foreground_write_s": foreground_s},
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "reward_mean": metrics["reward_mean"], "approx_kl": metrics.get("approx_kl"),
+        "reward_means": [m["reward_mean"] for m in steps],
         "tokens": tokens, "params": {"policy": policy_params, "critic": critic_params, "reward": reward_params},
     }
 
@@ -136,20 +149,30 @@ def table(results: list[dict]) -> str:
                      f"{'' if gb is None else f'{gb:.1f}'} |")
     lines.append(f"| **iteration** | **{a['iteration_s']:.1f}** | **{b['iteration_s']:.1f}** | "
                  f"**{a['iteration_s'] / b['iteration_s']:.2f}×** | | |")
+    if a.get("iterations", 1) > 1 and b.get("iterations", 1) > 1:
+        fa, fb = a["first_iteration_s"], b["first_iteration_s"]
+        lines.append(f"| first iteration (one-time costs) | {fa:.1f} | {fb:.1f} | {fa / fb:.2f}× | | |")
     lines += ["", f"- matrix-product roofline (1440×576×1536): {a['precision']} {a['roofline_gflops']:.1f} GFLOP/s, "
                   f"{b['precision']} {b['roofline_gflops']:.1f} GFLOP/s; the update reaches "
                   f"{a['gflops']['update'] / a['roofline_gflops']:.0%} and "
                   f"{b['gflops']['update'] / b['roofline_gflops']:.0%} of them",
               f"- peak memory (each precision in its own process): {a['peak_rss_gib']:.1f} GiB and "
               f"{b['peak_rss_gib']:.1f} GiB",
-              f"- checkpoint: the training thread spends {a['checkpoint']['snapshot_s']:.2f} s on the snapshot; the "
+              f"- checkpoint: the training thread spends {a['checkpoint']['snapshot_s']:.2f} s and "
+              f"{b['checkpoint']['snapshot_s']:.2f} s on the snapshot ({a['checkpoint']['snapshot_s'] / a['iteration_s']:.1%} "
+              f"and {b['checkpoint']['snapshot_s'] / b['iteration_s']:.1%} of an iteration{_first_snapshots(a, b)}); the "
               f"background write takes {a['checkpoint']['background_write_s']:.1f} s and a foreground write "
               f"{a['checkpoint']['foreground_write_s']:.1f} s ({a['checkpoint']['foreground_write_s'] / a['iteration_s']:.0%}"
-              f" of an iteration)",
+              f" of an fp32 iteration)",
               f"- precision choices: {a['precision']} ({a['precision_reason']}; {a.get('attention', '?')} attention), "
               f"{b['precision']} ({b['precision_reason']}; {b.get('attention', '?')} attention); memory allocator {a.get('allocator', '?')}",
-              f"- mean reward of the iteration: {a['reward_mean']:.3f} and {b['reward_mean']:.3f}"]
+              f"- mean reward of the timed iteration: {a['reward_mean']:.3f} and {b['reward_mean']:.3f}"]
     return "\n".join(lines)
+
+
+def _first_snapshots(a: dict, b: dict) -> str:
+    fa, fb = a["checkpoint"].get("first_snapshot_s"), b["checkpoint"].get("first_snapshot_s")
+    return "" if fa is None or fb is None else f"; the first, which allocates it: {fa:.2f} s and {fb:.2f} s"
 
 
 def single(r: dict) -> str:
@@ -183,7 +206,8 @@ def main(args) -> int:
               "(emulated); running fp32 only", flush=True)
     for precision in precisions:
         proc = subprocess.run([sys.executable, __file__, "--one", precision, "--threads", str(threads),
-                               "--seed", str(args.seed)], capture_output=True, text=True, cwd=ROOT)
+                               "--seed", str(args.seed), "--warmup", str(getattr(args, "warmup", 1))],
+                              capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             return proc.returncode
@@ -202,10 +226,11 @@ if __name__ == "__main__":
     p.add_argument("--one", choices=["fp32", "bf16"], help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations per precision before the timed one")
     p.add_argument("--json", default=None)
     p.add_argument("--force-bf16", action="store_true", help="run bf16 even where it is emulated (very slow)")
     a = p.parse_args()
     if a.one:
-        print(json.dumps(one(a.one, a.threads or 1, a.seed)))
+        print(json.dumps(one(a.one, a.threads or 1, a.seed, a.warmup)))
         sys.exit(0)
     sys.exit(main(a))

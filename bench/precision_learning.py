@@ -44,24 +44,49 @@ def train(precision: str, args) -> dict:
     from rlgf_cli.evaluation.curves import read_metrics
 
     rows = read_metrics(run)
-    return {"run": str(run), "wall_s": wall, "reward_mean": [r["reward_mean"] for r in rows],
+    import tomllib
+
+    episodes = tomllib.loads((run / "config.toml").read_text(encoding="utf-8")).get("episodes")
+    return {"run": str(run), "wall_s": wall, "episodes": episodes, "reward_mean": [r["reward_mean"] for r in rows],
+            "reward_std": [r.get("reward_std") for r in rows],
             "time_s": [r["time_s"] for r in rows], "time_update_s": [r["time_update_s"] for r in rows],
             "kl_exact": [r.get("kl_exact") for r in rows],
             "precision": json.loads((run / "summary.json").read_text()).get("precision")}
 
 
+def gap_standard_errors(a: dict, b: dict) -> list[float | None]:
+    """Per iteration, the standard error of the gap between the two mean rewards from their
+    sampling alone: each mean is over ``episodes`` sampled episodes, and the two runs sample
+    different tokens as soon as the precisions round differently (so from the first step)."""
+    out = []
+    for sa, sb in zip(a.get("reward_std") or [], b.get("reward_std") or []):
+        na, nb = a.get("episodes"), b.get("episodes")
+        out.append(None if None in (sa, sb, na, nb) else (sa * sa / na + sb * sb / nb) ** 0.5)
+    return out
+
+
 def report(results: dict[str, dict]) -> str:
     a, b = (results[p] for p in PRECISIONS)
-    lines = ["| iteration | fp32 reward | bf16 reward | gap | fp32 s | bf16 s |", "|---:|---:|---:|---:|---:|---:|"]
+    ses = gap_standard_errors(a, b)
+    lines = ["| iteration | fp32 reward | bf16 reward | gap | gap's s.e. | fp32 s | bf16 s |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for i, (ra, rb) in enumerate(zip(a["reward_mean"], b["reward_mean"])):
-        lines.append(f"| {i + 1} | {ra:.3f} | {rb:.3f} | {rb - ra:+.3f} | {a['time_s'][i]:.1f} | {b['time_s'][i]:.1f} |")
+        se = ses[i] if i < len(ses) and ses[i] is not None else None
+        lines.append(f"| {i + 1} | {ra:.3f} | {rb:.3f} | {rb - ra:+.3f} | {'' if se is None else f'{se:.3f}'} | "
+                     f"{a['time_s'][i]:.1f} | {b['time_s'][i]:.1f} |")
     gap = max(abs(x - y) for x, y in zip(a["reward_mean"], b["reward_mean"]))
+    mean_a, mean_b = (sum(r["reward_mean"]) / len(r["reward_mean"]) for r in (a, b))
     speed = sum(a["time_s"]) / sum(b["time_s"])
     lines += ["", f"- largest reward gap {gap:.3f} (goal ≤ 0.05)",
-              f"- seconds per iteration: fp32 {sum(a['time_s']) / len(a['time_s']):.1f}, "
-              f"bf16 {sum(b['time_s']) / len(b['time_s']):.1f} → bf16 {speed:.2f}× faster; "
-              f"update phase {sum(a['time_update_s']) / sum(b['time_update_s']):.2f}×",
-              f"- whole runs (loading and all): fp32 {a['wall_s']:.0f} s, bf16 {b['wall_s']:.0f} s"]
+              f"- mean reward over the iterations: fp32 {mean_a:.3f}, bf16 {mean_b:.3f} (gap {mean_b - mean_a:+.3f})"]
+    if ses and None not in ses:
+        beyond = sum(abs(y - x) > 2 * se for x, y, se in zip(a["reward_mean"], b["reward_mean"], ses))
+        lines.append(f"- sampling noise: each gap's standard error is {min(ses):.3f}–{max(ses):.3f} (from the "
+                     f"rewards' spread over {a['episodes']} episodes); {beyond} of {len(ses)} gaps exceed two of them")
+    lines += [f"- seconds per iteration: fp32 {sum(a['time_s']) / len(a['time_s']):.1f}, "
+               f"bf16 {sum(b['time_s']) / len(b['time_s']):.1f} → bf16 {speed:.2f}× faster; "
+               f"update phase {sum(a['time_update_s']) / sum(b['time_update_s']):.2f}×",
+               f"- whole runs (loading and all): fp32 {a['wall_s']:.0f} s, bf16 {b['wall_s']:.0f} s"]
     return "\n".join(lines)
 
 

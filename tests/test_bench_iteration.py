@@ -53,9 +53,20 @@ def test_embedded_preset_tables_render_every_phase():
                 "checkpoint": {"snapshot_s": 0.1, "background_write_s": 2.0, "foreground_write_s": 2.5},
                 "reward_mean": 0.5}
 
+    def warmed(name, scale):  # the iteration after a warm-up one, and two snapshots
+        r = result(name, scale)
+        r.update(iterations=2, first_iteration_s=r["iteration_s"] * 1.5)
+        r["checkpoint"]["first_snapshot_s"] = 0.3 * scale
+        return r
+
     both = ie.table([result("fp32", 2.0), result("bf16", 1.0)])
     assert all(f"| {p} |" in both for p in ie.PHASES) and "| **iteration** | **30.0** | **15.0** | **2.00×**" in both
     assert "the update reaches 25% and 25% of them" in both
     assert "fp32 (test; sdpa attention), bf16 (test; eager attention)" in both
+    assert "first iteration" not in both  # one iteration each: nothing to set apart
+    warm = ie.table([warmed("fp32", 2.0), warmed("bf16", 1.0)])
+    assert "| first iteration (one-time costs) | 45.0 | 22.5 | 2.00× | | |" in warm
+    assert "spends 0.10 s and 0.10 s on the snapshot (0.3% and 0.7% of an iteration; the first, which " \
+           "allocates it: 0.60 s and 0.30 s)" in warm
     one = ie.single(result("fp32", 2.0))
     assert "| update | 8.00 | 5.0 |" in one and "snapshot 0.10 s" in one

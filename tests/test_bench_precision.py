@@ -24,13 +24,20 @@ def test_precision_learning_tiny(tmp_path, capsys, tiny_causal_dir, tiny_reward_
         "--minibatch-size", "4", "--epochs", "1", "--max-new-tokens", "4", "--device", "cpu", "--quiet",
     ]) == 0
     text = capsys.readouterr().out
-    assert "| iteration | fp32 reward | bf16 reward | gap | fp32 s | bf16 s |" in text
+    assert "| iteration | fp32 reward | bf16 reward | gap | gap's s.e. | fp32 s | bf16 s |" in text
     data = json.loads((out / "results.json").read_text())
+    assert data["fp32"]["episodes"] == data["bf16"]["episodes"] == 4
     assert data["fp32"]["precision"] == "fp32" and data["bf16"]["precision"] == "bf16"
     fp32, bf16 = data["fp32"]["reward_mean"], data["bf16"]["reward_mean"]
     assert len(fp32) == len(bf16) == 2
     gap = max(abs(a - b) for a, b in zip(fp32, bf16))
     assert f"largest reward gap {gap:.3f} (goal ≤ 0.05)" in text
+    mean = (sum(bf16) - sum(fp32)) / 2
+    assert f"bf16 {sum(bf16) / 2:.3f} (gap {mean:+.3f})" in text
+    ses = bench.gap_standard_errors(data["fp32"], data["bf16"])
+    stds = data["fp32"]["reward_std"][0], data["bf16"]["reward_std"][0]
+    assert ses[0] == pytest.approx(((stds[0] ** 2 + stds[1] ** 2) / 4) ** 0.5)
+    assert f"each gap's standard error is {min(ses):.3f}–{max(ses):.3f}" in text
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

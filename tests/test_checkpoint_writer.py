@@ -61,6 +61,44 @@ def test_background_write_is_a_snapshot_of_when_it_was_asked_for(tmp_path):
     assert (target / "optimizer.safetensors").is_file() or any(target.glob("optimizer*"))
 
 
+def test_successive_snapshots_reuse_their_tensors_and_hold_each_moment(tmp_path):
+    # the snapshot's 3 GB are refreshed in place (allocating them afresh faulted their pages in
+    # again at every checkpoint); each checkpoint must still hold its own moment
+    from safetensors.torch import load_file
+
+    from rlgf_cli.training.resume_state import OPTIMIZER_TENSORS
+
+    policy, critic, opt = _parts()
+    writer = CheckpointWriter(background=True)
+    written = []
+    for it in (1, 2, 3):
+        writer.submit(tmp_path / f"iter-{it}", policy=policy, critics={"learner": critic}, optimizer=opt,
+                      state={"iteration": it}, config_toml="")
+        written.append(({k: v.clone() for k, v in policy.model.state_dict().items()},
+                        {k: v.clone() for k, v in critic.state_dict().items()},
+                        [s["exp_avg"].clone() for s in opt.state.values()]))
+        writer.wait()
+        with torch.no_grad():  # what the next iteration's update does
+            for p in [*policy.model.parameters(), *critic.parameters()]:
+                p.add_(float(it))
+        for s in opt.state.values():
+            s["exp_avg"].mul_(0.5).add_(1.0)
+    snap_model = writer._models[id(policy.model)]
+    assert snap_model is not policy.model
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(snap_model.parameters(), policy.model.parameters()))
+    for it, (model_state, critic_state, moments) in zip((1, 2, 3), written):
+        folder = tmp_path / f"iter-{it}"
+        assert is_checkpoint(folder) and read_state(folder)["iteration"] == it
+        saved = load_file(folder / "model.safetensors")
+        assert all(torch.equal(v, model_state[k]) for k, v in saved.items())
+        saved_critic = load_file(next(folder.glob("critic/*.safetensors")))
+        assert len(saved_critic) and all(torch.equal(v, critic_state[k]) for k, v in saved_critic.items() if k in critic_state)
+        saved_opt = load_file(folder / OPTIMIZER_TENSORS)
+        got = [saved_opt[f"state.{i}.exp_avg"] for i in range(len(moments))]
+        assert all(torch.equal(a, b) for a, b in zip(got, moments))
+    assert not torch.equal(written[0][0][next(iter(written[0][0]))], written[2][0][next(iter(written[2][0]))])
+
+
 def test_a_failed_background_write_is_raised_by_wait(tmp_path):
     policy, critic, opt = _parts()
     blocker = tmp_path / "file"

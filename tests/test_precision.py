@@ -205,6 +205,50 @@ def test_freeze_in_gives_bf16_weights_and_eager_attention_on_a_cpu(tokenizer):
     assert _attention(policy.model) == "eager" and policy.model.dtype == torch.bfloat16
 
 
+def _record_head_inputs(model, seen: list) -> None:
+    def record(module, args):
+        seen.append(args[0].is_contiguous())
+
+    model.get_output_embeddings().register_forward_pre_hook(record)  # runs after rlgf's own hook
+
+
+def test_bf16_on_a_cpu_gives_every_output_head_a_contiguous_input(tokenizer):
+    # a frozen head fed hidden[:, -n:] (strided) makes torch.matmul broadcast the weight over the
+    # batch, and the CPU's bf16 batched product copies that broadcast (see use_kernels)
+    trainer = build("lols", "bf16", tokenizer)
+    models = [trainer.reference.model, trainer.guide.model, trainer.decoder.model, trainer.policy.model]
+    seen: list[bool] = []
+    for m in models:
+        _record_head_inputs(m, seen)
+    trainer.step()
+    assert len(seen) > 10 and all(seen)
+    fp32 = build("lols", "fp32", tokenizer)  # fp32 keeps its path (and its numbers): strided inputs arrive
+    seen32: list[bool] = []
+    for m in (fp32.reference.model, fp32.guide.model, fp32.policy.model):
+        _record_head_inputs(m, seen32)
+    fp32.step()
+    assert seen32 and not all(seen32)
+
+
+def test_the_contiguous_head_gives_the_same_logits(tokenizer):
+    model, _ = make_tiny_causal(tokenizer, seed=0)
+    policy = HFPolicy(model, tokenizer)
+    ids = torch.randint(3, len(tokenizer), (4, 9))
+    freeze_in(policy, Precision("bf16", "test"))
+    with torch.no_grad():
+        full = policy.model(input_ids=ids).logits[:, -3:]
+        kept = policy.model(input_ids=ids, logits_to_keep=3).logits
+        unhooked = copy.deepcopy(policy.model)
+        unhooked.get_output_embeddings()._forward_pre_hooks.clear()
+        strided = unhooked(input_ids=ids, logits_to_keep=3).logits
+    assert kept.shape == full.shape == (4, 3, len(tokenizer))
+    torch.testing.assert_close(kept, full, rtol=0, atol=0.05)
+    torch.testing.assert_close(kept, strided, rtol=0, atol=0.05)
+    hooks = len(policy.model.get_output_embeddings()._forward_pre_hooks)
+    freeze_in(policy, Precision("bf16", "test"))  # once per model
+    assert len(policy.model.get_output_embeddings()._forward_pre_hooks) == hooks == 1
+
+
 def test_freeze_in_leaves_api_policies_alone():
     class Remote:
         trainable = False

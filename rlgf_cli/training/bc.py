@@ -13,10 +13,11 @@ import time
 import torch
 
 from backends.errors import RlgfError
-from backends.precision import resolve_precision, use_attention
+from backends.precision import resolve_precision, use_kernels
 from tasks.base import Task
 
 from rlgf_cli.training.config import TrainConfig
+from rlgf_cli.training.optimizer import adamw
 from rlgf_cli.training.distributed import all_sum, shard, sum_gradients, world
 from rlgf_cli.training.ppo import masked_mean
 from rlgf_cli.training.tensors import chunks
@@ -34,12 +35,12 @@ class BCTrainer(TrainerBase):
         self.device = policy.device
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = self.precision.autocast()  # the weights and optimizer state stay float32
-        use_attention(policy.model, self.precision)  # eager under CPU bf16, like the RL trainer
+        use_kernels(policy.model, self.precision)  # eager under CPU bf16, like the RL trainer
         self.examples = [ex for ex in task.bc_examples() if ex.target]
         self.sampler = PromptSampler(self.examples, cfg.seed)
         params = [p for p in policy.model.parameters() if p.requires_grad]
         self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.target_max_tokens = max(cfg.max_new_tokens or task.max_new_tokens, 64)
         self.iteration = 0
 

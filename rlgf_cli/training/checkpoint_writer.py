@@ -9,7 +9,9 @@ folder under a temporary name and renames it when complete, so a kill at any mom
 either the previous checkpoint or the new one, never a half-written one that ``--resume``
 would pick up. A kill during the write loses the iteration being written besides the one in
 progress. On a GPU the snapshot would need a second copy in device memory, so there the
-write stays in the foreground.
+write stays in the foreground. The snapshot's tensors are kept from one checkpoint to the next
+and refreshed in place: allocating 3 GB afresh each time cost the training thread 2.4–2.7 s
+on a 2-core AMX Xeon (its pages faulted in anew), about 10 % of a bf16 iteration.
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ class _OptimizerSnapshot:
     """A copy of an optimizer's ``state_dict()`` (all that :func:`save_optimizer` reads)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self._state: dict = {"state": {}, "param_groups": []}
+        self.refresh(optimizer)
+
+    def refresh(self, optimizer: torch.optim.Optimizer) -> None:
+        """Copy ``optimizer``'s state now, into the tensors of the previous copy where they fit."""
         state = optimizer.state_dict()
-        self._state = {
-            "state": {i: {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
-                      for i, values in state["state"].items()},
-            "param_groups": copy.deepcopy(state["param_groups"]),
-        }
+        old = self._state["state"]
+        self._state = {"state": {i: {k: _copy_into(old.get(i, {}).get(k), v) for k, v in values.items()}
+                                 for i, values in state["state"].items()},
+                       "param_groups": copy.deepcopy(state["param_groups"])}
         # for the size estimate of the disk-space check (shapes do not change): the live
         # parameters, each counted as the two AdamW moments it holds
         self.param_groups = optimizer.param_groups
@@ -42,6 +48,30 @@ class _OptimizerSnapshot:
 
     def state_dict(self) -> dict:
         return self._state
+
+
+def _copy_into(old, value):
+    """``value`` copied: into ``old`` when that is a tensor of its shape and dtype, else afresh."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    value = value.detach()
+    if isinstance(old, torch.Tensor) and old.shape == value.shape and old.dtype == value.dtype \
+            and old.device == value.device:
+        return old.copy_(value)
+    return value.clone()
+
+
+def _refresh_model(snap, live) -> bool:
+    """Copy ``live``'s parameters and buffers into ``snap`` (a deep copy of it made earlier);
+    False, copying nothing, when the two no longer have the same tensors."""
+    pairs = [*zip(snap.named_parameters(), live.named_parameters()), *zip(snap.named_buffers(), live.named_buffers())]
+    if len(pairs) != len(list(live.parameters())) + len(list(live.buffers())) or any(
+            a[0] != b[0] or a[1].shape != b[1].shape or a[1].dtype != b[1].dtype for a, b in pairs):
+        return False
+    with torch.no_grad():
+        for (_, a), (_, b) in pairs:
+            a.copy_(b)
+    return True
 
 
 def snapshot_policy(policy):
@@ -58,6 +88,9 @@ class CheckpointWriter:
         self.background = background
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        #: the last snapshot's models (by the live model's id) and optimizer state, refreshed in place
+        self._models: dict[int, torch.nn.Module] = {}
+        self._optimizer: _OptimizerSnapshot | None = None
 
     def submit(self, target: Path, *, policy, critics: dict, optimizer, state: dict, config_toml: str,
                then: Callable[[], None] | None = None) -> Path:
@@ -71,9 +104,16 @@ class CheckpointWriter:
             if then is not None:
                 then()
             return target
-        snap_policy = snapshot_policy(policy)
-        snap_critics = {name: copy.deepcopy(c) for name, c in critics.items()}
-        snap_optimizer = _OptimizerSnapshot(optimizer) if optimizer is not None else None
+        snap_policy = copy.copy(policy)
+        snap_policy.model = self._snapshot(policy.model)
+        snap_critics = {name: self._snapshot(c) for name, c in critics.items()}
+        snap_optimizer = None
+        if optimizer is not None:
+            if self._optimizer is None:
+                self._optimizer = _OptimizerSnapshot(optimizer)
+            else:
+                self._optimizer.refresh(optimizer)
+            snap_optimizer = self._optimizer
         rng = rng_state()
 
         def write() -> None:
@@ -88,6 +128,13 @@ class CheckpointWriter:
         self._thread = threading.Thread(target=write, name="rlgf-checkpoint", daemon=True)
         self._thread.start()
         return target
+
+    def _snapshot(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of ``model`` as it is now: the previous snapshot's, refreshed, where it still fits."""
+        snap = self._models.get(id(model))
+        if snap is None or not _refresh_model(snap, model):
+            snap = self._models[id(model)] = copy.deepcopy(model)
+        return snap
 
     def join(self) -> None:
         """Block until the write in flight is done (its error, if any, is kept for :meth:`wait`)."""

@@ -15,10 +15,11 @@ from typing import Callable
 import torch
 
 from backends.errors import RlgfError
-from backends.precision import Precision, freeze_in, resolve_precision, use_attention
+from backends.precision import Precision, freeze_in, resolve_precision, use_kernels
 from tasks.base import Example, Task
 
 from rlgf_cli.training.config import TrainConfig
+from rlgf_cli.training.optimizer import adamw
 from rlgf_cli.training.ppo import (
     AdaptiveKLController,
     clipped_policy_loss,
@@ -95,7 +96,7 @@ class Trainer(TrainerBase):
         for c in self.critics.values():
             c.to(self.device)
         for trained in (policy.model, *self.critics.values()):  # eager attention under CPU bf16
-            use_attention(trained, self.precision)
+            use_kernels(trained, self.precision)
         for frozen in (self.reference, guide):  # inference only: no gradients, no dropout
             if frozen is not None and frozen.trainable and frozen is not policy:  # (not an API guide)
                 frozen.model.eval()
@@ -106,7 +107,7 @@ class Trainer(TrainerBase):
         for c in self.critics.values():
             params += [p for p in c.parameters() if p.requires_grad]
         self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl or None)
         self.part_weights: list[float] = [1.0]
         self.sampler = PromptSampler(task.examples("train"), cfg.seed)
@@ -133,7 +134,7 @@ class Trainer(TrainerBase):
 
             self.decoder = snapshot_policy(policy)
             self.decoder.model.to(self.precision.frozen_dtype).eval()
-            use_attention(self.decoder.model, self.precision)
+            use_kernels(self.decoder.model, self.precision)
             for p in self.decoder.model.parameters():
                 p.requires_grad_(False)
             self.engine.learner = self.decoder

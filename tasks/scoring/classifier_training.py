@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from backends.device import resolve_device
 from backends.errors import RlgfError
-from backends.precision import Precision, use_attention
+from backends.precision import Precision, use_kernels
 from tasks.jsonl import quiet_transformers
 
 Progress = Callable[[str, "float | None"], None]
@@ -166,7 +166,7 @@ def train_classifier(
                     label2id={"NEGATIVE": 0, "POSITIVE": 1},
                 )
             tokenizer.truncation_side = "left"
-            use_attention(model, precision)  # eager under CPU bf16, like every other model
+            use_kernels(model, precision)  # eager under CPU bf16, like every other model
             model.to(device).train()
             optimizer, trained = _optimizer(model, config)
             lengths = [len(ids) for ids in tokenizer([t for t, _ in train], truncation=True,

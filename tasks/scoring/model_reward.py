@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from backends.errors import RlgfError
-from backends.precision import use_attention
+from backends.precision import use_kernels
 
 
 def pick_label(config, label: str | int | None) -> int | None:
@@ -78,7 +78,7 @@ class ModelReward:
         self.precision = precision
         if precision is not None and precision.bf16:
             self.model.to(precision.frozen_dtype)
-            use_attention(self.model, precision)  # eager on a CPU, like the policies
+            use_kernels(self.model, precision)  # eager on a CPU, like the policies
 
     def describe(self) -> str:
         what = "its score" if self.index is None else \

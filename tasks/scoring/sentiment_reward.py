@@ -34,7 +34,7 @@ from typing import Sequence
 from backends.cache import cache_dir
 from backends.device import resolve_device
 from backends.errors import RlgfError
-from backends.precision import use_attention
+from backends.precision import use_kernels
 
 from tasks.jsonl import quiet_transformers
 from tasks.scoring.classifier_training import Progress, TrainingConfig, report, train_classifier
@@ -127,7 +127,7 @@ class SentimentReward:
         self.precision = precision
         if precision is not None and precision.bf16:
             self.model.to(precision.frozen_dtype)
-            use_attention(self.model, precision)  # eager on a CPU, like the policies
+            use_kernels(self.model, precision)  # eager on a CPU, like the policies
 
     @classmethod
     def load(
