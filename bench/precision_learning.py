@@ -46,7 +46,8 @@ def train(precision: str, args) -> dict:
     rows = read_metrics(run)
     import tomllib
 
-    episodes = tomllib.loads((run / "config.toml").read_text(encoding="utf-8")).get("episodes")
+    config = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
+    episodes = config.get("train", config).get("episodes")  # rlgf writes its options under [train]
     return {"run": str(run), "wall_s": wall, "episodes": episodes, "reward_mean": [r["reward_mean"] for r in rows],
             "reward_std": [r.get("reward_std") for r in rows],
             "time_s": [r["time_s"] for r in rows], "time_update_s": [r["time_update_s"] for r in rows],
