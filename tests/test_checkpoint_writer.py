@@ -167,3 +167,17 @@ def test_kill_during_a_background_write_never_leaves_a_half_checkpoint(tmp_path,
     assert [m["iteration"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     assert not any(p.name.startswith(TMP_PREFIX) for p in (out / "checkpoints").iterdir())
     assert json.loads((out / "summary.json").read_text())["iterations"] == 6
+
+
+def test_a_snapshot_that_no_longer_fits_its_model_is_not_refreshed():
+    from rlgf_cli.training.checkpoint_writer import _refresh_model
+
+    snap = torch.nn.Linear(3, 4)
+    before = snap.weight.detach().clone()
+    assert not _refresh_model(snap, torch.nn.Linear(3, 5))  # another shape
+    assert not _refresh_model(snap, torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 4)))  # more tensors
+    assert torch.equal(snap.weight, before)
+    live = torch.nn.Linear(3, 4)
+    assert _refresh_model(snap, live)
+    assert torch.equal(snap.weight, live.weight) and torch.equal(snap.bias, live.bias)
+    assert snap.weight.data_ptr() != live.weight.data_ptr()
