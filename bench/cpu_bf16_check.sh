@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One prepared script for a CPU with AMX-BF16 or AVX512-BF16 units: the measurements the bf16
-# issue asks for, one after the other so none competes for the cores. About 35 minutes on a
+# issue asks for, one after the other so none competes for the cores. About 20 minutes on a
 # 2-core AMX Xeon, once `make setup` has run and the embedded assets are cached (`make demo` once).
 #
 #   bash bench/cpu_bf16_check.sh [OUT_DIR]   # default runs/cpu-bf16-check
 #
-# 1. one iteration of the embedded default in fp32 and bf16 (seconds and GFLOP/s per phase, the
+# 1. an iteration of the embedded default (after a warm-up one) in fp32 and bf16 (seconds and GFLOP/s per phase, the
 #    rooflines, peak memory, checkpoint cost): OUT_DIR/iteration-embedded.{md,json}
 # 2. 5 iterations of fp32 and of bf16 with the same seed (the ±0.05 learning goal):
 #    OUT_DIR/precision/{results.json,curves.png}, the table in OUT_DIR/precision.md
