@@ -68,7 +68,7 @@ def one(precision: str, threads: int, seed: int, warmup: int = 1) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    peak_before = roofline(precision_name(precision), threads)  # before the run's writes, and after them
+    peak_before = roofline(precision, threads)  # before the run's writes, and after them
     from backends import resolve
     from rlgf_cli.runtime import set_seed
     from rlgf_cli.training.checkpoint import save_checkpoint
@@ -133,13 +133,6 @@ def one(precision: str, threads: int, seed: int, warmup: int = 1) -> dict:
         "reward_means": [m["reward_mean"] for m in steps],
         "tokens": tokens, "params": {"policy": policy_params, "critic": critic_params, "reward": reward_params},
     }
-
-
-def precision_name(precision: str) -> str:
-    """The dtype a ``--precision`` value runs this CPU in (``auto`` resolved)."""
-    from backends.precision import resolve_precision
-
-    return resolve_precision(precision, "cpu").name
 
 
 def trainer_prompt_tokens(trainer) -> float:

@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +45,6 @@ def train(precision: str, args) -> dict:
     from rlgf_cli.evaluation.curves import read_metrics
 
     rows = read_metrics(run)
-    import tomllib
-
     config = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
     episodes = config.get("train", config).get("episodes")  # rlgf writes its options under [train]
     return {"run": str(run), "wall_s": wall, "episodes": episodes, "reward_mean": [r["reward_mean"] for r in rows],
@@ -72,7 +71,7 @@ def report(results: dict[str, dict]) -> str:
     lines = ["| iteration | fp32 reward | bf16 reward | gap | gap's s.e. | fp32 s | bf16 s |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for i, (ra, rb) in enumerate(zip(a["reward_mean"], b["reward_mean"])):
-        se = ses[i] if i < len(ses) and ses[i] is not None else None
+        se = ses[i] if i < len(ses) else None
         lines.append(f"| {i + 1} | {ra:.3f} | {rb:.3f} | {rb - ra:+.3f} | {'' if se is None else f'{se:.3f}'} | "
                      f"{a['time_s'][i]:.1f} | {b['time_s'][i]:.1f} |")
     gap = max(abs(x - y) for x, y in zip(a["reward_mean"], b["reward_mean"]))
