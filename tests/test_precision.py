@@ -17,7 +17,7 @@ import rlgf_cli.training.trainer as trainer_module
 from backends.base import Sampling
 from backends.errors import RlgfError
 from backends.hf.policy import HFPolicy
-from backends.precision import Precision, cpu_flags, freeze_in, resolve_precision
+from backends.precision import Precision, cpu_flags, freeze_in, hold_frozen, resolve_precision
 from rlgf_cli.runtime import set_seed
 from rlgf_cli.training.config import TrainConfig
 from rlgf_cli.training.trainer import Trainer
@@ -90,14 +90,15 @@ class VariedPrompts(Task):
         return [sum(c == "e" for c in text) / max(len(text), 1) for text in completions]
 
 
-def build(alg: str, precision: str, tokenizer, **overrides) -> Trainer:
+def build(alg: str, precision: str, tokenizer, *, model=None, **overrides) -> Trainer:
     options = dict(task="varied", alg=alg, guide=None if alg == "ppo" else "tiny", iterations=3, episodes=12,
                    epochs=2, minibatch_size=4, rollout_batch_size=12, lr=1e-2, kl_coef=0.05, seed=3, device="cpu",
                    precision=precision, alpha=0.5)
     options.update(overrides)
     cfg = TrainConfig(**options).validate()
     set_seed(0)
-    model, _ = make_tiny_causal(tokenizer, seed=0)
+    if model is None:
+        model, _ = make_tiny_causal(tokenizer, seed=0)
     policy = HFPolicy(model, tokenizer)
     reference = HFPolicy(copy.deepcopy(model), tokenizer)
     guide = None if alg == "ppo" else always("e", seed=7, tokenizer=tokenizer, bias=3.0)
@@ -136,11 +137,24 @@ def test_ratio_is_exactly_one_at_the_first_minibatch(monkeypatch, tokenizer, alg
     assert not torch.equal(later[0][later[2] > 0], later[1][later[2] > 0])
 
 
+def assert_held_frozen(model) -> None:
+    """bf16 weights for every matrix product (linear layers, GPT-2's Conv1D, the head), float32
+    embeddings and norms: what :func:`hold_frozen` gives a frozen model under bf16."""
+    matrices, others = set(), set()
+    for module in model.modules():
+        direct = {p.dtype for p in module.parameters(recurse=False)}
+        (matrices if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D" else others).update(direct)
+    assert matrices == {torch.bfloat16}
+    assert others == {torch.float32}  # embeddings, norms
+    assert model.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+
+
 def test_bf16_holds_frozen_models_in_bf16_and_trains_in_fp32(tokenizer):
     trainer = build("ppo++", "bf16", tokenizer)
     assert trainer.precision.bf16
-    assert {p.dtype for p in trainer.reference.model.parameters()} == {torch.bfloat16}
-    assert {p.dtype for p in trainer.guide.model.parameters()} == {torch.bfloat16}
+    assert_held_frozen(trainer.reference.model)
+    assert_held_frozen(trainer.guide.model)
     assert {p.dtype for p in trainer.policy.model.parameters()} == {torch.float32}
     assert {p.dtype for p in trainer.critic.parameters()} == {torch.float32}
     trainer.step()
@@ -155,11 +169,12 @@ def test_bf16_learner_decodes_from_a_bf16_copy_refreshed_after_each_update(token
     trainer = build("ppo", "bf16", tokenizer)
     decoder = trainer.engine.learner
     assert decoder is trainer.decoder and decoder is not trainer.policy
-    assert {p.dtype for p in decoder.model.parameters()} == {torch.bfloat16}
+    assert_held_frozen(decoder.model)
+    live = dict(trainer.policy.model.named_parameters())
     for _ in range(2):
         trainer.step()
-        for d, p in zip(decoder.model.parameters(), trainer.policy.model.parameters()):
-            assert torch.equal(d, p.detach().to(torch.bfloat16))
+        for name, d in decoder.model.named_parameters():
+            assert torch.equal(d, live[name].detach().to(d.dtype))
     assert build("ppo", "fp32", tokenizer).engine.learner is not None
     assert build("ppo", "fp32", tokenizer).decoder is None
 
@@ -202,7 +217,75 @@ def test_freeze_in_gives_bf16_weights_and_eager_attention_on_a_cpu(tokenizer):
     freeze_in(policy, Precision("fp32", "test"))
     assert _attention(policy.model) == "sdpa" and policy.model.dtype == torch.float32
     freeze_in(policy, Precision("bf16", "test"))
-    assert _attention(policy.model) == "eager" and policy.model.dtype == torch.bfloat16
+    assert _attention(policy.model) == "eager"
+    assert_held_frozen(policy.model)
+
+
+def _tied_llama(tokenizer):
+    from transformers import LlamaForCausalLM
+
+    model, _ = make_tiny_causal(tokenizer, seed=0)
+    config = copy.deepcopy(model.config)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    tied = LlamaForCausalLM(config).eval()
+    assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
+    return tied
+
+
+def _kl_from(reference_logits, logits) -> float:
+    ref = torch.log_softmax(reference_logits.float(), -1)
+    return float((ref.exp() * (ref - torch.log_softmax(logits.float(), -1))).sum(-1).mean())
+
+
+def test_a_tied_head_gets_its_own_bf16_copy_and_the_residual_stream_stays_float32(tokenizer):
+    bf16 = Precision("bf16", "test")
+    model = _tied_llama(tokenizer)
+    all_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    held = copy.deepcopy(model)
+    hold_frozen(held, bf16)
+    assert_held_frozen(held)
+    head, embed = held.get_output_embeddings().weight, held.get_input_embeddings().weight
+    assert head is not embed and torch.equal(head, embed.to(torch.bfloat16))
+    torch.manual_seed(1)
+    ids = torch.randint(4, len(tokenizer), (6, 40))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        with bf16.autocast():
+            out = held(input_ids=ids, output_hidden_states=True)
+            pure = all_bf16(input_ids=ids).logits
+    assert {h.dtype for h in out.hidden_states} == {torch.float32}  # the stream between the layers
+    assert out.logits.dtype == torch.bfloat16  # the head's product ran in bf16
+    # closer to the float32 model than all-bf16 weights are
+    assert _kl_from(want, out.logits) < _kl_from(want, pure)
+    hold_frozen(model, Precision("fp32", "test"))  # fp32: nothing changes
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_hold_frozen_turns_gpt2s_conv1d_layers_to_bf16():
+    from conftest import make_tiny_gpt2
+
+    model, tok = make_tiny_gpt2(seed=0)
+    hold_frozen(model, Precision("bf16", "test"))
+    assert_held_frozen(model)
+    assert model.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
+    ids = torch.randint(4, len(tok), (2, 12))
+    with torch.no_grad(), Precision("bf16", "test").autocast():
+        assert torch.isfinite(model(input_ids=ids).logits.float()).all()
+
+
+def test_a_tied_learners_bf16_decoding_copy_follows_its_updates(tokenizer):
+    trainer = build("ppo", "bf16", tokenizer, model=_tied_llama(tokenizer))
+    policy, decoder = trainer.policy.model, trainer.decoder.model
+    assert policy.get_output_embeddings().weight is policy.get_input_embeddings().weight  # the learner stays tied
+    assert_held_frozen(decoder)
+    before = decoder.get_output_embeddings().weight.clone()
+    trainer.step()
+    embed = policy.get_input_embeddings().weight.detach()
+    assert not torch.equal(before, decoder.get_output_embeddings().weight)
+    assert torch.equal(decoder.get_output_embeddings().weight, embed.to(torch.bfloat16))
+    assert torch.equal(decoder.get_input_embeddings().weight, embed)
 
 
 def _record_head_inputs(model, seen: list) -> None:
@@ -235,7 +318,7 @@ def test_the_contiguous_head_gives_the_same_logits(tokenizer):
     policy = HFPolicy(model, tokenizer)
     ids = torch.randint(3, len(tokenizer), (4, 9))
     freeze_in(policy, Precision("bf16", "test"))
-    with torch.no_grad():
+    with torch.no_grad(), Precision("bf16", "test").autocast():  # frozen models run under autocast
         full = policy.model(input_ids=ids).logits[:, -3:]
         kept = policy.model(input_ids=ids, logits_to_keep=3).logits
         unhooked = copy.deepcopy(policy.model)

@@ -197,7 +197,9 @@ class HFPolicy(TokenPolicy):
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
         kind = "seq2seq" if self.is_seq2seq else "causal"
-        dtype = str(self.dtype).removeprefix("torch.")
+        dtypes = {p.dtype for p in self.model.parameters()}
+        dtype = "bfloat16 matrices, float32 embeddings and norms" if dtypes == {torch.bfloat16, torch.float32} \
+            else "/".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
         return f"{self.spec} ({kind}, {n / 1e6:.1f}M parameters, {dtype}, {self.device})"
 
     # -- tokens -----------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from backends.errors import RlgfError
-from backends.precision import Precision, freeze_in, resolve_precision, use_kernels
+from backends.precision import Precision, freeze_in, hold_frozen, resolve_precision, use_kernels
 from tasks.base import Example, Task
 
 from rlgf_cli.training.config import TrainConfig
@@ -133,10 +133,11 @@ class Trainer(TrainerBase):
             from rlgf_cli.training.checkpoint_writer import snapshot_policy
 
             self.decoder = snapshot_policy(policy)
-            self.decoder.model.to(self.precision.frozen_dtype).eval()
-            use_kernels(self.decoder.model, self.precision)
+            self.decoder.model.eval()
             for p in self.decoder.model.parameters():
                 p.requires_grad_(False)
+            hold_frozen(self.decoder.model, self.precision)  # bf16 matrices, a float32 residual stream
+            use_kernels(self.decoder.model, self.precision)
             self.engine.learner = self.decoder
 
     @property
@@ -227,8 +228,10 @@ class Trainer(TrainerBase):
         """Copy the learner's updated weights into its bf16 decoding copy (if it has one)."""
         if self.decoder is None:
             return
-        for dst, src in zip(self.decoder.model.parameters(), self.policy.model.parameters()):
-            dst.copy_(src)
+        # by name: the copy's head is untied from its embeddings (see hold_frozen)
+        live = dict(self.policy.model.named_parameters(remove_duplicate=False))
+        for name, dst in self.decoder.model.named_parameters():
+            dst.copy_(live[name])
 
     def learning_rate(self) -> float:
         """This iteration's learning rate under ``--lr-schedule`` (linear: base·(1 − t/T))."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from backends.errors import RlgfError
-from backends.precision import use_kernels
+from backends.precision import hold_frozen, use_kernels
 
 
 def pick_label(config, label: str | int | None) -> int | None:
@@ -77,7 +77,7 @@ class ModelReward:
     def use_precision(self, precision) -> None:
         self.precision = precision
         if precision is not None and precision.bf16:
-            self.model.to(precision.frozen_dtype)
+            hold_frozen(self.model, precision)  # bf16 matrices, fp32 embeddings and norms
             use_kernels(self.model, precision)  # eager on a CPU, like the policies
 
     def describe(self) -> str:

@@ -34,7 +34,7 @@ from typing import Sequence
 from backends.cache import cache_dir
 from backends.device import resolve_device
 from backends.errors import RlgfError
-from backends.precision import use_kernels
+from backends.precision import hold_frozen, use_kernels
 
 from tasks.jsonl import quiet_transformers
 from tasks.scoring.classifier_training import Progress, TrainingConfig, report, train_classifier
@@ -126,7 +126,7 @@ class SentimentReward:
         """Score in ``precision`` (a :class:`~backends.precision.Precision`): under bf16, bf16 weights and autocast."""
         self.precision = precision
         if precision is not None and precision.bf16:
-            self.model.to(precision.frozen_dtype)
+            hold_frozen(self.model, precision)  # bf16 matrices, fp32 embeddings and norms
             use_kernels(self.model, precision)  # eager on a CPU, like the policies
 
     @classmethod
