@@ -59,3 +59,34 @@ def test_the_cpu_bf16_check_stops_at_once_without_bf16_units(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("[error] this CPU reports neither AMX-BF16 nor AVX512-BF16")
     assert not out.exists()
+
+
+def test_precision_drift_compares_each_bf16_variant_with_float32(tmp_path, capsys, tiny_causal_dir):
+    import torch
+
+    bench = load_bench("precision_drift")
+    out = tmp_path / "drift.json"
+    assert bench.main(["--learner", str(tiny_causal_dir), "--prompts", "4", "--new-tokens", "5", "--seed", "1",
+                       "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| against float32 | KL per token | mean abs dlogp | max abs dlogp | forward s |" in text
+    data = json.loads(out.read_text())
+    assert [r["variant"] for r in data["rows"]] == [
+        "learner under autocast (float32 weights)",
+        "frozen as rlgf holds it (bf16 matrices, float32 embeddings and norms)",
+        "frozen with all-bf16 weights (before)"]
+    for row in data["rows"]:
+        assert row["tokens"] > 0 and row["kl_per_token"] >= 0.0 and row["abs_dlogp_max"] >= row["abs_dlogp_mean"] > 0
+        assert f"| {row['variant']} | {row['kl_per_token']:.2e} |" in text
+    assert set(data["learner_vs_decoder"]) == {"learner vs its decoding copy (now)",
+                                               "learner vs its decoding copy (all-bf16, before)"}
+    # the comparison itself: nothing between a distribution and itself, the exact KL otherwise
+    ref = torch.log_softmax(torch.tensor([[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]]), -1)
+    other = torch.log_softmax(torch.tensor([[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]]), -1)
+    ids, mask = torch.tensor([[7, 0, 1]]), torch.tensor([[1, 0]])
+    same = bench.compare(ref, ref, ids, 1, mask)
+    assert same["kl_per_token"] == 0.0 and same["abs_dlogp_max"] == 0.0 and same["tokens"] == 1
+    got = bench.compare(ref, other, ids, 1, mask)  # only the first response token counts (mask)
+    want = float((ref[0, 0].exp() * (ref[0, 0] - other[0, 0])).sum())
+    assert got["kl_per_token"] == pytest.approx(want)
+    assert got["abs_dlogp_mean"] == pytest.approx(float((ref[0, 0, 0] - other[0, 0, 0]).abs()))

@@ -386,3 +386,17 @@ def test_the_reward_classifier_is_trained_in_the_machines_precision_not_the_runs
     task = RottenTomatoesTask(device="cpu")
     task.precision = Precision(run, "test")
     assert task._classifier_config().precision == want
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_bf16_decoding_copy_computes_what_the_learner_computes_under_autocast(tokenizer, tied):
+    # bf16 matrices and float32 embeddings and norms are what autocast makes of the float32
+    # learner, so the copy that samples the episodes and the learner that scores them agree exactly
+    trainer = build("ppo", "bf16", tokenizer, model=_tied_llama(tokenizer) if tied else None)
+    trainer.step()
+    torch.manual_seed(2)
+    ids = torch.randint(4, len(tokenizer), (5, 17))
+    with torch.no_grad(), trainer.autocast:
+        learner = trainer.policy.model(input_ids=ids).logits
+        decoder = trainer.decoder.model(input_ids=ids).logits
+    assert torch.equal(learner, decoder)
