@@ -213,3 +213,27 @@ def _module(model, getter: str):
         return get() if callable(get) else None
     except (AttributeError, NotImplementedError):
         return None
+
+
+def decoding_copy(policy, precision: Precision):
+    """A frozen copy of a local ``policy`` for decoding under bf16 (:func:`hold_frozen`'s weights,
+    the precision's kernels): a shallow copy of the policy around a deep copy of its model."""
+    import copy
+
+    dup = copy.copy(policy)
+    dup.model = copy.deepcopy(policy.model).eval()
+    dup.model.requires_grad_(False)
+    hold_frozen(dup.model, precision)
+    use_kernels(dup.model, precision)
+    return dup
+
+
+def refresh_copy(dup, live) -> None:
+    """Copy the weights of the model ``live`` into its :func:`decoding_copy` model ``dup``, by
+    name (the copy's head may be untied from its embeddings), rounding to the copy's dtypes."""
+    import torch
+
+    weights = dict(live.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for name, dst in dup.named_parameters():
+            dst.copy_(weights[name])

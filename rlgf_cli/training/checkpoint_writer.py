@@ -76,13 +76,6 @@ def _refresh_model(snap, live) -> bool:
     return True
 
 
-def snapshot_policy(policy):
-    """A shallow copy of ``policy`` holding a deep copy of its model (what ``save`` writes)."""
-    snap = copy.copy(policy)
-    snap.model = copy.deepcopy(policy.model)
-    return snap
-
-
 class CheckpointWriter:
     """One checkpoint write at a time, in a thread (``background``) or in the caller."""
 

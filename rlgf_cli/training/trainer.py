@@ -15,7 +15,8 @@ from typing import Callable
 import torch
 
 from backends.errors import RlgfError
-from backends.precision import Precision, freeze_in, hold_frozen, resolve_precision, use_kernels
+from backends.precision import (Precision, decoding_copy, freeze_in, refresh_copy, resolve_precision,
+                                use_kernels)
 from tasks.base import Example, Task
 
 from rlgf_cli.training.config import TrainConfig
@@ -129,15 +130,8 @@ class Trainer(TrainerBase):
         #: under bf16 the learner decodes from a bf16 copy of its weights, refreshed after each
         #: update (autocast alone would re-cast every weight at every one-token decoding step)
         self.decoder = None
-        if self.precision.bf16:
-            from rlgf_cli.training.checkpoint_writer import snapshot_policy
-
-            self.decoder = snapshot_policy(policy)
-            self.decoder.model.eval()
-            for p in self.decoder.model.parameters():
-                p.requires_grad_(False)
-            hold_frozen(self.decoder.model, self.precision)  # bf16 matrices, a float32 residual stream
-            use_kernels(self.decoder.model, self.precision)
+        if self.precision.bf16:  # bf16 matrices, float32 embeddings and norms: autocast's numbers exactly
+            self.decoder = decoding_copy(policy, self.precision)
             self.engine.learner = self.decoder
 
     @property
@@ -223,15 +217,10 @@ class Trainer(TrainerBase):
                 )
         return metrics
 
-    @torch.no_grad()
     def refresh_decoder(self) -> None:
         """Copy the learner's updated weights into its bf16 decoding copy (if it has one)."""
-        if self.decoder is None:
-            return
-        # by name: the copy's head is untied from its embeddings (see hold_frozen)
-        live = dict(self.policy.model.named_parameters(remove_duplicate=False))
-        for name, dst in self.decoder.model.named_parameters():
-            dst.copy_(live[name])
+        if self.decoder is not None:
+            refresh_copy(self.decoder.model, self.policy.model)
 
     def learning_rate(self) -> float:
         """This iteration's learning rate under ``--lr-schedule`` (linear: base·(1 − t/T))."""
