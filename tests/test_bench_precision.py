@@ -90,3 +90,27 @@ def test_precision_drift_compares_each_bf16_variant_with_float32(tmp_path, capsy
     want = float((ref[0, 0].exp() * (ref[0, 0] - other[0, 0])).sum())
     assert got["kl_per_token"] == pytest.approx(want)
     assert got["abs_dlogp_mean"] == pytest.approx(float((ref[0, 0, 0] - other[0, 0, 0]).abs()))
+
+
+def test_precision_sampling_compares_the_first_rollout_of_both_precisions(tmp_path, capsys, tiny_causal_dir,
+                                                                          tiny_reward_dir):
+    bench = load_bench("precision_sampling")
+    out = tmp_path / "sampling.json"
+    assert bench.main(["--rounds", "2", "--episodes", "4", "--seed", "3", "--out", str(out), "--",
+                       "--learner", str(tiny_causal_dir), "--reward-model", str(tiny_reward_dir),
+                       "--max-new-tokens", "4"]) == 0
+    text = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert [r["round"] for r in data["rounds"]] == [1, 2] and data["episodes"] == 4
+    assert data["options"]["max_new_tokens"] == 4 and data["options"]["learner"] == str(tiny_causal_dir)
+    for r in data["rounds"]:
+        assert 0.0 <= r["fp32"] <= 1.0 and 0.0 <= r["bf16"] <= 1.0
+        assert 0 <= r["same_completion"] <= r["same_first_token"] <= 4
+        assert f"round {r['round']}: fp32 {r['fp32']:.3f}, bf16 {r['bf16']:.3f}" in text
+    # equal rounds: the overall means are the rounds' means
+    assert data["fp32_mean"] == pytest.approx(sum(r["fp32"] for r in data["rounds"]) / 2)
+    assert data["gap"] == pytest.approx(data["bf16_mean"] - data["fp32_mean"])
+    assert data["gap_standard_error"] > 0
+    assert f"gap {data['gap']:+.4f} (standard error {data['gap_standard_error']:.4f}" in text
+    assert bench.trainer_options(["--episodes", "8", "--lr", "1e-5", "--learner", "x"]) == {
+        "episodes": 8, "lr": 1e-5, "learner": "x"}
