@@ -272,7 +272,8 @@ def run_eval(
     """Evaluate each policy in turn on the same prompts, ``seeds`` times (seeds ``seed``, ``seed+1``…).
 
     Under ``precision`` bf16 (see :mod:`backends.precision`) every local model — the policies,
-    the reference and the task's reward classifier — holds bf16 weights and runs under autocast.
+    the reference and the task's reward classifier — holds bf16 matrices (float32 embeddings and
+    norms) and runs under autocast.
 
     ``decoding`` holds :func:`resolve_sampling` options (``mode``, ``temperature``, ``top_k``,
     ``top_p``, ``num_beams``). One reference model is shared. Returns ``{"results": [...],

@@ -123,7 +123,8 @@ class SentimentReward:
         self.precision = None
 
     def use_precision(self, precision) -> None:
-        """Score in ``precision`` (a :class:`~backends.precision.Precision`): under bf16, bf16 weights and autocast."""
+        """Score in ``precision`` (a :class:`~backends.precision.Precision`): under bf16, bf16
+        matrices (float32 embeddings and norms) and autocast."""
         self.precision = precision
         if precision is not None and precision.bf16:
             hold_frozen(self.model, precision)  # bf16 matrices, fp32 embeddings and norms
