@@ -156,7 +156,8 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N.", panel=PANEL_RUN)
     precision: str = opt("auto", "auto, fp32 or bf16. auto: bf16 autocast on a GPU that supports it or a CPU with "
                                  "AMX-BF16 / AVX512-BF16 units, fp32 elsewhere. The trained models' weights and "
-                                 "optimizer state stay float32; frozen models hold bf16 matrices (float32 embeddings and norms).", panel=PANEL_RUN)
+                                 "optimizer state stay float32; frozen models hold bf16 matrices (float32 "
+                                 "embeddings and norms).", panel=PANEL_RUN)
     out: str | None = opt(None, "Run folder.", panel=PANEL_RUN, default_text="runs/TASK-ALG-seedN")
     save_every: int = opt(1, "Checkpoint every N iterations (0: only the final one); with 1 a killed run loses at most "
                              "one iteration on --resume.", panel=PANEL_RUN)
