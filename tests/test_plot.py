@@ -58,3 +58,18 @@ def test_cli_errors_are_one_line(tmp_path):
         assert proc.returncode == 1
         assert proc.stderr.startswith("[error]") and "Traceback" not in proc.stderr
         assert (text or "holds no metrics.jsonl") in proc.stderr
+
+
+def test_the_iteration_axis_has_whole_iterations_only(tmp_path, monkeypatch):
+    import rlgf_cli.files as files
+    from rlgf_cli.evaluation.curves import plot_curves
+
+    seen = []
+    monkeypatch.setattr(files, "save_png", lambda fig, path, option: seen.append(fig))
+    runs = [make_run(tmp_path / "ppo-s0", "ppo", [0.2, 0.4, 0.3, 0.5, 0.6])]
+    plot_curves({"ppo": runs}, tmp_path / "c.png")
+    ax = seen[0].axes[0]
+    ax.figure.canvas.draw()
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks)

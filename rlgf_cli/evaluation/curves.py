@@ -93,6 +93,7 @@ def plot_curves(groups: dict[str, list[str | Path]], path: str | Path, metric: s
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     data = curves(groups, metric)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
@@ -105,6 +106,7 @@ def plot_curves(groups: dict[str, list[str | Path]], path: str | Path, metric: s
         hi = [m + s for m, s in zip(c["mean"], c["std"])]
         ax.fill_between(c["iterations"], lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no half iterations
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} per iteration (mean ± std over seeds)")
     ax.grid(alpha=0.3)
