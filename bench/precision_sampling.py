@@ -28,10 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def trainer_options(args: list[str]) -> dict:
-    """``--name value`` pairs after ``--`` as ``build_config`` overrides (numbers parsed)."""
+    """``--name value`` pairs after ``--`` as ``build_config`` overrides (numbers parsed; a
+    ``--flag`` with no value is True)."""
     out, i = {}, 0
     while i < len(args):
         key = args[i].removeprefix("--").replace("-", "_")
+        if i + 1 == len(args) or args[i + 1].startswith("--"):
+            out[key], i = True, i + 1
+            continue
         value = args[i + 1]
         for kind in (int, float):
             try:

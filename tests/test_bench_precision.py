@@ -112,5 +112,5 @@ def test_precision_sampling_compares_the_first_rollout_of_both_precisions(tmp_pa
     assert data["gap"] == pytest.approx(data["bf16_mean"] - data["fp32_mean"])
     assert data["gap_standard_error"] > 0
     assert f"gap {data['gap']:+.4f} (standard error {data['gap_standard_error']:.4f}" in text
-    assert bench.trainer_options(["--episodes", "8", "--lr", "1e-5", "--learner", "x"]) == {
-        "episodes": 8, "lr": 1e-5, "learner": "x"}
+    assert bench.trainer_options(["--episodes", "8", "--lr", "1e-5", "--cuda-graphs", "--learner", "x", "--quiet"]) == {
+        "episodes": 8, "lr": 1e-5, "cuda_graphs": True, "learner": "x", "quiet": True}
