@@ -23,6 +23,7 @@ samples the episodes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from backends import resolve
-    from backends.precision import Precision, hold_frozen, use_kernels
+    from backends.precision import Precision, decoding_copy, use_kernels
     from rlgf_cli.training.config import build_config
     from rlgf_cli.training.run import build_task
 
@@ -100,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     learner = copy.deepcopy(model)
     use_kernels(learner, bf16)
-    held = copy.deepcopy(model)
-    hold_frozen(held, bf16)
-    use_kernels(held, bf16)
+    held = decoding_copy(policy, bf16).model  # what the trainer samples from under bf16
     all_bf16 = copy.deepcopy(model).to(torch.bfloat16)
     use_kernels(all_bf16, bf16)
     variants = {
@@ -110,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         "frozen as rlgf holds it (bf16 matrices, float32 embeddings and norms)": held,
         "frozen with all-bf16 weights (before)": all_bf16,
     }
-    import contextlib
-
     ref = response_logprobs(model, ids, mask, positions, width, contextlib.nullcontext())
     rows, scored = [], {}
     for name, m in variants.items():
