@@ -6,6 +6,7 @@ Exit codes: 0 success · 1 user or runtime error (one ``[error] …`` line) · 2
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Annotated, Optional
 
@@ -16,6 +17,7 @@ from rlgf_cli.commands.difficulty import difficulty_command
 from rlgf_cli.commands.distill import distill_command
 from rlgf_cli.commands.eval import eval_command
 from rlgf_cli.commands.plot import plot_command
+from rlgf_cli.commands.serve import serve_command
 from rlgf_cli.commands.train import train_command
 from rlgf_cli.commands.console import handle_errors, out_console
 
@@ -98,15 +100,31 @@ def backends_command(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
                    ("description", "description")], as_json)
 
 
-def _register_serve() -> None:
-    try:
-        from rlgf_cli.commands.serve import serve_command
-    except ImportError:  # the server arrives with the API-guide work
-        return
-    app.command("serve")(handle_errors(serve_command))
+app.command("serve")(handle_errors(serve_command))
 
 
-_register_serve()
+def reflow_help(doc: str | None) -> str | None:
+    """A docstring as help text that wraps to the terminal.
+
+    Typer's rich mode keeps a docstring's single line breaks, so help written at source width
+    breaks into ragged lines on an 80-column terminal. Prose paragraphs become one line each
+    (rich wraps them); a paragraph whose lines are indented (command examples) keeps its lines.
+    """
+    if not doc:
+        return doc
+    paragraphs = []
+    for para in inspect.cleandoc(doc).split("\n\n"):
+        lines = para.split("\n")
+        if any(line.startswith(" ") for line in lines):
+            paragraphs.append(para)
+        else:
+            paragraphs.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(paragraphs)
+
+
+for _info in app.registered_commands:
+    if _info.help is None and _info.callback is not None:
+        _info.help = reflow_help(inspect.getdoc(_info.callback))
 
 
 def main() -> None:

@@ -41,6 +41,39 @@ def test_help_lists_commands_and_does_not_import_torch():
     assert probe.stdout.strip() == "False"
 
 
+def test_help_prose_wraps_to_the_terminal_and_examples_keep_their_lines():
+    """Docstring line breaks must not survive into help: at 400 columns a paragraph is one line."""
+    proc = rlgf("train", "--help", env={"COLUMNS": "400", "TERM": "dumb"})
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.strip() for line in proc.stdout.splitlines()]
+    writes = [line for line in lines if line.startswith("Writes OUT/metrics.jsonl")]
+    assert len(writes) == 1 and writes[0].endswith("OUT/summary.json."), writes
+    examples = [line for line in lines if line.startswith("rlgf train --")]
+    assert "rlgf train --config my.toml --seed 3" in examples and len(examples) == 7, examples
+
+
+def test_reflow_help_joins_prose_and_keeps_indented_blocks():
+    from rlgf_cli.app import reflow_help
+
+    doc = """First line
+    goes on.
+
+    A prose paragraph
+    over two lines.
+
+      cmd --a 1
+      cmd --b 2
+    """
+    assert reflow_help(doc) == "First line goes on.\n\nA prose paragraph over two lines.\n\n  cmd --a 1\n  cmd --b 2"
+    assert reflow_help(None) is None
+
+
+def test_every_command_is_registered_with_help():
+    proc = rlgf("--help", env={"COLUMNS": "200"})
+    for cmd in ("train", "eval", "difficulty", "distill", "plot", "serve", "tasks", "backends"):
+        assert f" {cmd} " in proc.stdout, cmd
+
+
 def test_version():
     from rlgf_cli import __version__
 
