@@ -139,6 +139,15 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or "/" in spec or "\\" in spec
 
 
+def run_model(folder: Path) -> Path:
+    """An ``rlgf train --out`` folder stands for the model it shipped, its ``final/``; any
+    other folder is itself."""
+    final = folder / "final"
+    if not (folder / "config.json").is_file() and (final / "config.json").is_file():
+        return final
+    return folder
+
+
 def _parse(spec: str) -> tuple[str | None, str, str]:
     """``(backend name, argument, spec)`` of a spec; the name is None for the embedded model.
 
@@ -161,7 +170,7 @@ def _parse(spec: str) -> tuple[str | None, str, str]:
         return name, rest, text
     path = Path(text).expanduser()
     if path.is_dir():
-        return "hf", str(path), text
+        return "hf", str(run_model(path)), text
     if sep and len(prefix) > 1 and not _looks_like_path(prefix):
         raise _unknown("backend", prefix, list(known))
     if _looks_like_path(text):
@@ -191,6 +200,8 @@ def resolve(spec: str, *, device="cpu", progress: Callable[[str], None] | None =
     embedded model). Other keyword arguments (``dtype``…) go to the backend.
     """
     name, arg, text = _parse(spec)
+    if progress is not None and name == "hf" and Path(arg) != Path(text).expanduser() and Path(text).expanduser().is_dir():
+        progress(f"{text} is a run folder: using its final model {arg}")
     if name is None:
         return embedded.load_smollm2(device=device, progress=progress, spec=text, **kwargs)
     return _build(load_backend(name), arg, spec=text, device=device, progress=progress, kwargs=dict(kwargs))

@@ -117,9 +117,36 @@ def test_a_guide_given_to_ppo_is_reported_unused(tmp_path, tiny_causal_dir, tiny
     assert rows[0]["guide_tokens"] == 0
 
 
-def test_eval_of_a_run_folder_points_to_its_final_checkpoint(finished_run):
-    line = _error(runner.invoke(app, ["eval", "--checkpoint", str(finished_run), "--device", "cpu", "--limit", "2"]))
-    assert f"{finished_run} is a run folder, not a checkpoint" in line and f"did you mean {finished_run / 'final'}" in line
+def test_eval_of_a_run_folder_evaluates_its_final_model_then_its_latest_checkpoint(finished_run, tiny_reward_dir,
+                                                                                   tmp_path):
+    import shutil
+
+    def evaluate(folder, report):
+        result = runner.invoke(app, ["eval", "--checkpoint", str(folder), "--reward-model", str(tiny_reward_dir),
+                                     "--device", "cpu", "--limit", "2", "--max-new-tokens", "4", "--reference", "none",
+                                     "--json", str(report)])
+        assert result.exit_code == 0, result.output
+        return result.output, json.loads(report.read_text())
+
+    output, report = evaluate(finished_run, tmp_path / "final.json")
+    assert f"{finished_run} is a run folder: evaluating {finished_run / 'final'} (the run's final model)" in output
+    assert str(finished_run / "final") in json.dumps(report)
+    # a run that has not finished (no final/ yet) stands for its latest complete checkpoint
+    shutil.rmtree(finished_run / "final")
+    output, report = evaluate(finished_run, tmp_path / "latest.json")
+    latest = finished_run / "checkpoints" / "iter-0002"
+    assert f"evaluating {latest} (the run has no final/ yet: its latest checkpoint)" in output
+    assert str(latest) in json.dumps(report)
+
+
+def test_a_run_folder_as_a_model_spec_is_its_final_model(finished_run, tmp_path):
+    from backends.registry import _parse
+
+    assert _parse(str(finished_run)) == ("hf", str(finished_run / "final"), str(finished_run))
+    assert _parse(str(finished_run / "final"))[1] == str(finished_run / "final")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert _parse(str(plain))[1] == str(plain)  # any other folder is itself
 
 
 def test_a_user_data_file_that_does_not_parse_says_what_shape_it_needs(tmp_path):

@@ -65,7 +65,7 @@ def difficulty_command(
     from rlgf_cli.evaluation.decoding import check_decoding
     from rlgf_cli.training.run import task_options
 
-    specs = policy_specs(checkpoint, policy)
+    specs = policy_specs(checkpoint, policy, quiet)
     check_common(split, limit, batch_size)
     cuts = parse_thresholds(thresholds) if thresholds is not None else None
     if unseen_at_least is not None and unseen_at_least < 1:

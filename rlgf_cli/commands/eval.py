@@ -15,18 +15,40 @@ _DEC = "Decoding (default: the task's)"
 _OUT = "Output"
 
 
-def policy_specs(checkpoint: list[Path] | None, policy: list[str] | None) -> list[str]:
-    """Checkpoints then policies, checked: at least one, folders exist, no spec twice."""
+def run_checkpoint(folder: Path, quiet: bool = False) -> Path:
+    """A checkpoint folder as given; a run folder (``rlgf train --out``) as its ``final/``, or,
+    for a run that has not finished, its latest complete checkpoint — said on stderr."""
+    from backends.registry import run_model
+
+    if (folder / "config.json").is_file():
+        return folder
+    if run_model(folder) != folder:
+        chosen, why = run_model(folder), "the run's final model"
+    elif (folder / "config.toml").is_file():
+        from rlgf_cli.training.run import latest_checkpoint
+
+        chosen = latest_checkpoint(folder)
+        if chosen is None:
+            return folder  # loading it says what is missing
+        why = "the run has no final/ yet: its latest checkpoint"
+    else:
+        return folder
+    if not quiet:
+        err_console.print(f"{folder} is a run folder: evaluating {chosen} ({why})", markup=False, highlight=False)
+    return chosen
+
+
+def policy_specs(checkpoint: list[Path] | None, policy: list[str] | None, quiet: bool = False) -> list[str]:
+    """Checkpoints then policies, checked: at least one, folders exist (a run folder stands for
+    its model: :func:`run_checkpoint`), no spec twice."""
     from backends.errors import RlgfError
 
-    specs = [str(c) for c in (checkpoint or [])] + list(policy or [])
-    if not specs:
+    if not checkpoint and not policy:
         raise RlgfError("nothing to evaluate", "pass --checkpoint DIR and/or --policy SPEC")
     for c in checkpoint or []:
         if not c.is_dir():
             raise RlgfError(f"checkpoint folder not found: {c}", "pass a folder written by `rlgf train` (e.g. OUT/final)")
-        if not (c / "config.json").is_file() and (c / "final" / "config.json").is_file():
-            raise RlgfError(f"{c} is a run folder, not a checkpoint", f"did you mean {c / 'final'}?")
+    specs = [str(run_checkpoint(c, quiet)) for c in (checkpoint or [])] + list(policy or [])
     seen = set()
     for s in specs:
         if s in seen:
@@ -101,7 +123,7 @@ def eval_command(
     from rlgf_cli.commands.progress import CountProgress
     from rlgf_cli.training.run import task_options
 
-    specs = policy_specs(checkpoint, policy)
+    specs = policy_specs(checkpoint, policy, quiet)
     check_common(split, limit, batch_size)
     if seeds < 1:
         raise RlgfError(f"--seeds must be >= 1 (got {seeds})", "pass the number of seeds to average over")

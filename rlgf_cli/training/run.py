@@ -62,10 +62,10 @@ def task_options(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def load_policy(spec: str, device: str):
+def load_policy(spec: str, device: str, say=None):
     from backends import resolve
 
-    policy = resolve(spec, device=device)
+    policy = resolve(spec, device=device, progress=say)
     if not policy.trainable:
         raise RlgfError(f"'{spec}' cannot be trained here", "the learner must be a local model (hf:… or a folder)")
     return policy
@@ -198,7 +198,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     load_from = str(ckpt) if ckpt else learner_spec
     callback("message", {"text": f"loading learner {load_from} on {device}"})
     with reading_checkpoint(ckpt):
-        policy = load_policy(load_from, device)
+        policy = load_policy(load_from, device, say=lambda text: callback("message", {"text": text}))
     # e.g. train the reward classifier once (at the run's precision), before the run folder exists
     task.use_precision(resolve_precision(cfg.precision, device))
     task.prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
@@ -381,7 +381,7 @@ def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: st
         guide = None
         if algorithm.needs_guide:
             callback("message", {"text": f"loading guide {cfg.guide}"})
-            guide = resolve(cfg.guide, device=device,
+            guide = resolve(cfg.guide, device=device, progress=lambda text: callback("message", {"text": text}),
                             **guide_options(cfg, used=state.get("guide_budget_used_tokens", 0), task=task))
             guide.validate()  # an API guide: reachable, key accepted, model known — before any output
             check_guide_continues(cfg, guide, callback)
