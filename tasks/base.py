@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar, Self, Sequence, TypeVar
 
 from backends.base import Sampling
@@ -22,6 +22,15 @@ if TYPE_CHECKING:
     from tasks.custom_reward import CustomReward
 
 SPLITS = ("train", "val", "test")
+#: the sampling options every task takes (``rlgf train --temperature/--top-k/--top-p``)
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """Raise :class:`RlgfError` for sampling settings no decoder can use."""
+    if not 0 < float(temperature) <= 2 or int(top_k) < 0 or not 0 < float(top_p) <= 1:
+        raise RlgfError(f"sampling out of range (temperature {temperature}, top-k {top_k}, top-p {top_p})",
+                        "use a temperature in (0, 2], a top-k >= 0 (0: off) and a top-p in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,19 @@ class Task:
         if not isinstance(reward, CustomReward):
             reward = CustomReward(reward)
         return layered(self, CustomRewardTask, custom_reward=reward)
+
+    def with_sampling(self, *, temperature: float | None = None, top_k: int | None = None,
+                      top_p: float | None = None) -> Self:
+        """This task with its training roll-outs sampled at these settings (None keeps the
+        task's own); its evaluation decoding stays the task's (``rlgf eval`` has its own flags)."""
+        base = self.train_sampling
+        sampling = replace(base, do_sample=True, num_beams=1,
+                           temperature=float(base.temperature if temperature is None else temperature),
+                           top_k=int(base.top_k if top_k is None else top_k),
+                           top_p=float(base.top_p if top_p is None else top_p))
+        check_sampling(sampling.temperature, sampling.top_k, sampling.top_p)
+        self.train_sampling = sampling
+        return self
 
     def metrics(self, prompts, completions, examples, policy=None, reference_policy=None) -> dict:
         """Evaluation metrics for a batch of completions (see :attr:`metric_names`)."""

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from backends.base import Sampling
 from backends.errors import RlgfError
-from tasks.base import SPLITS, Example, Task
+from tasks.base import SPLITS, Example, Task, check_sampling
 from tasks.scoring.perplexity import can_score, corpus_perplexity
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -68,9 +68,7 @@ class PromptsTask(Task):
             raise RlgfError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         if not 0 <= int(min_new_tokens) <= int(max_new_tokens):
             raise RlgfError(f"--min-new-tokens must be between 0 and --max-new-tokens ({max_new_tokens})")
-        if not 0 < float(temperature) <= 2 or int(top_k) < 0 or not 0 < float(top_p) <= 1:
-            raise RlgfError(f"sampling out of range (temperature {temperature}, top-k {top_k}, top-p {top_p})",
-                            "use a temperature in (0, 2], a top-k >= 0 (0: off) and a top-p in (0, 1]")
+        check_sampling(temperature, top_k, top_p)
         self.train_sampling = self.eval_sampling = Sampling(do_sample=True, temperature=float(temperature),
                                                             top_k=int(top_k), top_p=float(top_p))
         self.path = Path(data).expanduser() if not str(data).startswith(HF_PREFIX) else str(data)

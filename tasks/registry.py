@@ -17,7 +17,7 @@ import logging
 from importlib import metadata
 
 from backends.errors import RlgfError, with_suggestion
-from tasks.base import Task
+from tasks.base import SAMPLING_OPTIONS, Task
 
 #: task name → "module:Class"
 TASKS: dict[str, str] = {
@@ -103,9 +103,10 @@ def constructor_options(cls: type[Task]) -> list[str]:
 
 def task_options(cls: type[Task]) -> list[str]:
     """The options :func:`get_task` accepts for ``cls``: its constructor's, plus ``reward``
-    (every task takes a custom ``module:function`` reward, see :mod:`tasks.custom_reward`)."""
+    (every task takes a custom ``module:function`` reward, see :mod:`tasks.custom_reward`) and
+    the roll-outs' sampling (``temperature``, ``top_k``, ``top_p``: :meth:`~tasks.base.Task.with_sampling`)."""
     options = constructor_options(cls)
-    return options if "reward" in options else options + ["reward"]
+    return options + [name for name in ("reward", *SAMPLING_OPTIONS) if name not in options]
 
 
 def get_task(name: str, **options) -> Task:
@@ -134,7 +135,11 @@ def get_task(name: str, **options) -> Task:
                 hint="leave --reward out for the task's own reward, or pass module:function for a custom one",
             )
         custom = CustomReward(spec)
+    constructor = constructor_options(cls)
+    sampling = {k: options.pop(k) for k in SAMPLING_OPTIONS if k in options and k not in constructor}
     task = cls(**options)
+    if sampling:
+        task.with_sampling(**sampling)
     return task if custom is None else task.with_reward(custom)
 
 

@@ -134,3 +134,27 @@ def test_a_plugin_task_is_listed_and_trains_one_iteration(tmp_path, tiny_causal_
     assert (tmp_path / "run" / "final").is_dir()
     listing = CliRunner().invoke(app, ["tasks", "--json"])
     assert "count-e" in listing.output and "entry point" in listing.output
+
+
+def test_every_task_takes_the_rollouts_sampling_and_keeps_its_evaluation_decoding():
+    from backends.base import Sampling
+
+    assert {"temperature", "top_k", "top_p"} <= set(task_options(tasks.task_class("commongen")))
+    task = tasks.get_task("rotten-tomatoes", temperature=0.7, top_k=0, top_p=0.9)
+    assert task.train_sampling == Sampling(do_sample=True, temperature=0.7, top_k=0, top_p=0.9)
+    assert task.eval_sampling == Sampling(do_sample=True, top_k=50)  # rlgf eval has its own decoding flags
+    assert tasks.get_task("rotten-tomatoes").train_sampling == Sampling(do_sample=True, top_k=50), "no leak"
+    partial = tasks.get_task("commongen", temperature=0.5)  # the others stay the task's (top-k 0 there)
+    assert partial.train_sampling == Sampling(do_sample=True, temperature=0.5, top_k=0, top_p=1.0)
+    assert partial.eval_sampling.num_beams == 5
+    for bad in ({"temperature": -1}, {"temperature": 3}, {"top_k": -2}, {"top_p": 0}):
+        with pytest.raises(RlgfError, match="sampling out of range"):
+            tasks.get_task("rotten-tomatoes", **bad)
+
+
+def test_train_config_sampling_reaches_the_task():
+    from rlgf_cli.training.config import TrainConfig
+    from rlgf_cli.training.run import build_task
+
+    task = build_task(TrainConfig(task="rotten-tomatoes", temperature=0.8, top_p=0.95))
+    assert (task.train_sampling.temperature, task.train_sampling.top_k, task.train_sampling.top_p) == (0.8, 50, 0.95)

@@ -128,12 +128,12 @@ class TrainConfig:
     max_new_tokens: int | None = opt(None, "Continuation length.", panel=PANEL_RUN, default_text="the task's")
     min_new_tokens: int | None = opt(None, "--task prompts: the shortest continuation (EOS is blocked before it).",
                                      panel=PANEL_RUN, default_text="1")
-    temperature: float | None = opt(None, "--task prompts: sampling temperature of the rollouts and evaluation.",
-                                    panel=PANEL_RUN, default_text="1.0")
-    top_k: int | None = opt(None, "--task prompts: top-k of that sampling (0: off).", panel=PANEL_RUN,
-                            default_text="50")
-    top_p: float | None = opt(None, "--task prompts: nucleus top-p of that sampling (1: off).", panel=PANEL_RUN,
-                              default_text="1.0")
+    temperature: float | None = opt(None, "Sampling temperature of the training roll-outs, in (0, 2] (--task prompts: "
+                                          "of its evaluation too).", panel=PANEL_RUN, default_text="the task's: 1.0")
+    top_k: int | None = opt(None, "Top-k of that sampling (0: off).", panel=PANEL_RUN,
+                            default_text="the task's: 50; commongen 0")
+    top_p: float | None = opt(None, "Nucleus top-p of that sampling, in (0, 1] (1: off).", panel=PANEL_RUN,
+                              default_text="the task's: 1.0")
     beta: float | None = opt(None, "Mixing probability β of ppo++ (the guide rolls in) or aggrevated (the learner rolls "
                                    "in); lols and d2lols take --ppopp-beta and --aggrevated-beta.", panel=PANEL_GUIDED,
                              default_text="PPO++ 0.2, AggreVaTeD 0.8")
