@@ -43,14 +43,16 @@ PRESETS = {
     "gpu": dict(iterations=30, episodes=64, epochs=4, minibatch_size=16, max_new_tokens=24, eval_limit=512,
                 bc_iterations=60, bc_episodes=64, lr=1e-5, bc_lr=5e-5),
 }
-from reproduce_jobs import (EXTRA_ROWS, GUIDE, GUIDE_SEED, INITIAL, ROWS, gather, plan, result_file,  # noqa: E402
+from reproduce_jobs import (EXTRA_ROWS, GUIDE, GUIDE_SEED, INITIAL, ROWS, gather, plan, result_file, seed_range,  # noqa: E402
                             run_job, schedule, serve_jobs)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0 … N-1)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (--first-seed … --first-seed + N-1)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first seed: a replicate at new seeds (the guide and the lr trials keep theirs)")
     p.add_argument("--learner", default="smollm2")
     p.add_argument("--task", default="rotten-tomatoes")
     p.add_argument("--device", default="auto")
@@ -104,10 +106,10 @@ def run_training(name: str, out: Path, args, seed: int, **overrides) -> Path:
     return Path(summary["out"])
 
 
-def evaluate(policies: dict[str, str], args, seed: int, split: str = "test", seeds: int = 1) -> dict[str, dict]:
-    """Metrics by row name at ``seed``; with ``seeds`` > 1, ``{seed: metrics}`` by row name for
-    seeds ``seed`` … ``seed + seeds - 1`` (one process, the models loaded and their reference
-    perplexities computed once)."""
+def evaluate(policies: dict[str, str], args, seed: int, split: str = "test", seeds: int | None = None) -> dict[str, dict]:
+    """Metrics by row name at ``seed``; with ``seeds`` (one or more), ``{seed: metrics}`` by row
+    name for seeds ``seed`` … ``seed + seeds - 1`` (one process, the models loaded and their
+    reference perplexities computed once)."""
     from rlgf_cli.evaluation.evaluate import run_eval
 
     task_options = {"max_new_tokens": setting(args, "max_new_tokens")}
@@ -116,11 +118,13 @@ def evaluate(policies: dict[str, str], args, seed: int, split: str = "test", see
     limit = setting(args, "eval_limit")
     report = run_eval(
         list(dict.fromkeys(policies.values())), task_name=args.task, split=split, limit=limit, seed=seed,
-        seeds=seeds, reference_spec=args.learner, task_options=task_options, device=args.device,
+        seeds=seeds or 1, reference_spec=args.learner, task_options=task_options, device=args.device,
         batch_size=min(128, limit),  # one batch: on a CPU, 128 rows decode 40 % faster than 4 batches of 32
     )
-    if seeds > 1:
+    if seeds and seeds > 1:
         by_spec = {r["policy"]: {run["seed"]: run["metrics"] for run in r["per_seed"]} for r in report["results"]}
+    elif seeds:
+        by_spec = {r["policy"]: {seed: r["metrics"]} for r in report["results"]}
     else:
         by_spec = {r["policy"]: r["metrics"] for r in report["results"]}
     return {name: by_spec[spec] for name, spec in policies.items()}
@@ -215,7 +219,10 @@ def ordering(table: dict[str, dict[str, dict]], metric: str) -> list[str]:
 
 def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, lr_choice: dict | None) -> str:
     metrics = list(next(iter(table.values())).keys())
-    lines = [f"# rlgf reproduction — {meta['task']}, preset `{meta['preset']}`, {meta['seeds']} seeds, "
+    first = meta.get("first_seed", 0)
+    last = first + meta["seeds"] - 1
+    which = "" if not first else f" (seed {first})" if last == first else f" (seeds {first}–{last})"
+    lines = [f"# rlgf reproduction — {meta['task']}, preset `{meta['preset']}`, {meta['seeds']} seeds{which}, "
              f"learner `{meta['learner']}`", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
              f"- wall time: {meta['wall_s'] / 60:.1f} min", f"- settings: {meta['settings']}", ""]
@@ -308,10 +315,10 @@ def main(argv=None) -> int:
 
     print(f"{len(jobs)} jobs, {max(1, args.jobs)} at a time", flush=True)
     done = schedule(jobs, args, out, child_argv, on_lr_trials)
-    meta = _meta(args, argv, len(range(args.seeds)))
+    meta = _meta(args, argv, args.seeds)
     meta["wall_s"] = time.perf_counter() - started
     meta["job_seconds"] = {name: round(r.get("seconds", 0.0), 1) for name, r in done.items()}
-    per_seed, runs_by_seed, _ = gather(jobs, done, args.seeds)
+    per_seed, runs_by_seed, _ = gather(jobs, done, seed_range(args))
     write_results(out, per_seed, runs_by_seed, meta, choice_holder.get("choice"))
     if not args.keep_models:
         shutil.rmtree(out / "guide" / "final", ignore_errors=True)
@@ -341,7 +348,8 @@ def _meta(args, argv: list[str], seeds: int) -> dict:
     return {"task": args.task, "preset": args.preset, "seeds": seeds, "learner": args.learner,
             "command": "python bench/reproduce.py " + " ".join(a for a in argv if a != "--collect"),
             "date": datetime.date.today().isoformat(), "machine": _machine(),
-            "settings": {k: setting(args, k) for k in PRESETS[args.preset]}, "guide_seed": GUIDE_SEED}
+            "settings": {k: setting(args, k) for k in PRESETS[args.preset]}, "guide_seed": GUIDE_SEED,
+            "first_seed": args.first_seed}
 
 
 def collect(args, out: Path, jobs) -> int:
@@ -349,7 +357,7 @@ def collect(args, out: Path, jobs) -> int:
     written to the last (a lower bound: the first job's own time is not in it)."""
     done = {j.name: json.loads(result_file(out, j.name).read_text(encoding="utf-8"))
             for j in jobs if result_file(out, j.name).is_file()}
-    per_seed, runs_by_seed, used = gather(jobs, done, args.seeds)
+    per_seed, runs_by_seed, used = gather(jobs, done, seed_range(args))
     if not per_seed:
         raise SystemExit(f"no finished job in {out}")
     choice_file = out / "lr-selection" / "lr_choice.json"

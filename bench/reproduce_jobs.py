@@ -48,7 +48,7 @@ def plan(args, rows) -> list[Job]:
     grid = [float(x) for x in (args.lr_grid or "").split(",") if x.strip()]
     jobs += [Job(f"lr-{lr:g}", "lr", seed=1000, lr=lr) for lr in grid]
     row_jobs = []
-    for seed in range(args.seeds):
+    for seed in seed_range(args):
         for label, alg, warm in rows:
             needs = {"lr"} | ({"guide"} if alg != "ppo" or warm else set())
             row_jobs.append(Job(f"s{seed}-{slug(label)}", "row", seed=seed, label=label, alg=alg, warm=warm,
@@ -89,7 +89,7 @@ def run_job(job: Job, args, out: Path, lr: float) -> dict:
         result = R.lr_trial(args, out / "lr-selection", job.lr)
     elif job.kind in ("initial", "guide-eval"):
         spec = args.learner if job.kind == "initial" else guide_final
-        by_seed = R.evaluate({job.label: spec}, args, 0, seeds=args.seeds)[job.label]
+        by_seed = R.evaluate({job.label: spec}, args, args.first_seed, seeds=args.seeds)[job.label]
         result = {"per_seed": {str(s): m for s, m in by_seed.items()}}
         if job.kind == "guide-eval":
             result["run"] = str(guide_dir(out))
@@ -241,14 +241,20 @@ def serve_jobs(args, out: Path, jobs: list[Job], default_lr: float) -> int:
     return 0
 
 
-def gather(jobs: list[Job], done: dict[str, dict], seeds: int) -> tuple[list[dict], list[dict], list[int]]:
+def seed_range(args) -> range:
+    """The evaluation and training seeds of the rows: ``--first-seed`` … ``+ --seeds - 1``."""
+    first = getattr(args, "first_seed", 0)
+    return range(first, first + args.seeds)
+
+
+def gather(jobs: list[Job], done: dict[str, dict], seeds: range) -> tuple[list[dict], list[dict], list[int]]:
     """Per seed (those with at least one finished row): metrics and run folders by row label."""
     per_seed, runs_by_seed, used = [], [], []
-    labels = [j.label for j in jobs if j.kind == "row" and j.seed == 0]
+    labels = [j.label for j in jobs if j.kind == "row" and j.seed == seeds.start]
     paper = [label for label, _, _ in ROWS + EXTRA_ROWS]  # the tables keep the paper's row order
     order = [INITIAL, GUIDE] + sorted(labels, key=lambda x: paper.index(x) if x in paper else len(paper))
     fixed = {j.label: done[j.name] for j in jobs if j.kind in ("initial", "guide-eval") and j.name in done}
-    for seed in range(seeds):
+    for seed in seeds:
         mine = {j.label: done[j.name] for j in jobs if j.seed == seed and j.name in done and j.kind == "row"}
         for label, result in fixed.items():  # one job, every seed: this seed's metrics
             if str(seed) in result.get("per_seed", {}):

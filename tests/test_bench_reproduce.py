@@ -90,3 +90,24 @@ def test_a_failed_job_stops_the_reproduction_and_names_its_log(tmp_path, tiny_re
     assert log == out / "logs" / f"{name}.log"
     assert "no such folder" in log.read_text()
     assert not (out / "jobs" / f"{name}.json").exists() and not (out / "results.json").exists()
+
+
+def test_a_replicate_at_new_seeds_keeps_the_guide_and_every_row(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    """--first-seed 3 --seeds 1: the rows train and evaluate at seed 3 only; the guide and the
+    initial learner are scored at that seed too (a single seed once lost them from the table)."""
+    out = tmp_path / "repro"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
+         "--reward-model", str(tiny_reward_dir), "--seeds", "1", "--first-seed", "3", "--iterations", "1",
+         "--episodes", "4", "--eval-limit", "4", "--device", "cpu", "--jobs", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert data["first_seed"] == 3 and data["seeds"] == 1
+    assert {"initial learner", "BC (guide)", "ppo", "BC+ppo"} <= set(data["table"])
+    assert all(cell["n"] == 1 for row in data["table"].values() for cell in row.values())
+    assert sorted(p.name for p in out.glob("seed*")) == ["seed3"]
+    assert "\nseed = 3\n" in (out / "seed3" / "ppo" / "config.toml").read_text()
+    assert json.loads((out / "jobs" / "initial.json").read_text())["per_seed"].keys() == {"3"}
+    assert "1 seeds (seed 3)" in (out / "results.md").read_text()
