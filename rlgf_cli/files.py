@@ -3,6 +3,7 @@ that they can be written at all (before an hour of work, not after it)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -35,6 +36,21 @@ def ensure_writable(path: str | Path, what: str, *, folder: bool = False) -> Non
         raise RlgfError(f"cannot write {what} {path}: {probe} is a file, not a folder", hint)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise RlgfError(f"cannot write {what} {path}: no permission to write in {probe}", hint)
+    try:  # os.access says yes to root everywhere, and knows nothing of read-only mounts
+        fd, name = tempfile.mkstemp(prefix=".rlgf-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise RlgfError(f"cannot write {what} {path}: {probe} takes no files ({exc.strerror or exc})", hint) from None
+
+
+def write_hint(exc: OSError, what: str = "another path") -> str:
+    """What to do about a failed write, by its cause."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free some space or choose {what}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"choose {what} in a folder you can write to"
+    return f"choose {what}"
 
 
 def check_out_dir(out: str | Path, overwrite: bool) -> Path:
@@ -66,23 +82,25 @@ def write_atomic(path: str | Path, text: str) -> Path:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise RlgfError(f"could not write {path}: {exc.strerror or exc}", "free some space or choose another path") from None
+            raise RlgfError(f"could not write {path}: {exc.strerror or exc}", write_hint(exc)) from None
         raise
     return path
 
 
 def write_all(items: list[tuple[str | Path, str]]) -> None:
     """Write every file it can; then one error naming those that failed (the others are kept)."""
-    failed, written = [], []
+    failed, hints, written = [], [], []
     for path, text in items:
         try:
             write_atomic(path, text)
             written.append(str(path))
         except RlgfError as exc:
             failed.append(exc.message)
+            hints.append(exc.hint)
     if failed:
         kept = f"written: {', '.join(written)}" if written else "nothing was written"
-        raise RlgfError("; ".join(failed), f"free some space or choose other paths ({kept})")
+        hint = hints[0] if len(set(hints)) == 1 else "choose other paths"
+        raise RlgfError("; ".join(failed), f"{hint} ({kept})")
 
 
 def save_png(fig, path: str | Path, option: str) -> Path:
@@ -98,7 +116,7 @@ def save_png(fig, path: str | Path, option: str) -> Path:
         tmp.replace(path)
     except OSError as exc:
         raise RlgfError(f"could not write the chart {path}: {exc.strerror or exc}",
-                        f"free some space or choose another {option}") from None
+                        write_hint(exc, f"another {option}")) from None
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)

@@ -201,6 +201,30 @@ def test_write_all_keeps_what_it_can_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ok.json", "taken"], "no temporary file is left"
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, a folder no one can create files in")
+def test_a_folder_that_takes_no_files_is_refused_even_for_root(tmp_path):
+    from backends.errors import RlgfError
+    from rlgf_cli.files import ensure_writable
+
+    with pytest.raises(RlgfError) as err:  # os.access says yes to root here; creating a file does not
+        ensure_writable("/proc/rlgf-report.md", "--markdown")
+    assert "cannot write --markdown /proc/rlgf-report.md: /proc takes no files" in err.value.message
+    ensure_writable(tmp_path / "report.md", "--markdown")  # a writable folder passes ...
+    assert list(tmp_path.iterdir()) == [], "... and the probe leaves nothing behind"
+
+
+def test_write_hints_follow_the_cause():
+    import errno
+
+    from rlgf_cli.files import write_hint
+
+    assert write_hint(OSError(errno.ENOSPC, "No space left on device")) == "free some space or choose another path"
+    assert write_hint(OSError(errno.EACCES, "Permission denied"), "another --plot") == (
+        "choose another --plot in a folder you can write to")
+    assert write_hint(OSError(errno.EROFS, "Read-only file system")).endswith("in a folder you can write to")
+    assert write_hint(OSError(errno.ENAMETOOLONG, "File name too long")) == "choose another path"
+
+
 def test_the_iteration_line_shows_the_exact_kl_which_cannot_be_negative():
     from rlgf_cli.commands.progress import format_iteration
 
