@@ -43,7 +43,7 @@ PRESETS = {
     "gpu": dict(iterations=30, episodes=64, epochs=4, minibatch_size=16, max_new_tokens=24, eval_limit=512,
                 bc_iterations=60, bc_episodes=64, lr=1e-5, bc_lr=5e-5),
 }
-from reproduce_jobs import (EXTRA_ROWS, GUIDE, GUIDE_SEED, INITIAL, ROWS, gather, plan, result_file, seed_range,  # noqa: E402
+from reproduce_jobs import (EXTRA_ROWS, GUIDE, GUIDE_SEED, INITIAL, ROWS, gather, merge_sources, plan, result_file, seed_range,  # noqa: E402
                             run_job, schedule, serve_jobs)
 
 
@@ -78,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --jobs
     p.add_argument("--collect", action="store_true",
                    help="train nothing: gather the jobs already finished in --out (jobs/*.json) into the tables")
+    p.add_argument("--from", dest="sources", action="append", default=None, metavar="DIR",
+                   help="with --collect: the folders to gather from (repeat it; replicates at other seeds "
+                        "joined into one table in --out, --seeds counting them all)")
     for name in ("iterations", "episodes", "eval-limit", "bc-iterations"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     return p.parse_args(argv)
@@ -225,7 +228,10 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
     lines = [f"# rlgf reproduction — {meta['task']}, preset `{meta['preset']}`, {meta['seeds']} seeds{which}, "
              f"learner `{meta['learner']}`", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
-             f"- wall time: {meta['wall_s'] / 60:.1f} min", f"- settings: {meta['settings']}", ""]
+             f"- wall time: {meta['wall_s'] / 60:.1f} min" + (" (the folders' own, summed)" if meta.get("sources") else ""),
+             f"- settings: {meta['settings']}", ""]
+    if meta.get("sources"):
+        lines[-1:-1] = [f"- joined from: {', '.join(f'`{s}`' for s in meta['sources'])}"]
     if lr_choice:
         lines.append(f"Learning rate chosen on the validation split (PPO, seed 1000, {lr_choice['metric']}):")
         for t in lr_choice["trials"]:
@@ -355,19 +361,26 @@ def _meta(args, argv: list[str], seeds: int) -> dict:
 def collect(args, out: Path, jobs) -> int:
     """The tables from the jobs that finished; the wall time runs from the first result file
     written to the last (a lower bound: the first job's own time is not in it)."""
-    done = {j.name: json.loads(result_file(out, j.name).read_text(encoding="utf-8"))
-            for j in jobs if result_file(out, j.name).is_file()}
+    sources = [Path(s) for s in args.sources or [out]]
+    if args.sources:
+        done, metas = merge_sources(sources, jobs)
+    else:
+        done = {j.name: json.loads(result_file(out, j.name).read_text(encoding="utf-8"))
+                for j in jobs if result_file(out, j.name).is_file()}
     per_seed, runs_by_seed, used = gather(jobs, done, seed_range(args))
     if not per_seed:
-        raise SystemExit(f"no finished job in {out}")
-    choice_file = out / "lr-selection" / "lr_choice.json"
+        raise SystemExit(f"no finished job in {', '.join(map(str, sources))}")
+    choice_file = sources[0] / "lr-selection" / "lr_choice.json"
     lr_choice = json.loads(choice_file.read_text(encoding="utf-8")) if choice_file.is_file() else None
     if lr_choice:
         args.lr = lr_choice["chosen"]
-    stamps = [result_file(out, name).stat().st_mtime for name in done]
     meta = _meta(args, sys.argv[1:], len(used))
-    meta.update(wall_s=max(stamps) - min(stamps), seeds_done=used,
-                job_seconds={name: round(r.get("seconds", 0.0), 1) for name, r in done.items()})
+    if args.sources:  # the wall time of the whole: the folders' own, summed
+        meta.update(wall_s=sum(m.get("wall_s", 0.0) for m in metas), sources=[str(s) for s in sources])
+    else:
+        stamps = [result_file(out, name).stat().st_mtime for name in done]
+        meta.update(wall_s=max(stamps) - min(stamps))
+    meta.update(seeds_done=used, job_seconds={name: round(r.get("seconds", 0.0), 1) for name, r in done.items()})
     write_results(out, per_seed, runs_by_seed, meta, lr_choice)
     print((out / "results.md").read_text(encoding="utf-8"))
     return 0

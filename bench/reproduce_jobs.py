@@ -265,3 +265,42 @@ def gather(jobs: list[Job], done: dict[str, dict], seeds: range) -> tuple[list[d
         runs_by_seed.append({label: Path(mine[label]["run"]) for label in order if "run" in mine.get(label, {})})
         used.append(seed)
     return per_seed, runs_by_seed, used
+
+
+def merge_sources(sources: list[Path], jobs: list[Job]) -> tuple[dict[str, dict], list[dict]]:
+    """The finished jobs of several reproduction folders (replicates at other seeds, e.g. run
+    with ``--first-seed``) as one: each row job from the folder that holds it, the per-seed
+    evaluations of the initial learner and the guide joined. Refuses folders that are not
+    replicates of one experiment: other settings, another chosen lr, or another guide (its
+    training metrics, timings aside, must be identical). Also returns each folder's results.json."""
+    done: dict[str, dict] = {}
+    metas = []
+    for source in sources:
+        meta_file = source / "results.json"
+        if not meta_file.is_file():
+            raise SystemExit(f"{source} has no results.json: finish or --collect it first")
+        metas.append(json.loads(meta_file.read_text(encoding="utf-8")))
+        for job in jobs:
+            path = result_file(source, job.name)
+            if not path.is_file():
+                continue
+            result = json.loads(path.read_text(encoding="utf-8"))
+            if job.name not in done:
+                done[job.name] = result
+            elif "per_seed" in result:  # the initial learner or the guide: one more folder's seeds
+                done[job.name] = {**done[job.name], "per_seed": {**done[job.name]["per_seed"], **result["per_seed"]}}
+    for key, what in (("settings", "settings"), ("lr_choice", "learning rate")):
+        values = [m.get(key) if key != "lr_choice" else (m.get(key) or {}).get("chosen") for m in metas]
+        if any(v != values[0] for v in values):
+            raise SystemExit(f"these folders are not replicates: their {what} differ ({values})")
+    guides = [_guide_trace(source) for source in sources]
+    if any(g != guides[0] for g in guides):
+        raise SystemExit("these folders are not replicates: their guides trained differently (guide/metrics.jsonl)")
+    return done, metas
+
+
+def _guide_trace(out: Path) -> list[dict]:
+    """The guide's training metrics less its timings: equal traces, the same guide."""
+    path = guide_dir(out) / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time")} for line in lines if line.strip()]

@@ -92,16 +92,21 @@ def test_a_failed_job_stops_the_reproduction_and_names_its_log(tmp_path, tiny_re
     assert not (out / "jobs" / f"{name}.json").exists() and not (out / "results.json").exists()
 
 
-def test_a_replicate_at_new_seeds_keeps_the_guide_and_every_row(tmp_path, tiny_causal_dir, tiny_reward_dir):
-    """--first-seed 3 --seeds 1: the rows train and evaluate at seed 3 only; the guide and the
-    initial learner are scored at that seed too (a single seed once lost them from the table)."""
-    out = tmp_path / "repro"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
-         "--reward-model", str(tiny_reward_dir), "--seeds", "1", "--first-seed", "3", "--iterations", "1",
+def _replicate(out, first_seed, learner, reward):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(learner),
+         "--reward-model", str(reward), "--seeds", "1", "--first-seed", str(first_seed), "--iterations", "1",
          "--episodes", "4", "--eval-limit", "4", "--device", "cpu", "--jobs", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=900,
     )
+
+
+def test_a_replicate_at_new_seeds_keeps_the_guide_and_every_row(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    """--first-seed 3 --seeds 1: the rows train and evaluate at seed 3 only; the guide and the
+    initial learner are scored at that seed too (a single seed once lost them from the table).
+    Two replicates join into one table with --collect --from, and only replicates do."""
+    out = tmp_path / "repro"
+    proc = _replicate(out, 3, tiny_causal_dir, tiny_reward_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     assert data["first_seed"] == 3 and data["seeds"] == 1
@@ -111,3 +116,30 @@ def test_a_replicate_at_new_seeds_keeps_the_guide_and_every_row(tmp_path, tiny_c
     assert "\nseed = 3\n" in (out / "seed3" / "ppo" / "config.toml").read_text()
     assert json.loads((out / "jobs" / "initial.json").read_text())["per_seed"].keys() == {"3"}
     assert "1 seeds (seed 3)" in (out / "results.md").read_text()
+
+    other = tmp_path / "repro4"
+    proc = _replicate(other, 4, tiny_causal_dir, tiny_reward_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    joined = tmp_path / "joined"
+    collect = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner",
+               str(tiny_causal_dir), "--seeds", "2", "--first-seed", "3", "--iterations", "1", "--episodes", "4",
+               "--eval-limit", "4", "--collect", "--from", str(out), "--from", str(other), "--out", str(joined)]
+    proc = subprocess.run(collect, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    both = json.loads((joined / "results.json").read_text())
+    seed3 = json.loads((out / "results.json").read_text())["per_seed"][0]
+    seed4 = json.loads((other / "results.json").read_text())["per_seed"][0]
+    assert both["per_seed"] == [seed3, seed4] and both["seeds_done"] == [3, 4]
+    assert all(cell["n"] == 2 for row in both["table"].values() for cell in row.values())
+    assert both["curves"]["ppo"]["seeds"] == [2]
+    assert "joined from:" in (joined / "results.md").read_text()
+    # not replicates: other settings, or another guide
+    data = json.loads((other / "results.json").read_text())
+    (other / "results.json").write_text(json.dumps({**data, "settings": {**data["settings"], "episodes": 8}}))
+    proc = subprocess.run(collect, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "not replicates: their settings differ" in proc.stderr
+    (other / "results.json").write_text(json.dumps(data))
+    trace = other / "guide" / "metrics.jsonl"
+    trace.write_text(trace.read_text().replace('"bc_loss": ', '"bc_loss": 1', 1))
+    proc = subprocess.run(collect, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "their guides trained differently" in proc.stderr
