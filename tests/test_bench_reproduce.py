@@ -143,3 +143,20 @@ def test_a_replicate_at_new_seeds_keeps_the_guide_and_every_row(tmp_path, tiny_c
     trace.write_text(trace.read_text().replace('"bc_loss": ', '"bc_loss": 1', 1))
     proc = subprocess.run(collect, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "their guides trained differently" in proc.stderr
+
+
+def test_the_ordering_pairs_rows_seed_by_seed():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reproduce_report import aggregate, ordering, paired
+
+    per_seed = [{"BC (guide)": {"s": 0.70}, "BC+ppo": {"s": 0.75}, "ppo": {"s": 0.66}},
+                {"BC (guide)": {"s": 0.68}, "BC+ppo": {"s": 0.74}, "ppo": {"s": 0.69}},
+                {"BC (guide)": {"s": 0.72}, "BC+ppo": {"s": 0.76}, "ppo": {"s": 0.70}}]
+    p = paired(per_seed, "BC (guide)", "BC+ppo", "s")
+    assert p["n"] == 3 and p["ahead"] == 3 and abs(p["mean"] - 0.05) < 1e-9
+    assert abs(p["se"] - 0.01 / 3 ** 0.5) < 1e-9  # diffs 0.05, 0.06, 0.04: std 0.01
+    assert paired(per_seed, "BC (guide)", "ppo", "s")["ahead"] == 1
+    lines = ordering(aggregate(per_seed), "s", per_seed)
+    assert "BC (guide) < ppo: does NOT hold (0.700 vs 0.683; ppo − BC (guide) seed by seed -0.017" in lines[0]
+    assert "ppo ahead at 1 of 3 seeds" in lines[0]
+    assert lines[-1] == "BC+ppo − BC (guide) seed by seed +0.050 ± 0.006 s.e., BC+ppo ahead at 3 of 3 seeds"

@@ -1,0 +1,149 @@
+"""The reproduction's report: the table over seeds, training health, the paper's ordering with
+paired per-seed differences, ``results.md`` / ``results.json`` and the curves."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from reproduce_jobs import GUIDE, INITIAL
+
+
+def aggregate(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, dict]]:
+    table: dict[str, dict[str, dict]] = {}
+    for name in _labels(per_seed):
+        table[name] = {}
+        for m in dict.fromkeys(m for run in per_seed for m in run.get(name, {})):
+            values = [run[name][m] for run in per_seed if m in run.get(name, {})]
+            table[name][m] = {"mean": statistics.fmean(values),
+                              "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+    return table
+
+
+def health(runs_by_seed: list[dict[str, Path]]) -> dict[str, dict]:
+    """Per row, the last iteration's training statistics averaged over seeds."""
+    out: dict[str, dict] = {}
+    for label in _labels(runs_by_seed):
+        last = []
+        for runs in runs_by_seed:
+            if label not in runs or not (runs[label] / "metrics.jsonl").is_file():
+                continue
+            lines = (runs[label] / "metrics.jsonl").read_text().splitlines()
+            if lines:
+                last.append(json.loads(lines[-1]))
+        keys = ("reward_mean", "approx_kl", "kl_exact", "kl_coef", "clipfrac", "bc_loss")
+        out[label] = {k: statistics.fmean(r[k] for r in last) for k in keys if last and all(k in r for r in last)}
+    return out
+
+
+def paired(per_seed: list[dict[str, dict]], a: str, b: str, metric: str) -> dict | None:
+    """``b − a`` seed by seed (the two rows scored on the same prompts with the same sampling
+    seed): mean, standard error and at how many seeds ``b`` is ahead."""
+    diffs = [run[b][metric] - run[a][metric] for run in per_seed
+             if metric in run.get(a, {}) and metric in run.get(b, {})]
+    if not diffs:
+        return None
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return {"mean": statistics.fmean(diffs), "se": se, "ahead": sum(d > 0 for d in diffs), "n": len(diffs)}
+
+
+def _paired_text(p: dict | None, a: str, b: str) -> str:
+    if p is None:
+        return ""
+    se = "" if p["se"] != p["se"] else f" ± {p['se']:.3f} s.e."
+    return f"{b} − {a} seed by seed {p['mean']:+.3f}{se}, {b} ahead at {p['ahead']} of {p['n']} seeds"
+
+
+def ordering(table: dict[str, dict[str, dict]], metric: str, per_seed: list[dict] | None = None) -> list[str]:
+    """Plain statements of whether the paper's ordering holds (means over seeds), each with the
+    paired per-seed difference when ``per_seed`` is given."""
+    mean = {name: row[metric]["mean"] for name, row in table.items() if metric in row}
+    lines = []
+
+    def cmp(a: str, b: str) -> None:
+        if a in mean and b in mean:
+            verdict = "holds" if mean[a] < mean[b] else "does NOT hold"
+            pair = _paired_text(paired(per_seed, a, b, metric), a, b) if per_seed else ""
+            lines.append(f"{a} < {b}: {verdict} ({mean[a]:.3f} vs {mean[b]:.3f}" + (f"; {pair})" if pair else ")"))
+
+    cmp(INITIAL, GUIDE)
+    cmp(GUIDE, "ppo")
+    cmp("ppo", "ppo++")
+    cmp("ppo", "d2lols")
+    best = max((n for n in mean if n not in (INITIAL, GUIDE)), key=mean.get, default=None)
+    if best is not None and GUIDE in mean:
+        at = [n for n in mean if n not in (INITIAL, GUIDE) and mean[n] >= mean[GUIDE]]
+        lines.append(f"learners at or above the guide ({mean[GUIDE]:.3f}): {', '.join(at) if at else 'none'}; "
+                     f"best learner: {best} ({mean[best]:.3f})")
+        for name in at if per_seed else []:
+            lines.append(_paired_text(paired(per_seed, GUIDE, name, metric), GUIDE, name))
+    return lines
+
+
+def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, lr_choice: dict | None,
+             per_seed: list[dict] | None = None) -> str:
+    metrics = list(next(iter(table.values())).keys())
+    first = meta.get("first_seed", 0)
+    last = first + meta["seeds"] - 1
+    which = "" if not first else f" (seed {first})" if last == first else f" (seeds {first}–{last})"
+    lines = [f"# rlgf reproduction — {meta['task']}, preset `{meta['preset']}`, {meta['seeds']} seeds{which}, "
+             f"learner `{meta['learner']}`", "",
+             f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
+             f"- wall time: {meta['wall_s'] / 60:.1f} min" + (" (the folders' own, summed)" if meta.get("sources") else ""),
+             f"- settings: {meta['settings']}", ""]
+    if meta.get("sources"):
+        lines[-1:-1] = [f"- joined from: {', '.join(f'`{s}`' for s in meta['sources'])}"]
+    if lr_choice:
+        lines.append(f"Learning rate chosen on the validation split (PPO, seed 1000, {lr_choice['metric']}):")
+        for t in lr_choice["trials"]:
+            lines.append(f"- lr {t['lr']:g}: val {t['val'][lr_choice['metric']]:.3f}, mean approx_kl "
+                         f"{t['approx_kl_mean']:.4f}, last exact KL {t['kl_exact_last']:.4f}")
+        lines += [f"- chosen: {lr_choice['chosen']:g}", ""]
+    lines += [f"Test split, mean ± std over seeds. One BC policy (trained once, seed {meta.get('guide_seed', 0)}) "
+              "is the guide of every guided row and the warm start of the BC+ rows, so its own ± is the "
+              "evaluation's sampling alone:", "",
+              "| method | " + " | ".join(metrics) + " | Δ sentiment vs guide |", "|---|" + "---:|" * (len(metrics) + 1)]
+    main = metrics[0]
+    guide = table.get(GUIDE, {}).get(main, {}).get("mean")
+    for name, row in table.items():
+        cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in metrics]
+        delta = "" if guide is None or name == GUIDE else f"{row[main]['mean'] - guide:+.3f}"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
+    lines += ["", "Last training iteration (mean over seeds):", "",
+              "| run | reward | approx_kl | exact KL / token | KL coef | clipfrac |", "|---|---:|---:|---:|---:|---:|"]
+    for name, h in rows_health.items():
+        cells = [f"{h[k]:.4f}" if k in h else "" for k in ("reward_mean", "approx_kl", "kl_exact", "kl_coef", "clipfrac")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Ordering ({main}):", ""] + [f"- {line}" for line in ordering(table, main, per_seed)]
+    if meta.get("job_seconds"):
+        lines += ["", "Where the time went (seconds of one job process, summed by kind):", ""]
+        kinds: dict[str, list[float]] = {}
+        for name, sec in meta["job_seconds"].items():
+            kind = "lr trials" if name.startswith("lr-") else "guide (BC)" if name == "guide" else \
+                "evaluation of the initial learner and the guide" if name.endswith(("-initial", "-guide")) else \
+                "RL rows (training + evaluation)"
+            kinds.setdefault(kind, []).append(sec)
+        lines += [f"- {kind}: {len(v)} jobs, {sum(v):.0f} s" for kind, v in kinds.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _labels(by_seed: list[dict]) -> list[str]:
+    """Row labels in order of first appearance over the seeds (a seed may miss some)."""
+    return list(dict.fromkeys(label for seed in by_seed for label in seed))
+
+
+def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice) -> dict:
+    from rlgf_cli.evaluation.curves import plot_curves
+
+    table = aggregate(per_seed)
+    rows_health = health(runs_by_seed)
+    groups = {label: [runs[label] for runs in runs_by_seed if label in runs]
+              for label in _labels(runs_by_seed) if label != GUIDE}
+    curves = plot_curves(groups, out / "curves.png", title=f"{meta['task']}: reward per iteration (± std, "
+                                                          f"{len(per_seed)} seeds)")
+    (out / "results.md").write_text(markdown(table, meta, rows_health, lr_choice, per_seed), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps({**meta, "per_seed": per_seed, "table": table, "health": rows_health,
+                                                  "lr_choice": lr_choice, "curves": curves}, indent=2),
+                                      encoding="utf-8")
+    return table
