@@ -121,7 +121,7 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
         kinds: dict[str, list[float]] = {}
         for name, sec in meta["job_seconds"].items():
             kind = "lr trials" if name.startswith("lr-") else "guide (BC)" if name == "guide" else \
-                "evaluation of the initial learner and the guide" if name.endswith(("-initial", "-guide")) else \
+                "evaluation of the initial learner and the guide" if name in ("initial", "guide-eval") else \
                 "RL rows (training + evaluation)"
             kinds.setdefault(kind, []).append(sec)
         lines += [f"- {kind}: {len(v)} jobs, {sum(v):.0f} s" for kind, v in kinds.items()]

@@ -35,6 +35,8 @@ def test_reproduce_tiny(tmp_path, tiny_causal_dir, tiny_reward_dir):
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "results.md").read_text()
     assert "| BC+ppo++ |" in md and "±" in md and "Ordering (sentiment)" in md and "wall time" in md
+    assert "- RL rows (training + evaluation): 14 jobs" in md
+    assert "- evaluation of the initial learner and the guide: 2 jobs" in md
     # the models are dropped after evaluation (metrics and configs stay)
     assert not (out / "seed0" / "ppo" / "final").exists() and (out / "seed0" / "ppo" / "metrics.jsonl").is_file()
     # one guide for every seed; every job left its result file; the guide's model is dropped at the end
