@@ -245,7 +245,8 @@ def _meta(args, argv: list[str], seeds: int) -> dict:
 
 def collect(args, out: Path, jobs) -> int:
     """The tables from the jobs that finished; the wall time runs from the first result file
-    written to the last (a lower bound: the first job's own time is not in it)."""
+    written to the last (a lower bound: the first job's own time is not in it), unless the
+    run wrote its own results for the same seeds (then its measured time, command and date stay)."""
     sources = [Path(s) for s in args.sources or [out]]
     if args.sources:
         done, metas = merge_sources(sources, jobs)
@@ -265,10 +266,21 @@ def collect(args, out: Path, jobs) -> int:
     else:
         stamps = [result_file(out, name).stat().st_mtime for name in done]
         meta.update(wall_s=max(stamps) - min(stamps))
+        previous = _previous_meta(out)
+        if previous.get("seeds_done", list(seed_range(args))) == used and "wall_s" in previous:
+            # the run that finished measured its own: keep its clock, command, date and machine
+            meta.update({k: previous[k] for k in ("wall_s", "command", "date", "machine") if k in previous})
     meta.update(seeds_done=used, job_seconds={name: round(r.get("seconds", 0.0), 1) for name, r in done.items()})
     write_results(out, per_seed, runs_by_seed, meta, lr_choice)
     print((out / "results.md").read_text(encoding="utf-8"))
     return 0
+
+
+def _previous_meta(out: Path) -> dict:
+    try:
+        return json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _machine() -> str:

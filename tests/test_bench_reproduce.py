@@ -57,7 +57,10 @@ def test_reproduce_tiny(tmp_path, tiny_causal_dir, tiny_reward_dir):
         capture_output=True, text=True, timeout=300,
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((out / "results.json").read_text())["table"] == rows
+    again_data = json.loads((out / "results.json").read_text())
+    assert again_data["table"] == rows
+    # the finished run's own clock and command stay (not the job files' time span)
+    assert again_data["wall_s"] == data["wall_s"] and "--jobs 2" in again_data["command"]
 
 
 def test_the_lr_rule_refuses_drift_from_the_reference(tmp_path):
