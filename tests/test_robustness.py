@@ -87,7 +87,7 @@ def test_nan_reward_stops_with_error_and_keeps_last_checkpoint(tmp_path, tiny_ca
 def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path, tiny_causal_dir, tiny_reward_dir):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = _args(tiny_causal_dir, tiny_reward_dir, out, 1000) + ["--save-every", "0"]
+    args = [a for a in _args(tiny_causal_dir, tiny_reward_dir, out, 1000) if a != "--quiet"] + ["--save-every", "0"]
     # Ctrl-C's default action even where this test runs in the background of a shell (which
     # starts its children with SIGINT ignored)
     proc = subprocess.Popen([sys.executable, "-m", "rlgf_cli", *args], cwd=ROOT, env=env,
@@ -101,8 +101,45 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path, tiny_causal_dir, tin
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
+    assert "stopping after this iteration" in err  # the first Ctrl-C lets the iteration under way end
     assert "[error] interrupted after" in err and "--resume" in err and "Traceback" not in err
     saved = sorted((out / "checkpoints").glob("iter-*"))
     assert len(saved) == 1
     state = json.loads((saved[0] / "trainer_state.json").read_text())
-    assert state["iteration"] >= 1
+    # the checkpoint is the end of a whole iteration: the last one the metrics record
+    assert state["iteration"] >= 1 and state["iteration"] == len(_metrics(out))
+
+
+def test_a_ctrl_c_inside_an_iteration_never_checkpoints_its_half_done_state(tmp_path, tiny_causal_dir,
+                                                                          tiny_reward_dir, monkeypatch):
+    """What a second Ctrl-C (or one outside the main thread's handler) does: the iteration under
+    way is lost, and the checkpoint of the last whole one stands untouched."""
+    from rlgf_cli.training import run
+
+    real_build = run.build_task
+    calls = {"n": 0}
+
+    def build_task(cfg):
+        task = real_build(cfg)
+        real_reward = task.reward
+
+        def reward(prompts, completions, examples):
+            calls["n"] += 1
+            if calls["n"] == 3:  # inside iteration 3: prompts drawn, episodes sampled
+                raise KeyboardInterrupt
+            return real_reward(prompts, completions, examples)
+
+        task.reward = reward
+        return task
+
+    monkeypatch.setattr(run, "build_task", build_task)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, 5) + ["--save-every", "1",
+                                                                                        "--keep-checkpoints", "3"])
+    assert result.exit_code == 130, result.output
+    assert "[error] interrupted during iteration 3, which is lost" in result.output
+    assert "the last checkpoint is" in result.output and "iter-0002" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in (out / "checkpoints").glob("iter-*")) == ["iter-0001", "iter-0002"]
+    assert json.loads((out / "checkpoints" / "iter-0002" / "trainer_state.json").read_text())["iteration"] == 2
+    assert [m["iteration"] for m in _metrics(out)] == [1, 2]

@@ -33,7 +33,8 @@ from rlgf_cli.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from rlgf_cli.training.distributed import init_from_env, shutdown
+from rlgf_cli.training.distributed import all_sum, init_from_env, shutdown
+from rlgf_cli.training.interrupt import StopAtBoundary
 from rlgf_cli.training.resume_state import load_optimizer, load_rng, refuse_pickles
 from rlgf_cli.files import check_out_dir, write_atomic
 from rlgf_cli.training.config import TrainConfig
@@ -43,7 +44,7 @@ from rlgf_cli.training.trainer import Callback, _noop
 
 
 class Interrupted(RlgfError):
-    """Ctrl-C during training; the message names the checkpoint that was written."""
+    """Ctrl-C during training; the message names the checkpoint to resume from."""
 
 
 def build_task(cfg: TrainConfig):
@@ -258,13 +259,19 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     last: dict = {}
     stopped = None
     checkpoint_s = 0.0  # what the last periodic checkpoint cost this thread (snapshot, or the write)
-    with open(out / "metrics.jsonl" if main else os.devnull, "a", encoding="utf-8") as log:
+    in_step = False  # a Ctrl-C inside an iteration leaves its state half-updated: never checkpoint that
+    stop = StopAtBoundary(lambda: callback("message", {
+        "text": "stopping after this iteration, with a checkpoint (Ctrl-C again to stop now and lose it)"}))
+    with open(out / "metrics.jsonl" if main else os.devnull, "a", encoding="utf-8") as log, stop:
         try:
             while trainer.iteration < cfg.iterations:
                 before = (rng_state(), trainer.state()) if guide is not None and guide.remote else None
                 try:
+                    in_step = True
                     last = trainer.step()
+                    in_step = False
                 except GuideBudgetExhausted as exc:
+                    in_step = False
                     # rewind what the cut iteration drew (prompts, random numbers), so the checkpoint
                     # is the end of the last whole iteration and --resume replays this one exactly
                     # (its guide calls that were already paid for then come from the cache)
@@ -298,9 +305,23 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     checkpoint_s = time.perf_counter() - tick
                     saved = (trainer.iteration, path)
                     callback("checkpoint", {"path": str(path)})
+                asked = stop.requested
+                if w.enabled:  # every rank stops at the same boundary
+                    asked = bool(all_sum([1.0 if asked else 0.0], device=device)[0] > 0)
+                if asked and trainer.iteration < cfg.iterations:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             writer.join()
-            path = checkpoint(out / "checkpoints" / f"iter-{trainer.iteration:04d}")
+            if in_step:  # stopped inside an iteration: the last whole one's checkpoint stands
+                try:
+                    kept = latest_checkpoint(out)
+                except RlgfError:
+                    kept = None
+                where = (f"the last checkpoint is {kept}; continue with rlgf train --resume {out}" if kept else
+                         f"no checkpoint was written yet; start again with --out {out} --overwrite")
+                raise Interrupted(f"interrupted during iteration {trainer.iteration + 1}, which is lost", where) from None
+            path = saved[1] if saved[0] == trainer.iteration else checkpoint(
+                out / "checkpoints" / f"iter-{trainer.iteration:04d}")
             raise Interrupted(
                 f"interrupted after {trainer.iteration} iterations",
                 f"checkpoint saved in {path}; continue with rlgf train --resume {out}",
