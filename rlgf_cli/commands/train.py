@@ -87,6 +87,11 @@ def train_command(
 
 
 
+#: settings a resumed run cannot change: its models, data, reward, random streams and schedule
+FIXED_AT_START = ("learner", "init", "seed", "data", "reward", "reward_model", "reward_url", "reward_label",
+                  "prompt_field", "reference_field", "chat_template", "alpha", "switch_iteration")
+
+
 def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path:
     """The config file of the run in ``resume``; checks the flags against it and points
     ``options["out"]`` at the run."""
@@ -111,6 +116,13 @@ def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path
     for flag, given, was in (("--alg", alg and normalise_alg(alg), saved["alg"]), ("--task", options.get("task"), saved["task"])):
         if given is not None and given != was:
             raise RlgfError(f"--resume continues the run's {flag} {was}, not {given}",
+                            f"drop {flag}, or start a new run warm-started from this one with --init {resume}/final")
+    for name in FIXED_AT_START:  # what the run's state was built from: a change would not take, or break it
+        given, was = options.get(name), saved.get(name)
+        if given is not None and given != was:
+            flag = "--" + name.replace("_", "-")
+            then = "its default" if was is None else str(was)
+            raise RlgfError(f"--resume continues the run with its own {flag} ({then}), not {given}",
                             f"drop {flag}, or start a new run warm-started from this one with --init {resume}/final")
     options["out"] = str(resume)
     return saved_file

@@ -228,9 +228,16 @@ def _is_write_failure(exc: BaseException) -> bool:
     )
 
 
+def checkpoint_number(path: Path) -> int:
+    """The iteration in an ``iter-NNNN`` name, as a number (``iter-10000`` comes after
+    ``iter-9999``, which sorting the names would not give)."""
+    tail = path.name.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else -1
+
+
 def prune_checkpoints(folder: Path, keep: int) -> None:
     """Keep only the ``keep`` newest ``iter-NNNN`` checkpoints in ``folder``."""
-    found = sorted(p for p in Path(folder).glob("iter-*") if p.is_dir())
+    found = sorted((p for p in Path(folder).glob("iter-*") if p.is_dir()), key=checkpoint_number)
     for old in found[:-keep] if keep > 0 else found:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -194,6 +194,11 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     state = read_state(ckpt) if ckpt else {}
+    done = int(state.get("iteration", 0))
+    if ckpt and cfg.iterations < done:  # before anything is loaded or config.toml rewritten
+        raise RlgfError(f"--iterations {cfg.iterations} is fewer than the {done} this run has done",
+                        f"pass a larger --iterations to train on (e.g. --iterations {done + 10}); "
+                        f"its latest model is in {ckpt}")
     learner_spec = state.get("learner") or cfg.init or cfg.learner or task.default_learner
     set_seed(cfg.seed)
     load_from = str(ckpt) if ckpt else learner_spec
@@ -207,6 +212,9 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     critics = trainer.critics
     callback("message", {"text": f"{trainer.precision.describe()} · memory allocator {allocator.current()}"})
 
+    if ckpt and main:  # left by a kill in the middle of a save: their space counts as free below
+        for stale in [*out.glob(TMP_PREFIX + "*"), *(out / "checkpoints").glob(TMP_PREFIX + "*")]:
+            shutil.rmtree(stale, ignore_errors=True)
     if main:  # fail now, not after hours of training, when the checkpoints cannot fit
         extra = extra_checkpoints(cfg, trainer.iteration, out if resume else None)
         need = (1 + extra) * checkpoint_bytes(policy, critics, trainer.optimizer)
@@ -225,8 +233,6 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
             load_rng(ckpt)
         if main:
             _truncate_metrics(out / "metrics.jsonl", trainer.iteration)
-            for stale in [*out.glob(TMP_PREFIX + "*"), *(out / "checkpoints").glob(TMP_PREFIX + "*")]:
-                shutil.rmtree(stale, ignore_errors=True)  # left by a kill in the middle of a save
         callback("message", {"text": f"resuming from {ckpt} (iteration {trainer.iteration})"})
     else:
         set_seed(cfg.seed)  # same seed → same run, whatever loading consumed
@@ -420,4 +426,6 @@ def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: st
         with reading_checkpoint(ckpt):
             trainer.load_state(state)
             load_optimizer(trainer.optimizer, ckpt)
+        for group in trainer.optimizer.param_groups:  # AdamW's moments carry on; --weight-decay is this run's
+            group["weight_decay"] = cfg.weight_decay
     return trainer

@@ -459,6 +459,7 @@ class Trainer(TrainerBase):
         """Restore what :meth:`state` saved (the optimizer and RNG are restored by the caller)."""
         self.iteration = int(state["iteration"])
         self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.kl_ctl.target = self.cfg.target_kl or None  # the coefficient carries on; --target-kl is this run's
         self.engine.guide_calls = int(state.get("guide_calls", 0))
         if "sampler" in state:
             self.sampler.load_state_dict(state["sampler"])
