@@ -11,6 +11,7 @@ import email.utils
 import hashlib
 import random
 import socket
+import sys
 import time
 
 import pytest
@@ -287,6 +288,35 @@ def test_unreachable_server_is_an_rlgf_error():
         with pytest.raises(RlgfError, match="connection failed"):
             p.complete(["abc"], max_new_tokens=5, sampling=GREEDY)
         assert p.stats()["possibly_billed_tokens"] == 0  # never sent
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a full listen backlog drops SYNs on Linux")
+def test_a_connect_timeout_is_not_charged_as_possibly_billed():
+    """A server that never accepts the connection (its listen backlog full) times out in the
+    connect: nothing was sent, so neither the stats nor the budget count the request."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # fill the backlog; further connects get no answer
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(c)
+    time.sleep(0.2)
+    try:
+        with make_policy(f"http://127.0.0.1:{port}/v1", timeout=0.3, max_retries=1, backoff_base=0.001) as p:
+            with pytest.raises(RlgfError, match="could not connect within 0.3 s"):
+                p.complete(["abc"], max_new_tokens=5, sampling=GREEDY)
+            assert p.stats()["possibly_billed_tokens"] == 0 and p.stats()["requests"] == 2
+    finally:
+        for c in fillers:
+            c.close()
+        srv.close()
 
 
 # -- cache --------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ def test_request_defaults_and_fields():
     ({"model": "m", "prompt": "x", "n": 0}, "n"),
     ({"model": "m", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"model": "m", "prompt": "x", "seed": 1.5}, "seed"),
+    ({"model": "m", "prompt": "x", "seed": 2 ** 70}, "seed"),  # past what torch.manual_seed takes
     ({"model": "m", "prompt": "x", "stream": True}, "stream"),
     ({"model": "m", "prompt": "x", "logprobs": 6}, "logprobs"),
     ({"model": "m", "prompt": "x", "presence_penalty": 1.0}, "presence_penalty"),

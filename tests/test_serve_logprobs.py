@@ -48,3 +48,15 @@ def test_logprobs_of_a_generated_completion(client, tiny_causal_dir):
     assert choice.logprobs.text_offset[0] == len("A story")
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="tiny", prompt="x", max_tokens=1, logprobs=9)
+
+
+def test_a_prompt_past_the_context_is_a_400_before_any_decoding(client):
+    """The tiny model has 256 positions: 200 tokens of prompt and 100 new ones do not fit."""
+    long_prompt = " ".join(["word"] * 400)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny", prompt=long_prompt, max_tokens=100)
+    body = err.value.body
+    assert body["code"] == "context_length_exceeded" and body["param"] == "max_tokens"
+    assert "maximum context length is 256 tokens" in body["message"]
+    # a request that fits is still served by the same server
+    assert client.completions.create(model="tiny", prompt="A story", max_tokens=2).choices

@@ -66,6 +66,10 @@ def resolve_connection(base_url: str | None, api_key: str | None, key_env_var: s
     return url, endpoint, key, source
 
 
+#: httpx timeouts raised before the request was sent (a connect or a pooled connection)
+UNSENT_TIMEOUTS = ("ConnectTimeout", "PoolTimeout")
+
+
 class Transport:
     """Sends completion requests for one model at one endpoint."""
 
@@ -123,8 +127,12 @@ class Transport:
                 return parse_chat(raw.content, n_prompts) if chat else parse_completion(raw.content, n_prompts)
             except MalformedResponse as exc:
                 last, lost = f"malformed reply ({self.redact(str(exc))})", True
-            except oa.APITimeoutError:
-                last, lost = f"no reply within {self.timeout:g} s", True
+            except oa.APITimeoutError as exc:
+                cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else ""
+                if cause in UNSENT_TIMEOUTS:  # no connection was made: nothing reached the server
+                    last, lost = f"could not connect within {self.timeout:g} s ({cause})", False
+                else:
+                    last, lost = f"no reply within {self.timeout:g} s", True
             except oa.APIConnectionError as exc:
                 cause = exc.__cause__
                 name = type(cause).__name__ if cause is not None else "error"

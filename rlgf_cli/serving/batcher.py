@@ -14,6 +14,7 @@ on its own (the seed re-seeds the generator before it, as an unbatched server wo
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 import sys
@@ -57,8 +58,9 @@ class Batcher:
         self._queue: list[_Job] = []
         self._cond = threading.Condition()
         self._closed = False
-        #: prompts per ``policy.complete`` call, in order (the tests and the bench read it)
-        self.batches: list[int] = []
+        #: prompts per ``policy.complete`` call, the latest 10,000 in order (the tests and the
+        #: bench read it; bounded, so a long-lived server does not grow with its traffic)
+        self.batches: collections.deque[int] = collections.deque(maxlen=10_000)
         self._worker = threading.Thread(target=self._run, name="rlgf-serve-batcher", daemon=True)
         self._worker.start()
 

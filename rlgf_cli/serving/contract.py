@@ -152,6 +152,8 @@ def parse_completion_request(body: Any) -> CompletionRequest:
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         raise _bad("seed", f"'seed' must be an integer, got {seed!r}")
+    if seed is not None and not -(2 ** 63) <= seed < 2 ** 64:  # what torch.manual_seed takes
+        raise _bad("seed", f"'seed' must be between -2**63 and 2**64 - 1, got {seed}")
     echo = body.get("echo")
     if echo is not None and not isinstance(echo, bool):
         raise _bad("echo", f"'echo' must be a boolean, got {echo!r}")

@@ -161,8 +161,15 @@ class Service:
                 for i, choice in enumerate(body["choices"]):
                     prompt = req.prompts[i // req.n]
                     completion = choice["text"][len(prompt):] if req.echo else choice["text"]
-                    choice["logprobs"] = choice_logprobs(self.policy, prompt, completion, echo=req.echo,
-                                                         top=req.logprobs)
+                    try:
+                        choice["logprobs"] = choice_logprobs(self.policy, prompt, completion, echo=req.echo,
+                                                             top=req.logprobs)
+                    except ApiError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - as in _decode: a JSON error, not a dropped reply
+                        log.exception("the policy failed to score a completion")
+                        raise ApiError(500, f"the policy failed to score the completion: {type(exc).__name__}: {exc}",
+                                       type_="server_error") from None
         self._count(body, len(texts))
         return body
 
@@ -171,7 +178,26 @@ class Service:
         self.bump(completion_requests=1, completions=completions, prompt_tokens=usage["prompt_tokens"],
                   completion_tokens=usage["completion_tokens"])
 
+    def _check_context(self, prompts: list[str], max_tokens: int) -> None:
+        """400 before decoding when a prompt and ``max_tokens`` overflow the model's positions
+        (decoding past them fails inside the model: an index error on CPU, a device assert
+        that poisons the whole CUDA context on a GPU)."""
+        positions = getattr(self.policy, "_max_positions", None)
+        if positions is None or getattr(self.policy, "is_seq2seq", False):
+            return
+        limit = positions()
+        if not limit:
+            return
+        prefix = len(getattr(self.policy, "_prefix_ids", []) or [])
+        for prompt in dict.fromkeys(prompts):
+            used = prefix + self.count_tokens(prompt)
+            if used + max_tokens > limit:
+                raise ApiError(400, f"This model's maximum context length is {limit} tokens; the prompt takes {used} "
+                                    f"and max_tokens asks for {max_tokens} more. Shorten the prompt or lower max_tokens.",
+                               param="max_tokens", code="context_length_exceeded")
+
     def _decode(self, expanded: list[str], req: CompletionRequest) -> list[str]:
+        self._check_context(expanded, req.max_tokens)
         try:
             texts = self.batcher.submit(
                 expanded, max_new_tokens=req.max_tokens, min_new_tokens=min(req.min_tokens, req.max_tokens),
