@@ -75,6 +75,20 @@ def test_requests_that_decode_differently_or_carry_a_seed_are_not_mixed(server_o
     first = post(server.url, {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 5, "seed": 7})
     again = post(server.url, {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 5, "seed": 7})
     assert first["choices"][0]["text"] == again["choices"][0]["text"]  # a seeded request replays
+    # a seed on greedy requests changes nothing, so they still share a batch (lm-eval seeds every request)
+    server.batcher.batches.clear()
+    concurrently(server.url, [
+        {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0, "seed": 1234},
+        {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 4, "temperature": 0, "seed": 1234},
+    ])
+    assert list(server.batcher.batches) == [2]
+    # seeded sampled ones do not: each seed names its own random stream
+    server.batcher.batches.clear()
+    concurrently(server.url, [
+        {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 4, "seed": 1},
+        {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 4, "seed": 2},
+    ])
+    assert sorted(server.batcher.batches) == [1, 1]
 
 
 def test_max_batch_one_serves_one_request_at_a_time(server_of):

@@ -42,7 +42,12 @@ class _Job:
 
     @property
     def key(self):
-        return None if self.seed is not None else (self.max_new_tokens, self.min_new_tokens, self.sampling)
+        """Jobs with equal keys share a batch; a seeded sampled job decodes alone (its seed names
+        its random stream). A greedy job's seed changes nothing, so it batches (lm-eval sends
+        a seed with every request, greedy ones included)."""
+        if self.seed is not None and not self.sampling.is_greedy:
+            return None
+        return (self.max_new_tokens, self.min_new_tokens, self.sampling)
 
 
 class Batcher:
@@ -133,7 +138,7 @@ class Batcher:
         try:
             autocast = self.precision.autocast() if self.precision is not None else contextlib.nullcontext()
             with self.lock, autocast:
-                if first.seed is not None:
+                if first.seed is not None and not first.sampling.is_greedy:
                     seed_everything(first.seed)
                 texts = self.policy.complete(prompts, max_new_tokens=first.max_new_tokens,
                                              min_new_tokens=first.min_new_tokens, sampling=first.sampling)
