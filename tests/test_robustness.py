@@ -50,7 +50,9 @@ def test_sigkill_then_resume_runs_each_iteration_once(tmp_path, tiny_causal_dir,
     assert not list(out.rglob(".tmp-*"))
 
 
-def test_nan_reward_stops_with_error_and_keeps_last_checkpoint(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
+def _reward_at_call(monkeypatch, third):
+    """Every task the run builds passes its reward through ``third(values)`` at the reward's
+    third call (inside iteration 3: prompts drawn, episodes sampled), unchanged otherwise."""
     import rlgf_cli.training.run as run
 
     real_build = run.build_task
@@ -63,12 +65,16 @@ def test_nan_reward_stops_with_error_and_keeps_last_checkpoint(tmp_path, tiny_ca
         def reward(prompts, completions, examples):
             calls["n"] += 1
             values = real_reward(prompts, completions, examples)
-            return [float("nan")] + values[1:] if calls["n"] == 3 else values
+            return third(values) if calls["n"] == 3 else values
 
         task.reward = reward
         return task
 
     monkeypatch.setattr(run, "build_task", build_task)
+
+
+def test_nan_reward_stops_with_error_and_keeps_last_checkpoint(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
+    _reward_at_call(monkeypatch, lambda values: [float("nan")] + values[1:])
     out = tmp_path / "run"
     result = CliRunner().invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, 5))
     assert result.exit_code == 1
@@ -114,25 +120,11 @@ def test_a_ctrl_c_inside_an_iteration_never_checkpoints_its_half_done_state(tmp_
                                                                           tiny_reward_dir, monkeypatch):
     """What a second Ctrl-C (or one outside the main thread's handler) does: the iteration under
     way is lost, and the checkpoint of the last whole one stands untouched."""
-    from rlgf_cli.training import run
 
-    real_build = run.build_task
-    calls = {"n": 0}
+    def interrupt(values):
+        raise KeyboardInterrupt
 
-    def build_task(cfg):
-        task = real_build(cfg)
-        real_reward = task.reward
-
-        def reward(prompts, completions, examples):
-            calls["n"] += 1
-            if calls["n"] == 3:  # inside iteration 3: prompts drawn, episodes sampled
-                raise KeyboardInterrupt
-            return real_reward(prompts, completions, examples)
-
-        task.reward = reward
-        return task
-
-    monkeypatch.setattr(run, "build_task", build_task)
+    _reward_at_call(monkeypatch, interrupt)
     out = tmp_path / "run"
     result = CliRunner().invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, 5) + ["--save-every", "1",
                                                                                         "--keep-checkpoints", "3"])
