@@ -143,6 +143,18 @@ def latest_checkpoint(out: Path) -> Path | None:
     return best
 
 
+def _resume_advice(out: Path) -> str:
+    """Where a stopped run goes on from: its newest whole checkpoint, or a fresh start. Every
+    rank may call it (it only reads files), so every rank prints the same advice."""
+    try:
+        kept = latest_checkpoint(out)
+    except RlgfError:  # a damaged checkpoint must not hide the error being reported
+        kept = None
+    if kept is not None:
+        return f"the last checkpoint is {kept}; continue with rlgf train --resume {out}"
+    return f"no checkpoint was written yet; start again with --out {out} --overwrite"
+
+
 def _truncate_metrics(path: Path, iteration: int) -> None:
     """Drop metric lines of iterations after ``iteration`` (they were not checkpointed)."""
     if not path.is_file():
@@ -289,14 +301,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     break
                 except RlgfError as exc:  # a diverged loss, a bad reward, an unreachable API guide…
                     writer.join()  # the checkpoint being written counts
-                    try:  # every rank (it only reads files), so every rank prints the same advice
-                        kept = latest_checkpoint(out)
-                    except RlgfError:  # a damaged checkpoint must not hide the error being reported
-                        kept = None
-                    if kept is not None:
-                        where = f"the last checkpoint is {kept}; continue with rlgf train --resume {out}"
-                    else:
-                        where = f"no checkpoint was written yet; start again with --out {out} --overwrite"
+                    where = _resume_advice(out)
                     raise RlgfError(exc.message, f"{exc.hint}; {where}" if exc.hint else where) from None
                 last["time_checkpoint_s"] = checkpoint_s
                 checkpoint_s = 0.0
@@ -319,13 +324,8 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         except KeyboardInterrupt:
             writer.join()
             if in_step:  # stopped inside an iteration: the last whole one's checkpoint stands
-                try:
-                    kept = latest_checkpoint(out)
-                except RlgfError:
-                    kept = None
-                where = (f"the last checkpoint is {kept}; continue with rlgf train --resume {out}" if kept else
-                         f"no checkpoint was written yet; start again with --out {out} --overwrite")
-                raise Interrupted(f"interrupted during iteration {trainer.iteration + 1}, which is lost", where) from None
+                raise Interrupted(f"interrupted during iteration {trainer.iteration + 1}, which is lost",
+                                  _resume_advice(out)) from None
             path = saved[1] if saved[0] == trainer.iteration else checkpoint(
                 out / "checkpoints" / f"iter-{trainer.iteration:04d}")
             raise Interrupted(
