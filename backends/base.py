@@ -169,6 +169,11 @@ class Policy:
     def use_cuda_graphs(self, on: bool) -> None:
         """Replay decoding steps as CUDA graphs where the backend can; ignored by default."""
 
+    def use_compile(self, on: bool) -> bool:
+        """Run scoring and training forward passes through ``torch.compile`` where the backend
+        can; returns whether it does (not by default)."""
+        return False
+
     def close(self) -> None:
         """Release resources (HTTP clients, caches); nothing by default."""
 

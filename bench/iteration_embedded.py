@@ -62,7 +62,7 @@ def roofline(dtype_name: str, threads: int, repeats: int = 5, rounds: int = 3) -
     return 2 * m * k * n / best / 1e9
 
 
-def one(precision: str, threads: int, seed: int, warmup: int = 1) -> dict:
+def one(precision: str, threads: int, seed: int, warmup: int = 1, compile: bool = False) -> dict:
     """Build the trainer, run ``warmup`` iterations and a timed one, time two checkpoints; the
     numbers of the last of each as a dict."""
     import torch
@@ -78,7 +78,7 @@ def one(precision: str, threads: int, seed: int, warmup: int = 1) -> dict:
     from rlgf_cli.training.trainer import Trainer
 
     cfg = build_config(None, task="rotten-tomatoes", alg="ppo", learner="smollm2", iterations=10, seed=seed,
-                       device="cpu", precision=precision, lr=1e-5, save_every=0, **SHAPE)
+                       device="cpu", precision=precision, lr=1e-5, save_every=0, compile=compile, **SHAPE)
     task = build_task(cfg)
     task.prepare()
     set_seed(seed)
@@ -120,7 +120,7 @@ def one(precision: str, threads: int, seed: int, warmup: int = 1) -> dict:
     seconds["checkpoint"] = snapshot_s
     return {
         "precision": trainer.precision.name, "precision_reason": trainer.precision.reason, "threads": threads,
-        "attention": trainer.policy.model.config._attn_implementation,
+        "attention": trainer.policy.model.config._attn_implementation, "compiled": trainer.compiled,
         "allocator": __import__("backends.allocator", fromlist=["current"]).current(),
         "seconds": seconds, "iteration_s": metrics["time_s"] + snapshot_s, "iterations": len(steps),
         "first_iteration_s": steps[0]["time_s"],
@@ -171,6 +171,7 @@ def table(results: list[dict]) -> str:
               f" of an fp32 iteration)",
               f"- precision choices: {a['precision']} ({a['precision_reason']}; {a.get('attention', '?')} attention), "
               f"{b['precision']} ({b['precision_reason']}; {b.get('attention', '?')} attention); memory allocator {a.get('allocator', '?')}",
+              f"- torch.compile (--compile): {', '.join(a.get('compiled') or []) or 'off'}",
               f"- mean reward of the timed iteration: {a['reward_mean']:.3f} and {b['reward_mean']:.3f}"]
     return "\n".join(lines)
 
@@ -211,7 +212,8 @@ def main(args) -> int:
               "(emulated); running fp32 only", flush=True)
     for precision in precisions:
         proc = subprocess.run([sys.executable, __file__, "--one", precision, "--threads", str(threads),
-                               "--seed", str(args.seed), "--warmup", str(getattr(args, "warmup", 1))],
+                               "--seed", str(args.seed), "--warmup", str(getattr(args, "warmup", 1)),
+                               *(["--compile"] if getattr(args, "compile", False) else [])],
                               capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
@@ -233,9 +235,10 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations per precision before the timed one")
     p.add_argument("--json", default=None)
+    p.add_argument("--compile", action="store_true", help="train as `rlgf train --compile` does (the warm-up compiles)")
     p.add_argument("--force-bf16", action="store_true", help="run bf16 even where it is emulated (very slow)")
     a = p.parse_args()
     if a.one:
-        print(json.dumps(one(a.one, a.threads or 1, a.seed, a.warmup)))
+        print(json.dumps(one(a.one, a.threads or 1, a.seed, a.warmup, a.compile)))
         sys.exit(0)
     sys.exit(main(a))

@@ -112,10 +112,8 @@ def tokenizer():
     return make_byte_tokenizer()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("alg", ["ppo", "lols"])
-def test_ratio_is_exactly_one_at_the_first_minibatch(monkeypatch, tokenizer, alg, precision):
-    trainer = build(alg, precision, tokenizer)
+def spy_policy_loss(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(new log-probs, old log-probs, mask)`` of every policy-loss call the trainer makes."""
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     real = trainer_module.clipped_policy_loss
 
@@ -124,6 +122,14 @@ def test_ratio_is_exactly_one_at_the_first_minibatch(monkeypatch, tokenizer, alg
         return real(logprobs, old, adv, mask, clip)
 
     monkeypatch.setattr(trainer_module, "clipped_policy_loss", spy)
+    return seen
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("alg", ["ppo", "lols"])
+def test_ratio_is_exactly_one_at_the_first_minibatch(monkeypatch, tokenizer, alg, precision):
+    trainer = build(alg, precision, tokenizer)
+    seen = spy_policy_loss(monkeypatch)
     for _ in range(3):
         seen.clear()
         metrics = trainer.step()

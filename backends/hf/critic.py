@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from backends.errors import RlgfError
+from backends.hf.compiled import detach_unless_grad
 
 FORMAT = "rlgf-critic"
 VERSION = 1
@@ -27,6 +28,9 @@ META = "critic.json"
 
 class Critic(nn.Module):
     """A transformer body (no LM head) and ``Linear(hidden, 1)``."""
+
+    #: the body's forward compiled with ``torch.compile`` (``--compile``), or None
+    compiled = None
 
     def __init__(self, body: nn.Module, *, hidden_size: int, is_seq2seq: bool, decoder_start_id: int | None = None):
         super().__init__()
@@ -79,12 +83,20 @@ class Critic(nn.Module):
             ids = torch.cat([query, response[:, :-1]], dim=1)
             mask = torch.cat([query_mask, response_mask[:, :-1]], dim=1)
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            hidden = self.body(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
-            ).last_hidden_state[:, -n:]
+            body = self.compiled if self.compiled is not None and self.compiled.serves(self.body) else self.body
+            hidden = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+            hidden = detach_unless_grad(hidden[:, -n:]) if body is self.compiled else hidden[:, -n:]
         return self.value_head(hidden.float()).squeeze(-1)
 
     forward = values
+
+    def use_compile(self, on: bool) -> bool:
+        """Run the body through ``torch.compile`` (:mod:`backends.hf.compiled`); causal bodies
+        only. Returns whether it is on."""
+        from backends.hf.compiled import GradModeForward
+
+        self.compiled = GradModeForward(self.body) if on and not self.is_seq2seq else None
+        return self.compiled is not None
 
     # -- checkpoints --------------------------------------------------------------
     def save(self, path) -> None:

@@ -42,6 +42,8 @@ class HFPolicy(TokenPolicy):
     use_hf_generate: bool = False
     #: decode with each step captured in a CUDA graph on a GPU (experimental; ``--cuda-graphs``)
     cuda_graphs: bool = False
+    #: the scoring forward pass compiled with ``torch.compile`` (``--compile``), or None
+    compiled = None
 
     def __init__(self, model, tokenizer, *, spec: str | None = None, max_prompt_length: int | None = None):
         super().__init__(spec or getattr(model.config, "_name_or_path", "") or "hf")
@@ -194,6 +196,14 @@ class HFPolicy(TokenPolicy):
     def use_cuda_graphs(self, on: bool) -> None:
         self.cuda_graphs = bool(on)
 
+    def use_compile(self, on: bool) -> bool:
+        """Score (and train) through ``torch.compile`` (:mod:`backends.hf.compiled`); causal
+        models only, decoding stays eager. Returns whether it is on."""
+        from backends.hf.compiled import GradModeForward
+
+        self.compiled = GradModeForward(self.model) if on and not self.is_seq2seq else None
+        return self.compiled is not None
+
     def describe(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
         kind = "seq2seq" if self.is_seq2seq else "causal"
@@ -331,6 +341,11 @@ class HFPolicy(TokenPolicy):
         mask = torch.cat([query_mask, response_mask[:, :-1]], dim=1)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         kwargs = {"logits_to_keep": n} if self._keeps_logits else {}
+        if self.compiled is not None and self.compiled.serves(self.model):
+            from backends.hf.compiled import detach_unless_grad
+
+            out = self.compiled(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **kwargs)
+            return detach_unless_grad(out.logits[:, -n:])
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **kwargs)
         return out.logits[:, -n:]
 

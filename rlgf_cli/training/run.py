@@ -223,6 +223,8 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
     critics = trainer.critics
     callback("message", {"text": f"{trainer.precision.describe()} · memory allocator {allocator.current()}"})
+    if cfg.compile:
+        callback("message", {"text": _compile_note(getattr(trainer, "compiled", None))})
 
     if ckpt and main:  # left by a kill in the middle of a save: their space counts as free below
         for stale in [*out.glob(TMP_PREFIX + "*"), *(out / "checkpoints").glob(TMP_PREFIX + "*")]:
@@ -356,6 +358,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         "task_info": task.info(),
         **trainer.precision.info(),
         "allocator": allocator.current(),
+        "compiled": getattr(trainer, "compiled", []),
     }
     if main:
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))
@@ -429,3 +432,15 @@ def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: st
         for group in trainer.optimizer.param_groups:  # AdamW's moments carry on; --weight-decay is this run's
             group["weight_decay"] = cfg.weight_decay
     return trainer
+
+
+def _compile_note(compiled: list[str] | None) -> str:
+    if compiled is None:
+        return "--compile applies to the PPO-family update; this trainer runs eagerly"
+    if not compiled:
+        return "--compile: no model here can be compiled (seq2seq models and API policies stay eager)"
+    from backends.hf.compiled import inductor_cache
+
+    return (f"--compile: {' and '.join(compiled)} score and update through torch.compile; the first iteration "
+            f"compiles (about 2 min per model the first time, seconds with the cache in {inductor_cache()})")
+

@@ -118,6 +118,9 @@ class Trainer(TrainerBase):
         for p in (policy, guide):  # decoding steps replayed as CUDA graphs (GPU only, opt-in)
             if p is not None:
                 p.use_cuda_graphs(bool(cfg.cuda_graphs) and self.device.type == "cuda")
+        #: which trained models score and update through torch.compile (--compile)
+        self.compiled = [name for name, model in (("learner", policy), *((f"{k} critic", c) for k, c in self.critics.items()))
+                         if cfg.compile and model.use_compile(True)]
         #: episodes per generation / scoring chunk: what the device's memory allows on a GPU
         self.rollout_batch_size = cfg.rollout_batch_size or self._auto_chunk(max_new)
         self.engine = GuidedRollout(

@@ -1,0 +1,93 @@
+"""``--compile``: the trained models' scoring and update forward passes through ``torch.compile``.
+
+On a CPU an update is mostly elementwise work between small matrix products (norms, residual
+adds, SiLU, rotary embeddings, and under bf16 the casts around every product); Inductor fuses
+it. Measured on a 2-core AMX Xeon (SmolLM2-135M, forward + backward of 16 × 44 tokens, dynamic
+shapes): bf16 autocast 1.07–1.25 s eager against about 0.8 s compiled, fp32 1.9–2.0 s against
+1.55–1.7 s. Compiling costs about two minutes per model the first time; Inductor's on-disk
+cache (:func:`inductor_cache`) brings later runs down to seconds.
+
+One compiled graph per model serves both the no-grad scoring of old log-probabilities and
+values and the update: :class:`GradModeForward` always runs it with autograd on (and the
+scoring detaches what it keeps). So the scoring and the first minibatch of the update run the
+very same kernels, and the PPO ratio there is exactly 1, as it is without ``--compile``; and
+each model compiles once, not once per grad mode.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from backends.cache import cache_dir
+from backends.errors import RlgfError
+
+INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def inductor_cache() -> Path:
+    """Inductor's cache folder: ``$TORCHINDUCTOR_CACHE_DIR`` as the user set it, else rlgf's cache
+    folder (which outlives ``/tmp``, Inductor's default), set for this process before any compile.
+    (torch writes its default into the variable on import, so that value counts as unset.)"""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get(INDUCTOR_ENV)
+    if not current or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ[INDUCTOR_ENV] = str(cache_dir("inductor"))
+    return Path(os.environ[INDUCTOR_ENV])
+
+
+def require_compiler(device_type: str) -> None:
+    """On a CPU Inductor builds C++ kernels: refuse ``--compile`` up front where no compiler is
+    found, rather than fail inside the first iteration."""
+    if device_type == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        raise RlgfError("--compile needs a C++ compiler on a CPU (torch's Inductor builds its kernels with one)",
+                        "install one (Debian/Ubuntu: apt-get install g++) or leave out --compile")
+
+
+class GradModeForward:
+    """``module``'s forward compiled once with dynamic shapes, always run with autograd on.
+
+    Call it with keyword arguments as the module; under ``torch.no_grad()`` the outputs still
+    carry a graph, so callers :func:`detach_unless_grad` what they keep. Not an ``nn.Module``,
+    so holding one as an attribute adds nothing to a module's ``state_dict``.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        require_compiler(next(module.parameters()).device.type)
+        inductor_cache()
+        self.module = module
+        self.compiled = torch.compile(module, dynamic=True)
+        #: set when compiling failed: the module then runs eagerly from that call on
+        self.failed: str | None = None
+
+    def serves(self, module) -> bool:
+        """Whether this is ``module``'s compiled forward (a shallow copy of its owner may hold
+        another model)."""
+        return self.module is module
+
+    def __call__(self, **kwargs):
+        if self.failed is None:
+            try:
+                return self._run(self.compiled, kwargs)
+            except torch._dynamo.exc.TorchDynamoException as exc:  # BackendCompilerFailed among them
+                self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                warnings.warn(f"--compile: torch.compile failed for {type(self.module).__name__} ({self.failed}); "
+                              "it runs eagerly from here on", RuntimeWarning, stacklevel=2)
+        return self._run(self.module, kwargs)
+
+    @staticmethod
+    def _run(fn, kwargs):
+        if torch.is_grad_enabled():
+            return fn(**kwargs)
+        with torch.enable_grad():
+            return fn(**kwargs)
+
+
+def detach_unless_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself while autograd is on, else detached (see :class:`GradModeForward`)."""
+    return x if torch.is_grad_enabled() else x.detach()

@@ -1,0 +1,134 @@
+"""``--compile``: the learner's and critics' scoring and update passes through torch.compile.
+
+The compiled graph serves the no-grad scoring and the update alike, so the PPO ratio is still
+exactly 1 at the first minibatch; checkpoints keep the model's own parameter names; decoding
+stays eager. Tiny Llama configs, CPU (Inductor compiles C++ with the machine's compiler).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_tiny_causal
+from test_precision import build, spy_policy_loss, tokenizer  # noqa: F401  (the module-scoped fixture)
+from test_train_e2e import invoke, train_args
+
+from backends.hf.compiled import INDUCTOR_ENV, inductor_cache
+from backends.hf.policy import HFPolicy
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _inductor_cache(tmp_path_factory, monkeypatch):
+    # one cache for the whole module (compiles once per graph), never the user's
+    monkeypatch.setenv(INDUCTOR_ENV, str(tmp_path_factory.getbasetemp() / "inductor"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_ratio_is_exactly_one_at_the_first_minibatch(monkeypatch, tokenizer, precision):  # noqa: F811
+    trainer = build("ppo", precision, tokenizer, compile=True)
+    assert trainer.compiled == ["learner", "learner critic"]
+    seen = spy_policy_loss(monkeypatch)
+    for _ in range(2):
+        seen.clear()
+        trainer.step()
+        new, old, mask = seen[0]
+        on = mask > 0
+        assert on.any()
+        assert torch.equal(new[on], old[on]), (new[on] - old[on]).abs().max()
+    later = seen[-1]
+    assert not torch.equal(later[0][later[2] > 0], later[1][later[2] > 0])  # the update moved the policy
+
+
+def test_compiled_numbers_match_eager_ones(tokenizer):  # noqa: F811
+    # the same rollout (decoding is eager and seeded alike), scored and updated by fused kernels
+    eager = build("ppo", "fp32", tokenizer)
+    compiled = build("ppo", "fp32", tokenizer, compile=True)
+    a, b = eager.step(), compiled.step()
+    assert a["reward_mean"] == b["reward_mean"]
+    keys = [k for k in ("pg_loss", "v_loss", "kl", "entropy", "approx_kl") if k in a]
+    assert len(keys) >= 4, sorted(a)
+    for key in keys:
+        assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-5), key
+
+
+def test_compiling_leaves_parameter_names_and_decoding_alone(tokenizer):  # noqa: F811
+    model, _ = make_tiny_causal(tokenizer, seed=0)
+    policy = HFPolicy(model, tokenizer)
+    critic = policy.make_critic()
+    names = list(policy.model.state_dict()), list(critic.state_dict())
+    assert policy.use_compile(True) and critic.use_compile(True)
+    assert (list(policy.model.state_dict()), list(critic.state_dict())) == names  # checkpoints unchanged
+    query, qmask = policy.encode_prompts(["abab:", "ab:"])
+    with torch.no_grad():
+        response, rmask = policy.generate(query, qmask, max_new_tokens=3)
+        logits = policy.response_logits(query, qmask, response, rmask)
+        values = critic.values(query, qmask, response, rmask)
+    assert logits.grad_fn is None and values.grad_fn is None  # scoring keeps no graph
+    logits = policy.response_logits(query, qmask, response, rmask)
+    assert logits.grad_fn is not None  # the update's pass trains through the compiled graph
+    assert not policy.use_compile(False) and policy.compiled is None
+
+
+def test_the_compile_cache_defaults_to_rlgfs_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(INDUCTOR_ENV, raising=False)
+    monkeypatch.setenv("RLGF_CACHE_DIR", str(tmp_path))
+    assert inductor_cache() == tmp_path / "inductor"
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv(INDUCTOR_ENV, default_cache_dir())  # what torch writes there on import
+    assert inductor_cache() == tmp_path / "inductor"
+    monkeypatch.setenv(INDUCTOR_ENV, str(tmp_path / "mine"))  # the user's own choice is kept
+    assert inductor_cache() == tmp_path / "mine"
+
+
+def test_train_compile_end_to_end(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    out = tmp_path / "run"
+    invoke(train_args(tiny_causal_dir, tiny_reward_dir, out, "--compile", "--precision", "fp32"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["compiled"] == ["learner", "learner critic"]
+    # the final checkpoint reloads as a plain model (no compiled wrapper in its names)
+    reloaded = HFPolicy.load(str(out / "final"), device="cpu")
+    assert not any("_orig_mod" in name for name in reloaded.model.state_dict())
+
+
+def test_a_failed_compile_falls_back_to_eager_with_a_warning(tokenizer):  # noqa: F811
+    model, _ = make_tiny_causal(tokenizer, seed=0)
+    policy = HFPolicy(model, tokenizer)
+    assert policy.use_compile(True)
+    calls = []
+
+    def broken(**kwargs):
+        calls.append(kwargs)
+        raise torch._dynamo.exc.TorchDynamoException("no kernel for you")
+
+    policy.compiled.compiled = broken
+    query, qmask = policy.encode_prompts(["abab:"])
+    response = torch.tensor([[5, 6, 7]])
+    rmask = torch.ones_like(response)
+    with pytest.warns(RuntimeWarning, match="runs eagerly"):
+        logits = policy.response_logits(query, qmask, response, rmask)
+    with torch.no_grad():
+        eager = model(input_ids=torch.cat([query, response[:, :-1]], 1),
+                      attention_mask=torch.cat([qmask, rmask[:, :-1]], 1)).logits[:, -3:]
+    torch.testing.assert_close(logits, eager)
+    policy.response_logits(query, qmask, response, rmask)  # eager from now on, no second try
+    assert len(calls) == 1 and "no kernel for you" in policy.compiled.failed
+
+
+def test_compile_without_a_cpp_compiler_is_one_error_line(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
+    import backends.hf.compiled as compiled_module
+    from test_train_e2e import runner
+
+    from rlgf_cli.app import app
+
+    monkeypatch.setattr(compiled_module.shutil, "which", lambda name: None)
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(tiny_causal_dir, tiny_reward_dir, out, "--compile"))
+    assert result.exit_code == 1
+    assert "[error] --compile needs a C++ compiler" in result.output
+    assert "Traceback" not in result.output
+    assert not (out / "final").exists()
