@@ -73,6 +73,24 @@ def test_compiling_leaves_parameter_names_and_decoding_alone(tokenizer):  # noqa
     assert not policy.use_compile(False) and policy.compiled is None
 
 
+def test_only_the_repeated_blocks_compile_and_only_inside_a_call(tokenizer):  # noqa: F811
+    from backends.hf.compiled import GradModeForward, block_forward, repeated_blocks
+
+    model, _ = make_tiny_causal(tokenizer, seed=0)
+    layers = list(model.model.layers)
+    assert repeated_blocks(model) == layers  # the decoder layers, not the norms or the head
+    forward = GradModeForward(model)
+    seen = []
+    hook = layers[1].register_forward_hook(lambda mod, args, out: seen.append(mod.forward))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    forward(input_ids=ids)
+    model(input_ids=ids)  # a plain call (decoding, the reference's scoring) stays eager
+    hook.remove()
+    assert seen[0].__func__ is block_forward(type(layers[1]))
+    assert seen[1].__func__ is type(layers[1]).forward
+    assert all("forward" not in vars(layer) for layer in layers)  # put back after the call
+
+
 def test_the_compile_cache_defaults_to_rlgfs_cache_folder(tmp_path, monkeypatch):
     monkeypatch.delenv(INDUCTOR_ENV, raising=False)
     monkeypatch.setenv("RLGF_CACHE_DIR", str(tmp_path))
@@ -95,17 +113,19 @@ def test_train_compile_end_to_end(tmp_path, tiny_causal_dir, tiny_reward_dir):
     assert not any("_orig_mod" in name for name in reloaded.model.state_dict())
 
 
-def test_a_failed_compile_falls_back_to_eager_with_a_warning(tokenizer):  # noqa: F811
+def test_a_failed_compile_falls_back_to_eager_with_a_warning(tokenizer, monkeypatch):  # noqa: F811
+    import backends.hf.compiled as compiled_module
+
     model, _ = make_tiny_causal(tokenizer, seed=0)
     policy = HFPolicy(model, tokenizer)
     assert policy.use_compile(True)
     calls = []
 
-    def broken(**kwargs):
+    def broken(self, *args, **kwargs):
         calls.append(kwargs)
         raise torch._dynamo.exc.TorchDynamoException("no kernel for you")
 
-    policy.compiled.compiled = broken
+    monkeypatch.setattr(compiled_module, "block_forward", lambda cls: broken)
     query, qmask = policy.encode_prompts(["abab:"])
     response = torch.tensor([[5, 6, 7]])
     rmask = torch.ones_like(response)

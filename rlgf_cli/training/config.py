@@ -109,11 +109,11 @@ class TrainConfig:
                                      "device (what fits in a GPU's free memory; 64 on CPU).", panel=PANEL_RUN)
     cuda_graphs: bool = opt(False, "Experimental: replay each decoding step of a causal model as a CUDA graph (GPU only; "
                                    "falls back with a warning where capture fails).", panel=PANEL_RUN)
-    compile: bool = opt(False, "Run the learner's and critics' scoring and update passes through torch.compile (causal "
-                               "models; decoding stays eager). The first run compiles for about 2 min per model on "
-                               "2 CPU cores, later runs reuse the on-disk cache in seconds; then an update is about "
-                               "1.4x faster under bf16 on a CPU, 1.2x under fp32. Pays off on long runs.",
-                        panel=PANEL_RUN)
+    compile: bool = opt(False, "Run the learner's and critics' transformer layers through torch.compile in the scoring "
+                               "and update passes (causal models; decoding stays eager; needs a C++ compiler on a "
+                               "CPU). The first iteration compiles: about 20 s the first time on 2 CPU cores, a few "
+                               "seconds once cached. On a 2-core AMX CPU under bf16 the update is 1.15-1.27x faster "
+                               "(fp32: no gain); worth it for runs of 20+ iterations.", panel=PANEL_RUN)
     lr: float | None = opt(None, "Learning rate (AdamW).", panel=PANEL_PPO, default_text="1e-6; BC 1e-5")
     weight_decay: float = opt(0.0, "AdamW weight decay.", panel=PANEL_PPO)
     gamma: float = opt(0.99, "Discount γ.", panel=PANEL_PPO)

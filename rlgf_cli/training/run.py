@@ -441,6 +441,6 @@ def _compile_note(compiled: list[str] | None) -> str:
         return "--compile: no model here can be compiled (seq2seq models and API policies stay eager)"
     from backends.hf.compiled import inductor_cache
 
-    return (f"--compile: {' and '.join(compiled)} score and update through torch.compile; the first iteration "
-            f"compiles (about 2 min per model the first time, seconds with the cache in {inductor_cache()})")
+    return (f"--compile: the {' and '.join(compiled)} score and update with their layers compiled; the first "
+            f"iteration compiles them (about 20 s the first time, seconds once cached in {inductor_cache()})")
 
