@@ -7,6 +7,7 @@
 #
 # 1. an iteration of the embedded default (after a warm-up one) in fp32 and bf16 (seconds and GFLOP/s per phase, the
 #    rooflines, peak memory, checkpoint cost): OUT_DIR/iteration-embedded.{md,json}
+#    and the same with `rlgf train --compile` (the layers through torch.compile): OUT_DIR/iteration-embedded-compile.{md,json}
 # 2. 5 iterations of fp32 and of bf16 with the same seed (the ±0.05 learning goal):
 #    OUT_DIR/precision/{results.json,curves.png}, the table in OUT_DIR/precision.md
 # 3. how far each bf16 variant of SmolLM2 is from float32, per token: OUT_DIR/precision-drift.{md,json}
@@ -32,6 +33,8 @@ status=0
   "$PY" -c "import torch; print('torch', torch.__version__, 'threads', torch.get_num_threads())"; } | tee "$OUT_DIR/machine.txt"
 "$PY" bench/iteration.py --preset embedded --threads "$THREADS" --json "$OUT_DIR/iteration-embedded.json" 2>&1 \
     | tee "$OUT_DIR/iteration-embedded.md" || status=1
+"$PY" bench/iteration.py --preset embedded --threads "$THREADS" --compile --json "$OUT_DIR/iteration-embedded-compile.json" 2>&1 \
+    | tee "$OUT_DIR/iteration-embedded-compile.md" || status=1
 "$PY" bench/precision_learning.py --iterations 5 --out "$OUT_DIR/precision" 2>&1 | tee "$OUT_DIR/precision.md" \
     || status=1
 "$PY" bench/precision_drift.py --threads "$THREADS" --out "$OUT_DIR/precision-drift.json" 2>&1 \
