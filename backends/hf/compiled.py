@@ -87,8 +87,11 @@ class GradModeForward:
     """
 
     def __init__(self, module: torch.nn.Module):
+        from torch._dynamo.exc import TorchDynamoException  # BackendCompilerFailed among them
+
         require_compiler(next(module.parameters()).device.type)
         inductor_cache()
+        self._compile_errors = TorchDynamoException
         self.module = module
         self.blocks = repeated_blocks(module)
         self.whole = None if self.blocks else torch.compile(module, dynamic=True)
@@ -104,8 +107,8 @@ class GradModeForward:
         if self.failed is None:
             try:
                 with self._compiled_blocks():
-                    return self._run(self.whole or self.module, kwargs)
-            except torch._dynamo.exc.TorchDynamoException as exc:  # BackendCompilerFailed among them
+                    return self._run(self.module if self.whole is None else self.whole, kwargs)
+            except self._compile_errors as exc:
                 self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 warnings.warn(f"--compile: torch.compile failed for {type(self.module).__name__} ({self.failed}); "
                               "it runs eagerly from here on", RuntimeWarning, stacklevel=2)
