@@ -176,6 +176,19 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compile_table(eager: list[dict], compiled: list[dict]) -> str:
+    """Per precision and phase: eager against compiled seconds, measured in the same run."""
+    head = "| phase | " + " | ".join(f"{r['precision']} eager s | {r['precision']} compiled s | eager/compiled"
+                                     for r in eager) + " |"
+    lines = ["### --compile against eager (same run)", "", head, "|---|" + "---:|---:|---:|" * len(eager)]
+    rows = [(p, lambda r, p=p: r["seconds"][p]) for p in PHASES]
+    rows += [("**iteration**", lambda r: r["iteration_s"]), ("first iteration (compiling)", lambda r: r["first_iteration_s"])]
+    for name, get in rows:
+        cells = [f"{get(e):.2f} | {get(c):.2f} | {get(e) / get(c):.2f}×" for e, c in zip(eager, compiled)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _first_snapshots(a: dict, b: dict) -> str:
     fa, fb = a["checkpoint"].get("first_snapshot_s"), b["checkpoint"].get("first_snapshot_s")
     return "" if fa is None or fb is None else f"; the first, which allocates it: {fa:.2f} s and {fb:.2f} s"
@@ -210,16 +223,24 @@ def main(args) -> int:
         print(f"no AMX-BF16 / AVX512-BF16 on this CPU: bf16 matrix products run at "
               f"{roofline('bf16', threads):.1f} GFLOP/s against {roofline('fp32', threads):.1f} in fp32 "
               "(emulated); running fp32 only", flush=True)
-    for precision in precisions:
-        proc = subprocess.run([sys.executable, __file__, "--one", precision, "--threads", str(threads),
-                               "--seed", str(args.seed), "--warmup", str(getattr(args, "warmup", 1)),
-                               *(["--compile"] if getattr(args, "compile", False) else [])],
-                              capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return proc.returncode
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(table(results) if len(results) == 2 else single(results[0]))
+    compiled = [False, True] if getattr(args, "compile", False) else [False]
+    for compile_ in compiled:  # eager first, then (with --compile) the same children compiled
+        for precision in precisions:
+            proc = subprocess.run([sys.executable, __file__, "--one", precision, "--threads", str(threads),
+                                   "--seed", str(args.seed), "--warmup", str(getattr(args, "warmup", 1)),
+                                   *(["--compile"] if compile_ else [])],
+                                  capture_output=True, text=True, cwd=ROOT)
+            if proc.returncode != 0:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                return proc.returncode
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    n = len(precisions)
+    for i in range(0, len(results), n):
+        if i:
+            print(f"\n### with --compile ({', '.join(results[i]['compiled'])})\n")
+        print(table(results[i:i + n]) if n == 2 else single(results[i]))
+    if len(results) > n:
+        print("\n" + compile_table(results[:n], results[n:]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0
@@ -235,7 +256,9 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations per precision before the timed one")
     p.add_argument("--json", default=None)
-    p.add_argument("--compile", action="store_true", help="train as `rlgf train --compile` does (the warm-up compiles)")
+    p.add_argument("--compile", action="store_true",
+                   help="also run each precision as `rlgf train --compile` trains (its warm-up compiles), "
+                        "and print compiled against eager from the same run")
     p.add_argument("--force-bf16", action="store_true", help="run bf16 even where it is emulated (very slow)")
     a = p.parse_args()
     if a.one:

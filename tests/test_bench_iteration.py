@@ -70,3 +70,12 @@ def test_embedded_preset_tables_render_every_phase():
            "allocates it: 0.60 s and 0.30 s)" in warm
     one = ie.single(result("fp32", 2.0))
     assert "| update | 8.00 | 5.0 |" in one and "snapshot 0.10 s" in one
+    # --compile: each precision eager against compiled, from the same run
+    eager = [warmed("fp32", 2.0), warmed("bf16", 1.0)]
+    compiled = [warmed("fp32", 2.0), warmed("bf16", 0.5)]
+    compiled[0]["first_iteration_s"] = 90.0
+    side = ie.compile_table(eager, compiled)
+    assert "| fp32 eager s | fp32 compiled s | eager/compiled | bf16 eager s | bf16 compiled s |" in side
+    assert "| update | 8.00 | 8.00 | 1.00× | 4.00 | 2.00 | 2.00× |" in side
+    assert "| **iteration** | 30.00 | 30.00 | 1.00× | 15.00 | 7.50 | 2.00× |" in side
+    assert "| first iteration (compiling) | 45.00 | 90.00 | 0.50× |" in side
