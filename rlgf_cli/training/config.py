@@ -112,8 +112,9 @@ class TrainConfig:
     compile: bool = opt(False, "Run the learner's and critics' transformer layers through torch.compile in the scoring "
                                "and update passes (causal models; decoding stays eager; needs a C++ compiler on a "
                                "CPU). The first iteration compiles: about 20 s the first time on 2 CPU cores, a few "
-                               "seconds once cached. On a 2-core AMX CPU under bf16 the update is 1.15-1.27x faster "
-                               "(fp32: no gain); worth it for runs of 20+ iterations.", panel=PANEL_RUN)
+                               "seconds once cached. On a 2-core AMX CPU under bf16 an iteration is about 1.2x faster "
+                               "(the update 1.3x; fp32 1.03x); with a cold cache it repays in 10-20 iterations.",
+                        panel=PANEL_RUN)
     lr: float | None = opt(None, "Learning rate (AdamW).", panel=PANEL_PPO, default_text="1e-6; BC 1e-5")
     weight_decay: float = opt(0.0, "AdamW weight decay.", panel=PANEL_PPO)
     gamma: float = opt(0.99, "Discount γ.", panel=PANEL_PPO)
