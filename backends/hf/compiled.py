@@ -82,8 +82,9 @@ class GradModeForward:
     against 0.82 s under bf16). The blocks run compiled only inside a call of this object, so
     decoding with the same model stays eager; a model without repeated blocks is compiled
     whole. Call it with keyword arguments as the module; under ``torch.no_grad()`` the outputs
-    still carry a graph, so callers :func:`detach_unless_grad` what they keep. Not an
-    ``nn.Module``, so holding one as an attribute adds nothing to a module's ``state_dict``.
+    still carry a graph, so callers go through :func:`forward_through`, which detaches what
+    they keep. Not an ``nn.Module``, so holding one as an attribute adds nothing to a module's
+    ``state_dict``.
     """
 
     def __init__(self, module: torch.nn.Module):
@@ -132,6 +133,10 @@ class GradModeForward:
             return fn(**kwargs)
 
 
-def detach_unless_grad(x: torch.Tensor) -> torch.Tensor:
-    """``x`` itself while autograd is on, else detached (see :class:`GradModeForward`)."""
-    return x if torch.is_grad_enabled() else x.detach()
+def forward_through(compiled: GradModeForward | None, module, pick, **kwargs) -> torch.Tensor:
+    """``pick(module(**kwargs))``, through ``compiled`` when it is ``module``'s compiled forward
+    (what it picks is then detached under ``torch.no_grad()``, see :class:`GradModeForward`)."""
+    if compiled is None or not compiled.serves(module):
+        return pick(module(**kwargs))
+    out = pick(compiled(**kwargs))
+    return out if torch.is_grad_enabled() else out.detach()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from backends.errors import RlgfError
-from backends.hf.compiled import detach_unless_grad
+from backends.hf.compiled import forward_through
 
 FORMAT = "rlgf-critic"
 VERSION = 1
@@ -83,9 +83,8 @@ class Critic(nn.Module):
             ids = torch.cat([query, response[:, :-1]], dim=1)
             mask = torch.cat([query_mask, response_mask[:, :-1]], dim=1)
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            body = self.compiled if self.compiled is not None and self.compiled.serves(self.body) else self.body
-            hidden = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
-            hidden = detach_unless_grad(hidden[:, -n:]) if body is self.compiled else hidden[:, -n:]
+            hidden = forward_through(self.compiled, self.body, lambda out: out.last_hidden_state[:, -n:], input_ids=ids,
+                                     attention_mask=mask, position_ids=positions, use_cache=False)
         return self.value_head(hidden.float()).squeeze(-1)
 
     forward = values

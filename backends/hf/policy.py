@@ -20,6 +20,7 @@ import torch
 from backends.base import Sampling, TokenPolicy
 from backends.device import resolve_device
 from backends.errors import RlgfError
+from backends.hf.compiled import forward_through
 from backends.hf.util import (
     hub_reachable,
     looks_like_path,
@@ -341,13 +342,8 @@ class HFPolicy(TokenPolicy):
         mask = torch.cat([query_mask, response_mask[:, :-1]], dim=1)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         kwargs = {"logits_to_keep": n} if self._keeps_logits else {}
-        if self.compiled is not None and self.compiled.serves(self.model):
-            from backends.hf.compiled import detach_unless_grad
-
-            out = self.compiled(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **kwargs)
-            return detach_unless_grad(out.logits[:, -n:])
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **kwargs)
-        return out.logits[:, -n:]
+        return forward_through(self.compiled, self.model, lambda out: out.logits[:, -n:], input_ids=ids,
+                               attention_mask=mask, position_ids=positions, use_cache=False, **kwargs)
 
     def response_logprobs(self, query, query_mask, response, response_mask, *, with_entropy=False,
                           entropy_grad=True):
