@@ -28,6 +28,7 @@ from backends.hf.util import (
     quiet_progress,
     resolve_dtype,
     special_affixes,
+    token_logprobs,
 )
 
 
@@ -350,15 +351,8 @@ class HFPolicy(TokenPolicy):
         if response.shape[1] == 0:
             empty = torch.zeros(response.shape, dtype=torch.float32, device=response.device)
             return (empty, empty.clone()) if with_entropy else empty
-        logits = self.response_logits(query, query_mask, response, response_mask).float()
-        norm = torch.logsumexp(logits, dim=-1)
-        logprobs = logits.gather(-1, response.unsqueeze(-1)).squeeze(-1) - norm
-        if not with_entropy:
-            return logprobs
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            source, log_norm = (logits, norm) if entropy_grad else (logits.detach(), norm.detach())
-            entropy = log_norm - (torch.softmax(source, dim=-1) * source).sum(-1)
-        return logprobs, entropy
+        logits = self.response_logits(query, query_mask, response, response_mask)
+        return token_logprobs(logits, response, with_entropy=with_entropy, entropy_grad=entropy_grad)
 
     def _max_positions(self) -> int | None:
         cfg = self.model.config.get_text_config()

@@ -107,3 +107,20 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
         if full[start : start + n] == plain:
             return full[:start], full[start + n :]
     return [], []
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, with_entropy: bool = False,
+                   entropy_grad: bool = True):
+    """``log softmax(logits)`` at ``tokens`` (``[B, R, V]`` logits, ``[B, R]`` tokens), in float32;
+    with ``with_entropy`` also the entropy per position, outside the autograd graph unless
+    ``entropy_grad``. The one computation behind a policy's response log-probabilities, so
+    every caller (the scoring of old log-probabilities, the update) gets the same numbers."""
+    logits = logits.float()
+    norm = torch.logsumexp(logits, dim=-1)
+    logprobs = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - norm
+    if not with_entropy:
+        return logprobs
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        source, log_norm = (logits, norm) if entropy_grad else (logits.detach(), norm.detach())
+        entropy = log_norm - (torch.softmax(source, dim=-1) * source).sum(-1)
+    return logprobs, entropy

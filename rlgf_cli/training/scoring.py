@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from backends.hf.util import token_logprobs
 from rlgf_cli.training.distributed import all_sum, world
 from rlgf_cli.training.ppo import exact_kl
 from rlgf_cli.training.rollout import RolloutBatch
@@ -76,10 +77,7 @@ def scored_pair(policy, reference, args) -> tuple[torch.Tensor, torch.Tensor, to
     response = args[2]
     logits = policy.response_logits(*args).float()
     ref_logits = reference.response_logits(*args).float()
-    index = response.unsqueeze(-1)
-    logprobs = (logits.gather(-1, index).squeeze(-1) - torch.logsumexp(logits, -1))
-    ref_logprobs = (ref_logits.gather(-1, index).squeeze(-1) - torch.logsumexp(ref_logits, -1))
-    return logprobs, ref_logprobs, exact_kl(logits, ref_logits)
+    return token_logprobs(logits, response), token_logprobs(ref_logits, response), exact_kl(logits, ref_logits)
 
 
 def pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
