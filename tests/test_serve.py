@@ -273,3 +273,45 @@ def test_serve_command_runs_until_ctrl_c(tiny_causal_dir, tmp_path):
             proc.kill()
             raise
     assert proc.returncode == 0, proc.stderr.read()
+
+
+# -- the uvicorn stack: auth before the body, a thread per waiting request --------------------
+def test_a_request_without_the_key_is_refused_before_its_body_is_read():
+    import socket
+
+    with serving("uvicorn", EchoPolicy(), api_key=KEY, model_name="echo") as srv:
+        host, port = srv.server_address[:2]
+        with socket.create_connection((host, port), timeout=10) as conn:
+            # announces a body it never sends: a server that read it first would wait for it
+            conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 500000\r\n\r\n")
+            reply = b""
+            while b"invalid_api_key" not in reply and (chunk := conn.recv(4096)):
+                reply += chunk
+            reply = reply.decode()
+        assert reply.startswith("HTTP/1.1 401") and "invalid_api_key" in reply
+
+
+def test_a_batch_can_hold_more_requests_than_anyios_default_pool_of_40_threads():
+    import threading
+
+    from rlgf_cli.serving.asgi import worker_threads
+
+    n = 56
+    with serving("uvicorn", EchoPolicy(), model_name="echo", max_batch=64, batch_window_s=0.5) as srv:
+        assert worker_threads(srv.service) == 128
+        client = openai.OpenAI(api_key="unused", base_url=srv.url, max_retries=0, timeout=60)
+        texts = [None] * n
+
+        def one(i):
+            reply = client.completions.create(model="echo", prompt=f"p{i:02d}", max_tokens=3, temperature=0)
+            texts[i] = reply.choices[0].text
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert texts == [(" " + f"p{i:02d}"[::-1])[:3] for i in range(n)]
+        assert sum(srv.service.batcher.batches) == n
+        assert max(srv.service.batcher.batches) > 40, list(srv.service.batcher.batches)

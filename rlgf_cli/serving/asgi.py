@@ -2,15 +2,21 @@
 :class:`~rlgf_cli.serving.service.Service`.
 
 The event loop only parses, checks and answers; each request's decoding runs in a worker
-thread (``run_in_threadpool``) where it waits for the service's batcher, so requests that
+thread where it waits for the service's batcher, so requests that
 arrive together share a batch. uvicorn stops gracefully on SIGINT / SIGTERM: it stops
 accepting, lets the requests in flight finish (``drain_s`` at most) and returns. Errors are
-OpenAI-style JSON, unknown routes and methods included; bodies over
+OpenAI-style JSON, unknown routes and methods included. A request without the API key is
+refused (401) before its body is read; bodies over
 :data:`~rlgf_cli.serving.service.MAX_BODY_BYTES` are refused with 413 before they are read.
+
+Every request waiting for its batch holds a worker thread, so the pool must be larger than
+``--max-batch`` (anyio's default pool has 40 threads, which would cap a batch at 40 requests);
+the requests get a pool of their own, :func:`worker_threads` of them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import threading
@@ -19,9 +25,15 @@ from rlgf_cli.serving.contract import ApiError
 from rlgf_cli.serving.service import MAX_BODY_BYTES, Service
 
 
+def worker_threads(service: Service) -> int:
+    """Threads for requests: two batches' worth (one decoding, the next gathering), at least
+    anyio's default of 40."""
+    return max(40, 2 * service.batcher.max_batch)
+
+
 def build_app(service: Service):
+    import anyio
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -33,6 +45,13 @@ def build_app(service: Service):
 
     def path_of(request) -> str:
         return request.url.path.rstrip("/") or "/"
+
+    pool = {}
+
+    async def in_worker(fn, *args):
+        if "limiter" not in pool:  # made on the server's event loop, at the first request
+            pool["limiter"] = anyio.CapacityLimiter(worker_threads(service))
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=pool["limiter"])
 
     async def get(request):
         service.bump(requests=1)
@@ -47,20 +66,20 @@ def build_app(service: Service):
     async def post(request):
         with service.answering():
             service.bump(requests=1)
+            if not service.authorized(request.headers.get("authorization")):
+                return error(service.auth_error(request.headers.get("authorization")))
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
                 return error(ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes"))
             raw = await request.body()
             if len(raw) > MAX_BODY_BYTES:
                 return error(ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes"))
-            if not service.authorized(request.headers.get("authorization")):
-                return error(service.auth_error(request.headers.get("authorization")))
             try:
                 payload = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as exc:
                 return error(ApiError(400, f"the request body is not valid JSON ({exc})"))
             try:
-                body = await run_in_threadpool(service.post, path_of(request), payload)
+                body = await in_worker(service.post, path_of(request), payload)
             except ApiError as err:
                 return error(err)
             return JSONResponse(body)
