@@ -2,8 +2,10 @@
 
 A row is keyed by a SHA-256 of ``(model, endpoint, prompt, max_tokens, decoding params,
 sample index)``. ``endpoint`` is the base URL's host, port and path (no scheme, no
-credentials), so two servers that serve the same model name stay apart. The API key is
-never part of a key or a row.
+credentials), so two servers that serve the same model name stay apart; the decoding params
+also carry :func:`server_fingerprint` where the server describes its weights, so one server
+that serves other weights under the same name does too. The API key is never part of a key or
+a row.
 
 One connection is shared by the backend's threads behind a lock; WAL mode and a busy
 timeout let several processes (parallel runs) share one file.
@@ -57,6 +59,25 @@ def cache_key(
         separators=(",", ":"),
     )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+#: fields of a ``GET /v1/models`` entry that say which weights a server runs under a name and
+#: stay the same across restarts: vLLM's and SGLang's ``root`` / ``parent`` / ``max_model_len``,
+#: llama.cpp's ``meta`` (parameter count, vocabulary, file size), ``rlgf serve``'s ``root`` and
+#: ``rlgf`` (a digest of the weights and the precision). OpenAI's entries carry none of them.
+FINGERPRINT_FIELDS = ("root", "parent", "max_model_len", "meta", "rlgf")
+
+
+def server_fingerprint(card: Mapping[str, Any] | None) -> str | None:
+    """A short digest of the fields of a model's ``/v1/models`` entry that identify what the
+    server runs (:data:`FINGERPRINT_FIELDS`), or None where it has none of them. Part of the
+    cache key, so a local server that serves other weights under the same name and port does
+    not get the old server's completions back from the cache."""
+    fields = {k: card[k] for k in FINGERPRINT_FIELDS if card and card.get(k) not in (None, "", {}, [])}
+    if not fields:
+        return None
+    blob = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 class CompletionCache:

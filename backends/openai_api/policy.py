@@ -47,7 +47,7 @@ from typing import Any, Sequence
 
 from backends.base import SAMPLING_OPTIONS, Policy, RunSettings, Sampling
 from backends.cache import cache_dir
-from backends.openai_api.completion_cache import CompletionCache, cache_key
+from backends.openai_api.completion_cache import CompletionCache, cache_key, server_fingerprint
 from backends.errors import RlgfError
 from backends.openai_api.payload import cost_usd, create_payload, price_for, sampling_params
 from backends.openai_api.transport import PLACEHOLDER_KEY, Transport, resolve_connection
@@ -105,6 +105,7 @@ class OpenAIPolicy(Policy):
         self.max_concurrency = int(max_concurrency)
         self.prompts_per_request = int(prompts_per_request)
         self._extensions = _extensions_setting(extensions)  # None: probe the server on first need
+        self._cards: dict | None = None  # GET /v1/models, by id (fetched on first need)
         self.seed = seed
         self.price = price_for(model, price_per_1k)
         self.budget = TokenBudget(budget) if isinstance(budget, int) else budget
@@ -187,17 +188,33 @@ class OpenAIPolicy(Policy):
         """Does the server take ``top_k`` and ``min_tokens``? Read from who serves the model in
         ``GET /v1/models`` (``owned_by``: vLLM, SGLang, llama.cpp and ``rlgf serve`` say so and take
         them); OpenAI, and any server not known to, get neither (OpenAI refuses unknown fields)."""
-        if self.endpoint.split("/")[0].split(":")[0] == "api.openai.com":
+        if self._on_openai():
             return False
-        try:
-            cards = self._transport.client.models.list(timeout=self.timeout).data
-        except self._transport._oa.APIError as exc:
-            log.info("%s: cannot list models (%s); top_k/min_tokens are not sent", self.describe(), exc)
-            return False
-        owner = next((str(getattr(c, "owned_by", "") or "") for c in cards if c.id == self.model), "")
+        card = self._card()
+        owner = str((card or {}).get("owned_by") or "")
         found = owner.strip().lower() in EXTENSION_SERVERS
         log.info("%s: served by %r: top_k/min_tokens %s", self.describe(), owner, "sent" if found else "not sent")
         return found
+
+    def _on_openai(self) -> bool:
+        return self.endpoint.split("/")[0].split(":")[0] == "api.openai.com"
+
+    def _card(self) -> dict | None:
+        """This model's entry in ``GET /v1/models`` (listed once; None where the server cannot list)."""
+        if self._cards is None:
+            try:
+                self._cards = {c.id: c.model_dump() for c in self._transport.client.models.list(timeout=self.timeout).data}
+            except self._transport._oa.APIError as exc:
+                log.info("%s: cannot list models (%s)", self.describe(), exc)
+                self._cards = {}
+        return self._cards.get(self.model)
+
+    @property
+    def server_model(self) -> str | None:
+        """What the server runs under :attr:`model`, as a digest (:func:`server_fingerprint`): part
+        of the cache key where the server says (vLLM, SGLang, llama.cpp, ``rlgf serve``); None for
+        OpenAI and servers that do not, whose keys stay as they were."""
+        return None if self._on_openai() else server_fingerprint(self._card())
 
     @property
     def sampling_options(self) -> frozenset[str]:
@@ -274,6 +291,8 @@ class OpenAIPolicy(Policy):
             return []
         if max_new_tokens <= 0:
             return [""] * len(prompts)
+        if self.server_model:
+            params["server_model"] = self.server_model  # other weights, other completions (cache key only)
         keyed = self._keys(prompts, max_new_tokens, params, sampling.is_greedy)
         keys = [k for k, _ in keyed]
         found = self.cache.get_many(keys) if self.cache is not None else {}

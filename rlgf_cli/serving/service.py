@@ -52,6 +52,27 @@ def token_counter_for(policy: Policy) -> Callable[[str], int]:
     return token_counter()[0]
 
 
+def weights_digest(policy: Policy) -> str | None:
+    """A digest of a local model's weights as served (names, dtypes, shapes and float64 sums of
+    every tensor: one pass over them), or None for a policy without a local model. Clients put
+    it in their cache keys (``server_fingerprint``), so other weights behind the same name and
+    port never answer from an old cache."""
+    import hashlib
+
+    import torch
+
+    model = getattr(policy, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        return None
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+            if t.numel():
+                digest.update(repr((float(t.sum(dtype=torch.float64)), float(t.abs().sum(dtype=torch.float64)))).encode())
+    return digest.hexdigest()[:16]
+
+
 class Service:
     """The served policy and everything a request needs (see the module docstring)."""
 
@@ -66,6 +87,9 @@ class Service:
         self.batcher = Batcher(policy, max_batch=max_batch, window_s=batch_window_s, lock=self.model_lock,
                                precision=precision)
         self.created = int(time.time())
+        #: what the model card says the server runs (see :func:`weights_digest`)
+        self.fingerprint = {"weights": weights_digest(policy),
+                            "precision": getattr(precision, "name", None) or "model's own"}
         self._counts_lock = threading.Lock()
         self.counts = dict.fromkeys(
             ("requests", "completion_requests", "completions", "prompt_tokens", "completion_tokens", "errors"), 0)
@@ -136,7 +160,8 @@ class Service:
         return self.chat(req) if chat else self.complete(req)
 
     def model_card(self) -> dict:
-        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "rlgf"}
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "rlgf",
+                "root": self.policy.spec, "rlgf": self.fingerprint}
 
     def unknown_model(self, name: str) -> ApiError:
         return ApiError(404, f"The model '{name}' does not exist; this server offers '{self.model_name}'.",
