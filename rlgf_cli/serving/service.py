@@ -10,6 +10,7 @@ the served name and the counters, and turns a decoded request into a reply body 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import logging
 import threading
@@ -87,9 +88,6 @@ class Service:
         self.batcher = Batcher(policy, max_batch=max_batch, window_s=batch_window_s, lock=self.model_lock,
                                precision=precision)
         self.created = int(time.time())
-        #: what the model card says the server runs (see :func:`weights_digest`)
-        self.fingerprint = {"weights": weights_digest(policy),
-                            "precision": getattr(precision, "name", None) or "model's own"}
         self._counts_lock = threading.Lock()
         self.counts = dict.fromkeys(
             ("requests", "completion_requests", "completions", "prompt_tokens", "completion_tokens", "errors"), 0)
@@ -158,6 +156,12 @@ class Service:
         if req.model != self.model_name:
             raise self.unknown_model(req.model)
         return self.chat(req) if chat else self.complete(req)
+
+    @functools.cached_property
+    def fingerprint(self) -> dict:
+        """What the model card says the server runs (:func:`weights_digest`, at the first
+        ``GET /v1/models`` rather than at start-up)."""
+        return {"weights": weights_digest(self.policy), "precision": getattr(self.precision, "name", None) or "model's own"}
 
     def model_card(self) -> dict:
         return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "rlgf",
