@@ -291,8 +291,8 @@ class OpenAIPolicy(Policy):
             return []
         if max_new_tokens <= 0:
             return [""] * len(prompts)
-        if self.server_model:
-            params["server_model"] = self.server_model  # other weights, other completions (cache key only)
+        if fingerprint := self.server_model:
+            params["server_model"] = fingerprint  # other weights, other completions (cache key only)
         keyed = self._keys(prompts, max_new_tokens, params, sampling.is_greedy)
         keys = [k for k, _ in keyed]
         found = self.cache.get_many(keys) if self.cache is not None else {}
