@@ -152,3 +152,35 @@ def test_compile_without_a_cpp_compiler_is_one_error_line(tmp_path, tiny_causal_
     assert "[error] --compile needs a C++ compiler" in result.output
     assert "Traceback" not in result.output
     assert not (out / "final").exists()
+
+
+@pytest.mark.parametrize("precision,device,iterations,compiler,want", [
+    ("bf16", "cpu", 20, True, True),
+    ("bf16", "cpu", 19, True, False),  # too short to repay a cold compile
+    ("fp32", "cpu", 200, True, False),  # fp32 gains 3 %: not worth the compile
+    ("bf16", "cuda", 200, True, False),  # not measured on GPUs
+    ("bf16", "cpu", 200, False, False),  # nothing to build the kernels with
+])
+def test_what_compile_not_given_means(monkeypatch, precision, device, iterations, compiler, want):
+    import backends.hf.compiled as compiled_module
+    from backends.precision import Precision
+
+    monkeypatch.setattr(compiled_module, "has_compiler", lambda: compiler)
+    on, why = compiled_module.auto_compile(Precision(precision, "test", device), iterations)
+    assert on is want and why
+
+
+def test_a_long_cpu_bf16_run_compiles_unless_told_not_to(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
+    import backends.hf.compiled as compiled_module
+
+    monkeypatch.setattr(compiled_module, "AUTO_COMPILE_ITERATIONS", 2)  # the runs here have 2 iterations
+    loud = [a for a in train_args(tiny_causal_dir, tiny_reward_dir, tmp_path / "auto", "--precision", "bf16")
+            if a != "--quiet"]
+    result = invoke(loud)
+    assert "on by default: bf16 on a CPU, 2 iterations" in " ".join(result.output.split())
+    assert json.loads((tmp_path / "auto" / "summary.json").read_text())["compiled"] == ["learner", "learner critic"]
+    assert "compile = true" in (tmp_path / "auto" / "config.toml").read_text()  # a resumed run keeps the choice
+    for name, extra in (("told", ["--precision", "bf16", "--no-compile"]), ("fp32", ["--precision", "fp32"])):
+        invoke(train_args(tiny_causal_dir, tiny_reward_dir, tmp_path / name, *extra))
+        assert json.loads((tmp_path / name / "summary.json").read_text())["compiled"] == []
+        assert "compile = false" in (tmp_path / name / "config.toml").read_text()

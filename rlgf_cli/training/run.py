@@ -217,14 +217,22 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     callback("message", {"text": f"loading learner {load_from} on {device}"})
     with reading_checkpoint(ckpt):
         policy = load_policy(load_from, device, say=lambda text: callback("message", {"text": text}))
+    precision = resolve_precision(cfg.precision, device)
+    auto = None
+    if cfg.compile is None and cfg.algorithm.trainer != "bc":  # decided once; config.toml records it
+        from backends.hf.compiled import auto_compile
+
+        cfg.compile, auto = auto_compile(precision, cfg.iterations)
     # e.g. train the reward classifier once (at the run's precision), before the run folder exists
-    task.use_precision(resolve_precision(cfg.precision, device))
+    task.use_precision(precision)
     task.prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
     trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
     critics = trainer.critics
     callback("message", {"text": f"{trainer.precision.describe()} · memory allocator {allocator.current()}"})
     if cfg.compile:
-        callback("message", {"text": _compile_note(getattr(trainer, "compiled", None))})
+        note = _compile_note(getattr(trainer, "compiled", None))
+        callback("message", {"text": note if auto is None else f"{note} (on by default: {auto}; --no-compile to "
+                                                                 "run eagerly)"})
 
     if ckpt and main:  # left by a kill in the middle of a save: their space counts as free below
         for stale in [*out.glob(TMP_PREFIX + "*"), *(out / "checkpoints").glob(TMP_PREFIX + "*")]:
