@@ -75,6 +75,11 @@ def parse_args(argv=None):
                         "processes at once, each with --threads torch threads")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per job process (0: the cores shared among the jobs running at once)")
+    p.add_argument("--compile", action="store_true",
+                   help="train with `rlgf train --compile` (default: eager, as every committed run)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the jobs an interrupted reproduction in --out finished (jobs/*.json) and run the "
+                        "rest; refused when --out was made with other settings")
     p.add_argument("--job", default=None, help=argparse.SUPPRESS)  # do this one job alone
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a child of --jobs
     p.add_argument("--collect", action="store_true",
@@ -102,6 +107,7 @@ def run_training(name: str, out: Path, args, seed: int, **overrides) -> Path:
         iterations=setting(args, "iterations"), episodes=episodes, epochs=setting(args, "epochs"),
         minibatch_size=min(setting(args, "minibatch_size"), episodes), max_new_tokens=setting(args, "max_new_tokens"),
         lr=setting(args, "lr"), save_every=0, reward_model=args.reward_model,
+        compile=bool(args.compile),  # eager unless asked: every committed run so far is eager
     )
     values.update(overrides)
     started = time.perf_counter()
@@ -204,10 +210,15 @@ def main(argv=None) -> int:
             print(f"learning rate chosen on the validation split: {args.lr:g}", flush=True)
         return setting(args, "lr")
 
-    print(f"{len(jobs)} jobs, {max(1, args.jobs)} at a time", flush=True)
-    done = schedule(jobs, args, out, child_argv, on_lr_trials)
+    check_settings(out, args)
+    kept = finished_jobs(out, jobs) if args.resume else {}
+    print(f"{len(jobs)} jobs, {max(1, args.jobs)} at a time"
+          + (f"; {len(kept)} kept from the interrupted run" if args.resume else ""), flush=True)
+    done = schedule(jobs, args, out, _without(child_argv, "--resume"), on_lr_trials, finished=kept)
     meta = _meta(args, argv, args.seeds)
     meta["wall_s"] = time.perf_counter() - started
+    if kept:
+        meta["kept_jobs"] = sorted(kept)
     meta["job_seconds"] = {name: round(r.get("seconds", 0.0), 1) for name, r in done.items()}
     per_seed, runs_by_seed, _ = gather(jobs, done, seed_range(args))
     write_results(out, per_seed, runs_by_seed, meta, choice_holder.get("choice"))
@@ -217,6 +228,37 @@ def main(argv=None) -> int:
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'results.md'}, results.json and curves.png in {time.perf_counter() - started:.0f}s")
     return 0
+
+
+#: the options that change what a reproduction computes (not how many processes run it)
+SETTINGS = ("preset", "task", "learner", "device", "lr", "lr_grid", "max_approx_kl", "max_kl_per_token", "bc_lr",
+            "all_rows", "reward_model", "first_seed", "iterations", "episodes", "eval_limit", "bc_iterations",
+            "compile")
+
+
+def check_settings(out: Path, args) -> None:
+    """Write ``OUT/settings.json``; with ``--resume``, first refuse an ``--out`` made with other
+    settings (its finished jobs would not be this run's)."""
+    mine = {k: getattr(args, k) for k in SETTINGS}
+    path = out / "settings.json"
+    if args.resume and path.is_file():
+        theirs = json.loads(path.read_text(encoding="utf-8"))
+        differ = sorted(k for k in SETTINGS if k in theirs and theirs[k] != mine[k])
+        if differ:
+            raise SystemExit("--resume: " + ", ".join(f"{k} was {theirs[k]!r}, now {mine[k]!r}" for k in differ)
+                             + f"; rerun with {out}'s settings, or use a new --out")
+    path.write_text(json.dumps(mine, indent=2), encoding="utf-8")
+
+
+def finished_jobs(out: Path, jobs) -> dict[str, dict]:
+    """The results of ``jobs`` that ``out`` holds (``jobs/NAME.json``). The guide counts only
+    with its model still there: the rows that need it load it."""
+    kept = {}
+    for job in jobs:
+        path = result_file(out, job.name)
+        if path.is_file() and (job.kind != "guide" or (out / "guide" / "final").is_dir()):
+            kept[job.name] = json.loads(path.read_text(encoding="utf-8"))
+    return kept
 
 
 def _without(argv: list[str], *names: str) -> list[str]:

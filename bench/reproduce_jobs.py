@@ -110,12 +110,14 @@ def run_job(job: Job, args, out: Path, lr: float) -> dict:
     return result
 
 
-def schedule(jobs: list[Job], args, out: Path, argv: list[str], on_lr_trials) -> dict[str, dict]:
+def schedule(jobs: list[Job], args, out: Path, argv: list[str], on_lr_trials,
+             finished: dict[str, dict] | None = None) -> dict[str, dict]:
     """Run every job, ``args.jobs`` at a time; ``on_lr_trials(trials)`` returns the chosen lr once
-    every trial has finished (or the preset's lr when there is no grid). Returns results by name."""
+    every trial has finished (or the preset's lr when there is no grid). ``finished`` holds
+    results by name of jobs not to run again (``--resume``). Returns results by name."""
     done: dict[str, dict] = {}
     lr = None if any(j.kind == "lr" for j in jobs) else on_lr_trials([])
-    pending = list(jobs)
+    pending = [j for j in jobs if j.name not in (finished or {})]
     workers = [Worker(argv, out, i) for i in range(args.jobs)] if args.jobs > 1 else []
 
     def ready(job: Job) -> bool:
@@ -130,6 +132,9 @@ def schedule(jobs: list[Job], args, out: Path, argv: list[str], on_lr_trials) ->
         if lr is None and trials and all(j.name in done for j in trials):
             lr = on_lr_trials([done[j.name] for j in trials])
 
+    for job in jobs:
+        if job.name in (finished or {}):
+            finish(job, finished[job.name])
     try:
         while pending or any(w.job for w in workers):
             for worker in (w for w in workers if w.job is None):

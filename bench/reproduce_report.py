@@ -90,7 +90,9 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
     lines = [f"# rlgf reproduction — {meta['task']}, preset `{meta['preset']}`, {meta['seeds']} seeds{which}, "
              f"learner `{meta['learner']}`", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
-             f"- wall time: {meta['wall_s'] / 60:.1f} min" + (" (the folders' own, summed)" if meta.get("sources") else ""),
+             f"- wall time: {meta['wall_s'] / 60:.1f} min" + (" (the folders' own, summed)" if meta.get("sources") else "")
+             + (f" (after --resume; {len(meta['kept_jobs'])} jobs were kept from the interrupted run)"
+                if meta.get("kept_jobs") else ""),
              f"- settings: {meta['settings']}", ""]
     if meta.get("sources"):
         lines[-1:-1] = [f"- joined from: {', '.join(f'`{s}`' for s in meta['sources'])}"]

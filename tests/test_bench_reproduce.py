@@ -165,3 +165,34 @@ def test_the_ordering_pairs_rows_seed_by_seed():
     assert "BC (guide) < ppo: does NOT hold (0.700 vs 0.683; ppo − BC (guide) seed by seed -0.017" in lines[0]
     assert "ppo ahead at 1 of 3 seeds" in lines[0]
     assert lines[-1] == "BC+ppo − BC (guide) seed by seed +0.050 ± 0.006 s.e., BC+ppo ahead at 3 of 3 seeds"
+
+
+def test_resume_keeps_the_finished_jobs_and_refuses_other_settings(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    out = tmp_path / "repro"
+
+    def run(*extra):
+        return subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
+             "--reward-model", str(tiny_reward_dir), "--seeds", "1", "--iterations", "1", "--episodes", "4",
+             "--eval-limit", "4", "--device", "cpu", "--jobs", "1", "--out", str(out), *extra],
+            capture_output=True, text=True, timeout=900,
+        )
+
+    first = run()
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {p.name: json.loads(p.read_text()) for p in (out / "jobs").glob("*.json")}
+    # as if the process had been killed during the PPO row: its result file and model are missing,
+    # and the guide's model is still there (a finished run drops it)
+    (out / "jobs" / "s0-ppo.json").unlink()
+    (out / "guide" / "final").mkdir()
+    again = run("--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(before) - 1} kept from the interrupted run" in again.stdout
+    after = {p.name: json.loads(p.read_text()) for p in (out / "jobs").glob("*.json")}
+    assert set(after) == set(before)
+    rerun = {name for name in after if after[name]["pid"] != before[name]["pid"]}
+    assert rerun == {"s0-ppo.json"}  # only the lost job ran again
+    assert after["s0-ppo.json"]["metrics"] == before["s0-ppo.json"]["metrics"]  # and gave the same result
+    assert "jobs were kept from the interrupted run" in (out / "results.md").read_text()
+    refused = run("--resume", "--episodes", "8")
+    assert refused.returncode != 0 and "episodes was 4, now 8" in refused.stderr
