@@ -91,6 +91,24 @@ class RunSettings:
     guide_prefill: str | None = None
 
 
+
+class Completion(str):
+    """A continuation's text that also knows how it was generated: ``tokens`` generated for
+    it (its EOS not counted) and whether the model ``ended`` it with EOS rather than the
+    length limit — what an OpenAI-compatible server reports as ``usage`` and
+    ``finish_reason``. Re-tokenizing the text can count otherwise (a sampled token sequence
+    is not always the one the tokenizer would choose; bytes cut mid-character decode to
+    U+FFFD). A policy may return plain strings instead; they are then counted from the text."""
+
+    tokens: int | None
+    ended: bool | None
+
+    def __new__(cls, text: str, tokens: int | None = None, ended: bool | None = None):
+        self = super().__new__(cls, text)
+        self.tokens, self.ended = tokens, ended
+        return self
+
+
 class Policy:
     """Anything that continues text. Backends implement :meth:`complete`.
 
@@ -120,6 +138,12 @@ class Policy:
         """This backend's keyword options for :func:`backends.resolve` from a run's settings
         (called on the class, before anything loads); none by default."""
         return {}
+
+    @classmethod
+    def preflight(cls, options: dict[str, Any]) -> None:
+        """Checks of :meth:`options_from`'s options that need no model and no network (an API
+        backend: its key), run before a training run loads or prepares anything; raise
+        :class:`~backends.errors.RlgfError`. Nothing by default."""
 
     @property
     def sampling_options(self) -> frozenset[str]:

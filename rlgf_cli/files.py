@@ -11,6 +11,36 @@ from pathlib import Path
 from backends.errors import RlgfError
 
 
+def _read_umask() -> int:
+    """This process's umask, read without changing it where Linux shows it (``os.umask`` both
+    sets and reads it, which would race with files another thread creates)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # at import, before any thread of ours writes
+    os.umask(mask)
+    return mask
+
+
+#: what a plain ``open`` / ``mkdir`` would give: temporary files and folders are private (0600 /
+#: 0700) and keep that mode through the rename, so results get these before it
+FILE_MODE = 0o666 & ~_read_umask()
+FOLDER_MODE = 0o777 & ~_read_umask()
+
+
+def publish_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes a plain write would have (see ``FILE_MODE``)."""
+    os.chmod(folder, FOLDER_MODE)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), FOLDER_MODE)
+        for name in files:
+            os.chmod(os.path.join(root, name), FILE_MODE)
+
+
 def nearest_existing(path: Path) -> Path:
     """``path`` or its closest ancestor that exists (what a later ``mkdir -p`` would write into)."""
     while not path.exists() and path != path.parent:
@@ -77,6 +107,7 @@ def write_atomic(path: str | Path, text: str) -> Path:
         fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text if text.endswith("\n") else text + "\n")
+            os.fchmod(fh.fileno(), FILE_MODE)  # mkstemp's file is private
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:

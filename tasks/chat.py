@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Sequence
 
 from backends.errors import RlgfError
-from backends.hf.chat_template import has_template, render
 
 ROLES = ("system", "user", "assistant")
 MODES = ("auto", "on", "off")
@@ -68,6 +67,8 @@ class ChatPrompts:
         self._cache: dict[tuple[int, str], str] = {}
 
     def texts(self, examples, policy) -> list[str]:
+        from backends.hf.chat_template import has_template, render  # (backends.hf loads torch: not at import)
+
         tokenizer = getattr(policy, "tokenizer", None)
         if self.mode == "off":
             return [ex.prompt for ex in examples]

@@ -113,7 +113,10 @@ def load_hf_common_gen() -> dict[str, list[ConceptSet]]:
             hint="`pip install datasets` (online), or pass --data PATH to a JSONL file",
         ) from None
     try:
-        data = load_dataset("common_gen")
+        from tasks.hub_rows import offline_unless_reachable
+
+        with offline_unless_reachable():
+            data = load_dataset("common_gen")
     except Exception as exc:
         raise RlgfError(
             f"could not load the common_gen dataset from the Hugging Face hub: {exc}",

@@ -9,10 +9,32 @@ train/val/test.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
 from backends.errors import RlgfError
+
+
+@contextlib.contextmanager
+def offline_unless_reachable():
+    """Around ``datasets.load_dataset`` of a hub name: when the hub cannot be reached, load in
+    offline mode, so a dataset already in the cache still loads and any other fails at once,
+    without the hub client's retries (about 25 s and a screen of warnings)."""
+    from backends.hf.util import hub_reachable
+
+    if hub_reachable():
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    saved = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE = saved
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -35,7 +57,10 @@ def _load(name: str, split: str | None):
         if local.is_dir() and ((local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file()):
             data = datasets.load_from_disk(str(local))
             return data[split] if split else data
-        return datasets.load_dataset(str(local) if local.exists() else name, split=split)
+        if local.exists():
+            return datasets.load_dataset(str(local), split=split)
+        with offline_unless_reachable():
+            return datasets.load_dataset(name, split=split)
     except (KeyError, ValueError) as exc:
         raise RlgfError(f"hf:{name}: {exc}", "check the split name (e.g. train, validation, test)") from None
     except Exception as exc:  # noqa: BLE001 - offline, unknown name, bad files: datasets raises many types

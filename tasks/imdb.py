@@ -174,7 +174,10 @@ def load_hf_imdb() -> dict[str, list[LabelledText]]:
             hint="`pip install datasets` (online), or pass --data PATH to an aclImdb folder or a JSONL file",
         ) from None
     try:
-        data = load_dataset("imdb")
+        from tasks.hub_rows import offline_unless_reachable
+
+        with offline_unless_reachable():
+            data = load_dataset("imdb")
     except Exception as exc:
         raise RlgfError(
             f"could not load the imdb dataset from the Hugging Face hub: {exc}",

@@ -65,9 +65,10 @@ class PromptsTask(Task):
                             "or 'messages' (see `rlgf tasks`)")
         self.chat = ChatPrompts(chat_template)
         if int(max_new_tokens) < 1:
-            raise RlgfError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+            raise RlgfError(f"max_new_tokens must be at least 1, not {max_new_tokens}", "e.g. --max-new-tokens 48")
         if not 0 <= int(min_new_tokens) <= int(max_new_tokens):
-            raise RlgfError(f"--min-new-tokens must be between 0 and --max-new-tokens ({max_new_tokens})")
+            raise RlgfError(f"--min-new-tokens must be between 0 and --max-new-tokens ({max_new_tokens}), "
+                            f"not {min_new_tokens}", "lower --min-new-tokens or raise --max-new-tokens")
         check_sampling(temperature, top_k, top_p)
         self.train_sampling = self.eval_sampling = Sampling(do_sample=True, temperature=float(temperature),
                                                             top_k=int(top_k), top_p=float(top_p))
@@ -221,17 +222,22 @@ def read_rows(path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield from hub_rows(path[len(HF_PREFIX):])
         return
     if not path.is_file():
-        raise RlgfError(f"prompts file not found: {path}", "pass --data FILE (a .jsonl, .csv or .parquet file)")
+        what = "is a folder, not a prompts file" if path.is_dir() else "not found"
+        raise RlgfError(f"prompts file {what}: {path}", "pass --data FILE (a .jsonl, .csv or .parquet file)")
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise RlgfError(f"{path}: unknown prompts file type {path.suffix!r}",
                         f"use one of: {', '.join(sorted(FORMATS))}")
-    if kind == "jsonl":
-        yield from _jsonl(path)
-    elif kind == "csv":
-        yield from _csv(path)
-    else:
-        yield from _parquet(path)
+    try:
+        if kind == "jsonl":
+            yield from _jsonl(path)
+        elif kind == "csv":
+            yield from _csv(path)
+        else:
+            yield from _parquet(path)
+    except UnicodeDecodeError as exc:
+        raise RlgfError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded)",
+                        "save the file as UTF-8") from None
 
 
 def _jsonl(path: Path):

@@ -403,3 +403,20 @@ def test_guide_transport_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("RLGF_GUIDE_MAX_RETRIES", "many")
     with pytest.raises(RlgfError, match="RLGF_GUIDE_MAX_RETRIES"):
         guide_options(cfg)
+
+
+def test_a_missing_key_is_found_before_the_learner_or_the_reward_loads(tmp_path, monkeypatch, tiny_causal_dir,
+                                                                       reward_dir):
+    import rlgf_cli.training.run as run_module
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the learner was loaded before the key was checked")
+
+    monkeypatch.setattr(run_module, "load_policy", too_late)
+    args = api_args(tiny_causal_dir, reward_dir, tmp_path / "run", "unused")
+    at = args.index("--guide-base-url")
+    del args[at:at + 2]  # api.openai.com, with no OPENAI_API_KEY (removed by _env)
+    result = invoke(args, code=1)
+    lines = [x for x in result.output.splitlines() if x.startswith("[error]")]
+    assert len(lines) == 1 and "needs an API key" in lines[0] and "OPENAI_API_KEY" in lines[0], result.output
+    assert not (tmp_path / "run").exists()

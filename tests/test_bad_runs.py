@@ -65,19 +65,19 @@ def test_resume_from_a_damaged_checkpoint_is_one_clear_error(finished_run, damag
     assert [r["iteration"] for r in rows] == [1, 2, 3]
 
 
-def test_a_run_stopped_before_its_first_checkpoint_says_how_to_go_on(tmp_path, tiny_causal_dir, tiny_reward_dir,
+def test_a_run_that_fails_before_its_first_iteration_leaves_nothing_behind(tmp_path, tiny_causal_dir, tiny_reward_dir,
                                                                       monkeypatch):
     (tmp_path / "flaky_reward.py").write_text(
         "def score(prompts, completions, references):\n    raise ValueError('kaboom')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     line = _error(runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, "--reward", "flaky_reward:score")))
-    assert "kaboom" in line and f"no checkpoint was written yet; start again with --out {out} --overwrite" in line
-    assert (out / "config.toml").is_file(), "what the run wrote is kept for inspection"
-    line = _error(runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out)))
-    assert "stopped before its first checkpoint" in line and "--overwrite" in line
+    assert "kaboom" in line and f"nothing was kept in {out}; run the same command again" in line
+    assert not out.exists(), "a run that learned nothing leaves no folder to block the retry"
     line = _error(runner.invoke(app, ["train", "--resume", str(out), "--quiet"]))
-    assert "no checkpoint to resume" in line and "--overwrite" in line
+    assert "holds no rlgf run" in line
+    result = runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out))  # the same --out, no --overwrite
+    assert result.exit_code == 0, result.output
     result = runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, "--overwrite"))
     assert result.exit_code == 0, result.output
     assert (out / "final" / "model.safetensors").is_file()

@@ -68,12 +68,15 @@ def test_rendered_help_keeps_the_defaults():
 
 def _other_value(f: dataclasses.Field):
     special = {"task": "imdb", "alg": "aggrevate", "device": "cpu", "aggrevated_advantage": "gae",
-               "lr_schedule": "linear", "precision": "bf16"}
+               "lr_schedule": "linear", "precision": "bf16", "chat_template": "on", "guide_prefill": "continue",
+               "guide_extensions": "on"}  # word-valued options take one of their words
     if f.name in special:
         return special[f.name]
     if isinstance(f.default, bool):
         return not f.default
     kind = type(f.default) if f.default is not None else f.type
+    if "bool" in str(kind):  # a switch whose default is decided later (--compile)
+        return True
     if kind is int or "int" in str(kind):
         return (f.default or 6) + 1
     if kind is float or "float" in str(kind):
@@ -134,6 +137,14 @@ def test_print_config_with_resume_shows_the_runs_settings(tmp_path):
     (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
     (["--alg", "lols"], "needs a guide"),
     (["--task", "rotten-tomatos"], "did you mean 'rotten-tomatoes'"),
+    # what the task or the guide would refuse later is refused here too
+    (["--temperature", "0"], "sampling out of range"),
+    (["--top-p", "0"], "sampling out of range"),
+    (["--top-k", "-1"], "sampling out of range"),
+    (["--min-new-tokens", "-1"], "--min-new-tokens must be >= 0"),
+    (["--chat-template", "maybe"], "--chat-template 'maybe' is not one of"),
+    (["--guide-prefill", "bogus"], "--guide-prefill 'bogus' is not one of"),
+    (["--guide-extensions", "maybe"], "--guide-extensions 'maybe' is not one of"),
 ])
 def test_print_config_still_validates(args, needle):
     result = CliRunner().invoke(app, ["train", *args, "--print-config"])

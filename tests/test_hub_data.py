@@ -65,3 +65,23 @@ def test_unreachable_hub_is_one_error_line(tmp_path, tiny_causal_dir, task, name
     assert lines[0].startswith(f"[error] could not load the {name} dataset from the Hugging Face hub")
     assert "--data" in lines[0] and hint in lines[0]
     assert not (tmp_path / "r.json").exists()
+
+
+def test_an_unreachable_hub_fails_at_once_and_leaves_online_mode_as_it_was(monkeypatch, caplog):
+    # no retries (about 25 s of warnings): the hub's datasets load in offline mode, from the cache or not at all
+    import datasets.config
+    import huggingface_hub.constants
+
+    import backends.hf.util as util
+    from backends.errors import RlgfError
+    from tasks.commongen_data import load_hf_common_gen
+    from tasks.imdb import load_hf_imdb
+
+    monkeypatch.setattr(util, "hub_reachable", lambda timeout=3.0: False)
+    before = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
+    for load in (load_hf_imdb, load_hf_common_gen):
+        with pytest.raises(RlgfError) as err:
+            load()
+        assert "OfflineModeIsEnabled" in err.value.message and "--data" in err.value.hint
+    assert not any("Retrying" in r.getMessage() for r in caplog.records)
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == before

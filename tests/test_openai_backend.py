@@ -173,6 +173,13 @@ def test_token_budget_reserve_settle():
 
 
 # -- key handling -------------------------------------------------------------------
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:99999/v1", "http://:8000/v1"])
+def test_a_malformed_base_url_is_a_clear_error(url):
+    with pytest.raises(RlgfError) as err:
+        OpenAIPolicy("openai:m", base_url=url, cache_path=False)
+    assert "the OpenAI base URL" in err.value.message and "http://127.0.0.1:8000/v1" in err.value.hint
+
+
 def test_missing_key_for_openai_says_how_to_set_it():
     with pytest.raises(RlgfError) as err:
         OpenAIPolicy("openai:davinci-002", cache_path=False)

@@ -73,3 +73,14 @@ def test_the_iteration_axis_has_whole_iterations_only(tmp_path, monkeypatch):
     lo, hi = ax.get_xlim()
     ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
     assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks)
+
+
+def test_an_unwritable_json_path_fails_before_the_plot_is_written(tmp_path):
+    a = make_run(tmp_path / "r0", "ppo", [0.5])
+    out = tmp_path / "c.png"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x", encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "rlgf_cli", "plot", str(a), "--out", str(out),
+                           "--json", str(blocked / "x.json")], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("[error]") and "--json" in proc.stderr
+    assert not out.exists()

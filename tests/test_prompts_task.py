@@ -151,6 +151,15 @@ def test_bad_files_are_one_clear_error(tmp_path, tiny_causal_dir, reward_file, c
     assert message in line and str(path) in line
 
 
+@pytest.mark.parametrize("name, raw", [("latin1.csv", b"prompt\n\xe9t\xe9 film\n"),
+                                       ("utf16.jsonl", '{"prompt": "a"}\n'.encode("utf-16"))])
+def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path, tiny_causal_dir, reward_file, name, raw):
+    path = tmp_path / name
+    path.write_bytes(raw)
+    line = _error(_train(tmp_path, tiny_causal_dir, path, reward_file))
+    assert "not UTF-8 text" in line and "save the file as UTF-8" in line and str(path) in line
+
+
 def test_bad_options_and_rewards_are_one_clear_error(tmp_path, tiny_causal_dir, jsonl, reward_file):
     assert "no 'question' field" in _error(_train(tmp_path, tiny_causal_dir, jsonl, reward_file,
                                                   "--prompt-field", "question"))
@@ -191,3 +200,24 @@ def test_the_shipped_example_loads_and_its_reward_scores():
     reward = CustomReward(f"{root / 'upbeat.py'}:reward")
     good, bad, flat = reward(["a"] * 3, ["a wonderful, moving film", "a dull and boring mess", "a film"], [[]] * 3)
     assert good > flat == 0.5 > bad
+
+
+def test_a_run_made_with_relative_paths_resumes_from_any_folder(tmp_path, tiny_causal_dir, jsonl, reward_file,
+                                                                monkeypatch):
+    import tomllib
+
+    monkeypatch.chdir(tmp_path)  # --data prompts.jsonl --reward my_reward.py:reward, as typed in that folder
+    result = _train(tmp_path, tiny_causal_dir, jsonl.name, reward_file.name, "--iterations", "1")
+    assert result.exit_code == 0, result.output
+    saved = tomllib.loads((tmp_path / "run" / "config.toml").read_text())["train"]
+    assert saved["data"] == str(jsonl) and saved["reward"] == f"{reward_file}:reward"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--iterations", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    # the same file named another way is the run's own --data, not a change
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--iterations", "3", "--quiet",
+                                 "--data", "../prompts.jsonl"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x)["iteration"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

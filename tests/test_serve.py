@@ -245,6 +245,9 @@ def test_serve_command_help_and_bad_input(monkeypatch):
     assert result.exit_code == 0 and "--api-key" in result.output and "top-secret-value" not in result.output
     result = runner.invoke(app, ["serve", "--policy", "echo", "--port", "70000"])
     assert result.exit_code == 1 and "--port" in result.output
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # an API model is refused, not proxied
+    result = runner.invoke(app, ["serve", "--policy", "openai:gpt-4o-mini", "--port", "0"])
+    assert result.exit_code == 1 and result.output.startswith("[error] rlgf serve serves a local policy")
 
 
 def test_serve_command_runs_until_ctrl_c(tiny_causal_dir, tmp_path):
@@ -315,3 +318,25 @@ def test_a_batch_can_hold_more_requests_than_anyios_default_pool_of_40_threads()
         assert texts == [(" " + f"p{i:02d}"[::-1])[:3] for i in range(n)]
         assert sum(srv.service.batcher.batches) == n
         assert max(srv.service.batcher.batches) > 40, list(srv.service.batcher.batches)
+
+
+def test_usage_counts_the_generated_tokens_not_a_re_tokenization(tiny_causal_dir):
+    # the tiny model's byte-level tokenizer decodes a cut multi-byte character to U+FFFD, which
+    # re-encodes to 3 tokens: counting the text would report more tokens than were generated
+    from backends.hf.policy import HFPolicy
+
+    policy = HFPolicy.load(str(tiny_causal_dir))
+    with running(make_server(policy, "127.0.0.1", 0, model_name="tiny")) as srv:
+        client = openai.OpenAI(base_url=srv.url, api_key="unused", max_retries=0)
+        reply = client.completions.create(model="tiny", prompt="Hello", max_tokens=5, n=16, seed=1,
+                                          extra_body={"min_tokens": 5})
+        assert reply.usage.completion_tokens == 16 * 5
+        assert {c.finish_reason for c in reply.choices} == {"length"}
+        recounted = sum(len(policy.tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in reply.choices)
+        assert recounted != 16 * 5, "this model's texts re-tokenize differently, or the test proves nothing"
+        # a stop string cuts the text: then only the text is left to count
+        whole = client.completions.create(model="tiny", prompt="Hello", max_tokens=5, seed=1).choices[0].text
+        cut = client.completions.create(model="tiny", prompt="Hello", max_tokens=5, seed=1, stop=[whole[-1]])
+        assert cut.choices[0].finish_reason == "stop" and cut.choices[0].text == whole[:whole.index(whole[-1])]
+        assert cut.usage.completion_tokens == len(policy.tokenizer(cut.choices[0].text,
+                                                                    add_special_tokens=False)["input_ids"])

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from backends.base import Sampling, TokenPolicy
+from backends.base import Completion, Sampling, TokenPolicy
 from backends.device import resolve_device
 from backends.errors import RlgfError
 from backends.hf.compiled import forward_through
@@ -320,7 +320,11 @@ class HFPolicy(TokenPolicy):
                     min_new_tokens=min_new_tokens,
                     sampling=sampling,
                 )
-            out.extend(self.decode(response, response_mask))
+            rows = self._row_tokens(response, response_mask)
+            texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            # a row shorter than its mask stopped at its EOS (which the mask includes)
+            out.extend(Completion(text, len(row), len(row) < int(n))
+                       for text, row, n in zip(texts, rows, response_mask.sum(1).tolist()))
         return out
 
     # -- scoring ------------------------------------------------------------------

@@ -104,7 +104,7 @@ class OpenAIPolicy(Policy):
         self.timeout = float(timeout)
         self.max_concurrency = int(max_concurrency)
         self.prompts_per_request = int(prompts_per_request)
-        self._extensions = _extensions_setting(extensions)  # None: probe the server on first need
+        self._extensions = extensions_setting(extensions)  # None: probe the server on first need
         self._cards: dict | None = None  # GET /v1/models, by id (fetched on first need)
         self.seed = seed
         self.price = price_for(model, price_per_1k)
@@ -149,6 +149,11 @@ class OpenAIPolicy(Policy):
     def from_spec(cls, arg: str, *, spec: str | None = None, device=None, **kwargs) -> "OpenAIPolicy":
         """Registry entry: ``arg`` is the model (after ``openai:``); ``device`` is ignored."""
         return cls(spec or f"openai:{arg}", model=arg, **kwargs)
+
+    @classmethod
+    def preflight(cls, options: dict[str, Any]) -> None:
+        """The base URL and the key, as the constructor will resolve them (no request)."""
+        resolve_connection(options.get("base_url"), options.get("api_key"), cls.key_env_var)
 
     @classmethod
     def options_from(cls, settings: RunSettings) -> dict[str, Any]:
@@ -468,7 +473,7 @@ def _tiktoken_knows(model: str) -> bool:
         return False
 
 
-def _extensions_setting(value: bool | str | None) -> bool | None:
+def extensions_setting(value: bool | str | None) -> bool | None:
     if isinstance(value, bool):
         return value
     mode = str(value or "auto").strip().lower()

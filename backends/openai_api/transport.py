@@ -25,6 +25,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 from backends.openai_api.completion_cache import endpoint_of
@@ -49,7 +50,13 @@ def resolve_connection(base_url: str | None, api_key: str | None, key_env_var: s
     never the key.
     """
     url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-    if not re.match(r"^https?://[^/]+", url):
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018  (raises on a port that is not a number or out of range)
+    except ValueError as exc:
+        raise RlgfError(f"the OpenAI base URL {url!r} is not a valid URL ({exc})",
+                        hint="e.g. http://127.0.0.1:8000/v1 (OPENAI_BASE_URL works too)") from None
+    if not re.match(r"^https?://[^/]+", url) or not parsed.hostname:
         raise RlgfError(
             f"the OpenAI base URL {url!r} is not an http(s) URL",
             hint="e.g. http://127.0.0.1:8000/v1 (OPENAI_BASE_URL works too)",

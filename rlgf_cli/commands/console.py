@@ -24,6 +24,11 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 out_console = Console(highlight=False, soft_wrap=True)
 
 
+def count(n: int, noun: str) -> str:
+    """``1 iteration``, ``2 iterations``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def error_line(message: str, hint: str | None = None) -> str:
     """One line, whatever the message holds (library errors often span several)."""
     text = " ".join(str(message).split()).rstrip(".")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.console import err_console, handle_errors
+from rlgf_cli.commands.console import count, err_console, handle_errors
 
 
 @handle_errors
@@ -33,7 +33,10 @@ def plot_command(
       rlgf plot runs/*/ --metric kl_exact --out kl.png
     """
     from rlgf_cli.evaluation.curves import group_runs, plot_curves
+    from rlgf_cli.files import ensure_writable
 
+    if json_out and json_out != "-":  # before the plot is written, so a bad path leaves nothing
+        ensure_writable(json_out, "--json")
     data = plot_curves(group_runs(runs), out, metric=metric, title=title)
     if json_out == "-":
         typer.echo(json.dumps(data, indent=2))
@@ -41,5 +44,5 @@ def plot_command(
         from rlgf_cli.files import write_atomic
 
         write_atomic(json_out, json.dumps(data, indent=2))
-    groups = ", ".join(f"{k} ({max(v['seeds'], default=0)} runs)" for k, v in data.items())
+    groups = ", ".join(f"{k} ({count(max(v['seeds'], default=0), 'run')})" for k, v in data.items())
     err_console.print(f"wrote {out}: {metric} for {groups}", markup=False)

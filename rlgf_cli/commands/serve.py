@@ -66,8 +66,12 @@ def serve_command(
     if api_key is not None and not api_key.strip():
         api_key = None
 
-    from backends.registry import resolve
+    from backends.registry import policy_class, resolve
 
+    if policy_class(policy).remote:  # before any model or key is touched
+        raise RlgfError(f"rlgf serve serves a local policy, and {policy} is an API model",
+                        "pass a local model (hf:NAME_OR_PATH, a folder, a run folder or smollm2); an API model "
+                        "is already served by its provider")
     from backends.precision import freeze_in, resolve_precision
     from rlgf_cli.runtime import resolve_device
 

@@ -9,7 +9,7 @@ import typer
 from rlgf_cli.commands.options import Quiet, with_config_options
 from rlgf_cli.training.algorithms import get as get_algorithm, names as algorithm_names
 from rlgf_cli.training.config import PANEL_RUN, build_config
-from rlgf_cli.commands.console import err_console, handle_errors
+from rlgf_cli.commands.console import count, err_console, handle_errors
 from rlgf_cli.files import ensure_writable, write_atomic
 
 
@@ -81,7 +81,7 @@ def train_command(
         last = summary.get("last", {})
         reward = f", last reward {last['reward_mean']:.3f}" if "reward_mean" in last else ""
         err_console.print(
-            f"done: {summary['iterations']} iterations in {summary['seconds']:.0f}s{reward}; final model in {summary['final']}",
+            f"done: {count(summary['iterations'], 'iteration')} in {summary['seconds']:.0f}s{reward}; final model in {summary['final']}",
             markup=False,
         )
 
@@ -97,7 +97,7 @@ def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path
     ``options["out"]`` at the run."""
     from backends.errors import RlgfError
 
-    from rlgf_cli.training.config import load_toml, normalise_alg
+    from rlgf_cli.training.config import PATH_FIELDS, load_toml, local_path, normalise_alg
 
     if config is not None or options.get("out") is not None:
         raise RlgfError("--resume takes its settings and folder from the run", "drop --config/--out, or start a new run")
@@ -119,6 +119,8 @@ def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path
                             f"drop {flag}, or start a new run warm-started from this one with --init {resume}/final")
     for name in FIXED_AT_START:  # what the run's state was built from: a change would not take, or break it
         given, was = options.get(name), saved.get(name)
+        if name in PATH_FIELDS and isinstance(given, str) and isinstance(was, str):  # the same file, however named
+            given, was = local_path(name, given), local_path(name, was)
         if given is not None and given != was:
             flag = "--" + name.replace("_", "-")
             then = "its default" if was is None else str(was)

@@ -207,12 +207,16 @@ def _first_stop(text: str, stops: list[str]) -> int | None:
 
 
 def finish(text: str, stops: list[str], max_tokens: int, count_tokens: Callable[[str], int]) -> tuple[str, int, str]:
-    """``(text cut at its first stop string, its tokens, finish_reason)`` of one completion."""
+    """``(text cut at its first stop string, its tokens, finish_reason)`` of one completion:
+    the generated tokens and whether EOS ended it where the policy says (a
+    :class:`~backends.base.Completion`), else counted from the (cut) text."""
     cut = _first_stop(text, stops)
+    if cut is None and getattr(text, "tokens", None) is not None:
+        return str(text), text.tokens, "stop" if text.ended else "length"
     if cut is not None:
         text = text[:cut]
     n_tokens = count_tokens(text)
-    return text, n_tokens, "stop" if cut is not None or n_tokens < max_tokens else "length"
+    return str(text), n_tokens, "stop" if cut is not None or n_tokens < max_tokens else "length"
 
 
 def build_reply(req: CompletionRequest, texts: list[str], count_tokens: Callable[[str], int], model: str) -> dict:

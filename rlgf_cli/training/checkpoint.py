@@ -36,7 +36,7 @@ import torch
 
 from backends.errors import RlgfError
 
-from rlgf_cli.files import nearest_existing
+from rlgf_cli.files import nearest_existing, publish_modes
 from rlgf_cli.training.resume_state import RESUME_FILES, BadState, save_optimizer, save_rng
 
 STATE_FILE = "trainer_state.json"
@@ -190,6 +190,7 @@ def write_folder(target: Path, fill, need: int) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + target.name + "-", dir=target.parent))
     try:
         fill(tmp)
+        publish_modes(tmp)  # mkdtemp's folder (and some writers' files) are private: `final/` is shipped
         if target.exists():
             old = target.with_name(TMP_PREFIX + target.name + "-old")
             shutil.rmtree(old, ignore_errors=True)

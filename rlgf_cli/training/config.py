@@ -228,6 +228,7 @@ class TrainConfig:
                             f"choose one of: {', '.join(ADVANTAGE_ESTIMATORS)}")
         if str(self.precision).lower() not in ("auto", "fp32", "bf16", "float32", "bfloat16"):
             raise RlgfError(f"unknown --precision '{self.precision}'", "choose one of: auto, fp32, bf16")
+        self._check_choices()
         if self.lr_schedule not in LR_SCHEDULES:
             raise RlgfError(f"unknown --lr-schedule '{self.lr_schedule}'", f"choose one of: {', '.join(LR_SCHEDULES)}")
         _in_range(self, "clip_range", 0.0, 1.0, low_open=True)
@@ -256,6 +257,26 @@ class TrainConfig:
         if self.switch_iteration is not None and self.switch_iteration < 0:
             raise _range_error("switch_iteration", self.switch_iteration, ">= 0")
         return self
+
+    def _check_choices(self) -> None:
+        """The sampling ranges and the word-valued options, with the checks their users apply
+        later, so ``--print-config`` never shows a configuration ``rlgf train`` would refuse."""
+        from backends.openai_api.chat import check_prefill
+        from backends.openai_api.policy import extensions_setting
+        from tasks.base import check_sampling
+        from tasks.chat import check_mode
+
+        if (self.temperature, self.top_k, self.top_p) != (None, None, None):
+            check_sampling(1.0 if self.temperature is None else self.temperature,
+                           0 if self.top_k is None else self.top_k, 1.0 if self.top_p is None else self.top_p)
+        if self.min_new_tokens is not None and self.min_new_tokens < 0:
+            raise _range_error("min_new_tokens", self.min_new_tokens, ">= 0")
+        if self.chat_template is not None:
+            check_mode(self.chat_template)
+        if self.guide_prefill is not None:
+            check_prefill(self.guide_prefill)
+        if self.guide_extensions is not None:
+            extensions_setting(self.guide_extensions)
 
     def _check_phases(self, algorithm) -> None:
         if self.beta is not None and len(algorithm.beta_schemes) > 1:
@@ -329,6 +350,9 @@ def build_config(config_file: str | None = None, **overrides: Any) -> TrainConfi
     if config_file:
         given.update(load_toml(config_file))
     given.update({k: v for k, v in overrides.items() if v is not None})
+    for name in PATH_FIELDS:
+        if isinstance(given.get(name), str):
+            given[name] = local_path(name, given[name])
     values = dict(task_defaults(given.get("task", TrainConfig.task), given.get("alg", TrainConfig.alg)))
     values.update(given)
     try:
@@ -337,6 +361,30 @@ def build_config(config_file: str | None = None, **overrides: Any) -> TrainConfi
         raise RlgfError(f"bad configuration: {exc}", "check the keys of your config file") from None
     _check_types(cfg)
     return cfg.validate()
+
+
+#: fields that may name local files or folders: kept absolute, so ``--resume`` works from any folder
+PATH_FIELDS = ("learner", "init", "guide", "data", "reward", "reward_model")
+
+
+def local_path(name: str, value: str) -> str:
+    """``value`` of the field ``name`` with a relative path to something that exists made
+    absolute; anything else (a hub name, ``smollm2``, ``openai:…``, a module) as it was. A bare
+    word counts as a path only for ``data`` (a file name), so a folder that happens to be called
+    ``smollm2`` does not turn the embedded model into a path."""
+    prefix, rest = ("hf:", value[3:]) if value.startswith("hf:") else ("", value)
+    if name == "reward":  # FILE.py:FUNCTION, or module:function
+        file, sep, func = rest.rpartition(":")
+        if sep and file.endswith(".py") and Path(file).expanduser().is_file():
+            return f"{Path(file).expanduser().resolve()}:{func}"
+        return value
+    if name == "data" and prefix:
+        return value  # hf:NAME[:SPLIT]
+    looks_like_path = name == "data" or "/" in rest or rest.startswith(("~", "."))
+    path = Path(rest).expanduser()
+    if looks_like_path and not path.is_absolute() and path.exists():
+        return prefix + str(path.resolve())
+    return value
 
 
 def task_defaults(task: Any, alg: Any) -> dict[str, Any]:

@@ -311,7 +311,12 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     break
                 except RlgfError as exc:  # a diverged loss, a bad reward, an unreachable API guide…
                     writer.join()  # the checkpoint being written counts
-                    where = _resume_advice(out)
+                    if ckpt is None and trainer.iteration == 0:  # nothing learned: no folder to block a retry
+                        if main:
+                            shutil.rmtree(out, ignore_errors=True)
+                        where = f"nothing was kept in {out}; run the same command again once that is fixed"
+                    else:
+                        where = _resume_advice(out)
                     raise RlgfError(exc.message, f"{exc.hint}; {where}" if exc.hint else where) from None
                 last["time_checkpoint_s"] = checkpoint_s
                 checkpoint_s = 0.0
@@ -393,6 +398,8 @@ def _check_specs(cfg: TrainConfig, task, *, resumed: bool) -> None:
         specs.append(cfg.guide)
     for spec in specs:
         policy_class(spec)
+    if cfg.algorithm.needs_guide and cfg.guide:  # an API guide's key, before the learner and the reward load
+        policy_class(cfg.guide).preflight(guide_options(cfg, task=task))
 
 
 def _guide_state(guide) -> dict:
