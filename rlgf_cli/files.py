@@ -27,8 +27,8 @@ def _read_umask() -> int:
 
 #: what a plain ``open`` / ``mkdir`` would give: temporary files and folders are private (0600 /
 #: 0700) and keep that mode through the rename, so results get these before it
-FILE_MODE = 0o666 & ~_read_umask()
 FOLDER_MODE = 0o777 & ~_read_umask()
+FILE_MODE = FOLDER_MODE & 0o666
 
 
 def publish_modes(folder: Path) -> None:

@@ -256,11 +256,10 @@ class HFPolicy(TokenPolicy):
 
     def decode(self, response, response_mask) -> list[str]:
         """Response texts, stopping at EOS or the end of the mask, special tokens dropped."""
-        return self.tokenizer.batch_decode(
-            self._row_tokens(response, response_mask),
-            skip_special_tokens=True,
-            clean_up_tokenization_spaces=False,
-        )
+        return self._texts(self._row_tokens(response, response_mask))
+
+    def _texts(self, rows: list[list[int]]) -> list[str]:
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     # -- generation ---------------------------------------------------------------
     def generate(
@@ -321,7 +320,7 @@ class HFPolicy(TokenPolicy):
                     sampling=sampling,
                 )
             rows = self._row_tokens(response, response_mask)
-            texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            texts = self._texts(rows)
             # a row shorter than its mask stopped at its EOS (which the mask includes)
             out.extend(Completion(text, len(row), len(row) < int(n))
                        for text, row, n in zip(texts, rows, response_mask.sum(1).tolist()))
