@@ -198,3 +198,19 @@ def test_resume_refuses_another_algorithm_or_task(finished_run):
     assert "--task rotten-tomatoes, not imdb" in line
     same = runner.invoke(app, ["train", "--resume", str(finished_run), "--alg", "PPO", "--iterations", "3", "--quiet"])
     assert same.exit_code == 0, same.output
+
+
+def test_options_the_algorithm_ignores_are_named():
+    from rlgf_cli.commands.train import ignored_options
+    from rlgf_cli.training.config import build_config
+
+    notes = ignored_options(build_config(None, alg="ppo", beta=0.3, alpha=0.5, ppopp_beta=0.1))
+    assert notes == ["--alg ppo does not use --alpha; it is ignored", "--alg ppo does not use --beta; it is ignored",
+                     "--alg ppo does not use --ppopp-beta; it is ignored"]
+    assert ignored_options(build_config(None, alg="lols", guide="g", alpha=0.5, ppopp_beta=0.1,
+                                        aggrevated_beta=0.9)) == []
+    assert ignored_options(build_config(None, alg="ppo++", guide="g", beta=0.5)) == []
+    late = ignored_options(build_config(None, alg="d2lols", guide="g", iterations=10, switch_iteration=50))
+    assert late == ["--switch-iteration 50 is not before --iterations 10: d2lols never switches (it runs AggreVaTeD "
+                    "throughout)"]
+    assert ignored_options(build_config(None, alg="d2lols", guide="g", iterations=10)) == []  # ⌈0.2·10⌉ = 2

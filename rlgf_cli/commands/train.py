@@ -62,6 +62,8 @@ def train_command(
     if cfg.guide and not cfg.algorithm.needs_guide:  # not an error: a config file may set a guide for later runs
         err_console.print(f"warning: --alg {cfg.alg} does not use a guide; --guide {cfg.guide} is ignored "
                           f"({', '.join(a for a in algorithm_names() if get_algorithm(a).needs_guide)} use one)", markup=False)
+    for note in ignored_options(cfg):  # not errors either: a shared config file may carry them
+        err_console.print(f"warning: {note}", markup=False)
     from rlgf_cli.commands.progress import TrainProgress
     from rlgf_cli.training.run import train
 
@@ -85,6 +87,21 @@ def train_command(
             markup=False,
         )
 
+
+
+def ignored_options(cfg) -> list[str]:
+    """What the chosen algorithm will not use of the options given (or what cannot take effect)."""
+    alg, notes = cfg.algorithm, []
+    uses = {"alpha": alg.default_alpha is not None, "beta": len(alg.beta_schemes) == 1,
+            "ppopp_beta": "ppo++" in alg.beta_schemes, "aggrevated_beta": "aggrevated" in alg.beta_schemes,
+            "switch_iteration": alg.switches}
+    for name, used in uses.items():
+        if not used and getattr(cfg, name) is not None:
+            notes.append(f"--alg {cfg.alg} does not use --{name.replace('_', '-')}; it is ignored")
+    if alg.switches and cfg.switch_iteration is not None and cfg.switch_iteration >= cfg.iterations:
+        notes.append(f"--switch-iteration {cfg.switch_iteration} is not before --iterations {cfg.iterations}: "
+                     f"{cfg.alg} never switches (it runs AggreVaTeD throughout)")
+    return notes
 
 
 #: settings a resumed run cannot change: its models, data, reward, random streams and schedule
