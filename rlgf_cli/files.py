@@ -134,6 +134,13 @@ def write_all(items: list[tuple[str | Path, str]]) -> None:
         raise RlgfError("; ".join(failed), f"{hint} ({kept})")
 
 
+def check_png(path: str | Path, option: str) -> None:
+    """Charts are PNG files: refuse another name up front (and one that cannot be written)."""
+    if Path(path).suffix.lower() != ".png":
+        raise RlgfError(f"{option} {path} is not a .png file", "name the chart FILE.png")
+    ensure_writable(path, option)
+
+
 def save_png(fig, path: str | Path, option: str) -> Path:
     """Write a matplotlib figure to ``path`` atomically (temporary name, then rename) and
     close it; a failed write is one :class:`RlgfError` naming ``option``."""

@@ -84,3 +84,11 @@ def test_an_unwritable_json_path_fails_before_the_plot_is_written(tmp_path):
                            "--json", str(blocked / "x.json")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1 and proc.stderr.startswith("[error]") and "--json" in proc.stderr
     assert not out.exists()
+
+
+def test_a_chart_that_is_not_png_is_refused_up_front(tmp_path):
+    a = make_run(tmp_path / "r0", "ppo", [0.5])
+    proc = subprocess.run([sys.executable, "-m", "rlgf_cli", "plot", str(a), "--out", str(tmp_path / "c.jpg")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("[error] --out") and "is not a .png file" in proc.stderr
+    assert not (tmp_path / "c.jpg").exists()

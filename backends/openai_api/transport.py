@@ -189,7 +189,8 @@ class Transport:
         except self._oa.APIError as exc:
             raise RlgfError(
                 f"cannot list the models at {self.endpoint}: {self.redact(str(exc))}",
-                hint="check OPENAI_BASE_URL (it usually ends in /v1) and the key",
+                hint="check the base URL (--guide-base-url, --policy-base-url or $OPENAI_BASE_URL; it usually ends "
+                     "in /v1) and the key",
             ) from None
 
     def unknown_model(self, models: list[str]) -> RlgfError:

@@ -9,7 +9,7 @@ import typer
 from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, ChatTemplate, Quiet, ReferenceField,
                                        Reward, RewardLabel, RewardModel, RewardUrl, Task)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
-from rlgf_cli.files import ensure_writable, write_atomic
+from rlgf_cli.files import check_png, ensure_writable, write_atomic
 
 _BUCKETS = "Buckets"
 _OUT = "Output"
@@ -74,11 +74,10 @@ def difficulty_command(
         raise RlgfError(f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS}] (got {max_new_tokens})",
                         "pass a length the model can generate")
     check_decoding(decoding)
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise RlgfError(f"--plot {plot} is not a .png file", "name the chart FILE.png")
-    for option, path in (("--json", None if json_out == "-" else json_out), ("--plot", plot)):
-        if path:
-            ensure_writable(path, option)
+    if plot is not None:
+        check_png(plot, "--plot")
+    if json_out and json_out != "-":
+        ensure_writable(json_out, "--json")
 
     report = run_difficulty(
         specs,

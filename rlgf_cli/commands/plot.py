@@ -33,8 +33,9 @@ def plot_command(
       rlgf plot runs/*/ --metric kl_exact --out kl.png
     """
     from rlgf_cli.evaluation.curves import group_runs, plot_curves
-    from rlgf_cli.files import ensure_writable
+    from rlgf_cli.files import check_png, ensure_writable
 
+    check_png(out, "--out")
     if json_out and json_out != "-":  # before the plot is written, so a bad path leaves nothing
         ensure_writable(json_out, "--json")
     data = plot_curves(group_runs(runs), out, metric=metric, title=title)
