@@ -61,14 +61,15 @@ app.command("distill")(distill_command)
 app.command("plot")(plot_command)
 
 
-def _print_listing(title: str, rows: list[dict], columns: list[tuple[str, str]], as_json: bool) -> None:
-    """``rows`` as JSON on stdout, or as a table of ``(header, key)`` columns."""
+def _print_listing(title: str, rows: list[dict], columns: list[tuple[str, str]], as_json: bool,
+                   caption: str | None = None) -> None:
+    """``rows`` as JSON on stdout, or as a table of ``(header, key)`` columns (``caption`` under it)."""
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption=caption, caption_justify="left")
     for i, (header, _) in enumerate(columns):
         table.add_column(header, no_wrap=i == 0, style="bold" if i == 0 else None)
     for r in rows:
@@ -96,8 +97,13 @@ def backends_command(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
     """List the registered policy backends (built-in and from the `rlgf.backends` entry points)."""
     from backends import available
 
+    from backends.embedded import ALIASES
+
+    names = "; ".join(f"{name}: {what}" for name, what in ALIASES.items())
     _print_listing("rlgf backends", available(), [("name", "name"), ("target", "target"), ("source", "source"),
-                   ("description", "description")], as_json)
+                   ("description", "description")], as_json,
+                   caption=f"Specs without a backend name: {names}; a model folder or a run folder (its final/) "
+                           "is read as hf:PATH.")
 
 
 app.command("serve")(handle_errors(serve_command))

@@ -94,6 +94,8 @@ def test_tasks_and_backends_json():
     assert any(t["name"] == "rotten-tomatoes" and t["default_learner"] == "smollm2" for t in tasks)
     backends = json.loads(rlgf("backends", "--json").stdout)
     assert {"hf", "openai"} <= {b["name"] for b in backends}
+    table = rlgf("backends", env={"COLUMNS": "200"}).stdout
+    assert "smollm2: SmolLM2-135M-Instruct (embedded" in table  # the model names that need no backend
 
 
 @pytest.mark.parametrize(
