@@ -192,3 +192,10 @@ def test_shared_task_flags_are_the_same_on_all_four_commands():
             helps.setdefault(name, set()).add(by_flag[name].help)
         assert "-q" in by_flag["--quiet"].opts
     assert all(len(h) == 1 for h in helps.values()), helps
+
+
+def test_distill_names_the_guide_s_concurrency_as_train_does():
+    opts = params("distill")["concurrency"].opts
+    assert "--guide-concurrency" in opts and flag("guide_concurrency") in {o for p in params("train").values()
+                                                                             for o in p.opts}
+    assert "--concurrency" in opts  # the older name still works

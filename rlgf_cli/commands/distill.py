@@ -28,7 +28,10 @@ def distill_command(
     guide_budget_tokens: Annotated[int, typer.Option(help="Cap on the API guide's prompt + completion tokens for the whole command (cached completions are free); collection stops at it and BC goes on with what it has. 0: no cap.", rich_help_panel=_GUIDE)] = 0,
     guide_base_url: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server of an openai: guide. Default: $OPENAI_BASE_URL.", rich_help_panel=_GUIDE)] = None,
     guide_price_per_1k: Annotated[Optional[float], typer.Option(help="USD per 1,000 guide tokens, for the cost report.", rich_help_panel=_GUIDE)] = None,
-    concurrency: Annotated[int, typer.Option(help="Concurrent requests to an API guide.", rich_help_panel=_GUIDE)] = 8,
+    concurrency: Annotated[int, typer.Option("--guide-concurrency", "--concurrency",
+                                             help="Concurrent requests to an API guide (--guide-concurrency, as in "
+                                                  "rlgf train; --concurrency is the older name).",
+                                             rich_help_panel=_GUIDE)] = 8,
     bc_epochs: Annotated[float, typer.Option(help="Passes over the kept completions (sets the BC iterations).", rich_help_panel=_BC)] = 2.0,
     iterations: Annotated[Optional[int], typer.Option(help="BC iterations (overrides --bc-epochs).", rich_help_panel=_BC)] = None,
     episodes: Annotated[int, typer.Option(help="Examples per BC iteration.", rich_help_panel=_BC)] = 32,
