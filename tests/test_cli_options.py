@@ -61,7 +61,7 @@ def test_rendered_help_keeps_the_defaults():
     proc = subprocess.run([sys.executable, "-m", "rlgf_cli", "train", "--help"], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for text in ("[default: 0.99]", "[default: 1e-6; BC 1e-5]", "[default: PPO++ 0.2, AggreVaTeD 0.8]",
+    for text in ("[default: 0.99]", "[default: 1e-6; BC 1e-5; the default task, rotten-tomatoes, 5e-05]", "[default: PPO++ 0.2, AggreVaTeD 0.8]",
                  "--whiten-advantages", "--no-cuda-graphs", "--print-config", "--keep-checkpoints"):
         assert text in proc.stdout, text
 
@@ -199,3 +199,17 @@ def test_distill_names_the_guide_s_concurrency_as_train_does():
     assert "--guide-concurrency" in opts and flag("guide_concurrency") in {o for p in params("train").values()
                                                                              for o in p.opts}
     assert "--concurrency" in opts  # the older name still works
+
+
+def test_the_help_shows_the_default_task_s_own_training_defaults():
+    # the default task overrides some generic defaults; the help says so, and stays true to the task
+    from tasks.registry import train_defaults
+
+    defaults = train_defaults(TrainConfig.task)
+    options = params("train")
+    for name, value in defaults.items():
+        f = next(f for f in FIELDS if f.name == name)
+        if value == f.default:
+            continue
+        assert f"the default task, {TrainConfig.task}, {value}" in (f.metadata["default_text"] or ""), name
+        assert f"the default task, {TrainConfig.task}, {value}" in options[name].help

@@ -100,8 +100,10 @@ class TrainConfig:
     bertscore_model: str | None = opt(None, "BERTScore model (a name or local folder) for tasks that report bertscore_f1 "
                                             "(CommonGen).", default_text="the task's")
     iterations: int = opt(10, "Training iterations (one rollout batch and one update each).", panel=PANEL_RUN)
-    episodes: int = opt(64, "Episodes (prompts) per iteration.", panel=PANEL_RUN)
-    epochs: int = opt(5, "PPO epochs over each rollout batch.", panel=PANEL_PPO)
+    episodes: int = opt(64, "Episodes (prompts) per iteration.", panel=PANEL_RUN,
+                        default_text="64; the default task, rotten-tomatoes, 32")
+    epochs: int = opt(5, "PPO epochs over each rollout batch.", panel=PANEL_PPO,
+                      default_text="5; the default task, rotten-tomatoes, 2")
     minibatch_size: int = opt(0, "Episodes per minibatch in the update; 0: 16, or --episodes when fewer (the resolved "
                                  "number is what OUT/config.toml records).", panel=PANEL_PPO,
                               default_text="16, at most --episodes")
@@ -118,7 +120,8 @@ class TrainConfig:
                                       "under bf16 on a CPU with a C++ compiler, off otherwise (OUT/config.toml records "
                                       "the choice).", panel=PANEL_RUN,
                                default_text="auto: on under CPU bf16 from 20 iterations")
-    lr: float | None = opt(None, "Learning rate (AdamW).", panel=PANEL_PPO, default_text="1e-6; BC 1e-5")
+    lr: float | None = opt(None, "Learning rate (AdamW).", panel=PANEL_PPO,
+                           default_text="1e-6; BC 1e-5; the default task, rotten-tomatoes, 5e-05")
     weight_decay: float = opt(0.0, "AdamW weight decay.", panel=PANEL_PPO)
     gamma: float = opt(0.99, "Discount γ.", panel=PANEL_PPO)
     lam: float = opt(0.95, "GAE λ.", panel=PANEL_PPO)
