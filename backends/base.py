@@ -91,7 +91,6 @@ class RunSettings:
     guide_prefill: str | None = None
 
 
-
 class Completion(str):
     """A continuation's text that also knows how it was generated: ``tokens`` generated for
     it (its EOS not counted) and whether the model ``ended`` it with EOS rather than the

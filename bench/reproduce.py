@@ -43,7 +43,7 @@ PRESETS = {
     "gpu": dict(iterations=30, episodes=64, epochs=4, minibatch_size=16, max_new_tokens=24, eval_limit=512,
                 bc_iterations=60, bc_episodes=64, lr=1e-5, bc_lr=5e-5),
 }
-from reproduce_jobs import (EXTRA_ROWS, GUIDE_SEED, ROWS, gather, merge_sources, plan, result_file,  # noqa: E402
+from reproduce_jobs import (EXTRA_ROWS, GUIDE_SEED, ROWS, gather, guide_dir, merge_sources, plan, result_file,  # noqa: E402
                             run_job, schedule, seed_range, serve_jobs)
 from reproduce_report import write_results  # noqa: E402
 
@@ -256,7 +256,7 @@ def finished_jobs(out: Path, jobs) -> dict[str, dict]:
     kept = {}
     for job in jobs:
         path = result_file(out, job.name)
-        if path.is_file() and (job.kind != "guide" or (out / "guide" / "final").is_dir()):
+        if path.is_file() and (job.kind != "guide" or (guide_dir(out) / "final").is_dir()):
             kept[job.name] = json.loads(path.read_text(encoding="utf-8"))
     return kept
 

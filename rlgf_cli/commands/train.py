@@ -59,10 +59,7 @@ def train_command(
         return
     if json_out and json_out != "-":
         ensure_writable(json_out, "--json")
-    if cfg.guide and not cfg.algorithm.needs_guide:  # not an error: a config file may set a guide for later runs
-        err_console.print(f"warning: --alg {cfg.alg} does not use a guide; --guide {cfg.guide} is ignored "
-                          f"({', '.join(a for a in algorithm_names() if get_algorithm(a).needs_guide)} use one)", markup=False)
-    for note in ignored_options(cfg):  # not errors either: a shared config file may carry them
+    for note in ignored_options(cfg):  # not errors: a shared config file may set them for other runs
         err_console.print(f"warning: {note}", markup=False)
     from rlgf_cli.commands.progress import TrainProgress
     from rlgf_cli.training.run import train
@@ -92,6 +89,9 @@ def train_command(
 def ignored_options(cfg) -> list[str]:
     """What the chosen algorithm will not use of the options given (or what cannot take effect)."""
     alg, notes = cfg.algorithm, []
+    if cfg.guide and not alg.needs_guide:
+        notes.append(f"--alg {cfg.alg} does not use a guide; --guide {cfg.guide} is ignored "
+                     f"({', '.join(a for a in algorithm_names() if get_algorithm(a).needs_guide)} use one)")
     uses = {"alpha": alg.default_alpha is not None, "beta": len(alg.beta_schemes) == 1,
             "ppopp_beta": "ppo++" in alg.beta_schemes, "aggrevated_beta": "aggrevated" in alg.beta_schemes,
             "switch_iteration": alg.switches}
