@@ -188,9 +188,19 @@ def policy_class(spec: str) -> type[Policy]:
     imported, no model is loaded), so callers can ask its capabilities (``remote``,
     ``trainable``…) and its :meth:`~backends.base.Policy.options_from` first.
 
-    Raises the same :class:`RlgfError` as :func:`resolve` for a spec that names nothing."""
-    name, _, _ = _parse(spec)
+    Raises the same :class:`RlgfError` as :func:`resolve` for a spec that names nothing, or a
+    folder that holds no model."""
+    name, arg, _ = _parse(spec)
+    if name == "hf":
+        check_model_folder(Path(arg).expanduser())
     return load_backend(name or "hf")  # the embedded model is a transformers model
+
+
+def check_model_folder(path: Path) -> None:
+    """An existing folder given as a model must hold a ``save_pretrained`` model (config.json)."""
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise RlgfError(f"not a transformers model folder: config.json missing in {path}",
+                        "pass a folder written by save_pretrained (e.g. a run's final/ folder)")
 
 
 def resolve(spec: str, *, device="cpu", progress: Callable[[str], None] | None = None, **kwargs):

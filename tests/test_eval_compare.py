@@ -127,6 +127,30 @@ def test_bad_input_is_one_error_line(args, message):
     assert len(lines) == 1 and lines[0].startswith("[error]") and message in lines[0]
 
 
+@pytest.mark.parametrize("command", ["eval", "difficulty"])
+@pytest.mark.parametrize("spec, message", [
+    ("openai:some-model", "needs an API key"),
+    ("nope:x", "unknown backend 'nope'"),
+    ("EMPTY_FOLDER", "config.json missing"),
+])
+def test_a_bad_policy_spec_is_found_before_the_task_or_any_model_loads(command, spec, message, monkeypatch, tmp_path):
+    """A missing key or an unknown backend: one error line before the task's reward is prepared
+    (which the first time trains the embedded classifier) and before the reference model loads."""
+    import rlgf_cli.evaluation.evaluate as evaluate
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the task was built before the policy specs were checked")
+
+    monkeypatch.setattr(evaluate, "build_eval_task", too_late)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    spec = str(tmp_path) if spec == "EMPTY_FOLDER" else spec  # a folder with no model in it
+    result = runner.invoke(app, [command, "-p", spec, "--limit", "2"])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith("[error]") and message in lines[0], result.output
+
+
 def test_resolve_sampling():
     task_sampling = Sampling(do_sample=True, top_k=50)
     assert resolve_sampling(task_sampling) == task_sampling

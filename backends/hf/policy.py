@@ -113,6 +113,8 @@ class HFPolicy(TokenPolicy):
         """Load a ``save_pretrained`` folder or a Hugging Face hub id (cache first)."""
         from transformers import AutoConfig, AutoTokenizer
 
+        from backends.registry import check_model_folder
+
         dev = torch.device(resolve_device(device))
         torch_dtype = resolve_dtype(dtype, dev)
         name = str(name_or_path).strip()
@@ -121,11 +123,7 @@ class HFPolicy(TokenPolicy):
         path = Path(name).expanduser()
         local_only = True
         if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise RlgfError(
-                    f"not a transformers model folder: config.json missing in {path}",
-                    "pass a folder written by save_pretrained (e.g. a run's final/ folder)",
-                )
+            check_model_folder(path)
             source = str(path)
             config = cls._load_config(AutoConfig, source, name, local_only=True)
         elif path.exists():

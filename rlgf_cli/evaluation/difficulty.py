@@ -118,13 +118,14 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     from backends import policy_class, resolve
     from backends.precision import freeze_in, resolve_precision
 
-    from rlgf_cli.evaluation.evaluate import (build_eval_task, compute_metrics, decoding_for, describe_decoding, generate_for,
-                           load_for_eval, load_reference, resolve_sampling, split_examples)
+    from rlgf_cli.evaluation.evaluate import (build_eval_task, check_specs, compute_metrics, decoding_for, describe_decoding,
+                           generate_for, load_for_eval, load_reference, resolve_sampling, split_examples)
     from rlgf_cli.evaluation.evaluate import metric_names as eval_metric_names
     from rlgf_cli.runtime import resolve_device
 
     say = say or (lambda text: None)
     bar = bar or (lambda label: contextlib.nullcontext(lambda done, total: None))
+    check_specs(specs, seed=seed, base_url=base_url)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     task = build_eval_task(task_name, specs, task_options, prec)

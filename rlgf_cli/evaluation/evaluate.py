@@ -234,6 +234,16 @@ def load_for_eval(spec: str, device: str, *, seed: int, base_url: str | None = N
     return resolve(spec, device=device, **options)
 
 
+def check_specs(specs: list[str], *, seed: int, base_url: str | None = None, api: dict | None = None) -> None:
+    """Unknown backends, missing folders and an API model's missing key fail here, before the
+    task's reward is prepared and any model loads."""
+    from backends import RunSettings, policy_class
+
+    for spec in specs:
+        cls = policy_class(spec)
+        cls.preflight(cls.options_from(RunSettings(seed=seed, base_url=base_url, **(api or {}))))
+
+
 def build_eval_task(task_name: str | None, specs: list[str], task_options: dict, precision=None) -> Task:
     from tasks import get_task
 
@@ -285,6 +295,7 @@ def run_eval(
 
     say = say or _silent
     bar = bar or _no_bar
+    check_specs(specs, seed=seed, base_url=base_url, api=api)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     task = build_eval_task(task_name, specs, task_options, prec)
