@@ -43,8 +43,9 @@ PRESETS = {
     "gpu": dict(iterations=30, episodes=64, epochs=4, minibatch_size=16, max_new_tokens=24, eval_limit=512,
                 bc_iterations=60, bc_episodes=64, lr=1e-5, bc_lr=5e-5),
 }
-from reproduce_jobs import (EXTRA_ROWS, GUIDE_SEED, ROWS, gather, guide_dir, merge_sources, plan, result_file,  # noqa: E402
-                            run_job, schedule, seed_range, serve_jobs)
+import reproduce_jobs  # noqa: E402
+from reproduce_jobs import (EXTRA_ROWS, GIVEN_GUIDE, GUIDE_SEED, ROWS, gather, guide_dir, merge_sources, plan,  # noqa: E402
+                            result_file, run_job, schedule, seed_range, serve_jobs)
 from reproduce_report import write_results  # noqa: E402
 
 
@@ -67,6 +68,11 @@ def parse_args(argv=None):
                         "(0.1 nats a token: 2.4 nats over 24 tokens)")
     p.add_argument("--bc-lr", type=float, default=None)
     p.add_argument("--all-rows", action="store_true", help="also BC+AggreVaTeD, BC+LOLS, BC+D2LOLS")
+    p.add_argument("--rows", default=None, metavar="LABELS",
+                   help="comma-separated row labels to train (default: every row; e.g. ppo,ppo++,d2lols)")
+    p.add_argument("--guide-model", default=None, metavar="DIR",
+                   help="use this model folder as the guide (and the BC+ rows' warm start) instead of training "
+                        "BC here; its row is labelled 'guide' (e.g. a stronger guide: a kept BC+ppo model)")
     p.add_argument("--reward-model", default=None, help="reward classifier folder (default: the task's own)")
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--keep-models", action="store_true", help="keep every run's final model (GBs each)")
@@ -187,7 +193,9 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    rows = ROWS + (EXTRA_ROWS if args.all_rows else [])
+    rows = chosen_rows(args)
+    if args.guide_model:  # not a BC policy: the tables say "guide"
+        reproduce_jobs.GUIDE = GIVEN_GUIDE
     jobs = plan(args, rows)
     if args.worker:  # a child of --jobs: the jobs its parent sends, one at a time
         return serve_jobs(args, out, jobs, setting(args, "lr"))
@@ -230,10 +238,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def chosen_rows(args) -> list[tuple[str, str, bool]]:
+    """The rows to train: ``--rows`` (labels of ROWS and EXTRA_ROWS), else every row."""
+    every = ROWS + EXTRA_ROWS
+    if not args.rows:
+        return ROWS + (EXTRA_ROWS if args.all_rows else [])
+    labels = [x.strip() for x in args.rows.split(",") if x.strip()]
+    unknown = [x for x in labels if x not in {label for label, _, _ in every}]
+    if unknown or not labels:
+        raise SystemExit(f"--rows: unknown row {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(label for label, _, _ in every)}")
+    return [row for row in every if row[0] in labels]
+
+
 #: the options that change what a reproduction computes (not how many processes run it)
 SETTINGS = ("preset", "task", "learner", "device", "lr", "lr_grid", "max_approx_kl", "max_kl_per_token", "bc_lr",
             "all_rows", "reward_model", "first_seed", "iterations", "episodes", "eval_limit", "bc_iterations",
-            "compile")
+            "compile", "rows", "guide_model")
 
 
 def check_settings(out: Path, args) -> None:
@@ -282,7 +303,7 @@ def _meta(args, argv: list[str], seeds: int) -> dict:
             "command": "python bench/reproduce.py " + " ".join(a for a in argv if a != "--collect"),
             "date": datetime.date.today().isoformat(), "machine": _machine(),
             "settings": {k: setting(args, k) for k in PRESETS[args.preset]}, "guide_seed": GUIDE_SEED,
-            "first_seed": args.first_seed}
+            "first_seed": args.first_seed, **({"guide_model": args.guide_model} if args.guide_model else {})}
 
 
 def collect(args, out: Path, jobs) -> int:

@@ -27,6 +27,8 @@ ROWS = [("ppo", "ppo", False), ("ppo++", "ppo++", False), ("aggrevated", "aggrev
         ("lols", "lols", False), ("d2lols", "d2lols", False), ("BC+ppo", "ppo", True), ("BC+ppo++", "ppo++", True)]
 EXTRA_ROWS = [("BC+aggrevated", "aggrevated", True), ("BC+lols", "lols", True), ("BC+d2lols", "d2lols", True)]
 INITIAL, GUIDE = "initial learner", "BC (guide)"
+#: the guide's label when ``--guide-model`` gives it (``GUIDE`` is then set to this)
+GIVEN_GUIDE = "guide"
 GUIDE_SEED = 0
 
 
@@ -82,16 +84,17 @@ def run_job(job: Job, args, out: Path, lr: float) -> dict:
     import reproduce as R
 
     started = time.perf_counter()
-    guide_final = str(guide_dir(out) / "final")
-    if job.kind == "guide":
-        result = {"run": str(R.train_bc(out, args, job.seed, name="guide"))}
+    given = getattr(args, "guide_model", None)
+    guide_final = str(Path(given).resolve()) if given else str(guide_dir(out) / "final")
+    if job.kind == "guide":  # a given guide is used as it is
+        result = {"given": guide_final} if given else {"run": str(R.train_bc(out, args, job.seed, name="guide"))}
     elif job.kind == "lr":
         result = R.lr_trial(args, out / "lr-selection", job.lr)
     elif job.kind in ("initial", "guide-eval"):
         spec = args.learner if job.kind == "initial" else guide_final
         by_seed = R.evaluate({job.label: spec}, args, args.first_seed, seeds=args.seeds)[job.label]
         result = {"per_seed": {str(s): m for s, m in by_seed.items()}}
-        if job.kind == "guide-eval":
+        if job.kind == "guide-eval" and not given:
             result["run"] = str(guide_dir(out))
     else:
         guided = job.alg != "ppo"

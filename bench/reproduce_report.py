@@ -7,7 +7,8 @@ import json
 import statistics
 from pathlib import Path
 
-from reproduce_jobs import GUIDE, INITIAL
+import reproduce_jobs as J
+from reproduce_jobs import INITIAL
 
 
 def aggregate(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, dict]]:
@@ -67,17 +68,17 @@ def ordering(table: dict[str, dict[str, dict]], metric: str, per_seed: list[dict
             pair = _paired_text(paired(per_seed, a, b, metric), a, b) if per_seed else ""
             lines.append(f"{a} < {b}: {verdict} ({mean[a]:.3f} vs {mean[b]:.3f}" + (f"; {pair})" if pair else ")"))
 
-    cmp(INITIAL, GUIDE)
-    cmp(GUIDE, "ppo")
+    cmp(INITIAL, J.GUIDE)
+    cmp(J.GUIDE, "ppo")
     cmp("ppo", "ppo++")
     cmp("ppo", "d2lols")
-    best = max((n for n in mean if n not in (INITIAL, GUIDE)), key=mean.get, default=None)
-    if best is not None and GUIDE in mean:
-        at = [n for n in mean if n not in (INITIAL, GUIDE) and mean[n] >= mean[GUIDE]]
-        lines.append(f"learners at or above the guide ({mean[GUIDE]:.3f}): {', '.join(at) if at else 'none'}; "
+    best = max((n for n in mean if n not in (INITIAL, J.GUIDE)), key=mean.get, default=None)
+    if best is not None and J.GUIDE in mean:
+        at = [n for n in mean if n not in (INITIAL, J.GUIDE) and mean[n] >= mean[J.GUIDE]]
+        lines.append(f"learners at or above the guide ({mean[J.GUIDE]:.3f}): {', '.join(at) if at else 'none'}; "
                      f"best learner: {best} ({mean[best]:.3f})")
         for name in at if per_seed else []:
-            lines.append(_paired_text(paired(per_seed, GUIDE, name, metric), GUIDE, name))
+            lines.append(_paired_text(paired(per_seed, J.GUIDE, name, metric), J.GUIDE, name))
     return lines
 
 
@@ -102,15 +103,17 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
             lines.append(f"- lr {t['lr']:g}: val {t['val'][lr_choice['metric']]:.3f}, mean approx_kl "
                          f"{t['approx_kl_mean']:.4f}, last exact KL {t['kl_exact_last']:.4f}")
         lines += [f"- chosen: {lr_choice['chosen']:g}", ""]
-    lines += [f"Test split, mean ± std over seeds. One BC policy (trained once, seed {meta.get('guide_seed', 0)}) "
+    source = (f"The given model `{meta['guide_model']}`" if meta.get("guide_model")
+              else f"One BC policy (trained once, seed {meta.get('guide_seed', 0)})")
+    lines += [f"Test split, mean ± std over seeds. {source} "
               "is the guide of every guided row and the warm start of the BC+ rows, so its own ± is the "
               "evaluation's sampling alone:", "",
               "| method | " + " | ".join(metrics) + " | Δ sentiment vs guide |", "|---|" + "---:|" * (len(metrics) + 1)]
     main = metrics[0]
-    guide = table.get(GUIDE, {}).get(main, {}).get("mean")
+    guide = table.get(J.GUIDE, {}).get(main, {}).get("mean")
     for name, row in table.items():
         cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in metrics]
-        delta = "" if guide is None or name == GUIDE else f"{row[main]['mean'] - guide:+.3f}"
+        delta = "" if guide is None or name == J.GUIDE else f"{row[main]['mean'] - guide:+.3f}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
     lines += ["", "Last training iteration (mean over seeds):", "",
               "| run | reward | approx_kl | exact KL / token | KL coef | clipfrac |", "|---|---:|---:|---:|---:|---:|"]
@@ -141,7 +144,7 @@ def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice) -> dict:
     table = aggregate(per_seed)
     rows_health = health(runs_by_seed)
     groups = {label: [runs[label] for runs in runs_by_seed if label in runs]
-              for label in _labels(runs_by_seed) if label != GUIDE}
+              for label in _labels(runs_by_seed) if label != J.GUIDE}
     curves = plot_curves(groups, out / "curves.png", title=f"{meta['task']}: reward per iteration (± std, "
                                                           f"{len(per_seed)} seeds)")
     (out / "results.md").write_text(markdown(table, meta, rows_health, lr_choice, per_seed), encoding="utf-8")

@@ -196,3 +196,29 @@ def test_resume_keeps_the_finished_jobs_and_refuses_other_settings(tmp_path, tin
     assert "jobs were kept from the interrupted run" in (out / "results.md").read_text()
     refused = run("--resume", "--episodes", "8")
     assert refused.returncode != 0 and "episodes was 4, now 8" in refused.stderr
+
+
+def test_a_given_guide_and_chosen_rows(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    """``--guide-model DIR`` guides the rows with that model (no BC is trained) and labels it
+    'guide'; ``--rows`` trains only the rows named."""
+    out = tmp_path / "given"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
+         "--reward-model", str(tiny_reward_dir), "--seeds", "1", "--iterations", "1", "--episodes", "4",
+         "--eval-limit", "4", "--device", "cpu", "--rows", "ppo,ppo++", "--guide-model", str(tiny_causal_dir),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["table"]) == {"initial learner", "guide", "ppo", "ppo++"}
+    assert not (out / "guide").exists(), "no BC guide was trained"
+    config = (out / "seed0" / "ppo__" / "config.toml").read_text()
+    assert str(tiny_causal_dir.resolve()) in config  # the given model guided PPO++
+    md = (out / "results.md").read_text()
+    assert f"The given model `{tiny_causal_dir}`" in md and "| guide |" in md
+    assert json.loads((out / "settings.json").read_text())["rows"] == "ppo,ppo++"
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--rows", "ppo,nope",
+         "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown row nope" in bad.stderr
