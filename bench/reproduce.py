@@ -45,7 +45,7 @@ PRESETS = {
 }
 import reproduce_jobs  # noqa: E402
 from reproduce_jobs import (EXTRA_ROWS, GIVEN_GUIDE, GUIDE_SEED, ROWS, gather, guide_dir, merge_sources, plan,  # noqa: E402
-                            result_file, run_job, schedule, seed_range, serve_jobs)
+                            relative_paths, result_file, run_job, schedule, seed_range, serve_jobs)
 from reproduce_report import write_results  # noqa: E402
 
 
@@ -159,6 +159,7 @@ def lr_trial(args, out: Path, lr: float) -> dict:
     approx_kl = statistics.fmean(r.get("approx_kl", 0.0) for r in rows)
     val = evaluate({"ppo": str(run / "final")}, args, 1000, split="val")["ppo"]
     _drop_models(run, args)
+    relative_paths(run)
     print(f"  lr {lr:g}: val {val} approx_kl {approx_kl:.4f}", flush=True)
     return {"lr": lr, "val": val, "approx_kl_mean": approx_kl,
             "kl_exact_last": rows[-1].get("kl_exact"), "reward_last": rows[-1].get("reward_mean")}

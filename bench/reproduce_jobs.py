@@ -85,7 +85,7 @@ def run_job(job: Job, args, out: Path, lr: float) -> dict:
 
     started = time.perf_counter()
     given = getattr(args, "guide_model", None)
-    guide_final = str(Path(given).resolve()) if given else str(guide_dir(out) / "final")
+    guide_final = str(given) if given else str(guide_dir(out) / "final")
     if job.kind == "guide":  # a given guide is used as it is
         result = {"given": guide_final} if given else {"run": str(R.train_bc(out, args, job.seed, name="guide"))}
     elif job.kind == "lr":
@@ -102,6 +102,8 @@ def run_job(job: Job, args, out: Path, lr: float) -> dict:
                              guide=guide_final if guided else None, init=guide_final if job.warm else None)
         result = {"metrics": R.evaluate({job.label: str(run / "final")}, args, job.seed)[job.label], "run": str(run)}
         R._drop_models(run, args)
+    if result.get("run"):
+        relative_paths(Path(result["run"]))
     result["seconds"] = time.perf_counter() - started
     result["pid"] = os.getpid()  # which worker ran it
     path = result_file(out, job.name)
@@ -111,6 +113,19 @@ def run_job(job: Job, args, out: Path, lr: float) -> dict:
     tmp.replace(path)
     print(f"  job {job.name:<18} done in {result['seconds']:6.1f}s", flush=True)
     return result
+
+
+def relative_paths(run: Path) -> None:
+    """A run's config.toml and summary.json name its models and data by absolute path (so the
+    run resumes from any folder); a reproduction, which is committed, names those under the
+    folder it ran from relative to it, so no machine's paths get into the repository."""
+    here = str(Path.cwd().resolve()) + os.sep
+    for name in ("config.toml", "summary.json"):
+        path = run / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            if here in text:
+                path.write_text(text.replace(here, ""), encoding="utf-8")
 
 
 def schedule(jobs: list[Job], args, out: Path, argv: list[str], on_lr_trials,

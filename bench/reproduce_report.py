@@ -125,7 +125,8 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
         lines += ["", "Where the time went (seconds of one job process, summed by kind):", ""]
         kinds: dict[str, list[float]] = {}
         for name, sec in meta["job_seconds"].items():
-            kind = "lr trials" if name.startswith("lr-") else "guide (BC)" if name == "guide" else \
+            guide_kind = "guide (given: nothing trained)" if meta.get("guide_model") else "guide (BC)"
+            kind = "lr trials" if name.startswith("lr-") else guide_kind if name == "guide" else \
                 "evaluation of the initial learner and the guide" if name in ("initial", "guide-eval") else \
                 "RL rows (training + evaluation)"
             kinds.setdefault(kind, []).append(sec)

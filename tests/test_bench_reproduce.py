@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -202,21 +203,25 @@ def test_a_given_guide_and_chosen_rows(tmp_path, tiny_causal_dir, tiny_reward_di
     """``--guide-model DIR`` guides the rows with that model (no BC is trained) and labels it
     'guide'; ``--rows`` trains only the rows named."""
     out = tmp_path / "given"
+    shutil.copytree(tiny_causal_dir, tmp_path / "strong")  # the guide, inside the folder the run starts in
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
          "--reward-model", str(tiny_reward_dir), "--seeds", "1", "--iterations", "1", "--episodes", "4",
-         "--eval-limit", "4", "--device", "cpu", "--rows", "ppo,ppo++", "--guide-model", str(tiny_causal_dir),
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+         "--eval-limit", "4", "--device", "cpu", "--rows", "ppo,ppo++", "--guide-model", "strong",
+         "--out", "given"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
     assert set(data["table"]) == {"initial learner", "guide", "ppo", "ppo++"}
     assert not (out / "guide").exists(), "no BC guide was trained"
     config = (out / "seed0" / "ppo__" / "config.toml").read_text()
-    assert str(tiny_causal_dir.resolve()) in config  # the given model guided PPO++
+    assert 'guide = "strong"' in config  # the given model guided PPO++, named relative to where the run started
+    # no absolute path of the folder it ran in is left in what a committed reproduction keeps
+    kept = [f for f in out.rglob("*") if f.is_file() and f.suffix in (".toml", ".json", ".md")]
+    assert kept and not [f for f in kept if str(tmp_path.resolve()) in f.read_text()]
     md = (out / "results.md").read_text()
-    assert f"The given model `{tiny_causal_dir}`" in md and "| guide |" in md
+    assert "The given model `strong`" in md and "| guide |" in md and "guide (given: nothing trained)" in md
     assert json.loads((out / "settings.json").read_text())["rows"] == "ppo,ppo++"
     bad = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--rows", "ppo,nope",
