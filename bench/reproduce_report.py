@@ -124,8 +124,8 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
     if meta.get("job_seconds"):
         lines += ["", "Where the time went (seconds of one job process, summed by kind):", ""]
         kinds: dict[str, list[float]] = {}
+        guide_kind = "guide (given: nothing trained)" if meta.get("guide_model") else "guide (BC)"
         for name, sec in meta["job_seconds"].items():
-            guide_kind = "guide (given: nothing trained)" if meta.get("guide_model") else "guide (BC)"
             kind = "lr trials" if name.startswith("lr-") else guide_kind if name == "guide" else \
                 "evaluation of the initial learner and the guide" if name in ("initial", "guide-eval") else \
                 "RL rows (training + evaluation)"
