@@ -46,6 +46,7 @@ PRESETS = {
 import reproduce_jobs  # noqa: E402
 from reproduce_jobs import (EXTRA_ROWS, GIVEN_GUIDE, GUIDE_SEED, ROWS, gather, guide_dir, merge_sources, plan,  # noqa: E402
                             relative_paths, result_file, run_job, schedule, seed_range, serve_jobs)
+from reproduce_difficulty import section as by_difficulty  # noqa: E402
 from reproduce_report import write_results  # noqa: E402
 
 
@@ -122,10 +123,12 @@ def run_training(name: str, out: Path, args, seed: int, **overrides) -> Path:
     return Path(summary["out"])
 
 
-def evaluate(policies: dict[str, str], args, seed: int, split: str = "test", seeds: int | None = None) -> dict[str, dict]:
+def evaluate(policies: dict[str, str], args, seed: int, split: str = "test", seeds: int | None = None,
+             rewards: dict | None = None) -> dict[str, dict]:
     """Metrics by row name at ``seed``; with ``seeds`` (one or more), ``{seed: metrics}`` by row
     name for seeds ``seed`` … ``seed + seeds - 1`` (one process, the models loaded and their
-    reference perplexities computed once)."""
+    reference perplexities computed once). A ``rewards`` dict receives each row's reward per
+    prompt, ``{name: {seed: [reward of prompt 0, 1, …]}}`` (the prompt-difficulty table's input)."""
     from rlgf_cli.evaluation.evaluate import run_eval
 
     task_options = {"max_new_tokens": setting(args, "max_new_tokens")}
@@ -136,7 +139,15 @@ def evaluate(policies: dict[str, str], args, seed: int, split: str = "test", see
         list(dict.fromkeys(policies.values())), task_name=args.task, split=split, limit=limit, seed=seed,
         seeds=seeds or 1, reference_spec=args.learner, task_options=task_options, device=args.device,
         batch_size=min(128, limit),  # one batch: on a CPU, 128 rows decode 40 % faster than 4 batches of 32
+        sample_scores=rewards is not None,
     )
+    if rewards is not None:
+        for name, spec in policies.items():
+            samples = next(r["samples"] for r in report["results"] if r["policy"] == spec)
+            by_seed: dict[str, list[float]] = {}
+            for row in samples:  # in prompt order within each seed
+                by_seed.setdefault(str(row.get("seed", seed)), []).append(row["scores"]["reward"])
+            rewards[name] = by_seed
     if seeds and seeds > 1:
         by_spec = {r["policy"]: {run["seed"]: run["metrics"] for run in r["per_seed"]} for r in report["results"]}
     elif seeds:
@@ -229,13 +240,13 @@ def main(argv=None) -> int:
     if kept:
         meta["kept_jobs"] = sorted(kept)
     meta["job_seconds"] = {name: round(r.get("seconds", 0.0), 1) for name, r in done.items()}
-    per_seed, runs_by_seed, _ = gather(jobs, done, seed_range(args))
-    write_results(out, per_seed, runs_by_seed, meta, choice_holder.get("choice"))
+    per_seed, runs_by_seed, used = gather(jobs, done, seed_range(args))
+    write_results(out, per_seed, runs_by_seed, meta, choice_holder.get("choice"), by_difficulty(jobs, done, used))
     if not args.keep_models:
         shutil.rmtree(out / "guide" / "final", ignore_errors=True)
         shutil.rmtree(out / "guide" / "checkpoints", ignore_errors=True)
     print((out / "results.md").read_text(encoding="utf-8"))
-    print(f"wrote {out / 'results.md'}, results.json and curves.png in {time.perf_counter() - started:.0f}s")
+    print(f"wrote {out / 'results.md'}, results.json, curves.png (and difficulty.png) in {time.perf_counter() - started:.0f}s")
     return 0
 
 
@@ -335,7 +346,7 @@ def collect(args, out: Path, jobs) -> int:
             # the run that finished measured its own: keep its clock, command, date and machine
             meta.update({k: previous[k] for k in ("wall_s", "command", "date", "machine") if k in previous})
     meta.update(seeds_done=used, job_seconds={name: round(r.get("seconds", 0.0), 1) for name, r in done.items()})
-    write_results(out, per_seed, runs_by_seed, meta, lr_choice)
+    write_results(out, per_seed, runs_by_seed, meta, lr_choice, by_difficulty(jobs, done, used))
     print((out / "results.md").read_text(encoding="utf-8"))
     return 0
 

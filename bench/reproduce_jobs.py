@@ -35,7 +35,7 @@ GUIDE_SEED = 0
 @dataclass
 class Job:
     name: str
-    kind: str  # guide | lr | row | initial | guide-eval
+    kind: str  # guide | lr | row | initial | guide-eval | difficulty
     seed: int = 0
     label: str = ""
     alg: str = ""
@@ -60,6 +60,7 @@ def plan(args, rows) -> list[Job]:
     # the initial learner and the guide are one model each: one job evaluates every seed
     jobs.append(Job("initial", "initial", label=INITIAL))
     jobs.append(Job("guide-eval", "guide-eval", label=GUIDE, needs={"guide"}))
+    jobs.append(Job("difficulty", "difficulty"))  # the test prompts' difficulty (paper Figure 3)
     return jobs
 
 
@@ -90,17 +91,24 @@ def run_job(job: Job, args, out: Path, lr: float) -> dict:
         result = {"given": guide_final} if given else {"run": str(R.train_bc(out, args, job.seed, name="guide"))}
     elif job.kind == "lr":
         result = R.lr_trial(args, out / "lr-selection", job.lr)
+    elif job.kind == "difficulty":
+        from reproduce_difficulty import measure_prompts
+
+        result = measure_prompts(args)
     elif job.kind in ("initial", "guide-eval"):
         spec = args.learner if job.kind == "initial" else guide_final
-        by_seed = R.evaluate({job.label: spec}, args, args.first_seed, seeds=args.seeds)[job.label]
-        result = {"per_seed": {str(s): m for s, m in by_seed.items()}}
+        rewards: dict = {}
+        by_seed = R.evaluate({job.label: spec}, args, args.first_seed, seeds=args.seeds, rewards=rewards)[job.label]
+        result = {"per_seed": {str(s): m for s, m in by_seed.items()}, "per_prompt": rewards[job.label]}
         if job.kind == "guide-eval" and not given:
             result["run"] = str(guide_dir(out))
     else:
         guided = job.alg != "ppo"
         run = R.run_training(slug(job.label), out / f"seed{job.seed}", args, job.seed, alg=job.alg, lr=lr,
                              guide=guide_final if guided else None, init=guide_final if job.warm else None)
-        result = {"metrics": R.evaluate({job.label: str(run / "final")}, args, job.seed)[job.label], "run": str(run)}
+        rewards = {}
+        metrics = R.evaluate({job.label: str(run / "final")}, args, job.seed, rewards=rewards)[job.label]
+        result = {"metrics": metrics, "run": str(run), "per_prompt": rewards[job.label][str(job.seed)]}
         R._drop_models(run, args)
     if result.get("run"):
         relative_paths(Path(result["run"]))
@@ -311,7 +319,9 @@ def merge_sources(sources: list[Path], jobs: list[Job]) -> tuple[dict[str, dict]
             if job.name not in done:
                 done[job.name] = result
             elif "per_seed" in result:  # the initial learner or the guide: one more folder's seeds
-                done[job.name] = {**done[job.name], "per_seed": {**done[job.name]["per_seed"], **result["per_seed"]}}
+                joined = {key: {**done[job.name].get(key, {}), **result[key]}
+                          for key in ("per_seed", "per_prompt") if key in result}
+                done[job.name] = {**done[job.name], **joined}
     for key, what in (("settings", "settings"), ("lr_choice", "learning rate")):
         values = [m.get(key) if key != "lr_choice" else (m.get(key) or {}).get("chosen") for m in metas]
         if any(v != values[0] for v in values):

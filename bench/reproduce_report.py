@@ -128,6 +128,7 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
         for name, sec in meta["job_seconds"].items():
             kind = "lr trials" if name.startswith("lr-") else guide_kind if name == "guide" else \
                 "evaluation of the initial learner and the guide" if name in ("initial", "guide-eval") else \
+                "the test prompts' difficulty" if name == "difficulty" else \
                 "RL rows (training + evaluation)"
             kinds.setdefault(kind, []).append(sec)
         lines += [f"- {kind}: {len(v)} jobs, {sum(v):.0f} s" for kind, v in kinds.items()]
@@ -139,7 +140,10 @@ def _labels(by_seed: list[dict]) -> list[str]:
     return list(dict.fromkeys(label for seed in by_seed for label in seed))
 
 
-def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice) -> dict:
+def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice, difficulty: dict | None = None) -> dict:
+    """``difficulty``: :func:`reproduce_difficulty.section` (a table by prompt difficulty and
+    ``difficulty.png``), when the run kept rewards per prompt."""
+    import reproduce_difficulty as D
     from rlgf_cli.evaluation.curves import plot_curves
 
     table = aggregate(per_seed)
@@ -148,8 +152,16 @@ def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice) -> dict:
               for label in _labels(runs_by_seed) if label != J.GUIDE}
     curves = plot_curves(groups, out / "curves.png", title=f"{meta['task']}: reward per iteration (± std, "
                                                           f"{len(per_seed)} seeds)")
-    (out / "results.md").write_text(markdown(table, meta, rows_health, lr_choice, per_seed), encoding="utf-8")
+    text = markdown(table, meta, rows_health, lr_choice, per_seed)
+    if difficulty:  # its rows in the main table's order
+        rows = difficulty["table"]["rows"]
+        difficulty["table"]["rows"] = {k: rows[k] for k in [*table, *rows] if k in rows}
+        text += "\n".join(D.markdown(difficulty["table"], difficulty["prompts"])) + "\n"
+        D.plot(difficulty["table"], out / "difficulty.png",
+               f"{meta['task']}: mean reward by prompt difficulty (± std, {len(per_seed)} seeds)")
+    (out / "results.md").write_text(text, encoding="utf-8")
     (out / "results.json").write_text(json.dumps({**meta, "per_seed": per_seed, "table": table, "health": rows_health,
-                                                  "lr_choice": lr_choice, "curves": curves}, indent=2),
+                                                  "lr_choice": lr_choice, "curves": curves,
+                                                  **({"difficulty": difficulty} if difficulty else {})}, indent=2),
                                       encoding="utf-8")
     return table

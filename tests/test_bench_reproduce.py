@@ -43,8 +43,24 @@ def test_reproduce_tiny(tmp_path, tiny_causal_dir, tiny_reward_dir):
     # one guide for every seed; every job left its result file; the guide's model is dropped at the end
     assert (out / "guide" / "metrics.jsonl").is_file() and not (out / "seed0" / "bc").exists()
     assert not (out / "guide" / "final").exists()
-    # (guide, 2 lr trials, 7 rows per seed, one evaluation job each for the initial learner and the guide)
-    assert len(list((out / "jobs").glob("*.json"))) == 1 + 2 + 2 * 7 + 2 == len(data["job_seconds"])
+    # (guide, 2 lr trials, 7 rows per seed, one evaluation job each for the initial learner and the
+    # guide, the test prompts' difficulty)
+    assert len(list((out / "jobs").glob("*.json"))) == 1 + 2 + 2 * 7 + 2 + 1 == len(data["job_seconds"])
+    # by prompt difficulty: each row's reward per prompt, whose mean is the row's sentiment at that seed
+    by = data["difficulty"]
+    assert len(by["prompts"]["values"]) == 4 and set(by["prompts"]["buckets"]) <= {"easy", "medium", "hard"}
+    easiest = max(range(4), key=lambda i: by["prompts"]["values"][i])
+    assert by["prompts"]["buckets"][easiest] == "easy"
+    for name in ("s0-ppo", "s1-BC_ppo"):
+        job = json.loads((out / "jobs" / f"{name}.json").read_text())
+        assert len(job["per_prompt"]) == 4
+        assert abs(sum(job["per_prompt"]) / 4 - job["metrics"]["sentiment"]) < 1e-6
+    guide_job = json.loads((out / "jobs" / "guide-eval.json").read_text())
+    assert guide_job["per_prompt"].keys() == {"0", "1"}
+    assert by["table"]["rows"].keys() == expected
+    assert "vs_ppo" not in by["table"]["rows"]["ppo"]["easy"] and by["table"]["rows"]["ppo++"]["easy"]["vs_ppo"]["n"] == 2
+    assert "By prompt difficulty" in md and " easy − PPO | " in md
+    assert (out / "difficulty.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # those two are one model each: their reference perplexity is the same at both seeds
     assert rows["initial learner"]["perplexity"]["std"] == 0 == rows["BC (guide)"]["perplexity"]["std"]
     # --jobs 2: two long-lived workers ran all 19 jobs, each job's output in its own log
