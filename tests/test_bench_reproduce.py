@@ -155,6 +155,9 @@ def test_a_replicate_at_new_seeds_keeps_the_guide_and_every_row(tmp_path, tiny_c
     assert all(cell["n"] == 2 for row in both["table"].values() for cell in row.values())
     assert both["curves"]["ppo"]["seeds"] == [2]
     assert "joined from:" in (joined / "results.md").read_text()
+    # the rewards per prompt join too: every row's difficulty cells cover both seeds
+    cells = [c for row in both["difficulty"]["table"]["rows"].values() for c in row.values()]
+    assert cells and all(c["n"] == 2 for c in cells)
     # not replicates: other settings, or another guide
     data = json.loads((other / "results.json").read_text())
     (other / "results.json").write_text(json.dumps({**data, "settings": {**data["settings"], "episodes": 8}}))
@@ -243,3 +246,30 @@ def test_a_given_guide_and_chosen_rows(tmp_path, tiny_causal_dir, tiny_reward_di
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--rows", "ppo,nope",
          "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown row nope" in bad.stderr
+
+
+def test_the_difficulty_table_means_buckets_and_pairs_seeds():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reproduce_difficulty import bucket_means, table
+
+    buckets = ["easy", "hard", "medium", "hard", "easy", "medium"]
+    assert bucket_means([1, 0, 0.5, 0.2, 0.8, 0.3], buckets) == {"easy": 0.9, "medium": 0.4, "hard": 0.1}
+    seeds = [{"BC (guide)": [0.9, 0.3, 0.6, 0.3, 0.9, 0.6], "ppo": [0.8, 0.1, 0.5, 0.1, 0.8, 0.5],
+              "ppo++": [0.8, 0.3, 0.5, 0.3, 0.8, 0.5]},
+             {"BC (guide)": [0.9, 0.3, 0.6, 0.3, 0.9, 0.6], "ppo": [0.6, 0.2, 0.4, 0.2, 0.6, 0.4],
+              "ppo++": [0.7, 0.2, 0.4, 0.2, 0.7, 0.4]}]
+    result = table(seeds, buckets)
+    assert result["counts"] == {"easy": 2, "medium": 2, "hard": 2}
+    hard = result["rows"]["ppo++"]["hard"]
+    assert abs(hard["mean"] - 0.25) < 1e-12 and hard["n"] == 2
+    # paired by seed: +0.2 and 0.0 against PPO, so mean +0.1, s.e. 0.1, ahead at one seed
+    assert abs(hard["vs_ppo"]["mean"] - 0.1) < 1e-12 and abs(hard["vs_ppo"]["se"] - 0.1) < 1e-12
+    assert hard["vs_ppo"]["ahead"] == 1
+    assert abs(result["rows"]["ppo++"]["easy"]["vs_guide"]["mean"] + 0.15) < 1e-12
+    assert "vs_ppo" not in result["rows"]["ppo"]["easy"] and "vs_guide" not in result["rows"]["BC (guide)"]["easy"]
+    try:
+        bucket_means([1.0], buckets)
+    except ValueError as e:
+        assert "1 rewards for 6 prompts" in str(e)
+    else:
+        raise AssertionError("a length mismatch must be refused")
