@@ -24,6 +24,7 @@ def measure_prompts(args) -> dict:
     """The difficulty job: each evaluated test prompt's difficulty value and tercile."""
     from reproduce import setting
 
+    from backends.errors import RlgfError
     from backends.precision import resolve_precision
     from rlgf_cli.evaluation.difficulty import assign_buckets
     from rlgf_cli.evaluation.evaluate import build_eval_task, split_examples
@@ -34,7 +35,10 @@ def measure_prompts(args) -> dict:
         options["reward_model"] = args.reward_model
     task = build_eval_task(args.task, [], options, resolve_precision("auto", resolve_device(args.device)))
     examples = split_examples(task, "test", setting(args, "eval_limit"))
-    buckets, values, how = assign_buckets(task, examples)
+    try:
+        buckets, values, how = assign_buckets(task, examples)
+    except RlgfError as e:  # a task without a measure of difficulty: the rest of the report stands
+        return {"unavailable": str(e)}
     return {"values": [float(v) for v in values], "buckets": buckets, **how}
 
 
@@ -56,7 +60,9 @@ def section(jobs, done: dict[str, dict], seeds) -> dict | None:
     """The difficulty job's prompts and the table, or None when the run has no such data."""
     difficulty = done.get("difficulty")
     rewards = gather_rewards(jobs, done, seeds)
-    if not difficulty or not any(rewards):
+    if not difficulty or "buckets" not in difficulty or not any(rewards):
+        if difficulty and "unavailable" in difficulty:
+            print(f"no table by prompt difficulty: {difficulty['unavailable']}", flush=True)
         return None
     return {"prompts": difficulty, "table": table(rewards, difficulty["buckets"])}
 

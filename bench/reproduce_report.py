@@ -131,7 +131,7 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
                 "the test prompts' difficulty" if name == "difficulty" else \
                 "RL rows (training + evaluation)"
             kinds.setdefault(kind, []).append(sec)
-        lines += [f"- {kind}: {len(v)} jobs, {sum(v):.0f} s" for kind, v in kinds.items()]
+        lines += [f"- {kind}: {len(v)} job{'s' * (len(v) != 1)}, {sum(v):.0f} s" for kind, v in kinds.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -273,3 +273,20 @@ def test_the_difficulty_table_means_buckets_and_pairs_seeds():
         assert "1 rewards for 6 prompts" in str(e)
     else:
         raise AssertionError("a length mismatch must be refused")
+
+
+def test_no_difficulty_table_without_a_measure(capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reproduce_difficulty import section
+    from reproduce_jobs import Job
+
+    jobs = [Job("s0-ppo", "row", seed=0, label="ppo", alg="ppo"), Job("difficulty", "difficulty")]
+    done = {"s0-ppo": {"metrics": {"reward": 0.5}, "per_prompt": [0.4, 0.6, 0.5]},
+            "difficulty": {"unavailable": "task prompts has no measure of prompt difficulty"}}
+    assert section(jobs, done, [0]) is None
+    assert "no table by prompt difficulty: task prompts has no measure" in capsys.readouterr().out
+    done["difficulty"] = {"values": [0.1, 0.9, 0.5], "buckets": ["hard", "easy", "medium"]}
+    got = section(jobs, done, [0])
+    assert got["table"]["rows"]["ppo"]["hard"]["mean"] == 0.4 and got["table"]["counts"]["easy"] == 1
+    del done["s0-ppo"]["per_prompt"]  # a row evaluated before rewards per prompt were kept
+    assert section(jobs, done, [0]) is None
