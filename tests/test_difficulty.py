@@ -138,6 +138,43 @@ def test_difficulty_command_end_to_end(tmp_path, tiny_causal_dir):
     assert "easy (n=3)" in result.stdout and "easy−hard" in result.output
 
 
+def test_several_sampling_seeds_give_mean_and_std_per_bucket(tmp_path, tiny_causal_dir):
+    reward = make_tiny_reward(tmp_path / "reward")
+    out, chart = tmp_path / "buckets.json", tmp_path / "fig3.png"
+    common = ["difficulty", "-p", str(tiny_causal_dir), "--reward-model", str(reward), "--limit", "6",
+              "--max-new-tokens", "4", "--device", "cpu", "--reference", "none"]
+    result = runner.invoke(app, [*common, "--decoding", "sample", "--seed", "5", "--seeds", "2",
+                                 "--json", str(out), "--plot", str(chart)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    data = json.loads(out.read_text())
+    assert data["seeds"] == [5, 6]
+    spec = str(tiny_causal_dir)
+    for bucket in data["buckets"].values():
+        runs = bucket["per_seed"][spec]
+        assert [r["seed"] for r in runs] == [5, 6]
+        values = [r["metrics"]["sentiment"] for r in runs]
+        assert bucket["policies"][spec]["sentiment"] == pytest.approx(sum(values) / 2)
+        assert bucket["policies_std"][spec]["sentiment"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    # the two seeds sampled differently somewhere (else the std would say nothing)
+    assert any(b["policies_std"][spec]["sentiment"] > 0 for b in data["buckets"].values())
+    # seed 5 alone is the first of those runs
+    single = tmp_path / "one.json"
+    one = runner.invoke(app, [*common, "--decoding", "sample", "--seed", "5", "--json", str(single), "--quiet"])
+    assert one.exit_code == 0, (one.output, one.exception)
+    first = json.loads(single.read_text())
+    assert "seeds" not in first and all("per_seed" not in b for b in first["buckets"].values())
+    for name, bucket in first["buckets"].items():
+        assert bucket["policies"][spec] == data["buckets"][name]["per_seed"][spec][0]["metrics"]
+    assert "±" in result.stdout and "2 seeds (mean ± std)" in result.stdout
+    png_size(chart)
+    # deterministic decoding: one run stands for every seed
+    greedy = runner.invoke(app, [*common, "--decoding", "greedy", "--seeds", "3", "--json", str(out)])
+    assert greedy.exit_code == 0 and "one run stands for every seed" in greedy.output
+    assert all(len(b["per_seed"][spec]) == 1 for b in json.loads(out.read_text())["buckets"].values())
+    bad = runner.invoke(app, [*common, "--seeds", "0"])
+    assert bad.exit_code == 1 and bad.output.strip().startswith("[error] --seeds must be >= 1")
+
+
 def test_thresholds_option_and_errors(tmp_path, tiny_causal_dir):
     reward = make_tiny_reward(tmp_path / "reward")
     out = tmp_path / "b.json"

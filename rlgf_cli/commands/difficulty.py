@@ -24,7 +24,8 @@ def difficulty_command(
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N examples of the split.")] = None,
     thresholds: Annotated[Optional[str], typer.Option(help="Sentiment tasks: cut points of the prompt's reward score instead of terciles: 'T' (easy/hard) or 'A,B' (hard < A ≤ medium < B ≤ easy).", rich_help_panel=_BUCKETS)] = None,
     unseen_at_least: Annotated[Optional[int], typer.Option(help="CommonGen: a prompt with at least N concepts never seen in training is hard. [default: 1]", rich_help_panel=_BUCKETS)] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed (the first one with --seeds).")] = 0,
+    seeds: Annotated[int, typer.Option(help="Run N sampling seeds (seed, seed+1, …) and report each bucket's mean ± std.")] = 1,
     reference: Annotated[Optional[str], typer.Option(help="Frozen model for output_perplexity, or none to skip it. Default: the checkpoint's initial learner, else the task's default learner (left out, with the reason, when it cannot load).")] = None,
     policy_base_url: Annotated[Optional[str], typer.Option(help="Server of the openai: policies. Default: $OPENAI_BASE_URL.")] = None,
     data: Data = None,
@@ -56,6 +57,8 @@ def difficulty_command(
       rlgf difficulty -p smollm2 -c runs/ppo/final -c runs/d2lols/final --limit 300 --plot fig3.png
 
       rlgf difficulty -c runs/ppo/final --thresholds 0.3,0.7 --json buckets.json
+
+      rlgf difficulty -c runs/ppo/final -c runs/ppopp/final --seeds 3 --plot fig3.png
     """
     from backends.errors import RlgfError, did_you_mean
 
@@ -67,6 +70,8 @@ def difficulty_command(
 
     specs = policy_specs(checkpoint, policy, quiet)
     check_common(split, limit, batch_size)
+    if seeds < 1:
+        raise RlgfError(f"--seeds must be >= 1 (got {seeds})", "pass the number of seeds to average over")
     cuts = parse_thresholds(thresholds) if thresholds is not None else None
     if unseen_at_least is not None and unseen_at_least < 1:
         raise RlgfError(f"--unseen-at-least must be >= 1 (got {unseen_at_least})", "pass a number of concepts")
@@ -87,7 +92,7 @@ def difficulty_command(
                                   reward_label=reward_label, reward_url=reward_url,
                                   max_new_tokens=max_new_tokens),
         device=device, precision=precision, batch_size=batch_size, decoding={"mode": decoding}, base_url=policy_base_url,
-        thresholds=cuts, unseen_at_least=unseen_at_least, metric=metric,
+        thresholds=cuts, unseen_at_least=unseen_at_least, metric=metric, seeds=seeds,
         say=None if quiet else (lambda text: err_console.print(text, markup=False)),
         bar=None if quiet else _bar,
     )
@@ -120,7 +125,7 @@ def _bar(label: str):
 def print_table(report: dict, metric: str, gaps: dict) -> None:
     from rlgf_cli.evaluation.difficulty import metric_names
     from rlgf_cli.commands.console import rich_table
-    from rlgf_cli.evaluation.report import fmt, short_labels
+    from rlgf_cli.evaluation.report import fmt_mean_std, short_labels
 
     names = metric_names(report)
     labels = short_labels(report["policies"])
@@ -128,12 +133,14 @@ def print_table(report: dict, metric: str, gaps: dict) -> None:
     for bucket, info in report["buckets"].items():
         for j, (spec, metrics) in enumerate(info["policies"].items()):
             head = f"{bucket} (n={info['n']})" if j == 0 else ""
-            rows.append([head, labels[spec], *[fmt(metrics.get(m)) for m in names]])
+            stds = info.get("policies_std", {}).get(spec, {})
+            rows.append([head, labels[spec], *[fmt_mean_std(metrics.get(m), stds.get(m)) for m in names]])
     how = report.get("description", report.get("method", ""))
     cuts = report.get("thresholds")
     if cuts:
         how += " · cut at " + ", ".join(f"{c:.4f}" for c in cuts)
-    title = f"{report['task']} · {report['split']} split · n={report['n']} · by difficulty"
+    several = f" · {len(report['seeds'])} seeds (mean ± std)" if report.get("seeds") else ""
+    title = f"{report['task']} · {report['split']} split · n={report['n']} · by difficulty{several}"
     out_console.print(rich_table(title, ["bucket", "policy", *names], rows, align_right_from=2))
     err_console.print(how, markup=False)
     for spec, gap in gaps.items():

@@ -109,10 +109,14 @@ def _count_buckets(task: Task, measured: PromptDifficulty, values: list[float], 
 
 def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference_spec, task_options, device,
                    batch_size, decoding=None, base_url=None, thresholds=None, unseen_at_least=None,
-                   say=None, bar=None, metric: str | None = None, precision: str = "auto") -> dict:
+                   say=None, bar=None, metric: str | None = None, precision: str = "auto", seeds: int = 1) -> dict:
     """Generate with every policy, then compute its metrics per difficulty bucket.
 
-    ``metric`` (the one to chart) is checked against the task's metrics before any generation."""
+    With ``seeds`` > 1 each policy generates at sampling seeds ``seed`` … ``seed + seeds - 1``:
+    a bucket's ``policies`` then hold the mean over seeds, ``policies_std`` the standard
+    deviation and ``per_seed`` each seed's metrics (one run stands for all under deterministic
+    decoding). ``metric`` (the one to chart) is checked against the task's metrics before any
+    generation."""
     import contextlib
 
     from backends import policy_class, resolve
@@ -143,32 +147,41 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
         freeze_in(reference, prec)
     buckets = {b: {"n": len(members[b]), "policies": {}} for b in names}
     decodings = {}
+    seed_list = [seed + i for i in range(max(1, seeds))]
     for spec in specs:
-        remote = policy_class(spec).remote
-        if remote:
-            policy = load_for_eval(spec, dev, seed=seed, base_url=base_url)
-        else:
-            policy = reference if reference is not None and spec == ref_spec else resolve(spec, device=dev)
-        freeze_in(policy, prec)
-        decode = decoding_for(policy, task, sampling)
-        decodings[spec] = describe_decoding(policy, decode)
-        say(f"generating with {spec} ({decodings[spec]})")
-        with bar(f"difficulty {spec}") as progress, prec.autocast():
-            completions = generate_for(policy, task, examples, decoding=decode, seed=seed, batch_size=batch_size,
-                                       progress=progress)
+        remote = policy_class(spec).remote  # loaded per seed (its requests are seeded)
+        local = None
+        if not remote:
+            local = reference if reference is not None and spec == ref_spec else resolve(spec, device=dev)
+        runs: dict[str, list[dict]] = {b: [] for b in names}
+        for s in seed_list:
+            if s != seed and sampling.is_deterministic:
+                say(f"{spec}: {decodings[spec]} is deterministic; one run stands for every seed")
+                break
+            policy = local or load_for_eval(spec, dev, seed=s, base_url=base_url)
+            freeze_in(policy, prec)
+            decode = decoding_for(policy, task, sampling)
+            decodings[spec] = describe_decoding(policy, decode)
+            say(f"generating with {spec} ({decodings[spec]}" + (f", seed {s})" if len(seed_list) > 1 else ")"))
+            with bar(f"difficulty {spec}" + (f" · seed {s}" if len(seed_list) > 1 else "")) as progress, prec.autocast():
+                completions = generate_for(policy, task, examples, decoding=decode, seed=s, batch_size=batch_size,
+                                           progress=progress)
+            for b in names:
+                idx = members[b]
+                with prec.autocast():
+                    runs[b].append({"seed": s, "metrics": compute_metrics(
+                        task, policy, [examples[i] for i in idx], [completions[i] for i in idx], reference)})
+            if remote:
+                policy.close()
         for b in names:
-            idx = members[b]
-            with prec.autocast():
-                buckets[b]["policies"][spec] = compute_metrics(
-                    task, policy, [examples[i] for i in idx], [completions[i] for i in idx], reference)
-        if remote:
-            policy.close()
-        del policy
+            _summarise_runs(buckets[b], spec, runs[b], several=len(seed_list) > 1)
+        del local
     return {
         "task": task.name,
         "split": split,
         "n": len(examples),
         "seed": seed,
+        **({"seeds": seed_list} if len(seed_list) > 1 else {}),
         **how,
         "policies": specs,
         "metric_names": eval_metric_names(task),
@@ -179,6 +192,21 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
                     for i, (ex, v, lab) in enumerate(zip(examples, values, labels))],
         "task_info": {**ref_facts, **task.info(), **prec.info()},
     }
+
+
+def _summarise_runs(bucket: dict, spec: str, runs: list[dict], several: bool) -> None:
+    """A bucket's entry for ``spec``: its metrics (the mean over ``runs``) and, when several
+    seeds were asked for, their standard deviations and the runs themselves."""
+    from rlgf_cli.evaluation.report import mean_std
+
+    if not several:
+        bucket["policies"][spec] = runs[0]["metrics"]
+        return
+    names = list(dict.fromkeys(m for r in runs for m in r["metrics"]))
+    stats = {m: mean_std([r["metrics"][m] for r in runs if m in r["metrics"]]) for m in names}
+    bucket["policies"][spec] = {m: mean for m, (mean, _) in stats.items()}
+    bucket.setdefault("policies_std", {})[spec] = {m: std for m, (_, std) in stats.items() if std is not None}
+    bucket.setdefault("per_seed", {})[spec] = runs
 
 
 def metric_names(report: dict) -> list[str]:
@@ -229,13 +257,16 @@ def plot(report: dict, path: str | Path, metric: str | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5 + 0.25 * ((len(policies) + 1) // 2)), dpi=100)
     for j, p in enumerate(policies):
         heights = [buckets[b]["policies"].get(p, {}).get(metric, math.nan) for b in names]
+        stds = [buckets[b].get("policies_std", {}).get(p, {}).get(metric) for b in names]
         xs = [i + (j - (len(policies) - 1) / 2) * width for i in range(len(names))]
         gap = gaps.get(p)
         legend = labels[p] + ("" if gap is None else f" (easy−hard {gap:+.3f})")
-        ax.bar(xs, heights, width=width * 0.95, label=legend)
+        errors = [0.0 if v is None else v for v in stds] if any(v is not None for v in stds) else None
+        ax.bar(xs, heights, width=width * 0.95, label=legend, yerr=errors, capsize=3 if errors else 0)
     ax.set_xticks(range(len(names)), [f"{b}\n(n={buckets[b]['n']})" for b in names])
     ax.set_ylabel(metric)
-    ax.set_title(f"{report.get('task', '')} · {metric} by prompt difficulty")
+    several = f" (mean ± std, {len(report['seeds'])} seeds)" if report.get("seeds") else ""
+    ax.set_title(f"{report.get('task', '')} · {metric} by prompt difficulty{several}")
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(2, len(policies)),
               frameon=False)
     ax.grid(axis="y", alpha=0.3)
