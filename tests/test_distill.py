@@ -141,6 +141,29 @@ def test_bad_input(tmp_path, extra, message):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--guide", "openai:tiny"], "OPENAI_API_KEY is not set"),
+    (["--guide", "nope:model"], "unknown backend"),
+    (["--guide", "openai:tiny", "--learner", "hf:{empty}"], "config.json"),
+])
+def test_guide_and_learner_specs_fail_before_the_task_is_prepared(tmp_path, monkeypatch, args, message):
+    """A missing API key, an unknown backend or an empty model folder: one [error] line before the
+    reward is prepared (for the embedded default: a classifier trained the first time)."""
+    import tasks.rotten_tomatoes as rt
+
+    def refuse(self, *a, **k):
+        raise AssertionError("the task was prepared before the specs were checked")
+
+    for cls in (rt.SentimentContinuationTask, rt.RottenTomatoesTask):
+        monkeypatch.setattr(cls, "prepare", refuse)
+    (tmp_path / "empty").mkdir()
+    args = [a.format(empty=tmp_path / "empty") for a in args]
+    result = runner.invoke(app, ["distill", *args, "--out", str(tmp_path / "o")])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and lines[-1].startswith("[error]") and message in lines[-1], result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_budget_needs_an_api_guide(tmp_path, tiny_causal_dir):
     result = runner.invoke(app, ["distill", "--guide", str(tiny_causal_dir), "--guide-budget-tokens", "100",
                                  "--out", str(tmp_path / "o")])

@@ -236,6 +236,17 @@ def train_bc(cfg, task, learner_spec: str, device: str, callback) -> dict:
     return summary
 
 
+def check_specs(learner_spec: str, bc_cfg, o: DistillOptions, task) -> None:
+    """Unknown backends, missing folders and an API guide's missing key fail here, in
+    milliseconds, not after the task's reward is prepared and the learner has loaded."""
+    from backends import policy_class
+
+    from rlgf_cli.training.run import guide_options
+
+    policy_class(learner_spec)
+    policy_class(o.guide).preflight(guide_options(bc_cfg, concurrency=o.concurrency, task=task))
+
+
 def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     """Run the experiment described in the module docstring; returns the report."""
     import shutil
@@ -260,9 +271,10 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     bc_cfg, then_cfg = configs(o)
     out = prepare_out(o)
     task = build_task(bc_cfg)
+    learner_spec = o.learner or task.default_learner
+    check_specs(learner_spec, bc_cfg, o, task)  # before the task's reward is prepared
     device = resolve_device(o.device)
     prec = resolve_precision(o.precision, device)
-    learner_spec = o.learner or task.default_learner
     task.use_precision(prec)
     task.prepare(progress=lambda text, frac=None: say(text))
     say(prec.describe())
