@@ -131,32 +131,15 @@ def markdown(result: dict, difficulty: dict) -> list[str]:
     return lines
 
 
-def plot(result: dict, path: Path, title: str) -> bool:
-    """Grouped bars: per bucket, each row's mean reward with its std over seeds."""
-    try:
-        import matplotlib
+def plot(result: dict, path: Path, task: str, seeds: list[int]) -> Path:
+    """``rlgf difficulty``'s chart (its grouped bars, error bars from the std over seeds) of
+    each row's mean reward per bucket."""
+    from rlgf_cli.evaluation.difficulty import plot as draw
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    buckets = list(result["counts"])
-    labels = list(result["rows"])
-    width = 0.8 / max(1, len(labels))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) * len(buckets) / 2), 4))
-    for i, label in enumerate(labels):
-        cells = result["rows"][label]
-        xs = [k + (i - (len(labels) - 1) / 2) * width for k in range(len(buckets))]
-        ys = [cells.get(b, {}).get("mean", float("nan")) for b in buckets]
-        err = [cells.get(b, {}).get("std", 0.0) for b in buckets]
-        ax.bar(xs, ys, width, yerr=err, capsize=2, label=label)
-    ax.set_xticks(range(len(buckets)), [f"{b} ({result['counts'][b]})" for b in buckets])
-    ax.set_ylabel("mean reward")
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return True
+    buckets = {b: {"n": n,
+                   "policies": {label: {"reward": cells[b]["mean"]} for label, cells in result["rows"].items() if b in cells},
+                   "policies_std": {label: {"reward": cells[b]["std"]} for label, cells in result["rows"].items() if b in cells}}
+               for b, n in result["counts"].items()}
+    report = {"task": task, "policies": list(result["rows"]), "buckets": buckets, "metric_names": ["reward"],
+              **({"seeds": seeds} if len(seeds) > 1 else {})}
+    return draw(report, path, "reward")

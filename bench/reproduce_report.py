@@ -157,8 +157,7 @@ def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice, difficulty
         rows = difficulty["table"]["rows"]
         difficulty["table"]["rows"] = {k: rows[k] for k in [*table, *rows] if k in rows}
         text += "\n".join(D.markdown(difficulty["table"], difficulty["prompts"])) + "\n"
-        D.plot(difficulty["table"], out / "difficulty.png",
-               f"{meta['task']}: mean reward by prompt difficulty (± std, {len(per_seed)} seeds)")
+        D.plot(difficulty["table"], out / "difficulty.png", meta["task"], meta.get("seeds_done") or [meta.get("first_seed", 0) + i for i in range(len(per_seed))])
     (out / "results.md").write_text(text, encoding="utf-8")
     (out / "results.json").write_text(json.dumps({**meta, "per_seed": per_seed, "table": table, "health": rows_health,
                                                   "lr_choice": lr_choice, "curves": curves,
