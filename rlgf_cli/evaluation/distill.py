@@ -236,17 +236,6 @@ def train_bc(cfg, task, learner_spec: str, device: str, callback) -> dict:
     return summary
 
 
-def check_specs(learner_spec: str, bc_cfg, o: DistillOptions, task) -> None:
-    """Unknown backends, missing folders and an API guide's missing key fail here, in
-    milliseconds, not after the task's reward is prepared and the learner has loaded."""
-    from backends import policy_class
-
-    from rlgf_cli.training.run import guide_options
-
-    policy_class(learner_spec)
-    policy_class(o.guide).preflight(guide_options(bc_cfg, concurrency=o.concurrency, task=task))
-
-
 def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     """Run the experiment described in the module docstring; returns the report."""
     import shutil
@@ -257,7 +246,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     from rlgf_cli.evaluation.evaluate import evaluate_policy, split_examples
     from rlgf_cli.evaluation.evaluate import metric_names as eval_metric_names
     from rlgf_cli.files import write_atomic
-    from rlgf_cli.training.run import build_task, guide_options, train
+    from rlgf_cli.training.run import build_task, check_specs, guide_options, train
     from rlgf_cli.runtime import resolve_device
     from rlgf_cli.evaluation.distill_report import report_markdown, row
 
@@ -272,7 +261,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     out = prepare_out(o)
     task = build_task(bc_cfg)
     learner_spec = o.learner or task.default_learner
-    check_specs(learner_spec, bc_cfg, o, task)  # before the task's reward is prepared
+    check_specs(bc_cfg, task, learner=learner_spec, guide=True, concurrency=o.concurrency)  # before the reward is prepared
     device = resolve_device(o.device)
     prec = resolve_precision(o.precision, device)
     task.use_precision(prec)

@@ -189,7 +189,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     else:
         prepare_out_dir(cfg, overwrite)
     task = build_task(cfg)
-    _check_specs(cfg, task, resumed=ckpt is not None)  # cheap, before a reward model is prepared
+    check_specs(cfg, task, learner=None if ckpt is not None else cfg.init or cfg.learner or task.default_learner,
+                guide=cfg.algorithm.needs_guide)  # cheap, before a reward model is prepared
     if cfg.algorithm.trainer != "bc":  # an RL run needs its reward; fail before anything is written
         task.check_reward()
     w, device = init_from_env(resolve_device(cfg.device))
@@ -388,18 +389,16 @@ def finish(out: Path, current: Path | None, checkpoint, iteration: int, keep: in
     return export_final(resumable, out / "final")
 
 
-def _check_specs(cfg: TrainConfig, task, *, resumed: bool) -> None:
-    """Unknown backends and missing folders in --learner, --init and --guide fail here, in
-    milliseconds, not after minutes of preparing the task's reward."""
+def check_specs(cfg: TrainConfig, task, *, learner: str | None, guide: bool, concurrency: int | None = None) -> None:
+    """Unknown backends and missing folders in the ``learner`` spec and (with ``guide``) in
+    ``cfg.guide``, and an API guide's missing key, fail here, in milliseconds, not after minutes
+    of preparing the task's reward and loading the learner (train and distill)."""
     from backends import policy_class
 
-    specs = [] if resumed else [cfg.init or cfg.learner or task.default_learner]
-    if cfg.algorithm.needs_guide and cfg.guide:
-        specs.append(cfg.guide)
-    for spec in specs:
-        policy_class(spec)
-    if cfg.algorithm.needs_guide and cfg.guide:  # an API guide's key, before the learner and the reward load
-        policy_class(cfg.guide).preflight(guide_options(cfg, task=task))
+    if learner:
+        policy_class(learner)
+    if guide and cfg.guide:
+        policy_class(cfg.guide).preflight(guide_options(cfg, concurrency=concurrency, task=task))
 
 
 def _guide_state(guide) -> dict:
