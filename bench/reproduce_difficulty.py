@@ -90,7 +90,7 @@ def table(rewards_by_seed: list[dict[str, list[float]]], buckets: list[str]) -> 
                     "n": len(values)}
             for other, key in (("ppo", "vs_ppo"), (J.GUIDE, "vs_guide")):
                 if label not in (other, INITIAL):
-                    cell[key] = _paired([seed for seed in per_seed], other, label, b)
+                    cell[key] = _paired(per_seed, other, label, b)
             rows[label][b] = cell
     counts = {b: buckets.count(b) for b in BUCKETS if b in buckets}
     return {"counts": counts, "rows": rows}

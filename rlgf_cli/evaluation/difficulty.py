@@ -197,15 +197,12 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
 def _summarise_runs(bucket: dict, spec: str, runs: list[dict], several: bool) -> None:
     """A bucket's entry for ``spec``: its metrics (the mean over ``runs``) and, when several
     seeds were asked for, their standard deviations and the runs themselves."""
-    from rlgf_cli.evaluation.report import mean_std
+    from rlgf_cli.evaluation.report import runs_mean_std
 
     if not several:
         bucket["policies"][spec] = runs[0]["metrics"]
         return
-    names = list(dict.fromkeys(m for r in runs for m in r["metrics"]))
-    stats = {m: mean_std([r["metrics"][m] for r in runs if m in r["metrics"]]) for m in names}
-    bucket["policies"][spec] = {m: mean for m, (mean, _) in stats.items()}
-    bucket.setdefault("policies_std", {})[spec] = {m: std for m, (_, std) in stats.items() if std is not None}
+    bucket["policies"][spec], bucket.setdefault("policies_std", {})[spec] = runs_mean_std(runs)
     bucket.setdefault("per_seed", {})[spec] = runs
 
 

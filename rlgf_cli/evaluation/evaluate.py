@@ -32,7 +32,7 @@ from rlgf_cli.evaluation.decoding import (  # noqa: F401 - re-exported: the deco
     describe_decoding,
     resolve_sampling,
 )
-from rlgf_cli.evaluation.report import mean_std
+from rlgf_cli.evaluation.report import runs_mean_std
 from rlgf_cli.runtime import resolve_device, set_seed
 from rlgf_cli.training.tensors import chunks
 
@@ -357,15 +357,7 @@ def remember_scores(model) -> None:
 
 
 def summarise(spec: str, task: Task, split: str, n: int, decoding: str, runs: list[dict], rows: list[dict]) -> dict:
-    names: list[str] = []
-    for run in runs:
-        names += [m for m in run["metrics"] if m not in names]
-    means, stds = {}, {}
-    for name in names:
-        mean, std = mean_std([r["metrics"][name] for r in runs if name in r["metrics"]])
-        means[name] = mean
-        if std is not None:
-            stds[name] = std
+    means, stds = runs_mean_std(runs)
     return {
         "policy": spec,
         "task": task.name,

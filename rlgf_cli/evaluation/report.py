@@ -26,6 +26,19 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(var) if math.isfinite(var) else math.nan
 
 
+def runs_mean_std(runs: Sequence[dict]) -> tuple[dict[str, float], dict[str, float]]:
+    """Over ``runs`` (each ``{"metrics": {...}}``, e.g. one per sampling seed): every metric's
+    mean, and its standard deviation where there are two values or more."""
+    names = list(dict.fromkeys(m for run in runs for m in run["metrics"]))
+    means, stds = {}, {}
+    for name in names:
+        mean, std = mean_std([r["metrics"][name] for r in runs if name in r["metrics"]])
+        means[name] = mean
+        if std is not None:
+            stds[name] = std
+    return means, stds
+
+
 def fmt(value: float | None) -> str:
     if value is None:
         return "–"
