@@ -61,21 +61,47 @@ app.command("distill")(distill_command)
 app.command("plot")(plot_command)
 
 
+#: below this many columns per field a listing prints one block per entry instead of a table
+#: (a six-column table on an 80-column terminal wraps every cell into a one-word-wide strip)
+MIN_COLUMN_WIDTH = 28
+
+
 def _print_listing(title: str, rows: list[dict], columns: list[tuple[str, str]], as_json: bool,
                    caption: str | None = None) -> None:
-    """``rows`` as JSON on stdout, or as a table of ``(header, key)`` columns (``caption`` under it)."""
+    """``rows`` as JSON on stdout, or for people as a table of ``(header, key)`` columns
+    (``caption`` under it) where the terminal is wide enough, else one block per row: its
+    first column as a heading, the other fields as label / value lines wrapped to the width."""
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
 
-    table = Table(title=title, caption=caption, caption_justify="left")
-    for i, (header, _) in enumerate(columns):
-        table.add_column(header, no_wrap=i == 0, style="bold" if i == 0 else None)
+    def cell(r: dict, key: str) -> str:
+        c = r.get(key, "")
+        return ", ".join(c) if isinstance(c, (list, tuple)) else str(c)
+
+    if out_console.width >= MIN_COLUMN_WIDTH * len(columns):
+        table = Table(title=title, caption=caption, caption_justify="left")
+        for i, (header, _) in enumerate(columns):
+            table.add_column(header, no_wrap=i == 0, style="bold" if i == 0 else None)
+        for r in rows:
+            table.add_row(*[cell(r, key) for _, key in columns])
+        out_console.print(table)
+        return
+    out_console.print(title, style="bold")
+    (_, first), fields = columns[0], columns[1:]
     for r in rows:
-        cells = [r.get(key, "") for _, key in columns]
-        table.add_row(*[", ".join(c) if isinstance(c, (list, tuple)) else str(c) for c in cells])
-    out_console.print(table)
+        out_console.print()
+        out_console.print(cell(r, first), style="bold")
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True, style="dim")
+        grid.add_column(ratio=1)
+        for header, key in fields:
+            grid.add_row(header, cell(r, key))
+        out_console.print(grid, soft_wrap=False)
+    if caption:
+        out_console.print()
+        out_console.print(caption, soft_wrap=False)
 
 
 _JSON_OPTION = typer.Option("--json", help="Print machine-readable JSON to stdout.")

@@ -1,5 +1,6 @@
 """The CLI as users and scripts see it: help, version, and one [error] line for bad input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -96,6 +97,24 @@ def test_tasks_and_backends_json():
     assert {"hf", "openai"} <= {b["name"] for b in backends}
     table = rlgf("backends", env={"COLUMNS": "200"}).stdout
     assert "smollm2: SmolLM2-135M-Instruct (embedded" in table  # the model names that need no backend
+
+
+def test_listings_fit_a_narrow_terminal():
+    """On an 80-column terminal `rlgf tasks` prints one block per task (a six-column table there
+    wrapped every cell into a strip a few letters wide); a wide terminal still gets the table."""
+    narrow = rlgf("tasks", env={"COLUMNS": "80"})
+    assert narrow.returncode == 0, narrow.stderr
+    lines = narrow.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "rotten-tomatoes" in [line.strip() for line in lines]  # the name on a line of its own
+    data = [line for line in lines if line.startswith("data source")]
+    assert len(data) == len(json.loads(rlgf("tasks", "--json").stdout))  # one block per task
+    assert "┃" not in narrow.stdout
+    wide = rlgf("tasks", env={"COLUMNS": "200"}).stdout
+    assert "┃ name" in wide and "default learner" in wide
+    backends = rlgf("backends", env={"COLUMNS": "80"}).stdout
+    assert "backends.hf.policy:HFPolicy" in backends  # no longer cut to "backends.hf.policy:HFPo…"
+    assert "Specs without a backend name" in backends
 
 
 @pytest.mark.parametrize(
