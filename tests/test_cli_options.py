@@ -69,7 +69,7 @@ def test_rendered_help_keeps_the_defaults():
 def _other_value(f: dataclasses.Field):
     special = {"task": "imdb", "alg": "aggrevate", "device": "cpu", "aggrevated_advantage": "gae",
                "lr_schedule": "linear", "precision": "bf16", "chat_template": "on", "guide_prefill": "continue",
-               "guide_extensions": "on"}  # word-valued options take one of their words
+               "guide_extensions": "on", "log_to": "tensorboard"}  # word-valued options take one of their words
     if f.name in special:
         return special[f.name]
     if isinstance(f.default, bool):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.errors import RlgfError
+from rlgf_cli.training import trackers
 
 #: episodes per minibatch when --minibatch-size is not given (fewer when --episodes is smaller)
 DEFAULT_MINIBATCH = 16
@@ -174,6 +175,9 @@ class TrainConfig:
     save_every: int = opt(1, "Checkpoint every N iterations (0: only the final one); with 1 a killed run loses at most "
                              "one iteration on --resume.", panel=PANEL_RUN)
     keep_checkpoints: int = opt(1, "How many periodic checkpoints to keep.", panel=PANEL_RUN)
+    log_to: str = opt("none", "Also log each iteration's metrics to: tensorboard (event files in OUT/tensorboard/; "
+                              "needs the tensorboard package; watch with tensorboard --logdir runs), or none.",
+                      panel=PANEL_RUN)
 
     # -- derived -----------------------------------------------------------------
     @property
@@ -229,6 +233,7 @@ class TrainConfig:
         if self.aggrevated_advantage not in ADVANTAGE_ESTIMATORS:
             raise RlgfError(f"unknown --aggrevated-advantage '{self.aggrevated_advantage}'",
                             f"choose one of: {', '.join(ADVANTAGE_ESTIMATORS)}")
+        trackers.parse(self.log_to)
         if str(self.precision).lower() not in ("auto", "fp32", "bf16", "float32", "bfloat16"):
             raise RlgfError(f"unknown --precision '{self.precision}'", "choose one of: auto, fp32, bf16")
         self._check_choices()

@@ -37,6 +37,7 @@ from rlgf_cli.training.distributed import all_sum, init_from_env, shutdown
 from rlgf_cli.training.interrupt import StopAtBoundary
 from rlgf_cli.training.resume_state import load_optimizer, load_rng, refuse_pickles
 from rlgf_cli.files import check_out_dir, write_atomic
+from rlgf_cli.training import trackers
 from rlgf_cli.training.config import TrainConfig
 from backends.precision import resolve_precision
 from rlgf_cli.runtime import resolve_device, set_seed
@@ -291,6 +292,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     in_step = False  # a Ctrl-C inside an iteration leaves its state half-updated: never checkpoint that
     stop = StopAtBoundary(lambda: callback("message", {
         "text": "stopping after this iteration, with a checkpoint (Ctrl-C again to stop now and lose it)"}))
+    tracked = trackers.Trackers(cfg.log_to if main else None, out, done=trainer.iteration, config_toml=config_toml)
     with open(out / "metrics.jsonl" if main else os.devnull, "a", encoding="utf-8") as log, stop:
         try:
             while trainer.iteration < cfg.iterations:
@@ -325,6 +327,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     last.update({f"guide_api_{k}": v for k, v in guide.stats().items() if not isinstance(v, str)})
                 log.write(json.dumps(last) + "\n")
                 log.flush()
+                tracked.log(last)
                 callback("iteration", last)
                 if cfg.save_every and trainer.iteration % cfg.save_every == 0 and trainer.iteration < cfg.iterations:
                     tick = time.perf_counter()
@@ -349,6 +352,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                 f"checkpoint saved in {path}; continue with rlgf train --resume {out}",
             ) from None
         finally:
+            tracked.close()
             writer.join()  # its error, if any, is raised below or gives way to the run's
     writer.wait()  # a failed last write is an error of the run
     final = finish(out, saved[1] if saved[0] == trainer.iteration else None, checkpoint, trainer.iteration,
@@ -392,9 +396,11 @@ def finish(out: Path, current: Path | None, checkpoint, iteration: int, keep: in
 def check_specs(cfg: TrainConfig, task, *, learner: str | None, guide: bool, concurrency: int | None = None) -> None:
     """Unknown backends and missing folders in the ``learner`` spec and (with ``guide``) in
     ``cfg.guide``, and an API guide's missing key, fail here, in milliseconds, not after minutes
-    of preparing the task's reward and loading the learner (train and distill)."""
+    of preparing the task's reward and loading the learner (train and distill); so does a
+    ``--log-to`` tracker whose package is missing."""
     from backends import policy_class
 
+    trackers.require(cfg.log_to)
     if learner:
         policy_class(learner)
     if guide and cfg.guide:
