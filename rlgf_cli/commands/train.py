@@ -46,7 +46,8 @@ def train_command(
     Writes OUT/metrics.jsonl (one line per iteration), OUT/config.toml (the resolved
     config), OUT/checkpoints/iter-NNNN/ (resumable: model, critic, optimizer and RNG state;
     the last iteration's is always kept), OUT/final/ (what you ship: a plain transformers
-    folder with the critic beside it) and OUT/summary.json.
+    folder with the critic beside it) and OUT/summary.json; with --log-to tensorboard also
+    OUT/tensorboard/ (tensorboard --logdir runs).
     """
     if resume is not None:
         config = resume_settings(resume, config, options)
