@@ -48,7 +48,7 @@ def test_help_prose_wraps_to_the_terminal_and_examples_keep_their_lines():
     assert proc.returncode == 0, proc.stderr
     lines = [line.strip() for line in proc.stdout.splitlines()]
     writes = [line for line in lines if line.startswith("Writes OUT/metrics.jsonl")]
-    assert len(writes) == 1 and writes[0].endswith("OUT/summary.json."), writes
+    assert len(writes) == 1 and writes[0].endswith("(tensorboard --logdir runs)."), writes
     examples = [line for line in lines if line.startswith("rlgf train --")]
     assert "rlgf train --config my.toml --seed 3" in examples and len(examples) == 7, examples
 
