@@ -171,3 +171,21 @@ def test_mean_std():
     assert mean_std([1.0]) == (1.0, None)
     mean, std = mean_std([1.0, 2.0, 3.0])
     assert mean == 2.0 and std == pytest.approx(1.0)
+
+
+def test_a_shared_decoding_goes_into_the_title_and_mixed_ones_get_a_column():
+    from rlgf_cli.commands.eval import eval_markdown, table_rows
+
+    def result(policy, decoding):
+        return {"policy": policy, "task": "t", "split": "test", "n": 4, "decoding": decoding,
+                "metrics": {"sentiment": 0.5}}
+
+    sampling = "sampling (temperature 1, top-k 50)"
+    title, columns, rows, numeric = table_rows({"results": [result("a", sampling), result("b", sampling)]})
+    assert title == f"t · test split · n=4 · {sampling}"
+    assert columns == ["policy", "sentiment"] and rows == [["a", "0.5000"], ["b", "0.5000"]] and numeric == 1
+    report = {"results": [result("a", sampling), result("b", "greedy")]}
+    title, columns, rows, numeric = table_rows(report)
+    assert title == "t · test split · n=4" and columns == ["policy", "decoding", "sentiment"] and numeric == 2
+    assert [r[1] for r in rows] == [sampling, "greedy"]
+    assert "| policy | decoding | sentiment |" in eval_markdown(report)

@@ -182,7 +182,9 @@ def eval_command(
     write_all(outputs)
 
 
-def table_rows(report: dict) -> tuple[str, list[str], list[list[str]]]:
+def table_rows(report: dict) -> tuple[str, list[str], list[list[str]], int]:
+    """The result table: its title, columns, rows and the first right-aligned (numeric) column.
+    A decoding every policy shares goes into the title; only mixed decodings get a column."""
     from rlgf_cli.evaluation.report import fmt_mean_std, metric_columns, short_labels
 
     results = report["results"]
@@ -190,19 +192,22 @@ def table_rows(report: dict) -> tuple[str, list[str], list[list[str]]]:
     names = metric_columns((r["metrics"] for r in results), report.get("metric_names", ()))
     first = results[0]
     n_seeds = max(len(r.get("seeds", [0])) for r in results)
-    title = f"{first['task']} · {first['split']} split · n={first['n']}" + (f" · {n_seeds} seeds (mean ± std)" if n_seeds > 1 else "")
+    shared = len({r["decoding"] for r in results}) == 1
+    title = f"{first['task']} · {first['split']} split · n={first['n']}" + (f" · {first['decoding']}" if shared else "") \
+        + (f" · {n_seeds} seeds (mean ± std)" if n_seeds > 1 else "")
     rows = []
     for r in results:
         std = r.get("metrics_std", {})
-        rows.append([labels[r["policy"]], r["decoding"], *[fmt_mean_std(r["metrics"].get(m), std.get(m)) for m in names]])
-    return title, ["policy", "decoding", *names], rows
+        rows.append([labels[r["policy"]], *([] if shared else [r["decoding"]]),
+                     *[fmt_mean_std(r["metrics"].get(m), std.get(m)) for m in names]])
+    return title, ["policy", *([] if shared else ["decoding"]), *names], rows, 1 if shared else 2
 
 
 def eval_markdown(report: dict) -> str:
     from rlgf_cli.evaluation.report import markdown_table
 
-    title, columns, rows = table_rows(report)
-    lines = [f"## {title}", "", markdown_table(columns, rows, align_right_from=2), ""]
+    title, columns, rows, numeric = table_rows(report)
+    lines = [f"## {title}", "", markdown_table(columns, rows, align_right_from=numeric), ""]
     for key, value in report.get("task_info", {}).items():
         lines.append(f"- {key}: {value}")
     return "\n".join(lines) + "\n"
@@ -211,7 +216,7 @@ def eval_markdown(report: dict) -> str:
 def _print_table(report: dict) -> None:
     from rlgf_cli.commands.console import rich_table
 
-    title, columns, rows = table_rows(report)
-    out_console.print(rich_table(title, columns, rows, align_right_from=2))
+    title, columns, rows, numeric = table_rows(report)
+    out_console.print(rich_table(title, columns, rows, align_right_from=numeric))
     for key, value in report.get("task_info", {}).items():
         err_console.print(f"{key}: {value}", markup=False)
