@@ -14,8 +14,8 @@ from pathlib import Path
 from backends.errors import RlgfError, did_you_mean
 
 TRACKERS = ("tensorboard",)
-#: where each kind writes, inside the run folder
-FOLDERS = {"tensorboard": "tensorboard"}
+#: the event files' folder inside the run folder
+TENSORBOARD_DIR = "tensorboard"
 #: metric-name prefix → TensorBoard group (the rest of the name follows the slash)
 GROUPS = (("time_", "time"), ("guide_api_", "guide_api"), ("reward_", "reward"), ("kl_", "kl"))
 LOSSES = ("loss", "pg_loss", "v_loss", "guide_v_loss", "entropy", "approx_kl", "clipfrac", "grad_norm")
@@ -56,7 +56,7 @@ class Trackers:
         if "tensorboard" in parse(value):
             writer_class = _summary_writer()
             # purge_step: TensorBoard hides what an interrupted run logged after iteration `done`
-            writer = writer_class(log_dir=str(out / FOLDERS["tensorboard"]), purge_step=done + 1 if done else None)
+            writer = writer_class(log_dir=str(out / TENSORBOARD_DIR), purge_step=done + 1 if done else None)
             if not done:
                 writer.add_text("config", "\n".join("    " + line for line in config_toml.splitlines()), 0)
             self.writers.append(writer)
