@@ -94,6 +94,9 @@ def parse_args(argv=None):
     p.add_argument("--from", dest="sources", action="append", default=None, metavar="DIR",
                    help="with --collect: the folders to gather from (repeat it; replicates at other seeds "
                         "joined into one table in --out, --seeds counting them all)")
+    p.add_argument("--beta", type=float, default=None,
+                   help="β of the PPO++ and AggreVaTeD rows (`rlgf train --beta`: PPO++'s share of episodes "
+                        "rolled in by the guide; default: each algorithm's own, PPO++ 0.2 as in the paper)")
     for name in ("iterations", "episodes", "eval-limit", "bc-iterations"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     return p.parse_args(argv)
@@ -116,6 +119,8 @@ def run_training(name: str, out: Path, args, seed: int, **overrides) -> Path:
         lr=setting(args, "lr"), save_every=0, reward_model=args.reward_model,
         compile=bool(args.compile),  # eager unless asked: every committed run so far is eager
     )
+    if overrides.get("alg") in ("ppo++", "aggrevated") and getattr(args, "beta", None) is not None:
+        values["beta"] = args.beta  # LOLS and D2LOLS mix two phases, each with its own β; PPO has none
     values.update(overrides)
     started = time.perf_counter()
     summary = train(build_config(None, **values), overwrite=True)
@@ -266,7 +271,7 @@ def chosen_rows(args) -> list[tuple[str, str, bool]]:
 #: the options that change what a reproduction computes (not how many processes run it)
 SETTINGS = ("preset", "task", "learner", "device", "lr", "lr_grid", "max_approx_kl", "max_kl_per_token", "bc_lr",
             "all_rows", "reward_model", "first_seed", "iterations", "episodes", "eval_limit", "bc_iterations",
-            "compile", "rows", "guide_model")
+            "compile", "rows", "guide_model", "beta")
 
 
 def check_settings(out: Path, args) -> None:

@@ -227,7 +227,7 @@ def test_a_given_guide_and_chosen_rows(tmp_path, tiny_causal_dir, tiny_reward_di
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
          "--reward-model", str(tiny_reward_dir), "--seeds", "1", "--iterations", "1", "--episodes", "4",
          "--eval-limit", "4", "--device", "cpu", "--rows", "ppo,ppo++", "--guide-model", "strong",
-         "--out", "given"],
+         "--beta", "0.5", "--out", "given"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -236,12 +236,15 @@ def test_a_given_guide_and_chosen_rows(tmp_path, tiny_causal_dir, tiny_reward_di
     assert not (out / "guide").exists(), "no BC guide was trained"
     config = (out / "seed0" / "ppo__" / "config.toml").read_text()
     assert 'guide = "strong"' in config  # the given model guided PPO++, named relative to where the run started
+    assert re.search(r"^beta = 0.5$", config, re.M)  # --beta reaches the guided row…
+    assert not re.search(r"^beta = ", (out / "seed0" / "ppo" / "config.toml").read_text(), re.M)  # …and not PPO
     # no absolute path of the folder it ran in is left in what a committed reproduction keeps
     kept = [f for f in out.rglob("*") if f.is_file() and f.suffix in (".toml", ".json", ".md")]
     assert kept and not [f for f in kept if str(tmp_path.resolve()) in f.read_text()]
     md = (out / "results.md").read_text()
     assert "The given model `strong`" in md and "| guide |" in md and "guide (given: nothing trained)" in md
-    assert json.loads((out / "settings.json").read_text())["rows"] == "ppo,ppo++"
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["rows"] == "ppo,ppo++" and settings["beta"] == 0.5
     bad = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--rows", "ppo,nope",
          "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
