@@ -60,8 +60,9 @@ def test_train_logs_every_iteration_and_resume_continues(tmp_path, tiny_causal_d
     assert "iteration" not in " ".join(scalars)  # the step, not a scalar
     assert "log_to = \"tensorboard\"" in (out / "config.toml").read_text()
 
-    result = runner.invoke(app, ["train", "--resume", str(out), "--iterations", "3", "--quiet"])
+    result = runner.invoke(app, ["train", "--resume", str(out), "--iterations", "3"])
     assert result.exit_code == 0, result.output
+    assert f"tensorboard --logdir {out / 'tensorboard'}" in result.output.replace("\n", "")  # where to look
     scalars, metrics = _scalars(out / "tensorboard"), _metrics(out)
     assert [step for step, _ in scalars["reward/mean"]] == [1, 2, 3]
     assert [v for _, v in scalars["reward/mean"]] == pytest.approx([m["reward_mean"] for m in metrics])
