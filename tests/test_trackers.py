@@ -41,10 +41,10 @@ def test_parse_and_names():
     with pytest.raises(RlgfError) as err:
         trackers.parse("tensorbord")
     assert "unknown --log-to 'tensorbord'" in err.value.message and "did you mean 'tensorboard'" in err.value.hint
-    assert [trackers.scalar_name(k) for k in ("reward_mean", "kl", "kl_exact", "pg_loss", "time_update_s",
-                                              "guide_api_requests", "response_length")] == [
-        "reward/mean", "kl/sampled", "kl/exact", "loss/pg_loss", "time/update_s", "guide_api/requests",
-        "train/response_length"]
+    assert [trackers.scalar_name(k) for k in ("reward_mean", "kl", "kl_exact", "pg_loss", "time_update_s", "time_s",
+                                              "guide_api_requests", "bc_loss", "response_length")] == [
+        "reward/mean", "kl/sampled", "kl/exact", "loss/pg_loss", "time/update_s", "time/iteration_s",
+        "guide_api/requests", "bc/loss", "train/response_length"]
 
 
 def test_train_logs_every_iteration_and_resume_continues(tmp_path, tiny_causal_dir, tiny_reward_dir):
@@ -57,7 +57,7 @@ def test_train_logs_every_iteration_and_resume_continues(tmp_path, tiny_causal_d
     assert [v for _, v in scalars["reward/mean"]] == pytest.approx([m["reward_mean"] for m in metrics])
     assert [v for _, v in scalars["loss/v_loss"]] == pytest.approx([m["v_loss"] for m in metrics])
     assert {"time/update_s", "kl/exact", "loss/approx_kl", "train/lr"} <= set(scalars)
-    assert "iteration" not in " ".join(scalars)  # the step, not a scalar
+    assert not [t for t in scalars if t.endswith("/iteration")]  # the step, not a scalar
     assert "log_to = \"tensorboard\"" in (out / "config.toml").read_text()
 
     result = runner.invoke(app, ["train", "--resume", str(out), "--iterations", "3"])
@@ -66,6 +66,15 @@ def test_train_logs_every_iteration_and_resume_continues(tmp_path, tiny_causal_d
     scalars, metrics = _scalars(out / "tensorboard"), _metrics(out)
     assert [step for step, _ in scalars["reward/mean"]] == [1, 2, 3]
     assert [v for _, v in scalars["reward/mean"]] == pytest.approx([m["reward_mean"] for m in metrics])
+
+
+def test_bc_logs_its_loss(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    out = tmp_path / "bc"
+    result = runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, "--alg", "bc", "--log-to", "tensorboard"))
+    assert result.exit_code == 0, result.output
+    scalars = _scalars(out / "tensorboard")
+    assert [v for _, v in scalars["bc/loss"]] == pytest.approx([m["bc_loss"] for m in _metrics(out)])
+    assert [step for step, _ in scalars["time/iteration_s"]] == [1, 2]
 
 
 def test_a_resumed_run_hides_what_its_interrupted_part_logged_after_the_checkpoint(tmp_path):

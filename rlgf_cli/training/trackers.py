@@ -2,7 +2,7 @@
 
 ``tensorboard`` writes TensorBoard event files to ``OUT/tensorboard/`` (watch a run with
 ``tensorboard --logdir runs``). Scalars are grouped by what they measure (``reward/mean``,
-``kl/exact``, ``loss/pg_loss``, ``time/update_s``, ``guide_api/...``), one step per
+``kl/exact``, ``loss/pg_loss``, ``bc/loss``, ``time/update_s``, ``guide_api/...``), one step per
 iteration. A resumed run drops the events its interrupted part logged after the checkpoint
 it continues from, as it truncates ``metrics.jsonl``, so no iteration appears twice.
 """
@@ -17,7 +17,9 @@ TRACKERS = ("tensorboard",)
 #: the event files' folder inside the run folder
 TENSORBOARD_DIR = "tensorboard"
 #: metric-name prefix → TensorBoard group (the rest of the name follows the slash)
-GROUPS = (("time_", "time"), ("guide_api_", "guide_api"), ("reward_", "reward"), ("kl_", "kl"))
+GROUPS = (("time_", "time"), ("guide_api_", "guide_api"), ("reward_", "reward"), ("kl_", "kl"), ("bc_", "bc"))
+#: names that read badly split at their prefix
+RENAMED = {"kl": "kl/sampled", "time_s": "time/iteration_s"}
 LOSSES = ("loss", "pg_loss", "v_loss", "guide_v_loss", "entropy", "approx_kl", "clipfrac", "grad_norm")
 
 
@@ -40,11 +42,11 @@ def require(value: str | None) -> None:
 
 def scalar_name(key: str) -> str:
     """``time_update_s`` → ``time/update_s``, ``pg_loss`` → ``loss/pg_loss``, ``kl`` → ``kl/sampled``."""
+    if key in RENAMED:
+        return RENAMED[key]
     for prefix, group in GROUPS:
         if key.startswith(prefix):
             return f"{group}/{key[len(prefix):]}"
-    if key == "kl":
-        return "kl/sampled"
     return f"loss/{key}" if key in LOSSES else f"train/{key}"
 
 
