@@ -293,8 +293,8 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     stop = StopAtBoundary(lambda: callback("message", {
         "text": "stopping after this iteration, with a checkpoint (Ctrl-C again to stop now and lose it)"}))
     tracked = trackers.Trackers(cfg.log_to if main else None, out, done=trainer.iteration, config_toml=config_toml)
-    if tracked.writers:
-        callback("message", {"text": f"TensorBoard: tensorboard --logdir {out / trackers.TENSORBOARD_DIR}"})
+    if tracked.tensorboard:
+        callback("message", {"text": f"TensorBoard: tensorboard --logdir {tracked.tensorboard}"})
     with open(out / "metrics.jsonl" if main else os.devnull, "a", encoding="utf-8") as log, stop:
         try:
             while trainer.iteration < cfg.iterations:

@@ -55,10 +55,13 @@ class Trackers:
 
     def __init__(self, value: str | None, out: Path, *, done: int, config_toml: str):
         self.writers = []
+        #: the TensorBoard folder, when it is written
+        self.tensorboard: Path | None = None
         if "tensorboard" in parse(value):
             writer_class = _summary_writer()
+            self.tensorboard = out / TENSORBOARD_DIR
             # purge_step: TensorBoard hides what an interrupted run logged after iteration `done`
-            writer = writer_class(log_dir=str(out / TENSORBOARD_DIR), purge_step=done + 1 if done else None)
+            writer = writer_class(log_dir=str(self.tensorboard), purge_step=done + 1 if done else None)
             if not done:
                 writer.add_text("config", "\n".join("    " + line for line in config_toml.splitlines()), 0)
             self.writers.append(writer)
