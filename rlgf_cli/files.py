@@ -83,15 +83,51 @@ def write_hint(exc: OSError, what: str = "another path") -> str:
     return f"choose {what}"
 
 
+#: the first line of every ``config.toml`` rlgf writes (``TrainConfig.to_toml``)
+RUN_HEADER = "# rlgf "
+
+
+def rlgf_made(folder: Path) -> bool:
+    """Whether ``folder`` is one rlgf wrote: a run (its ``config.toml`` starts with
+    :data:`RUN_HEADER`) or a ``distill`` experiment (its guide samples, or its BC run)."""
+    for toml in (folder / "config.toml", folder / "bc" / "config.toml"):
+        try:
+            with open(toml, encoding="utf-8") as fh:
+                if fh.readline().startswith(RUN_HEADER):
+                    return True
+        except (OSError, UnicodeDecodeError):
+            pass
+    return (folder / "guide_samples.jsonl").is_file()
+
+
 def check_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """A run folder (``--out``) that may be written: new, empty, or replaced with ``--overwrite``."""
+    """A run folder (``--out``) that may be written: new, empty, or an earlier rlgf run replaced
+    with ``--overwrite``. A folder rlgf did not write, or one that holds the current folder, is
+    never replaced: ``--overwrite`` deletes what is there."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RlgfError(f"--out {out} exists and is not a folder", "choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise RlgfError(f"--out {out} already holds a run", "choose another --out, or pass --overwrite to replace it")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries:
+        made = rlgf_made(out)
+        held = "an rlgf run" if made else f"files rlgf did not write ({_listing(entries)})"
+        if not overwrite:
+            hint = "pass --overwrite to replace it, or choose another --out" if made else "choose another --out"
+            raise RlgfError(f"--out {out} already holds {held}", hint)
+        cwd = Path.cwd().resolve()
+        if cwd == out.resolve() or out.resolve() in cwd.parents:
+            raise RlgfError(f"--out {out} holds the current folder; --overwrite would delete it",
+                            "choose another --out")
+        if not made:
+            raise RlgfError(f"--out {out} holds {held}; --overwrite replaces only a folder rlgf wrote",
+                            "choose another --out, or empty that folder yourself")
     ensure_writable(out, "--out", folder=True)
     return out
+
+
+def _listing(names: list[str], most: int = 3) -> str:
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 def write_atomic(path: str | Path, text: str) -> Path:

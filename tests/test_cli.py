@@ -165,10 +165,30 @@ def test_bad_config_file_values(tmp_path):
 
 def test_existing_run_folder_is_not_overwritten(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
+    (out / "guide_samples.jsonl").parent.mkdir()
+    (out / "guide_samples.jsonl").write_text("{}\n")  # what `rlgf distill` writes first
     (out / "metrics.jsonl").write_text("{}\n")
-    assert_error(rlgf("train", "--out", str(out), "--device", "cpu"), "already holds a run", "--overwrite")
+    assert_error(rlgf("train", "--out", str(out), "--device", "cpu"), "already holds an rlgf run", "--overwrite")
     assert (out / "metrics.jsonl").read_text() == "{}\n"
+
+
+def test_overwrite_never_deletes_a_folder_rlgf_did_not_write(tmp_path):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('mine')\n")
+    (project / "notes.txt").write_text("keep\n")
+    # a folder of the user's own files: refused with and without --overwrite, and named
+    assert_error(rlgf("train", "--out", str(project), "--device", "cpu"), "files rlgf did not write", "notes.txt")
+    assert_error(rlgf("train", "--out", str(project), "--device", "cpu", "--overwrite"),
+                 "replaces only a folder rlgf wrote")
+    # the current folder, even when it is an rlgf run
+    (project / "config.toml").write_text("# rlgf train — resolved configuration\n[train]\n")
+    assert_error(rlgf("train", "--out", ".", "--device", "cpu", "--overwrite", cwd=project),
+                 "holds the current folder")
+    assert_error(rlgf("distill", "--guide", "openai:gpt-4o-mini", "--out", "..", "--overwrite", cwd=project / "src"),
+                 "holds the current folder")
+    assert (project / "src" / "main.py").read_text() == "print('mine')\n"
+    assert (project / "notes.txt").read_text() == "keep\n"
 
 
 def test_corrupt_data_file(tmp_path):

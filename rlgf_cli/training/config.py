@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.errors import RlgfError
+from rlgf_cli.files import RUN_HEADER
 from rlgf_cli.training import trackers
 
 #: episodes per minibatch when --minibatch-size is not given (fewer when --episodes is smaller)
@@ -298,7 +299,7 @@ class TrainConfig:
         return asdict(self)
 
     def to_toml(self) -> str:
-        lines = ["# rlgf train — resolved configuration", "[train]"]
+        lines = [f"{RUN_HEADER}train — resolved configuration", "[train]"]
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None:
