@@ -69,6 +69,11 @@ class Precision:
         return f"precision {self.name} ({self.reason})"
 
 
+def autocast_of(precision: Precision | None):
+    """``precision.autocast()``, or nothing when no precision was chosen (a model run as it is)."""
+    return precision.autocast() if precision is not None else contextlib.nullcontext()
+
+
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     """The bf16-related feature flags of this CPU (empty when ``/proc/cpuinfo`` is unreadable)."""
     if cpuinfo is None:

@@ -36,6 +36,29 @@ def test_echo_with_no_new_tokens_scores_the_prompt_as_the_model_does(client, tin
         assert max(alts.values()) >= value - 1e-6  # the top alternatives are at least as likely
 
 
+def test_logprobs_under_bf16_score_with_the_frozen_bf16_weights(tiny_causal_dir):
+    """`rlgf serve --precision auto` is bf16 on AMX CPUs and bf16 GPUs: its frozen policy holds bf16
+    matrices, so scoring outside the precision's autocast failed with a dtype error (HTTP 500)."""
+    from backends.precision import freeze_in, resolve_precision
+    from rlgf_cli.serving.server import make_server, start_in_thread
+
+    prec = resolve_precision("bf16", "cpu", flags={"avx512_bf16"})  # the test machine's own flags do not matter
+    policy = HFPolicy.load(str(tiny_causal_dir))
+    freeze_in(policy, prec)
+    server = make_server(policy, "127.0.0.1", 0, model_name="tiny", precision=prec)
+    start_in_thread(server)
+    try:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+        prompt = "The film was long"
+        lp = client.completions.create(model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=1).choices[0].logprobs
+    finally:
+        server.shutdown()
+        server.server_close()
+    nll, n = HFPolicy.load(str(tiny_causal_dir)).sequence_nll([""], [prompt])[0]  # float32
+    scored = [v for v in lp.token_logprobs if v is not None]
+    assert len(scored) == n and -sum(scored) == pytest.approx(nll, rel=0.05)  # bf16 rounding, not another model
+
+
 def test_logprobs_of_a_generated_completion(client, tiny_causal_dir):
     out = client.completions.create(model="tiny", prompt="A story", max_tokens=4, temperature=0, logprobs=0)
     (choice,) = out.choices

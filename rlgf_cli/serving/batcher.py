@@ -15,7 +15,6 @@ on its own (the seed re-seeds the generator before it, as an unbatched server wo
 from __future__ import annotations
 
 import collections
-import contextlib
 import random
 import sys
 import threading
@@ -23,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 from backends.base import Policy, Sampling
+from backends.precision import autocast_of
 
 
 #: the most windows the first waiting request waits for others (while they keep arriving)
@@ -136,8 +136,7 @@ class Batcher:
         first = batch[0]
         prompts = [p for job in batch for p in job.prompts]
         try:
-            autocast = self.precision.autocast() if self.precision is not None else contextlib.nullcontext()
-            with self.lock, autocast:
+            with self.lock, autocast_of(self.precision):
                 if first.seed is not None and not first.sampling.is_greedy:
                     seed_everything(first.seed)
                 texts = self.policy.complete(prompts, max_new_tokens=first.max_new_tokens,

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from backends.base import Policy
 from backends.errors import RlgfError
+from backends.precision import autocast_of
 
 from rlgf_cli.serving.batcher import Batcher
 from rlgf_cli.serving.chat_contract import build_chat_reply, parse_chat_request
@@ -186,7 +187,7 @@ class Service:
         texts = self._decode(expanded, req)
         body = build_reply(req, texts, self.count_tokens, self.model_name)
         if req.logprobs is not None:
-            with self.model_lock:
+            with self.model_lock, autocast_of(self.precision):  # the frozen weights are bf16 under bf16
                 for i, choice in enumerate(body["choices"]):
                     prompt = req.prompts[i // req.n]
                     completion = choice["text"][len(prompt):] if req.echo else choice["text"]
