@@ -216,8 +216,8 @@ class Worker:
                     self.proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
-            else:
-                self.proc.terminate()
+            else:  # its job is discarded: no reason to let `rlgf train` finish the iteration (SIGTERM would)
+                self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
 

@@ -90,7 +90,9 @@ def test_nan_reward_stops_with_error_and_keeps_last_checkpoint(tmp_path, tiny_ca
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path, tiny_causal_dir, tiny_reward_dir):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_exits_130(tmp_path, tiny_causal_dir, tiny_reward_dir, signum):
+    """SIGTERM is how SLURM, Kubernetes and `kill` stop a job: it is handled as Ctrl-C is."""
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [a for a in _args(tiny_causal_dir, tiny_reward_dir, out, 1000) if a != "--quiet"] + ["--save-every", "0"]
@@ -104,10 +106,11 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path, tiny_causal_dir, tin
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "stopping after this iteration" in err  # the first Ctrl-C lets the iteration under way end
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert f"{name}: stopping after this iteration" in err  # the first signal lets the iteration under way end
     assert "[error] interrupted after" in err and "--resume" in err and "Traceback" not in err
     saved = sorted((out / "checkpoints").glob("iter-*"))
     assert len(saved) == 1

@@ -1,5 +1,7 @@
-"""Ctrl-C during training: the first one finishes the iteration under way and stops at its end
-(so the checkpoint written then is a whole iteration's), a second one stops at once."""
+"""Stopping a training run: Ctrl-C (SIGINT) or a scheduler's SIGTERM (SLURM, Kubernetes, `kill`).
+
+The first signal finishes the iteration under way and stops at its end, so the checkpoint written
+then is a whole iteration's; a second one (either signal) stops at once."""
 
 from __future__ import annotations
 
@@ -7,29 +9,33 @@ import signal
 import threading
 from typing import Callable
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
 
 class StopAtBoundary:
-    """While active, the first SIGINT sets :attr:`requested` and calls ``on_first``; the next
-    raises ``KeyboardInterrupt`` as usual. Outside the main thread it does nothing (Python
-    delivers signals there only), and Ctrl-C keeps its ordinary meaning."""
+    """While active, the first SIGINT or SIGTERM sets :attr:`requested` and calls ``on_first``
+    with the signal's name ("Ctrl-C" or "SIGTERM"); the next raises ``KeyboardInterrupt``.
+    Outside the main thread it does nothing (Python delivers signals there only), and the
+    signals keep their ordinary meaning."""
 
-    def __init__(self, on_first: Callable[[], None]) -> None:
+    def __init__(self, on_first: Callable[[str], None]) -> None:
         self.on_first = on_first
         self.requested = False
-        self._previous = None
+        self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        self.on_first()
+        self.on_first(NAMES.get(signum, f"signal {signum}"))
 
     def __enter__(self) -> "StopAtBoundary":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}

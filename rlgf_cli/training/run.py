@@ -290,8 +290,9 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     stopped = None
     checkpoint_s = 0.0  # what the last periodic checkpoint cost this thread (snapshot, or the write)
     in_step = False  # a Ctrl-C inside an iteration leaves its state half-updated: never checkpoint that
-    stop = StopAtBoundary(lambda: callback("message", {
-        "text": "stopping after this iteration, with a checkpoint (Ctrl-C again to stop now and lose it)"}))
+    stop = StopAtBoundary(lambda name: callback("message", {
+        "text": f"{name}: stopping after this iteration, with a checkpoint (Ctrl-C or SIGTERM again to stop now "
+                "and lose it)"}))
     tracked = trackers.Trackers(cfg.log_to if main else None, out, done=trainer.iteration, config_toml=config_toml)
     if tracked.tensorboard:
         callback("message", {"text": f"TensorBoard: tensorboard --logdir {tracked.tensorboard}"})
