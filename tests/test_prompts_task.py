@@ -126,6 +126,35 @@ def test_csv_with_mapped_columns_trains_and_evaluates(tmp_path, tiny_causal_dir,
     assert got["n"] == 4 and {"reward", "bleu4", "rouge_l", "perplexity"} <= set(got["metrics"])
 
 
+def test_eval_of_a_checkpoint_keeps_the_run_s_data_reward_and_length(tmp_path, tiny_causal_dir, csv_file,
+                                                                       reward_file):
+    """`rlgf eval -c RUN` with no task flags evaluates as the run trained: its prompts file and
+    columns, its reward and its --max-new-tokens (6 here, against the task's 24) — the same numbers
+    as with every flag given again; a flag given still wins."""
+    result = _train(tmp_path, tiny_causal_dir, csv_file, reward_file, "--prompt-field", "question",
+                    "--reference-field", "answer")
+    assert result.exit_code == 0, result.output
+    final = str(tmp_path / "run" / "final")
+
+    def evaluate(*flags):
+        out, samples = (tmp_path / f"{kind}{len(list(tmp_path.glob('e*.json')))}" for kind in ("e", "s"))
+        result = runner.invoke(app, ["eval", "--checkpoint", final, "--device", "cpu", "--json", f"{out}.json",
+                                     "--samples", f"{samples}.jsonl", *flags])
+        assert result.exit_code == 0, result.output
+        texts = [json.loads(x)["completion"] for x in open(f"{samples}.jsonl", encoding="utf-8")]
+        return result.output, json.loads(open(f"{out}.json", encoding="utf-8").read())["results"][0], texts
+
+    said, bare, bare_texts = evaluate()
+    _, explicit, texts = evaluate("--task", "prompts", "--data", str(csv_file), "--prompt-field", "question",
+                                  "--reference-field", "answer", "--reward", f"{reward_file}:reward",
+                                  "--max-new-tokens", "6")
+    assert "reward" in bare["metrics"] and bare["metrics"] == explicit["metrics"] and bare["n"] == 4
+    assert bare_texts == texts
+    assert "as " in said and "was trained" in said and "max-new-tokens 6" in said
+    _, _, longer = evaluate("--max-new-tokens", "12")  # the byte-level tiny model: more tokens, longer texts
+    assert sum(map(len, longer)) > sum(map(len, bare_texts))
+
+
 def test_a_test_only_file_evaluates(tmp_path, tiny_causal_dir, reward_file):
     path = tmp_path / "test_only.jsonl"
     path.write_text("\n".join(json.dumps({**r, "split": "test"}) for r in rows(5)), encoding="utf-8")

@@ -132,7 +132,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     check_specs(specs, seed=seed, base_url=base_url)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    task = build_eval_task(task_name, specs, task_options, prec)
+    task = build_eval_task(task_name, specs, task_options, prec, say)
     if metric is not None and metric not in eval_metric_names(task):
         known = eval_metric_names(task)
         raise RlgfError(f"no metric '{metric}' for {task.name}", f"{did_you_mean(metric, known)}choose one of: {', '.join(known)}")

@@ -244,14 +244,51 @@ def check_specs(specs: list[str], *, seed: int, base_url: str | None = None, api
         cls.preflight(cls.options_from(RunSettings(seed=seed, base_url=base_url, **(api or {}))))
 
 
-def build_eval_task(task_name: str | None, specs: list[str], task_options: dict, precision=None) -> Task:
+#: task options a run records (its checkpoint's ``rlgf.toml``) that evaluating the checkpoint keeps
+#: unless they are given again: the prompts, the reward and the length it was trained with
+RUN_TASK_OPTIONS = ("data", "reward_model", "reward", "reward_label", "reward_url", "prompt_field",
+                    "reference_field", "chat_template", "bertscore_model", "max_new_tokens")
+
+
+def run_task(specs: list[str]) -> tuple[str, dict, str] | None:
+    """``(task, its options, checkpoint)`` from the first checkpoint among ``specs`` that records a
+    task, or None."""
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir() and (name := read_state(path).get("task")):
+            return name, _recorded_options(path), spec
+    return None
+
+
+def _recorded_options(folder: Path) -> dict:
+    from rlgf_cli.training.config import load_toml
+
+    toml = folder / "rlgf.toml"
+    if not toml.is_file():
+        return {}
+    try:
+        given = load_toml(toml)
+    except RlgfError as exc:
+        raise RlgfError(f"checkpoint {folder} is damaged: {exc.message}",
+                        "pass --task and its options to evaluate it anyway") from None
+    return {k: given[k] for k in RUN_TASK_OPTIONS if given.get(k) is not None}
+
+
+def build_eval_task(task_name: str | None, specs: list[str], task_options: dict, precision=None,
+                    say: Say | None = None) -> Task:
+    """The task to evaluate on: ``task_name`` with ``task_options``, or, without a name, the task of the
+    first checkpoint that records one, with that run's options for those not given (see
+    :data:`RUN_TASK_OPTIONS`), else the embedded default."""
     from tasks import get_task
 
     if task_name is None:
-        task_name = next(
-            (read_state(Path(s)).get("task") for s in specs if Path(s).is_dir() and read_state(Path(s)).get("task")),
-            "rotten-tomatoes",
-        )
+        found = run_task(specs)
+        task_name, recorded, source = found or ("rotten-tomatoes", {}, None)
+        kept = {k: v for k, v in recorded.items() if k not in task_options}
+        if kept and say is not None:
+            shown = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in kept.items())
+            say(f"task {task_name} as {source} was trained: {shown}")
+        task_options = {**kept, **task_options}
     task = get_task(task_name, **task_options)
     if precision is not None:  # before prepare: a reward classifier trained now uses it too
         task.use_precision(precision)
@@ -298,7 +335,7 @@ def run_eval(
     check_specs(specs, seed=seed, base_url=base_url, api=api)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    task = build_eval_task(task_name, specs, task_options, prec)
+    task = build_eval_task(task_name, specs, task_options, prec, say)
     say(prec.describe())
     sampling = resolve_sampling(task.eval_sampling, **(decoding or {}))
     examples = split_examples(task, split, limit)
