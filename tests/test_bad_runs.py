@@ -214,3 +214,18 @@ def test_options_the_algorithm_ignores_are_named():
     assert late == ["--switch-iteration 50 is not before --iterations 10: d2lols never switches (it runs AggreVaTeD "
                     "throughout)"]
     assert ignored_options(build_config(None, alg="d2lols", guide="g", iterations=10)) == []  # ⌈0.2·10⌉ = 2
+
+
+@pytest.mark.parametrize("command", ["eval", "difficulty"])
+def test_a_damaged_final_model_is_one_clear_error(tmp_path, finished_run, tiny_reward_dir, command):
+    """`rlgf eval -c RUN` on a run whose final weights were cut short (a full disk, a copy that
+    stopped): the model folder is named and called damaged, not an 'unexpected' error."""
+    import shutil
+
+    final = tmp_path / "final"
+    shutil.copytree(finished_run / "final", final)
+    weights = final / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    line = _error(runner.invoke(app, [command, "--checkpoint", str(final), "--reward-model", str(tiny_reward_dir),
+                                      "--device", "cpu", "--limit", "4", "--quiet"]))
+    assert "could not load the model" in line and str(final) in line and "damaged" in line

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import SafetensorError
 
 from backends.base import Completion, Sampling, TokenPolicy
 from backends.device import resolve_device
@@ -150,9 +151,12 @@ class HFPolicy(TokenPolicy):
                 model = model_cls.from_pretrained(
                     source, config=config, dtype=torch_dtype, local_files_only=local_only
                 )
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, SafetensorError) as exc:  # a missing or damaged file
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise RlgfError(
-                    f"could not load the model {name!r}: {exc}", "check that the folder is complete"
+                    f"could not load the model {name!r}: {first}",
+                    "its files are incomplete or damaged: copy or save that folder again" if path.is_dir()
+                    else "check that the folder is complete",
                 ) from exc
         model.to(dev)
         model.eval()

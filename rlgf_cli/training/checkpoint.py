@@ -273,13 +273,13 @@ def reading_checkpoint(folder: Path | None):
     anything else (out of memory, a bug) passes through unchanged."""
     try:
         yield
-    except RlgfError:
-        raise
     except Exception as exc:
-        if folder is None or not _is_damage(exc):
+        # a loader's own RlgfError about a damaged file (HFPolicy.load) gets the checkpoint's advice
+        cause = exc.__cause__ if isinstance(exc, RlgfError) else exc
+        if folder is None or cause is None or not _is_damage(cause):
             raise
         raise RlgfError(
-            f"checkpoint {folder} is damaged: {type(exc).__name__}: {_first_line(exc)}",
+            f"checkpoint {folder} is damaged: {type(cause).__name__}: {_first_line(cause)}",
             DAMAGE_HINT,
         ) from None
 
