@@ -28,8 +28,11 @@ SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
     """Raise :class:`RlgfError` for sampling settings no decoder can use."""
-    if not 0 < float(temperature) <= 2 or int(top_k) < 0 or not 0 < float(top_p) <= 1:
-        raise RlgfError(f"sampling out of range (temperature {temperature}, top-k {top_k}, top-p {top_p})",
+    wrong = [f"{name} {value}" for name, value, ok in (
+        ("temperature", temperature, 0 < float(temperature) <= 2), ("top-k", top_k, int(top_k) >= 0),
+        ("top-p", top_p, 0 < float(top_p) <= 1)) if not ok]
+    if wrong:  # only what is wrong: the others may be defaults the user never set
+        raise RlgfError(f"sampling out of range: {', '.join(wrong)}",
                         "use a temperature in (0, 2], a top-k >= 0 (0: off) and a top-p in (0, 1]")
 
 

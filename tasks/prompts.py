@@ -261,12 +261,14 @@ def _jsonl(path: Path):
 
 def _csv(path: Path):
     with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
+        reader = csv.DictReader(fh, strict=True)  # a quote left open must not swallow the rest of the file
         try:
             for row in reader:
                 yield reader.line_num, {k: v for k, v in row.items() if k is not None}
         except csv.Error as exc:
-            raise RlgfError(f"{path}, line {reader.line_num}: not valid CSV ({exc})") from None
+            raise RlgfError(f"{path}, line {reader.line_num}: not valid CSV ({exc})",
+                            "check the quotes: a quoted field must be closed, and a closing quote followed by a "
+                            "comma or the end of the line") from None
 
 
 def _parquet(path: Path):

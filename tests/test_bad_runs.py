@@ -161,9 +161,12 @@ def test_a_user_data_file_that_does_not_parse_says_what_shape_it_needs(tmp_path)
 
 
 def test_resume_with_an_emptied_config_refuses_instead_of_using_defaults(finished_run):
+    kept = finished_run / "checkpoints" / "iter-0002" / "rlgf.toml"
+    (finished_run / "config.toml").write_text("[train\n")  # not TOML: no hint about --config, never given
+    line = _error(runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"]))
+    assert "is not valid TOML" in line and f"cp {kept}" in line and "--config" not in line
     (finished_run / "config.toml").write_text("")
     line = _error(runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"]))
-    kept = finished_run / "checkpoints" / "iter-0002" / "rlgf.toml"
     assert "is empty or damaged" in line and f"cp {kept}" in line
     (finished_run / "config.toml").write_text(kept.read_text())
     result = runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"])

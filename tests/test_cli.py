@@ -276,3 +276,12 @@ def test_the_iteration_line_shows_the_exact_kl_which_cannot_be_negative():
     assert format_iteration({"iteration": 1, "reward_mean": 0.5, "kl": 0.01, "time_s": 1.0}) == \
         "iter 1 · reward 0.500 · kl 0.010 · 1.0s"
     assert format_iteration({"iteration": 3, "bc_loss": 1.25, "time_s": 2.0}) == "iter 3 · bc loss 1.250 · 2.0s"
+
+
+def test_eval_of_a_run_with_no_checkpoint_says_so(tmp_path):
+    """A run killed before its first checkpoint has only its config: not 'config.json missing'."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text('# rlgf train — resolved configuration\n[train]\ntask = "rotten-tomatoes"\n')
+    assert_error(rlgf("eval", "--checkpoint", str(run), "--device", "cpu"), "is an rlgf run with no model yet",
+                 "--overwrite")

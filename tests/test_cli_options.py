@@ -148,7 +148,7 @@ def test_print_config_with_resume_shows_the_runs_settings(tmp_path):
     (["--alg", "lols"], "needs a guide"),
     (["--task", "rotten-tomatos"], "did you mean 'rotten-tomatoes'"),
     # what the task or the guide would refuse later is refused here too
-    (["--temperature", "0"], "sampling out of range"),
+    (["--temperature", "0"], "sampling out of range: temperature 0.0 —"),  # only what is wrong
     (["--top-p", "0"], "sampling out of range"),
     (["--top-k", "-1"], "sampling out of range"),
     (["--min-new-tokens", "-1"], "--min-new-tokens must be >= 0"),

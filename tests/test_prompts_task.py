@@ -180,6 +180,15 @@ def test_bad_files_are_one_clear_error(tmp_path, tiny_causal_dir, reward_file, c
     assert message in line and str(path) in line
 
 
+def test_a_csv_quote_left_open_is_one_clear_error(tmp_path, tiny_causal_dir, reward_file):
+    """csv's default reads an unclosed quote to the end of the file as one field: the prompts after
+    it would silently vanish into the first one."""
+    path = tmp_path / "open_quote.csv"
+    path.write_text('prompt,reference\n"Write about x, y\nWrite about z,fine\n' + "Tell me,ok\n" * 20, encoding="utf-8")
+    line = _error(_train(tmp_path, tiny_causal_dir, path, reward_file))
+    assert "not valid CSV" in line and "unexpected end of data" in line and "check the quotes" in line
+
+
 @pytest.mark.parametrize("name, raw", [("latin1.csv", b"prompt\n\xe9t\xe9 film\n"),
                                        ("utf16.jsonl", '{"prompt": "a"}\n'.encode("utf-16"))])
 def test_a_file_that_is_not_utf8_is_one_clear_error(tmp_path, tiny_causal_dir, reward_file, name, raw):

@@ -29,7 +29,10 @@ def run_checkpoint(folder: Path, quiet: bool = False) -> Path:
 
         chosen = latest_checkpoint(folder)
         if chosen is None:
-            return folder  # loading it says what is missing
+            from backends.errors import RlgfError
+
+            raise RlgfError(f"{folder} is an rlgf run with no model yet: it stopped before its first checkpoint",
+                            "evaluate another run, or train this one again with --overwrite")
         why = "the run has no final/ yet: its latest checkpoint"
     else:
         return folder

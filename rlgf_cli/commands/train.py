@@ -110,6 +110,14 @@ FIXED_AT_START = ("learner", "init", "seed", "data", "reward", "reward_model", "
                   "prompt_field", "reference_field", "chat_template", "alpha", "switch_iteration")
 
 
+def _restore_hint(resume: Path, saved_file: Path) -> str:
+    from rlgf_cli.training.run import latest_checkpoint
+
+    kept = latest_checkpoint(resume)
+    return f"copy the one saved with the checkpoint: cp {kept / 'rlgf.toml'} {saved_file}" if kept else \
+        "start the run again with --overwrite"
+
+
 def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path:
     """The config file of the run in ``resume``; checks the flags against it and points
     ``options["out"]`` at the run."""
@@ -122,14 +130,13 @@ def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path
     saved_file = resume / "config.toml"
     if not saved_file.is_file():
         raise RlgfError(f"{resume} holds no rlgf run (config.toml missing)", "pass the --out folder of an earlier run")
-    saved = load_toml(saved_file)
+    try:
+        saved = load_toml(saved_file)
+    except RlgfError as exc:  # its hint is about --config, which a resume does not take
+        raise RlgfError(f"{exc.message}; the run's settings are unknown", _restore_hint(resume, saved_file)) from None
     if not {"task", "alg"} <= set(saved):  # rlgf always writes both: the file was emptied
-        from rlgf_cli.training.run import latest_checkpoint
-
-        kept = latest_checkpoint(resume)
-        hint = f"copy the one saved with the checkpoint: cp {kept / 'rlgf.toml'} {saved_file}" if kept else \
-            "start the run again with --overwrite"
-        raise RlgfError(f"{saved_file} is empty or damaged (no task or alg), so the run's settings are unknown", hint)
+        raise RlgfError(f"{saved_file} is empty or damaged (no task or alg), so the run's settings are unknown",
+                        _restore_hint(resume, saved_file))
     alg = options.get("alg")
     for flag, given, was in (("--alg", alg and normalise_alg(alg), saved["alg"]), ("--task", options.get("task"), saved["task"])):
         if given is not None and given != was:

@@ -175,7 +175,8 @@ class TrainConfig:
     out: str | None = opt(None, "Run folder.", panel=PANEL_RUN, default_text="runs/TASK-ALG-seedN")
     save_every: int = opt(1, "Checkpoint every N iterations (0: only the final one); with 1 a killed run loses at most "
                              "one iteration on --resume.", panel=PANEL_RUN)
-    keep_checkpoints: int = opt(1, "How many periodic checkpoints to keep.", panel=PANEL_RUN)
+    keep_checkpoints: int = opt(1, "How many periodic checkpoints to keep; the last iteration's, which --resume continues "
+                                "from, is kept besides them.", panel=PANEL_RUN)
     log_to: str = opt("none", "Also log each iteration's metrics to: tensorboard (event files in OUT/tensorboard/; "
                               "needs the tensorboard package; watch with tensorboard --logdir runs), or none.",
                       panel=PANEL_RUN)
