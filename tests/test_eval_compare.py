@@ -118,6 +118,7 @@ def test_deterministic_decoding_runs_once(tmp_path, assets):
     (["-p", "smollm2", "--decoding", "nucleus"], "unknown decoding"),
     (["-p", "smollm2", "--decoding", "greedy", "--temperature", "0.7"], "does not apply"),
     (["-p", "smollm2", "--top-p", "0"], "--top-p"),
+    (["-p", "smollm2", "--temperature", "3"], "--temperature must be in [0, 2]"),  # as train and serve
     (["-c", "/no/such/run"], "checkpoint folder not found"),
 ])
 def test_bad_input_is_one_error_line(args, message):

@@ -20,8 +20,8 @@ def check_decoding(mode: str | None = None, *, temperature=None, top_k=None, top
     """Raise :class:`RlgfError` for decoding options out of range or at odds (before anything loads)."""
     if mode is not None and mode not in DECODING_MODES:
         raise RlgfError(f"unknown decoding '{mode}'", f"use one of: {', '.join(DECODING_MODES)}")
-    if temperature is not None and not (0.0 <= temperature <= 10.0):
-        raise RlgfError(f"--temperature must be in [0, 10] (got {temperature})", "0 means greedy")
+    if temperature is not None and not (0.0 <= temperature <= 2.0):  # as train, serve and OpenAI's API
+        raise RlgfError(f"--temperature must be in [0, 2] (got {temperature})", "0 means greedy")
     if top_k is not None and top_k < 0:
         raise RlgfError(f"--top-k must be >= 0 (got {top_k})", "0 turns top-k filtering off")
     if top_p is not None and not (0.0 < top_p <= 1.0):
