@@ -42,10 +42,12 @@ def test_two_ranks_equal_one_process_with_twice_the_episodes(tmp_path, tiny_caus
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     two = subprocess.run(
         [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "rlgf_cli",
-         *_common(tiny_causal_dir, tiny_reward_dir, multi, alg_args), "--episodes", "4", "--minibatch-size", "2"],
+         *_common(tiny_causal_dir, tiny_reward_dir, multi, alg_args), "--episodes", "4", "--minibatch-size", "2",
+         "--json", "-"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert two.returncode == 0, two.stderr[-4000:]
+    assert json.loads(two.stdout)["iterations"] == 2, "one summary for scripts, from rank 0, not one per rank"
     a, b = _metrics(single), _metrics(multi)
     assert [m["iteration"] for m in b] == [1, 2], "rank 0 alone logs each iteration once"
     for ma, mb in zip(a, b):

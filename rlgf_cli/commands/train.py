@@ -70,6 +70,10 @@ def train_command(
         summary = train(cfg, overwrite=overwrite, resume=resume is not None, callback=progress)
     finally:
         progress.close()
+    from rlgf_cli.training.distributed import launched_as_main
+
+    if not launched_as_main():  # torchrun: rank 0 reports, as it alone logs and writes checkpoints
+        return
     text = json.dumps(summary, indent=2)
     if json_out == "-":
         typer.echo(text)

@@ -36,6 +36,12 @@ def world() -> World:
     return _WORLD
 
 
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 of its launch (or not launched by torchrun at all): the one
+    that reports to the user, even after the process group is gone."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_from_env(device: str) -> tuple[World, str]:
     """Join the process group torchrun describes in the environment; returns the world and
     this rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
