@@ -118,9 +118,11 @@ class PromptsTask(Task):
         splits = self.splits()
         if not splits[split]:
             counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
-            raise RlgfError(f"{self.path} has no {split} rows ({counts})",
-                            f"give some rows \"split\": \"{split}\", or leave the split column out for a seeded "
-                            "80/10/10 split")
+            total = sum(len(v) for v in splits.values())
+            hint = (f"give some rows \"split\": \"{split}\" (with under {MIN_SPLIT_ROWS} rows and no split "
+                    "column, every row is a train row)" if total < MIN_SPLIT_ROWS else
+                    f"give some rows \"split\": \"{split}\", or leave the split column out for a seeded 80/10/10 split")
+            raise RlgfError(f"{self.path} has no {split} rows ({counts})", hint)
         return splits[split]
 
     def prompts_for(self, examples, policy=None) -> list[str]:
@@ -214,6 +216,8 @@ def overlap_metrics(completions, references) -> dict[str, float]:
 
 # -- reading ----------------------------------------------------------------------
 HF_PREFIX = "hf:"
+#: rows without a split are split 80/10/10 from this many on; fewer are all train rows
+MIN_SPLIT_ROWS = 10
 
 
 def read_rows(path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -313,7 +317,7 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
     if unsplit:
         order = list(range(len(unsplit)))
         random.Random(seed).shuffle(order)
-        n_test = n_val = max(1, len(order) // 10) if len(order) >= 10 else 0
+        n_test = n_val = max(1, len(order) // 10) if len(order) >= MIN_SPLIT_ROWS else 0
         for rank, i in enumerate(order):
             key = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
             by_split[key].append(unsplit[i])

@@ -220,11 +220,20 @@ def test_bad_options_and_rewards_are_one_clear_error(tmp_path, tiny_causal_dir, 
 
 def test_an_empty_split_says_which(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_text("\n".join(json.dumps({**r, "split": "train"}) for r in rows(5)), encoding="utf-8")
+    path.write_text("\n".join(json.dumps({**r, "split": "train"}) for r in rows(12)), encoding="utf-8")
     task = get_task("prompts", data=str(path))
-    assert len(task.examples("train")) == 5
-    with pytest.raises(RlgfError, match="no test rows"):
+    assert len(task.examples("train")) == 12
+    with pytest.raises(RlgfError, match="no test rows") as err:
         task.examples("test")
+    assert "80/10/10" in err.value.hint
+    # too few rows to split: the hint must not suggest what was already done
+    few = tmp_path / "few.jsonl"
+    few.write_text("\n".join(json.dumps(r) for r in rows(6)), encoding="utf-8")
+    task = get_task("prompts", data=str(few))
+    assert len(task.examples("train")) == 6
+    with pytest.raises(RlgfError, match="no test rows") as err:
+        task.examples("test")
+    assert "under 10 rows" in err.value.hint and "leave the split column out" not in err.value.hint
 
 
 def test_the_shipped_example_loads_and_its_reward_scores():
