@@ -101,10 +101,14 @@ class Completion(str):
 
     tokens: int | None
     ended: bool | None
+    #: the generated token ids themselves (a local model's), for scoring exactly what was sampled
+    token_ids: tuple[int, ...] | None
 
-    def __new__(cls, text: str, tokens: int | None = None, ended: bool | None = None):
+    def __new__(cls, text: str, tokens: int | None = None, ended: bool | None = None,
+                token_ids: Sequence[int] | None = None):
         self = super().__new__(cls, text)
         self.tokens, self.ended = tokens, ended
+        self.token_ids = tuple(token_ids) if token_ids is not None else None
         return self
 
 

@@ -64,13 +64,28 @@ def test_logprobs_of_a_generated_completion(client, tiny_causal_dir):
     (choice,) = out.choices
     tokens = choice.logprobs.tokens
     tokenizer = HFPolicy.load(str(tiny_causal_dir)).tokenizer
-    assert len(tokens) == len(tokenizer(choice.text, add_special_tokens=False)["input_ids"]) >= 1
+    assert len(tokens) == out.usage.completion_tokens >= 1  # the tokens sampled, not the text re-encoded
+    assert tokenizer  # loads
     if choice.text.isascii():  # a byte token of a multi-byte character decodes to U+FFFD alone
         assert "".join(tokens) == choice.text
     assert all(v <= 0 for v in choice.logprobs.token_logprobs)
     assert choice.logprobs.text_offset[0] == len("A story")
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="tiny", prompt="x", max_tokens=1, logprobs=9)
+
+
+def test_logprobs_score_the_sampled_tokens_even_when_they_split_a_character(client):
+    """The tiny model's tokens are bytes: sampled freely it cuts characters in pieces, which
+    re-encoding the decoded text (U+FFFD) would count and score as other tokens."""
+    split_a_character = 0
+    for seed in range(6):
+        out = client.completions.create(model="tiny", prompt="Hi", max_tokens=6, logprobs=0, seed=seed)
+        (choice,) = out.choices
+        lp = choice.logprobs
+        assert len(lp.tokens) == len(lp.token_logprobs) == out.usage.completion_tokens, seed
+        assert all(v is not None and v <= 0 for v in lp.token_logprobs)
+        split_a_character += "\ufffd" in choice.text
+    assert split_a_character, "no sample cut a character: the case this test is for did not occur"
 
 
 def test_a_prompt_past_the_context_is_a_400_before_any_decoding(client):

@@ -324,7 +324,7 @@ class HFPolicy(TokenPolicy):
             rows = self._row_tokens(response, response_mask)
             texts = self._texts(rows)
             # a row shorter than its mask stopped at its EOS (which the mask includes)
-            out.extend(Completion(text, len(row), len(row) < int(n))
+            out.extend(Completion(text, len(row), len(row) < int(n), token_ids=row)
                        for text, row, n in zip(texts, rows, response_mask.sum(1).tolist()))
         return out
 

@@ -23,14 +23,20 @@ def can_score(policy) -> bool:
 
 
 @torch.no_grad()
-def choice_logprobs(policy, prompt: str, completion: str, *, echo: bool, top: int) -> dict:
-    """The ``logprobs`` object of one choice (see the module docstring)."""
+def choice_logprobs(policy, prompt: str, completion: str, *, echo: bool, top: int,
+                    completion_ids=None) -> dict:
+    """The ``logprobs`` object of one choice (see the module docstring). ``completion_ids``, the
+    tokens the policy sampled for ``completion``, are scored as they are: re-encoding the text can
+    give other tokens (a character whose bytes were sampled as separate tokens, say)."""
     if not can_score(policy):
         raise ApiError(400, "logprobs need a local causal model (this one cannot score tokens)", param="logprobs")
     tok = policy.tokenizer
     prefix = list(getattr(policy, "_prefix_ids", []) or [])
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    c_ids = tok(completion, add_special_tokens=False)["input_ids"] if completion else []
+    if completion_ids is not None:
+        c_ids = list(completion_ids)
+    else:
+        c_ids = tok(completion, add_special_tokens=False)["input_ids"] if completion else []
     ids = prefix + list(p_ids) + list(c_ids)
     if not ids:
         return {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}

@@ -191,9 +191,11 @@ class Service:
                 for i, choice in enumerate(body["choices"]):
                     prompt = req.prompts[i // req.n]
                     completion = choice["text"][len(prompt):] if req.echo else choice["text"]
+                    # score the sampled tokens themselves, unless a stop sequence cut the text
+                    ids = getattr(texts[i], "token_ids", None) if completion == texts[i] else None
                     try:
                         choice["logprobs"] = choice_logprobs(self.policy, prompt, completion, echo=req.echo,
-                                                             top=req.logprobs)
+                                                             top=req.logprobs, completion_ids=ids)
                     except ApiError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - as in _decode: a JSON error, not a dropped reply
