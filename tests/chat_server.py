@@ -82,7 +82,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         form = form_of(body)
         if form is not None and form not in self.server.accepts:
-            self._send(400, {"error": {"message": f"prefill form {form} is not supported", "type": "invalid_request"}})
+            message = self.server.refusal or f"prefill form {form} is not supported"
+            self._send(400, {"error": {"message": message, "type": "invalid_request"}})
             return
         words = max(1, min(3, int(body.get("max_completion_tokens") or body.get("max_tokens") or 3)))
         content = ("fine " if form else "") + " ".join(["good"] * words)
@@ -118,6 +119,7 @@ class ChatServer(ThreadingHTTPServer):
         self.auth: list[str | None] = []
         self.faults: list[str] = []
         self.slow_s = 0.3
+        self.refusal: str | None = None  # the 400's message for a prefill form it does not accept
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 

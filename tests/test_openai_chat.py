@@ -104,11 +104,23 @@ def test_auto_probes_once_and_says_what_it_found():
     with ChatServer(accepts={"trailing"}) as server:
         guide = chat_guide(server)
         assert guide.prefill == "trailing" and guide.can_continue
-        assert "refused: continue: HTTP 400, prefix: HTTP 400" in guide.probe_note
+        assert ("refused: continue: HTTP 400: prefill form continue is not supported; "
+                "prefix: HTTP 400: prefill form prefix is not supported") in guide.probe_note
         probes = len(server.requests)
         guide.continue_from(["a"], [" b"], max_new_tokens=2, sampling=GREEDY)
         guide.continue_from(["c"], [" d"], max_new_tokens=2, sampling=GREEDY)
         assert len(server.requests) == probes + 2 == 5 and guide.stats()["prefill"] == "trailing"
+
+
+def test_the_probe_note_gives_the_server_s_reason_once_when_it_is_always_the_same():
+    """A probe can be refused for a reason that is not the prefill form (a system message longer
+    than the model's context): the note must say so, not only 'HTTP 400' thrice."""
+    with ChatServer(accepts=set()) as server:
+        server.refusal = "This model's maximum context length is 256 tokens"
+        guide = chat_guide(server)
+        assert guide.prefill == "none"
+        assert guide.probe_note == ("prefill none: the server refused every form (continue, prefix, trailing: "
+                                    "HTTP 400: This model's maximum context length is 256 tokens)")
 
 
 def test_no_prefill_refuses_and_names_ppo_pp():

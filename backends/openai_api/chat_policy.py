@@ -95,7 +95,7 @@ class OpenAIChatPolicy(OpenAIPolicy):
             try:
                 self._transport.client.chat.completions.create(**payload, timeout=self._transport.timeout)
             except (oa.BadRequestError, oa.UnprocessableEntityError) as exc:
-                refused.append(f"{form}: HTTP {exc.status_code}")
+                refused.append((form, f"HTTP {exc.status_code}: {self._short(exc)}"))
                 continue
             except oa.APIStatusError as exc:
                 raise self._transport.status_error(exc) from None
@@ -103,11 +103,19 @@ class OpenAIChatPolicy(OpenAIPolicy):
                 raise RlgfError(f"could not probe {self.endpoint} for a prefill form: {self._transport.redact(str(exc))}",
                                 "check the server, or pass --guide-prefill continue|prefix|trailing|instruct|none") from None
             self.probe_note = f"prefill {form}: the first form the server accepted" + (
-                f" (refused: {', '.join(refused)})" if refused else "")
+                f" (refused: {_listed(refused)})" if refused else "")
             log.info("%s: %s", self.describe(), self.probe_note)
             return form
-        self.probe_note = f"prefill none: the server refused every form ({', '.join(refused)})"
+        self.probe_note = f"prefill none: the server refused every form ({_listed(refused)})"
         return "none"
+
+    def _short(self, exc) -> str:
+        """The server's own reason (a too-long probe, an unknown field…), redacted and cut short."""
+        body = getattr(exc, "body", None)  # the SDK's parsed error object, when the server sent one
+        message = body.get("message") if isinstance(body, dict) else None
+        text = self._transport.redact(str(message or getattr(exc, "message", None) or exc)).strip().splitlines()
+        reason = text[0] if text else type(exc).__name__
+        return reason if len(reason) <= 160 else reason[:157] + "..."
 
     # -- requests -------------------------------------------------------------------
     def complete(self, prompts: Sequence[str], *, max_new_tokens: int, min_new_tokens: int = 0,
@@ -161,3 +169,11 @@ class OpenAIChatPolicy(OpenAIPolicy):
         if self.probe_note:
             out["prefill_note"] = self.probe_note
         return out
+
+
+def _listed(refused: list[tuple[str, str]]) -> str:
+    """``form: reason`` for each refused form; one reason for all when the server gave the same."""
+    reasons = {reason for _, reason in refused}
+    if len(refused) > 1 and len(reasons) == 1:
+        return f"{', '.join(form for form, _ in refused)}: {reasons.pop()}"
+    return "; ".join(f"{form}: {reason}" for form, reason in refused)
