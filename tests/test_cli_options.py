@@ -199,9 +199,12 @@ def test_shared_task_flags_are_the_same_on_all_four_commands():
         by_flag = {o: p for p in params(command).values() for o in p.opts}
         for name in SHARED:
             assert name in by_flag, (command, name)
-            helps.setdefault(name, set()).add(by_flag[name].help)
+            helps.setdefault((name, command in ("eval", "difficulty") and name == "--task"), set()).add(
+                by_flag[name].help)
         assert "-q" in by_flag["--quiet"].opts
     assert all(len(h) == 1 for h in helps.values()), helps
+    # except --task: eval and difficulty default to a checkpoint's own, and say so
+    assert "checkpoint's own task" in helps[("--task", True)].pop()
 
 
 def test_distill_names_the_guide_s_concurrency_as_train_does():

@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, ChatTemplate, Quiet, ReferenceField,
-                                       Reward, RewardLabel, RewardModel, RewardUrl, Task)
+from rlgf_cli.commands.options import (BertscoreModel, CheckpointTask, Data, Device, Precision, PromptField, ChatTemplate, Quiet, ReferenceField,
+                                       Reward, RewardLabel, RewardModel, RewardUrl)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 from rlgf_cli.files import check_png, ensure_writable, write_atomic
 
@@ -19,7 +19,7 @@ _OUT = "Output"
 def difficulty_command(
     checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", "-c", help="A checkpoint folder (repeatable).")] = None,
     policy: Annotated[Optional[list[str]], typer.Option("--policy", "-p", help="A policy spec, e.g. smollm2, hf:PATH or openai:MODEL (repeatable).")] = None,
-    task: Task = None,
+    task: CheckpointTask = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N examples of the split.")] = None,
     thresholds: Annotated[Optional[str], typer.Option(help="Sentiment tasks: cut points of the prompt's reward score instead of terciles: 'T' (easy/hard) or 'A,B' (hard < A ≤ medium < B ≤ easy).", rich_help_panel=_BUCKETS)] = None,

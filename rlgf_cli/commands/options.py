@@ -70,6 +70,11 @@ def with_config_options(cls: type = TrainConfig) -> Callable[[Callable], Callabl
 
 # -- the task flags of train, eval, difficulty and distill ------------------------------
 Task = config_option("task", panel=False)
+#: eval's and difficulty's: without it, the first checkpoint's own task (see build_eval_task)
+CheckpointTask = Annotated[Optional[str], typer.Option(
+    "--task", show_default=False,
+    help="Task name (see `rlgf tasks`). \\[default: the first checkpoint's own task, with its run's data, reward "
+         "and length (flags given win); else rotten-tomatoes]")]
 Data = config_option("data", panel=False)
 Reward = config_option("reward", panel=False)
 RewardModel = config_option("reward_model", panel=False)

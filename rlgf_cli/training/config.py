@@ -55,7 +55,7 @@ class TrainConfig:
     """Every knob of ``rlgf train``. Field names are the TOML keys and (with dashes) the flags;
     each field's metadata (see :func:`opt`) generates its ``rlgf train`` option."""
 
-    task: str = opt("rotten-tomatoes", "Task name (see `rlgf tasks`); eval and difficulty take a checkpoint's own task, with its data, reward and length, unless given.")
+    task: str = opt("rotten-tomatoes", "Task name (see `rlgf tasks`).")
     alg: str = opt("ppo", f"Algorithm: {_algorithm_list()}.")
     learner: str | None = opt(None, "Learner policy spec: hf:NAME_OR_PATH, a folder, or smollm2.", default_text="the task's")
     guide: str | None = opt(None, "Guide policy spec for ppo++, aggrevated, lols and d2lols: a model spec or a checkpoint "
