@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -85,25 +86,39 @@ def write_hint(exc: OSError, what: str = "another path") -> str:
 
 #: the first line of every ``config.toml`` rlgf writes (``TrainConfig.to_toml``)
 RUN_HEADER = "# rlgf "
+#: the prefix of a checkpoint or file being written (a kill can leave one behind)
+TMP_PREFIX = ".tmp-"
+#: what ``rlgf train`` and ``rlgf distill`` write at the top of their ``--out`` folder (besides
+#: nested runs: distill's ``bc/`` and the run after it); ``--overwrite`` removes these and no other
+RUN_ENTRIES = frozenset({"config.toml", "metrics.jsonl", "summary.json", "checkpoints", "final", "tensorboard",
+                         "guide_samples.jsonl", "report.json", "report.md"})
+
+
+def _has_header(toml: Path) -> bool:
+    try:
+        with open(toml, encoding="utf-8") as fh:
+            return fh.readline().startswith(RUN_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def rlgf_made(folder: Path) -> bool:
-    """Whether ``folder`` is one rlgf wrote: a run (its ``config.toml`` starts with
-    :data:`RUN_HEADER`) or a ``distill`` experiment (its guide samples, or its BC run)."""
-    for toml in (folder / "config.toml", folder / "bc" / "config.toml"):
-        try:
-            with open(toml, encoding="utf-8") as fh:
-                if fh.readline().startswith(RUN_HEADER):
-                    return True
-        except (OSError, UnicodeDecodeError):
-            pass
-    return (folder / "guide_samples.jsonl").is_file()
+    """Whether ``folder`` is one rlgf wrote: a run (its ``config.toml``, or the copy each
+    checkpoint keeps, starts with :data:`RUN_HEADER`) or a ``distill`` experiment."""
+    copies = [folder / "config.toml", folder / "final" / "rlgf.toml", folder / "bc" / "config.toml",
+              *sorted((folder / "checkpoints").glob("iter-*/rlgf.toml"))]
+    return any(_has_header(t) for t in copies) or (folder / "guide_samples.jsonl").is_file()
+
+
+def _is_rlgf_entry(path: Path) -> bool:
+    return (path.name in RUN_ENTRIES or path.name.startswith(TMP_PREFIX)
+            or (path.is_dir() and not path.is_symlink() and _has_header(path / "config.toml")))
 
 
 def check_out_dir(out: str | Path, overwrite: bool) -> Path:
-    """A run folder (``--out``) that may be written: new, empty, or an earlier rlgf run replaced
-    with ``--overwrite``. A folder rlgf did not write, or one that holds the current folder, is
-    never replaced: ``--overwrite`` deletes what is there."""
+    """A run folder (``--out``) that may be written: new, empty, or an earlier rlgf run whose own
+    files ``--overwrite`` replaces (:func:`clear_run`). A folder rlgf did not write, or one that
+    holds the current folder, is refused."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RlgfError(f"--out {out} exists and is not a folder", "choose another --out")
@@ -123,6 +138,20 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
                             "choose another --out, or empty that folder yourself")
     ensure_writable(out, "--out", folder=True)
     return out
+
+
+def clear_run(out: Path) -> list[str]:
+    """Remove what rlgf wrote in the run folder ``out`` (:data:`RUN_ENTRIES`, unfinished writes and
+    nested runs) for ``--overwrite``; anything else stays. Returns the names kept."""
+    kept = []
+    for path in sorted(Path(out).iterdir()):
+        if not _is_rlgf_entry(path):
+            kept.append(path.name)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return kept
 
 
 def _listing(names: list[str], most: int = 3) -> str:

@@ -232,3 +232,22 @@ def test_a_damaged_final_model_is_one_clear_error(tmp_path, finished_run, tiny_r
     line = _error(runner.invoke(app, [command, "--checkpoint", str(final), "--reward-model", str(tiny_reward_dir),
                                       "--device", "cpu", "--limit", "4", "--quiet"]))
     assert "could not load the model" in line and str(final) in line and "damaged" in line
+
+
+def test_overwrite_replaces_what_rlgf_wrote_and_keeps_the_rest(tmp_path, tiny_causal_dir, tiny_reward_dir):
+    """--overwrite on a run folder the user also keeps notes in (or reaches through a symlink):
+    the run is replaced, the notes stay, and the run says what it kept."""
+    out = tmp_path / "run"
+    assert runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out)).exit_code == 0
+    (out / "notes.txt").write_text("keep\n")
+    (out / "analysis").mkdir()
+    (out / "analysis" / "plot.py").write_text("print(1)\n")
+    link = tmp_path / "link"
+    link.symlink_to(out, target_is_directory=True)
+    result = runner.invoke(app, [a for a in _args(tiny_causal_dir, tiny_reward_dir, link, "--overwrite",
+                                                  "--seed", "1") if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "kept what rlgf did not write" in result.output and "analysis, notes.txt" in result.output
+    assert (out / "notes.txt").read_text() == "keep\n" and (out / "analysis" / "plot.py").is_file()
+    assert link.is_symlink() and (out / "final" / "model.safetensors").is_file()
+    assert "seed = 1" in (out / "config.toml").read_text()

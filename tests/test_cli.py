@@ -285,3 +285,16 @@ def test_eval_of_a_run_with_no_checkpoint_says_so(tmp_path):
     (run / "config.toml").write_text('# rlgf train — resolved configuration\n[train]\ntask = "rotten-tomatoes"\n')
     assert_error(rlgf("eval", "--checkpoint", str(run), "--device", "cpu"), "is an rlgf run with no model yet",
                  "--overwrite")
+
+
+def test_a_run_is_recognised_by_any_copy_of_its_config(tmp_path):
+    from rlgf_cli.files import rlgf_made
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "iter-0003").mkdir(parents=True)
+    (run / "config.toml").write_text("")  # emptied
+    assert not rlgf_made(run)
+    (run / "checkpoints" / "iter-0003" / "rlgf.toml").write_text("# rlgf train — resolved configuration\n")
+    assert rlgf_made(run)
+    (run / "config.toml").write_text("[train]\n")  # a config of the user's own: not rlgf's header
+    assert rlgf_made(run) and not rlgf_made(tmp_path)

@@ -119,7 +119,7 @@ def _restore_hint(resume: Path, saved_file: Path) -> str:
 
     kept = latest_checkpoint(resume)
     return f"copy the one saved with the checkpoint: cp {kept / 'rlgf.toml'} {saved_file}" if kept else \
-        "start the run again with --overwrite"
+        f"it has no checkpoint to resume: delete {resume} and start the run again"
 
 
 def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path:

@@ -34,7 +34,7 @@ from backends.errors import RlgfError
 from backends.openai_api.token_budget import GuideBudgetExhausted
 from tasks.base import Example, Task, layered
 
-from rlgf_cli.files import check_out_dir
+from rlgf_cli.files import check_out_dir, clear_run
 from rlgf_cli.training.trainer import _noop
 
 
@@ -238,8 +238,6 @@ def train_bc(cfg, task, learner_spec: str, device: str, callback) -> dict:
 
 def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     """Run the experiment described in the module docstring; returns the report."""
-    import shutil
-
     from backends import resolve
     from backends.precision import freeze_in, resolve_precision
 
@@ -290,7 +288,9 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
         raise RlgfError(f"the guide budget does not cover even the guide's evaluation ({exc.message})",
                         "raise --guide-budget-tokens or lower --eval-limit") from None
     if out.exists() and o.overwrite:
-        shutil.rmtree(out)
+        kept = clear_run(out)
+        if kept:
+            say(f"--overwrite kept what rlgf did not write in {out}: {', '.join(kept)}")
     out.mkdir(parents=True, exist_ok=True)
     k = o.samples_per_prompt
     say(f"collecting {k} guide completion(s) for each of {len(train_examples)} training prompts")

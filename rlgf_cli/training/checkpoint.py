@@ -36,13 +36,12 @@ import torch
 
 from backends.errors import RlgfError
 
-from rlgf_cli.files import nearest_existing, publish_modes
+from rlgf_cli.files import TMP_PREFIX, nearest_existing, publish_modes
 from rlgf_cli.training.resume_state import RESUME_FILES, BadState, save_optimizer, save_rng
 
 STATE_FILE = "trainer_state.json"
 #: folder of each critic inside a checkpoint
 CRITIC_DIRS = {"learner": "critic", "guide": "guide_critic"}
-TMP_PREFIX = ".tmp-"
 #: room kept beside the tensors for configs, tokenizer files, RNG and trainer state
 SMALL_FILES_BYTES = 64 * 2**20
 #: what OUT/final/trainer_state.json keeps of the trainer state (evaluation reads task and learner)

@@ -36,7 +36,7 @@ from rlgf_cli.training.checkpoint import (
 from rlgf_cli.training.distributed import all_sum, init_from_env, shutdown
 from rlgf_cli.training.interrupt import StopAtBoundary
 from rlgf_cli.training.resume_state import load_optimizer, load_rng, refuse_pickles
-from rlgf_cli.files import check_out_dir, write_atomic
+from rlgf_cli.files import check_out_dir, clear_run, write_atomic
 from rlgf_cli.training import trackers
 from rlgf_cli.training.config import TrainConfig
 from backends.precision import resolve_precision
@@ -247,7 +247,9 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         ensure_disk_space(out, need, "this run's checkpoints" if extra else "the final checkpoint")
     if not resume and main:
         if out.exists() and overwrite:
-            shutil.rmtree(out)
+            kept = clear_run(out)
+            if kept:
+                callback("message", {"text": f"--overwrite kept what rlgf did not write in {out}: {', '.join(kept)}"})
         out.mkdir(parents=True, exist_ok=True)
     config_toml = cfg.to_toml()
     if main:
@@ -318,8 +320,9 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                 except RlgfError as exc:  # a diverged loss, a bad reward, an unreachable API guide…
                     writer.join()  # the checkpoint being written counts
                     if ckpt is None and trainer.iteration == 0:  # nothing learned: no folder to block a retry
-                        if main:
-                            shutil.rmtree(out, ignore_errors=True)
+                        if main:  # what it wrote; a folder of its own goes too, files of the user's stay
+                            if not clear_run(out):
+                                out.rmdir()
                         where = f"nothing was kept in {out}; run the same command again once that is fixed"
                     else:
                         where = _resume_advice(out)
