@@ -268,3 +268,36 @@ def test_a_run_made_with_relative_paths_resumes_from_any_folder(tmp_path, tiny_c
                                  "--data", "../prompts.jsonl"])
     assert result.exit_code == 0, result.output
     assert [json.loads(x)["iteration"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_resuming_a_run_whose_config_left_the_lr_to_the_algorithm_keeps_that_lr(tmp_path, tiny_causal_dir, jsonl,
+                                                                               reward_file):
+    """Before config.toml recorded it, a --task prompts run trained at PPO's own lr (1e-6); the task's
+    later default (5e-5) must not apply to it on --resume."""
+    import re
+    import tomllib
+
+    assert _train(tmp_path, tiny_causal_dir, jsonl, reward_file, "--iterations", "1").exit_code == 0
+    config = tmp_path / "run" / "config.toml"
+    old = re.sub(r"(?m)^lr = .*$", "# lr = (default: 1e-6; BC 1e-5; the default task, rotten-tomatoes, 5e-05)",
+                 config.read_text())
+    config.write_text(old)
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--iterations", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert tomllib.loads(config.read_text())["train"]["lr"] == 1e-6
+
+
+def test_eval_of_checkpoints_trained_on_different_data_asks_for_the_task(tmp_path, tiny_causal_dir, jsonl,
+                                                                          csv_file, reward_file):
+    """Two runs on different prompts files: which one's prompts to score both on is the user's call."""
+    assert _train(tmp_path, tiny_causal_dir, jsonl, reward_file, "--iterations", "1", out="a").exit_code == 0
+    assert _train(tmp_path, tiny_causal_dir, csv_file, reward_file, "--iterations", "1", "--prompt-field", "question",
+                  "--reference-field", "answer", out="b").exit_code == 0
+    a, b = str(tmp_path / "a" / "final"), str(tmp_path / "b" / "final")
+    line = _error(runner.invoke(app, ["eval", "-c", a, "-c", b, "--device", "cpu", "--quiet"]))
+    assert "were trained with a different data, prompt-field, reference-field" in line and "pass --task" in line
+    result = runner.invoke(app, ["eval", "-c", a, "-c", b, "--device", "cpu", "--quiet", "--task", "prompts",
+                                 "--data", str(jsonl), "--reward", f"{reward_file}:reward", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    # the named task (the runs' own) with only the options given: run a's data, not b's columns
+    assert [r["n"] for r in json.loads(result.stdout)["results"]] == [3, 3]

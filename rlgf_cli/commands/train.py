@@ -155,5 +155,11 @@ def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path
             then = "its default" if was is None else str(was)
             raise RlgfError(f"--resume continues the run with its own {flag} ({then}), not {given}",
                             f"drop {flag}, or start a new run warm-started from this one with --init {resume}/final")
+    if "lr" not in saved and options.get("lr") is None:
+        # written before config.toml recorded the algorithm's learning rate: the one the run trained
+        # with, not a task default that came later (--task prompts: 1e-6, then 5e-5)
+        from rlgf_cli.training import algorithms
+
+        options["lr"] = algorithms.get(saved["alg"]).default_lr
     options["out"] = str(resume)
     return saved_file

@@ -251,45 +251,60 @@ RUN_TASK_OPTIONS = ("data", "reward_model", "reward", "reward_label", "reward_ur
 
 
 def run_task(specs: list[str]) -> tuple[str, dict, str] | None:
-    """``(task, its options, checkpoint)`` from the first checkpoint among ``specs`` that records a
-    task, or None."""
+    """``(task, its options, checkpoint)`` that the checkpoints among ``specs`` were trained on, or
+    None without a checkpoint. Checkpoints trained on different tasks or options are refused: one
+    evaluation scores every policy on the same prompts, with the same reward and length."""
+    found = []
     for spec in specs:
         path = Path(spec)
         if path.is_dir() and (name := read_state(path).get("task")):
-            return name, _recorded_options(path), spec
-    return None
+            found.append((name, _recorded_options(path), spec))
+    for name, options, spec in found[1:]:
+        first_name, first_options, first = found[0]
+        if (name, options) != (first_name, first_options):
+            differ = sorted(k for k in {*options, *first_options} if options.get(k) != first_options.get(k))
+            what = "task" if name != first_name else ", ".join(k.replace("_", "-") for k in differ)
+            raise RlgfError(f"{first} and {spec} were trained with a different {what}",
+                            "pass --task and its options to evaluate them on the same prompts")
+    return found[0] if found else None
 
 
 def _recorded_options(folder: Path) -> dict:
-    from rlgf_cli.training.config import load_toml
+    import tomllib
 
     toml = folder / "rlgf.toml"
     if not toml.is_file():
         return {}
-    try:
-        given = load_toml(toml)
-    except RlgfError as exc:
-        raise RlgfError(f"checkpoint {folder} is damaged: {exc.message}",
+    try:  # not load_toml: a key of another rlgf version is no reason to refuse
+        saved = tomllib.loads(toml.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RlgfError(f"checkpoint {folder} is damaged: {toml.name} is not readable TOML ({exc})",
                         "pass --task and its options to evaluate it anyway") from None
-    return {k: given[k] for k in RUN_TASK_OPTIONS if given.get(k) is not None}
+    saved = saved.get("train", saved) if isinstance(saved.get("train", saved), dict) else {}
+    return {k: saved[k] for k in RUN_TASK_OPTIONS if saved.get(k) is not None}
 
 
 def build_eval_task(task_name: str | None, specs: list[str], task_options: dict, precision=None,
                     say: Say | None = None) -> Task:
-    """The task to evaluate on: ``task_name`` with ``task_options``, or, without a name, the task of the
-    first checkpoint that records one, with that run's options for those not given (see
-    :data:`RUN_TASK_OPTIONS`), else the embedded default."""
+    """The task to evaluate on: ``task_name`` with ``task_options``; without a name (or with the one
+    the checkpoints were trained on), their task with their run's options for those not given (see
+    :data:`RUN_TASK_OPTIONS`); else the embedded default."""
     from tasks import get_task
 
-    if task_name is None:
+    try:
         found = run_task(specs)
-        task_name, recorded, source = found or ("rotten-tomatoes", {}, None)
+    except RlgfError:
+        if task_name is None:
+            raise
+        found = None  # the user named the task: checkpoints that disagree take what is given
+    if found and task_name in (None, found[0]):
+        task_name, recorded, source = found
         kept = {k: v for k, v in recorded.items() if k not in task_options}
         if kept and say is not None:
             shown = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in kept.items())
             say(f"task {task_name} as {source} was trained: {shown}")
         task_options = {**kept, **task_options}
-    task = get_task(task_name, **task_options)
+    task = get_task(task_name or "rotten-tomatoes", **task_options)
     if precision is not None:  # before prepare: a reward classifier trained now uses it too
         task.use_precision(precision)
     task.prepare()
