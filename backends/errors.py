@@ -23,6 +23,13 @@ class RlgfError(Exception):
         return f"{self.message} — {self.hint}" if self.hint else self.message
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what an
+    ``[error]`` line quotes of a library's error."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def did_you_mean(name: str, choices: Iterable[str], *, n: int = 3, cutoff: float = 0.6) -> str:
     """``"did you mean 'x'? "`` (or ``'x' or 'y'``, closest first) for the ``choices`` closest to ``name``, or
     ``""`` when none is close: the one way every layer suggests the name a user meant to type.

@@ -1,7 +1,7 @@
 """The ``rlgf`` command line: thin Typer commands over the library.
 
 Exit codes: 0 success · 1 user or runtime error (one ``[error] …`` line) · 2 usage error ·
-130 interrupted (a checkpoint is written first when training).
+130 interrupted (143 by SIGTERM; a checkpoint is written first when training).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ app = typer.Typer(
         "[bold]Examples[/]\n\n"
         "  rlgf train --task rotten-tomatoes --alg ppo --iterations 10 --out runs/ppo\n\n"
         "  rlgf eval --policy smollm2 --checkpoint runs/ppo/final --limit 200\n\n"
-        "Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted."
+        "Exit codes: 0 ok, 1 error, 2 usage, 130 interrupted (143: SIGTERM)."
     ),
 )
 

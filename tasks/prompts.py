@@ -84,6 +84,7 @@ class PromptsTask(Task):
         self.prompt_max_tokens = int(prompt_max_tokens)
         self.device = device
         self._splits: dict[str, list[Example]] | None = None
+        self._unsplit = 0  # rows without a split column (set with _splits)
         given = [(flag, v) for flag, v in (("--reward", reward), ("--reward-model", reward_model),
                                           ("--reward-url", reward_url)) if v]
         if len(given) > 1:
@@ -108,8 +109,9 @@ class PromptsTask(Task):
     # -- data -------------------------------------------------------------------
     def splits(self) -> dict[str, list[Example]]:
         if self._splits is None:
-            self._splits = split_rows(list(read_rows(self.path)), self.path, prompt_field=self.prompt_field,
-                                      reference_field=self.reference_field, seed=self.seed)
+            self._splits, self._unsplit = split_rows(list(read_rows(self.path)), self.path,
+                                                     prompt_field=self.prompt_field,
+                                                     reference_field=self.reference_field, seed=self.seed)
         return self._splits
 
     def examples(self, split: str) -> list[Example]:
@@ -118,9 +120,8 @@ class PromptsTask(Task):
         splits = self.splits()
         if not splits[split]:
             counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
-            total = sum(len(v) for v in splits.values())
-            hint = (f"give some rows \"split\": \"{split}\" (with under {MIN_SPLIT_ROWS} rows and no split "
-                    "column, every row is a train row)" if total < MIN_SPLIT_ROWS else
+            hint = (f"give some rows \"split\": \"{split}\" (under {MIN_SPLIT_ROWS} rows without a split are all "
+                    "train rows)" if 0 < self._unsplit < MIN_SPLIT_ROWS else
                     f"give some rows \"split\": \"{split}\", or leave the split column out for a seeded 80/10/10 split")
             raise RlgfError(f"{self.path} has no {split} rows ({counts})", hint)
         return splits[split]
@@ -290,8 +291,9 @@ def _parquet(path: Path):
 
 # -- rows to examples ---------------------------------------------------------------
 def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = "prompt",
-               reference_field: str | None = None, seed: int = 42) -> dict[str, list[Example]]:
-    """Examples by split: the rows' own ``split`` column, or a seeded 80/10/10 split."""
+               reference_field: str | None = None, seed: int = 42) -> tuple[dict[str, list[Example]], int]:
+    """Examples by split — the rows' own ``split`` column, or a seeded 80/10/10 split — and how many
+    rows had no split."""
     if not rows:
         raise RlgfError(f"{path} holds no rows", "add rows with a 'prompt', one per line (JSONL) or row (CSV)")
     first = rows[0][1]
@@ -321,7 +323,7 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
         for rank, i in enumerate(order):
             key = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
             by_split[key].append(unsplit[i])
-    return by_split
+    return by_split, len(unsplit)
 
 
 def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | None) -> Example:

@@ -233,7 +233,7 @@ def test_an_empty_split_says_which(tmp_path):
     assert len(task.examples("train")) == 6
     with pytest.raises(RlgfError, match="no test rows") as err:
         task.examples("test")
-    assert "under 10 rows" in err.value.hint and "leave the split column out" not in err.value.hint
+    assert "under 10 rows without a split" in err.value.hint and "leave the split column out" not in err.value.hint
 
 
 def test_the_shipped_example_loads_and_its_reward_scores():

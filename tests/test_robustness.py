@@ -91,8 +91,10 @@ def test_nan_reward_stops_with_error_and_keeps_last_checkpoint(tmp_path, tiny_ca
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_exits_130(tmp_path, tiny_causal_dir, tiny_reward_dir, signum):
-    """SIGTERM is how SLURM, Kubernetes and `kill` stop a job: it is handled as Ctrl-C is."""
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_exits_128_plus_the_signal(tmp_path, tiny_causal_dir,
+                                                                             tiny_reward_dir, signum):
+    """SIGTERM is how SLURM, Kubernetes and `kill` stop a job: it is handled as Ctrl-C is, and the
+    exit status says which it was (130, 143), as a shell reports a process the signal killed."""
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [a for a in _args(tiny_causal_dir, tiny_reward_dir, out, 1000) if a != "--quiet"] + ["--save-every", "0"]
@@ -108,7 +110,7 @@ def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_exits_130(tmp_path, tiny_caus
         time.sleep(0.05)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
     name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
     assert f"{name}: stopping after this iteration" in err  # the first signal lets the iteration under way end
     assert "[error] interrupted after" in err and "--resume" in err and "Traceback" not in err

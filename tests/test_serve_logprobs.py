@@ -63,9 +63,7 @@ def test_logprobs_of_a_generated_completion(client, tiny_causal_dir):
     out = client.completions.create(model="tiny", prompt="A story", max_tokens=4, temperature=0, logprobs=0)
     (choice,) = out.choices
     tokens = choice.logprobs.tokens
-    tokenizer = HFPolicy.load(str(tiny_causal_dir)).tokenizer
     assert len(tokens) == out.usage.completion_tokens >= 1  # the tokens sampled, not the text re-encoded
-    assert tokenizer  # loads
     if choice.text.isascii():  # a byte token of a multi-byte character decodes to U+FFFD alone
         assert "".join(tokens) == choice.text
     assert all(v <= 0 for v in choice.logprobs.token_logprobs)

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 
 from backends.base import Completion, Sampling, TokenPolicy
 from backends.device import resolve_device
-from backends.errors import RlgfError
+from backends.errors import RlgfError, first_line
 from backends.hf.compiled import forward_through
 from backends.hf.util import (
     hub_reachable,
@@ -151,13 +151,12 @@ class HFPolicy(TokenPolicy):
                 model = model_cls.from_pretrained(
                     source, config=config, dtype=torch_dtype, local_files_only=local_only
                 )
-            except (OSError, ValueError, KeyError, SafetensorError) as exc:  # a missing or damaged file
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise RlgfError(
-                    f"could not load the model {name!r}: {first}",
-                    "its files are incomplete or damaged: copy or save that folder again" if path.is_dir()
-                    else "check that the folder is complete",
-                ) from exc
+            except SafetensorError as exc:  # a truncated or foreign weights file
+                raise RlgfError(f"could not load the model {name!r}: {first_line(exc)}",
+                                "its weights file is incomplete or damaged: copy or save that folder again") from exc
+            except (OSError, ValueError, KeyError) as exc:  # a missing file, an unknown model type…
+                raise RlgfError(f"could not load the model {name!r}: {first_line(exc)}",
+                                "check that the folder is complete") from exc
         model.to(dev)
         model.eval()
         return cls(model, tokenizer, spec=spec or f"hf:{name}", max_prompt_length=max_prompt_length)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import typer
 from rich.console import Console
 
-from backends.errors import RlgfError
+from backends.errors import RlgfError, first_line
 
 #: documented exit codes
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -58,7 +58,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except RlgfError as exc:
-            code = EXIT_INTERRUPTED if type(exc).__name__ == "Interrupted" else EXIT_ERROR
+            code = getattr(exc, "exit_code", EXIT_INTERRUPTED) if type(exc).__name__ == "Interrupted" else EXIT_ERROR
             print_error(exc.message, exc.hint)
             raise typer.Exit(code) from None
         except KeyboardInterrupt:
@@ -73,8 +73,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             name = type(exc).__name__
             if "OutOfMemory" in name or "can't allocate memory" in str(exc):  # CUDA's, or torch's CPU allocator
                 where = "CPU memory" if "can't allocate memory" in str(exc) else "device memory"
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else name
-                print_error(f"out of {where} ({first})",
+                print_error(f"out of {where} ({first_line(exc)})",
                             "use smaller --episodes / --rollout-batch-size / --minibatch-size / --max-new-tokens")
             else:
                 print_error(f"unexpected {name}: {exc}", "rerun with RLGF_DEBUG=1 for the traceback and report it")

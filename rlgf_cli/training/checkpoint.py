@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backends.errors import RlgfError
+from backends.errors import RlgfError, first_line
 
 from rlgf_cli.files import TMP_PREFIX, nearest_existing, publish_modes
 from rlgf_cli.training.resume_state import RESUME_FILES, BadState, save_optimizer, save_rng
@@ -203,17 +203,12 @@ def write_folder(target: Path, fill, need: int) -> Path:
         if _is_write_failure(exc):
             free = shutil.disk_usage(target.parent).free / GIB
             raise RlgfError(
-                f"could not write checkpoint {target}: {_first_line(exc)} ({free:.2f} GiB free there)",
+                f"could not write checkpoint {target}: {first_line(exc)} ({free:.2f} GiB free there)",
                 "free some space or write the run elsewhere with --out; an older checkpoint of "
                 "that name, if any, is unchanged",
             ) from None
         raise
     return target
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _is_write_failure(exc: BaseException) -> bool:
@@ -278,7 +273,7 @@ def reading_checkpoint(folder: Path | None):
         if folder is None or cause is None or not _is_damage(cause):
             raise
         raise RlgfError(
-            f"checkpoint {folder} is damaged: {type(cause).__name__}: {_first_line(cause)}",
+            f"checkpoint {folder} is damaged: {type(cause).__name__}: {first_line(cause)}",
             DAMAGE_HINT,
         ) from None
 

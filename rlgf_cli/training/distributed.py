@@ -37,9 +37,14 @@ def world() -> World:
 
 
 def launched_as_main() -> bool:
-    """Whether this process is rank 0 of its launch (or not launched by torchrun at all): the one
-    that reports to the user, even after the process group is gone."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """Whether this process is rank 0 of a data-parallel launch, or was not launched as one (what
+    :func:`init_from_env` decides): the one that reports to the user, even after the process
+    group is gone."""
+    def number(name: str, default: int) -> int:
+        value = os.environ.get(name, "").strip()
+        return int(value) if value.isdigit() else default
+
+    return number("WORLD_SIZE", 1) <= 1 or number("RANK", 0) == 0
 
 
 def init_from_env(device: str) -> tuple[World, str]:

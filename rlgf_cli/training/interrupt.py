@@ -1,7 +1,11 @@
 """Stopping a training run: Ctrl-C (SIGINT) or a scheduler's SIGTERM (SLURM, Kubernetes, `kill`).
 
 The first signal finishes the iteration under way and stops at its end, so the checkpoint written
-then is a whole iteration's; a second one (either signal) stops at once."""
+then is a whole iteration's; a second one (either signal) stops at once. The process then exits
+with 128 + the first signal's number (130 for Ctrl-C, 143 for SIGTERM), as a shell would report it.
+A scheduler that follows SIGTERM with SIGKILL after a grace period must give it more than an
+iteration's time (and the checkpoint's write), or the kill lands first and the last whole
+checkpoint stands."""
 
 from __future__ import annotations
 
@@ -22,12 +26,18 @@ class StopAtBoundary:
     def __init__(self, on_first: Callable[[str], None]) -> None:
         self.on_first = on_first
         self.requested = False
+        #: the first signal received, if any: SIGTERM ends the process with 143, Ctrl-C with 130
+        self.signum: int | None = None
         self._previous: dict = {}
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum or signal.SIGINT)
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         self.on_first(NAMES.get(signum, f"signal {signum}"))
 
     def __enter__(self) -> "StopAtBoundary":
@@ -37,5 +47,5 @@ class StopAtBoundary:
 
     def __exit__(self, *exc) -> None:
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)  # None: set outside Python
         self._previous = {}

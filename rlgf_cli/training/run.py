@@ -45,7 +45,10 @@ from rlgf_cli.training.trainer import Callback, _noop
 
 
 class Interrupted(RlgfError):
-    """Ctrl-C during training; the message names the checkpoint to resume from."""
+    """Ctrl-C or SIGTERM during training; the message names the checkpoint to resume from."""
+
+    #: the process's exit status (130 Ctrl-C, 143 SIGTERM)
+    exit_code = 130
 
 
 def build_task(cfg: TrainConfig):
@@ -349,14 +352,15 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         except KeyboardInterrupt:
             writer.join()
             if in_step:  # stopped inside an iteration: the last whole one's checkpoint stands
-                raise Interrupted(f"interrupted during iteration {trainer.iteration + 1}, which is lost",
-                                  _resume_advice(out)) from None
-            path = saved[1] if saved[0] == trainer.iteration else checkpoint(
-                out / "checkpoints" / f"iter-{trainer.iteration:04d}")
-            raise Interrupted(
-                f"interrupted after {trainer.iteration} iterations",
-                f"checkpoint saved in {path}; continue with rlgf train --resume {out}",
-            ) from None
+                stopped_by = Interrupted(f"interrupted during iteration {trainer.iteration + 1}, which is lost",
+                                         _resume_advice(out))
+            else:
+                path = saved[1] if saved[0] == trainer.iteration else checkpoint(
+                    out / "checkpoints" / f"iter-{trainer.iteration:04d}")
+                stopped_by = Interrupted(f"interrupted after {trainer.iteration} iterations",
+                                         f"checkpoint saved in {path}; continue with rlgf train --resume {out}")
+            stopped_by.exit_code = stop.exit_code
+            raise stopped_by from None
         finally:
             tracked.close()
             writer.join()  # its error, if any, is raised below or gives way to the run's
