@@ -280,8 +280,8 @@ def _recorded_options(folder: Path) -> dict:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise RlgfError(f"checkpoint {folder} is damaged: {toml.name} is not readable TOML ({exc})",
                         "pass --task and its options to evaluate it anyway") from None
-    saved = saved.get("train", saved) if isinstance(saved.get("train", saved), dict) else {}
-    return {k: saved[k] for k in RUN_TASK_OPTIONS if saved.get(k) is not None}
+    table = saved.get("train", saved)  # rlgf writes a [train] table
+    return {k: table[k] for k in RUN_TASK_OPTIONS if isinstance(table, dict) and table.get(k) is not None}
 
 
 def build_eval_task(task_name: str | None, specs: list[str], task_options: dict, precision=None,

@@ -324,7 +324,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     writer.join()  # the checkpoint being written counts
                     if ckpt is None and trainer.iteration == 0:  # nothing learned: no folder to block a retry
                         if main:  # what it wrote; a folder of its own goes too, files of the user's stay
-                            if not clear_run(out):
+                            if not clear_run(out) and not out.is_symlink():
                                 out.rmdir()
                         where = f"nothing was kept in {out}; run the same command again once that is fixed"
                     else:
