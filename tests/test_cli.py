@@ -298,3 +298,27 @@ def test_a_run_is_recognised_by_any_copy_of_its_config(tmp_path):
     assert rlgf_made(run)
     (run / "config.toml").write_text("[train]\n")  # a config of the user's own: not rlgf's header
     assert rlgf_made(run) and not rlgf_made(tmp_path)
+
+
+def test_on_a_terminal_each_iteration_s_line_stays_above_the_bar(monkeypatch):
+    """The bar's status is rewritten by every phase: an iteration's reward shown only there was gone
+    a moment later, and its length squeezed the bar to one character at 80 columns."""
+    import io
+
+    from rich.console import Console
+
+    from rlgf_cli.commands import progress
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=80, highlight=False, soft_wrap=True)
+    monkeypatch.setattr(progress, "err_console", console)
+    monkeypatch.setattr(progress, "is_terminal", lambda: True)
+    bar = progress.TrainProgress()
+    bar("start", {"total": 2, "out": "runs/x"})
+    for i in (1, 2):
+        bar("phase", {"name": "rollout"})
+        bar("iteration", {"iteration": i, "reward_mean": 0.4 + i / 10, "kl_exact": 0.01, "time_s": 1.0})
+    bar.close()
+    text = screen.getvalue()
+    assert "iter 1 · reward 0.500" in text and "iter 2 · reward 0.600" in text
+    assert text.count("iter 1 · reward 0.500") == 1  # printed once, not redrawn in the bar

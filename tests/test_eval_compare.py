@@ -65,6 +65,10 @@ def test_two_checkpoints_and_an_api_policy_side_by_side(tmp_path, assets, tiny_c
     assert result.stdout.count("sentiment") == 1
     for name in ("run-a/final", "openai:tiny", "±"):
         assert name in result.stdout.replace("\n", "")
+    # the task's facts after it: one line, no unknowns, no dict reprs, the precision not said twice
+    (caption,) = [line for line in result.stderr.splitlines() if "splits: " in line]
+    assert "splits: train 9987, val 1248, test 1248" in caption and "task: rotten-tomatoes" in caption
+    assert "None" not in caption and "{" not in caption and "precision" not in caption
     # samples: every generation of every policy and seed, with its score
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(rows) == 3 * 2 * 4

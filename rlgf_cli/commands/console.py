@@ -20,7 +20,10 @@ from backends.errors import RlgfError, first_line
 #: documented exit codes
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+#: messages wrap at words on a terminal (the terminal itself would cut them mid-word) and stay one
+#: line each in a log or a pipe, where a line is a record
+err_console = Console(stderr=True, highlight=False)
+err_console.soft_wrap = not err_console.is_terminal
 out_console = Console(highlight=False, soft_wrap=True)
 
 

@@ -221,5 +221,11 @@ def _print_table(report: dict) -> None:
 
     title, columns, rows, numeric = table_rows(report)
     out_console.print(rich_table(title, columns, rows, align_right_from=numeric))
+    facts = []  # one caption: what is unknown (None) or was said before the table (the precision) is left out
     for key, value in report.get("task_info", {}).items():
-        err_console.print(f"{key}: {value}", markup=False)
+        if value is None or key in ("precision", "precision_reason"):
+            continue
+        shown = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value
+        facts.append(f"{key.replace('_', ' ')}: {shown}")
+    if facts:
+        err_console.print("; ".join(facts), markup=False)

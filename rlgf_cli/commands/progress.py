@@ -38,8 +38,9 @@ class TrainProgress:
             err_console.print(f"run folder: {payload['out']}", markup=False)
         elif event == "iteration":
             line = format_iteration(payload)
-            if self.progress is not None:
-                self.progress.update(self.task_id, advance=1, status=line)
+            if self.progress is not None:  # a line per iteration stays above the bar, which keeps its room
+                self.progress.console.print(line, markup=False)
+                self.progress.update(self.task_id, advance=1, status="")
             else:
                 err_console.print(line, markup=False)
         elif event == "phase":

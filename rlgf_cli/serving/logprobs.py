@@ -49,8 +49,10 @@ def choice_logprobs(policy, prompt: str, completion: str, *, echo: bool, top: in
     start = len(prefix) if echo else len(prefix) + len(p_ids)
     tokens, token_lps, tops, offsets = [], [], [], []
     offset = 0 if echo else len(prompt)
+    sampled_from = len(prefix) + len(p_ids) if completion_ids is not None else len(ids)
     for pos in range(start, len(ids)):
-        text = tok.decode([ids[pos]])
+        # a sampled special token is not in the reply's text (decoded without them): nor in its tokens'
+        text = tok.decode([ids[pos]], skip_special_tokens=pos >= sampled_from)
         tokens.append(text)
         offsets.append(offset)
         offset += len(text)
