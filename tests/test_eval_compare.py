@@ -194,3 +194,12 @@ def test_a_shared_decoding_goes_into_the_title_and_mixed_ones_get_a_column():
     assert title == "t · test split · n=4" and columns == ["policy", "decoding", "sentiment"] and numeric == 2
     assert [r[1] for r in rows] == [sampling, "greedy"]
     assert "| policy | decoding | sentiment |" in eval_markdown(report)
+
+
+def test_table_numbers_have_fixed_decimals_per_size_and_no_negative_zero():
+    """`.4g` gave 261 beside 268.3, 270 ± 1.0292 and, for large perplexities, 1.234e+04."""
+    from rlgf_cli.evaluation.report import fmt, fmt_mean_std
+
+    assert [fmt(261.0), fmt(268.34), fmt(12345.678)] == ["261.0", "268.3", "12345.7"]
+    assert fmt_mean_std(270.04, 1.0292) == "270.0 ± 1.0" and fmt_mean_std(0.6, 0.01234) == "0.6000 ± 0.0123"
+    assert fmt(-0.00001) == "0.0000" and fmt(-0.5) == "-0.5000" and fmt(None) == "–"

@@ -39,20 +39,30 @@ def runs_mean_std(runs: Sequence[dict]) -> tuple[dict[str, float], dict[str, flo
     return means, stds
 
 
-def fmt(value: float | None) -> str:
+def _decimals(value: float) -> int:
+    """Places after the point: 1 from 100 up (perplexities), 4 below (rewards, BLEU…)."""
+    return 1 if abs(value) >= 100 else 4
+
+
+def fmt(value: float | None, decimals: int | None = None) -> str:
+    """A table cell: fixed decimals (never an exponent), no minus on a value that rounds to zero."""
     if value is None:
         return "–"
     if isinstance(value, float) and math.isnan(value):
         return "nan"
     if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return f"{value:.4g}" if abs(value) >= 100 else f"{value:.4f}"
+        return "inf" if value > 0 else "-inf"
+    text = f"{value:.{_decimals(value) if decimals is None else decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def fmt_mean_std(mean: float | None, std: float | None = None) -> str:
+    """``mean ± std``, the std to the mean's decimals."""
     if mean is None:
         return "–"
-    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+    if std is None or not math.isfinite(mean):
+        return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+    return f"{fmt(mean)} ± {fmt(std, _decimals(mean))}"
 
 
 def metric_columns(metric_dicts: Iterable[dict], order: Sequence[str] = ()) -> list[str]:
