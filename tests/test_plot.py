@@ -92,3 +92,24 @@ def test_a_chart_that_is_not_png_is_refused_up_front(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1 and proc.stderr.startswith("[error] --out") and "is not a .png file" in proc.stderr
     assert not (tmp_path / "c.jpg").exists()
+
+
+def test_a_flat_curve_has_no_offset_axis_and_a_repeated_seed_is_named(tmp_path, monkeypatch):
+    """A reward flat to 1e-6 drew the axis as '1e-6 + 4.926e-1'; two runs of one seed made a band
+    that claims a spread over seeds."""
+    import rlgf_cli.files as files
+    from rlgf_cli.evaluation.curves import plot_curves, repeated_seeds
+
+    seen = []
+    monkeypatch.setattr(files, "save_png", lambda fig, path, option: seen.append(fig))
+    flat = [make_run(tmp_path / f"flat{i}", "ppo", [0.4926, 0.4926 + 1e-6, 0.4926]) for i in (0, 1)]
+    plot_curves({"ppo": flat}, tmp_path / "c.png")
+    ax = seen[0].axes[0]
+    ax.figure.canvas.draw()
+    assert ax.yaxis.get_offset_text().get_text() == ""
+    for run in flat:
+        (run / "config.toml").write_text('[train]\nalg = "ppo"\nseed = 3\n', encoding="utf-8")
+    (note,) = repeated_seeds({"ppo": flat})
+    assert "all have seed 3" in note and str(flat[0]) in note
+    (flat[1] / "config.toml").write_text('[train]\nalg = "ppo"\nseed = 4\n', encoding="utf-8")
+    assert repeated_seeds({"ppo": flat}) == []

@@ -32,13 +32,16 @@ def plot_command(
 
       rlgf plot runs/*/ --metric kl_exact --out kl.png
     """
-    from rlgf_cli.evaluation.curves import group_runs, plot_curves
+    from rlgf_cli.evaluation.curves import group_runs, plot_curves, repeated_seeds
     from rlgf_cli.files import check_png, ensure_writable
 
     check_png(out, "--out")
     if json_out and json_out != "-":  # before the plot is written, so a bad path leaves nothing
         ensure_writable(json_out, "--json")
-    data = plot_curves(group_runs(runs), out, metric=metric, title=title)
+    groups = group_runs(runs)
+    for note in repeated_seeds(groups):
+        err_console.print(f"warning: {note}", markup=False)
+    data = plot_curves(groups, out, metric=metric, title=title)
     if json_out == "-":
         typer.echo(json.dumps(data, indent=2))
     elif json_out:

@@ -79,6 +79,29 @@ def curves(groups: dict[str, list[str | Path]], metric: str = DEFAULT_METRIC) ->
     return out
 
 
+def run_seed(run: str | Path):
+    """The ``seed`` a run's ``config.toml`` records, or None."""
+    try:
+        return tomllib.loads((Path(run) / "config.toml").read_text(encoding="utf-8")).get("train", {}).get("seed")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+
+
+def repeated_seeds(groups: dict[str, list[str | Path]]) -> list[str]:
+    """One line per group holding two runs of the same seed: its band is then not a spread over seeds."""
+    notes = []
+    for label, runs in groups.items():
+        by_seed: dict = {}
+        for run in runs:
+            seed = run_seed(run)
+            if seed is not None:
+                by_seed.setdefault(seed, []).append(str(run))
+        for seed, same in by_seed.items():
+            if len(same) > 1:
+                notes.append(f"{label}: {', '.join(same)} all have seed {seed}, so its band is not a spread over seeds")
+    return notes
+
+
 def group_runs(runs: list[str | Path]) -> dict[str, list[str | Path]]:
     groups: dict[str, list[str | Path]] = {}
     for run in runs:
@@ -108,6 +131,7 @@ def plot_curves(groups: dict[str, list[str | Path]], path: str | Path, metric: s
     ax.set_xlabel("iteration")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no half iterations
     ax.set_ylabel(metric)
+    ax.ticklabel_format(axis="y", useOffset=False)  # 0.4926 on the axis, not "1e-6 + 4.926e-1"
     ax.set_title(title or f"{metric} per iteration (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="best", frameon=False)
