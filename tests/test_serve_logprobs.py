@@ -86,6 +86,22 @@ def test_logprobs_score_the_sampled_tokens_even_when_they_split_a_character(clie
     assert split_a_character, "no sample cut a character: the case this test is for did not occur"
 
 
+def test_a_sampled_special_token_is_scored_but_shows_no_text(tiny_causal_dir):
+    """The reply's text is decoded without special tokens; its tokens and offsets must agree with it
+    while the special token sampled in between is still scored."""
+    from rlgf_cli.serving.logprobs import choice_logprobs
+
+    policy = HFPolicy.load(str(tiny_causal_dir))
+    tok = policy.tokenizer
+    ids = tok("ab", add_special_tokens=False)["input_ids"] + [tok.unk_token_id] + tok("c", add_special_tokens=False)["input_ids"]
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert text == "abc"
+    lp = choice_logprobs(policy, "Hi", text, echo=False, top=0, completion_ids=ids)
+    assert "".join(lp["tokens"]) == text and len(lp["token_logprobs"]) == len(ids)
+    assert lp["tokens"][2] == "" and lp["token_logprobs"][2] <= 0
+    assert lp["text_offset"] == [2, 3, 4, 4]
+
+
 def test_a_prompt_past_the_context_is_a_400_before_any_decoding(client):
     """The tiny model has 256 positions: 200 tokens of prompt and 100 new ones do not fit."""
     long_prompt = " ".join(["word"] * 400)

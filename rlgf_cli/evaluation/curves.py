@@ -34,12 +34,18 @@ def read_metrics(run: str | Path) -> list[dict]:
     return rows
 
 
+def run_config(run: str | Path) -> dict | None:
+    """The ``[train]`` table of a run folder's ``config.toml``, or None when it cannot be read."""
+    try:
+        return tomllib.loads((Path(run) / "config.toml").read_text(encoding="utf-8")).get("train", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+
+
 def group_label(run: str | Path) -> str:
     """``alg``, or ``init+alg`` for a warm-started run (``BC+ppo++`` when it started from a BC run)."""
-    path = Path(run) / "config.toml"
-    try:
-        cfg = tomllib.loads(path.read_text(encoding="utf-8")).get("train", {})
-    except (OSError, tomllib.TOMLDecodeError):
+    cfg = run_config(run)
+    if cfg is None:
         return Path(run).name
     alg = cfg.get("alg", Path(run).name)
     init = cfg.get("init")
@@ -48,11 +54,8 @@ def group_label(run: str | Path) -> str:
     source = Path(init)
     if source.name == "final":
         source = source.parent
-    try:
-        init_cfg = tomllib.loads((source / "config.toml").read_text(encoding="utf-8")).get("train", {})
-        prefix = str(init_cfg.get("alg", source.name)).upper() if init_cfg.get("alg") == "bc" else source.name
-    except (OSError, tomllib.TOMLDecodeError):
-        prefix = source.name
+    init_cfg = run_config(source) or {}
+    prefix = "BC" if init_cfg.get("alg") == "bc" else source.name
     return f"{prefix}+{alg}"
 
 
@@ -79,21 +82,13 @@ def curves(groups: dict[str, list[str | Path]], metric: str = DEFAULT_METRIC) ->
     return out
 
 
-def run_seed(run: str | Path):
-    """The ``seed`` a run's ``config.toml`` records, or None."""
-    try:
-        return tomllib.loads((Path(run) / "config.toml").read_text(encoding="utf-8")).get("train", {}).get("seed")
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-
-
 def repeated_seeds(groups: dict[str, list[str | Path]]) -> list[str]:
     """One line per group holding two runs of the same seed: its band is then not a spread over seeds."""
     notes = []
     for label, runs in groups.items():
         by_seed: dict = {}
         for run in runs:
-            seed = run_seed(run)
+            seed = (run_config(run) or {}).get("seed")
             if seed is not None:
                 by_seed.setdefault(seed, []).append(str(run))
         for seed, same in by_seed.items():

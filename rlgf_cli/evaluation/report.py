@@ -60,9 +60,9 @@ def fmt_mean_std(mean: float | None, std: float | None = None) -> str:
     """``mean ± std``, the std to the mean's decimals."""
     if mean is None:
         return "–"
-    if std is None or not math.isfinite(mean):
-        return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
-    return f"{fmt(mean)} ± {fmt(std, _decimals(mean))}"
+    if std is None:
+        return fmt(mean)
+    return f"{fmt(mean)} ± {fmt(std, _decimals(mean) if math.isfinite(mean) else None)}"
 
 
 def metric_columns(metric_dicts: Iterable[dict], order: Sequence[str] = ()) -> list[str]:
