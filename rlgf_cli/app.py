@@ -154,6 +154,30 @@ def reflow_help(doc: str | None) -> str | None:
     return "\n\n".join(paragraphs)
 
 
+def keep_option_names_whole() -> None:
+    """Let only the help column of Typer's option tables wrap.
+
+    On a narrow terminal rich shrinks the widest columns alike, so at 80 columns a flag name
+    such as ``--no-whiten-advantages`` came out as ``--no-whiten-advanta…``, unusable as typed.
+    Marking every column but the last (the help) ``no_wrap`` makes the help text give way
+    instead. Typer builds its tables through ``typer.rich_utils.Table``; if a later Typer
+    builds them otherwise this does nothing and the help stays as Typer draws it.
+    """
+    import typer.rich_utils as rich_utils
+    from rich.table import Table
+
+    class _WholeNamesTable(Table):
+        def add_row(self, *renderables, **kwargs):  # columns are created by the first row
+            super().add_row(*renderables, **kwargs)
+            for column in self.columns[:-1]:
+                column.no_wrap = True
+
+    if getattr(rich_utils, "Table", None) is Table:
+        rich_utils.Table = _WholeNamesTable
+
+
+keep_option_names_whole()
+
 for _info in app.registered_commands:
     if _info.help is None and _info.callback is not None:
         _info.help = reflow_help(inspect.getdoc(_info.callback))

@@ -133,6 +133,7 @@ def test_keep_top_and_the_bc_task():
     (["--then", "bc"], "--then bc"),
     (["--then", "nope"], "unknown algorithm"),
     (["--eval-split", "dev"], "unknown split"),
+    (["--json", "."], "--json . is a folder"),
 ])
 def test_bad_input(tmp_path, extra, message):
     result = runner.invoke(app, ["distill", "--guide", "openai:tiny", "--out", str(tmp_path / "o"), *extra])
@@ -176,10 +177,18 @@ def test_local_guide(tmp_path, tiny_causal_dir, reward_dir):
     result = runner.invoke(app, [
         "distill", "--guide", str(tiny_causal_dir), "--learner", str(tiny_causal_dir), "--reward-model", str(reward_dir),
         "--out", str(out), "--prompts", "3", "--samples-per-prompt", "2", "--keep-top", "1", "--eval-limit", "2",
-        "--max-new-tokens", "4", "--episodes", "2", "--minibatch-size", "2", "--device", "cpu", "--json",
+        "--max-new-tokens", "4", "--episodes", "2", "--minibatch-size", "2", "--device", "cpu", "--json", "-",
     ])
     assert result.exit_code == 0, (result.output, result.exception)
     report = json.loads(result.stdout)
+    assert report == json.loads((out / "report.json").read_text())
+    again = runner.invoke(app, ["distill", "--guide", str(tiny_causal_dir), "--learner", str(tiny_causal_dir),
+                                "--reward-model", str(reward_dir), "--out", str(out), "--overwrite", "--prompts", "3",
+                                "--samples-per-prompt", "2", "--keep-top", "1", "--eval-limit", "2", "--max-new-tokens",
+                                "4", "--episodes", "2", "--minibatch-size", "2", "--device", "cpu", "--quiet",
+                                "--json", str(tmp_path / "report-copy.json")])
+    assert again.exit_code == 0 and again.stdout == "", again.output
+    assert json.loads((tmp_path / "report-copy.json").read_text())["rows"] == report["rows"]
     assert [r["name"] for r in report["rows"]] == ["guide", "learner", "learner + BC"]
     assert "perplexity" in report["rows"][0]["metrics"]  # a local guide can score text
     c = report["collection"]

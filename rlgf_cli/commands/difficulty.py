@@ -54,11 +54,13 @@ def difficulty_command(
 
     [bold]Examples[/]
 
-      rlgf difficulty -p smollm2 -c runs/ppo/final -c runs/d2lols/final --limit 300 --plot fig3.png
+      rlgf difficulty -p smollm2 -c runs/ppo/final -c runs/d2lols/final \\
+        --limit 300 --plot fig3.png
 
       rlgf difficulty -c runs/ppo/final --thresholds 0.3,0.7 --json buckets.json
 
-      rlgf difficulty -c runs/ppo/final -c runs/ppopp/final --seeds 3 --plot fig3.png
+      rlgf difficulty -c runs/ppo/final -c runs/ppopp/final --seeds 3 \\
+        --plot fig3.png
     """
     from backends.errors import RlgfError, did_you_mean
 

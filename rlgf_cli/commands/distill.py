@@ -57,7 +57,7 @@ def distill_command(
     reward: Reward = None,
     bertscore_model: BertscoreModel = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON to stdout.")] = False,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Also write the report as JSON to FILE ('-' for stdout; OUT/report.json is always written).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Distill a guide into the learner: collect its completions, BC on them, optionally RLGF, compare.
@@ -70,14 +70,20 @@ def distill_command(
 
       rlgf serve --policy smollm2 --port 8000 &
 
-      rlgf distill --guide openai:smollm2 --guide-base-url http://127.0.0.1:8000/v1 --prompts 200 --guide-budget-tokens 50000 --out runs/distill
+      rlgf distill --guide openai:smollm2 \\
+        --guide-base-url http://127.0.0.1:8000/v1 --prompts 200 \\
+        --guide-budget-tokens 50000 --out runs/distill
 
-      rlgf distill --guide openai:davinci-002 --keep-top 1 --samples-per-prompt 4 --then ppo++ --out runs/distill-gpt
+      rlgf distill --guide openai:davinci-002 --keep-top 1 \\
+        --samples-per-prompt 4 --then ppo++ --out runs/distill-gpt
     """
     from rlgf_cli.evaluation.distill import DistillOptions, distill
     from rlgf_cli.commands.progress import CountProgress, TrainProgress
+    from rlgf_cli.files import ensure_writable, write_atomic
     from rlgf_cli.training.run import task_options
 
+    if json_out and json_out != "-":  # before the guide is paid for
+        ensure_writable(json_out, "--json")
     options = DistillOptions(
         guide=guide, learner=learner, task=task, out=str(out or Path("runs") / f"distill-{task}"),
         samples_per_prompt=samples_per_prompt, prompts=prompts, keep_top=keep_top,
@@ -95,9 +101,11 @@ def distill_command(
         report = distill(options, callback=progress, bar=lambda label: CountProgress(label, quiet=quiet))
     finally:
         progress.close()
-    if json_out:
+    if json_out == "-":
         typer.echo(json.dumps(report, indent=2))
-    elif not quiet:
+    elif json_out:
+        write_atomic(json_out, json.dumps(report, indent=2))
+    if json_out != "-" and not quiet:
         from rlgf_cli.evaluation.distill_report import facts, table
         from rlgf_cli.commands.console import rich_table
 

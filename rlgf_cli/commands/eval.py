@@ -114,9 +114,11 @@ def eval_command(
 
       rlgf eval --policy smollm2 --checkpoint runs/ppo/final --limit 200
 
-      rlgf eval -c runs/ppo/final -c runs/d2lols/final --seeds 3 --markdown table.md
+      rlgf eval -c runs/ppo/final -c runs/d2lols/final --seeds 3 \\
+        --markdown table.md
 
-      rlgf eval -c runs/ppo/final -p openai:davinci-002 --limit 100 --samples gens.jsonl
+      rlgf eval -c runs/ppo/final -p openai:davinci-002 --limit 100 \\
+        --samples gens.jsonl
     """
     from backends.errors import RlgfError
 

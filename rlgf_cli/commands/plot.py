@@ -28,7 +28,8 @@ def plot_command(
 
     [bold]Examples[/]
 
-      rlgf plot runs/ppo-seed0 runs/ppo-seed1 runs/d2lols-seed0 runs/d2lols-seed1 --out curves.png
+      rlgf plot runs/ppo-seed0 runs/ppo-seed1 runs/d2lols-seed0 \\
+        runs/d2lols-seed1 --out curves.png
 
       rlgf plot runs/*/ --metric kl_exact --out kl.png
     """

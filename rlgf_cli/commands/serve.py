@@ -22,7 +22,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve_command(
-    policy: Annotated[str, typer.Option("--policy", "-p", help="The policy to serve: smollm2, hf:NAME_OR_PATH, a checkpoint folder…", show_default=False)],
+    policy: Annotated[str, typer.Option("--policy", "-p", help="The policy to serve: smollm2, hf:NAME_OR_PATH, or a checkpoint folder (e.g. OUT/final).", show_default=False)],
     host: Annotated[str, typer.Option(help="Address to bind. Anything but loopback exposes the model to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar=SERVE_KEY_ENV, show_default=False, show_envvar=True, help="Require 'Authorization: Bearer KEY' on every request.")] = None,
@@ -44,7 +44,8 @@ def serve_command(
 
       rlgf serve --policy smollm2 --port 8000
 
-      RLGF_SERVE_API_KEY=secret rlgf serve --policy hf:runs/ppo/final --model-name guide
+      RLGF_SERVE_API_KEY=secret rlgf serve --policy hf:runs/ppo/final \\
+        --model-name guide
     """
     from backends.errors import RlgfError
 

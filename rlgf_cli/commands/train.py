@@ -29,13 +29,15 @@ def train_command(
 
     [bold]Examples[/]
 
-      rlgf train --task rotten-tomatoes --alg ppo --iterations 20 --episodes 32 --out runs/ppo
+      rlgf train --task rotten-tomatoes --alg ppo --iterations 20 \\
+        --episodes 32 --out runs/ppo
 
       rlgf train --alg bc --iterations 50 --lr 1e-5 --out runs/bc
 
       rlgf train --alg d2lols --guide runs/bc/final --out runs/d2lols
 
-      rlgf train --alg ppo++ --guide openai:davinci-002 --guide-budget-tokens 200000
+      rlgf train --alg ppo++ --guide openai:davinci-002 \\
+        --guide-budget-tokens 200000
 
       rlgf train --config my.toml --seed 3
 

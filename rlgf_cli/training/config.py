@@ -113,14 +113,11 @@ class TrainConfig:
                                      "device (what fits in a GPU's free memory; 64 on CPU).", panel=PANEL_RUN)
     cuda_graphs: bool = opt(False, "Experimental: replay each decoding step of a causal model as a CUDA graph (GPU only; "
                                    "falls back with a warning where capture fails).", panel=PANEL_RUN)
-    compile: bool | None = opt(None, "Run the learner's and critics' transformer layers through torch.compile in the "
-                                      "scoring and update passes (causal models; decoding stays eager; needs a C++ "
-                                      "compiler on a CPU). The first iteration compiles: about 20 s the first time on 2 "
-                                      "CPU cores, a few seconds once cached. On a 2-core AMX CPU under bf16 an iteration "
-                                      "is about 1.2x faster (the update 1.3x; fp32 1.03x); with a cold cache it repays "
-                                      "in 10-20 iterations. Not given: on for PPO-family runs of at least 20 iterations "
-                                      "under bf16 on a CPU with a C++ compiler, off otherwise (OUT/config.toml records "
-                                      "the choice).", panel=PANEL_RUN,
+    compile: bool | None = opt(None, "Compile the learner's and critic's transformer layers (torch.compile) for "
+                                      "scoring and the update; decoding stays eager. Needs a C++ compiler on a CPU; "
+                                      "the first iteration spends ~20 s compiling (seconds once cached), then a "
+                                      "bf16 CPU iteration runs ~1.2x faster. Unset: on for PPO-family runs of 20+ "
+                                      "iterations under CPU bf16 (OUT/config.toml records the choice).", panel=PANEL_RUN,
                                default_text="auto: on under CPU bf16 from 20 iterations")
     lr: float | None = opt(None, "Learning rate (AdamW).", panel=PANEL_PPO,
                            default_text="1e-6; BC 1e-5; the default task, rotten-tomatoes, 5e-05 (prompts too)")
