@@ -61,6 +61,8 @@ class PromptDifficulty:
 
     * ``"score"`` — higher is easier (e.g. a classifier's P(positive) of the prompt): cut into
       terciles (``hard`` / ``medium`` / ``easy``), or at the user's ``--thresholds``;
+    * ``"level"`` — higher is harder (e.g. a ``difficulty`` column of your prompts file): cut
+      into terciles too, the highest third ``hard``, or at ``--thresholds`` in its own units;
     * ``"count"`` — a count of obstacles, more is harder (e.g. concepts never seen in
       training): ``hard`` with at least N (``--unseen-at-least``, default 1), else ``easy``.
 
@@ -73,7 +75,7 @@ class PromptDifficulty:
     method: str
     description: str
 
-    KINDS: ClassVar[tuple[str, ...]] = ("score", "count")
+    KINDS: ClassVar[tuple[str, ...]] = ("score", "level", "count")
 
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
@@ -181,7 +183,7 @@ class Task:
         without such a measure keeps this default, which refuses with an :class:`RlgfError`."""
         raise RlgfError(
             f"task {self.name} has no measure of prompt difficulty",
-            hint="rlgf difficulty needs a task that defines prompt_difficulty() (e.g. rotten-tomatoes, imdb, commongen)",
+            hint="rlgf difficulty needs a task that defines prompt_difficulty() (e.g. rotten-tomatoes, imdb, commongen, prompts)",
         )
 
     def prepare(self, progress=None) -> None:

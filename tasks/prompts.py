@@ -19,19 +19,24 @@ The task has no reward of its own: training needs one of yours, one of three kin
 ``bleu4`` and ``rouge_l`` (pycocoevalcap, as CommonGen's, on PTB-tokenized text) when the rows
 have references, and ``output_perplexity`` of the completions under the reference model. BC
 clones the first reference of each train row.
+
+``rlgf difficulty`` buckets the prompts by a numeric ``difficulty`` column when the rows have
+one (higher is harder), else by the reward of each prompt with an empty completion (higher is
+easier, as the sentiment tasks' classifier score of the prompt alone).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any, Iterator
 
 from backends.base import Sampling
 from backends.errors import RlgfError
-from tasks.base import CPU_SIZED_DEFAULTS, SPLITS, Example, Task, check_sampling
+from tasks.base import CPU_SIZED_DEFAULTS, SPLITS, Example, PromptDifficulty, Task, check_sampling
 from tasks.scoring.perplexity import can_score, corpus_perplexity
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -44,7 +49,7 @@ class PromptsTask(Task):
 
     name = "prompts"
     description = "Your own prompts from a JSONL, CSV or Parquet file (--data), with your reward (--reward)"
-    data_source = "--data FILE: rows with a prompt, optionally reference(s) and a split"
+    data_source = "--data FILE: rows with a prompt, optionally reference(s), a split and a difficulty"
     default_learner = "smollm2"
     #: the embedded default's (same learner): the paper's lr 1e-6 and 5 epochs barely move a model in
     #: the few iterations a first run of one's own task takes
@@ -170,6 +175,28 @@ class PromptsTask(Task):
             raise RlgfError(f"the reward returned {len(values)} values for {len(completions)} completions")
         return [float(v) for v in values]
 
+    def prompt_difficulty(self, examples) -> PromptDifficulty:
+        """The rows' own ``difficulty`` (higher is harder), else the reward of the prompt alone."""
+        levels = [ex.meta.get(DIFFICULTY_FIELD) for ex in examples]
+        if any(v is not None for v in levels):
+            missing = next(ex for ex, v in zip(examples, levels) if v is None) if None in levels else None
+            if missing is not None:
+                raise RlgfError(f"{self.path}, line {missing.meta['line']}: no '{DIFFICULTY_FIELD}', while other "
+                                "rows have one", f"give every row a number in '{DIFFICULTY_FIELD}', or no row")
+            return PromptDifficulty(tuple(levels), "level", "difficulty_column",
+                                    f"the rows' '{DIFFICULTY_FIELD}' column; higher is harder")
+        if self.reward_spec is None:
+            raise RlgfError("--task prompts rates a prompt's difficulty by a 'difficulty' column of the rows or by "
+                            "the reward of the prompt alone, and has neither",
+                            "add a numeric 'difficulty' to the rows of --data (higher is harder), or pass --reward, "
+                            "--reward-model or --reward-url")
+        scores = self.reward(self.prompts_for(examples), [""] * len(examples), examples)
+        if len(set(scores)) == 1:
+            raise RlgfError(f"the reward of the prompt alone is {scores[0]:g} for every prompt, so it cannot rank them",
+                            "add a numeric 'difficulty' to the rows of --data (higher is harder)")
+        return PromptDifficulty(tuple(scores), "score", "prompt_reward",
+                                "the reward of the prompt with an empty completion; higher is easier")
+
     def check_reward(self) -> None:
         if self.reward_spec is None:
             self.reward([], [], [])
@@ -219,6 +246,8 @@ def overlap_metrics(completions, references) -> dict[str, float]:
 HF_PREFIX = "hf:"
 #: rows without a split are split 80/10/10 from this many on; fewer are all train rows
 MIN_SPLIT_ROWS = 10
+#: the optional column ``rlgf difficulty`` buckets by (a number; higher is harder)
+DIFFICULTY_FIELD = "difficulty"
 
 
 def read_rows(path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -347,4 +376,19 @@ def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | 
             refs = tuple(v for v in value if v)
         elif value is not None:
             raise RlgfError(f"{path}, line {n}: '{ref_field}' must be a text or a list of texts")
+    level = row.get(DIFFICULTY_FIELD)
+    if level not in (None, ""):
+        meta[DIFFICULTY_FIELD] = _number(level, path, n)
     return Example(prompt=prompt, references=refs, target=refs[0] if refs else "", meta=meta)
+
+
+def _number(value, path: Path, n: int) -> float:
+    """A finite number from a row's difficulty (a JSON number, or a CSV text such as ``"2.5"``)."""
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number):
+        raise RlgfError(f"{path}, line {n}: '{DIFFICULTY_FIELD}' is {value!r}, not a number",
+                        f"give '{DIFFICULTY_FIELD}' a number (higher is harder), or leave it empty")
+    return number

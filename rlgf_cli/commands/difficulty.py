@@ -22,7 +22,7 @@ def difficulty_command(
     task: CheckpointTask = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N examples of the split.")] = None,
-    thresholds: Annotated[Optional[str], typer.Option(help="Sentiment tasks: cut points of the prompt's reward score instead of terciles: 'T' (easy/hard) or 'A,B' (hard < A ≤ medium < B ≤ easy).", rich_help_panel=_BUCKETS)] = None,
+    thresholds: Annotated[Optional[str], typer.Option(help="Cut points instead of terciles: 'T' (two buckets) or 'A,B' (three). A reward score (sentiment tasks, prompts with a reward): hard < A ≤ medium < B ≤ easy; a 'difficulty' column (prompts): easy < A ≤ medium < B ≤ hard.", rich_help_panel=_BUCKETS)] = None,
     unseen_at_least: Annotated[Optional[int], typer.Option(help="CommonGen: a prompt with at least N concepts never seen in training is hard. [default: 1]", rich_help_panel=_BUCKETS)] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed (the first one with --seeds).")] = 0,
     seeds: Annotated[int, typer.Option(help="Run N sampling seeds (seed, seed+1, …) and report each bucket's mean ± std.")] = 1,
@@ -50,7 +50,9 @@ def difficulty_command(
     """Compare policies on easy, medium and hard prompts (paper §6, Figure 3).
 
     Sentiment tasks bucket prompts by the reward model's score of the prompt alone
-    (terciles; a higher score is easier); CommonGen by concepts unseen in training.
+    (terciles; a higher score is easier); CommonGen by concepts unseen in training;
+    --task prompts by its rows' numeric 'difficulty' column (higher is harder), else by
+    the reward of the prompt with an empty completion.
 
     [bold]Examples[/]
 

@@ -10,6 +10,10 @@ unseen in training. This module only cuts the values into buckets:
   the cut points are reported as the midpoints between neighbouring scores, and tied scores
   always share a bucket (the higher one). ``thresholds`` gives the cut points instead: one
   value → easy (score ≥ t) / hard; two ascending values ``a, b`` → hard (< a) / medium / easy (≥ b).
+* a **level** (higher is harder, e.g. a ``difficulty`` column of ``--task prompts`` data) — the
+  same terciles with the order turned round: the lowest third ``easy``, the highest ``hard``
+  (tied levels share the harder bucket); ``thresholds`` in the level's own units: one value →
+  hard (level ≥ t) / easy; two ascending values ``a, b`` → easy (< a) / medium / hard (≥ b).
 * a **count** (more is harder) — ``hard`` with at least ``unseen_at_least`` (default 1), else ``easy``.
 
 Each policy generates once for all prompts; the task's metrics are then computed per bucket.
@@ -65,6 +69,15 @@ def bucket_by_score(scores: Sequence[float], thresholds: Sequence[float]) -> lis
     return ["easy" if s >= high else "medium" if s >= low else "hard" for s in scores]
 
 
+def bucket_by_level(levels: Sequence[float], thresholds: Sequence[float]) -> list[str]:
+    """Bucket per level; a higher level is harder (one threshold: hard/easy, two: easy/medium/hard)."""
+    if len(thresholds) == 1:
+        (t,) = thresholds
+        return ["hard" if v >= t else "easy" for v in levels]
+    low, high = thresholds
+    return ["hard" if v >= high else "medium" if v >= low else "easy" for v in levels]
+
+
 def bucket_by_count(counts: Sequence[float], at_least: int) -> list[str]:
     """Bucket per count of obstacles: ``hard`` with at least ``at_least``, else ``easy``."""
     return ["hard" if n >= at_least else "easy" for n in counts]
@@ -84,10 +97,11 @@ def assign_buckets(task: Task, examples: Sequence[Example], *, thresholds: Seque
     if measured.kind == "count":
         return _count_buckets(task, measured, values, thresholds, unseen_at_least)
     if unseen_at_least is not None:
-        raise RlgfError(f"{task.name} rates prompts by a score ({measured.description}), not by a count",
+        raise RlgfError(f"{task.name} rates prompts by a {measured.kind} ({measured.description}), not by a count",
                         "drop --unseen-at-least (it is for counting tasks such as CommonGen), or use --thresholds")
     cuts = tuple(thresholds) if thresholds else tercile_thresholds(values)
-    return bucket_by_score(values, cuts), values, {
+    bucket = bucket_by_level if measured.kind == "level" else bucket_by_score
+    return bucket(values, cuts), values, {
         "method": "thresholds" if thresholds else f"{measured.method}_terciles",
         "thresholds": list(cuts),
         "description": measured.description,
