@@ -176,8 +176,7 @@ class FaultServer(CompletionServer):
     def stop_answering(self) -> None:
         """Stop as a killed server would: refuse new connections, hang up on kept-alive ones."""
         self.dead = True
-        self.shutdown()
-        self.server_close()
+        self.stop()
 
     def next_fault(self) -> str | None:
         with self._counts_lock:
@@ -207,8 +206,7 @@ def running(server: CompletionServer) -> Iterator[CompletionServer]:
     try:
         yield server
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 # -- out of process ---------------------------------------------------------------------
@@ -303,8 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     start_in_thread(server)
     print(server.url, flush=True)
     sys.stdin.read()  # until the parent closes stdin (or dies)
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 if __name__ == "__main__":

@@ -37,8 +37,7 @@ def server_of(tiny_causal_dir):
 
     yield make
     for server in started:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def concurrently(url: str, bodies: list[dict]) -> list[dict]:

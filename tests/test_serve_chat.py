@@ -27,8 +27,7 @@ def server(chat_dir):
     srv = make_server(HFPolicy.load(str(chat_dir)), "127.0.0.1", 0, model_name="tiny-chat")
     start_in_thread(srv)
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
 
 
 @pytest.mark.parametrize("body, param", [

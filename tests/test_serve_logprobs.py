@@ -52,8 +52,7 @@ def test_logprobs_under_bf16_score_with_the_frozen_bf16_weights(tiny_causal_dir)
         prompt = "The film was long"
         lp = client.completions.create(model="tiny", prompt=prompt, max_tokens=0, echo=True, logprobs=1).choices[0].logprobs
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
     nll, n = HFPolicy.load(str(tiny_causal_dir)).sequence_nll([""], [prompt])[0]  # float32
     scored = [v for v in lp.token_logprobs if v is not None]
     assert len(scored) == n and -sum(scored) == pytest.approx(nll, rel=0.05)  # bf16 rounding, not another model
@@ -112,3 +111,15 @@ def test_a_prompt_past_the_context_is_a_400_before_any_decoding(client):
     assert "maximum context length is 256 tokens" in body["message"]
     # a request that fits is still served by the same server
     assert client.completions.create(model="tiny", prompt="A story", max_tokens=2).choices
+
+
+def test_stop_waits_for_the_serving_thread(tiny_causal_dir):
+    """The thread's last act drops the server (and maybe the policy): a test process that exited
+    while it was still freeing tensors aborted ("terminate called without an active exception")."""
+    from rlgf_cli.serving.server import make_server, start_in_thread
+
+    server = make_server(HFPolicy.load(str(tiny_causal_dir)), "127.0.0.1", 0, model_name="tiny")
+    thread = start_in_thread(server)
+    assert server.serve_thread is thread and thread.is_alive()
+    server.stop()
+    assert not thread.is_alive()

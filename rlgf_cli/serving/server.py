@@ -70,6 +70,18 @@ class CompletionServer(ThreadingHTTPServer):
         if service is not None:
             service.close()
 
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop a server run by :func:`start_in_thread`: end its loop, close it, and wait for its thread.
+
+        Waiting matters at exit: the thread's last act drops its reference to the server, and so
+        maybe the last one to the policy; freeing tensors on a daemon thread while the interpreter
+        shuts down aborted the process ("terminate called without an active exception")."""
+        self.shutdown()
+        self.server_close()
+        thread = getattr(self, "serve_thread", None)
+        if thread is not None:
+            thread.join(timeout)
+
     def handle_error(self, request, client_address) -> None:
         # a client that hangs up mid-request is routine; keep tracebacks out of the console
         log.debug("request from %s failed", client_address, exc_info=True)
@@ -250,7 +262,8 @@ def serve_forever(server: CompletionServer, poll_interval: float = 0.5, drain_s:
 
 
 def start_in_thread(server: CompletionServer) -> threading.Thread:
-    """Run ``server`` on a daemon thread; stop it with ``server.shutdown(); server.server_close()``."""
+    """Run ``server`` on a daemon thread; stop it with :meth:`CompletionServer.stop`."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    server.serve_thread = thread
     thread.start()
     return thread
