@@ -189,3 +189,23 @@ def test_sampling_and_minimum_length_are_options(chat_file, tmp_path, reward_fil
                                  "--out", str(tmp_path / "run"), "--quiet"])
     lines = [x for x in result.output.splitlines() if x.startswith("[error]")]
     assert result.exit_code == 1 and len(lines) == 1 and "temperature 5" in lines[0], result.output
+
+
+def test_a_template_that_writes_its_own_bos_is_read_with_one(tmp_path):
+    """Llama 3's, Gemma's and Mistral's templates begin with {{ bos_token }}: the rendered text must
+    not get the tokenizer's BOS a second time — not in decoding, scoring or serve's logprobs."""
+    from backends.hf.chat_template import render
+    from rlgf_cli.serving.logprobs import choice_logprobs
+    from tiny_assets import CHATML
+
+    policy = HFPolicy.load(str(make_tiny_chat(tmp_path / "bos", template="{{ bos_token }}" + CHATML)))
+    chat = [{"role": "user", "content": "Hi"}]
+    text = render(policy.tokenizer, chat)
+    expected = list(policy.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                                         return_dict=False))
+    assert text.startswith("<s>") and expected.count(policy.tokenizer.bos_token_id) == 1
+    assert policy.encode_prompts([text])[0][0].tolist() == expected
+    assert policy.sequence_nll([text], [" fine"]) == policy.sequence_nll([text.removeprefix("<s>")], [" fine"])
+    echoed = choice_logprobs(policy, text, "", echo=True, top=0)
+    assert echoed["tokens"][0] == "<s>" and echoed["token_logprobs"][0] is None
+    assert "".join(echoed["tokens"]) == text and len(echoed["tokens"]) == len(expected)

@@ -53,13 +53,13 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def make_tiny_chat(path: Path) -> Path:
+def make_tiny_chat(path: Path, template: str = CHATML) -> Path:
     """A tiny causal LM whose tokenizer has a ChatML template (its EOS stays ``</s>``), saved in ``path``."""
     from conftest import make_byte_tokenizer, make_tiny_causal
 
     tokenizer = make_byte_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tokenizer.chat_template = CHATML
+    tokenizer.chat_template = template
     model, tokenizer = make_tiny_causal(tokenizer)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

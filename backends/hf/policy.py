@@ -30,6 +30,7 @@ from backends.hf.util import (
     resolve_dtype,
     special_affixes,
     token_logprobs,
+    without_prefix,
 )
 
 
@@ -219,6 +220,7 @@ class HFPolicy(TokenPolicy):
     def _prompt_ids(self, text: str, body: list[int], max_length: int | None) -> list[int]:
         prefix = self._prefix_ids
         suffix = self._suffix_ids if self.is_seq2seq else []
+        body = without_prefix(body, prefix)
         if max_length is not None:
             room = max(0, max_length - len(prefix) - len(suffix))
             body = body[max(0, len(body) - room) :] if room else []
@@ -376,7 +378,7 @@ class HFPolicy(TokenPolicy):
         limit = None if self.is_seq2seq else self._max_positions()
         pairs: list[tuple[list[int], list[int]]] = []
         for ctx, body, text in zip(contexts, ctx_bodies, text_bodies):
-            body, text = list(body), list(text)
+            body, text = without_prefix(list(body), self._prefix_ids), list(text)
             if self.is_seq2seq:
                 q = self._prefix_ids + body + self._suffix_ids or [self.eos_id]
             else:

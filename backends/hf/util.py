@@ -109,6 +109,13 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
+def without_prefix(body: list[int], prefix: list[int]) -> list[int]:
+    """``body`` less a leading copy of ``prefix``: a text that already begins with the
+    tokenizer's BOS (a chat template that writes ``{{ bos_token }}``, as Llama 3's, Gemma's and
+    Mistral's do) must not be read with a second one."""
+    return body[len(prefix):] if prefix and body[: len(prefix)] == prefix else body
+
+
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, with_entropy: bool = False,
                    entropy_grad: bool = True):
     """``log softmax(logits)`` at ``tokens`` (``[B, R, V]`` logits, ``[B, R]`` tokens), in float32;

@@ -33,6 +33,8 @@ def choice_logprobs(policy, prompt: str, completion: str, *, echo: bool, top: in
     tok = policy.tokenizer
     prefix = list(getattr(policy, "_prefix_ids", []) or [])
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    if prefix and list(p_ids[: len(prefix)]) == prefix:  # the prompt writes its own BOS (a chat template's)
+        prefix = []
     if completion_ids is not None:
         c_ids = list(completion_ids)
     else:
