@@ -286,15 +286,29 @@ def test_gives_up_after_max_retries_and_does_not_retry_4xx():
             assert p.stats()["requests"] == 1
 
 
+def test_the_hint_after_the_last_retry_names_what_to_change():
+    with running(make_fault_server(faults=["slow"] * 3, slow_s=1.0)) as srv:
+        with make_policy(srv.url, timeout=0.3, max_retries=1, backoff_base=0.001) as p:
+            with pytest.raises(RlgfError, match="no reply within 0.3 s") as slow:
+                p.complete(["abc"], max_new_tokens=5, sampling=GREEDY)
+    assert "RLGF_GUIDE_TIMEOUT (now 0.3 s)" in slow.value.hint and "base URL" not in slow.value.hint
+    with running(make_fault_server(faults=["500"] * 3)) as srv:
+        with make_policy(srv.url, max_retries=1, backoff_base=0.001) as p:
+            with pytest.raises(RlgfError, match="HTTP 500") as failing:
+                p.complete(["abc"], max_new_tokens=5, sampling=GREEDY)
+    assert "keeps failing" in failing.value.hint
+
+
 def test_unreachable_server_is_an_rlgf_error():
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens there now
     with make_policy(f"http://127.0.0.1:{port}/v1", max_retries=1) as p:
-        with pytest.raises(RlgfError, match="connection failed"):
+        with pytest.raises(RlgfError, match="connection failed") as refused:
             p.complete(["abc"], max_new_tokens=5, sampling=GREEDY)
         assert p.stats()["possibly_billed_tokens"] == 0  # never sent
+    assert "the server is up and the base URL is right" in refused.value.hint
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a full listen backlog drops SYNs on Linux")

@@ -174,11 +174,18 @@ class Transport:
             log.info("guide request failed (%s); retry %d/%d in %.2f s", last, attempt + 1, self.max_retries, delay)
             self._bump("retries")
             time.sleep(delay)
-        raise RlgfError(
-            f"the API at {self.endpoint} failed {self.max_retries + 1} times; last: {last}",
-            hint="check that the server is up and the base URL is right (--guide-base-url, "
-            "--policy-base-url or $OPENAI_BASE_URL)",
-        )
+        raise RlgfError(f"the API at {self.endpoint} failed {self.max_retries + 1} times; last: {last}",
+                        hint=self.failure_hint(last))
+
+    def failure_hint(self, last: str) -> str:
+        """What to do about a request that failed every try, by how the last try failed."""
+        if last.startswith("no reply within"):  # connected, then waited: a slow server, not a missing one
+            return (f"the server answers too slowly: raise RLGF_GUIDE_TIMEOUT (now {self.timeout:g} s) or "
+                    "RLGF_GUIDE_MAX_RETRIES, or send less at once (--guide-concurrency, --guide-prompts-per-request)")
+        if last.startswith(("HTTP", "malformed")):
+            return "the server is up but keeps failing: check its log; RLGF_GUIDE_MAX_RETRIES sets the retries"
+        return ("check that the server is up and the base URL is right (--guide-base-url, "
+                "--policy-base-url or $OPENAI_BASE_URL)")
 
     # -- models -----------------------------------------------------------------
     def list_models(self) -> list[str]:
