@@ -40,11 +40,26 @@ def server(chat_dir):
     ({"model": "m", "messages": TURNS, "frobnicate": 1}, "frobnicate"),
     ({"model": "m", "messages": TURNS, "max_completion_tokens": 10**7}, "max_tokens"),
     ({"model": "m", "messages": TURNS, "n": 1000}, "n"),
+    ({"model": "m", "messages": TURNS, "seed": 2**64}, "seed"),
+    ({"model": "m", "messages": TURNS, "frequency_penalty": 0.5}, "frequency_penalty"),
+    ({"model": "m", "messages": TURNS, "logit_bias": {"5": 1}}, "logit_bias"),
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages"),
 ])
 def test_bad_chat_requests_are_400_with_the_param(body, param):
     with pytest.raises(ApiError) as info:
         parse_chat_request(body)
     assert info.value.status == 400 and info.value.param == param
+
+
+def test_what_openai_clients_send_by_default_is_read_as_openai_means_it():
+    parts = [{"type": "text", "text": "Review "}, {"type": "text", "text": "the film."}]
+    req = parse_chat_request({"model": "m", "messages": [{"role": "developer", "content": "Be brief."},
+                                                          {"role": "user", "content": parts}],
+                              "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "stream_options": None})
+    assert req.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Review the film."}]
+    assert not req.max_tokens_given and req.completion.max_tokens == 256
+    assert parse_chat_request({"model": "m", "messages": TURNS, "max_tokens": 7}).max_tokens_given
 
 
 def test_render_uses_the_template_and_leaves_a_prefill_open(chat_dir):
@@ -72,6 +87,13 @@ def test_the_openai_sdk_chat_client_against_rlgf_serve(server, chat_dir):
     assert cont.choices[0].message.content == expected[0]
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="other", messages=TURNS, max_tokens=2)
+    # no max_tokens: the default 256 is lowered to what the tiny model's context leaves, not a 400
+    limit = HFPolicy.load(str(chat_dir))._max_positions()
+    assert limit < 256 + reply.usage.prompt_tokens
+    unbounded = client.chat.completions.create(model="tiny-chat", messages=TURNS, temperature=0, seed=1)
+    assert 0 < unbounded.usage.completion_tokens <= limit - reply.usage.prompt_tokens - 1
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):  # asked for: still refused
+        client.chat.completions.create(model="tiny-chat", messages=TURNS, max_tokens=limit)
 
 
 def test_an_openai_chat_guide_probes_rlgf_serve_and_continues_prefixes(server, tmp_path):

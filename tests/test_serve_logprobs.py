@@ -121,5 +121,9 @@ def test_stop_waits_for_the_serving_thread(tiny_causal_dir):
     server = make_server(HFPolicy.load(str(tiny_causal_dir)), "127.0.0.1", 0, model_name="tiny")
     thread = start_in_thread(server)
     assert server.serve_thread is thread and thread.is_alive()
-    server.stop()
-    assert not thread.is_alive()
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)  # keeps its connection open
+    client.completions.create(model="tiny", prompt="The film", max_tokens=2)
+    handlers = [t for t, _ in server.request_threads]
+    assert handlers and any(t.is_alive() for t in handlers)  # waiting on the kept-alive connection
+    server.stop(timeout=20)
+    assert not thread.is_alive() and not any(t.is_alive() for t in handlers)

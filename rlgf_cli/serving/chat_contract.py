@@ -5,9 +5,11 @@ prompt (``add_generation_prompt``), or — with ``continue_final_message: true``
 ``add_generation_prompt: false``, vLLM's prefill form — with the final assistant message left
 open so the reply continues it. A model without a template reads the turns as plain
 ``role: content`` lines ending with ``assistant:``. Fields: ``model``, ``messages``,
-``max_tokens`` / ``max_completion_tokens``, ``temperature``, ``top_p``, ``n``, ``stop``,
-``seed``, ``user``, and the extensions ``top_k`` and ``min_tokens``; streaming, tools and
-logprobs are refused with 400, unknown fields too.
+``max_tokens`` / ``max_completion_tokens`` (default 256, lowered to what the context leaves),
+``temperature``, ``top_p``, ``n``, ``stop``, ``seed``, ``user``, and the extensions ``top_k`` and
+``min_tokens``; penalties, ``logit_bias`` and ``stream_options`` at their neutral values. A
+message's content is a text or a list of text parts; the ``developer`` role reads as
+``system``. Streaming, tools and logprobs are refused with 400, unknown fields too.
 """
 
 from __future__ import annotations
@@ -17,16 +19,22 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from rlgf_cli.serving.contract import (MAX_N, ApiError, CompletionRequest, _bad, _int, _is_int, _num, check_body,
-                                      finish)
+from rlgf_cli.serving.contract import (MAX_N, NEUTRAL_ONLY, ApiError, CompletionRequest, _bad, _int, _num, check_body,
+                                      finish, parse_seed, refuse_unless_neutral)
 from rlgf_cli.training.config import MAX_NEW_TOKENS
 
 ROLES = ("system", "user", "assistant")
+#: OpenAI's newer name for the system turn (its reasoning models); templates know only "system"
+ROLE_ALIASES = {"developer": "system"}
 MAX_MESSAGES = 256
+#: the reply's length when the request names none (OpenAI's is "up to the context"), cut to what
+#: the context leaves
+DEFAULT_MAX_TOKENS = 256
 _ACCEPTED = {
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed", "user",
     "top_k", "min_tokens", "continue_final_message", "add_generation_prompt",
     "stream", "logprobs", "top_logprobs", "tools", "tool_choice", "response_format",  # refused unless neutral
+    *NEUTRAL_ONLY,
 }
 
 
@@ -37,6 +45,8 @@ class ChatRequest:
     completion: CompletionRequest  # the decoding fields, as a completions request would hold them
     continue_final_message: bool = False
     stop: list[str] = field(default_factory=list)
+    #: whether the request set max_tokens (else it is DEFAULT_MAX_TOKENS, lowered to fit the context)
+    max_tokens_given: bool = True
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -56,11 +66,8 @@ def parse_chat_request(body: Any) -> ChatRequest:
         raise _bad("messages", "'messages' must be a non-empty list")
     if len(messages) > MAX_MESSAGES:
         raise _bad("messages", f"at most {MAX_MESSAGES} messages per request, got {len(messages)}")
-    turns = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise _bad("messages", f"messages[{i}] must have a role ({', '.join(ROLES)}) and a text content")
-        turns.append({"role": m["role"], "content": m["content"]})
+    turns = [_turn(m, i) for i, m in enumerate(messages)]
+    refuse_unless_neutral(body)
     cont = body.get("continue_final_message", False)
     gen = body.get("add_generation_prompt", not cont)
     if not isinstance(cont, bool) or not isinstance(gen, bool):
@@ -70,21 +77,38 @@ def parse_chat_request(body: Any) -> ChatRequest:
     if cont and turns[-1]["role"] != "assistant":
         raise _bad("continue_final_message", "continue_final_message needs a final assistant message to continue")
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    decoding = {"max_tokens": limit if limit is not None else 256}
+    decoding = {"max_tokens": limit if limit is not None else DEFAULT_MAX_TOKENS}
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else [] if stop is None else None
     if stops is None or len(stops) > 4 or not all(isinstance(s, str) for s in stops):
         raise _bad("stop", "'stop' must be a string or a list of at most 4 strings")
-    seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise _bad("seed", f"'seed' must be an integer, got {seed!r}")
+    seed = parse_seed(body)
     completion = CompletionRequest(
-        model=model, prompts=[""], max_tokens=_int(decoding, "max_tokens", 256, 0, MAX_NEW_TOKENS),
+        model=model, prompts=[""], max_tokens=_int(decoding, "max_tokens", DEFAULT_MAX_TOKENS, 0, MAX_NEW_TOKENS),
         temperature=_num(body, "temperature", 1.0, 0.0, 2.0), top_p=_num(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
         top_k=max(0, _int(body, "top_k", 0, -1)), min_tokens=_int(body, "min_tokens", 0, 0, MAX_NEW_TOKENS),
         n=_int(body, "n", 1, 1, MAX_N), seed=seed,
     )
-    return ChatRequest(model, turns, completion, continue_final_message=cont, stop=[s for s in stops if s])
+    return ChatRequest(model, turns, completion, continue_final_message=cont, stop=[s for s in stops if s],
+                       max_tokens_given=limit is not None)
+
+
+def _turn(message: Any, i: int) -> dict:
+    """One message as ``{"role", "content"}``: text content, or OpenAI's list of text parts joined."""
+    what = f"messages[{i}] must have a role ({', '.join((*ROLES, *ROLE_ALIASES))}) and a text content"
+    if not isinstance(message, dict):
+        raise _bad("messages", what)
+    role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
+    content = message.get("content")
+    if isinstance(content, list):
+        kinds = {part.get("type") if isinstance(part, dict) else None for part in content}
+        if kinds - {"text"} or not all(isinstance(part.get("text"), str) for part in content):
+            raise _bad("messages", f"messages[{i}]: rlgf serve reads only text parts "
+                                   "({\"type\": \"text\", \"text\": ...}), not images, audio or files")
+        content = "".join(part["text"] for part in content)
+    if role not in ROLES or not isinstance(content, str):
+        raise _bad("messages", what)
+    return {"role": role, "content": content}
 
 
 def render(policy, req: ChatRequest) -> str:

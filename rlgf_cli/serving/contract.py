@@ -102,13 +102,14 @@ def _num(body: dict, name: str, default: float, low: float, high: float, *, low_
     return float(v)
 
 
+#: fields both endpoints take only at their neutral value (clients send them by default)
+NEUTRAL_ONLY = ("stream_options", "presence_penalty", "frequency_penalty", "logit_bias")
 _ACCEPTED = {
     "model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "echo", "user",
     "top_k", "min_tokens",
     # refused unless left at their neutral value:
     "logprobs",
-    "stream", "stream_options", "suffix", "best_of", "presence_penalty",
-    "frequency_penalty", "logit_bias",
+    "stream", "suffix", "best_of", *NEUTRAL_ONLY,
 }
 
 
@@ -149,11 +150,7 @@ def parse_completion_request(body: Any) -> CompletionRequest:
     else:
         raise _bad("stop", f"'stop' must be a string or a list of at most {MAX_STOPS} strings")
     stops = [s for s in stops if s]
-    seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise _bad("seed", f"'seed' must be an integer, got {seed!r}")
-    if seed is not None and not -(2 ** 63) <= seed < 2 ** 64:  # what torch.manual_seed takes
-        raise _bad("seed", f"'seed' must be between -2**63 and 2**64 - 1, got {seed}")
+    seed = parse_seed(body)
     echo = body.get("echo")
     if echo is not None and not isinstance(echo, bool):
         raise _bad("echo", f"'echo' must be a boolean, got {echo!r}")
@@ -182,16 +179,32 @@ def parse_completion_request(body: Any) -> CompletionRequest:
     )
 
 
+def parse_seed(body: dict) -> int | None:
+    """The request's ``seed``: an integer torch can seed with, or None."""
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise _bad("seed", f"'seed' must be an integer, got {seed!r}")
+    if seed is not None and not -(2 ** 63) <= seed < 2 ** 64:  # what torch.manual_seed takes
+        raise _bad("seed", f"'seed' must be between -2**63 and 2**64 - 1, got {seed}")
+    return seed
+
+
 def _refuse_unsupported(body: dict, n: int) -> None:
     if body.get("stream") not in (None, False):
         raise _bad("stream", "streaming is not supported by rlgf serve; send stream: false")
-    if body.get("stream_options") is not None:
-        raise _bad("stream_options", "stream_options is not supported by rlgf serve")
     if body.get("suffix") not in (None, ""):
         raise _bad("suffix", "suffix (insertion) is not supported by rlgf serve")
     best_of = body.get("best_of")
     if best_of is not None and best_of != n:
         raise _bad("best_of", "best_of is not supported by rlgf serve (leave it unset)")
+    refuse_unless_neutral(body)
+
+
+
+def refuse_unless_neutral(body: dict) -> None:
+    """400 for a penalty, a logit bias or stream options that would change the reply."""
+    if body.get("stream_options") is not None:
+        raise _bad("stream_options", "stream_options is not supported by rlgf serve")
     for name in ("presence_penalty", "frequency_penalty"):
         v = body.get(name)
         if v is not None and (not _is_num(v) or v != 0):

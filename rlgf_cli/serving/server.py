@@ -23,11 +23,13 @@ The server binds 127.0.0.1 unless told otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 import socketserver
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -70,17 +72,31 @@ class CompletionServer(ThreadingHTTPServer):
         if service is not None:
             service.close()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop a server run by :func:`start_in_thread`: end its loop, close it, and wait for its thread.
+    def process_request(self, request, client_address) -> None:
+        """As ``ThreadingMixIn``'s, but remembering the thread, so that :meth:`stop` can wait for it."""
+        thread = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)
+        live = [(t, conn) for t, conn in getattr(self, "request_threads", []) if t.is_alive()]
+        self.request_threads = live + [(thread, request)]
+        thread.start()
 
-        Waiting matters at exit: the thread's last act drops its reference to the server, and so
-        maybe the last one to the policy; freeing tensors on a daemon thread while the interpreter
-        shuts down aborted the process ("terminate called without an active exception")."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop a server run by :func:`start_in_thread`: end its loop, close it, and wait for its
+        thread and its requests' threads.
+
+        Waiting matters at exit: each of those threads' last act drops its reference to the server,
+        and so maybe the last one to the policy; freeing tensors on a daemon thread while the
+        interpreter shuts down aborted the process ("terminate called without an active exception")."""
+        deadline = time.monotonic() + timeout
         self.shutdown()
+        self.drain(timeout)  # the requests being answered finish
+        for _, conn in getattr(self, "request_threads", []):
+            with contextlib.suppress(OSError):  # a kept-alive connection waiting for its next request
+                conn.shutdown(socket.SHUT_RD)  # reads end of file: the handler closes it
         self.server_close()
-        thread = getattr(self, "serve_thread", None)
-        if thread is not None:
-            thread.join(timeout)
+        threads = [getattr(self, "serve_thread", None), *(t for t, _ in getattr(self, "request_threads", []))]
+        for thread in threads:
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def handle_error(self, request, client_address) -> None:
         # a client that hangs up mid-request is routine; keep tracebacks out of the console

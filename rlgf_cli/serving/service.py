@@ -10,6 +10,7 @@ the served name and the counters, and turns a decoded request into a reply body 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hmac
 import logging
@@ -177,7 +178,13 @@ class Service:
         """A chat request: the conversation rendered with the model's template, then decoded
         like a completions prompt (in the same batches)."""
         prompt = render_chat(self.policy, req)
-        texts = self._decode([prompt] * req.completion.n, req.completion)
+        completion = req.completion
+        if not req.max_tokens_given:  # the default length must not overflow a short context
+            room = self._context_room(prompt)
+            if room is not None and room < completion.max_tokens:
+                completion = dataclasses.replace(completion, max_tokens=max(room, 1))
+                req = dataclasses.replace(req, completion=completion)
+        texts = self._decode([prompt] * completion.n, completion)
         body = build_chat_reply(req, prompt, texts, self.count_tokens, self.model_name)
         self._count(body, len(texts))
         return body
@@ -214,19 +221,30 @@ class Service:
         """400 before decoding when a prompt and ``max_tokens`` overflow the model's positions
         (decoding past them fails inside the model: an index error on CPU, a device assert
         that poisons the whole CUDA context on a GPU)."""
-        positions = getattr(self.policy, "_max_positions", None)
-        if positions is None or getattr(self.policy, "is_seq2seq", False):
+        limit = self._context_limit()
+        if limit is None:
             return
-        limit = positions()
-        if not limit:
-            return
-        prefix = len(getattr(self.policy, "_prefix_ids", []) or [])
         for prompt in dict.fromkeys(prompts):
-            used = prefix + self.count_tokens(prompt)
+            used = limit - self._context_room(prompt)
             if used + max_tokens > limit:
                 raise ApiError(400, f"This model's maximum context length is {limit} tokens; the prompt takes {used} "
                                     f"and max_tokens asks for {max_tokens} more. Shorten the prompt or lower max_tokens.",
                                param="max_tokens", code="context_length_exceeded")
+
+    def _context_limit(self) -> int | None:
+        """The causal model's positions (None: a seq2seq model, or no limit known)."""
+        positions = getattr(self.policy, "_max_positions", None)
+        if positions is None or getattr(self.policy, "is_seq2seq", False):
+            return None
+        return positions() or None
+
+    def _context_room(self, prompt: str) -> int | None:
+        """How many tokens the context has left after ``prompt`` (with the policy's BOS)."""
+        limit = self._context_limit()
+        if limit is None:
+            return None
+        prefix = len(getattr(self.policy, "_prefix_ids", []) or [])
+        return limit - prefix - self.count_tokens(prompt)
 
     def _decode(self, expanded: list[str], req: CompletionRequest) -> list[str]:
         self._check_context(expanded, req.max_tokens)
