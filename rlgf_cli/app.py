@@ -113,7 +113,10 @@ def tasks_command(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
     """List the tasks (built-in and from the `rlgf.tasks` entry points) with their data source, default learner, reward and metrics."""
     from tasks import available
 
-    _print_listing("rlgf tasks", available(), [("name", "name"), ("source", "source"), ("data source", "data_source"),
+    rows = available()
+    if not as_json:  # the table has no description column: a broken plug-in's reason (which names its
+        rows = [{**r, "source": r["error"]} if r.get("error") else r for r in rows]  # entry point) is its source
+    _print_listing("rlgf tasks", rows, [("name", "name"), ("source", "source"), ("data source", "data_source"),
                    ("default learner", "default_learner"), ("reward", "reward"), ("metrics", "metrics")], as_json)
 
 

@@ -278,7 +278,7 @@ def read_rows(path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _jsonl(path: Path):
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:  # -sig: a byte-order mark (Notepad's, Excel's) is not text
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -294,11 +294,18 @@ def _jsonl(path: Path):
 
 
 def _csv(path: Path):
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh, strict=True)  # a quote left open must not swallow the rest of the file
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, strict=True)  # a quote left open must not swallow the rest of the file
         try:
-            for row in reader:
-                yield reader.line_num, {k: v for k, v in row.items() if k is not None}
+            header = [name.strip() for name in next(reader, [])]
+            for cells in reader:
+                if not cells:  # a blank line
+                    continue
+                if len(cells) != len(header):
+                    raise RlgfError(f"{path}, line {reader.line_num}: {len(cells)} fields, the header names "
+                                    f"{len(header)} ({', '.join(header)})",
+                                    "quote a field that holds a comma: \"Hello, my friend\"")
+                yield reader.line_num, dict(zip(header, cells))
         except csv.Error as exc:
             raise RlgfError(f"{path}, line {reader.line_num}: not valid CSV ({exc})",
                             "check the quotes: a quoted field must be closed, and a closing quote followed by a "
@@ -325,17 +332,18 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
     rows had no split."""
     if not rows:
         raise RlgfError(f"{path} holds no rows", "add rows with a 'prompt', one per line (JSONL) or row (CSV)")
+    rows = [(n, known_names(row)) for n, row in rows]
     first = rows[0][1]
     if prompt_field not in first and not (prompt_field == "prompt" and "messages" in first):
         raise RlgfError(f"{path}, line {rows[0][0]}: no '{prompt_field}' field (fields: {', '.join(map(str, first))})",
                         "name the prompt column with --prompt-field")
-    ref_field = reference_field or next((f for f in ("references", "reference") if f in first), None)
-    if reference_field is not None and reference_field not in first:
-        raise RlgfError(f"{path}, line {rows[0][0]}: no '{reference_field}' field (fields: {', '.join(map(str, first))})",
+    if reference_field is not None and not any(reference_field in row for _, row in rows):
+        raise RlgfError(f"{path}: no row has a '{reference_field}' field (fields: {', '.join(map(str, first))})",
                         "name the reference column with --reference-field, or leave it out")
     by_split: dict[str, list[Example]] = {s: [] for s in SPLITS}
     unsplit: list[Example] = []
     for n, row in rows:
+        ref_field = reference_field or next((f for f in ("references", "reference") if f in row), None)
         example = _example(row, n, path, prompt_field, ref_field)
         split = row.get("split")
         if split in (None, ""):
@@ -358,11 +366,12 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
 def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | None) -> Example:
     prompt = row.get(prompt_field)
     meta: dict = {"line": n}
-    if prompt is None and row.get("messages") is not None:
+    if prompt is None and row.get("messages") not in (None, ""):
         from tasks.chat import parse_messages, plain_text
 
-        meta["messages"] = parse_messages(row["messages"], path, n)
+        meta["messages"] = parse_messages(json_cell(row["messages"]), path, n)
         prompt = plain_text(meta["messages"])
+    check_unicode(row, path, n)
     if not isinstance(prompt, str) or not prompt.strip():
         what = f"'{prompt_field}'" + (" (or 'messages')" if prompt_field == "prompt" else "")
         raise RlgfError(f"{path}, line {n}: {what} is {'missing' if prompt is None else 'not a text'}",
@@ -370,6 +379,8 @@ def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | 
     refs: tuple[str, ...] = ()
     if ref_field is not None:
         value = row.get(ref_field)
+        if ref_field == "references":  # a list, written as JSON in a CSV cell
+            value = json_cell(value)
         if isinstance(value, str):
             refs = (value,) if value else ()
         elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -380,6 +391,54 @@ def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | 
     if level not in (None, ""):
         meta[DIFFICULTY_FIELD] = _number(level, path, n)
     return Example(prompt=prompt, references=refs, target=refs[0] if refs else "", meta=meta)
+
+
+#: the columns rlgf reads by name; a file's ``Prompt`` or `` reference`` means them too
+KNOWN_FIELDS = ("prompt", "messages", "reference", "references", "split", DIFFICULTY_FIELD)
+
+
+def known_names(row: dict) -> dict:
+    """``row`` with a column named like a known one but for case and spaces (``Reference``,
+    `` prompt``) under the known name, unless the row has that name itself."""
+    out = dict(row)
+    for key in row:
+        name = str(key).strip().lower()
+        if name in KNOWN_FIELDS and key != name and name not in row:
+            out[name] = out.pop(key)
+    return out
+
+
+def json_cell(value):
+    """A CSV cell holding a JSON list (``["a", "b"]``, a chat's turns) as that list; else as it is."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def check_unicode(row: dict, path: Path, n: int) -> None:
+    """Refuse text no tokenizer can take: a lone surrogate (``\\ud83d``, half of an emoji's
+    escape, valid JSON but not Unicode)."""
+    def texts(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                yield from texts(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from texts(v)
+
+    for key, value in row.items():
+        for text in texts(value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise RlgfError(f"{path}, line {n}: '{key}' holds {text[exc.start]!r}, half of a UTF-16 pair, "
+                                "which is not text", "write the character itself, or its whole escape pair "
+                                "(e.g. \\ud83d\\ude00)") from None
 
 
 def _number(value, path: Path, n: int) -> float:

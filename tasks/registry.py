@@ -16,7 +16,7 @@ import inspect
 import logging
 from importlib import metadata
 
-from backends.errors import RlgfError, with_suggestion
+from backends.errors import RlgfError, first_line, with_suggestion
 from tasks.base import SAMPLING_OPTIONS, Task
 
 #: task name → "module:Class"
@@ -28,6 +28,8 @@ TASKS: dict[str, str] = {
 }
 ENTRY_POINT_GROUP = "rlgf.tasks"
 log = logging.getLogger(__name__)
+#: the shadowing entry points already warned about: :func:`registered` runs many times a command
+_warned: set[tuple[str, str]] = set()
 
 
 def registered() -> dict[str, dict]:
@@ -41,13 +43,15 @@ def registered() -> dict[str, dict]:
     for ep in points:
         name = _normalise(ep.name)
         if name in found:
-            if found[name]["target"] != ep.value:
+            if found[name]["target"] != ep.value and (ep.name, ep.value) not in _warned:
+                _warned.add((ep.name, ep.value))  # said once per process, not at every lookup
                 log.warning("ignoring the task entry point %s = %s: %r is already %s", ep.name, ep.value, name,
                             found[name]["target"])
             continue
         dist = getattr(ep, "dist", None)
         package = getattr(dist, "name", None) if dist is not None else None
-        found[name] = {"target": ep.value, "source": f"entry point ({package})" if package else "entry point"}
+        found[name] = {"target": ep.value, "source": f"entry point ({package})" if package else "entry point",
+                       "entry_point": f"{ep.name} = {ep.value}" + (f" of {package}" if package else "")}
     return found
 
 
@@ -66,15 +70,16 @@ def task_class(name: str) -> type[Task]:
     if key not in known:
         message = with_suggestion(f"unknown task {name!r}", key, known, cutoff=0.5)
         raise RlgfError(message, hint=f"known tasks: {', '.join(sorted(known))} (see `rlgf tasks`)")
-    target = known[key]["target"]
+    info = known[key]
+    target = info["target"]
     module_name, _, attr = target.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise RlgfError(f"task {key} ({target}, {known[key]['source']}) cannot be loaded: {exc}",
-                        "reinstall the package that provides it") from None
+    except Exception as exc:  # noqa: BLE001 - a plug-in's module may raise anything at import
+        raise RlgfError(f"task {key} ({target_of(info)}) failed to load: {_reason(exc)}",
+                        "fix or reinstall the package that provides it (or uninstall it)") from None
     if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise RlgfError(f"task {key} ({target}) is not a tasks.base.Task subclass",
+        raise RlgfError(f"task {key} ({target_of(info)}) is not a tasks.base.Task subclass",
                         "a task plug-in must subclass tasks.base.Task")
     return cls
 
@@ -99,6 +104,20 @@ def constructor_options(cls: type[Task]) -> list[str]:
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             break
     return list(dict.fromkeys(options))
+
+
+def option_default(cls: type[Task], name: str):
+    """The default of the constructor option ``name`` of ``cls`` (``None`` if it has none)."""
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass in (Task, object):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        if name in params:
+            default = params[name].default
+            return None if default is inspect.Parameter.empty else default
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return None
 
 
 def task_options(cls: type[Task]) -> list[str]:
@@ -150,12 +169,7 @@ def available() -> list[dict]:
     for name, info in sorted(registered().items()):
         try:
             cls = task_class(name)
-        except RlgfError as exc:  # a broken plug-in is listed with the reason, not fatal
-            rows.append({"name": name, "description": exc.message, "data_source": "", "default_learner": "",
-                         "reward": "", "metrics": [], "options": [], "source": info["source"]})
-            continue
-        rows.append(
-            {
+            row = {
                 "name": name,
                 "source": info["source"],
                 "description": cls.description,
@@ -165,5 +179,22 @@ def available() -> list[dict]:
                 "metrics": list(cls.metric_names),
                 "options": task_options(cls),
             }
-        )
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in is listed with the reason, not fatal
+            reason = exc.message if isinstance(exc, RlgfError) else \
+                f"task {name} ({target_of(info)}) failed to load: {_reason(exc)}"
+            row = {"name": name, "description": reason, "data_source": "", "default_learner": "",
+                   "reward": "", "metrics": [], "options": [], "source": info["source"], "error": reason}
+        rows.append(row)
     return rows
+
+
+def target_of(info: dict) -> str:
+    """Where a task comes from, for error messages: ``entry point NAME = module:Class of PACKAGE``
+    for a plug-in, ``module:Class`` for a built-in task."""
+    return f"entry point {info['entry_point']}" if "entry_point" in info else info["target"]
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first line of the message`` (an error is printed as one line)."""
+    line = first_line(exc)
+    return line if line == type(exc).__name__ else f"{type(exc).__name__}: {line}"

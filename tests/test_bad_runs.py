@@ -83,6 +83,20 @@ def test_a_run_that_fails_before_its_first_iteration_leaves_nothing_behind(tmp_p
     assert (out / "final" / "model.safetensors").is_file()
 
 
+def test_an_unexpected_failure_in_the_first_iteration_leaves_nothing_behind(tmp_path, tiny_causal_dir,
+                                                                           tiny_reward_dir, monkeypatch):
+    from rlgf_cli.training.trainer import Trainer
+
+    def broken_step(self):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(Trainer, "step", broken_step)
+    out = tmp_path / "run"
+    result = runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out))
+    assert result.exit_code == 1 and "unexpected TypeError: a bug" in result.output
+    assert not out.exists(), "nothing learned: no folder to block the retry"
+
+
 def test_a_failure_after_a_checkpoint_points_to_resume(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch):
     (tmp_path / "late_reward.py").write_text(
         "CALLS = [0]\n"

@@ -61,6 +61,14 @@ def test_a_class_or_a_raw_score(tmp_path):
         pick_label(score.model.config, "1")
 
 
+def test_a_folder_without_a_trained_classification_head_is_refused(tiny_causal_dir, capfd):
+    """A language model's folder loads as a classifier with a randomly initialised head: the reward
+    would be noise, different at every load."""
+    with pytest.raises(RlgfError, match="has no trained classification head .*score.weight"):
+        ModelReward(tiny_causal_dir, label="1")
+    assert "MISSING" not in capfd.readouterr().err  # transformers' load report is not shown: one [error] line
+
+
 def test_prompts_task_trains_with_a_reward_model_folder(tmp_path, tiny_causal_dir):
     data = tmp_path / "p.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows(20)), encoding="utf-8")

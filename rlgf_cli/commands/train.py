@@ -116,6 +116,30 @@ FIXED_AT_START = ("learner", "init", "seed", "data", "reward", "reward_model", "
                   "prompt_field", "reference_field", "chat_template", "alpha", "switch_iteration")
 
 
+def run_default(saved: dict, name: str) -> Any:
+    """The value a run whose ``config.toml`` left ``name`` unset used: the task's training
+    default, else rlgf's, else the task's own (its default learner, its constructor's default,
+    e.g. ``--chat-template auto``); ``None`` where there is none (it went without)."""
+    from dataclasses import MISSING, fields
+
+    from backends.errors import RlgfError
+    from rlgf_cli.training.config import TrainConfig, task_defaults
+
+    defaults = task_defaults(saved.get("task"), saved.get("alg"))
+    if name in defaults:
+        return defaults[name]
+    field = next((f for f in fields(TrainConfig) if f.name == name), None)
+    if field is not None and field.default not in (None, MISSING):
+        return field.default
+    from tasks.registry import option_default, task_class
+
+    try:
+        cls = task_class(str(saved.get("task")))
+    except RlgfError:
+        return None
+    return cls.default_learner if name == "learner" else option_default(cls, name)
+
+
 def _restore_hint(resume: Path, saved_file: Path) -> str:
     from rlgf_cli.training.run import latest_checkpoint
 
@@ -150,11 +174,12 @@ def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path
                             f"drop {flag}, or start a new run warm-started from this one with --init {resume}/final")
     for name in FIXED_AT_START:  # what the run's state was built from: a change would not take, or break it
         given, was = options.get(name), saved.get(name)
+        default = run_default(saved, name) if was is None and given is not None else None
         if name in PATH_FIELDS and isinstance(given, str) and isinstance(was, str):  # the same file, however named
             given, was = local_path(name, given), local_path(name, was)
-        if given is not None and given != was:
+        if given is not None and given != was and given != default:  # the default it used may be named
             flag = "--" + name.replace("_", "-")
-            then = "its default" if was is None else str(was)
+            then = str(was) if was is not None else "its default" if default is None else f"its default, {default}"
             raise RlgfError(f"--resume continues the run with its own {flag} ({then}), not {given}",
                             f"drop {flag}, or start a new run warm-started from this one with --init {resume}/final")
     if "lr" not in saved and options.get("lr") is None:

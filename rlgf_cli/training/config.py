@@ -139,8 +139,9 @@ class TrainConfig:
     max_new_tokens: int | None = opt(None, "Continuation length.", panel=PANEL_RUN, default_text="the task's")
     min_new_tokens: int | None = opt(None, "--task prompts: the shortest continuation (EOS is blocked before it).",
                                      panel=PANEL_RUN, default_text="1")
-    temperature: float | None = opt(None, "Sampling temperature of the training roll-outs, in (0, 2] (--task prompts: "
-                                          "of its evaluation too).", panel=PANEL_RUN, default_text="the task's: 1.0")
+    temperature: float | None = opt(None, "Sampling temperature of the training roll-outs, in (0, 2] (`rlgf eval` "
+                                          "samples with its own --temperature).", panel=PANEL_RUN,
+                                    default_text="the task's: 1.0")
     top_k: int | None = opt(None, "Top-k of that sampling (0: off).", panel=PANEL_RUN,
                             default_text="the task's: 50; commongen 0")
     top_p: float | None = opt(None, "Nucleus top-p of that sampling, in (0, 1] (1: off).", panel=PANEL_RUN,
@@ -387,8 +388,10 @@ def local_path(name: str, value: str) -> str:
         if sep and file.endswith(".py") and Path(file).expanduser().is_file():
             return f"{Path(file).expanduser().resolve()}:{func}"
         return value
-    if name == "data" and prefix:
-        return value  # hf:NAME[:SPLIT]
+    if name == "data" and prefix:  # hf:NAME[:SPLIT], NAME a hub dataset or a local folder (read as tasks.hub_rows does)
+        local, sep, split = (rest, "", "") if Path(rest).expanduser().exists() else rest.partition(":")
+        path = Path(local.strip()).expanduser()
+        return prefix + str(path.resolve()) + sep + split if local.strip() and path.exists() else value
     looks_like_path = name == "data" or "/" in rest or rest.startswith(("~", "."))
     path = Path(rest).expanduser()
     if looks_like_path and not path.is_absolute() and path.exists():

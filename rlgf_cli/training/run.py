@@ -173,6 +173,13 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
     write_atomic(path, "\n".join(keep)) if keep else path.write_text("", encoding="utf-8")
 
 
+def _forget(out: Path, main: bool) -> None:
+    """Remove what a run that learned nothing wrote in ``out`` (and ``out`` itself when it made it
+    and nothing of the user's is in it), so that the same command can run again."""
+    if main and not clear_run(out) and not out.is_symlink():
+        out.rmdir()
+
+
 def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
           callback: Callback | None = None) -> dict:
     """Run training as configured; returns the summary (also written to ``OUT/summary.json``).
@@ -323,13 +330,16 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                 except RlgfError as exc:  # a diverged loss, a bad reward, an unreachable API guide…
                     writer.join()  # the checkpoint being written counts
                     if ckpt is None and trainer.iteration == 0:  # nothing learned: no folder to block a retry
-                        if main:  # what it wrote; a folder of its own goes too, files of the user's stay
-                            if not clear_run(out) and not out.is_symlink():
-                                out.rmdir()
+                        _forget(out, main)
                         where = f"nothing was kept in {out}; run the same command again once that is fixed"
                     else:
                         where = _resume_advice(out)
                     raise RlgfError(exc.message, f"{exc.hint}; {where}" if exc.hint else where) from None
+                except Exception:  # a bug: reported as unexpected, but it must not block the retry either
+                    writer.join()
+                    if ckpt is None and trainer.iteration == 0:
+                        _forget(out, main)
+                    raise
                 last["time_checkpoint_s"] = checkpoint_s
                 checkpoint_s = 0.0
                 if guide is not None:

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from backends.errors import RlgfError
 from backends.precision import hold_frozen, use_kernels
+from tasks.jsonl import quiet_transformers
 
 
 def pick_label(config, label: str | int | None) -> int | None:
@@ -60,10 +61,18 @@ class ModelReward:
                             "pass a folder written by save_pretrained holding a sequence-classification model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            self.model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+            with quiet_transformers():
+                model, info = AutoModelForSequenceClassification.from_pretrained(str(path), output_loading_info=True)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise RlgfError(f"could not load the reward model at {path}: {exc}",
                             "pass a sequence-classification model folder (AutoModelForSequenceClassification)") from None
+        missing = sorted(info.get("missing_keys") or ())
+        if missing:  # transformers initialised them at random: the reward would be noise
+            raise RlgfError(f"the reward model at {path} has no trained classification head ({', '.join(missing[:3])}"
+                            f"{' …' if len(missing) > 3 else ''} not in its weights; a language model's folder?)",
+                            "pass a folder of a trained sequence-classification model (a reward model), or a "
+                            "reward function with --reward module:function")
+        self.model = model.eval()
         self.model.to(resolve_device(device))
         self.tokenizer.truncation_side = "left"
         if self.tokenizer.pad_token is None:
