@@ -23,6 +23,11 @@ class RlgfError(Exception):
         return f"{self.message} — {self.hint}" if self.hint else self.message
 
 
+class RlgfWarning(UserWarning):
+    """Something the user should know that does not stop the work (a prompt cut to fit, say);
+    the CLI prints it as one ``warning: …`` line."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none): what an
     ``[error]`` line quotes of a library's error."""

@@ -77,6 +77,9 @@ class PromptsTask(Task):
         if not 0 <= int(min_new_tokens) <= int(max_new_tokens):
             raise RlgfError(f"--min-new-tokens must be between 0 and --max-new-tokens ({max_new_tokens}), "
                             f"not {min_new_tokens}", "lower --min-new-tokens or raise --max-new-tokens")
+        if int(prompt_max_tokens) < 1:
+            raise RlgfError(f"--prompt-max-tokens must be at least 1, not {prompt_max_tokens}",
+                            "e.g. --prompt-max-tokens 256")
         check_sampling(temperature, top_k, top_p)
         self.train_sampling = self.eval_sampling = Sampling(do_sample=True, temperature=float(temperature),
                                                             top_k=int(top_k), top_p=float(top_p))

@@ -123,9 +123,10 @@ def option_default(cls: type[Task], name: str):
 def task_options(cls: type[Task]) -> list[str]:
     """The options :func:`get_task` accepts for ``cls``: its constructor's, plus ``reward``
     (every task takes a custom ``module:function`` reward, see :mod:`tasks.custom_reward`) and
-    the roll-outs' sampling (``temperature``, ``top_k``, ``top_p``: :meth:`~tasks.base.Task.with_sampling`)."""
+    the roll-outs' sampling (``temperature``, ``top_k``, ``top_p``: :meth:`~tasks.base.Task.with_sampling`)
+    and ``prompt_max_tokens`` (:attr:`~tasks.base.Task.prompt_max_tokens`)."""
     options = constructor_options(cls)
-    return options + [name for name in ("reward", *SAMPLING_OPTIONS) if name not in options]
+    return options + [name for name in ("reward", *SAMPLING_OPTIONS, "prompt_max_tokens") if name not in options]
 
 
 def get_task(name: str, **options) -> Task:
@@ -156,9 +157,14 @@ def get_task(name: str, **options) -> Task:
         custom = CustomReward(spec)
     constructor = constructor_options(cls)
     sampling = {k: options.pop(k) for k in SAMPLING_OPTIONS if k in options and k not in constructor}
+    longest = options.pop("prompt_max_tokens", None) if "prompt_max_tokens" not in constructor else None
+    if longest is not None and int(longest) < 1:
+        raise RlgfError(f"--prompt-max-tokens must be at least 1, not {longest}", "e.g. --prompt-max-tokens 256")
     task = cls(**options)
     if sampling:
         task.with_sampling(**sampling)
+    if longest is not None:
+        task.prompt_max_tokens = int(longest)
     return task if custom is None else task.with_reward(custom)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -54,6 +55,7 @@ def test_load_kinds(causal, seq2seq):
     assert seq2seq.decoder_start_id == 0 and causal.decoder_start_id is None
 
 
+@pytest.mark.filterwarnings("ignore:.*lose their start")  # the cut itself is what this test checks
 def test_encode_prompts_left_pad_and_truncate(causal, seq2seq):
     tok = causal.tokenizer
     bos = tok.bos_token_id
@@ -407,11 +409,19 @@ def test_prompt_shorter_than_the_limit_is_kept_whole(tiny_causal_dir):
     half the limit and the limit lost its start)."""
     from backends.hf.policy import HFPolicy
 
+    from backends.errors import RlgfWarning
+
     policy = HFPolicy.load(str(tiny_causal_dir))
     text = "x" * 40  # 40 byte tokens + BOS, limit 64
-    query, mask = policy.encode_prompts([text], max_length=64)
-    assert int(mask.sum()) == 41
-    long_query, long_mask = policy.encode_prompts(["y" * 10 + text + "z" * 30], max_length=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # kept whole: nothing to warn about
+        query, mask = policy.encode_prompts([text, "x" * 63], max_length=64)
+    assert mask.sum(1).tolist() == [41, 64]
+    with pytest.warns(RlgfWarning, match="1 of 2 prompts are longer than 64 tokens and lose their start"):
+        long_query, long_mask = policy.encode_prompts(["y" * 10 + text + "z" * 30, text], max_length=64)
     kept = long_query[0][long_mask[0].bool()].tolist()
     assert len(kept) == 64 and kept[0] == policy.bos_id
     assert policy.tokenizer.decode(kept[1:]).endswith("z" * 30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per policy: the rest of a run cuts the same prompts
+        policy.encode_prompts(["y" * 100], max_length=64)

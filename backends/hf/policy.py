@@ -12,6 +12,7 @@ response position ``t`` is scored from the state "prompt + response[:t]".
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +21,7 @@ from safetensors import SafetensorError
 
 from backends.base import Completion, Sampling, TokenPolicy
 from backends.device import resolve_device
-from backends.errors import RlgfError, first_line
+from backends.errors import RlgfError, RlgfWarning, first_line
 from backends.hf.compiled import forward_through
 from backends.hf.util import (
     hub_reachable,
@@ -94,6 +95,7 @@ class HFPolicy(TokenPolicy):
         #: the seq2seq decoder's first input token (None for causal models)
         self.decoder_start_id: int | None = start
         self._prefix_ids, self._suffix_ids = special_affixes(tokenizer)
+        self._said_cut = False  # whether the prompts cut to fit were reported (encode_prompts)
         try:
             import inspect
 
@@ -235,6 +237,14 @@ class HFPolicy(TokenPolicy):
             max_length = self.max_prompt_length
         bodies = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
         rows = [self._prompt_ids(p, list(b), max_length) for p, b in zip(prompts, bodies)]
+        if max_length is not None and not self._said_cut:
+            affixes = len(self._prefix_ids) + (len(self._suffix_ids) if self.is_seq2seq else 0)
+            cut = sum(len(without_prefix(list(b), self._prefix_ids)) + affixes > max_length for b in bodies)
+            if cut:  # once per policy: the rest of the run cuts the same prompts
+                self._said_cut = True
+                warnings.warn(RlgfWarning(
+                    f"{cut} of {len(rows)} prompts are longer than {max_length} tokens and lose their start for "
+                    f"{self.spec} (a chat its first turns); --prompt-max-tokens raises the limit"), stacklevel=2)
         return pad_rows(rows, self.pad_id, left=True, device=self.device)
 
     def encode_responses(self, texts: Sequence[str], max_length: int | None = None, *, append_eos: bool = False):

@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from typing import Any, Callable, Sequence
 
 import typer
 from rich.console import Console
 
-from backends.errors import RlgfError, first_line
+from backends.errors import RlgfError, RlgfWarning, first_line
 
 #: documented exit codes
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -95,6 +96,19 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if not getattr(warnings.showwarning, "rlgf", False):
+        warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """rlgf's own warnings (:class:`RlgfWarning`) as one ``warning: …`` line; others as Python shows them."""
+    if issubclass(category, RlgfWarning):
+        err_console.print(f"warning: {message}", markup=False)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
+_show_warning.rlgf = True
 
 
 def is_terminal() -> bool:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import (BertscoreModel, CheckpointTask, Data, Device, Precision, PromptField, ChatTemplate, Quiet, ReferenceField,
+from rlgf_cli.commands.options import (BertscoreModel, CheckpointTask, Data, Device, Precision, PromptField, PromptMaxTokens, ChatTemplate, Quiet, ReferenceField,
                                        Reward, RewardLabel, RewardModel, RewardUrl)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 from rlgf_cli.files import check_png, ensure_writable, write_atomic
@@ -32,6 +32,7 @@ def difficulty_command(
     reward_model: RewardModel = None,
     prompt_field: PromptField = None,
     chat_template: ChatTemplate = None,
+    prompt_max_tokens: PromptMaxTokens = None,
     reference_field: ReferenceField = None,
     reward_label: RewardLabel = None,
     reward_url: RewardUrl = None,
@@ -93,6 +94,7 @@ def difficulty_command(
         task_name=task, split=split, limit=limit, seed=seed, reference_spec=reference,
         task_options=task_options(data=data, reward_model=reward_model, reward=reward, bertscore_model=bertscore_model,
                                   prompt_field=prompt_field, reference_field=reference_field, chat_template=chat_template,
+                                  prompt_max_tokens=prompt_max_tokens,
                                   reward_label=reward_label, reward_url=reward_url,
                                   max_new_tokens=max_new_tokens),
         device=device, precision=precision, batch_size=batch_size, decoding={"mode": decoding}, base_url=policy_base_url,

@@ -247,7 +247,7 @@ def check_specs(specs: list[str], *, seed: int, base_url: str | None = None, api
 #: task options a run records (its checkpoint's ``rlgf.toml``) that evaluating the checkpoint keeps
 #: unless they are given again: the prompts, the reward and the length it was trained with
 RUN_TASK_OPTIONS = ("data", "reward_model", "reward", "reward_label", "reward_url", "prompt_field",
-                    "reference_field", "chat_template", "bertscore_model", "max_new_tokens")
+                    "reference_field", "chat_template", "bertscore_model", "max_new_tokens", "prompt_max_tokens")
 
 
 def run_task(specs: list[str]) -> tuple[str, dict, str] | None:

@@ -139,6 +139,8 @@ class TrainConfig:
     max_new_tokens: int | None = opt(None, "Continuation length.", panel=PANEL_RUN, default_text="the task's")
     min_new_tokens: int | None = opt(None, "--task prompts: the shortest continuation (EOS is blocked before it).",
                                      panel=PANEL_RUN, default_text="1")
+    prompt_max_tokens: int | None = opt(None, "The longest prompt in tokens; a longer one loses its start (with a "
+                                              "warning).", panel=PANEL_RUN, default_text="the task's: 64; prompts 256")
     temperature: float | None = opt(None, "Sampling temperature of the training roll-outs, in (0, 2] (`rlgf eval` "
                                           "samples with its own --temperature).", panel=PANEL_RUN,
                                     default_text="the task's: 1.0")
@@ -279,6 +281,8 @@ class TrainConfig:
                            0 if self.top_k is None else self.top_k, 1.0 if self.top_p is None else self.top_p)
         if self.min_new_tokens is not None and self.min_new_tokens < 0:
             raise _range_error("min_new_tokens", self.min_new_tokens, ">= 0")
+        if self.prompt_max_tokens is not None and self.prompt_max_tokens < 1:
+            raise _range_error("prompt_max_tokens", self.prompt_max_tokens, ">= 1")
         if self.chat_template is not None:
             check_mode(self.chat_template)
         if self.guide_prefill is not None:

@@ -58,7 +58,8 @@ def build_task(cfg: TrainConfig):
                            bertscore_model=cfg.bertscore_model, max_new_tokens=cfg.max_new_tokens,
                            prompt_field=cfg.prompt_field, reference_field=cfg.reference_field, chat_template=cfg.chat_template,
                            reward_label=cfg.reward_label, reward_url=cfg.reward_url, min_new_tokens=cfg.min_new_tokens,
-                           temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+                           temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                           prompt_max_tokens=cfg.prompt_max_tokens)
     return get_task(cfg.task, **options)
 
 
