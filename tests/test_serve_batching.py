@@ -11,7 +11,7 @@ import pytest
 
 from backends.base import GREEDY, Sampling
 from backends.hf.policy import HFPolicy
-from rlgf_cli.serving.batcher import Batcher
+from rlgf_cli.serving.batcher import Batcher, ClientGone
 from rlgf_cli.serving.server import make_server, start_in_thread
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -146,3 +146,77 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits_0(tiny_causal_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+class Gated:
+    """A policy whose first batch waits for ``release``; it records every batch it decodes."""
+
+    def __init__(self):
+        self.release, self.started, self.batches = threading.Event(), threading.Event(), []
+
+    def complete(self, prompts, *, max_new_tokens, min_new_tokens=0, sampling=Sampling()):
+        self.batches.append(list(prompts))
+        self.started.set()
+        self.release.wait(30)
+        return [p.upper() for p in prompts]
+
+
+def test_a_request_whose_client_left_leaves_the_queue():
+    policy = Gated()
+    batcher = Batcher(policy, window_s=0.0, max_batch=1)
+    ask = dict(max_new_tokens=2, min_new_tokens=0, sampling=GREEDY)
+    first = threading.Thread(target=batcher.submit, args=(["busy"],), kwargs=ask)
+    first.start()
+    assert policy.started.wait(10)
+    gone = threading.Event()
+    outcome = []
+
+    def abandoned():
+        try:
+            outcome.append(batcher.submit(["left"], gone=gone.is_set, **ask))
+        except ClientGone:
+            outcome.append("dropped")
+
+    waiting = threading.Thread(target=abandoned)
+    waiting.start()
+    gone.set()  # the client hangs up while its request waits behind the busy batch
+    waiting.join(10)
+    assert outcome == ["dropped"]
+    policy.release.set()
+    first.join(10)
+    assert batcher.submit(["next"], **ask) == ["NEXT"]
+    assert policy.batches == [["busy"], ["next"]], "the abandoned prompt was never decoded"
+    batcher.close()
+
+
+def test_uvicorn_drops_the_requests_of_clients_that_timed_out():
+    """A guide that times out and retries leaves its abandoned tries on the server: they must not
+    be decoded before the requests that still wait for an answer."""
+    from rlgf_cli.serving.asgi import AsgiServer
+    from rlgf_cli.serving.service import Service
+
+    policy = Gated()
+    srv = AsgiServer(Service(policy, model_name="gated", max_batch=1, batch_window_s=0.0), "127.0.0.1", 0)
+    srv.start_in_thread()
+    try:
+        busy = threading.Thread(target=post, args=(srv.url, {"model": "gated", "prompt": "busy", "max_tokens": 2}))
+        busy.start()
+        assert policy.started.wait(10)
+        for i in range(3):  # each gives up after 0.3 s, while the model is still busy
+            req = urllib.request.Request(f"{srv.url}/completions", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"model": "gated", "prompt": f"left {i}", "max_tokens": 2}).encode())
+            with pytest.raises(OSError):  # socket.timeout / URLError
+                urllib.request.urlopen(req, timeout=0.3)
+        deadline = threading.Event()
+        for _ in range(50):  # the server notices each hang-up within its poll interval
+            if srv.service.counts["dropped"] == 3:
+                break
+            deadline.wait(0.1)
+        assert srv.service.counts["dropped"] == 3
+        policy.release.set()
+        busy.join(10)
+        assert post(srv.url, {"model": "gated", "prompt": "next", "max_tokens": 2})["choices"][0]["text"] == "NEXT"
+        assert policy.batches == [["busy"], ["next"]]
+    finally:
+        policy.release.set()
+        srv.stop()

@@ -16,6 +16,7 @@ the requests get a pool of their own, :func:`worker_threads` of them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import socket
@@ -23,6 +24,10 @@ import threading
 
 from rlgf_cli.serving.contract import ApiError
 from rlgf_cli.serving.service import MAX_BODY_BYTES, Service
+
+
+#: how often a request being answered checks that its client is still connected (s)
+DISCONNECT_POLL_S = 0.1
 
 
 def worker_threads(service: Service) -> int:
@@ -78,11 +83,20 @@ def build_app(service: Service):
                 payload = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as exc:
                 return error(ApiError(400, f"the request body is not valid JSON ({exc})"))
+            gone = threading.Event()  # set when the client hangs up: its request leaves the queue
+            watch = asyncio.ensure_future(watch_disconnect(request, gone))
             try:
-                body = await in_worker(service.post, path_of(request), payload)
+                body = await in_worker(service.post, path_of(request), payload, gone.is_set)
             except ApiError as err:
                 return error(err)
+            finally:
+                watch.cancel()
             return JSONResponse(body)
+
+    async def watch_disconnect(request, gone: threading.Event) -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        gone.set()
 
     async def http_error(request, exc: HTTPException):
         service.bump(requests=1)

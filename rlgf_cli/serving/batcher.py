@@ -10,6 +10,10 @@ when it frees, so under load batches fill by themselves. A request with a ``seed
 on its own (the seed re-seeds the generator before it, as an unbatched server would).
 
 ``max_batch=1`` serves one request at a time (what ``bench/serve.py`` compares against).
+
+A request whose client has gone (``gone()`` turns true while it waits) leaves the queue
+unless its batch is already decoding, so abandoned requests — a guide's timed-out tries above
+all — do not hold up the ones after them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ from backends.precision import autocast_of
 
 #: the most windows the first waiting request waits for others (while they keep arriving)
 MAX_WINDOWS = 8
+
+
+class ClientGone(Exception):
+    """The client of a waiting request went away; its request was dropped before decoding."""
+
+
+#: how often a waiting request checks whether its client is still there (s)
+GONE_POLL_S = 0.1
 
 
 @dataclass
@@ -70,8 +82,10 @@ class Batcher:
         self._worker.start()
 
     def submit(self, prompts: list[str], *, max_new_tokens: int, min_new_tokens: int, sampling: Sampling,
-               seed: int | None = None) -> list[str]:
-        """The completions of ``prompts`` (blocks until they are decoded; re-raises the policy's error)."""
+               seed: int | None = None, gone=None) -> list[str]:
+        """The completions of ``prompts`` (blocks until they are decoded; re-raises the policy's error).
+        ``gone``: a callable that turns true when the client has left; the request then leaves the
+        queue (:class:`ClientGone`) unless it is already being decoded."""
         if not prompts:
             return []
         job = _Job(list(prompts), int(max_new_tokens), int(min_new_tokens), sampling, seed)
@@ -80,7 +94,13 @@ class Batcher:
                 raise RuntimeError("the server is shutting down")
             self._queue.append(job)
             self._cond.notify()
-        job.done.wait()
+        while not job.done.wait(None if gone is None else GONE_POLL_S):
+            if gone():
+                with self._cond:
+                    if job in self._queue:
+                        self._queue.remove(job)
+                        raise ClientGone()
+                job.done.wait()  # its batch is decoding: the others in it still want theirs
         if job.error is not None:
             raise job.error
         return job.texts or []

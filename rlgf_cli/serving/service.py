@@ -22,7 +22,7 @@ from backends.base import Policy
 from backends.errors import RlgfError
 from backends.precision import autocast_of
 
-from rlgf_cli.serving.batcher import Batcher
+from rlgf_cli.serving.batcher import Batcher, ClientGone
 from rlgf_cli.serving.chat_contract import build_chat_reply, parse_chat_request
 from rlgf_cli.serving.chat_contract import render as render_chat
 from rlgf_cli.serving.contract import ApiError, CompletionRequest, build_reply, parse_completion_request
@@ -92,7 +92,8 @@ class Service:
         self.created = int(time.time())
         self._counts_lock = threading.Lock()
         self.counts = dict.fromkeys(
-            ("requests", "completion_requests", "completions", "prompt_tokens", "completion_tokens", "errors"), 0)
+            ("requests", "completion_requests", "completions", "prompt_tokens", "completion_tokens", "errors",
+             "dropped"), 0)
         self._flight = threading.Condition()
         self._flying = 0
 
@@ -149,15 +150,16 @@ class Service:
             raise self.unknown_model(name)
         raise ApiError(404, f"no route GET {path}", type_="not_found_error")
 
-    def post(self, path: str, payload: Any) -> dict:
-        """The body of ``POST path`` with the decoded JSON ``payload`` (blocks while it decodes)."""
+    def post(self, path: str, payload: Any, gone: Callable[[], bool] | None = None) -> dict:
+        """The body of ``POST path`` with the decoded JSON ``payload`` (blocks while it decodes;
+        ``gone``, a check that the client has left, drops the request while it waits)."""
         if path not in POST_ROUTES:
             raise ApiError(404, f"no route POST {path}", type_="not_found_error")
         chat = path == "/v1/chat/completions"
         req = parse_chat_request(payload) if chat else parse_completion_request(payload)
         if req.model != self.model_name:
             raise self.unknown_model(req.model)
-        return self.chat(req) if chat else self.complete(req)
+        return self.chat(req, gone) if chat else self.complete(req, gone)
 
     @functools.cached_property
     def fingerprint(self) -> dict:
@@ -174,7 +176,7 @@ class Service:
                         param="model", code="model_not_found")
 
     # -- work -------------------------------------------------------------------------
-    def chat(self, req) -> dict:
+    def chat(self, req, gone: Callable[[], bool] | None = None) -> dict:
         """A chat request: the conversation rendered with the model's template, then decoded
         like a completions prompt (in the same batches)."""
         prompt = render_chat(self.policy, req)
@@ -184,14 +186,14 @@ class Service:
             if room is not None and room < completion.max_tokens:
                 completion = dataclasses.replace(completion, max_tokens=max(room, 1))
                 req = dataclasses.replace(req, completion=completion)
-        texts = self._decode([prompt] * completion.n, completion)
+        texts = self._decode([prompt] * completion.n, completion, gone)
         body = build_chat_reply(req, prompt, texts, self.count_tokens, self.model_name)
         self._count(body, len(texts))
         return body
 
-    def complete(self, req: CompletionRequest) -> dict:
+    def complete(self, req: CompletionRequest, gone: Callable[[], bool] | None = None) -> dict:
         expanded = [p for p in req.prompts for _ in range(req.n)]
-        texts = self._decode(expanded, req)
+        texts = self._decode(expanded, req, gone)
         body = build_reply(req, texts, self.count_tokens, self.model_name)
         if req.logprobs is not None:
             with self.model_lock, autocast_of(self.precision):  # the frozen weights are bf16 under bf16
@@ -246,13 +248,16 @@ class Service:
         prefix = len(getattr(self.policy, "_prefix_ids", []) or [])
         return limit - prefix - self.count_tokens(prompt)
 
-    def _decode(self, expanded: list[str], req: CompletionRequest) -> list[str]:
+    def _decode(self, expanded: list[str], req: CompletionRequest, gone: Callable[[], bool] | None = None) -> list[str]:
         self._check_context(expanded, req.max_tokens)
         try:
             texts = self.batcher.submit(
                 expanded, max_new_tokens=req.max_tokens, min_new_tokens=min(req.min_tokens, req.max_tokens),
-                sampling=req.sampling(), seed=req.seed,
+                sampling=req.sampling(), seed=req.seed, gone=gone,
             ) if req.max_tokens > 0 else [""] * len(expanded)
+        except ClientGone:
+            self.bump(dropped=1)
+            raise ApiError(499, "the client closed the request before it was decoded") from None
         except RlgfError as exc:
             raise ApiError(400, f"the policy refused the request: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - a policy bug must not kill the server
