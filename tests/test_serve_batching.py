@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
 import urllib.request
 
 import pytest
@@ -217,6 +218,37 @@ def test_uvicorn_drops_the_requests_of_clients_that_timed_out():
         busy.join(10)
         assert post(srv.url, {"model": "gated", "prompt": "next", "max_tokens": 2})["choices"][0]["text"] == "NEXT"
         assert policy.batches == [["busy"], ["next"]]
+    finally:
+        policy.release.set()
+        srv.stop()
+
+
+def test_a_request_still_waiting_when_the_drain_runs_out_gets_a_json_503():
+    from rlgf_cli.serving.asgi import AsgiServer
+    from rlgf_cli.serving.service import Service
+
+    policy = Gated()
+    srv = AsgiServer(Service(policy, model_name="gated", max_batch=1, batch_window_s=0.0), "127.0.0.1", 0,
+                     drain_s=0.5)
+    srv.start_in_thread()
+    replies = []
+
+    def ask():
+        req = urllib.request.Request(f"{srv.url}/completions", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"model": "gated", "prompt": "slow", "max_tokens": 2}).encode())
+        try:
+            urllib.request.urlopen(req, timeout=30)
+        except urllib.error.HTTPError as exc:
+            replies.append((exc.code, exc.headers.get("content-type"), json.loads(exc.read())))
+
+    client = threading.Thread(target=ask)
+    client.start()
+    try:
+        assert policy.started.wait(10)
+        srv.server.should_exit = True  # what Ctrl-C / SIGTERM does
+        client.join(20)
+        (status, kind, body), = replies
+        assert status == 503 and kind == "application/json" and "shutting down" in body["error"]["message"]
     finally:
         policy.release.set()
         srv.stop()

@@ -89,6 +89,9 @@ def build_app(service: Service):
                 body = await in_worker(service.post, path_of(request), payload, gone.is_set)
             except ApiError as err:
                 return error(err)
+            except asyncio.CancelledError:  # shutting down, and the drain ran out: an answer, not a bare 500
+                return error(ApiError(503, "the server is shutting down and stopped waiting for this request",
+                                      type_="server_error"))
             finally:
                 watch.cancel()
             return JSONResponse(body)
@@ -149,11 +152,12 @@ class AsgiServer:
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
     def run(self) -> None:
-        """Serve until SIGINT / SIGTERM (uvicorn's handlers), then close everything."""
+        """Serve until SIGINT / SIGTERM (uvicorn's handlers), then close everything; a second
+        signal (uvicorn's forced exit) does not wait for the batch being decoded either."""
         try:
             self.server.run(sockets=[self.socket])
         finally:
-            self.close()
+            self.close(wait=not self.server.force_exit)
 
     def start_in_thread(self) -> "AsgiServer":
         """Serve on a daemon thread (tests, benchmarks); :meth:`stop` ends it."""
@@ -170,6 +174,6 @@ class AsgiServer:
             self._thread.join(30)
         self.close()
 
-    def close(self) -> None:
-        self.service.close()
+    def close(self, wait: bool = True) -> None:
+        self.service.close(timeout=30.0 if wait else 0.0)
         self.socket.close()

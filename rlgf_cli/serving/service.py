@@ -122,8 +122,9 @@ class Service:
                 self._flight.wait(max(0.0, min(0.5, deadline - time.monotonic())))
             return self._flying == 0
 
-    def close(self) -> None:
-        self.batcher.close()
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop the batcher, waiting at most ``timeout`` s for the batch it is decoding."""
+        self.batcher.close(timeout)
 
     # -- auth and routes ------------------------------------------------------------
     def authorized(self, header: str | None) -> bool:
