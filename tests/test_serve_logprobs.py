@@ -101,6 +101,19 @@ def test_a_sampled_special_token_is_scored_but_shows_no_text(tiny_causal_dir):
     assert lp["text_offset"] == [2, 3, 4, 4]
 
 
+def test_characters_split_across_tokens_show_as_bytes_at_their_character_s_offset(client):
+    """OpenAI's form: a token holding part of a character is `bytes:\\x..`; offsets index the text."""
+    text = "café 日"
+    lp = client.completions.create(model="tiny", prompt=text, max_tokens=0, echo=True, logprobs=5).choices[0].logprobs
+    shown = [t for t in lp.tokens if t != "<s>"]
+    assert shown == ["c", "a", "f", "bytes:\\xc3", "bytes:\\xa9", " ", "bytes:\\xe6", "bytes:\\x97", "bytes:\\xa5"]
+    assert lp.text_offset[-len(shown):] == [0, 1, 2, 3, 3, 4, 5, 5, 5]
+    assert lp.text_offset == sorted(lp.text_offset) and max(lp.text_offset) < len(text)
+    for token, value, alts in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        if value is not None:  # the token itself is among its alternatives, with its own score
+            assert alts[token] == pytest.approx(value) and len(alts) >= 5
+
+
 def test_a_prompt_past_the_context_is_a_400_before_any_decoding(client):
     """The tiny model has 256 positions: 200 tokens of prompt and 100 new ones do not fit."""
     long_prompt = " ".join(["word"] * 400)
