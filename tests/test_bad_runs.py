@@ -265,3 +265,18 @@ def test_overwrite_replaces_what_rlgf_wrote_and_keeps_the_rest(tmp_path, tiny_ca
     assert (out / "notes.txt").read_text() == "keep\n" and (out / "analysis" / "plot.py").is_file()
     assert link.is_symlink() and (out / "final" / "model.safetensors").is_file()
     assert "seed = 1" in (out / "config.toml").read_text()
+
+
+@pytest.mark.parametrize("debug, shows_traceback", [("0", False), ("", False), ("1", True)])
+def test_rlgf_debug_0_is_off(tmp_path, tiny_causal_dir, tiny_reward_dir, monkeypatch, debug, shows_traceback):
+    from rlgf_cli.training.trainer import Trainer
+
+    def broken_step(self):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(Trainer, "step", broken_step)
+    monkeypatch.setenv("RLGF_DEBUG", debug)
+    result = runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, tmp_path / "run"))
+    assert result.exit_code == 1
+    assert isinstance(result.exception, TypeError) == shows_traceback  # re-raised: the traceback is shown
+    assert ("unexpected TypeError: a bug" in result.output) != shows_traceback

@@ -72,7 +72,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             print_error("out of memory", "use smaller --episodes / --rollout-batch-size / --minibatch-size")
             raise typer.Exit(EXIT_ERROR) from None
         except Exception as exc:  # noqa: BLE001 - the CLI boundary
-            if os.environ.get("RLGF_DEBUG"):
+            if os.environ.get("RLGF_DEBUG", "0").strip() not in ("", "0"):  # RLGF_DEBUG=0 is off
                 raise
             name = type(exc).__name__
             if "OutOfMemory" in name or "can't allocate memory" in str(exc):  # CUDA's, or torch's CPU allocator

@@ -103,9 +103,9 @@ class TrainConfig:
                                             "(CommonGen).", default_text="the task's")
     iterations: int = opt(10, "Training iterations (one rollout batch and one update each).", panel=PANEL_RUN)
     episodes: int = opt(64, "Episodes (prompts) per iteration.", panel=PANEL_RUN,
-                        default_text="64; the default task, rotten-tomatoes, 32 (prompts too)")
+                        default_text="64; rotten-tomatoes (the default task) and prompts: 32, but not for BC")
     epochs: int = opt(5, "PPO epochs over each rollout batch.", panel=PANEL_PPO,
-                      default_text="5; the default task, rotten-tomatoes, 2 (prompts too)")
+                      default_text="5; rotten-tomatoes (the default task) and prompts: 2, but not for BC")
     minibatch_size: int = opt(0, "Episodes per minibatch in the update; 0: 16, or --episodes when fewer (the resolved "
                                  "number is what OUT/config.toml records).", panel=PANEL_PPO,
                               default_text="16, at most --episodes")
@@ -120,7 +120,7 @@ class TrainConfig:
                                       "iterations under CPU bf16 (OUT/config.toml records the choice).", panel=PANEL_RUN,
                                default_text="auto: on under CPU bf16 from 20 iterations")
     lr: float | None = opt(None, "Learning rate (AdamW).", panel=PANEL_PPO,
-                           default_text="1e-6; BC 1e-5; the default task, rotten-tomatoes, 5e-05 (prompts too)")
+                           default_text="1e-6; BC 1e-5; rotten-tomatoes (the default task) and prompts: 5e-05, but not for BC")
     weight_decay: float = opt(0.0, "AdamW weight decay.", panel=PANEL_PPO)
     gamma: float = opt(0.99, "Discount γ.", panel=PANEL_PPO)
     lam: float = opt(0.95, "GAE λ.", panel=PANEL_PPO)
