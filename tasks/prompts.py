@@ -77,9 +77,6 @@ class PromptsTask(Task):
         if not 0 <= int(min_new_tokens) <= int(max_new_tokens):
             raise RlgfError(f"--min-new-tokens must be between 0 and --max-new-tokens ({max_new_tokens}), "
                             f"not {min_new_tokens}", "lower --min-new-tokens or raise --max-new-tokens")
-        if int(prompt_max_tokens) < 1:
-            raise RlgfError(f"--prompt-max-tokens must be at least 1, not {prompt_max_tokens}",
-                            "e.g. --prompt-max-tokens 256")
         check_sampling(temperature, top_k, top_p)
         self.train_sampling = self.eval_sampling = Sampling(do_sample=True, temperature=float(temperature),
                                                             top_k=int(top_k), top_p=float(top_p))
@@ -180,12 +177,16 @@ class PromptsTask(Task):
 
     def prompt_difficulty(self, examples) -> PromptDifficulty:
         """The rows' own ``difficulty`` (higher is harder), else the reward of the prompt alone."""
-        levels = [ex.meta.get(DIFFICULTY_FIELD) for ex in examples]
-        if any(v is not None for v in levels):
-            missing = next(ex for ex, v in zip(examples, levels) if v is None) if None in levels else None
+        given = [ex.meta.get(DIFFICULTY_FIELD) for ex in examples]
+        if any(v is not None for v in given):
+            missing = next(ex for ex, v in zip(examples, given) if v is None) if None in given else None
             if missing is not None:
                 raise RlgfError(f"{self.path}, line {missing.meta['line']}: no '{DIFFICULTY_FIELD}', while other "
                                 "rows have one", f"give every row a number in '{DIFFICULTY_FIELD}', or no row")
+            levels = [_number(v, self.path, ex.meta["line"]) for ex, v in zip(examples, given)]
+            if len(set(levels)) == 1:
+                raise RlgfError(f"every prompt has '{DIFFICULTY_FIELD}' {levels[0]:g}, so it cannot rank them",
+                                "give the rows different difficulties (higher is harder)")
             return PromptDifficulty(tuple(levels), "level", "difficulty_column",
                                     f"the rows' '{DIFFICULTY_FIELD}' column; higher is harder")
         if self.reward_spec is None:
@@ -335,7 +336,7 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
     rows had no split."""
     if not rows:
         raise RlgfError(f"{path} holds no rows", "add rows with a 'prompt', one per line (JSONL) or row (CSV)")
-    rows = [(n, known_names(row)) for n, row in rows]
+    rows = [(n, known_names(row, keep=(prompt_field, reference_field))) for n, row in rows]
     first = rows[0][1]
     if prompt_field not in first and not (prompt_field == "prompt" and "messages" in first):
         raise RlgfError(f"{path}, line {rows[0][0]}: no '{prompt_field}' field (fields: {', '.join(map(str, first))})",
@@ -346,7 +347,8 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
     by_split: dict[str, list[Example]] = {s: [] for s in SPLITS}
     unsplit: list[Example] = []
     for n, row in rows:
-        ref_field = reference_field or next((f for f in ("references", "reference") if f in row), None)
+        ref_field = reference_field or next((f for f in ("references", "reference")
+                                             if row.get(f) not in (None, "", [], ())), None)
         example = _example(row, n, path, prompt_field, ref_field)
         split = row.get("split")
         if split in (None, ""):
@@ -391,22 +393,23 @@ def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | 
         elif value is not None:
             raise RlgfError(f"{path}, line {n}: '{ref_field}' must be a text or a list of texts")
     level = row.get(DIFFICULTY_FIELD)
-    if level not in (None, ""):
-        meta[DIFFICULTY_FIELD] = _number(level, path, n)
+    if level not in (None, ""):  # read as a number by `rlgf difficulty` alone: training ignores it
+        meta[DIFFICULTY_FIELD] = level
     return Example(prompt=prompt, references=refs, target=refs[0] if refs else "", meta=meta)
 
 
 #: the columns rlgf reads by name; a file's ``Prompt`` or `` reference`` means them too
-KNOWN_FIELDS = ("prompt", "messages", "reference", "references", "split", DIFFICULTY_FIELD)
+KNOWN_FIELDS = ("prompt", "messages", "reference", "references")
 
 
-def known_names(row: dict) -> dict:
+def known_names(row: dict, keep=()) -> dict:
     """``row`` with a column named like a known one but for case and spaces (``Reference``,
-    `` prompt``) under the known name, unless the row has that name itself."""
+    `` prompt``) under the known name, unless the row has that name itself or the column is one
+    the user named (``keep``: ``--prompt-field Prompt`` means that column as it is)."""
     out = dict(row)
     for key in row:
         name = str(key).strip().lower()
-        if name in KNOWN_FIELDS and key != name and name not in row:
+        if name in KNOWN_FIELDS and key != name and name not in row and key not in keep:
             out[name] = out.pop(key)
     return out
 

@@ -157,9 +157,10 @@ def get_task(name: str, **options) -> Task:
         custom = CustomReward(spec)
     constructor = constructor_options(cls)
     sampling = {k: options.pop(k) for k in SAMPLING_OPTIONS if k in options and k not in constructor}
+    if "prompt_max_tokens" in options and int(options["prompt_max_tokens"]) < 1:  # for every task, here
+        raise RlgfError(f"--prompt-max-tokens must be at least 1, not {options['prompt_max_tokens']}",
+                        "e.g. --prompt-max-tokens 256")
     longest = options.pop("prompt_max_tokens", None) if "prompt_max_tokens" not in constructor else None
-    if longest is not None and int(longest) < 1:
-        raise RlgfError(f"--prompt-max-tokens must be at least 1, not {longest}", "e.g. --prompt-max-tokens 256")
     task = cls(**options)
     if sampling:
         task.with_sampling(**sampling)

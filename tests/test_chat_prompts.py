@@ -209,3 +209,10 @@ def test_a_template_that_writes_its_own_bos_is_read_with_one(tmp_path):
     echoed = choice_logprobs(policy, text, "", echo=True, top=0)
     assert echoed["tokens"][0] == "<s>" and echoed["token_logprobs"][0] is None
     assert "".join(echoed["tokens"]) == text and len(echoed["tokens"]) == len(expected)
+    from rlgf_cli.serving.service import Service
+
+    service = Service(policy, model_name="bos")
+    try:  # what the context has left after it counts the one BOS the model reads
+        assert service._context_room(text) == policy._max_positions() - len(expected)
+    finally:
+        service.close()

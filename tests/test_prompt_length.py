@@ -38,7 +38,7 @@ def test_long_prompts_are_cut_with_one_warning_and_eval_keeps_the_run_s_limit(tm
         "--max-new-tokens", "4", "--device", "cpu", "--prompt-max-tokens", "16", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     said = cut_warnings(result.output)
-    assert len(said) == 1 and "4 of 4 prompts are longer than 16 tokens" in said[0], result.output
+    assert len(said) == 1 and "longer than 16 tokens lose their start" in said[0] and "4 of the 4" in said[0], result.output
     assert tomllib.loads((out / "config.toml").read_text())["train"]["prompt_max_tokens"] == 16
     result = runner.invoke(app, ["eval", "-c", str(out / "final"), "--device", "cpu", "--reference", "none",
                                  "--quiet", "--json", str(tmp_path / "e.json")])

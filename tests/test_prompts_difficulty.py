@@ -95,17 +95,27 @@ def test_what_cannot_rank_the_prompts_is_one_error(tmp_path, tiny_causal_dir, re
     assert not (tmp_path / "buckets.json").exists()
 
 
-@pytest.mark.parametrize("value", ["hard", True, [1]])
-def test_a_difficulty_that_is_not_a_number_is_refused_when_read(tmp_path, value):
-    data = write_rows(tmp_path / "p.jsonl", [{"prompt": "a", "difficulty": 1}, {"prompt": "b", "difficulty": value}])
+@pytest.mark.parametrize("value", ["interview", True, [1]])
+def test_a_difficulty_that_is_not_a_number_is_refused_by_difficulty_alone(tmp_path, value):
+    """A column of another meaning (APPS' "interview") does not stop training; `rlgf difficulty` says why
+    it cannot use it."""
+    data = write_rows(tmp_path / "p.jsonl", [{"prompt": "a", "difficulty": 1, "split": "test"},
+                                             {"prompt": "b", "difficulty": value, "split": "test"}])
+    task = PromptsTask(data=data)
+    assert [ex.prompt for ex in task.examples("test")] == ["a", "b"]
     with pytest.raises(Exception, match="line 2: 'difficulty' is .*not a number"):
-        PromptsTask(data=data).splits()
+        task.prompt_difficulty(task.examples("test"))
 
 
-def test_a_csv_difficulty_is_read_as_a_number(tmp_path):
+def test_a_csv_difficulty_is_read_as_a_number_and_equal_levels_cannot_rank(tmp_path):
     data = tmp_path / "p.csv"
     data.write_text("prompt,difficulty,split\nfirst,2.5,test\nsecond,,test\nthird,7,test\n", encoding="utf-8")
     task = PromptsTask(data=data)
-    assert [ex.meta.get("difficulty") for ex in task.examples("test")] == [2.5, None, 7.0]
     with pytest.raises(Exception, match="line 3: no 'difficulty'"):
         assign_buckets(task, task.examples("test"))
+    examples = [task.examples("test")[i] for i in (0, 2)]
+    assert task.prompt_difficulty(examples).values == (2.5, 7.0)
+    same = write_rows(tmp_path / "same.jsonl", [{"prompt": p, "difficulty": 3, "split": "test"} for p in "abc"])
+    flat = PromptsTask(data=same)
+    with pytest.raises(Exception, match="every prompt has 'difficulty' 3"):
+        flat.prompt_difficulty(flat.examples("test"))

@@ -65,6 +65,15 @@ def test_rows_that_cannot_be_read_are_refused_with_their_line(tmp_path, name, te
         PromptsTask(data=path).splits()
 
 
+def test_columns_named_by_the_user_keep_their_names_and_both_reference_columns_mix_in_csv(tmp_path):
+    task = task_of(tmp_path / "named.csv", "Prompt,Reference,split\nhello,hi there,test\n",
+                   prompt_field="Prompt", reference_field="Reference")
+    assert [(ex.prompt, ex.references) for ex in task.examples("test")] == [("hello", ("hi there",))]
+    mixed = task_of(tmp_path / "mixed.csv", 'prompt,reference,references,split\none,ref one,,test\n'
+                                            'two,,"[""a"", ""b""]",test\n')
+    assert [ex.references for ex in mixed.examples("test")] == [("ref one",), ("a", "b")]
+
+
 def test_a_named_reference_column_may_be_missing_from_some_rows_but_not_all(tmp_path):
     text = jsonl({"prompt": "a", "answer": "x", "split": "test"}, {"prompt": "b", "split": "test"})
     task = task_of(tmp_path / "p.jsonl", text, reference_field="answer")

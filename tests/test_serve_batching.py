@@ -190,6 +190,27 @@ def test_a_request_whose_client_left_leaves_the_queue():
     batcher.close()
 
 
+def test_a_client_that_leaves_during_the_batching_window_does_not_stop_the_worker():
+    """The worker waits a window for company with the lock released: the only waiting request
+    leaving then (its client gone) must not leave the worker popping an empty queue."""
+    policy = Gated()
+    policy.release.set()
+    batcher = Batcher(policy, window_s=0.3, max_batch=4)
+    ask = dict(max_new_tokens=2, min_new_tokens=0, sampling=GREEDY)
+    leaving = threading.Timer(0.05, lambda: None)
+    leaving.start()
+    with pytest.raises(ClientGone):
+        batcher.submit(["left"], gone=lambda: not leaving.is_alive(), **ask)
+    threading.Event().wait(1.0)  # the worker ends its windows (0.3 s each) with nothing left to take
+    assert batcher._worker.is_alive()
+    answer = []
+    asking = threading.Thread(target=lambda: answer.append(batcher.submit(["next"], **ask)), daemon=True)
+    asking.start()
+    asking.join(10)
+    assert answer == [["NEXT"]] and policy.batches == [["next"]]
+    batcher.close()
+
+
 def test_uvicorn_drops_the_requests_of_clients_that_timed_out():
     """A guide that times out and retries leaves its abandoned tries on the server: they must not
     be decoded before the requests that still wait for an answer."""
@@ -233,22 +254,28 @@ def test_a_request_still_waiting_when_the_drain_runs_out_gets_a_json_503():
     srv.start_in_thread()
     replies = []
 
-    def ask():
+    def ask(prompt):
         req = urllib.request.Request(f"{srv.url}/completions", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"model": "gated", "prompt": "slow", "max_tokens": 2}).encode())
+                                     data=json.dumps({"model": "gated", "prompt": prompt, "max_tokens": 2}).encode())
         try:
             urllib.request.urlopen(req, timeout=30)
         except urllib.error.HTTPError as exc:
             replies.append((exc.code, exc.headers.get("content-type"), json.loads(exc.read())))
 
-    client = threading.Thread(target=ask)
-    client.start()
+    clients = [threading.Thread(target=ask, args=("slow",))]
+    clients[0].start()
     try:
         assert policy.started.wait(10)
+        clients.append(threading.Thread(target=ask, args=("queued",)))  # waits behind the busy batch
+        clients[1].start()
+        threading.Event().wait(0.3)
         srv.server.should_exit = True  # what Ctrl-C / SIGTERM does
-        client.join(20)
-        (status, kind, body), = replies
-        assert status == 503 and kind == "application/json" and "shutting down" in body["error"]["message"]
+        for client in clients:
+            client.join(20)
+        assert len(replies) == 2
+        for status, kind, body in replies:
+            assert status == 503 and kind == "application/json" and "shutting down" in body["error"]["message"]
     finally:
         policy.release.set()
         srv.stop()
+    assert policy.batches == [["slow"]], "the request answered with a 503 while it waited was not decoded after"

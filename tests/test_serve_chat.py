@@ -45,6 +45,9 @@ def server(chat_dir):
     ({"model": "m", "messages": TURNS, "logit_bias": {"5": 1}}, "logit_bias"),
     ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages"),
+    ({"model": "m", "messages": [{"role": ["user"], "content": "x"}]}, "messages"),  # unhashable: not a 500
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": ["text"], "text": "x"}]}]}, "messages"),
+    ({"model": "m", "messages": [{"role": "user", "content": ["x"]}]}, "messages"),
 ])
 def test_bad_chat_requests_are_400_with_the_param(body, param):
     with pytest.raises(ApiError) as info:

@@ -240,11 +240,12 @@ class HFPolicy(TokenPolicy):
         if max_length is not None and not self._said_cut:
             affixes = len(self._prefix_ids) + (len(self._suffix_ids) if self.is_seq2seq else 0)
             cut = sum(len(without_prefix(list(b), self._prefix_ids)) + affixes > max_length for b in bodies)
-            if cut:  # once per policy: the rest of the run cuts the same prompts
+            if cut:  # once per policy: a warning per batch would drown the run's output
                 self._said_cut = True
                 warnings.warn(RlgfWarning(
-                    f"{cut} of {len(rows)} prompts are longer than {max_length} tokens and lose their start for "
-                    f"{self.spec} (a chat its first turns); --prompt-max-tokens raises the limit"), stacklevel=2)
+                    f"prompts longer than {max_length} tokens lose their start for {self.spec} ({cut} of the "
+                    f"{len(rows)} in the first batch that had one; a chat loses its first turns); "
+                    "--prompt-max-tokens raises the limit"), stacklevel=2)
         return pad_rows(rows, self.pad_id, left=True, device=self.device)
 
     def encode_responses(self, texts: Sequence[str], max_length: int | None = None, *, append_eos: bool = False):

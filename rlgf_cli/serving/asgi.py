@@ -90,6 +90,7 @@ def build_app(service: Service):
             except ApiError as err:
                 return error(err)
             except asyncio.CancelledError:  # shutting down, and the drain ran out: an answer, not a bare 500
+                gone.set()  # and, if it still waits, it is not decoded for no one
                 return error(ApiError(503, "the server is shutting down and stopped waiting for this request",
                                       type_="server_error"))
             finally:

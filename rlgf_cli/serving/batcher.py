@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from backends.base import Policy, Sampling
 from backends.precision import autocast_of
@@ -48,6 +49,8 @@ class _Job:
     min_new_tokens: int
     sampling: Sampling
     seed: int | None
+    #: turns true when the client has left (None: never asked)
+    gone: Callable[[], bool] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     texts: list[str] | None = None
     error: BaseException | None = None
@@ -88,7 +91,7 @@ class Batcher:
         queue (:class:`ClientGone`) unless it is already being decoded."""
         if not prompts:
             return []
-        job = _Job(list(prompts), int(max_new_tokens), int(min_new_tokens), sampling, seed)
+        job = _Job(list(prompts), int(max_new_tokens), int(min_new_tokens), sampling, seed, gone)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
@@ -114,24 +117,39 @@ class Batcher:
 
     # -- the worker ---------------------------------------------------------------------
     def _take(self) -> list[_Job] | None:
-        with self._cond:
-            while not self._queue:
-                if self._closed:
-                    return None
-                self._cond.wait()
-            first = self._queue[0]
-        if first.key is not None and self.window_s and self.max_batch > 1:
-            self._gather()
-        with self._cond:
-            first = self._queue.pop(0)
-            batch, size = [first], len(first.prompts)
-            if first.key is not None:
-                for job in list(self._queue):
-                    if job.key == first.key and size + len(job.prompts) <= self.max_batch:
-                        self._queue.remove(job)
-                        batch.append(job)
-                        size += len(job.prompts)
-            return batch
+        while True:
+            with self._cond:
+                while not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                first = self._queue[0]
+            if first.key is not None and self.window_s and self.max_batch > 1:
+                self._gather()
+            with self._cond:
+                self._drop_departed()
+                if self._queue:  # (the waiting ones may all have left during the window)
+                    return self._batch_from_queue()
+
+    def _drop_departed(self) -> None:
+        """Answer the waiting jobs whose clients have left with :class:`ClientGone` (the lock held):
+        nothing is decoded for a client that is no longer there, at shutdown included."""
+        for job in [job for job in self._queue if job.gone is not None and job.gone()]:
+            self._queue.remove(job)
+            job.error = ClientGone()
+            job.done.set()
+
+    def _batch_from_queue(self) -> list[_Job]:
+        """The oldest waiting job and those that decode the same way, up to ``max_batch`` prompts."""
+        first = self._queue.pop(0)
+        batch, size = [first], len(first.prompts)
+        if first.key is not None:
+            for job in list(self._queue):
+                if job.key == first.key and size + len(job.prompts) <= self.max_batch:
+                    self._queue.remove(job)
+                    batch.append(job)
+                    size += len(job.prompts)
+        return batch
 
     def _gather(self) -> None:
         """Wait while requests keep arriving: one window, then another as long as the last one

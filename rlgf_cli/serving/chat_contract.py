@@ -98,11 +98,12 @@ def _turn(message: Any, i: int) -> dict:
     what = f"messages[{i}] must have a role ({', '.join((*ROLES, *ROLE_ALIASES))}) and a text content"
     if not isinstance(message, dict):
         raise _bad("messages", what)
-    role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
+    role = message.get("role")
+    role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else None
     content = message.get("content")
     if isinstance(content, list):
-        kinds = {part.get("type") if isinstance(part, dict) else None for part in content}
-        if kinds - {"text"} or not all(isinstance(part.get("text"), str) for part in content):
+        if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+                   for part in content):
             raise _bad("messages", f"messages[{i}]: rlgf serve reads only text parts "
                                    "({\"type\": \"text\", \"text\": ...}), not images, audio or files")
         content = "".join(part["text"] for part in content)

@@ -18,6 +18,8 @@ import torch
 from rlgf_cli.serving.contract import ApiError
 
 MAX_LOGPROBS = 5
+#: tokens decoded before each one to learn what it added to the text (linear in the length)
+OFFSET_WINDOW = 8
 
 
 def can_score(policy) -> bool:
@@ -55,15 +57,22 @@ def choice_logprobs(policy, prompt: str, completion: str, *, echo: bool, top: in
     tokens, token_lps, tops, offsets = [], [], [], []
     base = 0 if echo else len(prompt)  # offsets index prompt + completion, as OpenAI's do without echo too
     sampled_from = len(prefix) + len(p_ids) if completion_ids is not None else len(ids)
+
+    def shown(a: int, b: int) -> int:
+        """Whole characters of tokens ``a:b`` as the text shows them (the reply without special tokens)."""
+        text = tok.decode(ids[a:min(b, sampled_from)], skip_special_tokens=False) + \
+            tok.decode(ids[max(a, sampled_from):b], skip_special_tokens=True)
+        return len(whole_characters(text))
+
+    offset = base
     for pos in range(start, len(ids)):
         # a sampled special token is not in the reply's text (decoded without them): nor in its tokens'
         text = token_text(tok, ids[pos], skip_special=pos >= sampled_from)
         tokens.append(text)
-        # where it starts in the text: the text before it (the reply's without special tokens), less
-        # a character still unfinished there
-        before = tok.decode(ids[start:min(pos, sampled_from)], skip_special_tokens=False) + \
-            tok.decode(ids[max(start, sampled_from):pos], skip_special_tokens=True)
-        offsets.append(base + len(whole_characters(before)))
+        if pos > start:  # what the token before added to the text, decoded in a window of a few tokens
+            window = max(start, pos - 1 - OFFSET_WINDOW)  # (a character spans at most 4 byte tokens)
+            offset += shown(window, pos) - shown(window, pos - 1)
+        offsets.append(offset)
         if pos == 0:  # nothing before it: no score
             token_lps.append(None)
             tops.append(None)

@@ -89,6 +89,7 @@ class CompletionServer(ThreadingHTTPServer):
         deadline = time.monotonic() + timeout
         self.shutdown()
         self.drain(timeout)  # the requests being answered finish
+        self.service.close(max(0.0, deadline - time.monotonic()))  # within the same deadline
         for _, conn in getattr(self, "request_threads", []):
             with contextlib.suppress(OSError):  # a kept-alive connection waiting for its next request
                 conn.shutdown(socket.SHUT_RD)  # reads end of file: the handler closes it

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from backends.base import Policy
 from backends.errors import RlgfError
+from backends.hf.util import without_prefix
 from backends.precision import autocast_of
 
 from rlgf_cli.serving.batcher import Batcher, ClientGone
@@ -246,8 +247,12 @@ class Service:
         limit = self._context_limit()
         if limit is None:
             return None
-        prefix = len(getattr(self.policy, "_prefix_ids", []) or [])
-        return limit - prefix - self.count_tokens(prompt)
+        prefix = list(getattr(self.policy, "_prefix_ids", []) or [])
+        tokenizer = getattr(self.policy, "tokenizer", None)
+        if prefix and tokenizer is not None:  # a prompt that writes its own BOS gets no second one
+            body = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            return limit - len(prefix) - len(without_prefix(body, prefix))
+        return limit - len(prefix) - self.count_tokens(prompt)
 
     def _decode(self, expanded: list[str], req: CompletionRequest, gone: Callable[[], bool] | None = None) -> list[str]:
         self._check_context(expanded, req.max_tokens)
