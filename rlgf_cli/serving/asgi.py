@@ -4,7 +4,8 @@
 The event loop only parses, checks and answers; each request's decoding runs in a worker
 thread where it waits for the service's batcher, so requests that
 arrive together share a batch. uvicorn stops gracefully on SIGINT / SIGTERM: it stops
-accepting, lets the requests in flight finish (``drain_s`` at most) and returns. Errors are
+accepting, lets the requests in flight finish (``drain_s`` at most; one still waiting then gets a
+503) and returns. A request whose client hangs up while it waits leaves the batcher's queue. Errors are
 OpenAI-style JSON, unknown routes and methods included. A request without the API key is
 refused (401) before its body is read; bodies over
 :data:`~rlgf_cli.serving.service.MAX_BODY_BYTES` are refused with 413 before they are read.
@@ -90,7 +91,7 @@ def build_app(service: Service):
             except ApiError as err:
                 return error(err)
             except asyncio.CancelledError:  # shutting down, and the drain ran out: an answer, not a bare 500
-                gone.set()  # and, if it still waits, it is not decoded for no one
+                gone.set()  # if it still waits in the queue, it is not decoded after this answer
                 return error(ApiError(503, "the server is shutting down and stopped waiting for this request",
                                       type_="server_error"))
             finally:
