@@ -99,7 +99,19 @@ def parse_args(argv=None):
                         "rolled in by the guide; default: each algorithm's own, PPO++ 0.2 as in the paper)")
     for name in ("iterations", "episodes", "eval-limit", "bc-iterations"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be at least 1 (got {args.seeds})")
+    if args.lr_grid:
+        try:
+            grid = [float(x) for x in args.lr_grid.split(",") if x.strip()]
+        except ValueError:
+            grid = []
+        if not grid or not all(x > 0 for x in grid):
+            p.error(f"--lr-grid takes positive numbers separated by commas, e.g. 5e-5,2e-4 (got {args.lr_grid!r})")
+    if args.sources and not args.collect:
+        p.error("--from joins finished folders: it goes with --collect")
+    return args
 
 
 def setting(args, name: str):
@@ -235,8 +247,11 @@ def main(argv=None) -> int:
             print(f"learning rate chosen on the validation split: {args.lr:g}", flush=True)
         return setting(args, "lr")
 
+    if not args.resume and any((out / "jobs").glob("*.json")):  # its results would be taken for this run's
+        raise SystemExit(f"{out} holds a reproduction's results (jobs/): pass --resume to continue it (with its "
+                         "settings), or choose a new --out")
     check_settings(out, args)
-    kept = finished_jobs(out, jobs) if args.resume else {}
+    kept = finished_jobs(out, jobs, seed_range(args)) if args.resume else {}
     print(f"{len(jobs)} jobs, {max(1, args.jobs)} at a time"
           + (f"; {len(kept)} kept from the interrupted run" if args.resume else ""), flush=True)
     done = schedule(jobs, args, out, _without(child_argv, "--resume"), on_lr_trials, finished=kept)
@@ -288,14 +303,20 @@ def check_settings(out: Path, args) -> None:
     path.write_text(json.dumps(mine, indent=2), encoding="utf-8")
 
 
-def finished_jobs(out: Path, jobs) -> dict[str, dict]:
+def finished_jobs(out: Path, jobs, seeds: range) -> dict[str, dict]:
     """The results of ``jobs`` that ``out`` holds (``jobs/NAME.json``). The guide counts only
-    with its model still there: the rows that need it load it."""
+    with its model still there: the rows that need it load it; an evaluation made for every seed
+    (the initial learner, the guide) only when it covers this run's ``seeds`` (a resume with more
+    --seeds evaluates again)."""
     kept = {}
     for job in jobs:
         path = result_file(out, job.name)
-        if path.is_file() and (job.kind != "guide" or (guide_dir(out) / "final").is_dir()):
-            kept[job.name] = json.loads(path.read_text(encoding="utf-8"))
+        if not path.is_file() or (job.kind == "guide" and not (guide_dir(out) / "final").is_dir()):
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if "per_seed" in result and not {str(s) for s in seeds} <= set(result["per_seed"]):
+            continue
+        kept[job.name] = result
     return kept
 
 

@@ -326,10 +326,27 @@ def merge_sources(sources: list[Path], jobs: list[Job]) -> tuple[dict[str, dict]
         values = [m.get(key) if key != "lr_choice" else (m.get(key) or {}).get("chosen") for m in metas]
         if any(v != values[0] for v in values):
             raise SystemExit(f"these folders are not replicates: their {what} differ ({values})")
+    chosen = [_experiment(source) for source in sources]  # the options each was run with (settings.json)
+    for key in sorted({k for c in chosen for k in c}):
+        values = [c.get(key) for c in chosen]
+        if any(v != values[0] for v in values):
+            raise SystemExit(f"these folders are not replicates: their {key} differ ({values})")
     guides = [_guide_trace(source) for source in sources]
     if any(g != guides[0] for g in guides):
         raise SystemExit("these folders are not replicates: their guides trained differently (guide/metrics.jsonl)")
     return done, metas
+
+
+#: what a replicate may change: its seeds, which rows it trains, and how it ran (not what it computed)
+REPLICATE_MAY_DIFFER = ("first_seed", "rows", "all_rows", "device", "compile", "lr_grid")
+
+
+def _experiment(out: Path) -> dict:
+    """The options of ``out``'s run that define the experiment (its settings.json, less what a
+    replicate may change); empty for a folder from before settings.json."""
+    path = out / "settings.json"
+    chosen = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return {k: v for k, v in chosen.items() if k not in REPLICATE_MAY_DIFFER}
 
 
 def _guide_trace(out: Path) -> list[dict]:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -158,6 +160,14 @@ def test_a_replicate_at_new_seeds_keeps_the_guide_and_every_row(tmp_path, tiny_c
     # the rewards per prompt join too: every row's difficulty cells cover both seeds
     cells = [c for row in both["difficulty"]["table"]["rows"].values() for c in row.values()]
     assert cells and all(c["n"] == 2 for c in cells)
+    # a folder run with another reward model is not a replicate, whatever its preset numbers say
+    other_reward = tmp_path / "repro4-other-reward"
+    shutil.copytree(other, other_reward)
+    chosen = json.loads((other_reward / "settings.json").read_text())
+    (other_reward / "settings.json").write_text(json.dumps({**chosen, "reward_model": "another/reward"}))
+    refused = subprocess.run([*collect[:-6], "--from", str(out), "--from", str(other_reward), "--out",
+                              str(tmp_path / "joined-bad")], capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "not replicates: their reward_model differ" in refused.stderr
     # not replicates: other settings, or another guide
     data = json.loads((other / "results.json").read_text())
     (other / "results.json").write_text(json.dumps({**data, "settings": {**data["settings"], "episodes": 8}}))
@@ -216,6 +226,23 @@ def test_resume_keeps_the_finished_jobs_and_refuses_other_settings(tmp_path, tin
     assert "jobs were kept from the interrupted run" in (out / "results.md").read_text()
     refused = run("--resume", "--episodes", "8")
     assert refused.returncode != 0 and "episodes was 4, now 8" in refused.stderr
+    # without --resume, the folder's results are not taken for a new run's
+    fresh = run("--episodes", "8")
+    assert fresh.returncode != 0 and "pass --resume to continue it" in fresh.stderr
+    # more seeds on resume: the initial learner and the guide are evaluated at the new seed too
+    more = run("--resume", "--seeds", "2")
+    assert more.returncode == 0, more.stderr[-3000:]
+    for name in ("initial", "guide-eval"):
+        assert set(json.loads((out / "jobs" / f"{name}.json").read_text())["per_seed"]) == {"0", "1"}
+
+
+@pytest.mark.parametrize("bad, message", [(["--seeds", "0"], "--seeds must be at least 1"),
+                                          (["--lr-grid", "1e-5,abc"], "--lr-grid takes positive numbers"),
+                                          (["--from", "x"], "--from joins finished folders")])
+def test_bad_options_are_one_usage_error(tmp_path, bad, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "reproduce.py"), *bad, "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_given_guide_and_chosen_rows(tmp_path, tiny_causal_dir, tiny_reward_dir):

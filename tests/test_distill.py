@@ -100,6 +100,19 @@ def test_budget_runs_out_during_collection(tmp_path, tiny_causal_dir, reward_dir
     assert "ran out during collection" in (out / "report.md").read_text()
 
 
+def test_a_then_config_keeps_its_seed_and_precision_unless_given(tmp_path):
+    from rlgf_cli.evaluation.distill import DistillOptions, configs
+
+    then_file = tmp_path / "then.toml"
+    then_file.write_text('[train]\nseed = 3\nprecision = "fp32"\nepisodes = 4\n', encoding="utf-8")
+    common = dict(guide="openai:tiny", learner="smollm2", task="rotten-tomatoes", out=str(tmp_path / "d"),
+                  then="ppo++", then_config=str(then_file))
+    _, then = configs(DistillOptions(**common))
+    assert (then.seed, then.precision, then.episodes) == (3, "fp32", 4)
+    _, then = configs(DistillOptions(**common, seed=5, precision="bf16"))  # given on the command line: they win
+    assert (then.seed, then.precision) == (5, "bf16")
+
+
 def test_keep_top_and_the_bc_task():
     pairs = [(Example("a", ("a",)), t) for t in (" x", " yy", " ")] + [(Example("b", ("b",)), t) for t in (" p", " q", " r")]
 

@@ -113,3 +113,21 @@ def test_a_flat_curve_has_no_offset_axis_and_a_repeated_seed_is_named(tmp_path, 
     assert "all have seed 3" in note and str(flat[0]) in note
     (flat[1] / "config.toml").write_text('[train]\nalg = "ppo"\nseed = 4\n', encoding="utf-8")
     assert repeated_seeds({"ppo": flat}) == []
+
+
+@pytest.mark.parametrize("damage, message", [
+    ('{"iteration": "two", "reward_mean": 0.5}\n', "line 2: 'iteration' is 'two', not a whole number"),
+    ('{"iteration": 2.7, "reward_mean": 0.5}\n', "line 2: 'iteration' is 2.7, not a whole number"),
+    ('{"iteration": null}\n', "line 2: 'iteration' is None"),
+])
+def test_a_damaged_metrics_file_is_named(tmp_path, damage, message):
+    from backends.errors import RlgfError
+    from rlgf_cli.evaluation.curves import read_metrics
+
+    run = make_run(tmp_path / "r", "ppo", [0.5])
+    (run / "metrics.jsonl").write_text('{"iteration": 1, "reward_mean": 0.4}\n' + damage, encoding="utf-8")
+    with pytest.raises(RlgfError, match=message.replace("(", r"\(")):
+        read_metrics(run)
+    (run / "metrics.jsonl").write_bytes(b'{"iteration": 1}\n\xff\xfe junk\n')
+    with pytest.raises(RlgfError, match="is damaged: not UTF-8"):
+        read_metrics(run)

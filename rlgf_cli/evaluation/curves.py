@@ -23,13 +23,22 @@ def read_metrics(run: str | Path) -> list[dict]:
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         raise RlgfError(f"{run} holds no metrics.jsonl", "pass the --out folder of an rlgf train run")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise RlgfError(f"{path} is damaged: not UTF-8 text (byte {exc.start})",
+                        "leave that run out, or restore its metrics.jsonl") from None
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for n, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(row, dict) and "iteration" in row:
+            it = row["iteration"]
+            if isinstance(it, bool) or not isinstance(it, int):  # 2.7, "two", null: not an iteration number
+                raise RlgfError(f"{path}, line {n}: 'iteration' is {it!r}, not a whole number",
+                                "leave that run out, or mend the line")
             rows.append(row)
     return rows
 

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -126,8 +127,14 @@ def configs(o: DistillOptions):
         alg = normalise_alg(o.then)
         if alg == "bc":
             raise RlgfError("--then bc would repeat the BC step", "use an RL algorithm: ppo, ppo++, aggrevated, lols, d2lols")
+        then_common = dict(common)
+        if o.then_config:  # the file's seed, device and precision win over options left at their defaults
+            defaults = {f.name: f.default for f in dataclasses.fields(DistillOptions)}
+            for name in ("seed", "device", "precision"):
+                if then_common[name] == defaults[name]:
+                    del then_common[name]
         then = build_config(o.then_config, alg=alg, init=str(out / "bc" / "final"), iterations=o.then_iterations,
-                            out=str(out / alg.replace("+", "p")), **common)
+                            out=str(out / alg.replace("+", "p")), **then_common)
     return bc, then
 
 
