@@ -44,8 +44,9 @@ PRESETS = {
                 bc_iterations=60, bc_episodes=64, lr=1e-5, bc_lr=5e-5),
 }
 import reproduce_jobs  # noqa: E402
-from reproduce_jobs import (EXTRA_ROWS, GIVEN_GUIDE, GUIDE_SEED, ROWS, gather, guide_dir, merge_sources, plan,  # noqa: E402
-                            relative_paths, result_file, run_job, schedule, seed_range, serve_jobs)
+from reproduce_jobs import (EXTRA_ROWS, GIVEN_GUIDE, GUIDE_SEED, REPLICATE_MAY_DIFFER, ROWS,  # noqa: E402
+                            experiment_of, gather, guide_dir, merge_sources, plan, relative_paths, result_file,
+                            run_job, schedule, seed_range, serve_jobs)
 from reproduce_difficulty import section as by_difficulty  # noqa: E402
 from reproduce_report import write_results  # noqa: E402
 
@@ -349,6 +350,16 @@ def collect(args, out: Path, jobs) -> int:
     written to the last (a lower bound: the first job's own time is not in it), unless the
     run wrote its own results for the same seeds (then its measured time, command and date stay)."""
     sources = [Path(s) for s in args.sources or [out]]
+    # the tables are labelled with the options the run was made with (its settings.json): an option
+    # left out is taken from there, one given otherwise is refused
+    defaults = vars(parse_args(["--out", str(out)]))
+    theirs = experiment_of(sources[0])
+    differ = sorted(k for k in theirs if getattr(args, k) not in (theirs[k], defaults[k]))
+    if differ:
+        raise SystemExit("--collect: " + ", ".join(f"{k} was {theirs[k]!r}, now {getattr(args, k)!r}" for k in differ)
+                         + f"; leave those options out, or pass the values {sources[0]} was run with")
+    for k, value in theirs.items():
+        setattr(args, k, value)
     if args.sources:
         done, metas = merge_sources(sources, jobs)
     else:

@@ -326,7 +326,7 @@ def merge_sources(sources: list[Path], jobs: list[Job]) -> tuple[dict[str, dict]
         values = [m.get(key) if key != "lr_choice" else (m.get(key) or {}).get("chosen") for m in metas]
         if any(v != values[0] for v in values):
             raise SystemExit(f"these folders are not replicates: their {what} differ ({values})")
-    chosen = [_experiment(source) for source in sources]  # the options each was run with (settings.json)
+    chosen = [experiment_of(source) for source in sources]  # the options each was run with (settings.json)
     for key in sorted({k for c in chosen for k in c}):
         values = [c.get(key) for c in chosen]
         if any(v != values[0] for v in values):
@@ -341,7 +341,7 @@ def merge_sources(sources: list[Path], jobs: list[Job]) -> tuple[dict[str, dict]
 REPLICATE_MAY_DIFFER = ("first_seed", "rows", "all_rows", "device", "compile", "lr_grid")
 
 
-def _experiment(out: Path) -> dict:
+def experiment_of(out: Path) -> dict:
     """The options of ``out``'s run that define the experiment (its settings.json, less what a
     replicate may change); empty for a folder from before settings.json."""
     path = out / "settings.json"

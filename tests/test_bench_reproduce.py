@@ -78,6 +78,11 @@ def test_reproduce_tiny(tmp_path, tiny_causal_dir, tiny_reward_dir):
     assert again.returncode == 0, again.stderr[-3000:]
     again_data = json.loads((out / "results.json").read_text())
     assert again_data["table"] == rows
+    assert again_data["settings"] == data["settings"]  # labelled with the run's options, not the defaults
+    other = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "gpu", "--learner", str(tiny_causal_dir),
+         "--seeds", "2", "--out", str(out), "--collect"], capture_output=True, text=True, timeout=300)
+    assert other.returncode != 0 and "preset was 'tiny', now 'gpu'" in other.stderr
     # the finished run's own clock and command stay (not the job files' time span)
     assert again_data["wall_s"] == data["wall_s"] and "--jobs 2" in again_data["command"]
 

@@ -131,3 +131,12 @@ def test_a_damaged_metrics_file_is_named(tmp_path, damage, message):
     (run / "metrics.jsonl").write_bytes(b'{"iteration": 1}\n\xff\xfe junk\n')
     with pytest.raises(RlgfError, match="is damaged: not UTF-8"):
         read_metrics(run)
+
+
+def test_a_warm_start_is_one_group_however_init_named_it(tmp_path, monkeypatch):
+    bc = make_run(tmp_path / "exp" / "bc", "bc", [0.1])
+    spellings = [str(bc / "final"), str(bc), f"hf:{bc / 'final'}", str(bc / "checkpoints" / "iter-0002"),
+                 "exp/bc/final"]  # relative to where it ran (the reproduction writes them so)
+    runs = [make_run(tmp_path / "exp" / f"w{i}", "ppo", [0.5], init=init) for i, init in enumerate(spellings)]
+    monkeypatch.chdir(tmp_path.parent)  # plotted from elsewhere
+    assert group_runs(runs) == {"BC+ppo": runs}

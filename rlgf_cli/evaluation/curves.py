@@ -60,12 +60,24 @@ def group_label(run: str | Path) -> str:
     init = cfg.get("init")
     if not init:
         return alg
-    source = Path(init)
-    if source.name == "final":
-        source = source.parent
+    source = init_run(str(init), Path(run))
     init_cfg = run_config(source) or {}
     prefix = "BC" if init_cfg.get("alg") == "bc" else source.name
     return f"{prefix}+{alg}"
+
+
+def init_run(init: str, run: Path) -> Path:
+    """The run folder a warm start came from, however ``--init`` named it: ``hf:PATH``, the run
+    folder, its ``final/`` or one of its ``checkpoints/iter-N/``; a relative path (the reproduction
+    records them relative to where it ran) is looked for from the run's folder upwards too."""
+    source = Path(init.removeprefix("hf:")).expanduser()
+    if source.name == "final":
+        source = source.parent
+    elif source.parent.name == "checkpoints":
+        source = source.parent.parent
+    if not source.is_absolute() and not source.exists():
+        source = next((base / source for base in Path(run).resolve().parents if (base / source).is_dir()), source)
+    return source
 
 
 def curves(groups: dict[str, list[str | Path]], metric: str = DEFAULT_METRIC) -> dict[str, dict]:
