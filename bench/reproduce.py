@@ -110,6 +110,8 @@ def parse_args(argv=None):
             grid = []
         if not grid or not all(x > 0 for x in grid):
             p.error(f"--lr-grid takes positive numbers separated by commas, e.g. 5e-5,2e-4 (got {args.lr_grid!r})")
+    if args.lr is not None and args.lr_grid:
+        p.error("give --lr (the rows' learning rate) or --lr-grid (choose it on the validation split), not both")
     if args.sources and not args.collect:
         p.error("--from joins finished folders: it goes with --collect")
     return args

@@ -86,8 +86,10 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
              per_seed: list[dict] | None = None) -> str:
     metrics = list(next(iter(table.values())).keys())
     first = meta.get("first_seed", 0)
-    last = first + meta["seeds"] - 1
-    which = "" if not first else f" (seed {first})" if last == first else f" (seeds {first}–{last})"
+    done = meta.get("seeds_done") or list(range(first, first + meta["seeds"]))
+    consecutive = done == list(range(done[0], done[0] + len(done))) if done else True
+    which = ("" if done == list(range(len(done))) else f" (seed {done[0]})" if len(done) == 1
+             else f" (seeds {done[0]}–{done[-1]})" if consecutive else f" (seeds {', '.join(map(str, done))})")
     lines = [f"# rlgf reproduction — {meta['task']}, preset `{meta['preset']}`, {meta['seeds']} seeds{which}, "
              f"learner `{meta['learner']}`", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",

@@ -243,7 +243,8 @@ def test_resume_keeps_the_finished_jobs_and_refuses_other_settings(tmp_path, tin
 
 @pytest.mark.parametrize("bad, message", [(["--seeds", "0"], "--seeds must be at least 1"),
                                           (["--lr-grid", "1e-5,abc"], "--lr-grid takes positive numbers"),
-                                          (["--from", "x"], "--from joins finished folders")])
+                                          (["--from", "x"], "--from joins finished folders"),
+                                          (["--lr", "5e-5", "--lr-grid", "1e-5,1e-4"], "not both")])
 def test_bad_options_are_one_usage_error(tmp_path, bad, message):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "reproduce.py"), *bad, "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
@@ -325,3 +326,14 @@ def test_no_difficulty_table_without_a_measure(capsys):
     assert got["table"]["rows"]["ppo"]["hard"]["mean"] == 0.4 and got["table"]["counts"]["easy"] == 1
     del done["s0-ppo"]["per_prompt"]  # a row evaluated before rewards per prompt were kept
     assert section(jobs, done, [0]) is None
+
+
+def test_the_header_names_the_seeds_that_were_joined():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reproduce_report import markdown
+
+    meta = {"task": "t", "preset": "tiny", "seeds": 2, "learner": "l", "command": "c", "date": "d", "machine": "m",
+            "wall_s": 60.0, "settings": {}, "first_seed": 1, "seeds_done": [1, 3]}
+    table = {"ppo": {"sentiment": {"mean": 0.5, "std": 0.1, "n": 2}}}
+    assert "2 seeds (seeds 1, 3)," in markdown(table, meta, {}, None)
+    assert "2 seeds (seeds 1–2)," in markdown(table, {**meta, "seeds_done": [1, 2]}, {}, None)

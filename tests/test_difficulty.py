@@ -170,7 +170,9 @@ def test_several_sampling_seeds_give_mean_and_std_per_bucket(tmp_path, tiny_caus
     # deterministic decoding: one run stands for every seed
     greedy = runner.invoke(app, [*common, "--decoding", "greedy", "--seeds", "3", "--json", str(out)])
     assert greedy.exit_code == 0 and "one run stands for every seed" in greedy.output
-    assert all(len(b["per_seed"][spec]) == 1 for b in json.loads(out.read_text())["buckets"].values())
+    assert "seeds (mean ± std)" not in greedy.stdout  # one run: no mean ± std is claimed
+    one = json.loads(out.read_text())
+    assert "seeds" not in one and all("per_seed" not in b and "policies_std" not in b for b in one["buckets"].values())
     bad = runner.invoke(app, [*common, "--seeds", "0"])
     assert bad.exit_code == 1 and bad.output.strip().startswith("[error] --seeds must be >= 1")
 

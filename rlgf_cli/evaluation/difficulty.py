@@ -188,14 +188,14 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
             if remote:
                 policy.close()
         for b in names:
-            _summarise_runs(buckets[b], spec, runs[b], several=len(seed_list) > 1)
+            _summarise_runs(buckets[b], spec, runs[b], several=len(runs[b]) > 1)
         del local
     return {
         "task": task.name,
         "split": split,
         "n": len(examples),
         "seed": seed,
-        **({"seeds": seed_list} if len(seed_list) > 1 else {}),
+        **({"seeds": seed_list} if len(seed_list) > 1 and not sampling.is_deterministic else {}),
         **how,
         "policies": specs,
         "metric_names": eval_metric_names(task),
