@@ -319,9 +319,17 @@ def merge_sources(sources: list[Path], jobs: list[Job]) -> tuple[dict[str, dict]
             if job.name not in done:
                 done[job.name] = result
             elif "per_seed" in result:  # the initial learner or the guide: one more folder's seeds
+                earlier = done[job.name].get("per_seed", {})
+                clash = sorted(k for k in set(earlier) & set(result["per_seed"]) if earlier[k] != result["per_seed"][k])
+                if clash:
+                    raise SystemExit(f"{source} evaluated {job.label} at seed {clash[0]} too, with other results: "
+                                     "join folders run at other seeds (--first-seed)")
                 joined = {key: {**done[job.name].get(key, {}), **result[key]}
                           for key in ("per_seed", "per_prompt") if key in result}
                 done[job.name] = {**done[job.name], **joined}
+            elif job.kind == "row" and result.get("metrics") != done[job.name].get("metrics"):
+                raise SystemExit(f"{source} ran {job.label} at seed {job.seed} too, with other results: join "
+                                 "folders run at other seeds (--first-seed)")
     for key, what in (("settings", "settings"), ("lr_choice", "learning rate")):
         values = [m.get(key) if key != "lr_choice" else (m.get(key) or {}).get("chosen") for m in metas]
         if any(v != values[0] for v in values):

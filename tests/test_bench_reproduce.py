@@ -173,6 +173,15 @@ def test_a_replicate_at_new_seeds_keeps_the_guide_and_every_row(tmp_path, tiny_c
     refused = subprocess.run([*collect[:-6], "--from", str(out), "--from", str(other_reward), "--out",
                               str(tmp_path / "joined-bad")], capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "not replicates: their reward_model differ" in refused.stderr
+    # two folders holding the same seed's row with other results are not replicates at other seeds
+    rerun = tmp_path / "repro4-again"
+    shutil.copytree(other, rerun)
+    row = next(p for p in (rerun / "jobs").glob("s4-*.json") if "metrics" in json.loads(p.read_text()))
+    result = json.loads(row.read_text())
+    row.write_text(json.dumps({**result, "metrics": {k: 0.0 for k in result["metrics"]}}))
+    clash = subprocess.run([*collect[:-6], "--from", str(other), "--from", str(rerun), "--out",
+                            str(tmp_path / "joined-clash")], capture_output=True, text=True, timeout=300)
+    assert clash.returncode != 0 and "at seed 4 too, with other results" in clash.stderr
     # not replicates: other settings, or another guide
     data = json.loads((other / "results.json").read_text())
     (other / "results.json").write_text(json.dumps({**data, "settings": {**data["settings"], "episodes": 8}}))
