@@ -45,8 +45,8 @@ PRESETS = {
 }
 import reproduce_jobs  # noqa: E402
 from reproduce_jobs import (EXTRA_ROWS, GIVEN_GUIDE, GUIDE_SEED, REPLICATE_MAY_DIFFER, ROWS,  # noqa: E402
-                            experiment_of, gather, guide_dir, merge_sources, plan, relative_paths, result_file,
-                            run_job, schedule, seed_range, serve_jobs)
+                            gather, guide_dir, merge_sources, plan, relative_paths, result_file, run_job, schedule,
+                            seed_range, serve_jobs)
 from reproduce_difficulty import section as by_difficulty  # noqa: E402
 from reproduce_report import write_results  # noqa: E402
 
@@ -225,6 +225,8 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.collect:
+        adopt_settings(args, Path(args.sources[0]) if args.sources else out)
     rows = chosen_rows(args)
     if args.guide_model:  # not a BC policy: the tables say "guide"
         reproduce_jobs.GUIDE = GIVEN_GUIDE
@@ -347,21 +349,42 @@ def _meta(args, argv: list[str], seeds: int) -> dict:
             "first_seed": args.first_seed, **({"guide_model": args.guide_model} if args.guide_model else {})}
 
 
+def adopt_settings(args, folder: Path) -> None:
+    """``--collect``: label the tables with the options ``folder`` was run with (its settings.json).
+    An option left at its default is taken from there (a default given explicitly cannot be told
+    from one left out); one given otherwise is refused. A single folder lends its seeds and rows too."""
+    path = folder / "settings.json"
+    if not path.is_file():  # a folder from before settings.json: the command line says it all
+        return
+    theirs = json.loads(path.read_text(encoding="utf-8"))
+    defaults = vars(parse_args(["--out", str(folder)]))
+    adopt = {k: v for k, v in theirs.items() if k in SETTINGS
+             and (k not in REPLICATE_MAY_DIFFER or (not args.sources and k in ("first_seed", "rows", "all_rows")))}
+
+    def used(name, value, preset):  # a preset's number left out and the same number given are one
+        return PRESETS.get(preset, {}).get(name) if value is None else value
+
+    preset = theirs.get("preset", args.preset)
+    differ = sorted(k for k, v in adopt.items() if getattr(args, k) != defaults[k]
+                    and used(k, getattr(args, k), preset) != used(k, v, preset))
+    if differ:
+        raise SystemExit("--collect: " + ", ".join(f"{k} was {adopt[k]!r}, now {getattr(args, k)!r}" for k in differ)
+                         + f"; leave those options out, or pass the values {folder} was run with")
+    for k, value in adopt.items():
+        if getattr(args, k) == defaults[k]:
+            setattr(args, k, value)
+    done = folder / "results.json"
+    if not args.sources and args.seeds == defaults["seeds"] and done.is_file():  # the seeds it finished
+        seeds = json.loads(done.read_text(encoding="utf-8")).get("seeds_done") or []
+        if seeds and seeds == list(range(args.first_seed, args.first_seed + len(seeds))):
+            args.seeds = len(seeds)
+
+
 def collect(args, out: Path, jobs) -> int:
     """The tables from the jobs that finished; the wall time runs from the first result file
     written to the last (a lower bound: the first job's own time is not in it), unless the
     run wrote its own results for the same seeds (then its measured time, command and date stay)."""
     sources = [Path(s) for s in args.sources or [out]]
-    # the tables are labelled with the options the run was made with (its settings.json): an option
-    # left out is taken from there, one given otherwise is refused
-    defaults = vars(parse_args(["--out", str(out)]))
-    theirs = experiment_of(sources[0])
-    differ = sorted(k for k in theirs if getattr(args, k) not in (theirs[k], defaults[k]))
-    if differ:
-        raise SystemExit("--collect: " + ", ".join(f"{k} was {theirs[k]!r}, now {getattr(args, k)!r}" for k in differ)
-                         + f"; leave those options out, or pass the values {sources[0]} was run with")
-    for k, value in theirs.items():
-        setattr(args, k, value)
     if args.sources:
         done, metas = merge_sources(sources, jobs)
     else:

@@ -334,8 +334,11 @@ def merge_sources(sources: list[Path], jobs: list[Job]) -> tuple[dict[str, dict]
         values = [m.get(key) if key != "lr_choice" else (m.get(key) or {}).get("chosen") for m in metas]
         if any(v != values[0] for v in values):
             raise SystemExit(f"these folders are not replicates: their {what} differ ({values})")
-    chosen = [experiment_of(source) for source in sources]  # the options each was run with (settings.json)
-    for key in sorted({k for c in chosen for k in c}):
+    # the options each was run with (settings.json): those every folder recorded, less the preset's numbers
+    # (compared above as they were used, a preset's own value and the same value given being one)
+    chosen = [experiment_of(source) for source in sources]
+    resolved = set(metas[0].get("settings") or {})
+    for key in sorted(set.intersection(*(set(c) for c in chosen)) - resolved):
         values = [c.get(key) for c in chosen]
         if any(v != values[0] for v in values):
             raise SystemExit(f"these folders are not replicates: their {key} differ ({values})")

@@ -83,6 +83,10 @@ def test_reproduce_tiny(tmp_path, tiny_causal_dir, tiny_reward_dir):
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "gpu", "--learner", str(tiny_causal_dir),
          "--seeds", "2", "--out", str(out), "--collect"], capture_output=True, text=True, timeout=300)
     assert other.returncode != 0 and "preset was 'tiny', now 'gpu'" in other.stderr
+    bare = subprocess.run([sys.executable, str(ROOT / "bench" / "reproduce.py"), "--out", str(out), "--collect"],
+                          capture_output=True, text=True, timeout=300)  # the folder lends its options and seeds
+    assert bare.returncode == 0, bare.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["table"] == rows
     # the finished run's own clock and command stay (not the job files' time span)
     assert again_data["wall_s"] == data["wall_s"] and "--jobs 2" in again_data["command"]
 
