@@ -45,8 +45,8 @@ PRESETS = {
 }
 import reproduce_jobs  # noqa: E402
 from reproduce_jobs import (EXTRA_ROWS, GIVEN_GUIDE, GUIDE_SEED, REPLICATE_MAY_DIFFER, ROWS,  # noqa: E402
-                            gather, guide_dir, merge_sources, plan, relative_paths, result_file, run_job, schedule,
-                            seed_range, serve_jobs)
+                            gather, guide_dir, merge_sources, plan, relative_paths, repeated_sources, result_file,
+                            run_job, schedule, seed_range, serve_jobs)
 from reproduce_difficulty import section as by_difficulty  # noqa: E402
 from reproduce_report import write_results  # noqa: E402
 
@@ -383,7 +383,9 @@ def adopt_settings(args, folder: Path) -> None:
 def collect(args, out: Path, jobs) -> int:
     """The tables from the jobs that finished; the wall time runs from the first result file
     written to the last (a lower bound: the first job's own time is not in it), unless the
-    run wrote its own results for the same seeds (then its measured time, command and date stay)."""
+    run wrote its own results for the same seeds (then its measured time, command and date stay).
+    With ``--from``, the folders' own wall times summed, each folder's work once: a folder whose
+    every job file another folder holds identically (given twice, a copy, or part of one) adds none."""
     sources = [Path(s) for s in args.sources or [out]]
     if args.sources:
         done, metas = merge_sources(sources, jobs)
@@ -398,8 +400,10 @@ def collect(args, out: Path, jobs) -> int:
     if lr_choice:
         args.lr = lr_choice["chosen"]
     meta = _meta(args, sys.argv[1:], len(used))
-    if args.sources:  # the wall time of the whole: the folders' own, summed
-        meta.update(wall_s=sum(m.get("wall_s", 0.0) for m in metas), sources=[str(s) for s in sources])
+    if args.sources:  # the wall time of the whole: the folders' own, summed, a repeated folder's work once
+        repeated = repeated_sources(sources)
+        meta.update(wall_s=sum(m.get("wall_s", 0.0) for i, m in enumerate(metas) if i not in repeated),
+                    sources=[str(s) for s in sources], repeated_sources=[str(sources[i]) for i in repeated])
     else:
         stamps = [result_file(out, name).stat().st_mtime for name in done]
         meta.update(wall_s=max(stamps) - min(stamps))

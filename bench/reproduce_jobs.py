@@ -348,6 +348,18 @@ def merge_sources(sources: list[Path], jobs: list[Job]) -> tuple[dict[str, dict]
     return done, metas
 
 
+def repeated_sources(sources: list[Path]) -> list[int]:
+    """The positions in ``sources`` of folders whose work another of them holds: each of their
+    job files (``jobs/*.json`` as written, timings and worker included) is in the other folder too,
+    identical, so their wall time is already in the other's. A folder given twice, or a copy,
+    counts at its first place; one holding part of another's jobs, not at all. The same results
+    run again (other timings) are another folder's work, and count."""
+    held = [{p.name: json.loads(p.read_text(encoding="utf-8")) for p in (s / "jobs").glob("*.json")} for s in sources]
+    return [i for i, mine in enumerate(held) if mine and any(
+        j != i and all(theirs.get(k) == v for k, v in mine.items()) and (len(theirs) > len(mine) or j < i)
+        for j, theirs in enumerate(held))]
+
+
 #: what a replicate may change: its seeds, which rows it trains, and how it ran (not what it computed)
 REPLICATE_MAY_DIFFER = ("first_seed", "rows", "all_rows", "device", "compile", "lr_grid")
 

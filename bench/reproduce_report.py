@@ -85,6 +85,7 @@ def ordering(table: dict[str, dict[str, dict]], metric: str, per_seed: list[dict
 def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, lr_choice: dict | None,
              per_seed: list[dict] | None = None) -> str:
     metrics = list(next(iter(table.values())).keys())
+    main = metrics[0]  # the task's first metric: the Δ column and the ordering
     first = meta.get("first_seed", 0)
     done = meta.get("seeds_done") or list(range(first, first + meta["seeds"]))
     consecutive = done == list(range(done[0], done[0] + len(done))) if done else True
@@ -93,7 +94,8 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
     lines = [f"# rlgf reproduction — {meta['task']}, preset `{meta['preset']}`, {meta['seeds']} seeds{which}, "
              f"learner `{meta['learner']}`", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
-             f"- wall time: {meta['wall_s'] / 60:.1f} min" + (" (the folders' own, summed)" if meta.get("sources") else "")
+             f"- wall time: {meta['wall_s'] / 60:.1f} min" + (f" (the folders' own, summed{_repeated(meta)})"
+                                                               if meta.get("sources") else "")
              + (f" (after --resume; {len(meta['kept_jobs'])} jobs were kept from the interrupted run)"
                 if meta.get("kept_jobs") else ""),
              f"- settings: {meta['settings']}", ""]
@@ -110,17 +112,20 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
     lines += [f"Test split, mean ± std over seeds. {source} "
               "is the guide of every guided row and the warm start of the BC+ rows, so its own ± is the "
               "evaluation's sampling alone:", "",
-              "| method | " + " | ".join(metrics) + " | Δ sentiment vs guide |", "|---|" + "---:|" * (len(metrics) + 1)]
-    main = metrics[0]
+              "| method | " + " | ".join(metrics) + f" | Δ {main} vs guide |", "|---|" + "---:|" * (len(metrics) + 1)]
     guide = table.get(J.GUIDE, {}).get(main, {}).get("mean")
     for name, row in table.items():
         cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" for m in metrics]
         delta = "" if guide is None or name == J.GUIDE else f"{row[main]['mean'] - guide:+.3f}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
+    columns = {"reward_mean": "reward", "approx_kl": "approx_kl", "kl_exact": "exact KL / token", "kl_coef": "KL coef",
+               "clipfrac": "clipfrac"}
+    if any("bc_loss" in h for h in rows_health.values()):  # the BC guide's: it logs its loss, no reward or KL
+        columns["bc_loss"] = "BC loss"
     lines += ["", "Last training iteration (mean over seeds):", "",
-              "| run | reward | approx_kl | exact KL / token | KL coef | clipfrac |", "|---|---:|---:|---:|---:|---:|"]
+              "| run | " + " | ".join(columns.values()) + " |", "|---|" + "---:|" * len(columns)]
     for name, h in rows_health.items():
-        cells = [f"{h[k]:.4f}" if k in h else "" for k in ("reward_mean", "approx_kl", "kl_exact", "kl_coef", "clipfrac")]
+        cells = [f"{h[k]:.4f}" if k in h else "" for k in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Ordering ({main}):", ""] + [f"- {line}" for line in ordering(table, main, per_seed)]
     if meta.get("job_seconds"):
@@ -135,6 +140,12 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
             kinds.setdefault(kind, []).append(sec)
         lines += [f"- {kind}: {len(v)} job{'s' * (len(v) != 1)}, {sum(v):.0f} s" for kind, v in kinds.items()]
     return "\n".join(lines) + "\n"
+
+
+def _repeated(meta: dict) -> str:
+    """How many joined folders added no wall time (another holds their jobs, identical)."""
+    n = len(meta.get("repeated_sources") or [])
+    return f"; {n} duplicate folder{'s' * (n != 1)} counted once" if n else ""
 
 
 def _labels(by_seed: list[dict]) -> list[str]:

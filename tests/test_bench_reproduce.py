@@ -166,6 +166,16 @@ def test_a_replicate_at_new_seeds_keeps_the_guide_and_every_row(tmp_path, tiny_c
     assert all(cell["n"] == 2 for row in both["table"].values() for cell in row.values())
     assert both["curves"]["ppo"]["seeds"] == [2]
     assert "joined from:" in (joined / "results.md").read_text()
+    assert both["wall_s"] == data["wall_s"] + json.loads((other / "results.json").read_text())["wall_s"]
+    # a folder given twice, or a copy of one (evaluations copied between folders), adds its wall time once
+    shutil.copytree(other, tmp_path / "repro4-copy")
+    proc = subprocess.run([*collect[:-1], str(tmp_path / "joined-copies"), "--from", str(other), "--from",
+                           str(tmp_path / "repro4-copy")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    copies = json.loads((tmp_path / "joined-copies" / "results.json").read_text())
+    assert copies["table"] == both["table"] and copies["wall_s"] == both["wall_s"]
+    assert "(the folders' own, summed; 2 duplicate folders counted once)" in (
+        tmp_path / "joined-copies" / "results.md").read_text()
     # the rewards per prompt join too: every row's difficulty cells cover both seeds
     cells = [c for row in both["difficulty"]["table"]["rows"].values() for c in row.values()]
     assert cells and all(c["n"] == 2 for c in cells)
@@ -350,3 +360,60 @@ def test_the_header_names_the_seeds_that_were_joined():
     table = {"ppo": {"sentiment": {"mean": 0.5, "std": 0.1, "n": 2}}}
     assert "2 seeds (seeds 1, 3)," in markdown(table, meta, {}, None)
     assert "2 seeds (seeds 1–2)," in markdown(table, {**meta, "seeds_done": [1, 2]}, {}, None)
+
+
+def test_the_delta_column_is_named_after_the_main_metric():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reproduce_report import markdown
+
+    meta = {"task": "t", "preset": "tiny", "seeds": 1, "learner": "l", "command": "c", "date": "d", "machine": "m",
+            "wall_s": 60.0, "settings": {}}
+    table = {"BC (guide)": {"bleu": {"mean": 0.30, "std": 0.0, "n": 1}, "sentiment": {"mean": 0.9, "std": 0.0, "n": 1}},
+             "ppo": {"bleu": {"mean": 0.25, "std": 0.0, "n": 1}, "sentiment": {"mean": 0.5, "std": 0.0, "n": 1}}}
+    md = markdown(table, meta, {}, None)
+    assert "| method | bleu | sentiment | Δ bleu vs guide |" in md and "Δ sentiment" not in md
+    assert "| ppo | 0.250 ± 0.000 | 0.500 ± 0.000 | -0.050 |" in md  # the Δ is bleu's
+
+
+def test_the_health_table_shows_the_bc_guide_loss(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reproduce_report import health, markdown
+
+    guide, ppo = tmp_path / "guide", tmp_path / "ppo"
+    for run, last in ((guide, {"iteration": 2, "scheme": "bc", "bc_loss": 3.5, "bc_perplexity": 33.1}),
+                      (ppo, {"iteration": 2, "reward_mean": 0.7, "approx_kl": 0.001, "kl_exact": 0.09,
+                             "kl_coef": 0.06, "clipfrac": 0.01})):
+        run.mkdir()
+        (run / "metrics.jsonl").write_text(json.dumps({"iteration": 1}) + "\n" + json.dumps(last) + "\n")
+    rows_health = health([{"BC (guide)": guide, "ppo": ppo}])
+    assert rows_health["BC (guide)"] == {"bc_loss": 3.5}
+    meta = {"task": "t", "preset": "tiny", "seeds": 1, "learner": "l", "command": "c", "date": "d", "machine": "m",
+            "wall_s": 60.0, "settings": {}}
+    md = markdown({"ppo": {"sentiment": {"mean": 0.5, "std": 0.0, "n": 1}}}, meta, rows_health, None)
+    assert "| run | reward | approx_kl | exact KL / token | KL coef | clipfrac | BC loss |" in md
+    assert "| BC (guide) |  |  |  |  |  | 3.5000 |" in md and "| ppo | 0.7000 | 0.0010 | 0.0900 | 0.0600 | 0.0100 |  |" in md
+    # a given guide trains nothing: no BC loss column
+    assert "BC loss" not in markdown({"ppo": {"sentiment": {"mean": 0.5, "std": 0.0, "n": 1}}}, meta,
+                                     {"ppo": rows_health["ppo"]}, None)
+
+
+def test_a_folder_whose_jobs_another_holds_adds_no_wall_time(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reproduce_jobs import repeated_sources
+
+    def folder(name, **jobs):
+        (tmp_path / name / "jobs").mkdir(parents=True)
+        for job, result in jobs.items():
+            (tmp_path / name / "jobs" / f"{job}.json").write_text(json.dumps(result))
+        return tmp_path / name
+
+    s3 = {"metrics": {"sentiment": 0.5}, "seconds": 10.0, "pid": 1}
+    a = folder("a", s3_ppo=s3, initial={"per_seed": {"3": {"sentiment": 0.4}}, "seconds": 5.0})
+    copy = folder("copy", s3_ppo=s3, initial={"per_seed": {"3": {"sentiment": 0.4}}, "seconds": 5.0})
+    part = folder("part", s3_ppo=s3)
+    again = folder("again", s3_ppo={**s3, "seconds": 11.0, "pid": 2})  # the same results, run again
+    b = folder("b", s4_ppo={**s3, "metrics": {"sentiment": 0.6}})
+    assert repeated_sources([a, b]) == []
+    assert repeated_sources([a, b, a, copy, part, again]) == [2, 3, 4]  # given twice, a copy, part of a
+    assert repeated_sources([part, copy, a]) == [0, 2]  # the first of two copies counts, and what holds part
+    assert repeated_sources([again, part]) == []

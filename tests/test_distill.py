@@ -113,6 +113,18 @@ def test_a_then_config_keeps_its_seed_and_precision_unless_given(tmp_path):
     assert (then.seed, then.precision) == (5, "bf16")
 
 
+@pytest.mark.parametrize("text, message", [(None, "config file not found"), ("episodes = [", "is not valid TOML")])
+def test_a_bad_then_config_names_the_option_given(tmp_path, text, message):
+    then_file = tmp_path / "then.toml"
+    if text is not None:
+        then_file.write_text(text, encoding="utf-8")
+    result = runner.invoke(app, ["distill", "--guide", "openai:tiny", "--then", "ppo", "--then-config", str(then_file),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "--then-config" in result.output and " --config" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_keep_top_and_the_bc_task():
     pairs = [(Example("a", ("a",)), t) for t in (" x", " yy", " ")] + [(Example("b", ("b",)), t) for t in (" p", " q", " r")]
 

@@ -133,8 +133,8 @@ def configs(o: DistillOptions):
             for name in ("seed", "device", "precision"):
                 if then_common[name] == defaults[name]:
                     del then_common[name]
-        then = build_config(o.then_config, alg=alg, init=str(out / "bc" / "final"), iterations=o.then_iterations,
-                            out=str(out / alg.replace("+", "p")), **then_common)
+        then = build_config(o.then_config, config_option="--then-config", alg=alg, init=str(out / "bc" / "final"),
+                            iterations=o.then_iterations, out=str(out / alg.replace("+", "p")), **then_common)
     return bc, then
 
 

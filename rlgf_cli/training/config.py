@@ -335,15 +335,16 @@ def field_names() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a config file: top-level keys or a ``[train]`` table with :class:`TrainConfig` fields."""
+def load_toml(path: str | Path, option: str = "--config") -> dict[str, Any]:
+    """Read a config file: top-level keys or a ``[train]`` table with :class:`TrainConfig` fields.
+    ``option``: the command-line option that named the file (its hints say it)."""
     p = Path(path)
     if not p.is_file():
-        raise RlgfError(f"config file not found: {p}", "pass an existing TOML file to --config")
+        raise RlgfError(f"config file not found: {p}", f"pass an existing TOML file to {option}")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise RlgfError(f"config file {p} is not valid TOML: {exc}", "fix the file or drop --config") from None
+        raise RlgfError(f"config file {p} is not valid TOML: {exc}", f"fix the file or drop {option}") from None
     if isinstance(data.get("train"), dict):
         data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
     for key in REMOVED_KEYS & set(data):
@@ -358,11 +359,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(config_file: str | None = None, **overrides: Any) -> TrainConfig:
-    """Defaults < file < overrides (``None`` overrides are ignored), validated."""
+def build_config(config_file: str | None = None, *, config_option: str = "--config", **overrides: Any) -> TrainConfig:
+    """Defaults < file < overrides (``None`` overrides are ignored), validated; ``config_option``
+    names the option that gave the file, in its errors."""
     given: dict[str, Any] = {}
     if config_file:
-        given.update(load_toml(config_file))
+        given.update(load_toml(config_file, config_option))
     given.update({k: v for k, v in overrides.items() if v is not None})
     for name in PATH_FIELDS:
         if isinstance(given.get(name), str):
