@@ -26,14 +26,25 @@ SPLITS = ("train", "val", "test")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
 
 
-def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-    """Raise :class:`RlgfError` for sampling settings no decoder can use."""
+def check_sampling(temperature: float, top_k: int, top_p: float, *, what: str = "sampling") -> None:
+    """Raise :class:`RlgfError` for sampling settings no decoder can use (``what``: whose, in the message)."""
     wrong = [f"{name} {value}" for name, value, ok in (
         ("temperature", temperature, 0 < float(temperature) <= 2), ("top-k", top_k, int(top_k) >= 0),
         ("top-p", top_p, 0 < float(top_p) <= 1)) if not ok]
     if wrong:  # only what is wrong: the others may be defaults the user never set
-        raise RlgfError(f"sampling out of range: {', '.join(wrong)}",
+        raise RlgfError(f"{what} out of range: {', '.join(wrong)}",
                         "use a temperature in (0, 2], a top-k >= 0 (0: off) and a top-p in (0, 1]")
+
+
+def sampled_at(base: Sampling, *, temperature: float | None = None, top_k: int | None = None,
+               top_p: float | None = None, what: str = "sampling") -> Sampling:
+    """``base`` sampled (never greedy or beam search) at these settings; None keeps ``base``'s."""
+    sampling = replace(base, do_sample=True, num_beams=1,
+                       temperature=float(base.temperature if temperature is None else temperature),
+                       top_k=int(base.top_k if top_k is None else top_k),
+                       top_p=float(base.top_p if top_p is None else top_p))
+    check_sampling(sampling.temperature, sampling.top_k, sampling.top_p, what=what)
+    return sampling
 
 
 @dataclass(frozen=True)
@@ -164,13 +175,7 @@ class Task:
                       top_p: float | None = None) -> Self:
         """This task with its training roll-outs sampled at these settings (None keeps the
         task's own); its evaluation decoding stays the task's (``rlgf eval`` has its own flags)."""
-        base = self.train_sampling
-        sampling = replace(base, do_sample=True, num_beams=1,
-                           temperature=float(base.temperature if temperature is None else temperature),
-                           top_k=int(base.top_k if top_k is None else top_k),
-                           top_p=float(base.top_p if top_p is None else top_p))
-        check_sampling(sampling.temperature, sampling.top_k, sampling.top_p)
-        self.train_sampling = sampling
+        self.train_sampling = sampled_at(self.train_sampling, temperature=temperature, top_k=top_k, top_p=top_p)
         return self
 
     def metrics(self, prompts, completions, examples, policy=None, reference_policy=None) -> dict:

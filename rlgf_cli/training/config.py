@@ -7,7 +7,6 @@ Defaults follow the paper's IMDB hyperparameters (Tables 5 and 6).
 
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 from backends.errors import RlgfError
 from rlgf_cli.files import RUN_HEADER
 from rlgf_cli.training import trackers
+from rlgf_cli.training.config_checks import (check_types, in_range, non_negative, non_negative_int, positive_int,
+                                             range_error)
 
 #: episodes per minibatch when --minibatch-size is not given (fewer when --episodes is smaller)
 DEFAULT_MINIBATCH = 16
@@ -77,6 +78,11 @@ class TrainConfig:
     guide_extensions: str | None = opt(None, "API guide: send top_k and min_tokens (vLLM, llama.cpp, SGLang, `rlgf serve` "
                                              "take them; OpenAI refuses them): auto (ask the server once), on, off.",
                                        panel=PANEL_GUIDED, default_text="auto")
+    guide_temperature: float | None = opt(None, "The guide's own sampling temperature in its roll-ins and roll-outs, "
+                                                "in (0, 2].", panel=PANEL_GUIDED, default_text="--temperature's")
+    guide_top_k: int | None = opt(None, "The guide's own top-k (0: off).", panel=PANEL_GUIDED, default_text="--top-k's")
+    guide_top_p: float | None = opt(None, "The guide's own nucleus top-p, in (0, 1] (e.g. 0.92, as the authors' code "
+                                          "samples its guide).", panel=PANEL_GUIDED, default_text="--top-p's")
     guide_budget_tokens: int = opt(0, "Stop cleanly (with a checkpoint) before the API guide spends more than N "
                                       "prompt+completion tokens (0: no cap).", panel=PANEL_GUIDED)
     guide_price_per_1k: float | None = opt(None, "USD per 1,000 guide tokens, for the cost report.", panel=PANEL_GUIDED,
@@ -216,21 +222,21 @@ class TrainConfig:
                 f"--alg {self.alg} needs a guide policy",
                 "pass --guide SPEC (a model spec or a checkpoint folder, e.g. a BC run's OUT/final)",
             )
-        _positive_int(self, "iterations", "episodes", "epochs", "guide_prompts_per_request")
-        _non_negative(self, "weight_decay", "vf_coef", "ent_coef", "kl_coef", "target_kl", "max_grad_norm")
-        _non_negative_int(self, "save_every", "seed", "guide_budget_tokens", "rollout_batch_size", "minibatch_size",
+        positive_int(self, "iterations", "episodes", "epochs", "guide_prompts_per_request")
+        non_negative(self, "weight_decay", "vf_coef", "ent_coef", "kl_coef", "target_kl", "max_grad_norm")
+        non_negative_int(self, "save_every", "seed", "guide_budget_tokens", "rollout_batch_size", "minibatch_size",
                           "guide_concurrency")
         if self.minibatch_size == 0:  # not given: follows the episodes per iteration
             self.minibatch_size = min(DEFAULT_MINIBATCH, self.episodes)
         if self.guide_price_per_1k is not None and not (self.guide_price_per_1k >= 0):
-            raise _range_error("guide_price_per_1k", self.guide_price_per_1k, ">= 0")
-        _in_range(self, "gamma", 0.0, 1.0)
-        _in_range(self, "lam", 0.0, 1.0)
+            raise range_error("guide_price_per_1k", self.guide_price_per_1k, ">= 0")
+        in_range(self, "gamma", 0.0, 1.0)
+        in_range(self, "lam", 0.0, 1.0)
         if self.alpha is not None:
-            _in_range(self, "alpha", 0.0, 1.0)
+            in_range(self, "alpha", 0.0, 1.0)
         for name in ("beta", "ppopp_beta", "aggrevated_beta"):
             if getattr(self, name) is not None:
-                _in_range(self, name, 0.0, 1.0)
+                in_range(self, name, 0.0, 1.0)
         self._check_phases(algorithm)
         if self.aggrevated_advantage not in ADVANTAGE_ESTIMATORS:
             raise RlgfError(f"unknown --aggrevated-advantage '{self.aggrevated_advantage}'",
@@ -241,17 +247,17 @@ class TrainConfig:
         self._check_choices()
         if self.lr_schedule not in LR_SCHEDULES:
             raise RlgfError(f"unknown --lr-schedule '{self.lr_schedule}'", f"choose one of: {', '.join(LR_SCHEDULES)}")
-        _in_range(self, "clip_range", 0.0, 1.0, low_open=True)
+        in_range(self, "clip_range", 0.0, 1.0, low_open=True)
         if not self.clip_range_value > 0:  # also NaN
-            raise _range_error("clip_range_value", self.clip_range_value, "> 0")
+            raise range_error("clip_range_value", self.clip_range_value, "> 0")
         if not self.max_grad_norm > 0:  # 0 would zero every gradient, not turn clipping off
-            raise _range_error("max_grad_norm", self.max_grad_norm, "> 0")
+            raise range_error("max_grad_norm", self.max_grad_norm, "> 0")
         if self.lr is not None and not (0.0 < self.lr < 1.0):
-            raise _range_error("lr", self.lr, "in (0, 1)")
+            raise range_error("lr", self.lr, "in (0, 1)")
         if self.max_new_tokens is not None and not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
-            raise _range_error("max_new_tokens", self.max_new_tokens, f"in [1, {MAX_NEW_TOKENS}]")
+            raise range_error("max_new_tokens", self.max_new_tokens, f"in [1, {MAX_NEW_TOKENS}]")
         if self.keep_checkpoints < 1:
-            raise _range_error("keep_checkpoints", self.keep_checkpoints, ">= 1")
+            raise range_error("keep_checkpoints", self.keep_checkpoints, ">= 1")
         if self.minibatch_size > self.episodes:
             raise RlgfError(
                 f"--minibatch-size {self.minibatch_size} is larger than --episodes {self.episodes}",
@@ -265,7 +271,7 @@ class TrainConfig:
             alpha = algorithm.default_alpha if self.alpha is None else self.alpha
             self.switch_iteration = switch_iteration(alpha, self.iterations)
         if self.switch_iteration is not None and self.switch_iteration < 0:
-            raise _range_error("switch_iteration", self.switch_iteration, ">= 0")
+            raise range_error("switch_iteration", self.switch_iteration, ">= 0")
         return self
 
     def _check_choices(self) -> None:
@@ -276,13 +282,14 @@ class TrainConfig:
         from tasks.base import check_sampling
         from tasks.chat import check_mode
 
-        if (self.temperature, self.top_k, self.top_p) != (None, None, None):
-            check_sampling(1.0 if self.temperature is None else self.temperature,
-                           0 if self.top_k is None else self.top_k, 1.0 if self.top_p is None else self.top_p)
+        for what, t, k, p in (("sampling", self.temperature, self.top_k, self.top_p),
+                              ("--guide-* sampling", self.guide_temperature, self.guide_top_k, self.guide_top_p)):
+            if (t, k, p) != (None, None, None):
+                check_sampling(1.0 if t is None else t, 0 if k is None else k, 1.0 if p is None else p, what=what)
         if self.min_new_tokens is not None and self.min_new_tokens < 0:
-            raise _range_error("min_new_tokens", self.min_new_tokens, ">= 0")
+            raise range_error("min_new_tokens", self.min_new_tokens, ">= 0")
         if self.prompt_max_tokens is not None and self.prompt_max_tokens < 1:
-            raise _range_error("prompt_max_tokens", self.prompt_max_tokens, ">= 1")
+            raise range_error("prompt_max_tokens", self.prompt_max_tokens, ">= 1")
         if self.chat_template is not None:
             check_mode(self.chat_template)
         if self.guide_prefill is not None:
@@ -375,7 +382,7 @@ def build_config(config_file: str | None = None, *, config_option: str = "--conf
         cfg = TrainConfig(**values)
     except TypeError as exc:  # pragma: no cover - guarded by load_toml's key check
         raise RlgfError(f"bad configuration: {exc}", "check the keys of your config file") from None
-    _check_types(cfg)
+    check_types(cfg)
     return cfg.validate()
 
 
@@ -419,76 +426,6 @@ def task_defaults(task: Any, alg: Any) -> dict[str, Any]:
     except RlgfError:
         return {}  # validate() reports the unknown algorithm
     return train_defaults(task) if trainer == "ppo" else {}
-
-
-def _check_types(cfg: TrainConfig) -> None:
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if value is None:
-            continue
-        default = f.default
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if ok:
-                setattr(cfg, f.name, float(value))
-        elif isinstance(default, str) or f.name in ("learner", "guide", "init", "data", "reward_model", "out", "reward", "bertscore_model",
-                                                            "guide_base_url", "prompt_field", "reference_field", "chat_template",
-                                                            "guide_system", "guide_instruction", "guide_prefill", "guide_extensions",
-                                                            "reward_label", "reward_url"):
-            ok = isinstance(value, str)
-        else:
-            ok = True
-        if not ok:
-            raise RlgfError(
-                f"config value {f.name} = {value!r} has the wrong type",
-                f"expected {type(default).__name__ if default is not None else 'a string'}",
-            )
-    for name in ("lr", "beta", "ppopp_beta", "aggrevated_beta", "alpha", "guide_price_per_1k", "temperature", "top_p"):
-        value = getattr(cfg, name)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise RlgfError(f"config value {name} = {value!r} has the wrong type", "expected a number")
-            setattr(cfg, name, float(value))
-    for name in ("max_new_tokens", "switch_iteration", "min_new_tokens", "top_k"):
-        value = getattr(cfg, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise RlgfError(f"config value {name} = {value!r} has the wrong type", "expected an integer")
-
-
-def _range_error(name: str, value: Any, want: str) -> RlgfError:
-    flag = "--" + name.replace("_", "-")
-    return RlgfError(f"{flag} must be {want} (got {value})", f"pass a value {want}")
-
-
-def _positive_int(cfg: TrainConfig, *names: str) -> None:
-    for n in names:
-        if getattr(cfg, n) < 1:
-            raise _range_error(n, getattr(cfg, n), ">= 1")
-
-
-def _non_negative_int(cfg: TrainConfig, *names: str) -> None:
-    for n in names:
-        if getattr(cfg, n) < 0:
-            raise _range_error(n, getattr(cfg, n), ">= 0")
-
-
-def _non_negative(cfg: TrainConfig, *names: str) -> None:
-    for n in names:
-        v = getattr(cfg, n)
-        if not math.isfinite(v) or v < 0:
-            raise _range_error(n, v, ">= 0")
-
-
-def _in_range(cfg: TrainConfig, name: str, low: float, high: float, low_open: bool = False) -> None:
-    v = getattr(cfg, name)
-    bad = not math.isfinite(v) or v > high or (v <= low if low_open else v < low)
-    if bad:
-        lo = "(" if low_open else "["
-        raise _range_error(name, v, f"in {lo}{low:g}, {high:g}]")
 
 
 def _toml_value(value: Any) -> str:

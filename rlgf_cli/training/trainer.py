@@ -17,7 +17,7 @@ import torch
 from backends.errors import RlgfError
 from backends.precision import (Precision, decoding_copy, freeze_in, refresh_copy, resolve_precision,
                                 use_kernels)
-from tasks.base import Example, Task
+from tasks.base import Example, Task, sampled_at
 
 from rlgf_cli.training.config import TrainConfig
 from rlgf_cli.training.optimizer import adamw
@@ -125,7 +125,7 @@ class Trainer(TrainerBase):
         self.rollout_batch_size = cfg.rollout_batch_size or self._auto_chunk(max_new)
         self.engine = GuidedRollout(
             policy, guide, task, max_new_tokens=max_new, min_new_tokens=min(task.min_new_tokens, max_new),
-            sampling=task.train_sampling,
+            sampling=task.train_sampling, guide_sampling=guide_sampling(cfg, task.train_sampling),
         )
         self.iteration = 0
         #: per part batch (by id), its rows of the iteration's scoring (only during a step)
@@ -466,6 +466,15 @@ class Trainer(TrainerBase):
         self.engine.guide_calls = int(state.get("guide_calls", 0))
         if "sampler" in state:
             self.sampler.load_state_dict(state["sampler"])
+
+
+def guide_sampling(cfg: TrainConfig, learner_sampling):
+    """How the guide samples its roll-ins and roll-outs: the learner's sampling with the
+    ``--guide-temperature/--guide-top-k/--guide-top-p`` the user gave (None when none was)."""
+    given = {"temperature": cfg.guide_temperature, "top_k": cfg.guide_top_k, "top_p": cfg.guide_top_p}
+    if all(v is None for v in given.values()):
+        return None
+    return sampled_at(learner_sampling, **given, what="--guide-* sampling")
 
 
 def _whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
