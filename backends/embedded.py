@@ -9,6 +9,8 @@ Nothing here imports torch or transformers at module import time.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import logging
@@ -101,6 +103,23 @@ def smollm2_dir(progress: Progress | None = None) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def _no_gguf_bar():
+    """transformers draws its GGUF conversion bar with its own ``tqdm`` (not its logging's, which
+    :func:`quiet_progress` turns off): off while we convert (rlgf says "converting" itself)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    drawn = getattr(gguf_utils, "tqdm", None)
+    if drawn is None:  # another transformers: nothing to turn off
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(drawn, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = drawn
+
+
 def _convert(source: Path, out: Path) -> None:
     """Dequantize the GGUF file and write config, weights (safetensors) and tokenizer to ``out``."""
     try:
@@ -113,7 +132,7 @@ def _convert(source: Path, out: Path) -> None:
 
     from backends.hf.util import quiet_progress
 
-    with quiet_progress():
+    with quiet_progress(), _no_gguf_bar():
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_NAME)
         model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_NAME, dtype=torch.float32)
     config = model.config

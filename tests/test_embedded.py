@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import pytest
@@ -87,3 +88,17 @@ def test_real_smollm2_converts_loads_and_generates():
     assert response.shape == (1, 6) and bool(rmask.all())
     (nll, n), = policy.sequence_nll(["The capital of France is"], [" Paris."])
     assert n == 2 and nll / n < 5.0  # a real language model, not random weights
+
+
+def test_the_gguf_conversion_bar_stays_off(capsys):
+    """transformers' GGUF loader draws its bar with its own tqdm, whatever its logging says:
+    none on stderr while rlgf converts, and the loader's tqdm is the same object afterwards."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    before = gguf_utils.tqdm
+    with embedded._no_gguf_bar():
+        assert list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...")) == [0, 1, 2]
+    assert "de-quantizing" not in capsys.readouterr().err
+    assert gguf_utils.tqdm is before
+    list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...", file=sys.stderr))
+    assert "de-quantizing" in capsys.readouterr().err  # the check above can see a bar
