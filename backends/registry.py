@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 from importlib import metadata
 from pathlib import Path
@@ -139,13 +140,41 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or "/" in spec or "\\" in spec
 
 
-def run_model(folder: Path) -> Path:
-    """An ``rlgf train --out`` folder stands for the model it shipped, its ``final/``; any
-    other folder is itself."""
+def _saved_iteration(folder: Path) -> int:
+    """The iteration recorded in a model folder's ``trainer_state.json`` (-1 when unknown)."""
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, not JSON or not UTF-8
+        return -1
+    iteration = state.get("iteration") if isinstance(state, dict) else None
+    return iteration if isinstance(iteration, int) and not isinstance(iteration, bool) else -1
+
+
+def run_model_choice(folder: Path) -> tuple[Path, str]:
+    """The model an ``rlgf train --out`` folder stands for, and why, in words: its newest one.
+
+    That is its ``final/``, unless a checkpoint of a later iteration was written after it (a
+    finished run extended with ``--resume --iterations`` and stopped before its new end): then
+    that checkpoint. A folder with no ``final/`` (or a model folder) is itself, with no reason."""
     final = folder / "final"
-    if not (folder / "config.json").is_file() and (final / "config.json").is_file():
-        return final
-    return folder
+    if (folder / "config.json").is_file() or not (final / "config.json").is_file():
+        return folder, ""
+    done = _saved_iteration(final)
+    newest, newest_iter = None, -1
+    for path in (folder / "checkpoints").glob("iter-*"):
+        if path.is_dir() and not path.name.startswith(".") and (path / "config.json").is_file():
+            iteration = _saved_iteration(path)
+            if iteration > newest_iter:
+                newest, newest_iter = path, iteration
+    if newest is not None and done >= 0 and newest_iter > done:
+        return newest, f"the run's newest model, iteration {newest_iter}: its final/ is older (iteration {done})"
+    return final, "the run's final model"
+
+
+def run_model(folder: Path) -> Path:
+    """An ``rlgf train --out`` folder stands for its newest model (:func:`run_model_choice`):
+    its ``final/``, or a checkpoint newer than that; any other folder is itself."""
+    return run_model_choice(folder)[0]
 
 
 def _parse(spec: str) -> tuple[str | None, str, str]:
@@ -211,7 +240,8 @@ def resolve(spec: str, *, device="cpu", progress: Callable[[str], None] | None =
     """
     name, arg, text = _parse(spec)
     if progress is not None and name == "hf" and Path(arg) != Path(text).expanduser() and Path(text).expanduser().is_dir():
-        progress(f"{text} is a run folder: using its final model {arg}")
+        chosen, why = run_model_choice(Path(text).expanduser())
+        progress(f"{text} is a run folder: using {chosen} ({why})")
     if name is None:
         return embedded.load_smollm2(device=device, progress=progress, spec=text, **kwargs)
     return _build(load_backend(name), arg, spec=text, device=device, progress=progress, kwargs=dict(kwargs))

@@ -92,6 +92,9 @@ TMP_PREFIX = ".tmp-"
 #: nested runs: distill's ``bc/`` and the run after it); ``--overwrite`` removes these and no other
 RUN_ENTRIES = frozenset({"config.toml", "metrics.jsonl", "summary.json", "checkpoints", "final", "tensorboard",
                          "guide_samples.jsonl", "report.json", "report.md"})
+#: the lock a training process holds on its run folder (``rlgf_cli.training.run_lock``); a killed
+#: run leaves it behind, so listings of a run folder pass over it and ``--overwrite`` leaves it alone
+LOCK_FILE = ".rlgf-lock"
 
 
 def _has_header(toml: Path) -> bool:
@@ -110,6 +113,17 @@ def rlgf_made(folder: Path) -> bool:
     return any(_has_header(t) for t in copies) or (folder / "guide_samples.jsonl").is_file()
 
 
+def unfinished_run(folder: Path) -> bool:
+    """Whether the run in ``folder`` has a resumable checkpoint newer than its ``final/`` (or has
+    none): it stopped (or was stopped) before its last iteration, and ``--resume`` continues it."""
+    from backends.registry import run_model
+
+    folder = Path(folder)
+    if not any(p.is_dir() and (p / "trainer_state.json").is_file() for p in (folder / "checkpoints").glob("iter-*")):
+        return False
+    return run_model(folder) != folder / "final"
+
+
 def _is_rlgf_entry(path: Path) -> bool:
     return (path.name in RUN_ENTRIES or path.name.startswith(TMP_PREFIX)
             or (path.is_dir() and not path.is_symlink() and _has_header(path / "config.toml")))
@@ -122,12 +136,14 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RlgfError(f"--out {out} exists and is not a folder", "choose another --out")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) if out.is_dir() else []
     if entries:
         made = rlgf_made(out)
         held = "an rlgf run" if made else f"files rlgf did not write ({_listing(entries)})"
         if not overwrite:
             hint = "pass --overwrite to replace it, or choose another --out" if made else "choose another --out"
+            if made and unfinished_run(out):
+                held, hint = "an rlgf run that has not finished", f"continue it with rlgf train --resume {out}; {hint}"
             raise RlgfError(f"--out {out} already holds {held}", hint)
         cwd = Path.cwd().resolve()
         if cwd == out.resolve() or out.resolve() in cwd.parents:
@@ -145,6 +161,8 @@ def clear_run(out: Path) -> list[str]:
     nested runs) for ``--overwrite``; anything else stays. Returns the names kept."""
     kept = []
     for path in sorted(Path(out).iterdir()):
+        if path.name == LOCK_FILE:  # held by this run (or left by a killed one): not the user's, not to remove
+            continue
         if not _is_rlgf_entry(path):
             kept.append(path.name)
         elif path.is_dir() and not path.is_symlink():

@@ -24,6 +24,8 @@ from backends.device import resolve_device
 from backends.errors import RlgfError, RlgfWarning, first_line
 from backends.hf.compiled import forward_through
 from backends.hf.util import (
+    check_language_model,
+    damaged_config,
     hub_reachable,
     looks_like_path,
     pad_rows,
@@ -173,9 +175,13 @@ class HFPolicy(TokenPolicy):
     def _load_config(auto_config, source: str, name: str, *, local_only: bool):
         try:
             return auto_config.from_pretrained(source, local_files_only=local_only)
-        except ValueError as exc:  # config.json there but not a known model type
-            raise RlgfError(f"{name!r} is not a transformers model: {exc}", "pass a causal or seq2seq LM folder") from exc
         except Exception as exc:  # noqa: BLE001 - OSError, hub/HTTP errors, offline mode…
+            damaged = damaged_config(Path(source), exc) if Path(source).is_dir() else None
+            if damaged is not None:  # a truncated config.json: say so, not "not in the cache"
+                raise damaged from exc
+            if isinstance(exc, ValueError):  # config.json there but not a known model type
+                raise RlgfError(f"{name!r} is not a transformers model: {exc}",
+                                "pass a causal or seq2seq LM folder") from exc
             if local_only:
                 raise RlgfError(f"{name!r} is not in the local Hugging Face cache") from exc
             raise RlgfError(
@@ -188,6 +194,7 @@ class HFPolicy(TokenPolicy):
     def _model_class(config, name: str):
         from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+        check_language_model(config, name)  # a BERT classifier is in the causal mapping (BertLMHeadModel)
         if getattr(config, "is_encoder_decoder", False):
             return AutoModelForSeq2SeqLM
         if getattr(config, "model_type", None) is None:  # pragma: no cover

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from backends.errors import RlgfError
+from backends.errors import RlgfError, first_line
 
 _DTYPES = {
     "float32": torch.float32,
@@ -44,6 +45,64 @@ def looks_like_path(name: str) -> bool:
         or name.count("/") > 1
         or (os.sep != "/" and os.sep in name)
     )
+
+
+def damaged_config(folder: Path, exc: BaseException) -> RlgfError | None:
+    """The error for a model folder whose ``config.json`` is there but unreadable (a truncated
+    or overwritten file), or None when it reads as JSON (``exc`` is then about something else)."""
+    import json
+
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        text = config.read_bytes()
+        json.loads(text)
+        return None
+    except ValueError as bad:  # JSONDecodeError, UnicodeDecodeError
+        what, detail = ("empty", "the file holds nothing") if not text.strip() else ("not valid JSON", str(bad))
+    except OSError as bad:
+        what, detail = "not readable", str(bad)
+    if (Path(folder) / "trainer_state.json").is_file():  # an rlgf checkpoint (final/ or checkpoints/iter-N)
+        hint = (f"{folder} is a checkpoint of an rlgf run: delete that folder and use another checkpoint "
+                "of the run, or train again")
+    else:
+        hint = "restore config.json from a copy of the model (or save the model again with save_pretrained)"
+    return RlgfError(f"{config} is damaged ({what}): {detail or first_line(exc)}", hint)
+
+
+def _transformers_classes(*tables: str) -> set[str]:
+    from transformers.models.auto import modeling_auto
+
+    found: set[str] = set()
+    for table in tables or [n for n in dir(modeling_auto) if n.startswith("MODEL_") and n.endswith("_MAPPING_NAMES")]:
+        for value in getattr(modeling_auto, table, {}).values():
+            found.update(value if isinstance(value, (tuple, list)) else [value])
+    return found
+
+
+def check_language_model(config, name: str) -> None:
+    """Refuse a folder whose ``architectures`` are all transformers heads that do not generate text
+    (a sequence classifier, a masked LM…): loaded as a causal LM it would fail much later with an
+    unexplained error. Architectures transformers does not know (remote code) pass."""
+    archs = [a for a in (getattr(config, "architectures", None) or []) if isinstance(a, str)]
+    if not archs:
+        return
+    try:
+        known = _transformers_classes()
+        generative = _transformers_classes(
+            "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+            "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES",
+            "MODEL_MAPPING_NAMES")  # a bare model (no head) is left to transformers
+    except ImportError:  # pragma: no cover - another transformers layout: load as before
+        return
+    if any(a in generative or a not in known for a in archs):
+        return
+    arch = archs[0]
+    hint = "pass a causal or seq2seq language model: a run's final/ folder, a hub id such as hf:gpt2, or smollm2"
+    if arch.endswith("ForSequenceClassification"):
+        hint = f"a classifier serves as a reward model (--reward-model {name}); as a policy, {hint}"
+    raise RlgfError(f"{name} holds a {arch} (not a causal or seq2seq language model)", hint)
 
 
 @contextlib.contextmanager

@@ -18,13 +18,14 @@ _OUT = "Output"
 def run_checkpoint(folder: Path, quiet: bool = False) -> Path:
     """A checkpoint folder as given; a run folder (``rlgf train --out``) as its ``final/``, or,
     for a run that has not finished, its latest complete checkpoint — said on stderr."""
-    from backends.registry import run_model
+    from backends.registry import run_model_choice
 
     if (folder / "config.json").is_file():
         return folder
-    if run_model(folder) != folder:
-        chosen, why = run_model(folder), "the run's final model"
-    elif (folder / "config.toml").is_file():
+    chosen, why = run_model_choice(folder)  # its final/, or a checkpoint newer than that
+    if chosen == folder:  # no final/
+        if not (folder / "config.toml").is_file():
+            return folder
         from rlgf_cli.training.run import latest_checkpoint
 
         chosen = latest_checkpoint(folder)
@@ -34,8 +35,6 @@ def run_checkpoint(folder: Path, quiet: bool = False) -> Path:
             raise RlgfError(f"{folder} is an rlgf run with no model yet: it stopped before its first checkpoint",
                             "evaluate another run, or train this one again with --overwrite")
         why = "the run has no final/ yet: its latest checkpoint"
-    else:
-        return folder
     if not quiet:
         err_console.print(f"{folder} is a run folder: evaluating {chosen} ({why})", markup=False, highlight=False)
     return chosen
@@ -216,8 +215,22 @@ def eval_markdown(report: dict) -> str:
     title, columns, rows, numeric = table_rows(report)
     lines = [f"## {title}", "", markdown_table(columns, rows, align_right_from=numeric), ""]
     for key, value in report.get("task_info", {}).items():
-        lines.append(f"- {key}: {value}")
+        if value is not None:  # unknown (a test accuracy never measured): nothing to say
+            lines.append(f"- {key}: {_fact(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _fact(value) -> str:
+    """A task fact as a reader writes it: ``train 9,987 · val 1,248 · test 1,248``, not a Python dict."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return " · ".join(f"{k} {_fact(v)}" for k, v in value.items() if v is not None)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fact(v) for v in value if v is not None)
+    return str(value)
 
 
 def _print_table(report: dict) -> None:

@@ -52,6 +52,12 @@ def train_command(
     OUT/tensorboard/ (tensorboard --logdir runs).
     """
     if resume is not None:
+        if overwrite:
+            from backends.errors import RlgfError
+
+            raise RlgfError(f"--resume and --overwrite contradict each other: --resume continues the run in {resume}, "
+                            "--overwrite would delete it", f"drop --overwrite to continue it, or drop --resume and "
+                            f"pass --out {resume} --overwrite to start it again")
         config = resume_settings(resume, config, options)
     cfg = build_config(str(config) if config else None, **options)
     if print_config:  # the task's name is checked (cheaply); no model or data is loaded

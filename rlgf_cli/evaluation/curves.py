@@ -98,8 +98,13 @@ def curves(groups: dict[str, list[str | Path]], metric: str = DEFAULT_METRIC) ->
             "seeds": [len(by_iteration[i]) for i in its],
         }
     if not any(c["iterations"] for c in out.values()):
-        known = sorted({k for runs in groups.values() for r in runs for row in read_metrics(r) for k in row})
-        raise RlgfError(f"no run logged the metric '{metric}'", f"choose one of: {', '.join(known)}")
+        rows = [row for runs in groups.values() for r in runs for row in read_metrics(r)]
+        known = sorted({k for row in rows for k, v in row.items()  # numbers only: not "scheme"
+                        if k != "iteration" and isinstance(v, (int, float)) and math.isfinite(v)})
+        logged = [row[metric] for row in rows if row.get(metric) is not None]
+        what = f"'{metric}' is not a number (e.g. {logged[0]!r}), so it cannot be plotted" if logged \
+            else f"no run logged the metric '{metric}'"
+        raise RlgfError(what, f"choose one of: {', '.join(known)}" if known else "the runs logged no numeric metric yet")
     return out
 
 

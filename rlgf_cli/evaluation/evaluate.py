@@ -234,11 +234,30 @@ def load_for_eval(spec: str, device: str, *, seed: int, base_url: str | None = N
     return resolve(spec, device=device, **options)
 
 
+def check_local_folder(spec: str) -> None:
+    """A model spec that names a local folder (``hf:PATH``, or a bare path) that is not there fails
+    now, not after the task is built and the policies before it are evaluated."""
+    from backends.hf.util import looks_like_path
+
+    text = spec.strip()
+    hf = text[:3].lower() == "hf:"
+    arg = text[3:].strip() if hf else text
+    if not looks_like_path(arg) or not (hf or text.startswith((".", "/", "~"))):
+        return  # a hub id, an alias, another backend's spec (openai:org/model): the registry judges it
+    path = Path(arg).expanduser()
+    if not path.exists():
+        raise RlgfError(f"no such folder: {arg}", "check the path (relative paths start from the current folder)")
+    if not path.is_dir():
+        raise RlgfError(f"{arg} is a file, not a model folder", "pass the folder that holds config.json")
+
+
 def check_specs(specs: list[str], *, seed: int, base_url: str | None = None, api: dict | None = None) -> None:
     """Unknown backends, missing folders and an API model's missing key fail here, before the
     task's reward is prepared and any model loads."""
     from backends import RunSettings, policy_class
 
+    for spec in specs:
+        check_local_folder(spec)
     for spec in specs:
         cls = policy_class(spec)
         cls.preflight(cls.options_from(RunSettings(seed=seed, base_url=base_url, **(api or {}))))
@@ -261,12 +280,22 @@ def run_task(specs: list[str]) -> tuple[str, dict, str] | None:
             found.append((name, _recorded_options(path), spec))
     for name, options, spec in found[1:]:
         first_name, first_options, first = found[0]
+        options, first_options = _comparable(options), _comparable(first_options)
         if (name, options) != (first_name, first_options):
             differ = sorted(k for k in {*options, *first_options} if options.get(k) != first_options.get(k))
             what = "task" if name != first_name else ", ".join(k.replace("_", "-") for k in differ)
             raise RlgfError(f"{first} and {spec} were trained with a different {what}",
                             "pass --task and its options to evaluate them on the same prompts")
     return found[0] if found else None
+
+
+def _comparable(options: dict) -> dict:
+    """``options`` with the files and folders they name written one way (``/x/reward/`` as
+    ``/x/reward``), so runs recorded before rlgf normalised paths still match."""
+    from rlgf_cli.training.config import PATH_FIELDS, local_path
+
+    return {k: local_path(k, v) if isinstance(v, str) and k in (*PATH_FIELDS, "bertscore_model") else v
+            for k, v in options.items()}
 
 
 def _recorded_options(folder: Path) -> dict:

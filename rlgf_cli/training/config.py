@@ -7,6 +7,7 @@ Defaults follow the paper's IMDB hyperparameters (Tables 5 and 6).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
@@ -392,9 +393,10 @@ PATH_FIELDS = ("learner", "init", "guide", "data", "reward", "reward_model")
 
 def local_path(name: str, value: str) -> str:
     """``value`` of the field ``name`` with a relative path to something that exists made
-    absolute; anything else (a hub name, ``smollm2``, ``openai:…``, a module) as it was. A bare
-    word counts as a path only for ``data`` (a file name), so a folder that happens to be called
-    ``smollm2`` does not turn the embedded model into a path."""
+    absolute and an absolute one normalised (``/x/reward/`` → ``/x/reward``); anything else (a
+    hub name, ``smollm2``, ``openai:…``, a module) as it was. A bare word counts as a path only
+    for ``data`` (a file name), so a folder that happens to be called ``smollm2`` does not turn
+    the embedded model into a path."""
     prefix, rest = ("hf:", value[3:]) if value.startswith("hf:") else ("", value)
     if name == "reward":  # FILE.py:FUNCTION, or module:function
         file, sep, func = rest.rpartition(":")
@@ -409,6 +411,8 @@ def local_path(name: str, value: str) -> str:
     path = Path(rest).expanduser()
     if looks_like_path and not path.is_absolute() and path.exists():
         return prefix + str(path.resolve())
+    if looks_like_path and path.is_absolute():  # /x/reward/ and /x/reward are one folder (symlinks kept)
+        return prefix + os.path.normpath(path)
     return value
 
 

@@ -25,7 +25,6 @@ from rlgf_cli.training.checkpoint import (
     ensure_disk_space,
     export_final,
     folder_bytes,
-    is_checkpoint,
     prune_checkpoints,
     read_state,
     reading_checkpoint,
@@ -33,9 +32,11 @@ from rlgf_cli.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from rlgf_cli.training.distributed import all_sum, init_from_env, shutdown
+from rlgf_cli.training.distributed import all_sum, init_from_env, launched_as_main, shutdown
 from rlgf_cli.training.interrupt import StopAtBoundary
 from rlgf_cli.training.resume_state import load_optimizer, load_rng, refuse_pickles
+from rlgf_cli.training.run_folder import check_iterations, latest_checkpoint, metric_lines, resume_advice, truncate_metrics
+from rlgf_cli.training.run_lock import RunLock
 from rlgf_cli.files import check_out_dir, clear_run, write_atomic
 from rlgf_cli.training import trackers
 from rlgf_cli.training.config import TrainConfig
@@ -135,49 +136,11 @@ def extra_checkpoints(cfg: TrainConfig, done: int, existing_run: Path | None = N
     return max(0, min(cfg.keep_checkpoints, existing + to_come) - existing)
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    """The complete checkpoint with the highest iteration in a run folder's ``checkpoints/``
-    (a finished run's last iteration is always among them; ``final/`` holds no resumable
-    state); temporary (half-written) folders are never considered."""
-    best, best_iter = None, -1
-    for path in sorted((out / "checkpoints").glob("iter-*")):
-        if path.is_dir() and not path.name.startswith(".") and is_checkpoint(path):
-            it = int(read_state(path).get("iteration", -1))
-            if it > best_iter:
-                best, best_iter = path, it
-    return best
-
-
-def _resume_advice(out: Path) -> str:
-    """Where a stopped run goes on from: its newest whole checkpoint, or a fresh start. Every
-    rank may call it (it only reads files), so every rank prints the same advice."""
-    try:
-        kept = latest_checkpoint(out)
-    except RlgfError:  # a damaged checkpoint must not hide the error being reported
-        kept = None
-    if kept is not None:
-        return f"the last checkpoint is {kept}; continue with rlgf train --resume {out}"
-    return f"no checkpoint was written yet; start again with --out {out} --overwrite"
-
-
-def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop metric lines of iterations after ``iteration`` (they were not checkpointed)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("iteration", 0) <= iteration:
-                keep.append(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-    write_atomic(path, "\n".join(keep)) if keep else path.write_text("", encoding="utf-8")
-
-
-def _forget(out: Path, main: bool) -> None:
+def _forget(out: Path, main: bool, lock: RunLock) -> None:
     """Remove what a run that learned nothing wrote in ``out`` (and ``out`` itself when it made it
     and nothing of the user's is in it), so that the same command can run again."""
     if main and not clear_run(out) and not out.is_symlink():
+        lock.release()  # its file is the last one in the folder
         out.rmdir()
 
 
@@ -186,10 +149,21 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
     """Run training as configured; returns the summary (also written to ``OUT/summary.json``).
 
     With ``resume=True`` the run continues from the latest checkpoint in ``cfg.out``:
-    weights, critics, optimizer, KL controller, prompt order, RNG states and iteration.
+    weights, critics, optimizer, KL controller, prompt order, RNG states and iteration. One
+    process at a time trains a run folder (:class:`~rlgf_cli.training.run_lock.RunLock`).
     """
     callback = callback or _noop
     out = cfg.out_dir()
+    lock = RunLock(out, enabled=launched_as_main())  # rank 0 alone writes the run folder
+    try:
+        lock.acquire()  # an existing folder: before anything reads or writes it (a new one: once it is made)
+        return _checked_train(cfg, out, lock, overwrite, resume, callback)
+    finally:
+        lock.release()
+
+
+def _checked_train(cfg: TrainConfig, out: Path, lock: RunLock, overwrite: bool, resume: bool,
+                   callback: Callback) -> dict:
     ckpt: Path | None = None
     if resume:
         refuse_pickles(out)
@@ -198,6 +172,8 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
             hint = ("it stopped before its first checkpoint: start it again with --out and --overwrite"
                     if (out / "config.toml").is_file() else "start the run without --resume")
             raise RlgfError(f"no checkpoint to resume in {out}", hint)
+        check_iterations(out, ckpt, cfg.iterations)  # nothing to train: before anything is loaded or rewritten
+        metric_lines(out / "metrics.jsonl")  # readable, or one error now rather than after loading
     else:
         prepare_out_dir(cfg, overwrite)
     task = build_task(cfg)
@@ -207,23 +183,18 @@ def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
         task.check_reward()
     w, device = init_from_env(resolve_device(cfg.device))
     try:
-        return _train(cfg, task, device, w, out, ckpt, overwrite, resume, callback if w.is_main else _noop)
+        return _train(cfg, task, device, w, out, ckpt, overwrite, resume, callback if w.is_main else _noop, lock)
     finally:
         shutdown()
 
 
 def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None, overwrite: bool, resume: bool,
-           callback: Callback) -> dict:
+           callback: Callback, lock: RunLock) -> dict:
     main = w.is_main  # only rank 0 writes the run folder
     if device.startswith("cuda"):  # TF32 for whatever autocast leaves in float32
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     state = read_state(ckpt) if ckpt else {}
-    done = int(state.get("iteration", 0))
-    if ckpt and cfg.iterations < done:  # before anything is loaded or config.toml rewritten
-        raise RlgfError(f"--iterations {cfg.iterations} is fewer than the {done} this run has done",
-                        f"pass a larger --iterations to train on (e.g. --iterations {done + 10}); "
-                        f"its latest model is in {ckpt}")
     learner_spec = state.get("learner") or cfg.init or cfg.learner or task.default_learner
     set_seed(cfg.seed)
     load_from = str(ckpt) if ckpt else learner_spec
@@ -257,19 +228,22 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
             need -= folder_bytes(out)  # --overwrite frees the old run first
         ensure_disk_space(out, need, "this run's checkpoints" if extra else "the final checkpoint")
     if not resume and main:
-        if out.exists() and overwrite:
+        out.mkdir(parents=True, exist_ok=True)
+        if lock.acquire():  # the folder was made since the start (by another run, perhaps): check it again
+            prepare_out_dir(cfg, overwrite)
+        if overwrite:
             kept = clear_run(out)
             if kept:
                 callback("message", {"text": f"--overwrite kept what rlgf did not write in {out}: {', '.join(kept)}"})
-        out.mkdir(parents=True, exist_ok=True)
     config_toml = cfg.to_toml()
     if main:
         write_atomic(out / "config.toml", config_toml)
+    last: dict = {}  # the last iteration's metrics (a resume that only finishes the run: the checkpoint's)
     if ckpt:
         with reading_checkpoint(ckpt):
             load_rng(ckpt)
         if main:
-            _truncate_metrics(out / "metrics.jsonl", trainer.iteration)
+            last = truncate_metrics(out / "metrics.jsonl", trainer.iteration)
         callback("message", {"text": f"resuming from {ckpt} (iteration {trainer.iteration})"})
     else:
         set_seed(cfg.seed)  # same seed → same run, whatever loading consumed
@@ -299,7 +273,6 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     saved = (trainer.iteration, ckpt) if ckpt else (-1, None)  # the newest checkpoint: (iteration, folder)
     callback("start", {"total": cfg.iterations, "done": trainer.iteration, "out": str(out)})
     started = time.perf_counter()
-    last: dict = {}
     stopped = None
     checkpoint_s = 0.0  # what the last periodic checkpoint cost this thread (snapshot, or the write)
     in_step = False  # a Ctrl-C inside an iteration leaves its state half-updated: never checkpoint that
@@ -325,21 +298,21 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     if before is not None:
                         restore_rng_state(before[0])
                         trainer.load_state(before[1])
-                    stopped = f"guide budget exhausted after {trainer.iteration} iterations ({exc.message})"
+                    stopped = f"guide budget exhausted after {_iterations(trainer.iteration)} ({exc.message})"
                     callback("message", {"text": f"stopping: {stopped}; resume with a larger --guide-budget-tokens"})
                     break
                 except RlgfError as exc:  # a diverged loss, a bad reward, an unreachable API guide…
                     writer.join()  # the checkpoint being written counts
                     if ckpt is None and trainer.iteration == 0:  # nothing learned: no folder to block a retry
-                        _forget(out, main)
+                        _forget(out, main, lock)
                         where = f"nothing was kept in {out}; run the same command again once that is fixed"
                     else:
-                        where = _resume_advice(out)
+                        where = resume_advice(out)
                     raise RlgfError(exc.message, f"{exc.hint}; {where}" if exc.hint else where) from None
                 except Exception:  # a bug: reported as unexpected, but it must not block the retry either
                     writer.join()
                     if ckpt is None and trainer.iteration == 0:
-                        _forget(out, main)
+                        _forget(out, main, lock)
                     raise
                 last["time_checkpoint_s"] = checkpoint_s
                 checkpoint_s = 0.0
@@ -364,11 +337,11 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
             writer.join()
             if in_step:  # stopped inside an iteration: the last whole one's checkpoint stands
                 stopped_by = Interrupted(f"interrupted during iteration {trainer.iteration + 1}, which is lost",
-                                         _resume_advice(out))
+                                         resume_advice(out))
             else:
                 path = saved[1] if saved[0] == trainer.iteration else checkpoint(
                     out / "checkpoints" / f"iter-{trainer.iteration:04d}")
-                stopped_by = Interrupted(f"interrupted after {trainer.iteration} iterations",
+                stopped_by = Interrupted(f"interrupted after {_iterations(trainer.iteration)}",
                                          f"checkpoint saved in {path}; continue with rlgf train --resume {out}")
             stopped_by.exit_code = stop.exit_code
             raise stopped_by from None
@@ -426,6 +399,10 @@ def check_specs(cfg: TrainConfig, task, *, learner: str | None, guide: bool, con
         policy_class(learner)
     if guide and cfg.guide:
         policy_class(cfg.guide).preflight(guide_options(cfg, concurrency=concurrency, task=task))
+
+
+def _iterations(n: int) -> str:
+    return f"{n} iteration{'' if n == 1 else 's'}"
 
 
 def _guide_state(guide) -> dict:

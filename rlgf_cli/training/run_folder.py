@@ -1,0 +1,95 @@
+"""What a run folder already holds, as ``--resume`` reads it: its newest checkpoint, whether it
+has anything left to train, and its ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from backends.errors import RlgfError
+
+from rlgf_cli.files import write_atomic
+from rlgf_cli.training.checkpoint import is_checkpoint, read_state
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The complete checkpoint with the highest iteration in a run folder's ``checkpoints/``
+    (a finished run's last iteration is always among them; ``final/`` holds no resumable
+    state); temporary (half-written) folders are never considered."""
+    best, best_iter = None, -1
+    for path in sorted((out / "checkpoints").glob("iter-*")):
+        if path.is_dir() and not path.name.startswith(".") and is_checkpoint(path):
+            it = int(read_state(path).get("iteration", -1))
+            if it > best_iter:
+                best, best_iter = path, it
+    return best
+
+
+def resume_advice(out: Path) -> str:
+    """Where a stopped run goes on from: its newest whole checkpoint, or a fresh start. Every
+    rank may call it (it only reads files), so every rank prints the same advice."""
+    try:
+        kept = latest_checkpoint(out)
+    except RlgfError:  # a damaged checkpoint must not hide the error being reported
+        kept = None
+    if kept is not None:
+        return f"the last checkpoint is {kept}; continue with rlgf train --resume {out}"
+    return f"no checkpoint was written yet; start again with --out {out} --overwrite"
+
+
+def check_iterations(out: Path, ckpt: Path, iterations: int) -> None:
+    """Refuse a resume with nothing to train, before anything is loaded or written: fewer
+    ``--iterations`` than the run has done, or a finished run without more of them. (A run
+    killed after its last checkpoint but before ``final/`` and ``summary.json`` goes on: the
+    resume writes those.)"""
+    done = int(read_state(ckpt).get("iteration", 0))
+    if iterations < done:
+        raise RlgfError(f"--iterations {iterations} is fewer than the {done} this run has done",
+                        f"pass a larger --iterations to train on (e.g. --iterations {done + 10}); "
+                        f"its latest model is in {ckpt}")
+    final = out / "final"
+    if iterations == done and is_finished(out, done):
+        raise RlgfError(f"{out} already has its {done} iteration{'s' if done != 1 else ''}: there is nothing "
+                        f"to resume (its model is in {final})",
+                        f"to train it further, pass the new total: rlgf train --resume {out} --iterations {done + 10}")
+
+
+def is_finished(out: Path, done: int) -> bool:
+    """Whether ``out`` was finished at iteration ``done``: its ``final/`` and ``summary.json`` are there."""
+    try:
+        shipped = json.loads((out / "final" / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(shipped, dict) and shipped.get("iteration") == done and (out / "summary.json").is_file()
+
+
+def metric_lines(path: Path) -> list[str]:
+    """The lines of a run's ``metrics.jsonl`` (none when it is missing); one clear error when it
+    is not text, e.g. overwritten by another file or damaged by a disk fault."""
+    if not path.is_file():
+        return []
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise RlgfError(f"{path} is damaged: it is not UTF-8 text (byte {exc.start}), so the run's metrics "
+                        "cannot be carried on",
+                        f"restore it from a copy, or move it aside (mv {path} {path}.bad) and resume again: the "
+                        "checkpoints are unaffected, and metrics.jsonl then starts at the resumed iteration") from None
+
+
+def truncate_metrics(path: Path, iteration: int) -> dict:
+    """Drop metric lines of iterations after ``iteration`` (they were not checkpointed); returns
+    the last line kept (the metrics of ``iteration``), ``{}`` when there is none."""
+    if not path.is_file():
+        return {}
+    keep, last = [], {}
+    for line in metric_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if isinstance(record, dict) and record.get("iteration", 0) <= iteration:
+            keep.append(line)
+            last = record
+    write_atomic(path, "\n".join(keep)) if keep else path.write_text("", encoding="utf-8")
+    return last if last.get("iteration") == iteration else {}

@@ -1,0 +1,225 @@
+"""What a run folder stands for and who may write it: an extended run stopped before its new end
+stands for its newest checkpoint (not its older final/), a finished run resumed without more
+iterations is left alone, and one process at a time trains a folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from rlgf_cli.app import app
+from test_bad_runs import _args, _error
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def _iterations(out: Path) -> list[int]:
+    return [json.loads(x)["iteration"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _snapshot(out: Path) -> dict:
+    """Every file of a run folder with its bytes and modification time."""
+    return {str(p.relative_to(out)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def _finished(tmp_path_factory, tiny_causal_dir, tiny_reward_dir):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    result = runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture
+def finished_run(_finished, tmp_path):
+    """A copy of a finished 2-iteration run (checkpoints/iter-0002 and final/ at iteration 2)."""
+    out = tmp_path / "run"
+    shutil.copytree(_finished, out)
+    return out
+
+
+def _stop_in_reward_call(monkeypatch, n: int, action) -> None:
+    """The run's reward calls ``action()`` at its ``n``-th call (one call per iteration)."""
+    import rlgf_cli.training.run as run
+
+    real_build, calls = run.build_task, {"n": 0}
+
+    def build_task(cfg):
+        task = real_build(cfg)
+        real_reward = task.reward
+
+        def reward(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == n:
+                action()
+            return real_reward(*args, **kwargs)
+
+        task.reward = reward
+        return task
+
+    monkeypatch.setattr(run, "build_task", build_task)
+
+
+def _raise_keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+def test_an_extension_stopped_before_its_end_stands_for_its_newest_checkpoint(finished_run, monkeypatch,
+                                                                              tiny_reward_dir, tmp_path):
+    from backends import resolve
+    from backends.registry import _parse, run_model
+
+    final_before = (finished_run / "final" / "model.safetensors").read_bytes()
+    # extended to 6 iterations, a checkpoint each, and stopped (Ctrl-C) inside iteration 4
+    _stop_in_reward_call(monkeypatch, 2, _raise_keyboard_interrupt)
+    result = runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "6", "--save-every", "1",
+                                 "--quiet"])
+    assert result.exit_code == 130, result.output
+    assert "interrupted during iteration 4" in result.output
+    newest = finished_run / "checkpoints" / "iter-0003"
+    assert json.loads((newest / "trainer_state.json").read_text())["iteration"] == 3
+    # final/ is kept whole until a new one replaces it
+    assert json.loads((finished_run / "final" / "trainer_state.json").read_text())["iteration"] == 2
+    assert (finished_run / "final" / "model.safetensors").read_bytes() == final_before
+
+    # the run folder as a model (--init RUN, --guide RUN, eval -c RUN) is the newest model, and says so
+    assert run_model(finished_run) == newest
+    assert _parse(str(finished_run))[1] == str(newest)
+    said = []
+    resolve(str(finished_run), device="cpu", progress=said.append)
+    assert any(f"using {newest} (the run's newest model, iteration 3: its final/ is older (iteration 2))" in s
+               for s in said), said
+    report = tmp_path / "eval.json"
+    result = runner.invoke(app, ["eval", "--checkpoint", str(finished_run), "--reward-model", str(tiny_reward_dir),
+                                 "--device", "cpu", "--limit", "2", "--max-new-tokens", "4", "--reference", "none",
+                                 "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    assert f"evaluating {newest} (the run's newest model, iteration 3" in result.output
+    assert str(newest) in report.read_text() and str(finished_run / "final") not in report.read_text()
+
+    # an unfinished run is pointed at --resume when a new run would write over it
+    line = _error(runner.invoke(app, ["train", "--out", str(finished_run), "--quiet"]))
+    assert "has not finished" in line and f"rlgf train --resume {finished_run}" in line
+
+    # once the extension ends, its new final/ is the run's model again
+    monkeypatch.undo()
+    result = runner.invoke(app, ["train", "--resume", str(finished_run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((finished_run / "final" / "trainer_state.json").read_text())["iteration"] == 6
+    assert run_model(finished_run) == finished_run / "final"
+
+
+def test_resuming_a_finished_run_without_more_iterations_changes_nothing(finished_run):
+    before = _snapshot(finished_run)
+    line = _error(runner.invoke(app, ["train", "--resume", str(finished_run), "--quiet"]))
+    assert f"{finished_run} already has its 2 iterations" in line
+    assert f"rlgf train --resume {finished_run} --iterations 12" in line
+    assert _snapshot(finished_run) == before, "summary.json, metrics and config untouched"
+
+    # killed after its last checkpoint, before summary.json: the resume finishes the run
+    (finished_run / "summary.json").unlink()
+    result = runner.invoke(app, ["train", "--resume", str(finished_run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["last"]["iteration"] == 2 and "reward_mean" in summary["last"]
+    assert _iterations(finished_run) == [1, 2]
+
+
+def test_a_run_being_trained_is_refused_to_a_second_process(finished_run, tiny_causal_dir, tiny_reward_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rlgf_cli", "train", "--resume", str(finished_run),
+                             "--iterations", "1000", "--save-every", "0", "--quiet"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while len(_iterations(finished_run)) < 3:  # the first process is training iteration 4 or later
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the first process trained nothing in time"
+            time.sleep(0.05)
+        kept = {p.name for p in (finished_run / "checkpoints").iterdir()}
+        config = (finished_run / "config.toml").read_text()
+        final = (finished_run / "final" / "trainer_state.json").read_text()
+        for second in (["train", "--resume", str(finished_run), "--iterations", "5", "--quiet"],
+                       _args(tiny_causal_dir, tiny_reward_dir, finished_run, "--overwrite")):
+            line = _error(runner.invoke(app, second))
+            assert line.startswith(f"[error] {finished_run} is being trained by another process (pid {proc.pid})")
+            # ... and touched nothing: the first run's config, checkpoints and final/ stand
+            assert (finished_run / "config.toml").read_text() == config and "iterations = 1000" in config
+            assert {p.name for p in (finished_run / "checkpoints").iterdir()} == kept
+            assert (finished_run / "final" / "trainer_state.json").read_text() == final
+        assert proc.poll() is None, "the first process goes on"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # a killed process's lock goes with it; the file it leaves is nobody's and nothing lists it
+    from rlgf_cli.files import LOCK_FILE, clear_run
+
+    assert (finished_run / LOCK_FILE).is_file()
+    result = runner.invoke(app, ["train", "--resume", str(finished_run), "--iterations", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert _iterations(finished_run) == [1, 2, 3]
+    assert not (finished_run / LOCK_FILE).exists(), "a run that ends removes its lock file"
+    (finished_run / LOCK_FILE).write_text("99999\n")
+    assert clear_run(finished_run) == [] and (finished_run / LOCK_FILE).is_file()
+
+
+@pytest.fixture(scope="module")
+def _stopped(tmp_path_factory, tiny_causal_dir, tiny_reward_dir):
+    """A run of 5 iterations stopped by a Ctrl-C during its first: (folder, the command's output)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _stop_in_reward_call(monkeypatch, 1, lambda: os.kill(os.getpid(), signal.SIGINT))
+        result = runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, out, "--iterations", "5"))
+    assert result.exit_code == 130, result.output
+    assert (out / "checkpoints" / "iter-0001").is_dir() and not (out / "final").exists()
+    return out, result.output
+
+
+@pytest.fixture
+def stopped_run(_stopped, tmp_path):
+    out = tmp_path / "stopped"
+    shutil.copytree(_stopped[0], out)
+    return out
+
+
+def test_a_run_stopped_after_one_iteration_says_one_iteration(_stopped):
+    assert "[error] interrupted after 1 iteration —" in _stopped[1], _stopped[1]
+
+
+def test_resume_with_overwrite_is_refused_as_a_contradiction(stopped_run):
+    before = _snapshot(stopped_run)
+    line = _error(runner.invoke(app, ["train", "--resume", str(stopped_run), "--overwrite", "--quiet"]))
+    assert "--resume and --overwrite contradict each other" in line and _snapshot(stopped_run) == before
+
+
+def test_a_new_run_into_an_unfinished_one_is_pointed_at_resume(stopped_run, tiny_causal_dir, tiny_reward_dir):
+    before = _snapshot(stopped_run)
+    line = _error(runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, stopped_run)))
+    assert "has not finished" in line and f"rlgf train --resume {stopped_run}" in line and "--overwrite" in line
+    assert _snapshot(stopped_run) == before
+
+
+def test_a_metrics_file_that_is_not_text_is_one_error_before_anything_is_written(stopped_run):
+    metrics = stopped_run / "metrics.jsonl"
+    metrics.write_bytes(b'{"iteration": 1, "reward_mean": 0.5}\n\xff\xfe\x00 damaged\n')
+    before = _snapshot(stopped_run)
+    line = _error(runner.invoke(app, ["train", "--resume", str(stopped_run), "--quiet"]))
+    assert f"{metrics} is damaged: it is not UTF-8 text" in line and f"mv {metrics} {metrics}.bad" in line
+    assert _snapshot(stopped_run) == before
+    # following the hint works: the metrics start again at the resumed iteration
+    metrics.rename(metrics.with_name("metrics.jsonl.bad"))
+    result = runner.invoke(app, ["train", "--resume", str(stopped_run), "--iterations", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert _iterations(stopped_run) == [2]
