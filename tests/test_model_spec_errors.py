@@ -206,3 +206,23 @@ def test_plot_does_not_offer_a_text_metric(tmp_path):
     with pytest.raises(RlgfError, match="no run logged the metric 'kl'") as info:
         curves({"ppo": [run]}, "kl")
     assert "scheme" not in info.value.hint
+
+
+def test_eval_says_what_the_task_prepares(monkeypatch):
+    """A reward classifier trained on first use takes a minute: eval passes the task's progress
+    messages on instead of sitting silent (the task here reports a step, as the real one does)."""
+    import tasks
+    from rlgf_cli.evaluation.evaluate import build_eval_task
+    from tasks.base import Task
+
+    class Preparing(Task):
+        name = "preparing"
+
+        def prepare(self, progress=None) -> None:
+            if progress is not None:
+                progress("training the reward classifier (one time)", 0.5)
+
+    monkeypatch.setattr(tasks, "get_task", lambda name, **options: Preparing())
+    said = []
+    build_eval_task("preparing", [], {}, say=said.append)
+    assert said == ["training the reward classifier (one time)"]

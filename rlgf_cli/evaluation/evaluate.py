@@ -336,7 +336,8 @@ def build_eval_task(task_name: str | None, specs: list[str], task_options: dict,
     task = get_task(task_name or "rotten-tomatoes", **task_options)
     if precision is not None:  # before prepare: a reward classifier trained now uses it too
         task.use_precision(precision)
-    task.prepare()
+    # a reward classifier trained now takes a minute: say so (as `rlgf train` does)
+    task.prepare(progress=None if say is None else (lambda text, frac=None: say(text)))
     return task
 
 
