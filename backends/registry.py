@@ -167,8 +167,35 @@ def run_model_choice(folder: Path) -> tuple[Path, str]:
             if iteration > newest_iter:
                 newest, newest_iter = path, iteration
     if newest is not None and done >= 0 and newest_iter > done:
+        holder = training_pid(folder)
+        if holder is not None:  # its checkpoints come and go (pruned as it saves): the finished model
+            return final, f"the run's final model: process {holder} is training the run on"
         return newest, f"the run's newest model, iteration {newest_iter}: its final/ is older (iteration {done})"
     return final, "the run's final model"
+
+
+#: the lock file of a run folder being trained (``rlgf_cli.training.run_lock``)
+RUN_LOCK_FILE = ".rlgf-lock"
+
+
+def training_pid(folder: Path) -> int | None:
+    """The pid of another live process training the run in ``folder`` (from its lock file, which
+    names the holder), or None. A lock file left by a killed run names a process that is gone."""
+    import os
+
+    try:
+        pid = int((Path(folder) / RUN_LOCK_FILE).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+    if pid == os.getpid() or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # alive, another user's
+        return pid
+    return pid
 
 
 def run_model(folder: Path) -> Path:
@@ -221,12 +248,18 @@ def policy_class(spec: str) -> type[Policy]:
     folder that holds no model."""
     name, arg, _ = _parse(spec)
     if name == "hf":
-        check_model_folder(Path(arg).expanduser())
+        check_model_folder(Path(arg).expanduser(), given=arg)
     return load_backend(name or "hf")  # the embedded model is a transformers model
 
 
-def check_model_folder(path: Path) -> None:
-    """An existing folder given as a model must hold a ``save_pretrained`` model (config.json)."""
+def check_model_folder(path: Path, given: str | None = None) -> None:
+    """An existing folder given as a model must hold a ``save_pretrained`` model (config.json);
+    ``given`` (the spec's argument) that can only be a local path (``./x``, ``/x``, ``~/x``,
+    ``a/b/c``: a hub id is ``org/name``) must name a folder that is there."""
+    if given is not None and not path.is_dir() and (given.startswith((".", "/", "~")) or given.count("/") > 1):
+        if path.exists():
+            raise RlgfError(f"{given} is a file, not a model folder", "pass the folder that holds config.json")
+        raise RlgfError(f"no such folder: {given}", "check the path (relative paths start from the current folder)")
     if path.is_dir() and not (path / "config.json").is_file():
         raise RlgfError(f"not a transformers model folder: config.json missing in {path}",
                         "pass a folder written by save_pretrained (e.g. a run's final/ folder)")

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from backends.errors import RlgfError
+from backends.registry import RUN_LOCK_FILE
 
 
 def _read_umask() -> int:
@@ -94,7 +95,7 @@ RUN_ENTRIES = frozenset({"config.toml", "metrics.jsonl", "summary.json", "checkp
                          "guide_samples.jsonl", "report.json", "report.md"})
 #: the lock a training process holds on its run folder (``rlgf_cli.training.run_lock``); a killed
 #: run leaves it behind, so listings of a run folder pass over it and ``--overwrite`` leaves it alone
-LOCK_FILE = ".rlgf-lock"
+LOCK_FILE = RUN_LOCK_FILE
 
 
 def _has_header(toml: Path) -> bool:

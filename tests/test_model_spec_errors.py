@@ -226,3 +226,14 @@ def test_eval_says_what_the_task_prepares(monkeypatch):
     said = []
     build_eval_task("preparing", [], {}, say=said.append)
     assert said == ["training the reward classifier (one time)"]
+
+
+def test_train_refuses_a_missing_hf_folder_before_anything(tmp_path):
+    """`rlgf train` refuses it too, before the run folder is made (its own check, which eval's now
+    shares through the registry)."""
+    missing = tmp_path / "no" / "such" / "model"
+    result = runner.invoke(app, ["train", "--learner", f"hf:{missing}", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert f"[error] no such folder: {missing}" in result.output and not (tmp_path / "run").exists()
+    result = runner.invoke(app, ["train", "--learner", "hf:./typo/x", "--out", str(tmp_path / "run")])
+    assert "[error] no such folder: ./typo/x" in result.output

@@ -223,3 +223,48 @@ def test_a_metrics_file_that_is_not_text_is_one_error_before_anything_is_written
     result = runner.invoke(app, ["train", "--resume", str(stopped_run), "--iterations", "2", "--quiet"])
     assert result.exit_code == 0, result.output
     assert _iterations(stopped_run) == [2]
+
+
+def _extended_copy_of(finished_run: Path) -> Path:
+    """The run as an extension leaves it when stopped before its new end: a checkpoint newer than
+    final/ (a copy of the last one, its iteration moved on)."""
+    last = finished_run / "checkpoints" / "iter-0002"
+    newer = finished_run / "checkpoints" / "iter-0005"
+    shutil.copytree(last, newer)
+    state = json.loads((newer / "trainer_state.json").read_text())
+    (newer / "trainer_state.json").write_text(json.dumps({**state, "iteration": 5}))
+    return newer
+
+
+def test_a_run_being_trained_stands_for_its_final_model(finished_run):
+    """While another process trains the run on, its checkpoints come and go (pruned as it saves):
+    the run folder stands for its finished final/; once that process is gone, for the newest."""
+    from backends.registry import run_model_choice
+
+    newer = _extended_copy_of(finished_run)
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (finished_run / ".rlgf-lock").write_text(f"{trainer.pid}\n")
+        chosen, why = run_model_choice(finished_run)
+        assert chosen == finished_run / "final" and f"process {trainer.pid} is training" in why
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert run_model_choice(finished_run)[0] == newer  # the lock file of a process that is gone
+
+
+def test_a_run_started_from_a_run_folder_keeps_its_reference(finished_run, tmp_path, tiny_reward_dir):
+    """--init RUN records the model RUN stood for then: after RUN is extended, a resume (and eval's
+    output_perplexity) still take that model as the reference, not RUN's newer checkpoint."""
+    from rlgf_cli.training.checkpoint import read_state
+
+    out = tmp_path / "from-run"
+    args = _args("unused", tiny_reward_dir, out)
+    args[1:3] = ["--init", str(finished_run)]  # instead of --learner
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert read_state(out / "final")["learner"] == str(finished_run / "final")
+    _extended_copy_of(finished_run)
+    result = runner.invoke(app, ["train", "--resume", str(out), "--iterations", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert read_state(out / "final")["learner"] == str(finished_run / "final")

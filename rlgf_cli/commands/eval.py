@@ -26,7 +26,7 @@ def run_checkpoint(folder: Path, quiet: bool = False) -> Path:
     if chosen == folder:  # no final/
         if not (folder / "config.toml").is_file():
             return folder
-        from rlgf_cli.training.run import latest_checkpoint
+        from rlgf_cli.training.run_folder import latest_checkpoint
 
         chosen = latest_checkpoint(folder)
         if chosen is None:

@@ -147,7 +147,7 @@ def run_default(saved: dict, name: str) -> Any:
 
 
 def _restore_hint(resume: Path, saved_file: Path) -> str:
-    from rlgf_cli.training.run import latest_checkpoint
+    from rlgf_cli.training.run_folder import latest_checkpoint
 
     kept = latest_checkpoint(resume)
     return f"copy the one saved with the checkpoint: cp {kept / 'rlgf.toml'} {saved_file}" if kept else \

@@ -234,30 +234,11 @@ def load_for_eval(spec: str, device: str, *, seed: int, base_url: str | None = N
     return resolve(spec, device=device, **options)
 
 
-def check_local_folder(spec: str) -> None:
-    """A model spec that names a local folder (``hf:PATH``, or a bare path) that is not there fails
-    now, not after the task is built and the policies before it are evaluated."""
-    from backends.hf.util import looks_like_path
-
-    text = spec.strip()
-    hf = text[:3].lower() == "hf:"
-    arg = text[3:].strip() if hf else text
-    if not looks_like_path(arg) or not (hf or text.startswith((".", "/", "~"))):
-        return  # a hub id, an alias, another backend's spec (openai:org/model): the registry judges it
-    path = Path(arg).expanduser()
-    if not path.exists():
-        raise RlgfError(f"no such folder: {arg}", "check the path (relative paths start from the current folder)")
-    if not path.is_dir():
-        raise RlgfError(f"{arg} is a file, not a model folder", "pass the folder that holds config.json")
-
-
 def check_specs(specs: list[str], *, seed: int, base_url: str | None = None, api: dict | None = None) -> None:
     """Unknown backends, missing folders and an API model's missing key fail here, before the
     task's reward is prepared and any model loads."""
     from backends import RunSettings, policy_class
 
-    for spec in specs:
-        check_local_folder(spec)
     for spec in specs:
         cls = policy_class(spec)
         cls.preflight(cls.options_from(RunSettings(seed=seed, base_url=base_url, **(api or {}))))

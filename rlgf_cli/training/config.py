@@ -7,7 +7,6 @@ Defaults follow the paper's IMDB hyperparameters (Tables 5 and 6).
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
@@ -411,8 +410,8 @@ def local_path(name: str, value: str) -> str:
     path = Path(rest).expanduser()
     if looks_like_path and not path.is_absolute() and path.exists():
         return prefix + str(path.resolve())
-    if looks_like_path and path.is_absolute():  # /x/reward/ and /x/reward are one folder (symlinks kept)
-        return prefix + os.path.normpath(path)
+    if looks_like_path and path.is_absolute():  # /x/reward/ and /x/reward are one folder (".." and symlinks kept)
+        return prefix + str(path)
     return value
 
 

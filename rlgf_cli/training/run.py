@@ -35,7 +35,8 @@ from rlgf_cli.training.checkpoint import (
 from rlgf_cli.training.distributed import all_sum, init_from_env, launched_as_main, shutdown
 from rlgf_cli.training.interrupt import StopAtBoundary
 from rlgf_cli.training.resume_state import load_optimizer, load_rng, refuse_pickles
-from rlgf_cli.training.run_folder import check_iterations, latest_checkpoint, metric_lines, resume_advice, truncate_metrics
+from rlgf_cli.training.run_folder import (check_iterations, latest_checkpoint, metric_lines, pinned_model, resume_advice,
+                                         truncate_metrics)
 from rlgf_cli.training.run_lock import RunLock
 from rlgf_cli.files import check_out_dir, clear_run, write_atomic
 from rlgf_cli.training import trackers
@@ -141,7 +142,10 @@ def _forget(out: Path, main: bool, lock: RunLock) -> None:
     and nothing of the user's is in it), so that the same command can run again."""
     if main and not clear_run(out) and not out.is_symlink():
         lock.release()  # its file is the last one in the folder
-        out.rmdir()
+        try:
+            out.rmdir()
+        except OSError:  # something appeared in it meanwhile: leave the folder, not a second error
+            pass
 
 
 def train(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False,
@@ -195,7 +199,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     state = read_state(ckpt) if ckpt else {}
-    learner_spec = state.get("learner") or cfg.init or cfg.learner or task.default_learner
+    learner_spec = state.get("learner") or pinned_model(cfg.init or cfg.learner or task.default_learner)
     set_seed(cfg.seed)
     load_from = str(ckpt) if ckpt else learner_spec
     callback("message", {"text": f"loading learner {load_from} on {device}"})

@@ -25,6 +25,19 @@ def latest_checkpoint(out: Path) -> Path | None:
     return best
 
 
+def pinned_model(spec: str) -> str:
+    """``spec`` as a run records its initial learner (the frozen reference of every resume): a run
+    folder given as a model (``--init RUN``) as the model folder it stands for now, so that a
+    resume loads the same reference even after that run is extended; any other spec as it is."""
+    from backends.registry import run_model
+
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        return spec
+    chosen = run_model(path)
+    return spec if chosen == path else str(chosen)
+
+
 def resume_advice(out: Path) -> str:
     """Where a stopped run goes on from: its newest whole checkpoint, or a fresh start. Every
     rank may call it (it only reads files), so every rank prints the same advice."""

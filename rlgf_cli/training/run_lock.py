@@ -52,7 +52,8 @@ class RunLock:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise self._held_elsewhere() from None
-                return False  # a file system without flock (ENOLCK, EOPNOTSUPP…)
+                self._discard()  # a file system without flock (ENOLCK, EOPNOTSUPP…): no lock, no file
+                return False
             try:  # the holder before us may have removed the file as we opened it: lock the one there now
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except OSError:
@@ -72,12 +73,15 @@ class RunLock:
         """Remove the lock file and unlock (in that order, so no one locks a file being removed)."""
         if self.fd is None:
             return
+        self._discard()
+        os.close(self.fd)
+        self.fd = None
+
+    def _discard(self) -> None:
         try:
             self.path.unlink(missing_ok=True)
         except OSError:
             pass
-        os.close(self.fd)
-        self.fd = None
 
     def _held_elsewhere(self) -> RlgfError:
         try:
