@@ -56,3 +56,13 @@ def test_out_of_range_guide_sampling_is_one_error_line(tmp_path, flag, value, me
     assert result.exit_code == 1, result.output
     assert f"--guide-* sampling out of range: {message}" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_guide_sampling_without_a_guide_is_said_to_be_ignored():
+    from rlgf_cli.commands.train import ignored_options
+    from rlgf_cli.training.config import build_config
+
+    notes = ignored_options(build_config(None, alg="ppo", guide_top_p=0.9, guide_top_k=40))
+    assert notes == ["--alg ppo does not use --guide-top-k; it is ignored",
+                     "--alg ppo does not use --guide-top-p; it is ignored"]
+    assert ignored_options(build_config(None, alg="ppo++", guide="g", guide_top_p=0.9)) == []

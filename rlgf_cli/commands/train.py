@@ -107,7 +107,8 @@ def ignored_options(cfg) -> list[str]:
                      f"({', '.join(a for a in algorithm_names() if get_algorithm(a).needs_guide)} use one)")
     uses = {"alpha": alg.default_alpha is not None, "beta": len(alg.beta_schemes) == 1,
             "ppopp_beta": "ppo++" in alg.beta_schemes, "aggrevated_beta": "aggrevated" in alg.beta_schemes,
-            "switch_iteration": alg.switches}
+            "switch_iteration": alg.switches, "guide_temperature": alg.needs_guide, "guide_top_k": alg.needs_guide,
+            "guide_top_p": alg.needs_guide}
     for name, used in uses.items():
         if not used and getattr(cfg, name) is not None:
             notes.append(f"--alg {cfg.alg} does not use --{name.replace('_', '-')}; it is ignored")
