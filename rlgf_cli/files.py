@@ -116,13 +116,20 @@ def rlgf_made(folder: Path) -> bool:
 
 def unfinished_run(folder: Path) -> bool:
     """Whether the run in ``folder`` has a resumable checkpoint newer than its ``final/`` (or has
-    none): it stopped (or was stopped) before its last iteration, and ``--resume`` continues it."""
+    none), or stopped early by itself (its guide budget spent: ``summary.json``'s ``stopped``): it
+    ended before its last iteration, and ``--resume`` continues it."""
+    import json
+
     from backends.registry import run_model
 
     folder = Path(folder)
     if not any(p.is_dir() and (p / "trainer_state.json").is_file() for p in (folder / "checkpoints").glob("iter-*")):
         return False
-    return run_model(folder) != folder / "final"
+    try:
+        stopped = json.loads((folder / "summary.json").read_text(encoding="utf-8")).get("stopped")
+    except (OSError, ValueError, AttributeError):
+        stopped = None
+    return bool(stopped) or run_model(folder) != folder / "final"
 
 
 def _is_rlgf_entry(path: Path) -> bool:

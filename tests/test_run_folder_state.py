@@ -268,3 +268,13 @@ def test_a_run_started_from_a_run_folder_keeps_its_reference(finished_run, tmp_p
     result = runner.invoke(app, ["train", "--resume", str(out), "--iterations", "3", "--quiet"])
     assert result.exit_code == 0, result.output
     assert read_state(out / "final")["learner"] == str(finished_run / "final")
+
+
+def test_a_run_its_guide_budget_stopped_is_pointed_at_resume(finished_run, tiny_causal_dir, tiny_reward_dir):
+    """A run whose guide budget ran out has its final/ at the stop (nothing newer), yet --resume
+    with a larger --guide-budget-tokens continues it: --out into it says so."""
+    summary = json.loads((finished_run / "summary.json").read_text())
+    (finished_run / "summary.json").write_text(json.dumps({**summary, "stopped": "guide budget exhausted after 2 "
+                                                           "iterations"}))
+    line = _error(runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, finished_run)))
+    assert "has not finished" in line and f"rlgf train --resume {finished_run}" in line
