@@ -167,6 +167,13 @@ def check_out_dir(out: str | Path, overwrite: bool) -> Path:
 def clear_run(out: Path) -> list[str]:
     """Remove what rlgf wrote in the run folder ``out`` (:data:`RUN_ENTRIES`, unfinished writes and
     nested runs) for ``--overwrite``; anything else stays. Returns the names kept."""
+    from backends.registry import training_pid
+
+    for nested in sorted(Path(out).iterdir()):  # before anything goes: a run another process trains stays whole
+        holder = training_pid(nested) if nested.is_dir() and not nested.is_symlink() else None
+        if holder is not None:
+            raise RlgfError(f"--overwrite would delete {nested}, which process {holder} is training",
+                            "wait for it to end (or stop it), or choose another --out")
     kept = []
     for path in sorted(Path(out).iterdir()):
         if path.name == LOCK_FILE:  # held by this run (or left by a killed one): not the user's, not to remove

@@ -278,3 +278,25 @@ def test_a_run_its_guide_budget_stopped_is_pointed_at_resume(finished_run, tiny_
                                                            "iterations"}))
     line = _error(runner.invoke(app, _args(tiny_causal_dir, tiny_reward_dir, finished_run)))
     assert "has not finished" in line and f"rlgf train --resume {finished_run}" in line
+
+
+def test_overwrite_leaves_a_nested_run_another_process_trains(tmp_path):
+    """`--overwrite` of a folder holding a nested run (distill's bc/) that a live process is
+    training: refused before anything is removed."""
+    from backends.errors import RlgfError
+    from rlgf_cli.files import RUN_HEADER, clear_run
+
+    out = tmp_path / "distill"
+    (out / "bc").mkdir(parents=True)
+    (out / "bc" / "config.toml").write_text(RUN_HEADER + "\n")
+    (out / "summary.json").write_text("{}")
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "bc" / ".rlgf-lock").write_text(f"{trainer.pid}\n")
+        with pytest.raises(RlgfError, match=f"which process {trainer.pid} is training"):
+            clear_run(out)
+        assert (out / "summary.json").is_file() and (out / "bc").is_dir()
+    finally:
+        trainer.kill()
+        trainer.wait()
+    assert clear_run(out) == [] and not (out / "bc").exists()  # its process gone: removed as before
