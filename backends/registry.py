@@ -198,6 +198,13 @@ def training_pid(folder: Path) -> int | None:
     return pid
 
 
+def loaded_folder(spec: str) -> Path | None:
+    """The folder a bare folder spec loads (for a run folder, :func:`run_model`), or None for any
+    other spec (``hf:…``, ``smollm2``, another backend's)."""
+    name, arg, text = _parse(spec)
+    return Path(arg) if name == "hf" and Path(text).expanduser().is_dir() else None
+
+
 def run_model(folder: Path) -> Path:
     """An ``rlgf train --out`` folder stands for its newest model (:func:`run_model_choice`):
     its ``final/``, or a checkpoint newer than that; any other folder is itself."""

@@ -300,3 +300,15 @@ def test_overwrite_leaves_a_nested_run_another_process_trains(tmp_path):
         trainer.kill()
         trainer.wait()
     assert clear_run(out) == [] and not (out / "bc").exists()  # its process gone: removed as before
+
+
+def test_pinning_reads_a_spec_as_the_registry_does(tmp_path, monkeypatch, finished_run):
+    """Only a folder spec is pinned to the model it stands for: `smollm2` stays the embedded model
+    even beside a run folder of that name, and `hf:` specs stay as given."""
+    from rlgf_cli.training.run_folder import pinned_model
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(finished_run, tmp_path / "smollm2")
+    assert pinned_model("smollm2") == "smollm2"
+    assert pinned_model("./smollm2") == str(Path("smollm2") / "final")
+    assert pinned_model(f"hf:{finished_run}") == f"hf:{finished_run}"

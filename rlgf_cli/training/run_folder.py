@@ -29,13 +29,11 @@ def pinned_model(spec: str) -> str:
     """``spec`` as a run records its initial learner (the frozen reference of every resume): a run
     folder given as a model (``--init RUN``) as the model folder it stands for now, so that a
     resume loads the same reference even after that run is extended; any other spec as it is."""
-    from backends.registry import run_model
+    from backends.registry import loaded_folder
 
     path = Path(spec).expanduser()
-    if not path.is_dir():
-        return spec
-    chosen = run_model(path)
-    return spec if chosen == path else str(chosen)
+    chosen = loaded_folder(spec)  # as the registry reads the spec ("smollm2" is the embedded model, a folder or not)
+    return spec if chosen is None or chosen == path else str(chosen)
 
 
 def resume_advice(out: Path) -> str:
