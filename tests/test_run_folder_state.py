@@ -312,3 +312,21 @@ def test_pinning_reads_a_spec_as_the_registry_does(tmp_path, monkeypatch, finish
     assert pinned_model("smollm2") == "smollm2"
     assert pinned_model("./smollm2") == str(Path("smollm2") / "final")
     assert pinned_model(f"hf:{finished_run}") == f"hf:{finished_run}"
+
+
+def test_a_guide_run_folder_is_pinned_like_the_reference(finished_run, tmp_path, tiny_causal_dir, tiny_reward_dir):
+    """--guide RUN loads the model RUN stood for when the run started, on every resume, while the
+    --guide given stays the same (RUN extended meanwhile)."""
+    from rlgf_cli.training.checkpoint import read_state
+    from rlgf_cli.training.run_folder import latest_checkpoint
+
+    out = tmp_path / "guided"
+    args = _args(tiny_causal_dir, tiny_reward_dir, out, "--alg", "ppo++", "--guide", str(finished_run))
+    assert runner.invoke(app, args).exit_code == 0
+    assert read_state(latest_checkpoint(out))["guide"] == str(finished_run / "final")
+    _extended_copy_of(finished_run)
+    result = runner.invoke(app, ["train", "--resume", str(out), "--iterations", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"loading guide {finished_run / 'final'} (--guide {finished_run}, as it stood when the run started)" \
+        in result.output
+    assert read_state(latest_checkpoint(out))["guide"] == str(finished_run / "final")

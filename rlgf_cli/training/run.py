@@ -35,8 +35,8 @@ from rlgf_cli.training.checkpoint import (
 from rlgf_cli.training.distributed import all_sum, init_from_env, launched_as_main, shutdown
 from rlgf_cli.training.interrupt import StopAtBoundary
 from rlgf_cli.training.resume_state import load_optimizer, load_rng, refuse_pickles
-from rlgf_cli.training.run_folder import (check_iterations, latest_checkpoint, metric_lines, pinned_model, resume_advice,
-                                         truncate_metrics)
+from rlgf_cli.training.run_folder import (check_iterations, latest_checkpoint, metric_lines, pinned_guide, pinned_model,
+                                         resume_advice, truncate_metrics)
 from rlgf_cli.training.run_lock import RunLock
 from rlgf_cli.files import check_out_dir, clear_run, write_atomic
 from rlgf_cli.training import trackers
@@ -214,7 +214,8 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     # e.g. train the reward classifier once (at the run's precision), before the run folder exists
     task.use_precision(precision)
     task.prepare(progress=lambda text, frac=None: callback("message", {"text": text}))
-    trainer = _build_trainer(cfg, task, policy, learner_spec, device, callback, ckpt, state)
+    guide_spec = pinned_guide(cfg.guide, state) if cfg.algorithm.needs_guide else None
+    trainer = _build_trainer(cfg, task, policy, learner_spec, guide_spec, device, callback, ckpt, state)
     critics = trainer.critics
     callback("message", {"text": f"{trainer.precision.describe()} · memory allocator {allocator.current()}"})
     if cfg.compile:
@@ -253,7 +254,8 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         set_seed(cfg.seed)  # same seed → same run, whatever loading consumed
 
     def resumable_state() -> dict:
-        return {**trainer.state(), "learner": learner_spec, "task": cfg.task, **_guide_state(trainer.guide)}
+        return {**trainer.state(), "learner": learner_spec, "task": cfg.task, **_guide_state(trainer.guide),
+                **({"guide": guide_spec, "guide_given": cfg.guide} if guide_spec else {})}
 
     def checkpoint(target: Path) -> Path:
         if not main:
@@ -416,8 +418,8 @@ def _guide_state(guide) -> dict:
     return {"guide_budget_used_tokens": stats.get("budget_used_tokens", stats.get("total_tokens", 0))}
 
 
-def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: str, callback, ckpt: Path | None,
-                   state: dict):
+def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, guide_spec: str | None, device: str, callback,
+                   ckpt: Path | None, state: dict):
     """The trainer for ``cfg.alg``, with its state restored from ``ckpt`` when resuming."""
     algorithm = cfg.algorithm
     if algorithm.trainer == "bc":
@@ -432,8 +434,9 @@ def _build_trainer(cfg: TrainConfig, task, policy, learner_spec: str, device: st
 
         guide = None
         if algorithm.needs_guide:
-            callback("message", {"text": f"loading guide {cfg.guide}"})
-            guide = resolve(cfg.guide, device=device, progress=lambda text: callback("message", {"text": text}),
+            pinned = "" if guide_spec == cfg.guide else f" (--guide {cfg.guide}, as it stood when the run started)"
+            callback("message", {"text": f"loading guide {guide_spec}{pinned}"})
+            guide = resolve(guide_spec, device=device, progress=lambda text: callback("message", {"text": text}),
                             **guide_options(cfg, used=state.get("guide_budget_used_tokens", 0), task=task))
             guide.validate()  # an API guide: reachable, key accepted, model known — before any output
             check_guide_continues(cfg, guide, callback)

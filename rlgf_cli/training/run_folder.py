@@ -36,6 +36,16 @@ def pinned_model(spec: str) -> str:
     return spec if chosen is None or chosen == path else str(chosen)
 
 
+def pinned_guide(given: str | None, state: dict) -> str | None:
+    """The guide a run loads: on resume, the one it started with (:func:`pinned_model` of the
+    ``--guide`` then given) while ``--guide`` is unchanged; a new ``--guide`` pinned anew."""
+    if not given:
+        return None
+    if state.get("guide_given") == given and state.get("guide"):
+        return state["guide"]
+    return pinned_model(given)
+
+
 def resume_advice(out: Path) -> str:
     """Where a stopped run goes on from: its newest whole checkpoint, or a fresh start. Every
     rank may call it (it only reads files), so every rank prints the same advice."""
