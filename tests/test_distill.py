@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -237,3 +238,28 @@ def test_a_full_disk_is_refused_before_the_guide_is_paid(tmp_path, tiny_causal_d
     assert result.exit_code == 1 and len(lines) == 1
     assert "not enough disk space for the experiment's checkpoints" in lines[0]
     assert not out.exists()
+
+
+def test_a_folder_another_process_writes_is_refused(tmp_path, tiny_causal_dir, reward_dir):
+    """One process at a time writes a distill --out (the lock rlgf train takes): a second one stops
+    with one error naming the first, before the guide is paid, and leaves the folder as it was."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from rlgf_cli.training.run_lock import RunLock; RunLock(Path(sys.argv[1])).acquire(); "
+                               "print('held', flush=True); time.sleep(60)", str(out)],
+                              cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = runner.invoke(app, ["distill", "--guide", str(tiny_causal_dir), "--learner", str(tiny_causal_dir),
+                                     "--reward-model", str(reward_dir), "--out", str(out), "--overwrite",
+                                     "--device", "cpu"])
+        assert result.exit_code == 1, result.output
+        assert f"is being trained by another process (pid {holder.pid})" in result.output
+        assert sorted(p.name for p in out.iterdir()) == [".rlgf-lock"]
+    finally:
+        holder.kill()
+        holder.wait()

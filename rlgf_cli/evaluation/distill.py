@@ -244,7 +244,19 @@ def train_bc(cfg, task, learner_spec: str, device: str, callback) -> dict:
 
 
 def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
-    """Run the experiment described in the module docstring; returns the report."""
+    """Run the experiment described in the module docstring; returns the report. One process at a
+    time writes an ``--out`` folder (the lock ``rlgf train`` takes; its nested runs take their own)."""
+    from rlgf_cli.training.run_lock import RunLock
+
+    lock = RunLock(Path(o.out))
+    try:
+        lock.acquire()  # an existing folder: before anything reads it (a new one: once it is made)
+        return _distill(o, lock, callback=callback, bar=bar)
+    finally:
+        lock.release()
+
+
+def _distill(o: DistillOptions, lock, *, callback=None, bar=None) -> dict:
     from backends import resolve
     from backends.precision import freeze_in, resolve_precision
 
@@ -299,6 +311,8 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
         if kept:
             say(f"--overwrite kept what rlgf did not write in {out}: {', '.join(kept)}")
     out.mkdir(parents=True, exist_ok=True)
+    if lock.acquire():  # the folder was made since the start (by another run, perhaps): check it again
+        prepare_out(o)
     k = o.samples_per_prompt
     say(f"collecting {k} guide completion(s) for each of {len(train_examples)} training prompts")
     with prec.autocast():
