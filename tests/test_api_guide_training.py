@@ -256,6 +256,7 @@ def test_a_budget_stops_the_run_cleanly_and_resume_pays_nothing_twice(reference,
     result = invoke(api_args(tiny_causal_dir, reward_dir, out, server.url, *REF, "--guide-budget-tokens", budget))
     after = server.state()["counts"]
     assert "guide budget exhausted" in result.output and "stopped early" in result.output
+    assert f"continue with rlgf train --resume {out} --guide-budget-tokens N" in result.output  # the folder to go on
     assert not error_lines(result.output)
     spent = (after["prompt_tokens"] - before["prompt_tokens"]) + (after["completion_tokens"] - before["completion_tokens"])
     assert 0 < spent <= budget, "the server's own count must stay within the budget"

@@ -61,7 +61,7 @@ def test_rendered_help_keeps_the_defaults():
     proc = subprocess.run([sys.executable, "-m", "rlgf_cli", "train", "--help"], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for text in ("[default: 0.99]", "[default: 1e-6; BC 1e-5; rotten-tomatoes (the default task) and prompts: 5e-05, but not for BC]", "[default: PPO++ 0.2, AggreVaTeD 0.8]",
+    for text in ("[default: 0.99]", "[default: 1e-6; BC 1e-5; rotten-tomatoes (the default task) and prompts: 5e-05, but not for BC; commongen 1e-5]", "[default: PPO++ 0.2, AggreVaTeD 0.8]",
                  "--whiten-advantages", "--no-cuda-graphs", "--print-config", "--keep-checkpoints"):
         assert text in proc.stdout, text
 

@@ -263,3 +263,23 @@ def test_a_folder_another_process_writes_is_refused(tmp_path, tiny_causal_dir, r
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_task_without_a_reward_fails_before_the_guide_is_paid(tmp_path, tiny_causal_dir):
+    """`--task prompts` brings no reward: refused before the guide is evaluated or asked for anything,
+    with nothing left behind (it used to fail after collecting every completion, leaving an empty --out)."""
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"p{i}"}) for i in range(6)) + "\n")
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["distill", "--task", "prompts", "--data", str(data), "--guide", str(tiny_causal_dir),
+                                 "--learner", str(tiny_causal_dir), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert "has no reward of its own" in result.output and "evaluating guide" not in result.output
+    assert not out.exists()
+
+
+def test_then_options_without_then_are_said_to_be_ignored():
+    from rlgf_cli.evaluation.distill import DistillOptions, check_options
+
+    with pytest.warns(Warning, match="--then-config is ignored without --then"):
+        check_options(DistillOptions(guide="g", then_config="x.toml"))

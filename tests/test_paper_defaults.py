@@ -138,3 +138,26 @@ def test_the_new_fields_in_a_config_file_are_type_checked(tmp_path, key, value):
     file.write_text(f'[train]\nalg = "d2lols"\nguide = "g"\n{key} = {value}\n', encoding="utf-8")
     with pytest.raises(RlgfError, match=f"config value {key} = .* has the wrong type"):
         build_config(str(file))
+
+
+def test_help_names_every_task_that_sets_its_own_default():
+    """`rlgf train --help` (and --print-config's comments) show a default per field: where a built-in
+    task sets another value, the shown text names that task, so help never states a default a task
+    silently replaces (imdb's 100 iterations, commongen's clip 0.4 …)."""
+    from dataclasses import fields
+
+    from rlgf_cli.training.config import TrainConfig, shown_default
+    from tasks.registry import TASKS, train_defaults
+
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    missing = []
+    for task in TASKS:
+        for key, value in train_defaults(task).items():
+            shown = shown_default(by_name[key])
+            try:
+                same = float(shown.split(";")[0].split(",")[0]) == float(value)
+            except ValueError:
+                same = shown.split(";")[0].strip() == str(value)
+            if not same and task not in shown:
+                missing.append(f"{key}: {task} sets {value!r}, help shows {shown!r}")
+    assert not missing, missing

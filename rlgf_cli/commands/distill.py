@@ -38,7 +38,7 @@ def distill_command(
     minibatch_size: Annotated[Optional[int], typer.Option(help="Examples per BC minibatch. [default: 16, at most --episodes]", rich_help_panel=_BC)] = None,
     lr: Annotated[Optional[float], typer.Option(help="BC learning rate (default 1e-5).", rich_help_panel=_BC)] = None,
     then: Annotated[Optional[str], typer.Option(help="Continue from the BC model with this algorithm and the same guide: ppo, ppo++, aggrevated, lols, d2lols.", rich_help_panel=_THEN)] = None,
-    then_iterations: Annotated[Optional[int], typer.Option(help="Iterations of --then (default 10).", rich_help_panel=_THEN)] = None,
+    then_iterations: Annotated[Optional[int], typer.Option(help="Iterations of --then (default: the task's; 10 for rotten-tomatoes and prompts, 100 for imdb).", rich_help_panel=_THEN)] = None,
     then_config: Annotated[Optional[Path], typer.Option(help="TOML file with more `rlgf train` settings for --then (episodes, lr, beta…).", rich_help_panel=_THEN)] = None,
     eval_split: Annotated[str, typer.Option(help="Split of the final evaluation: train, val or test.", rich_help_panel=_EVAL)] = "test",
     eval_limit: Annotated[Optional[int], typer.Option(help="Evaluate on the first N examples only (default: all).", rich_help_panel=_EVAL)] = None,

@@ -88,7 +88,8 @@ def train_command(
     elif json_out:
         write_atomic(json_out, text)
     if summary.get("stopped"):
-        err_console.print(f"stopped early: {summary['stopped']}; checkpoint in {summary['final']}", markup=False)
+        err_console.print(f"stopped early: {summary['stopped']}; checkpoint in {summary['final']}; continue with "
+                          f"rlgf train --resume {summary['out']} --guide-budget-tokens N (a larger N)", markup=False)
     if not quiet:
         last = summary.get("last", {})
         reward = f", last reward {last['reward_mean']:.3f}" if "reward_mean" in last else ""

@@ -38,7 +38,8 @@ PLOT_METRIC_PREFERENCE = ("sentiment", "spider", "cider_d", "meteor")
 def tercile_thresholds(scores: Sequence[float]) -> tuple[float, float]:
     """The two cut points splitting ``scores`` into thirds (see the module docstring)."""
     if len(scores) < 3:
-        raise RlgfError(f"terciles need at least 3 prompts, got {len(scores)}", "raise --limit")
+        raise RlgfError(f"terciles need at least 3 prompts, got {len(scores)}",
+                        "use more prompts: raise --limit, or a split (--data) with more rows")
     s = sorted(float(x) for x in scores)
     n = len(s)
     cuts = []

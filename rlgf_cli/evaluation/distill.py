@@ -27,11 +27,12 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from backends import policy_class
-from backends.errors import RlgfError
+from backends.errors import RlgfError, RlgfWarning
 from backends.openai_api.token_budget import GuideBudgetExhausted
 from tasks.base import Example, Task, layered
 
@@ -104,6 +105,10 @@ def check_options(o: DistillOptions) -> None:
     if o.keep_top is not None and o.keep_top > o.samples_per_prompt:
         raise RlgfError(f"--keep-top {o.keep_top} is more than --samples-per-prompt {o.samples_per_prompt}",
                         "keep at most as many completions as are collected per prompt")
+    for flag, value in (("--then-iterations", o.then_iterations), ("--then-config", o.then_config)):
+        if value is not None and not o.then:
+            warnings.warn(f"{flag} is ignored without --then (which RL algorithm to continue with)", RlgfWarning,
+                          stacklevel=2)
     if o.eval_split not in ("train", "val", "test"):
         raise RlgfError(f"unknown split '{o.eval_split}'", "use train, val or test")
     if (o.guide_budget_tokens or o.guide_base_url) and not policy_class(o.guide).remote:
@@ -279,6 +284,7 @@ def _distill(o: DistillOptions, lock, *, callback=None, bar=None) -> dict:
     task = build_task(bc_cfg)
     learner_spec = o.learner or task.default_learner
     check_specs(bc_cfg, task, learner=learner_spec, guide=True, concurrency=o.concurrency)  # before the reward is prepared
+    task.check_reward()  # the guide's completions are scored: a task with no usable reward fails before they are paid
     device = resolve_device(o.device)
     prec = resolve_precision(o.precision, device)
     task.use_precision(prec)
@@ -377,5 +383,6 @@ def run_then(cfg, guide, o: DistillOptions, callback, say, train) -> dict:
     summary = train(cfg, overwrite=True, callback=callback)
     callback("end", {})
     if summary.get("stopped"):
-        say(f"{cfg.alg} stopped early: {summary['stopped']}")
+        say(f"{cfg.alg} stopped early: {summary['stopped']}; continue it with rlgf train --resume {summary['out']} "
+            "--guide-budget-tokens N (a larger N)")
     return summary

@@ -107,14 +107,15 @@ class TrainConfig:
                              default_text="the task's")
     bertscore_model: str | None = opt(None, "BERTScore model (a name or local folder) for tasks that report bertscore_f1 "
                                             "(CommonGen).", default_text="the task's")
-    iterations: int = opt(10, "Training iterations (one rollout batch and one update each).", panel=PANEL_RUN)
+    iterations: int = opt(10, "Training iterations (one rollout batch and one update each).", panel=PANEL_RUN,
+                          default_text="10; imdb 100")
     episodes: int = opt(64, "Episodes (prompts) per iteration.", panel=PANEL_RUN,
-                        default_text="64; rotten-tomatoes (the default task) and prompts: 32, but not for BC")
+                        default_text="64; rotten-tomatoes (the default task) and prompts: 32, but not for BC; imdb 27")
     epochs: int = opt(5, "PPO epochs over each rollout batch.", panel=PANEL_PPO,
-                      default_text="5; rotten-tomatoes (the default task) and prompts: 2, but not for BC")
+                      default_text="5; rotten-tomatoes (the default task) and prompts: 2, but not for BC; commongen 1")
     minibatch_size: int = opt(0, "Episodes per minibatch in the update; 0: 16, or --episodes when fewer (the resolved "
                                  "number is what OUT/config.toml records).", panel=PANEL_PPO,
-                              default_text="16, at most --episodes")
+                              default_text="16, at most --episodes; imdb 1")
     rollout_batch_size: int = opt(0, "Episodes per generation and scoring chunk (a memory bound); 0 sizes it to the "
                                      "device (what fits in a GPU's free memory; 64 on CPU).", panel=PANEL_RUN)
     cuda_graphs: bool = opt(False, "Experimental: replay each decoding step of a causal model as a CUDA graph (GPU only; "
@@ -126,20 +127,22 @@ class TrainConfig:
                                       "iterations under CPU bf16 (OUT/config.toml records the choice).", panel=PANEL_RUN,
                                default_text="auto: on under CPU bf16 from 20 iterations")
     lr: float | None = opt(None, "Learning rate (AdamW).", panel=PANEL_PPO,
-                           default_text="1e-6; BC 1e-5; rotten-tomatoes (the default task) and prompts: 5e-05, but not for BC")
+                           default_text="1e-6; BC 1e-5; rotten-tomatoes (the default task) and prompts: 5e-05, but not for "
+                                        "BC; commongen 1e-5")
     weight_decay: float = opt(0.0, "AdamW weight decay.", panel=PANEL_PPO)
     gamma: float = opt(0.99, "Discount γ.", panel=PANEL_PPO)
     lam: float = opt(0.95, "GAE λ.", panel=PANEL_PPO)
-    clip_range: float = opt(0.2, "Policy ratio clip ε.", panel=PANEL_PPO)
+    clip_range: float = opt(0.2, "Policy ratio clip ε.", panel=PANEL_PPO, default_text="0.2; commongen 0.4")
     clip_range_value: float = opt(0.2, "Value clip range.", panel=PANEL_PPO)
-    vf_coef: float = opt(0.5, "Value-loss coefficient.", panel=PANEL_PPO)
+    vf_coef: float = opt(0.5, "Value-loss coefficient.", panel=PANEL_PPO, default_text="0.5; commongen 3.0")
     ent_coef: float = opt(0.0, "Entropy bonus coefficient.", panel=PANEL_PPO)
-    kl_coef: float = opt(0.1, "Initial KL-penalty coefficient.", panel=PANEL_PPO)
+    kl_coef: float = opt(0.1, "Initial KL-penalty coefficient.", panel=PANEL_PPO, default_text="0.1; commongen 0")
     target_kl: float = opt(0.1, "Target KL per learner token of the adaptive controller, which moves the coefficient "
                                 "by coef·(1 + 0.1·clip(KL/target − 1, ±0.2)) each iteration (RL4LMs' rule) from the "
-                                "exact per-token KL(π‖π_ref); 0: a fixed coefficient.", panel=PANEL_PPO)
+                                "exact per-token KL(π‖π_ref); 0: a fixed coefficient.", panel=PANEL_PPO,
+                          default_text="0.1; commongen 0")
     lr_schedule: str = opt("constant", "Learning-rate schedule: constant, or linear (lr·(1 − t/T) in iteration t).",
-                           panel=PANEL_PPO)
+                           panel=PANEL_PPO, default_text="constant; commongen linear")
     max_grad_norm: float = opt(1.0, "Gradient clipping (global norm).", panel=PANEL_PPO)
     whiten_advantages: bool = opt(True, "Whiten advantages over each rollout batch.", panel=PANEL_PPO)
     max_new_tokens: int | None = opt(None, "Continuation length.", panel=PANEL_RUN, default_text="the task's")
