@@ -144,7 +144,10 @@ class CommonGenTask(Task):
         else:
             self.data_path = Path(data).expanduser()
             if not self.data_path.is_file():
-                raise RlgfError(f"data file not found: {self.data_path}")
+                what = "is a folder, not a data file" if self.data_path.is_dir() else "not found"
+                raise RlgfError(f"--data {self.data_path}: {what}",
+                                hint='pass a JSONL file of {"concepts", "targets"} rows (a "split" field picks '
+                                     "train/validation/test), or leave out --data to fetch CommonGen online")
 
         # the reward
         self.custom_reward = None

@@ -34,12 +34,14 @@ def iter_jsonl(path: Path, shape: str, hint: str) -> Iterator[tuple[int, str, di
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise RlgfError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                    raise RlgfError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})",
+                                    hint=f"--data takes JSON Lines here: {hint}") from None
                 if not isinstance(row, dict):
                     raise RlgfError(f"{where}: expected an object {shape}")
                 yield number, where, row
         except UnicodeDecodeError as exc:
-            raise RlgfError(f"{path}: not UTF-8 text ({exc.reason})") from None
+            raise RlgfError(f"{path}: not UTF-8 text ({exc.reason})",
+                            hint=f"--data takes a JSON Lines text file here (not Parquet or Arrow): {hint}") from None
     if rows == 0:
         raise RlgfError(f"{path} is empty (line 1: no JSON rows)", hint=hint)
 

@@ -109,8 +109,27 @@ def test_named_rewards_are_checked(cg_file):
         CommonGenTask(data=cg_file, reward="cidr_d")
     assert "did you mean 'cider_d'?" in err.value.message and "module:function" in err.value.hint
     assert CommonGenTask(data=cg_file, reward="CIDEr-D").reward_kind == "cider_d"
-    with pytest.raises(RlgfError, match="data file not found"):
+    with pytest.raises(RlgfError, match="none.jsonl: not found"):
         CommonGenTask(data=cg_file.parent / "none.jsonl", reward="cider_d")
+    with pytest.raises(RlgfError, match="is a folder, not a data file") as err:  # a save_to_disk folder, say
+        CommonGenTask(data=cg_file.parent, reward="cider_d")
+    assert "JSONL file" in err.value.hint
+
+
+def test_data_that_is_not_json_lines_says_what_data_takes(tmp_path):
+    """CSV or Parquet given to a JSON Lines task: the error's hint says what --data takes there."""
+    from tasks.commongen_data import read_jsonl
+
+    csv = tmp_path / "cg.csv"
+    csv.write_text("concepts,targets\ndog frisbee,a dog catches a frisbee\n")
+    with pytest.raises(RlgfError, match="line 1: not valid JSON") as err:
+        read_jsonl(csv)
+    assert err.value.hint.startswith("--data takes JSON Lines here")
+    parquet = tmp_path / "cg.parquet"
+    parquet.write_bytes(b"PAR1\x15\x04\x15\xff\xfe")
+    with pytest.raises(RlgfError, match="not UTF-8 text") as err:
+        read_jsonl(parquet)
+    assert "not Parquet or Arrow" in err.value.hint
 
 
 def test_cider_d_reward_uses_the_train_idf_and_bleu4_is_the_library(cg_file):
