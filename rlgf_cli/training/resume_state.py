@@ -10,8 +10,8 @@ Beside the model in ``OUT/checkpoints/iter-NNNN/``::
     rng.json                python's ``random`` (version, 625 ints, gauss) and numpy's MT19937
 
 safetensors and JSON hold exact bits, so a resumed run equals an uninterrupted one.
-rlgf before this format kept ``optimizer.pt`` and ``rng.pt``: pickles, which
-``torch.load(weights_only=False)`` executes. :func:`refuse_pickles` refuses such folders.
+rlgf before this format kept ``optimizer.pt`` and ``rng.pt``: pickles, which a full (not
+weights-only) ``torch.load`` would execute. :func:`refuse_pickles` refuses such folders.
 """
 
 from __future__ import annotations
