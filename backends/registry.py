@@ -179,23 +179,35 @@ RUN_LOCK_FILE = ".rlgf-lock"
 
 
 def training_pid(folder: Path) -> int | None:
-    """The pid of another live process training the run in ``folder`` (from its lock file, which
-    names the holder), or None. A lock file left by a killed run names a process that is gone."""
+    """The pid of another process training the run in ``folder`` (its lock file names the holder),
+    or None. The lock itself decides, not the pid: a lock file left by a killed run is held by no
+    one, whatever process has its number now."""
     import os
 
+    lock = Path(folder) / RUN_LOCK_FILE
     try:
-        pid = int((Path(folder) / RUN_LOCK_FILE).read_text(encoding="ascii").strip())
+        pid = int(lock.read_text(encoding="ascii").strip() or 0)
     except (OSError, ValueError):
         return None
-    if pid == os.getpid() or pid <= 0:
+    if pid == os.getpid():  # this process's own run (its lock is held through another descriptor)
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        import fcntl
+    except ImportError:  # no flock here: nothing locks, nothing is held
         return None
-    except OSError:  # alive, another user's
-        return pid
-    return pid
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free: released at once by closing
+    except BlockingIOError:
+        return pid if pid > 0 else -1
+    except OSError:  # a file system without flock
+        return None
+    finally:
+        os.close(fd)
+    return None
 
 
 def loaded_folder(spec: str) -> Path | None:

@@ -258,7 +258,7 @@ def test_a_folder_another_process_writes_is_refused(tmp_path, tiny_causal_dir, r
                                      "--reward-model", str(reward_dir), "--out", str(out), "--overwrite",
                                      "--device", "cpu"])
         assert result.exit_code == 1, result.output
-        assert f"is being trained by another process (pid {holder.pid})" in result.output
+        assert f"is being written by another process (pid {holder.pid})" in result.output
         assert sorted(p.name for p in out.iterdir()) == [".rlgf-lock"]
     finally:
         holder.kill()

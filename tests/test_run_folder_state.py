@@ -225,6 +225,25 @@ def test_a_metrics_file_that_is_not_text_is_one_error_before_anything_is_written
     assert _iterations(stopped_run) == [2]
 
 
+def _holding_the_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s run lock (as a training process does) until killed."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from rlgf_cli.training.run_lock import RunLock; RunLock(Path(sys.argv[1])).acquire(); "
+                               "print('held', flush=True); time.sleep(60)", str(folder)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_lock_file_no_one_holds_names_no_trainer(finished_run):
+    """A killed run leaves its lock file; the pid in it may belong to another process by now (here:
+    pid 1, always alive): the lock decides, so the folder is not taken for one being trained."""
+    from backends.registry import training_pid
+
+    (finished_run / ".rlgf-lock").write_text("1\n")
+    assert training_pid(finished_run) is None
+
+
 def _extended_copy_of(finished_run: Path) -> Path:
     """The run as an extension leaves it when stopped before its new end: a checkpoint newer than
     final/ (a copy of the last one, its iteration moved on)."""
@@ -242,9 +261,8 @@ def test_a_run_being_trained_stands_for_its_final_model(finished_run):
     from backends.registry import run_model_choice
 
     newer = _extended_copy_of(finished_run)
-    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    trainer = _holding_the_lock(finished_run)
     try:
-        (finished_run / ".rlgf-lock").write_text(f"{trainer.pid}\n")
         chosen, why = run_model_choice(finished_run)
         assert chosen == finished_run / "final" and f"process {trainer.pid} is training" in why
     finally:
@@ -290,9 +308,8 @@ def test_overwrite_leaves_a_nested_run_another_process_trains(tmp_path):
     (out / "bc").mkdir(parents=True)
     (out / "bc" / "config.toml").write_text(RUN_HEADER + "\n")
     (out / "summary.json").write_text("{}")
-    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    trainer = _holding_the_lock(out / "bc")
     try:
-        (out / "bc" / ".rlgf-lock").write_text(f"{trainer.pid}\n")
         with pytest.raises(RlgfError, match=f"which process {trainer.pid} is training"):
             clear_run(out)
         assert (out / "summary.json").is_file() and (out / "bc").is_dir()
@@ -310,7 +327,7 @@ def test_pinning_reads_a_spec_as_the_registry_does(tmp_path, monkeypatch, finish
     monkeypatch.chdir(tmp_path)
     shutil.copytree(finished_run, tmp_path / "smollm2")
     assert pinned_model("smollm2") == "smollm2"
-    assert pinned_model("./smollm2") == str(Path("smollm2") / "final")
+    assert pinned_model("./smollm2") == os.path.abspath(Path("smollm2") / "final")  # absolute: resumable from elsewhere
     assert pinned_model(f"hf:{finished_run}") == f"hf:{finished_run}"
 
 
@@ -330,3 +347,21 @@ def test_a_guide_run_folder_is_pinned_like_the_reference(finished_run, tmp_path,
     assert f"loading guide {finished_run / 'final'} (--guide {finished_run}, as it stood when the run started)" \
         in result.output
     assert read_state(latest_checkpoint(out))["guide"] == str(finished_run / "final")
+
+
+def test_a_pinned_checkpoint_that_is_gone_is_said_and_the_run_goes_on(finished_run, tmp_path, tiny_reward_dir):
+    """--init RUN pinned RUN's newest checkpoint, which RUN's next save pruned: the resume says so
+    and goes on from what RUN stands for now (it used to fail after loading, with a hint to pass hf:)."""
+    from rlgf_cli.training.checkpoint import read_state
+
+    newer = _extended_copy_of(finished_run)
+    out = tmp_path / "from-run"
+    args = _args("unused", tiny_reward_dir, out)
+    args[1:3] = ["--init", str(finished_run)]
+    assert runner.invoke(app, args).exit_code == 0
+    assert read_state(out / "final")["learner"] == str(newer)
+    shutil.rmtree(newer)
+    result = runner.invoke(app, ["train", "--resume", str(out), "--iterations", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"the initial learner {newer} (what {finished_run} stood for when this run started) is gone; " \
+           f"using what it stands for now: {finished_run / 'final'}" in " ".join(result.output.split())

@@ -253,7 +253,7 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     time writes an ``--out`` folder (the lock ``rlgf train`` takes; its nested runs take their own)."""
     from rlgf_cli.training.run_lock import RunLock
 
-    lock = RunLock(Path(o.out))
+    lock = RunLock(Path(o.out), work="written")
     try:
         lock.acquire()  # an existing folder: before anything reads it (a new one: once it is made)
         return _distill(o, lock, callback=callback, bar=bar)

@@ -36,7 +36,7 @@ from rlgf_cli.training.distributed import all_sum, init_from_env, launched_as_ma
 from rlgf_cli.training.interrupt import StopAtBoundary
 from rlgf_cli.training.resume_state import load_optimizer, load_rng, refuse_pickles
 from rlgf_cli.training.run_folder import (check_iterations, latest_checkpoint, metric_lines, pinned_guide, pinned_model,
-                                         resume_advice, truncate_metrics)
+                                         resume_advice, still_pinned, truncate_metrics)
 from rlgf_cli.training.run_lock import RunLock
 from rlgf_cli.files import check_out_dir, clear_run, write_atomic
 from rlgf_cli.training import trackers
@@ -199,7 +199,9 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     state = read_state(ckpt) if ckpt else {}
-    learner_spec = state.get("learner") or pinned_model(cfg.init or cfg.learner or task.default_learner)
+    given = cfg.init or cfg.learner or task.default_learner
+    learner_spec = still_pinned(state["learner"], given, "the initial learner") if state.get("learner") \
+        else pinned_model(given)
     set_seed(cfg.seed)
     load_from = str(ckpt) if ckpt else learner_spec
     callback("message", {"text": f"loading learner {load_from} on {device}"})

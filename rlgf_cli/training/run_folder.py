@@ -4,9 +4,11 @@ has anything left to train, and its ``metrics.jsonl``."""
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
 
-from backends.errors import RlgfError
+from backends.errors import RlgfError, RlgfWarning
 
 from rlgf_cli.files import write_atomic
 from rlgf_cli.training.checkpoint import is_checkpoint, read_state
@@ -27,13 +29,27 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def pinned_model(spec: str) -> str:
     """``spec`` as a run records its initial learner (the frozen reference of every resume): a run
-    folder given as a model (``--init RUN``) as the model folder it stands for now, so that a
-    resume loads the same reference even after that run is extended; any other spec as it is."""
+    folder given as a model (``--init RUN``) as the absolute model folder it stands for now, so a
+    resume loads that model even after RUN is extended; any other spec as it is."""
     from backends.registry import loaded_folder
 
     path = Path(spec).expanduser()
     chosen = loaded_folder(spec)  # as the registry reads the spec ("smollm2" is the embedded model, a folder or not)
-    return spec if chosen is None or chosen == path else str(chosen)
+    return spec if chosen is None or chosen == path else os.path.abspath(chosen)
+
+
+def still_pinned(pinned: str, given: str | None, what: str) -> str:
+    """The pinned model folder of a resumed run (:func:`pinned_model` of ``given`` at its start),
+    checked before anything loads. Gone (RUN pruned that checkpoint): the run goes on from what
+    ``given`` stands for now, with a ``warning:`` line, since that is not the model it began with.
+    (A ``final/`` that RUN rewrote on finishing an extension is loaded as it is now.)"""
+    path = Path(pinned)
+    if given is None or pinned == given or not path.is_absolute() or path.is_dir():
+        return pinned  # nothing was pinned (a hub id, an API model, a plain folder), or it is there
+    now = pinned_model(given)
+    warnings.warn(f"{what} {pinned} (what {given} stood for when this run started) is gone; "
+                  f"using what it stands for now: {now}", RlgfWarning, stacklevel=2)
+    return now
 
 
 def pinned_guide(given: str | None, state: dict) -> str | None:
@@ -42,7 +58,7 @@ def pinned_guide(given: str | None, state: dict) -> str | None:
     if not given:
         return None
     if state.get("guide_given") == given and state.get("guide"):
-        return state["guide"]
+        return still_pinned(state["guide"], given, "the guide")
     return pinned_model(given)
 
 

@@ -22,9 +22,11 @@ from rlgf_cli.files import LOCK_FILE
 class RunLock:
     """The lock on one run folder; :meth:`acquire` may be called again (a no-op once held)."""
 
-    def __init__(self, out: Path, *, enabled: bool = True) -> None:
+    def __init__(self, out: Path, *, enabled: bool = True, work: str = "trained") -> None:
         self.path = Path(out) / LOCK_FILE
         self.enabled = enabled
+        #: what the holder does to the folder, for the message a second process gives
+        self.work = work
         self.fd: int | None = None
 
     @property
@@ -90,8 +92,8 @@ class RunLock:
             pid = ""
         who = f"another process (pid {pid})" if pid.isdigit() else "another process"
         stop = f"kill {pid}" if pid.isdigit() else "stop it"
-        return RlgfError(f"{self.path.parent} is being trained by {who}",
-                         f"wait for it to end, or {stop} (it keeps a checkpoint), then run this again; "
+        return RlgfError(f"{self.path.parent} is being {self.work} by {who}",
+                         f"wait for it to end, or {stop} (a training run keeps a checkpoint), then run this again; "
                          "to train a copy at the same time, choose another --out")
 
     def __enter__(self) -> "RunLock":
