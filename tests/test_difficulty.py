@@ -8,7 +8,7 @@ import struct
 import pytest
 from typer.testing import CliRunner
 
-from backends.errors import RlgfError
+from backends.errors import RlgfError, RlgfWarning
 from rlgf_cli.app import app
 from rlgf_cli.evaluation.difficulty import (
     assign_buckets,
@@ -188,6 +188,12 @@ def test_thresholds_option_and_errors(tmp_path, tiny_causal_dir):
     data = json.loads(out.read_text())
     assert set(data["buckets"]) <= {"easy", "hard"} and data["thresholds"] == [0.5]
     assert sum(b["n"] for b in data["buckets"].values()) == 5
+    result = runner.invoke(app, [  # a probability is never ≥ 2: every prompt is hard
+        "difficulty", "-p", str(tiny_causal_dir), "--reward-model", str(reward), "--limit", "5",
+        "--max-new-tokens", "2", "--device", "cpu", "--thresholds", "2", "--json", str(out), "--quiet",
+    ])
+    assert "warning: no prompt is easy at --thresholds 2 (5 hard; " in result.output, result.output
+    assert result.exit_code == 0 and list(json.loads(out.read_text())["buckets"]) == ["hard"], (result.output, json.loads(out.read_text()))
     for args, message in (
         (["--thresholds", "0.9,0.1"], "must ascend"),
         (["--plot", str(tmp_path / "x.jpg")], ".png"),
@@ -273,3 +279,39 @@ def test_the_study_runs_on_a_task_of_its_own(monkeypatch, tiny_causal_dir):
     assert {b: info["n"] for b, info in report["buckets"].items()} == {"easy": 2, "medium": 2, "hard": 2}
     for info in report["buckets"].values():
         assert set(info["policies"][str(tiny_causal_dir)]) == {"completion_chars"}
+
+
+def test_cuts_that_leave_a_bucket_empty_say_so():
+    """--thresholds outside the measured range (or tied terciles, or a count cut past every
+    prompt) put every prompt in one bucket: one warning naming the range to cut in."""
+    import warnings
+
+    task, counting = LengthTask(), ObstacleTask()
+    examples = task.examples("test")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assign_buckets(task, examples, thresholds=(0.0,))  # scores are minus lengths: all below 0, all hard
+        assign_buckets(counting, examples, unseen_at_least=11)  # at most 10 spaces
+        assign_buckets(task, examples, thresholds=(-12.0, -11.5))  # no score falls between the two
+    texts = [str(w.message) for w in caught if issubclass(w.category, RlgfWarning)]
+    assert texts[0] == ("no prompt is easy at --thresholds 0 (6 hard; scores from -21 to -1): "
+                        "choose --thresholds between -21 and -1")
+    assert texts[1] == ("no prompt is hard at --unseen-at-least 11 (6 easy; counts from 0 to 10): "
+                        "choose --unseen-at-least from 1 to 10")
+    assert texts[2].startswith("no prompt is medium at --thresholds -12,-11.5 (4 easy, 2 hard; ") and len(texts) == 3
+    class Flat(LengthTask):
+        def prompt_difficulty(self, examples):
+            return PromptDifficulty([2.0] * len(examples), "level", "stars", "more stars is harder")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert set(assign_buckets(Flat(), examples)[0]) == {"hard"}
+    assert [str(w.message) for w in caught] == [
+        "no prompt is easy or medium by terciles (6 hard; levels from 2 to 2): every prompt has the same level, "
+        "so no cut separates them"]
+    with warnings.catch_warnings(record=True) as caught:  # cuts inside the range: silent
+        warnings.simplefilter("always")
+        assign_buckets(task, examples)
+        assign_buckets(task, examples, thresholds=(-4.0,))
+        assign_buckets(counting, examples, unseen_at_least=3)
+    assert not [w for w in caught if issubclass(w.category, RlgfWarning)]

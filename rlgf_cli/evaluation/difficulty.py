@@ -22,10 +22,11 @@ Each policy generates once for all prompts; the task's metrics are then computed
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
-from backends.errors import RlgfError, did_you_mean
+from backends.errors import RlgfError, RlgfWarning, did_you_mean
 from tasks.base import Example, PromptDifficulty, Task
 
 BUCKETS = ("easy", "medium", "hard")
@@ -102,7 +103,16 @@ def assign_buckets(task: Task, examples: Sequence[Example], *, thresholds: Seque
                         "drop --unseen-at-least (it is for counting tasks such as CommonGen), or use --thresholds")
     cuts = tuple(thresholds) if thresholds else tercile_thresholds(values)
     bucket = bucket_by_level if measured.kind == "level" else bucket_by_score
-    return bucket(values, cuts), values, {
+    labels = bucket(values, cuts)
+    if len(set(values)) == 1:
+        fix = f"every prompt has the same {measured.kind}, so no cut separates them"
+    elif thresholds:
+        fix = f"choose --thresholds between {min(values):.4g} and {max(values):.4g}"
+    else:
+        fix = f"the {len(examples)} prompts have only {len(set(values))} distinct {measured.kind}s; pass --thresholds"
+    at = "at --thresholds " + ",".join(f"{c:g}" for c in cuts) if thresholds else "by terciles"
+    warn_empty_buckets(labels, BUCKETS if len(cuts) == 2 else ("easy", "hard"), values, measured.kind, at, fix)
+    return labels, values, {
         "method": "thresholds" if thresholds else f"{measured.method}_terciles",
         "thresholds": list(cuts),
         "description": measured.description,
@@ -114,9 +124,27 @@ def _count_buckets(task: Task, measured: PromptDifficulty, values: list[float], 
         raise RlgfError(f"{task.name} buckets prompts by a count ({measured.method.replace('_', ' ')}), "
                         "not by score thresholds", "use --unseen-at-least N")
     at_least = 1 if unseen_at_least is None else unseen_at_least
-    return bucket_by_count(values, at_least), values, {
+    labels = bucket_by_count(values, at_least)
+    if values:
+        lo, hi = max(1, int(min(values)) + 1), int(max(values))
+        warn_empty_buckets(labels, ("easy", "hard"), values, "count", f"at --unseen-at-least {at_least}",
+                           f"choose --unseen-at-least from {lo} to {hi}" if lo <= hi
+                           else "no --unseen-at-least separates these prompts")
+    return labels, values, {
         "method": measured.method, "unseen_at_least": at_least, "description": measured.description.format(n=at_least),
     }
+
+
+def warn_empty_buckets(labels: Sequence[str], expected: Sequence[str], values: Sequence[float], kind: str,
+                       at: str, fix: str) -> None:
+    """One ``warning:`` line when the cuts leave a bucket empty (a study of one bucket has no gap)."""
+    empty = [b for b in expected if b not in labels]
+    if not empty or not values:
+        return
+    full = [f"{labels.count(b)} {b}" for b in expected if b in labels]
+    warnings.warn(RlgfWarning(
+        f"no prompt is {' or '.join(empty)} {at} ({', '.join(full)}; {kind}s from {min(values):.4g} to {max(values):.4g}): "
+        f"{fix}"), stacklevel=3)
 
 
 # -- the whole study -------------------------------------------------------------------------
