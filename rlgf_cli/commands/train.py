@@ -88,8 +88,10 @@ def train_command(
     elif json_out:
         write_atomic(json_out, text)
     if summary.get("stopped"):
+        from rlgf_cli.training.run_folder import budget_resume_command
+
         err_console.print(f"stopped early: {summary['stopped']}; checkpoint in {summary['final']}; continue with "
-                          f"rlgf train --resume {summary['out']} --guide-budget-tokens N (a larger N)", markup=False)
+                          f"{budget_resume_command(summary['out'])}", markup=False)
     if not quiet:
         last = summary.get("last", {})
         reward = f", last reward {last['reward_mean']:.3f}" if "reward_mean" in last else ""

@@ -383,6 +383,7 @@ def run_then(cfg, guide, o: DistillOptions, callback, say, train) -> dict:
     summary = train(cfg, overwrite=True, callback=callback)
     callback("end", {})
     if summary.get("stopped"):
-        say(f"{cfg.alg} stopped early: {summary['stopped']}; continue it with rlgf train --resume {summary['out']} "
-            "--guide-budget-tokens N (a larger N)")
+        from rlgf_cli.training.run_folder import budget_resume_command
+
+        say(f"{cfg.alg} stopped early: {summary['stopped']}; continue it with {budget_resume_command(summary['out'])}")
     return summary

@@ -307,8 +307,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                         restore_rng_state(before[0])
                         trainer.load_state(before[1])
                     stopped = f"guide budget exhausted after {_iterations(trainer.iteration)} ({exc.message})"
-                    callback("message", {"text": f"stopping: {stopped}; continue with rlgf train --resume {out} "
-                                                 "--guide-budget-tokens N (a larger N)"})
+                    callback("message", {"text": f"stopping: {stopped}"})  # the way on: train's closing line
                     break
                 except RlgfError as exc:  # a diverged loss, a bad reward, an unreachable API guide…
                     writer.join()  # the checkpoint being written counts

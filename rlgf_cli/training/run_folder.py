@@ -74,6 +74,11 @@ def resume_advice(out: Path) -> str:
     return f"no checkpoint was written yet; start again with --out {out} --overwrite"
 
 
+def budget_resume_command(out) -> str:
+    """How a run its guide budget stopped goes on (train's closing line, distill's, the summary)."""
+    return f"rlgf train --resume {out} --guide-budget-tokens N (a larger N)"
+
+
 def check_iterations(out: Path, ckpt: Path, iterations: int) -> None:
     """Refuse a resume with nothing to train, before anything is loaded or written: fewer
     ``--iterations`` than the run has done, or a finished run without more of them. (A run
