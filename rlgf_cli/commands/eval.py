@@ -214,10 +214,21 @@ def eval_markdown(report: dict) -> str:
 
     title, columns, rows, numeric = table_rows(report)
     lines = [f"## {title}", "", markdown_table(columns, rows, align_right_from=numeric), ""]
+    paired = _paired(report)
+    if paired:
+        lines += [paired[0], "", "```", *(line.strip() for line in paired[1:]), "```", ""]
     for key, value in report.get("task_info", {}).items():
         if value is not None:  # unknown (a test accuracy never measured): nothing to say
             lines.append(f"- {key}: {_fact(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _paired(report: dict) -> list[str]:
+    from rlgf_cli.evaluation.paired import paired_lines
+    from rlgf_cli.evaluation.report import short_labels
+
+    labels = short_labels([r["policy"] for r in report["results"]])
+    return paired_lines(report["results"], labels.__getitem__)
 
 
 def _fact(value) -> str:
@@ -238,6 +249,8 @@ def _print_table(report: dict) -> None:
 
     title, columns, rows, numeric = table_rows(report)
     out_console.print(rich_table(title, columns, rows, align_right_from=numeric))
+    for line in _paired(report):
+        out_console.print(line, markup=False, highlight=False)
     facts = []  # one caption: what is unknown (None) or was said before the table (the precision) is left out
     for key, value in report.get("task_info", {}).items():
         if value is None or key in ("precision", "precision_reason"):

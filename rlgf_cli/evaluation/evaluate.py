@@ -32,6 +32,7 @@ from rlgf_cli.evaluation.decoding import (  # noqa: F401 - re-exported: the deco
     describe_decoding,
     resolve_sampling,
 )
+from rlgf_cli.evaluation.paired import add_paired
 from rlgf_cli.evaluation.report import runs_mean_std
 from rlgf_cli.runtime import resolve_device, set_seed
 from rlgf_cli.training.tensors import chunks
@@ -352,7 +353,8 @@ def run_eval(
     ``top_p``, ``num_beams``). One reference model is shared. Returns ``{"results": [...],
     "task_info": {...}}``; each result has the mean ``metrics``, ``metrics_std`` (empty for one
     run), ``per_seed`` and every generation in ``samples`` (with its reward when
-    ``sample_scores``).
+    ``sample_scores``, or when there are several policies); with several policies, each after
+    the first has ``paired``: its per-prompt reward against the first's (:mod:`.paired`).
     """
     from backends import policy_class, resolve
 
@@ -393,11 +395,12 @@ def run_eval(
             with prec.autocast():
                 metrics = compute_metrics(task, policy, examples, completions, reference)
             runs.append({"seed": s, "metrics": metrics})
-            rows.extend(sample_rows(task, examples, completions, seed=s, scores=sample_scores))
+            rows.extend(sample_rows(task, examples, completions, seed=s, scores=sample_scores or len(specs) > 1))
             if local is None:
                 policy.close()
         results.append(summarise(spec, task, split, len(examples), decoding_text, runs, rows))
         del local  # free memory before the next policy
+    add_paired(results)  # each policy against the first, prompt by prompt
     return {"results": results, "metric_names": metric_names(task),
             "task_info": {**ref_facts, **task.info(), **prec.info()}}
 

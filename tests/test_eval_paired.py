@@ -1,0 +1,97 @@
+"""``rlgf eval``'s paired comparison: each policy's per-prompt reward against the first's."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from rlgf_cli.app import app
+from rlgf_cli.evaluation.paired import add_paired, compare, paired_lines, per_prompt_reward, verdict
+from tiny_assets import make_tiny_checkpoint
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+runner = CliRunner()
+
+
+def rows(rewards_by_seed: dict[int, list[float]]) -> list[dict]:
+    return [{"index": i, "seed": s, "scores": {"reward": r}} for s, values in rewards_by_seed.items()
+            for i, r in enumerate(values)]
+
+
+def test_the_paired_difference_by_hand():
+    stats = compare({0: 1.0, 1: 2.0, 2: 4.0}, {0: 0.0, 1: 1.0, 2: 1.0})  # differences 1, 1, 3
+    sd = math.sqrt(((1 - 5 / 3) ** 2 * 2 + (3 - 5 / 3) ** 2) / 2)
+    assert stats["n"] == 3 and stats["mean"] == pytest.approx(5 / 3) and stats["se"] == pytest.approx(sd / math.sqrt(3))
+    assert stats["ci95"] == pytest.approx([5 / 3 - 1.96 * sd / math.sqrt(3), 5 / 3 + 1.96 * sd / math.sqrt(3)])
+    assert (stats["higher"], stats["lower"], stats["equal"]) == (3, 0, 0)
+    assert verdict(stats) == "higher (95 % interval above 0)"  # 1.667 − 1.96 × 0.667 > 0
+    spread = compare({0: 1.0, 1: 0.0, 2: 4.0}, {0: 0.0, 1: 1.0, 2: 1.0})  # 1, −1, 3: 1 ± 1.155
+    assert (spread["higher"], spread["lower"]) == (2, 1) and spread["se"] == pytest.approx(2 / math.sqrt(3))
+    assert verdict(spread) == "no clear difference (95 % interval spans 0)"
+    assert verdict(compare({i: 0.0 for i in range(20)}, {i: 1.0 + 0.01 * i for i in range(20)})).startswith("lower")
+    assert verdict(compare({0: 2.0, 1: 3.0}, {0: 2.0, 1: 3.0})) == "the same reward on every prompt"
+    one = compare({0: 2.0}, {0: 1.0})
+    assert one["se"] is None and one["ci95"] is None and verdict(one) == "one prompt: no error estimate"
+    assert compare({0: 1.0}, {1: 1.0}) is None  # no prompt in common
+
+
+def test_seeds_are_averaged_per_prompt_before_pairing():
+    assert per_prompt_reward(rows({0: [1.0, 0.0], 1: [3.0, 1.0]})) == {0: 2.0, 1: 0.5}
+    assert per_prompt_reward([{"index": 0, "scores": {"reward": 1.0}}, {"index": 1}]) is None  # a reward missing
+    assert per_prompt_reward([{"index": 0, "scores": {"reward": float("nan")}}]) is None
+
+
+def test_every_policy_after_the_first_is_paired_with_it():
+    results = [{"policy": "a", "samples": rows({0: [0.0, 1.0, 2.0]})},
+               {"policy": "b", "samples": rows({0: [1.0, 1.0, 3.0]})},
+               {"policy": "c", "samples": rows({0: [0.0, 1.0, 2.0], 1: [0.0, 1.0, 2.0]})}]
+    add_paired(results)
+    assert "paired" not in results[0]
+    assert results[1]["paired"]["against"] == "a" and results[1]["paired"]["mean"] == pytest.approx(2 / 3)
+    assert results[2]["paired"]["mean"] == 0.0
+    lines = paired_lines(results, str.upper)
+    assert lines[0] == "paired on the same 3 prompts: reward minus A's, mean ± standard error over prompts"
+    assert lines[1].startswith("  B  +0.6667 ± 0.3333  higher on 2, lower on 0 of 3: ")
+    assert lines[2].endswith("C  +0.0000 ± 0.0000  higher on 0, lower on 0 of 3: the same reward on every prompt")
+    unscored = [{"policy": "a", "samples": [{"index": 0}]}, {"policy": "b", "samples": rows({0: [1.0]})}]
+    add_paired(unscored)
+    assert "paired" not in unscored[1] and paired_lines(unscored, str) == []
+
+
+def test_eval_prints_and_writes_the_comparison(tmp_path, tiny_causal_dir):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"the film number {i} was"}) + "\n" for i in range(12)))
+    module = tmp_path / "odd_reward.py"  # a reward that varies from one completion to the next
+    module.write_text("def mod7(prompts, completions, references):\n"
+                      "    return [float(sum(map(ord, c)) % 7) for c in completions]\n")
+    a = make_tiny_checkpoint(tmp_path / "a" / "final", tiny_causal_dir, seed=1)
+    b = make_tiny_checkpoint(tmp_path / "b" / "final", tiny_causal_dir, seed=2)
+    report, md, samples = tmp_path / "eval.json", tmp_path / "eval.md", tmp_path / "s.jsonl"
+    result = runner.invoke(app, [
+        "eval", "-c", str(a), "-c", str(b), "--task", "prompts", "--data", str(data), "--reward", f"{module}:mod7",
+        "--split", "train", "--seeds", "2", "--max-new-tokens", "8", "--device", "cpu", "--reference", "none",
+        "--json", str(report), "--markdown", str(md), "--samples", str(samples),
+    ])
+    assert result.exit_code == 0, (result.output, result.exception)
+    first, second = json.loads(report.read_text())["results"]
+    paired = second["paired"]
+    assert "paired" not in first and paired["against"] == str(a) and paired["n"] == first["n"] == 10
+    # the mean paired difference is the difference of the reward columns (the same prompts, every seed)
+    assert paired["mean"] == pytest.approx(second["metrics"]["reward"] - first["metrics"]["reward"])
+    by_policy = {}
+    for line in samples.read_text().splitlines():
+        row = json.loads(line)
+        by_policy.setdefault(row["policy"], []).append(row)
+    assert paired == {"against": str(a), "metric": "reward",
+                      **compare(per_prompt_reward(by_policy[str(b)]), per_prompt_reward(by_policy[str(a)]))}
+    assert "paired on the same 10 prompts: reward minus a/final's" in result.output
+    assert f"b/final  {paired['mean']:+.4f} ± {paired['se']:.4f}  higher on {paired['higher']}" in result.output
+    assert "paired on the same 10 prompts" in md.read_text()
+    alone = runner.invoke(app, [  # one policy: nothing to pair
+        "eval", "-c", str(a), "--task", "prompts", "--data", str(data), "--reward", f"{module}:mod7",
+        "--split", "train", "--max-new-tokens", "8", "--device", "cpu", "--reference", "none",
+    ])
+    assert alone.exit_code == 0 and "paired" not in alone.output
