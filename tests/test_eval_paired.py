@@ -95,3 +95,32 @@ def test_eval_prints_and_writes_the_comparison(tmp_path, tiny_causal_dir):
         "--split", "train", "--max-new-tokens", "8", "--device", "cpu", "--reference", "none",
     ])
     assert alone.exit_code == 0 and "paired" not in alone.output
+
+
+def test_difficulty_pairs_each_bucket(tmp_path, tiny_causal_dir):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"the film number {i} was", "difficulty": i % 4}) + "\n"
+                            for i in range(12)))
+    module = tmp_path / "odd_reward.py"
+    module.write_text("def mod7(prompts, completions, references):\n"
+                      "    return [float(sum(map(ord, c)) % 7) for c in completions]\n")
+    a = make_tiny_checkpoint(tmp_path / "a" / "final", tiny_causal_dir, seed=1)
+    b = make_tiny_checkpoint(tmp_path / "b" / "final", tiny_causal_dir, seed=2)
+    out = tmp_path / "buckets.json"
+    result = runner.invoke(app, [
+        "difficulty", "-c", str(a), "-c", str(b), "--task", "prompts", "--data", str(data), "--reward",
+        f"{module}:mod7", "--split", "train", "--seeds", "2", "--max-new-tokens", "8", "--device", "cpu",
+        "--reference", "none", "--json", str(out),
+    ])
+    assert result.exit_code == 0, (result.output, result.exception)
+    buckets = json.loads(out.read_text())["buckets"]
+    assert set(buckets) == {"easy", "medium", "hard"}
+    for name, bucket in buckets.items():
+        paired = bucket["paired"]
+        assert paired["against"] == str(a) and list(paired["policies"]) == [str(b)]
+        stats = paired["policies"][str(b)]
+        assert stats["n"] == bucket["n"]  # the bucket's prompts only
+        means = bucket["policies"]
+        assert stats["mean"] == pytest.approx(means[str(b)]["reward"] - means[str(a)]["reward"])
+        assert f"{name} (n={bucket['n']})" in result.output
+    assert "paired by bucket: reward minus a/final's on the same prompts" in result.output

@@ -148,6 +148,10 @@ def print_table(report: dict, metric: str, gaps: dict) -> None:
     several = f" · {len(report['seeds'])} seeds (mean ± std)" if report.get("seeds") else ""
     title = f"{report['task']} · {report['split']} split · n={report['n']} · by difficulty{several}"
     out_console.print(rich_table(title, ["bucket", "policy", *names], rows, align_right_from=2))
+    from rlgf_cli.evaluation.paired import bucket_lines
+
+    for line in bucket_lines(report["buckets"], labels.__getitem__):
+        out_console.print(line, markup=False, highlight=False)
     err_console.print(how, markup=False)
     for spec, gap in gaps.items():
         if gap is not None:

@@ -191,6 +191,8 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     buckets = {b: {"n": len(members[b]), "policies": {}} for b in names}
     decodings = {}
     seed_list = [seed + i for i in range(max(1, seeds))]
+    scored = len(specs) > 1 and _reward_runs(task)  # per-prompt rewards, to pair each policy with the first
+    rewards: dict[str, list[dict]] = {}
     for spec in specs:
         remote = policy_class(spec).remote  # loaded per seed (its requests are seeded)
         local = None
@@ -209,6 +211,10 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
             with bar(f"difficulty {spec}" + (f" · seed {s}" if len(seed_list) > 1 else "")) as progress, prec.autocast():
                 completions = generate_for(policy, task, examples, decoding=decode, seed=s, batch_size=batch_size,
                                            progress=progress)
+            if scored:
+                values_s = task.reward([ex.prompt for ex in examples], completions, examples)
+                rewards.setdefault(spec, []).extend({"index": i, "scores": {"reward": float(r)}}
+                                                    for i, r in enumerate(values_s))
             for b in names:
                 idx = members[b]
                 with prec.autocast():
@@ -219,6 +225,9 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
         for b in names:
             _summarise_runs(buckets[b], spec, runs[b], several=len(runs[b]) > 1)
         del local
+    if scored:
+        for b in names:
+            _pair_bucket(buckets[b], set(members[b]), specs, rewards)
     return {
         "task": task.name,
         "split": split,
@@ -235,6 +244,30 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
                     for i, (ex, v, lab) in enumerate(zip(examples, values, labels))],
         "task_info": {**ref_facts, **task.info(), **prec.info()},
     }
+
+
+def _reward_runs(task: Task) -> bool:
+    try:
+        task.check_reward()
+    except RlgfError:  # e.g. CommonGen's SPIDEr without Java: the metrics run, nothing is paired
+        return False
+    return True
+
+
+def _pair_bucket(bucket: dict, members: set[int], specs: list[str], rewards: dict[str, list[dict]]) -> None:
+    """``bucket["paired"]``: each policy after the first against the first, on the bucket's prompts
+    (:mod:`rlgf_cli.evaluation.paired`)."""
+    from rlgf_cli.evaluation.paired import compare, per_prompt_reward
+
+    def mine(spec):
+        return per_prompt_reward([r for r in rewards.get(spec, ()) if r["index"] in members])
+
+    baseline = mine(specs[0])
+    if baseline is None:
+        return
+    paired = {spec: stats for spec in specs[1:] if (ours := mine(spec)) and (stats := compare(ours, baseline))}
+    if paired:
+        bucket["paired"] = {"against": specs[0], "metric": "reward", "policies": paired}
 
 
 def _summarise_runs(bucket: dict, spec: str, runs: list[dict], several: bool) -> None:

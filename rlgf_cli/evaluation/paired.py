@@ -101,3 +101,21 @@ def paired_lines(results: list[dict], label) -> list[str]:
         lines.append(f"  {label(r['policy']):<{width}}  {p['mean']:+.4f}{se}  higher on {p['higher']}, "
                      f"lower on {p['lower']} of {p['n']}: {verdict(p)}")
     return lines
+
+
+def bucket_lines(buckets: dict, label) -> list[str]:
+    """``rlgf difficulty``'s comparison: per bucket, each policy against the first on the bucket's
+    prompts (empty without comparisons)."""
+    rows = [(name, b["n"], spec, stats) for name, b in buckets.items() if b.get("paired")
+            for spec, stats in b["paired"]["policies"].items()]
+    if not rows:
+        return []
+    against = next(b["paired"]["against"] for b in buckets.values() if b.get("paired"))
+    lines = [f"paired by bucket: reward minus {label(against)}'s on the same prompts, mean ± standard error"]
+    head = max(len(f"{name} (n={n})") for name, n, _, _ in rows)
+    width = max(len(label(spec)) for _, _, spec, _ in rows)
+    for name, n, spec, p in rows:
+        se = f" ± {p['se']:.4f}" if p["se"] is not None else ""
+        lines.append(f"  {f'{name} (n={n})':<{head}}  {label(spec):<{width}}  {p['mean']:+.4f}{se}  "
+                     f"higher on {p['higher']}, lower on {p['lower']}: {verdict(p)}")
+    return lines
