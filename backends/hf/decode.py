@@ -87,18 +87,30 @@ def warp(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 DRAW = "candidates"
 
 
-def choose(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
-    """One token per row: argmax (greedy) or a draw from the warped distribution (see ``DRAW``)."""
+def choose(logits: torch.Tensor, sampling: Sampling, generators=None) -> torch.Tensor:
+    """One token per row: argmax (greedy) or a draw from the warped distribution (see ``DRAW``).
+
+    ``generators`` (one ``torch.Generator`` per row) draw each row from its own random stream,
+    so a row's tokens do not depend on which rows share its batch; without them every row
+    draws from the global stream."""
     if sampling.is_greedy:
         return logits.argmax(-1)
     top_k = int(sampling.top_k or 0)
     if DRAW == "candidates" and 0 < top_k < logits.shape[-1]:
         values, index = torch.topk(logits, top_k, dim=-1)  # sorted, largest first
         kept = warp(values, Sampling(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p))
-        pick = torch.multinomial(kept.softmax(-1), 1)
+        pick = _draw(kept.softmax(-1), generators)
         return index.gather(-1, pick).squeeze(1)
     probs = warp(logits, sampling).softmax(-1)
-    return torch.multinomial(probs, 1).squeeze(1)
+    return _draw(probs, generators).squeeze(1)
+
+
+def _draw(probs: torch.Tensor, generators) -> torch.Tensor:
+    if generators is None:
+        return torch.multinomial(probs, 1)
+    if len(generators) != probs.shape[0]:
+        raise ValueError(f"{len(generators)} generators for {probs.shape[0]} rows")
+    return torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generators)])
 
 
 @torch.no_grad()
@@ -116,6 +128,7 @@ def lockstep_generate(
     generator: torch.Generator | None = None,
     output_logprobs: bool = False,
     static: bool = False,
+    row_generators=None,
 ):
     """Generate ``max_new_tokens`` response tokens per row (fewer after an EOS).
 
@@ -129,6 +142,11 @@ def lockstep_generate(
     restart)`` — right-padded, EOS included in the mask, ``restart`` the final switch points —
     plus the raw log-probabilities of the tokens under the model that generated each one
     when ``output_logprobs`` (0 for a roll-in prefix replayed in a second pass).
+
+    ``row_generators`` (one ``torch.Generator`` per row, plain generation only) give every row
+    its own random stream (:func:`choose`): a seeded evaluation then samples the same tokens
+    for a prompt whatever ``--batch-size`` puts beside it (up to the float rounding of batched
+    products).
     """
     device = roll_out.device
     batch, L = query.shape[0], int(max_new_tokens)
@@ -144,6 +162,8 @@ def lockstep_generate(
         empty = tokens[:, :0]
         out = (empty, empty.clone(), k)
         return out + (logprobs[:, :0],) if output_logprobs else out
+    if row_generators is not None and (roll_in is not None or len(row_generators) != batch):
+        raise ValueError("row_generators: one per row, and only for a plain generation (no roll-in)")
     in_sampling = roll_in_sampling or sampling
     max_steps = 2 * L + 1  # a rewound row needs at most L more steps
     rolling_in = (k > 0).nonzero().flatten()
@@ -179,7 +199,8 @@ def lockstep_generate(
         # the RNG exactly as ``generate`` does and gives the same tokens for the same seed
         if scores is not None:
             scores[outer.rows] = outer.logits
-        nxt, lp = _pick(outer.logits if scores is None else scores, sampling, young, eos_out, output_logprobs)
+        nxt, lp = _pick(outer.logits if scores is None else scores, sampling, young, eos_out, output_logprobs,
+                        row_generators)
         from_inner = None
         if inner is not None:
             mine = inner.rows.to(device)
@@ -297,13 +318,13 @@ def _vocab(*steppers) -> int:
     return max(st.logits.shape[-1] for st in steppers if st is not None)
 
 
-def _pick(logits, sampling, young, is_eos, with_logprobs: bool):
+def _pick(logits, sampling, young, is_eos, with_logprobs: bool, generators=None):
     """One token per row, and its raw log-probability; the tokens of ``is_eos`` (the generating
     model's EOS table) are forbidden in the rows where ``young``."""
     shaped = logits
     if young is not None:
         shaped = logits.masked_fill(young[:, None] & is_eos[None, : logits.shape[-1]], float("-inf"))
-    chosen = choose(shaped, sampling)
+    chosen = choose(shaped, sampling, generators)
     if not with_logprobs:
         return chosen, None
     return chosen, logits.gather(-1, chosen[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)

@@ -51,6 +51,8 @@ class HFPolicy(TokenPolicy):
     cuda_graphs: bool = False
     #: the scoring forward pass compiled with ``torch.compile`` (``--compile``), or None
     compiled = None
+    #: :meth:`generate` takes ``row_generators`` (each row its own random stream)
+    takes_row_generators: bool = True
 
     def __init__(self, model, tokenizer, *, spec: str | None = None, max_prompt_length: int | None = None):
         super().__init__(spec or getattr(model.config, "_name_or_path", "") or "hf")
@@ -294,11 +296,15 @@ class HFPolicy(TokenPolicy):
         prefix=None,
         prefix_mask=None,
         output_logprobs: bool = False,
+        row_generators=None,
     ):
         """See :meth:`TokenPolicy.generate`.
 
         ``output_logprobs=True`` (not with beam search) adds a third tensor: the raw model
         log-probabilities of the generated tokens, ``0`` at prefix and masked positions.
+        ``row_generators`` (one ``torch.Generator`` per row) give each row its own random stream
+        where the decoding loop samples (see :attr:`takes_row_generators`); elsewhere (beam
+        search, transformers' ``generate``) they are not used.
         """
         from backends.hf.decode import can_step, lockstep_generate
         from backends.hf.generate import generate
@@ -306,7 +312,8 @@ class HFPolicy(TokenPolicy):
         plain = prefix is None or prefix.shape[1] == 0
         if plain and not self.use_hf_generate and sampling.num_beams <= 1 and can_step(self):
             out = lockstep_generate(self, query, query_mask, max_new_tokens=max_new_tokens,
-                                    min_new_tokens=min_new_tokens, sampling=sampling, output_logprobs=output_logprobs)
+                                    min_new_tokens=min_new_tokens, sampling=sampling, output_logprobs=output_logprobs,
+                                    row_generators=row_generators)
             return out[:2] + out[3:]
         return generate(
             self,

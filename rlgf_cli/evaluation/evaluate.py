@@ -116,15 +116,24 @@ def generate(
     min_new_tokens: int,
     batch_size: int,
     progress: Progress | None = None,
+    seed: int | None = None,
 ) -> list[str]:
+    """Completions of ``prompts`` in batches of ``batch_size``. With ``seed``, a local policy
+    that can (:attr:`~backends.hf.policy.HFPolicy.takes_row_generators`) samples prompt ``i``
+    from its own random stream (seeded by ``seed`` and ``i``), so the completions do not depend
+    on the batch size; otherwise the batches draw from the global stream in turn."""
     out: list[str] = []
+    streams = None
+    if seed is not None and isinstance(policy, TokenPolicy) and getattr(policy, "takes_row_generators", False):
+        streams = [row_stream(seed, i, policy.device) for i in range(len(prompts))]
     for sl in chunks(len(prompts), batch_size):
         if isinstance(policy, TokenPolicy):
             q, qm = policy.encode_prompts(prompts[sl], task.prompt_max_tokens)
             q, qm = q.to(policy.device), qm.to(policy.device)
+            rows = {} if streams is None else {"row_generators": streams[sl]}
             with torch.no_grad():
                 r, rm = policy.generate(
-                    q, qm, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, sampling=sampling
+                    q, qm, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, sampling=sampling, **rows
                 )
             out.extend(policy.decode(r, rm))
         else:
@@ -140,13 +149,26 @@ def generate(
 
 def generate_for(policy, task: Task, examples: list[Example], *, decoding: Sampling, seed: int, batch_size: int,
                  progress: Progress | None = None) -> list[str]:
-    """The policy's completions of ``examples`` with the task's lengths, seeded."""
+    """The policy's completions of ``examples`` with the task's lengths, seeded (each prompt its
+    own random stream where the policy can: see :func:`generate`)."""
     set_seed(seed)
     max_new = task.max_new_tokens
     return generate(
         policy, task.prompts_for(examples, policy), task, sampling=decoding, max_new_tokens=max_new,
-        min_new_tokens=min(task.min_new_tokens, max_new), batch_size=batch_size, progress=progress,
+        min_new_tokens=min(task.min_new_tokens, max_new), batch_size=batch_size, progress=progress, seed=seed,
     )
+
+
+def row_stream(seed: int, index: int, device) -> torch.Generator:
+    """The random stream of prompt ``index`` at sampling ``seed``. The pair is mixed into one
+    number (splitmix64's finaliser) because a CPU generator keeps only a seed's low 32 bits."""
+    x = (((int(seed) % 2**32) << 32) | (int(index) % 2**32)) + 0x9E3779B97F4A7C15
+    x &= 2**64 - 1
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    generator = torch.Generator(device=device)
+    generator.manual_seed((x ^ (x >> 31)) >> 1)  # 63 bits: manual_seed takes a signed 64-bit value
+    return generator
 
 
 def compute_metrics(task: Task, policy, examples: list[Example], completions: list[str], reference=None) -> dict:
