@@ -6,7 +6,9 @@
   ``validation`` split; ``train`` is its ``train`` split. With ``data=PATH``: a JSON lines
   file with one concept set per line, ``{"concepts": [str, ...], "targets": [str, ...]}``,
   or one reference per line, ``{"concepts": [...], "target": str}`` (the hub's own rows,
-  e.g. dumped with ``concept_set_idx``, fit this shape). Rows are grouped by concept set
+  e.g. dumped with ``concept_set_idx``, fit this shape); a CSV (``.csv``, ``.tsv``) or Parquet
+  (``.parquet``) file with these columns, or a ``datasets`` ``save_to_disk`` folder (the hub's
+  ``common_gen`` saved to disk included), is read alike. Rows are grouped by concept set
   (the same concepts in any order; the first row's order is kept for the prompt) so that
   every prompt carries all of its references. An optional ``"split"`` field
   (``train``/``validation``/``val``/``dev``/``test``) places a row; a file without split
@@ -53,6 +55,7 @@ from backends.base import Sampling
 from backends.errors import RlgfError, with_suggestion
 
 from tasks.base import SPLITS, Example, PromptDifficulty, Task
+from tasks.table_rows import is_saved_dataset
 
 PREFIX = "generate a sentence with: "
 REWARDS = ("spider", "cider_d", "spice", "bleu4", "meteor")
@@ -86,7 +89,8 @@ class CommonGenTask(Task):
     description = "Write a sentence using given concepts (CommonGen, the paper's T5 task)"
     data_source = (
         "Hugging Face `common_gen` (online, needs `datasets`; val = test = its validation split), "
-        'or data=PATH: JSONL {"concepts": [...], "targets": [...]} grouped by concept set'
+        'or data=PATH: JSONL, CSV, Parquet or a save_to_disk folder of {"concepts": [...], "targets": [...]} '
+        "grouped by concept set"
     )
     default_learner = "hf:t5-base"
     reward_name = "spider (SPIDEr = (CIDEr-D + SPICE)/2); or cider_d, spice, bleu4, meteor, module:function"
@@ -143,11 +147,13 @@ class CommonGenTask(Task):
                 )
         else:
             self.data_path = Path(data).expanduser()
-            if not self.data_path.is_file():
-                what = "is a folder, not a data file" if self.data_path.is_dir() else "not found"
+            if not self.data_path.is_file() and not is_saved_dataset(self.data_path):
+                what = ("is a folder, not a data file (nor a folder saved by datasets' save_to_disk)"
+                        if self.data_path.is_dir() else "not found")
                 raise RlgfError(f"--data {self.data_path}: {what}",
                                 hint='pass a JSONL file of {"concepts", "targets"} rows (a "split" field picks '
-                                     "train/validation/test), or leave out --data to fetch CommonGen online")
+                                     "train/validation/test), a CSV or Parquet file or a save_to_disk folder with "
+                                     "those columns, or leave out --data to fetch CommonGen online")
 
         # the reward
         self.custom_reward = None

@@ -1,8 +1,10 @@
-"""CommonGen's data: concept sets with their references, from a JSON lines file or the hub
-(see :mod:`tasks.commongen` for the formats and how splits are made)."""
+"""CommonGen's data: concept sets with their references, from a JSON lines, CSV or Parquet file,
+a ``datasets`` ``save_to_disk`` folder, or the hub (see :mod:`tasks.commongen` for the formats
+and how splits are made)."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +13,7 @@ from backends.errors import RlgfError
 
 from tasks.base import SPLITS
 from tasks.jsonl import iter_jsonl
+from tasks.table_rows import TABLE_SUFFIXES
 
 _SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "dev": "val", "test": "test"}
 
@@ -49,10 +52,46 @@ def _targets(row: dict, where: str) -> list[str]:
 
 def read_jsonl(path: Path, seed: int = 42) -> dict[str, list[ConceptSet]]:
     """Concept sets per split from a JSON lines file (see the module docstring)."""
+    return sets_from_rows(iter_jsonl(path, 'with "concepts" and "targets"',
+                                     'each line needs {"concepts": [...], "targets": [...]}'), path, seed)
+
+
+#: what a CSV, Parquet or saved-dataset --data needs, said when a column is missing
+_TABLE_HINT = ('commongen --data takes columns "concepts" (a list, or words separated by spaces) and "targets" '
+               '(a list of sentences) or "target" (one sentence), optionally "split" (train, validation, test)')
+
+
+def read_table(path: Path, seed: int = 42) -> dict[str, list[ConceptSet]]:
+    """As :func:`read_jsonl`, from a CSV/TSV or Parquet file or a ``datasets`` ``save_to_disk``
+    folder (the hub's ``common_gen`` saved to disk fits: a ``DatasetDict``'s split names are the
+    rows' splits, and its test rows, without targets, are skipped). A CSV cell holding a JSON list
+    (``["dog", "frisbee"]``) is that list."""
+    from tasks.table_rows import check_columns, table_rows
+
+    columns, rows = table_rows(path)
+    check_columns(path, columns, [("concepts",), ("targets", "target")], _TABLE_HINT)
+    text_cells = path.suffix.lower() in (".csv", ".tsv") and not path.is_dir()
+    return sets_from_rows(((n, where, _list_cells(row) if text_cells else row) for n, where, row in rows), path, seed)
+
+
+def _list_cells(row: dict) -> dict:
+    """A CSV row's ``concepts``/``targets`` cells that hold a JSON list, as that list."""
+    out = dict(row)
+    for key in ("concepts", "targets"):
+        value = out.get(key)
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                out[key] = json.loads(value)
+            except json.JSONDecodeError:
+                pass  # read as text: a concepts cell splits on spaces, a targets cell is one sentence
+    return out
+
+
+def sets_from_rows(rows, path: Path, seed: int = 42) -> dict[str, list[ConceptSet]]:
+    """Concept sets per split from ``(number, where, row)`` rows (see the module docstring)."""
     groups: dict[str, dict[tuple, ConceptSet]] = {}
     with_split = without_split = 0
-    for number, where, row in iter_jsonl(path, 'with "concepts" and "targets"',
-                                         'each line needs {"concepts": [...], "targets": [...]}'):
+    for number, where, row in rows:
         if "concepts" not in row:
             raise RlgfError(f"{where}: missing field \"concepts\"",
                             hint='each line needs {"concepts": [...], "targets": [...]}')  # fmt: skip
@@ -150,5 +189,10 @@ def load_splits(data: Path | None, seed: int) -> dict[str, list[ConceptSet]]:
         stat = data.stat()
         key = (str(data.resolve()), stat.st_size, stat.st_mtime_ns, seed)
     if key not in _CACHE:
-        _CACHE[key] = load_hf_common_gen() if data is None else read_jsonl(data, seed)
+        if data is None:
+            _CACHE[key] = load_hf_common_gen()
+        elif data.is_dir() or data.suffix.lower() in TABLE_SUFFIXES:  # (the task refuses other folders)
+            _CACHE[key] = read_table(data, seed)
+        else:
+            _CACHE[key] = read_jsonl(data, seed)
     return _CACHE[key]

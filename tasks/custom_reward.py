@@ -22,6 +22,7 @@ whose constructor has no ``reward`` option; tasks with named rewards (CommonGen)
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -45,6 +46,19 @@ def is_custom_spec(value) -> bool:
     return isinstance(value, str) and bool(_SPEC.match(value.strip()))
 
 
+def _import_failed(spec: str, what: str, exc: BaseException) -> RlgfError:
+    """The error for a reward module whose import raised ``exc`` (``what``: the file or module)."""
+    if isinstance(exc, SystemExit):
+        return RlgfError(f"custom reward {spec!r}: importing {what} called sys.exit({exc.code!r})",
+                         "a reward module must not exit when it is imported: guard its script part with "
+                         "if __name__ == \"__main__\":")
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return RlgfError(f"custom reward {spec!r}: importing {what} raised ModuleNotFoundError: {exc}",
+                         f"install the package that provides {exc.name.split('.')[0]!r} into the environment rlgf "
+                         f"runs in ({sys.executable} -m pip install …)")
+    return RlgfError(f"custom reward {spec!r}: importing {what} raised {type(exc).__name__}: {exc}")
+
+
 def _import_module(name: str, spec: str):
     if name.endswith(".py") or os.sep in name or "/" in name:
         path = Path(name).expanduser()
@@ -59,34 +73,39 @@ def _import_module(name: str, spec: str):
         module = importlib.util.module_from_spec(file_spec)
         sys.modules[mod_name] = module
         try:
-            file_spec.loader.exec_module(module)
-        except Exception as exc:
+            with contextlib.redirect_stdout(sys.stderr):  # its prints must not mix into --json - output
+                file_spec.loader.exec_module(module)
+        except (Exception, SystemExit) as exc:
             sys.modules.pop(mod_name, None)
-            raise RlgfError(f"custom reward {spec!r}: importing {path} raised {type(exc).__name__}: {exc}") from exc
+            raise _import_failed(spec, str(path), exc) from None
         return module
     missing = RlgfError(
         f"custom reward {spec!r}: no module named {name!r}",
         hint="put the module on PYTHONPATH or in the current folder, or pass path/to/file.py:function",
     )
     try:
-        return importlib.import_module(name)
+        with contextlib.redirect_stdout(sys.stderr):
+            return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name != name.split(".")[0]:  # the module exists but one of its imports does not
-            raise RlgfError(f"custom reward {spec!r}: cannot import module {name!r}: {exc}") from exc
+            raise _import_failed(spec, name, exc) from None
         if os.getcwd() in sys.path:
-            raise missing from exc
+            raise missing from None
         sys.path.insert(0, os.getcwd())  # a module in the current folder (console scripts omit it)
         try:
-            return importlib.import_module(name)
+            with contextlib.redirect_stdout(sys.stderr):
+                return importlib.import_module(name)
         except ModuleNotFoundError as exc2:
-            raise missing from exc2
-        except Exception as exc2:
-            raise RlgfError(f"custom reward {spec!r}: importing {name} raised {type(exc2).__name__}: {exc2}") from exc2
+            if exc2.name != name.split(".")[0]:  # found in the current folder; one of its imports is missing
+                raise _import_failed(spec, name, exc2) from None
+            raise missing from None
+        except (Exception, SystemExit) as exc2:
+            raise _import_failed(spec, name, exc2) from None
         finally:
             if sys.path and sys.path[0] == os.getcwd():
                 sys.path.pop(0)
-    except Exception as exc:
-        raise RlgfError(f"custom reward {spec!r}: importing {name} raised {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise _import_failed(spec, name, exc) from None
 
 
 def load_custom_reward(spec: str) -> Callable:
@@ -100,10 +119,15 @@ def load_custom_reward(spec: str) -> Callable:
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise RlgfError(
-                f"custom reward {spec!r}: {match['module']} has no attribute {match['attr']!r}",
-                hint=f"define a function {SIGNATURE} there",
-            ) from None
+            where, hint = match["module"], f"define a function {SIGNATURE} there"
+            file = getattr(module, "__file__", None)
+            if file and not where.endswith(".py") and "/" not in where and os.sep not in where:
+                where = f"{where} ({file})"  # which module was imported: another one (signal, test…) may shadow yours
+                mine = Path(*match["module"].split(".")).with_suffix(".py")
+                if mine.is_file() and mine.resolve() != Path(file).resolve():
+                    hint = (f"that module comes before your {mine} on the import path: pass --reward "
+                            f"{mine}:{match['attr']} (a file path), or rename your file")
+            raise RlgfError(f"custom reward {spec!r}: {where} has no attribute {match['attr']!r}", hint=hint) from None
     if not callable(target):
         raise RlgfError(f"custom reward {spec!r} is not callable ({type(target).__name__})", hint=f"it must be {SIGNATURE}")
     try:
@@ -139,9 +163,13 @@ class CustomReward:
         references = [list(r) for r in references]
         n = len(completions)
         try:
-            result = self.function(prompts, completions, references)
+            with contextlib.redirect_stdout(sys.stderr):  # its prints must not mix into --json - output
+                result = self.function(prompts, completions, references)
         except RlgfError:
             raise
+        except SystemExit as exc:  # not a clean exit of rlgf: the run stops with the reason
+            raise RlgfError(f"custom reward {self.spec} called sys.exit({exc.code!r})",
+                            "return one number per completion; raise an exception to stop on bad input") from None
         except Exception as exc:
             raise RlgfError(f"custom reward {self.spec} raised {type(exc).__name__}: {exc}") from exc
         values = _to_list(result)

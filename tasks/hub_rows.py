@@ -39,7 +39,7 @@ def offline_unless_reachable():
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """``NAME[:SPLIT]`` → ``(NAME, SPLIT or None)``; an existing local path is taken whole."""
-    if Path(spec).expanduser().exists():
+    if spec.strip() and Path(spec).expanduser().exists():  # ("" is the current folder: not a name)
         return spec, None
     name, _, split = spec.partition(":")
     if not name.strip():
@@ -56,11 +56,16 @@ def _load(name: str, split: str | None):
     try:
         if local.is_dir() and ((local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file()):
             data = datasets.load_from_disk(str(local))
+            if split and hasattr(data, "keys") and split not in data:
+                raise RlgfError(f"hf:{name} has no split {split!r} (its splits: {', '.join(data.keys())})",
+                                f"pass one of them after the colon, or none for all: --data hf:{name}")
             return data[split] if split else data
         if local.exists():
             return datasets.load_dataset(str(local), split=split)
         with offline_unless_reachable():
             return datasets.load_dataset(name, split=split)
+    except RlgfError:
+        raise
     except (KeyError, ValueError) as exc:
         raise RlgfError(f"hf:{name}: {exc}", "check the split name (e.g. train, validation, test)") from None
     except Exception as exc:  # noqa: BLE001 - offline, unknown name, bad files: datasets raises many types

@@ -13,7 +13,11 @@
   - a JSON lines file of ``{"text": str, "label": 0|1}`` (``label`` may also be
     ``neg``/``pos``/``negative``/``positive``), optionally with ``"split": "train"|"test"``
     (``"unsupervised"`` rows are skipped). Rows without a split make a pool that is
-    shuffled (seed) and cut 90/10 into an IMDB "train" part and a "test" part.
+    shuffled (seed) and cut 90/10 into an IMDB "train" part and a "test" part. A CSV (``.csv``,
+    ``.tsv``) or Parquet (``.parquet``) file with the same columns, or a folder written by
+    ``datasets``' ``save_to_disk`` (a ``DatasetDict``'s split names are the rows' splits, so
+    the hub's ``imdb`` saved to disk gives its own train and test parts), is read alike
+    (:mod:`tasks.table_rows`; a saved folder needs the ``datasets`` package).
 
   ``<br />`` tags become spaces and whitespace is collapsed; empty reviews are dropped.
 * **Splits** (RL4LMs' ``IMDB`` data pool) — the train part is shuffled with the seed (42)
@@ -43,6 +47,7 @@ from pathlib import Path
 from backends.errors import RlgfError
 
 from tasks.jsonl import iter_jsonl
+from tasks.table_rows import TABLE_SUFFIXES, is_saved_dataset
 from tasks.rotten_tomatoes import LabelledText, SentimentContinuationTask
 
 DEFAULT_REWARD_MODEL = "lvwerra/distilbert-imdb"
@@ -129,20 +134,43 @@ def read_acl_imdb(path: Path) -> dict[str, list[LabelledText]]:
     return parts
 
 
+_ROW_HINT = 'each line needs {"text": str, "label": 0|1}'
+#: what a CSV, Parquet or saved-dataset --data needs, said when a column is missing
+_TABLE_HINT = ('imdb --data takes columns "text" (the review) and "label" (0/1, or neg/pos), optionally "split" '
+               "(train, test or unsupervised)")
+
+
 def read_jsonl(path: Path, seed: int) -> dict[str, list[LabelledText]]:
     """``{"train": [...], "test": [...]}`` from a JSON lines file (see the module docstring)."""
+    return parts_from_rows(iter_jsonl(path, '{"text": ..., "label": ...}', _ROW_HINT), path, seed)
+
+
+def read_table(path: Path, seed: int) -> dict[str, list[LabelledText]]:
+    """As :func:`read_jsonl`, from a CSV/TSV or Parquet file or a ``datasets`` ``save_to_disk``
+    folder (a ``DatasetDict``'s ``train``/``test`` splits are the parts; ``unsupervised`` is skipped)."""
+    from tasks.table_rows import check_columns, table_rows
+
+    columns, rows = table_rows(path)
+    check_columns(path, columns, [("text",), ("label",)], _TABLE_HINT)
+    return parts_from_rows(rows, path, seed)
+
+
+def parts_from_rows(rows, path: Path, seed: int) -> dict[str, list[LabelledText]]:
+    """The train and test parts of ``(number, where, row)`` rows of ``{"text", "label"[, "split"]}``."""
     parts: dict[str, list[LabelledText]] = {"train": [], "test": []}
     pool: list[LabelledText] = []
-    for number, where, row in iter_jsonl(path, '{"text": ..., "label": ...}', 'each line needs {"text": str, "label": 0|1}'):
+    for number, where, row in rows:
         for key in ("text", "label"):
             if key not in row:
-                raise RlgfError(f"{where}: missing field {key!r}", hint='each line needs {"text": str, "label": 0|1}')
-        if not isinstance(row["text"], str):
-            raise RlgfError(f"{where}: \"text\" must be a string")
-        label = _label(row["label"], where)
+                raise RlgfError(f"{where}: missing field {key!r}", hint=_ROW_HINT)
         split = row.get("split")
         if split is not None and str(split).strip().lower() not in _SPLITS:
             raise RlgfError(f"{where}: split {split!r} is not train, test or unsupervised")
+        if split is not None and _SPLITS[str(split).strip().lower()] is None:
+            continue  # an unsupervised review: skipped whatever its label (the hub's is -1)
+        if not isinstance(row["text"], str):
+            raise RlgfError(f"{where}: \"text\" must be a string")
+        label = _label(row["label"], where)
         text = clean_review(row["text"])
         if not text:
             continue
@@ -150,9 +178,7 @@ def read_jsonl(path: Path, seed: int) -> dict[str, list[LabelledText]]:
         if split is None:
             pool.append(record)
         else:
-            target = _SPLITS[str(split).strip().lower()]
-            if target is not None:
-                parts[target].append(record)
+            parts[_SPLITS[str(split).strip().lower()]].append(record)
     if pool:
         order = list(range(len(pool)))
         random.Random(seed).shuffle(order)
@@ -210,6 +236,8 @@ def load_splits(data: Path | None, seed: int) -> dict[str, list[LabelledText]]:
     if key not in _CACHE:
         if data is None:
             parts = load_hf_imdb()
+        elif is_saved_dataset(data) or (data.is_file() and data.suffix.lower() in TABLE_SUFFIXES):
+            parts = read_table(data, seed)  # (a saved DatasetDict has train/ and test/ folders too)
         elif data.is_dir():
             parts = read_acl_imdb(data)
         else:
@@ -227,8 +255,8 @@ class ImdbTask(SentimentContinuationTask):
     name = "imdb"
     description = "Continue IMDB movie reviews positively (the paper's sentiment task)"
     data_source = (
-        "Hugging Face `imdb` (online, needs `datasets`), or data=PATH: an aclImdb folder or JSONL "
-        "{text, label[, split]}; train shuffled (seed 42) 80/20 train/val, test = first 5,000 of the shuffled test split"
+        "Hugging Face `imdb` (online, needs `datasets`), or data=PATH: an aclImdb folder, a JSONL, CSV or Parquet "
+        "file or a save_to_disk folder of {text, label[, split]}; train shuffled (seed 42) 80/20 train/val, test = first 5,000 of the shuffled test split"
     )
     default_learner = "hf:gpt2"
     reward_name = f"sentiment: P(positive) of prompt + continuation under reward_model (default {DEFAULT_REWARD_MODEL})"
@@ -269,10 +297,12 @@ class ImdbTask(SentimentContinuationTask):
             self.data_path = Path(data).expanduser()
             if not self.data_path.exists():
                 raise RlgfError(f"data file or folder not found: {self.data_path}")
-            if self.data_path.is_dir() and _acl_root(self.data_path) is None:
+            if self.data_path.is_dir() and _acl_root(self.data_path) is None and not is_saved_dataset(self.data_path):
                 raise RlgfError(
-                    f"{self.data_path} is not an aclImdb folder (no train/ and test/ inside)",
-                    hint='pass the aclImdb folder, or a JSONL file of {"text", "label"}',
+                    f"{self.data_path} is not an aclImdb folder (no train/ and test/ inside) nor a folder saved by "
+                    "datasets' save_to_disk",
+                    hint='pass the aclImdb folder, a save_to_disk folder, or a JSONL, CSV or Parquet file of '
+                         '{"text", "label"}',
                 )
 
     def splits(self) -> dict[str, list[LabelledText]]:

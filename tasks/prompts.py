@@ -1,9 +1,11 @@
 """``--task prompts``: your own prompts, with the reward you bring.
 
-``--data FILE`` is JSON lines (``.jsonl``/``.json``), CSV (``.csv``) or Parquet
-(``.parquet``), or ``hf:NAME[:SPLIT]`` for a Hugging Face dataset (a hub name, online or in the
-local datasets cache, or a local dataset folder). Each row has a ``prompt`` (text; another
-column with ``--prompt-field``) or ``messages`` (a chat: a list of ``{"role", "content"}``
+``--data FILE`` is JSON lines (``.jsonl``/``.json``; a ``.json`` file may also hold one JSON
+array of rows), CSV (``.csv``; comma, tab or semicolon separated, with a header line) or TSV
+(``.tsv``), Parquet (``.parquet``), plain text (``.txt``: one prompt per line), a folder written
+by ``datasets``' ``save_to_disk``, or ``hf:NAME[:SPLIT]`` for a Hugging Face dataset (a hub
+name, online or in the local datasets cache, or a local dataset folder). Each row has a
+``prompt`` (text; another column with ``--prompt-field``) or ``messages`` (a chat: a list of ``{"role", "content"}``
 turns, rendered with each model's chat template — see :mod:`tasks.chat` and
 ``--chat-template``), optionally a ``reference`` (text) or ``references`` (a list of texts;
 another column with ``--reference-field``) and a ``split`` (``train``, ``val`` or ``test``).
@@ -27,7 +29,6 @@ easier, as the sentiment tasks' classifier score of the prompt alone).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -38,8 +39,10 @@ from backends.base import Sampling
 from backends.errors import RlgfError
 from tasks.base import CPU_SIZED_DEFAULTS, SPLITS, Example, PromptDifficulty, Task, check_sampling
 from tasks.scoring.perplexity import can_score, corpus_perplexity
+from tasks.table_rows import csv_rows, is_saved_dataset, json_array_rows, not_utf8, parquet_rows, starts_json_array
 
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv",
+           ".parquet": "parquet", ".txt": "text"}
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                  "dev": "val", "test": "test"}
 
@@ -48,7 +51,7 @@ class PromptsTask(Task):
     """Prompts from a file of yours; the reward is a function of yours."""
 
     name = "prompts"
-    description = "Your own prompts from a JSONL, CSV or Parquet file (--data), with your reward (--reward)"
+    description = "Your own prompts from a JSONL, CSV, Parquet or text file (--data), with your reward (--reward)"
     data_source = "--data FILE: rows with a prompt, optionally reference(s), a split and a difficulty"
     default_learner = "smollm2"
     #: the embedded default's (same learner): the paper's lr 1e-6 and 5 epochs barely move a model in
@@ -255,33 +258,50 @@ DIFFICULTY_FIELD = "difficulty"
 
 
 def read_rows(path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line, row)`` pairs of a prompts file (line numbers as an editor shows them), or of an
-    ``hf:NAME[:SPLIT]`` dataset (row numbers from 1)."""
+    """``(line, row)`` pairs of a prompts file (line numbers as an editor shows them), of a
+    ``datasets`` ``save_to_disk`` folder, or of an ``hf:NAME[:SPLIT]`` dataset (row numbers from 1)."""
     if isinstance(path, str) and path.startswith(HF_PREFIX):
         from tasks.hub_rows import hub_rows
 
-        yield from hub_rows(path[len(HF_PREFIX):])
+        local = Path(path[len(HF_PREFIX):]).expanduser()
+        if not (path[len(HF_PREFIX):].strip() and local.is_file()):
+            yield from hub_rows(path[len(HF_PREFIX):])
+            return
+        path = local  # hf:FILE: the file itself (datasets reads a folder, not a file, by its path)
+    if is_saved_dataset(path):  # a folder of Dataset.save_to_disk: read as --data hf:PATH reads it
+        from tasks.hub_rows import hub_rows
+
+        yield from hub_rows(str(path))
         return
     if not path.is_file():
         what = "is a folder, not a prompts file" if path.is_dir() else "not found"
-        raise RlgfError(f"prompts file {what}: {path}", "pass --data FILE (a .jsonl, .csv or .parquet file)")
+        raise RlgfError(f"prompts file {what}: {path}",
+                        "pass --data FILE (a .jsonl, .json, .csv, .tsv, .parquet or .txt file), or a folder saved "
+                        "by datasets' save_to_disk")
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise RlgfError(f"{path}: unknown prompts file type {path.suffix!r}",
-                        f"use one of: {', '.join(sorted(FORMATS))}")
+                        f"use one of: {', '.join(sorted(FORMATS))} (.txt: one prompt per line)")
     try:
         if kind == "jsonl":
             yield from _jsonl(path)
         elif kind == "csv":
-            yield from _csv(path)
+            yield from csv_rows(path)
+        elif kind == "text":
+            yield from _text(path)
         else:
-            yield from _parquet(path)
+            yield from parquet_rows(path)
     except UnicodeDecodeError as exc:
-        raise RlgfError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} cannot be decoded)",
-                        "save the file as UTF-8") from None
+        raise not_utf8(path, exc) from None
+
+
+_JSON_HINT = "each line must be one JSON object, e.g. {\"prompt\": \"...\"} (or the file one JSON array of them)"
 
 
 def _jsonl(path: Path):
+    if starts_json_array(path):  # a .json file of [{...}, {...}]: what json.dump of a list writes
+        yield from json_array_rows(path, _JSON_HINT)
+        return
     with path.open(encoding="utf-8-sig") as fh:  # -sig: a byte-order mark (Notepad's, Excel's) is not text
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -289,44 +309,19 @@ def _jsonl(path: Path):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise RlgfError(f"{path}, line {n}: not valid JSON ({exc.msg})",
-                                "each line must be one JSON object, e.g. {\"prompt\": \"...\"}") from None
+                raise RlgfError(f"{path}, line {n}: not valid JSON ({exc.msg})", _JSON_HINT) from None
             if not isinstance(row, dict):
-                raise RlgfError(f"{path}, line {n}: a JSON {type(row).__name__}, not an object",
-                                "each line must be one JSON object, e.g. {\"prompt\": \"...\"}")
+                raise RlgfError(f"{path}, line {n}: a JSON {type(row).__name__}, not an object", _JSON_HINT)
             yield n, row
 
 
-def _csv(path: Path):
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, strict=True)  # a quote left open must not swallow the rest of the file
-        try:
-            header = [name.strip() for name in next(reader, [])]
-            for cells in reader:
-                if not cells:  # a blank line
-                    continue
-                if len(cells) != len(header):
-                    raise RlgfError(f"{path}, line {reader.line_num}: {len(cells)} fields, the header names "
-                                    f"{len(header)} ({', '.join(header)})",
-                                    "quote a field that holds a comma: \"Hello, my friend\"")
-                yield reader.line_num, dict(zip(header, cells))
-        except csv.Error as exc:
-            raise RlgfError(f"{path}, line {reader.line_num}: not valid CSV ({exc})",
-                            "check the quotes: a quoted field must be closed, and a closing quote followed by a "
-                            "comma or the end of the line") from None
-
-
-def _parquet(path: Path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise RlgfError(f"{path}: reading Parquet needs pyarrow", "pip install pyarrow, or convert it to JSONL") from None
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-        raise RlgfError(f"{path}: not a readable Parquet file ({exc})") from None
-    for n, row in enumerate(table.to_pylist(), 1):
-        yield n, row
+def _text(path: Path):
+    """A plain text file: each non-blank line is one prompt (its line break removed)."""
+    with path.open(encoding="utf-8-sig") as fh:
+        for n, line in enumerate(fh, 1):
+            text = line.rstrip("\r\n")
+            if text.strip():
+                yield n, {"prompt": text}
 
 
 # -- rows to examples ---------------------------------------------------------------
@@ -339,8 +334,11 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
     rows = [(n, known_names(row, keep=(prompt_field, reference_field))) for n, row in rows]
     first = rows[0][1]
     if prompt_field not in first and not (prompt_field == "prompt" and "messages" in first):
+        header = isinstance(path, Path) and path.suffix.lower() in (".csv", ".tsv")
         raise RlgfError(f"{path}, line {rows[0][0]}: no '{prompt_field}' field (fields: {', '.join(map(str, first))})",
-                        "name the prompt column with --prompt-field")
+                        "name the prompt column with --prompt-field" + (
+                            f" (a CSV file's first line is its header: the names of its columns, e.g. "
+                            f"{prompt_field},reference)" if header else ""))
     if reference_field is not None and not any(reference_field in row for _, row in rows):
         raise RlgfError(f"{path}: no row has a '{reference_field}' field (fields: {', '.join(map(str, first))})",
                         "name the reference column with --reference-field, or leave it out")
@@ -398,8 +396,8 @@ def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | 
     return Example(prompt=prompt, references=refs, target=refs[0] if refs else "", meta=meta)
 
 
-#: the columns rlgf reads by name; a file's ``Prompt`` or `` reference`` means them too
-KNOWN_FIELDS = ("prompt", "messages", "reference", "references")
+#: the columns rlgf reads by name; a file's ``Prompt``, `` reference`` or ``Split`` means them too
+KNOWN_FIELDS = ("prompt", "messages", "reference", "references", "split", DIFFICULTY_FIELD)
 
 
 def known_names(row: dict, keep=()) -> dict:

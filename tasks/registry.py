@@ -42,14 +42,14 @@ def registered() -> dict[str, dict]:
         points = []
     for ep in points:
         name = _normalise(ep.name)
+        dist = getattr(ep, "dist", None)
+        package = getattr(dist, "name", None) if dist is not None else None
         if name in found:
             if found[name]["target"] != ep.value and (ep.name, ep.value) not in _warned:
                 _warned.add((ep.name, ep.value))  # said once per process, not at every lookup
-                log.warning("ignoring the task entry point %s = %s: %r is already %s", ep.name, ep.value, name,
-                            found[name]["target"])
+                log.warning("ignoring the task entry point %s = %s%s: %r is already %s (rename the entry point)",
+                            ep.name, ep.value, f" of {package}" if package else "", name, target_of(found[name]))
             continue
-        dist = getattr(ep, "dist", None)
-        package = getattr(dist, "name", None) if dist is not None else None
         found[name] = {"target": ep.value, "source": f"entry point ({package})" if package else "entry point",
                        "entry_point": f"{ep.name} = {ep.value}" + (f" of {package}" if package else "")}
     return found
