@@ -332,6 +332,7 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
     if not rows:
         raise RlgfError(f"{path} holds no rows", "add rows with a 'prompt', one per line (JSONL) or row (CSV)")
     rows = [(n, known_names(row, keep=(prompt_field, reference_field))) for n, row in rows]
+    warn_misspelt_columns(rows, path, (prompt_field, reference_field))
     first = rows[0][1]
     if prompt_field not in first and not (prompt_field == "prompt" and "messages" in first):
         header = isinstance(path, Path) and path.suffix.lower() in (".csv", ".tsv")
@@ -410,6 +411,22 @@ def known_names(row: dict, keep=()) -> dict:
         if name in KNOWN_FIELDS and key != name and name not in row and key not in keep:
             out[name] = out.pop(key)
     return out
+
+
+def warn_misspelt_columns(rows: list[tuple[int, dict]], path, named=()) -> None:
+    """One ``warning:`` per column that is not read but is spelt almost like one that would be
+    (``refernce``): other columns (an id, notes) are left alone silently, as before."""
+    import warnings
+
+    from backends.errors import RlgfWarning, did_you_mean
+
+    present = {str(k) for _, row in rows for k in row}
+    wanted = [f for f in (*KNOWN_FIELDS, *named) if f and f not in present]
+    for column in sorted(present - set(KNOWN_FIELDS) - {f for f in named if f}):
+        guess = did_you_mean(column.strip().lower(), wanted, n=1, cutoff=0.8)
+        if guess:
+            warnings.warn(RlgfWarning(f"{path}: the column {column!r} is not read — {guess.strip()} "
+                                      "(rename it, or name it with --prompt-field/--reference-field)"), stacklevel=2)
 
 
 def json_cell(value):

@@ -124,9 +124,14 @@ def task_options(cls: type[Task]) -> list[str]:
     """The options :func:`get_task` accepts for ``cls``: its constructor's, plus ``reward``
     (every task takes a custom ``module:function`` reward, see :mod:`tasks.custom_reward`) and
     the roll-outs' sampling (``temperature``, ``top_k``, ``top_p``: :meth:`~tasks.base.Task.with_sampling`)
-    and ``prompt_max_tokens`` (:attr:`~tasks.base.Task.prompt_max_tokens`)."""
+    and the lengths ``prompt_max_tokens`` and ``max_new_tokens`` (the :class:`~tasks.base.Task`
+    attributes, set on the task where its constructor does not take them)."""
     options = constructor_options(cls)
-    return options + [name for name in ("reward", *SAMPLING_OPTIONS, "prompt_max_tokens") if name not in options]
+    return options + [name for name in ("reward", *SAMPLING_OPTIONS, *GENERIC_LENGTHS) if name not in options]
+
+
+#: length options every task takes (a plug-in's constructor need not know them)
+GENERIC_LENGTHS = ("prompt_max_tokens", "max_new_tokens")
 
 
 def get_task(name: str, **options) -> Task:
@@ -160,12 +165,17 @@ def get_task(name: str, **options) -> Task:
     if "prompt_max_tokens" in options and int(options["prompt_max_tokens"]) < 1:  # for every task, here
         raise RlgfError(f"--prompt-max-tokens must be at least 1, not {options['prompt_max_tokens']}",
                         "e.g. --prompt-max-tokens 256")
-    longest = options.pop("prompt_max_tokens", None) if "prompt_max_tokens" not in constructor else None
+    lengths = {k: int(options.pop(k)) for k in GENERIC_LENGTHS if k in options and k not in constructor}
+    if lengths.get("max_new_tokens", 1) < 1:
+        raise RlgfError(f"--max-new-tokens must be at least 1, not {lengths['max_new_tokens']}", "e.g. --max-new-tokens 24")
     task = cls(**options)
     if sampling:
         task.with_sampling(**sampling)
-    if longest is not None:
-        task.prompt_max_tokens = int(longest)
+    if "prompt_max_tokens" in lengths:
+        task.prompt_max_tokens = lengths["prompt_max_tokens"]
+    if "max_new_tokens" in lengths:  # and no minimum above it
+        task.max_new_tokens = lengths["max_new_tokens"]
+        task.min_new_tokens = min(task.min_new_tokens, task.max_new_tokens)
     return task if custom is None else task.with_reward(custom)
 
 

@@ -362,3 +362,23 @@ def test_commongen_data_with_the_wrong_columns_is_one_error_in_the_cli(tmp_path,
     line = _error(result)
     assert f"{table}: no 'concepts' column (its columns: concept_set, sentence)" in line
     assert '"targets"' in line
+
+
+def test_a_misspelt_column_is_named_and_other_columns_stay_silent(tmp_path):
+    import warnings
+
+    from backends.errors import RlgfWarning
+    from tasks.prompts import split_rows
+
+    rows = [(1, {"prompt": "a b c", "refernce": "x", "id": 1}), (2, {"prompt": "d e f", "Splt": "train", "notes": ""})]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        split_rows(rows, tmp_path / "p.jsonl")
+    texts = sorted(str(w.message) for w in caught if issubclass(w.category, RlgfWarning))
+    assert len(texts) == 2
+    assert "the column 'Splt' is not read — did you mean 'split'?" in texts[0]
+    assert "the column 'refernce' is not read — did you mean 'reference'?" in texts[1]
+    with warnings.catch_warnings(record=True) as caught:  # named with --reference-field: read, no warning
+        warnings.simplefilter("always")
+        split_rows([(1, {"prompt": "a b c", "refernce": "x"})], tmp_path / "p.jsonl", reference_field="refernce")
+    assert not [w for w in caught if issubclass(w.category, RlgfWarning)]

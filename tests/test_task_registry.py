@@ -158,3 +158,15 @@ def test_train_config_sampling_reaches_the_task():
 
     task = build_task(TrainConfig(task="rotten-tomatoes", temperature=0.8, top_p=0.95))
     assert (task.train_sampling.temperature, task.train_sampling.top_k, task.train_sampling.top_p) == (0.8, 50, 0.95)
+
+
+@pytest.mark.usefixtures("task_plugin")
+def test_a_plugin_task_takes_the_lengths_its_constructor_does_not_know():
+    from backends.errors import RlgfError
+
+    task = tasks.get_task("count-e", max_new_tokens=2, prompt_max_tokens=5)
+    assert (task.max_new_tokens, task.min_new_tokens, task.prompt_max_tokens) == (2, 2, 5)
+    longer = tasks.get_task("count-e", max_new_tokens=9)
+    assert (longer.max_new_tokens, longer.min_new_tokens) == (9, 4)  # its own minimum stays
+    with pytest.raises(RlgfError, match="--max-new-tokens must be at least 1"):
+        tasks.get_task("count-e", max_new_tokens=0)
