@@ -124,3 +124,41 @@ def test_difficulty_pairs_each_bucket(tmp_path, tiny_causal_dir):
         assert stats["mean"] == pytest.approx(means[str(b)]["reward"] - means[str(a)]["reward"])
         assert f"{name} (n={bucket['n']})" in result.output
     assert "paired by bucket: reward minus a/final's on the same prompts" in result.output
+
+
+def test_the_baseline_is_the_first_policy_else_the_first_checkpoint_or_the_one_named():
+    from backends.errors import RlgfError
+    from rlgf_cli.evaluation.paired import choose_baseline
+
+    specs = ["runs/a/final", "runs/b/final", "smollm2", "openai:guide"]
+    checkpoints, policies = ["runs/a", "runs/b/final"], ["smollm2", "openai:guide"]
+    assert choose_baseline(None, checkpoints, policies, specs) == "smollm2"  # what the checkpoints were trained from
+    assert choose_baseline(None, checkpoints, [], specs[:2]) == "runs/a/final"
+    assert choose_baseline("runs/a", checkpoints, policies, specs) == "runs/a/final"  # as given, or as resolved
+    assert choose_baseline("openai:guide", checkpoints, policies, specs) == "openai:guide"
+    with pytest.raises(RlgfError, match="--baseline 'smolm2' is not one of the policies") as err:
+        choose_baseline("smolm2", checkpoints, policies, specs)
+    assert "did you mean 'smollm2'?" in err.value.hint
+    results = [{"policy": p, "samples": rows({0: [float(i), 1.0]})} for i, p in enumerate(specs)]
+    add_paired(results, "smollm2")
+    assert [r.get("paired", {}).get("mean") for r in results] == [-1.0, -0.5, None, 0.5]  # (i − 2 + 0) / 2
+    assert {r["paired"]["against"] for r in results if "paired" in r} == {"smollm2"}
+
+
+def test_eval_pairs_with_the_policy_beside_checkpoints_and_refuses_an_unknown_baseline(tmp_path, tiny_causal_dir):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"the film number {i} was"}) + "\n" for i in range(12)))
+    module = tmp_path / "odd_reward.py"
+    module.write_text("def mod7(prompts, completions, references):\n"
+                      "    return [float(sum(map(ord, c)) % 7) for c in completions]\n")
+    a = make_tiny_checkpoint(tmp_path / "a" / "final", tiny_causal_dir, seed=1)
+    common = ["--task", "prompts", "--data", str(data), "--reward", f"{module}:mod7", "--split", "train",
+              "--max-new-tokens", "6", "--device", "cpu", "--reference", "none"]
+    report = tmp_path / "eval.json"
+    result = runner.invoke(app, ["eval", "-p", str(tiny_causal_dir), "-c", str(a), *common, "--json", str(report)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    checkpoint, policy = json.loads(report.read_text())["results"]  # checkpoints are evaluated first
+    assert checkpoint["policy"] == str(a) and checkpoint["paired"]["against"] == str(tiny_causal_dir)
+    assert "paired" not in policy
+    bad = runner.invoke(app, ["eval", "-p", str(tiny_causal_dir), "-c", str(a), *common, "--baseline", "nope"])
+    assert bad.exit_code == 1 and bad.output.strip().startswith("[error] --baseline 'nope' is not one of")

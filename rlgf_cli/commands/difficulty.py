@@ -10,6 +10,7 @@ from rlgf_cli.commands.options import (BertscoreModel, CheckpointTask, Data, Dev
                                        Reward, RewardLabel, RewardModel, RewardUrl)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 from rlgf_cli.files import check_png, ensure_writable, write_atomic
+from rlgf_cli.commands.eval import Baseline
 
 _BUCKETS = "Buckets"
 _OUT = "Output"
@@ -46,6 +47,7 @@ def difficulty_command(
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the buckets as JSON to FILE ('-' for stdout).", rich_help_panel=_OUT)] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a grouped bar chart (PNG) to FILE.", rich_help_panel=_OUT)] = None,
     metric: Annotated[Optional[str], typer.Option(help="Metric of the chart and the easy−hard gaps. [default: sentiment, else the task's first]", rich_help_panel=_OUT)] = None,
+    baseline: Baseline = None,
     quiet: Quiet = False,
 ) -> None:
     """Compare policies on easy, medium and hard prompts (paper §6, Figure 3).
@@ -73,7 +75,10 @@ def difficulty_command(
     from rlgf_cli.evaluation.decoding import check_decoding
     from rlgf_cli.training.run import task_options
 
+    from rlgf_cli.evaluation.paired import choose_baseline
+
     specs = policy_specs(checkpoint, policy, quiet)
+    against = choose_baseline(baseline, [str(c) for c in checkpoint or []], list(policy or []), specs)
     check_common(split, limit, batch_size)
     if seeds < 1:
         raise RlgfError(f"--seeds must be >= 1 (got {seeds})", "pass the number of seeds to average over")
@@ -98,7 +103,7 @@ def difficulty_command(
                                   reward_label=reward_label, reward_url=reward_url,
                                   max_new_tokens=max_new_tokens),
         device=device, precision=precision, batch_size=batch_size, decoding={"mode": decoding}, base_url=policy_base_url,
-        thresholds=cuts, unseen_at_least=unseen_at_least, metric=metric, seeds=seeds,
+        thresholds=cuts, unseen_at_least=unseen_at_least, metric=metric, seeds=seeds, baseline=against,
         say=None if quiet else (lambda text: err_console.print(text, markup=False)),
         bar=None if quiet else _bar,
     )

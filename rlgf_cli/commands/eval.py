@@ -40,6 +40,12 @@ def run_checkpoint(folder: Path, quiet: bool = False) -> Path:
     return chosen
 
 
+#: ``--baseline``, shared with ``rlgf difficulty``
+Baseline = Annotated[Optional[str], typer.Option(
+    help="The policy the others are compared with prompt by prompt (paired reward difference ± standard error): "
+         "a --policy spec or --checkpoint given. [default: the first --policy, else the first --checkpoint]")]
+
+
 def policy_specs(checkpoint: list[Path] | None, policy: list[str] | None, quiet: bool = False) -> list[str]:
     """Checkpoints then policies, checked: at least one, folders exist (a run folder stands for
     its model: :func:`run_checkpoint`), no spec twice."""
@@ -106,6 +112,7 @@ def eval_command(
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON to FILE ('-' for stdout).", rich_help_panel=_OUT)] = None,
     markdown: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown to FILE.", rich_help_panel=_OUT)] = None,
     samples: Annotated[Optional[Path], typer.Option(help="Write every generation as JSONL to FILE (prompt, completion, reference, scores).", rich_help_panel=_OUT)] = None,
+    baseline: Baseline = None,
     quiet: Quiet = False,
 ) -> None:
     """Evaluate one or more policies on the same prompts and print one table.
@@ -128,7 +135,10 @@ def eval_command(
     from rlgf_cli.commands.progress import CountProgress
     from rlgf_cli.training.run import task_options
 
+    from rlgf_cli.evaluation.paired import choose_baseline
+
     specs = policy_specs(checkpoint, policy, quiet)
+    against = choose_baseline(baseline, [str(c) for c in checkpoint or []], list(policy or []), specs)
     check_common(split, limit, batch_size)
     if seeds < 1:
         raise RlgfError(f"--seeds must be >= 1 (got {seeds})", "pass the number of seeds to average over")
@@ -165,6 +175,7 @@ def eval_command(
         api=dict(max_concurrency=guide_concurrency, prompts_per_request=guide_prompts_per_request,
                  extensions=guide_extensions),
         sample_scores=samples is not None,
+        baseline=against,
         say=None if quiet else (lambda text: err_console.print(text, markup=False)),
         bar=None if quiet else CountProgress,
     )

@@ -152,7 +152,8 @@ def warn_empty_buckets(labels: Sequence[str], expected: Sequence[str], values: S
 
 def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference_spec, task_options, device,
                    batch_size, decoding=None, base_url=None, thresholds=None, unseen_at_least=None,
-                   say=None, bar=None, metric: str | None = None, precision: str = "auto", seeds: int = 1) -> dict:
+                   say=None, bar=None, metric: str | None = None, precision: str = "auto", seeds: int = 1,
+                   baseline: str | None = None) -> dict:
     """Generate with every policy, then compute its metrics per difficulty bucket.
 
     With ``seeds`` > 1 each policy generates at sampling seeds ``seed`` … ``seed + seeds - 1``:
@@ -227,7 +228,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
         del local
     if scored:
         for b in names:
-            _pair_bucket(buckets[b], set(members[b]), specs, rewards)
+            _pair_bucket(buckets[b], set(members[b]), baseline or specs[0], specs, rewards)
     return {
         "task": task.name,
         "split": split,
@@ -254,20 +255,22 @@ def _reward_runs(task: Task) -> bool:
     return True
 
 
-def _pair_bucket(bucket: dict, members: set[int], specs: list[str], rewards: dict[str, list[dict]]) -> None:
-    """``bucket["paired"]``: each policy after the first against the first, on the bucket's prompts
+def _pair_bucket(bucket: dict, members: set[int], baseline: str, specs: list[str],
+                 rewards: dict[str, list[dict]]) -> None:
+    """``bucket["paired"]``: each policy against the ``baseline`` one, on the bucket's prompts
     (:mod:`rlgf_cli.evaluation.paired`)."""
     from rlgf_cli.evaluation.paired import compare, per_prompt_reward
 
     def mine(spec):
         return per_prompt_reward([r for r in rewards.get(spec, ()) if r["index"] in members])
 
-    baseline = mine(specs[0])
-    if baseline is None:
+    reference = mine(baseline)
+    if reference is None:
         return
-    paired = {spec: stats for spec in specs[1:] if (ours := mine(spec)) and (stats := compare(ours, baseline))}
+    paired = {spec: stats for spec in specs
+              if spec != baseline and (ours := mine(spec)) and (stats := compare(ours, reference))}
     if paired:
-        bucket["paired"] = {"against": specs[0], "metric": "reward", "policies": paired}
+        bucket["paired"] = {"against": baseline, "metric": "reward", "policies": paired}
 
 
 def _summarise_runs(bucket: dict, spec: str, runs: list[dict], several: bool) -> None:

@@ -364,6 +364,7 @@ def run_eval(
     say: Say | None = None,
     bar: Bar | None = None,
     precision: str = "auto",
+    baseline: str | None = None,
 ) -> dict:
     """Evaluate each policy in turn on the same prompts, ``seeds`` times (seeds ``seed``, ``seed+1``…).
 
@@ -375,8 +376,9 @@ def run_eval(
     ``top_p``, ``num_beams``). One reference model is shared. Returns ``{"results": [...],
     "task_info": {...}}``; each result has the mean ``metrics``, ``metrics_std`` (empty for one
     run), ``per_seed`` and every generation in ``samples`` (with its reward when
-    ``sample_scores``, or when there are several policies); with several policies, each after
-    the first has ``paired``: its per-prompt reward against the first's (:mod:`.paired`).
+    ``sample_scores``, or when there are several policies); with several policies, each but the
+    ``baseline`` (default: the first) has ``paired``: its per-prompt reward against the
+    baseline's (:mod:`.paired`).
     """
     from backends import policy_class, resolve
 
@@ -422,7 +424,7 @@ def run_eval(
                 policy.close()
         results.append(summarise(spec, task, split, len(examples), decoding_text, runs, rows))
         del local  # free memory before the next policy
-    add_paired(results)  # each policy against the first, prompt by prompt
+    add_paired(results, baseline)  # each policy against the baseline, prompt by prompt
     return {"results": results, "metric_names": metric_names(task),
             "task_info": {**ref_facts, **task.info(), **prec.info()}}
 
