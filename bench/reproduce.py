@@ -47,6 +47,7 @@ import reproduce_jobs  # noqa: E402
 from reproduce_jobs import (EXTRA_ROWS, GIVEN_GUIDE, GUIDE_SEED, REPLICATE_MAY_DIFFER, ROWS,  # noqa: E402
                             gather, guide_dir, merge_sources, plan, relative_paths, repeated_sources, result_file,
                             run_job, schedule, seed_range, serve_jobs)
+from reproduce_difficulty import gather_rewards  # noqa: E402
 from reproduce_difficulty import section as by_difficulty  # noqa: E402
 from reproduce_report import write_results  # noqa: E402
 
@@ -266,7 +267,8 @@ def main(argv=None) -> int:
         meta["kept_jobs"] = sorted(kept)
     meta["job_seconds"] = {name: round(r.get("seconds", 0.0), 1) for name, r in done.items()}
     per_seed, runs_by_seed, used = gather(jobs, done, seed_range(args))
-    write_results(out, per_seed, runs_by_seed, meta, choice_holder.get("choice"), by_difficulty(jobs, done, used))
+    write_results(out, per_seed, runs_by_seed, meta, choice_holder.get("choice"), by_difficulty(jobs, done, used),
+                  gather_rewards(jobs, done, used))
     if not args.keep_models:
         shutil.rmtree(out / "guide" / "final", ignore_errors=True)
         shutil.rmtree(out / "guide" / "checkpoints", ignore_errors=True)
@@ -412,7 +414,8 @@ def collect(args, out: Path, jobs) -> int:
             # the run that finished measured its own: keep its clock, command, date and machine
             meta.update({k: previous[k] for k in ("wall_s", "command", "date", "machine") if k in previous})
     meta.update(seeds_done=used, job_seconds={name: round(r.get("seconds", 0.0), 1) for name, r in done.items()})
-    write_results(out, per_seed, runs_by_seed, meta, lr_choice, by_difficulty(jobs, done, used))
+    write_results(out, per_seed, runs_by_seed, meta, lr_choice, by_difficulty(jobs, done, used),
+                  gather_rewards(jobs, done, used))
     print((out / "results.md").read_text(encoding="utf-8"))
     return 0
 

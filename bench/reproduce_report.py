@@ -1,9 +1,15 @@
 """The reproduction's report: the table over seeds, training health, the paper's ordering with
-paired per-seed differences, ``results.md`` / ``results.json`` and the curves."""
+paired per-seed differences, ``results.md`` / ``results.json`` and the curves.
+
+Where the jobs kept each test prompt's reward, each paired difference also gets a standard error
+that counts both the training seeds and the test prompts as samples (:func:`crossed`): the
+per-seed one treats the 128 prompts as fixed, so it says how the difference would vary over new
+training runs on these prompts, not over new prompts."""
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -49,23 +55,90 @@ def paired(per_seed: list[dict[str, dict]], a: str, b: str, metric: str) -> dict
     return {"mean": statistics.fmean(diffs), "se": se, "ahead": sum(d > 0 for d in diffs), "n": len(diffs)}
 
 
-def _paired_text(p: dict | None, a: str, b: str) -> str:
+def t_quantile(df: float, z: float = 1.959964) -> float:
+    """Student's t quantile for ``df`` degrees of freedom at the normal quantile ``z`` (default:
+    two-sided 95 %), by the Cornish-Fisher expansion: 3.159 against the exact 3.182 at 3 degrees
+    of freedom (fewer are taken as 3), 2.568 against 2.571 at 5, within 0.001 from 10 on."""
+    if not df or df == math.inf:
+        return z
+    df = max(float(df), 3.0)
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
+def crossed(rewards_by_seed: list[dict[str, list[float]]], a: str, b: str) -> dict | None:
+    """``b − a`` over every (seed, prompt) pair both rows have, with training seeds and test prompts
+    both random (a two-way crossed design without replication): the variance of the grand mean is
+    σ²_seed/S + σ²_prompt/P + σ²_rest/(S·P), its components estimated from the mean squares and kept
+    at 0 or above, and a 95 % interval on Satterthwaite's degrees of freedom. None with fewer than 2
+    seeds or 2 prompts."""
+    rows = [[y - x for x, y in zip(seed[a], seed[b])] for seed in rewards_by_seed
+            if a in seed and b in seed and len(seed[a]) == len(seed[b])]
+    S = len(rows)
+    if S < 2 or len(rows[0]) < 2 or any(len(r) != len(rows[0]) for r in rows):
+        return None
+    P = len(rows[0])
+    grand = sum(map(sum, rows)) / (S * P)
+    seed_means = [sum(r) / P for r in rows]
+    prompt_means = [sum(r[i] for r in rows) / S for i in range(P)]
+    ms_seed = P * sum((m - grand) ** 2 for m in seed_means) / (S - 1)
+    ms_prompt = S * sum((m - grand) ** 2 for m in prompt_means) / (P - 1)
+    ms_rest = sum((r[i] - seed_means[s] - prompt_means[i] + grand) ** 2
+                  for s, r in enumerate(rows) for i in range(P)) / ((S - 1) * (P - 1))
+    parts = [(max(0.0, (ms_seed - ms_rest) / P) / S, ms_seed, S - 1),
+             (max(0.0, (ms_prompt - ms_rest) / S) / P, ms_prompt, P - 1),
+             (ms_rest / (S * P), ms_rest, (S - 1) * (P - 1))]
+    var = sum(v for v, _, _ in parts)
+    se = math.sqrt(var)
+    # Satterthwaite: each component's share of the variance, with its mean square's degrees of freedom
+    df = var**2 / sum(v**2 / d for v, _, d in parts if v > 0) if var > 0 else math.inf
+    half = t_quantile(df) * se
+    return {"mean": grand, "se": se, "df": df, "ci95": [grand - half, grand + half], "seeds": S, "prompts": P,
+            "se_parts": {"seeds": math.sqrt(parts[0][0]), "prompts": math.sqrt(parts[1][0]),
+                         "rest": math.sqrt(parts[2][0])}}
+
+
+def _crossed_text(c: dict | None) -> str:
+    if c is None:
+        return ""
+    low, high = c["ci95"]
+    return (f"; over {c['seeds']} seeds × {c['prompts']} prompts ± {c['se']:.3f} s.e., 95 % interval "
+            f"{low:+.3f} to {high:+.3f}")
+
+
+def _paired_text(p: dict | None, a: str, b: str, c: dict | None = None) -> str:
     if p is None:
         return ""
     se = "" if p["se"] != p["se"] else f" ± {p['se']:.3f} s.e."
-    return f"{b} − {a} seed by seed {p['mean']:+.3f}{se}, {b} ahead at {p['ahead']} of {p['n']} seeds"
+    return f"{b} − {a} seed by seed {p['mean']:+.3f}{se}, {b} ahead at {p['ahead']} of {p['n']} seeds" + _crossed_text(c)
 
 
-def ordering(table: dict[str, dict[str, dict]], metric: str, per_seed: list[dict] | None = None) -> list[str]:
+def rewards_match(per_seed: list[dict], rewards_by_seed: list[dict[str, list[float]]] | None, metric: str) -> bool:
+    """Whether ``metric`` is the mean of the per-prompt rewards (a sentiment score is; a corpus
+    BLEU is not), row by row and seed by seed: only then do the rewards speak for the metric."""
+    if not rewards_by_seed or len(rewards_by_seed) != len(per_seed):
+        return False
+    pairs = [(run[label][metric], values) for run, seed in zip(per_seed, rewards_by_seed)
+             for label, values in seed.items() if metric in run.get(label, {}) and values]
+    return bool(pairs) and all(abs(m - statistics.fmean(v)) < 1e-6 for m, v in pairs)
+
+
+def ordering(table: dict[str, dict[str, dict]], metric: str, per_seed: list[dict] | None = None,
+             rewards_by_seed: list[dict[str, list[float]]] | None = None) -> list[str]:
     """Plain statements of whether the paper's ordering holds (means over seeds), each with the
-    paired per-seed difference when ``per_seed`` is given."""
+    paired per-seed difference when ``per_seed`` is given, and the difference over seeds and
+    prompts (:func:`crossed`) when ``rewards_by_seed`` holds the rewards ``metric`` is the mean of."""
     mean = {name: row[metric]["mean"] for name, row in table.items() if metric in row}
     lines = []
+    rewards = rewards_by_seed if per_seed and rewards_match(per_seed, rewards_by_seed, metric) else None
+
+    def pair_text(a: str, b: str) -> str:
+        return _paired_text(paired(per_seed, a, b, metric), a, b, crossed(rewards, a, b) if rewards else None)
 
     def cmp(a: str, b: str) -> None:
         if a in mean and b in mean:
             verdict = "holds" if mean[a] < mean[b] else "does NOT hold"
-            pair = _paired_text(paired(per_seed, a, b, metric), a, b) if per_seed else ""
+            pair = pair_text(a, b) if per_seed else ""
             lines.append(f"{a} < {b}: {verdict} ({mean[a]:.3f} vs {mean[b]:.3f}" + (f"; {pair})" if pair else ")"))
 
     cmp(INITIAL, J.GUIDE)
@@ -78,12 +151,12 @@ def ordering(table: dict[str, dict[str, dict]], metric: str, per_seed: list[dict
         lines.append(f"learners at or above the guide ({mean[J.GUIDE]:.3f}): {', '.join(at) if at else 'none'}; "
                      f"best learner: {best} ({mean[best]:.3f})")
         for name in at if per_seed else []:
-            lines.append(_paired_text(paired(per_seed, J.GUIDE, name, metric), J.GUIDE, name))
+            lines.append(pair_text(J.GUIDE, name))
     return lines
 
 
 def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, lr_choice: dict | None,
-             per_seed: list[dict] | None = None) -> str:
+             per_seed: list[dict] | None = None, rewards_by_seed: list[dict] | None = None) -> str:
     metrics = list(next(iter(table.values())).keys())
     main = metrics[0]  # the task's first metric: the Δ column and the ordering
     first = meta.get("first_seed", 0)
@@ -127,7 +200,7 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
     for name, h in rows_health.items():
         cells = [f"{h[k]:.4f}" if k in h else "" for k in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"Ordering ({main}):", ""] + [f"- {line}" for line in ordering(table, main, per_seed)]
+    lines += ["", f"Ordering ({main}):", ""] + [f"- {line}" for line in ordering(table, main, per_seed, rewards_by_seed)]
     if meta.get("job_seconds"):
         lines += ["", "Where the time went (seconds of one job process, summed by kind):", ""]
         kinds: dict[str, list[float]] = {}
@@ -153,9 +226,11 @@ def _labels(by_seed: list[dict]) -> list[str]:
     return list(dict.fromkeys(label for seed in by_seed for label in seed))
 
 
-def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice, difficulty: dict | None = None) -> dict:
+def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice, difficulty: dict | None = None,
+                  rewards_by_seed: list[dict] | None = None) -> dict:
     """``difficulty``: :func:`reproduce_difficulty.section` (a table by prompt difficulty and
-    ``difficulty.png``), when the run kept rewards per prompt."""
+    ``difficulty.png``), when the run kept rewards per prompt; ``rewards_by_seed``: those rewards
+    (:func:`reproduce_difficulty.gather_rewards`), for :func:`crossed`."""
     import reproduce_difficulty as D
     from rlgf_cli.evaluation.curves import plot_curves
 
@@ -165,7 +240,7 @@ def write_results(out: Path, per_seed, runs_by_seed, meta, lr_choice, difficulty
               for label in _labels(runs_by_seed) if label != J.GUIDE}
     curves = plot_curves(groups, out / "curves.png", title=f"{meta['task']}: reward per iteration (± std, "
                                                           f"{len(per_seed)} seeds)")
-    text = markdown(table, meta, rows_health, lr_choice, per_seed)
+    text = markdown(table, meta, rows_health, lr_choice, per_seed, rewards_by_seed)
     if difficulty:  # its rows in the main table's order
         rows = difficulty["table"]["rows"]
         difficulty["table"]["rows"] = {k: rows[k] for k in [*table, *rows] if k in rows}
