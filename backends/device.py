@@ -13,7 +13,7 @@ def resolve_device(device=None) -> str:
     """A concrete device name: ``None`` or ``"auto"`` → ``"cuda"`` when CUDA is available, else
     ``"cpu"``; anything else as torch names it (``torch.device`` objects too).
 
-    An unknown name, or a CUDA device on a machine without CUDA, raises :class:`RlgfError`.
+    An unknown name, or a CUDA (or MPS) device on a machine without one, raises :class:`RlgfError`.
     """
     import torch
 
@@ -25,4 +25,15 @@ def resolve_device(device=None) -> str:
         raise RlgfError(f"unknown device {str(device)!r}", "use cpu, cuda, cuda:N or auto") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RlgfError(f"--device {device} was asked for but no CUDA device is available", "use --device cpu or auto")
+    if dev.type == "mps" and not _mps_available(torch):
+        raise RlgfError(f"--device {device} was asked for but this machine (or this torch build) has no MPS device",
+                        "use --device cpu or auto")
     return str(dev)
+
+
+def _mps_available(torch) -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    try:
+        return bool(mps is not None and mps.is_available())
+    except RuntimeError:  # a build without MPS support
+        return False

@@ -186,6 +186,21 @@ for _info in app.registered_commands:
         _info.help = reflow_help(inspect.getdoc(_info.callback))
 
 
+def check_environment(environ=None) -> None:
+    """Environment variables that break torch's own import (so every command, at its first model
+    load, with a misleading message): refused up front with one ``[error]`` line."""
+    import os
+
+    from backends.errors import RlgfError
+
+    environ = os.environ if environ is None else environ
+    name = "TORCHINDUCTOR_CACHE_DIR"
+    value = environ.get(name)
+    if value and os.path.exists(value) and not os.path.isdir(value):
+        raise RlgfError(f"${name} ({value}) is not a folder (torch makes its compile cache there)",
+                        f"point {name} at a folder you can write, or unset it")
+
+
 def main() -> None:
     from backends.allocator import maybe_reexec
     from backends.errors import RlgfError
@@ -193,6 +208,7 @@ def main() -> None:
 
     try:
         maybe_reexec()  # tcmalloc where installed (backends/allocator.py)
+        check_environment()
     except RlgfError as exc:
         print_error(exc.message, exc.hint)
         raise SystemExit(EXIT_ERROR) from None

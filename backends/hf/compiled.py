@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from backends.cache import cache_dir
+from backends.cache import CACHE_ENV, cache_dir
 from backends.errors import RlgfError
 
 INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
@@ -40,8 +40,19 @@ def inductor_cache() -> Path:
 
     current = os.environ.get(INDUCTOR_ENV)
     if not current or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
-        os.environ[INDUCTOR_ENV] = str(cache_dir("inductor"))
-    return Path(os.environ[INDUCTOR_ENV])
+        try:
+            os.environ[INDUCTOR_ENV] = str(cache_dir("inductor"))
+        except OSError as exc:  # $RLGF_CACHE_DIR names a file, or a folder that cannot be made
+            where = f"$RLGF_CACHE_DIR ({os.environ[CACHE_ENV]})" if os.environ.get(CACHE_ENV) else "rlgf's cache folder"
+            raise RlgfError(f"--compile cannot make its cache folder in {where}: {exc.strerror or exc} "
+                            f"({exc.filename or ''})",
+                            f"point {CACHE_ENV} (or {INDUCTOR_ENV}) at a folder you can write, or leave out "
+                            "--compile") from None
+    path = Path(os.environ[INDUCTOR_ENV])
+    if path.exists() and not path.is_dir():
+        raise RlgfError(f"${INDUCTOR_ENV} ({path}) is not a folder",
+                        f"point it at a folder you can write, or unset it (rlgf then uses its cache folder)")
+    return path
 
 
 #: from this many iterations a run without ``--compile``/``--no-compile`` compiles under CPU bf16:
