@@ -19,5 +19,12 @@ def cache_dir(*parts: str) -> Path:
 
         root = user_cache_dir("rlgf", appauthor=False)
     path = Path(root).expanduser().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from backends.errors import RlgfError
+
+        raise RlgfError(f"cannot make the cache folder {path}: {exc.strerror or exc}",
+                        f"point {CACHE_ENV} at a folder you can write (it holds converted models, reward "
+                        "classifiers and the guide cache)") from None
     return path

@@ -53,3 +53,11 @@ def with_suggestion(message: str, name: str, choices: Iterable[str], **options) 
     (``options`` as for :func:`did_you_mean`)."""
     suggestion = did_you_mean(name, choices, **options)
     return f"{message}; {suggestion.rstrip()}" if suggestion else message
+
+
+def debug_on() -> bool:
+    """Whether ``RLGF_DEBUG`` asks for tracebacks: 1, true, yes or on (any case); 0, false, no, off
+    or nothing leave it off."""
+    import os
+
+    return os.environ.get("RLGF_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")

@@ -15,6 +15,7 @@ from conftest import make_tiny_causal
 from test_precision import build, spy_policy_loss, tokenizer  # noqa: F401  (the module-scoped fixture)
 from test_train_e2e import invoke, train_args
 
+from backends.errors import RlgfWarning
 from backends.hf.compiled import INDUCTOR_ENV, inductor_cache
 from backends.hf.policy import HFPolicy
 
@@ -129,7 +130,7 @@ def test_a_failed_compile_falls_back_to_eager_with_a_warning(tokenizer, monkeypa
     query, qmask = policy.encode_prompts(["abab:"])
     response = torch.tensor([[5, 6, 7]])
     rmask = torch.ones_like(response)
-    with pytest.warns(RuntimeWarning, match="runs eagerly"):
+    with pytest.warns(RlgfWarning, match="runs eagerly"):  # the CLI prints it as one `warning:` line
         logits = policy.response_logits(query, qmask, response, rmask)
     with torch.no_grad():
         eager = model(input_ids=torch.cat([query, response[:, :-1]], 1),
@@ -184,3 +185,24 @@ def test_a_long_cpu_bf16_run_compiles_unless_told_not_to(tmp_path, tiny_causal_d
         invoke(train_args(tiny_causal_dir, tiny_reward_dir, tmp_path / name, *extra))
         assert json.loads((tmp_path / name / "summary.json").read_text())["compiled"] == []
         assert "compile = false" in (tmp_path / name / "config.toml").read_text()
+
+
+def test_the_summary_names_only_the_models_that_stayed_compiled(tmp_path, tiny_causal_dir, tiny_reward_dir,
+                                                                monkeypatch):
+    """A failed compile goes on eagerly: summary.json must not call those models compiled."""
+    import json
+
+    import backends.hf.compiled as compiled_module
+    from test_train_e2e import runner
+
+    from rlgf_cli.app import app
+
+    def broken(self, *args, **kwargs):
+        raise torch._dynamo.exc.TorchDynamoException("no kernel for you")
+
+    monkeypatch.setattr(compiled_module, "block_forward", lambda cls: broken)
+    out = tmp_path / "run"
+    result = runner.invoke(app, train_args(tiny_causal_dir, tiny_reward_dir, out, "--compile"))
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "warning: --compile: torch.compile failed for " in result.output  # rlgf's own warning line
+    assert json.loads((out / "summary.json").read_text())["compiled"] == []

@@ -140,3 +140,33 @@ def test_a_ctrl_c_inside_an_iteration_never_checkpoints_its_half_done_state(tmp_
     assert sorted(p.name for p in (out / "checkpoints").glob("iter-*")) == ["iter-0001", "iter-0002"]
     assert json.loads((out / "checkpoints" / "iter-0002" / "trainer_state.json").read_text())["iteration"] == 2
     assert [m["iteration"] for m in _metrics(out)] == [1, 2]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("save_every", ["0", "1"])
+def test_a_sigterm_while_the_last_checkpoint_is_written_waits_for_it(tmp_path, tiny_causal_dir, tiny_reward_dir,
+                                                                   save_every):
+    """The signal handlers used to be restored before the last checkpoint, final/ and summary.json
+    were written, so a SIGTERM then killed the run (with --save-every 0, all of it)."""
+    out = tmp_path / "run"
+    script = (
+        "import os, signal, sys\n"
+        "import rlgf_cli.training.run as run\n"
+        "real = run.finish\n"
+        "def finish(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, just after the last iteration\n"
+        "    return real(*args, **kwargs)\n"
+        "run.finish = finish\n"
+        "sys.argv = ['rlgf', *sys.argv[1:]]\n"
+        "from rlgf_cli.app import main\n"
+        "main()\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLGF_ALLOCATOR": "system"}  # no re-exec: keep the patch
+    args = [a for a in _args(tiny_causal_dir, tiny_reward_dir, out, 2) if a != "--quiet"] + ["--save-every", save_every]
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "SIGTERM: stopping after this iteration" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 2 and (out / "final" / "config.json").is_file()
+    assert not list(out.glob("**/.tmp-*"))  # no half-written folder left

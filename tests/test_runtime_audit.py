@@ -137,7 +137,7 @@ def test_compile_cache_under_a_cache_dir_that_is_a_file_is_an_rlgf_error(tmp_pat
     blocker.write_text("x")
     monkeypatch.delenv(INDUCTOR_ENV, raising=False)
     monkeypatch.setenv("RLGF_CACHE_DIR", str(blocker))
-    with pytest.raises(RlgfError, match="cannot make its cache folder") as info:
+    with pytest.raises(RlgfError, match="cannot make the cache folder") as info:
         inductor_cache()
     assert "RLGF_CACHE_DIR" in info.value.hint
     monkeypatch.setenv("RLGF_CACHE_DIR", str(tmp_path / "cache"))
@@ -153,3 +153,36 @@ def test_an_inductor_cache_dir_that_is_a_file_is_one_error_line(tmp_path):
     assert done.returncode == 1
     assert "TORCHINDUCTOR_CACHE_DIR" in _one_error_line(done.stderr)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value, on", [("1", True), ("yes", True), ("TRUE", True), ("0", False), ("no", False),
+                                       ("False", False), ("off", False), ("", False)])
+def test_rlgf_debug_reads_words_as_people_write_them(monkeypatch, value, on):
+    from backends.errors import debug_on
+
+    monkeypatch.setenv("RLGF_DEBUG", value)
+    assert debug_on() is on
+
+
+@pytest.mark.parametrize("value, says", [("nan", "finite number > 0"), ("inf", "finite number > 0"),
+                                         ("0", "finite number > 0"), ("-1", "finite number > 0")])
+def test_guide_timeouts_that_cannot_be_waited_for_are_refused(monkeypatch, value, says):
+    from backends.openai_api.policy import guide_env_options
+
+    monkeypatch.setenv("RLGF_GUIDE_TIMEOUT", value)
+    with pytest.raises(RlgfError, match=says):
+        guide_env_options()
+    monkeypatch.setenv("RLGF_GUIDE_TIMEOUT", "2.5")
+    monkeypatch.setenv("RLGF_GUIDE_MAX_RETRIES", "0")  # no retries is a choice, not an error
+    assert guide_env_options() == {"timeout": 2.5, "max_retries": 0}
+
+
+def test_a_cache_dir_that_cannot_be_made_names_the_variable(tmp_path, monkeypatch):
+    from backends.cache import cache_dir
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RLGF_CACHE_DIR", str(blocker))
+    with pytest.raises(RlgfError, match="cannot make the cache folder") as err:
+        cache_dir("models")
+    assert "RLGF_CACHE_DIR" in err.value.hint

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from backends.cache import CACHE_ENV, cache_dir
-from backends.errors import RlgfError
+from backends.cache import cache_dir
+from backends.errors import RlgfError, RlgfWarning
 
 INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
@@ -40,14 +40,7 @@ def inductor_cache() -> Path:
 
     current = os.environ.get(INDUCTOR_ENV)
     if not current or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
-        try:
-            os.environ[INDUCTOR_ENV] = str(cache_dir("inductor"))
-        except OSError as exc:  # $RLGF_CACHE_DIR names a file, or a folder that cannot be made
-            where = f"$RLGF_CACHE_DIR ({os.environ[CACHE_ENV]})" if os.environ.get(CACHE_ENV) else "rlgf's cache folder"
-            raise RlgfError(f"--compile cannot make its cache folder in {where}: {exc.strerror or exc} "
-                            f"({exc.filename or ''})",
-                            f"point {CACHE_ENV} (or {INDUCTOR_ENV}) at a folder you can write, or leave out "
-                            "--compile") from None
+        os.environ[INDUCTOR_ENV] = str(cache_dir("inductor"))  # one RlgfError naming $RLGF_CACHE_DIR if it cannot be
     path = Path(os.environ[INDUCTOR_ENV])
     if path.exists() and not path.is_dir():
         raise RlgfError(f"${INDUCTOR_ENV} ({path}) is not a folder",
@@ -146,8 +139,8 @@ class GradModeForward:
                     return self._run(self.module if self.whole is None else self.whole, kwargs)
             except self._compile_errors as exc:
                 self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                warnings.warn(f"--compile: torch.compile failed for {type(self.module).__name__} ({self.failed}); "
-                              "it runs eagerly from here on", RuntimeWarning, stacklevel=2)
+                warnings.warn(RlgfWarning(f"--compile: torch.compile failed for {type(self.module).__name__} "
+                                          f"({self.failed}); it runs eagerly from here on"), stacklevel=2)
         return self._run(self.module, kwargs)
 
     @contextlib.contextmanager

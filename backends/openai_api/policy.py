@@ -445,7 +445,8 @@ GUIDE_ENV = {"RLGF_GUIDE_TIMEOUT": ("timeout", float), "RLGF_GUIDE_MAX_RETRIES":
 
 
 def guide_env_options() -> dict[str, Any]:
-    """The :data:`GUIDE_ENV` settings present in the environment, checked (>= 0)."""
+    """The :data:`GUIDE_ENV` settings present in the environment, checked: finite, >= 0, and the
+    timeout > 0."""
     opts: dict[str, Any] = {}
     for var, (name, kind) in GUIDE_ENV.items():
         raw = os.environ.get(var, "").strip()
@@ -455,8 +456,9 @@ def guide_env_options() -> dict[str, Any]:
             value = kind(raw)
         except ValueError:
             value = None
-        if value is None or value < 0:
-            raise RlgfError(f"${var} must be a {'whole ' if kind is int else ''}number >= 0, not {raw!r}",
+        least = "> 0" if name == "timeout" else ">= 0"
+        if value is None or not math.isfinite(value) or value < 0 or (name == "timeout" and value == 0):
+            raise RlgfError(f"${var} must be a finite {'whole ' if kind is int else ''}number {least}, not {raw!r}",
                             f"unset it, or e.g. {var}={'6' if kind is int else '30'}")
         opts[name] = value
     return opts

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import typer
 from rich.console import Console
 
-from backends.errors import RlgfError, RlgfWarning, first_line
+from backends.errors import RlgfError, RlgfWarning, debug_on, first_line
 
 #: documented exit codes
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -72,7 +72,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             print_error("out of memory", "use smaller --episodes / --rollout-batch-size / --minibatch-size")
             raise typer.Exit(EXIT_ERROR) from None
         except Exception as exc:  # noqa: BLE001 - the CLI boundary
-            if os.environ.get("RLGF_DEBUG", "0").strip() not in ("", "0"):  # RLGF_DEBUG=0 is off
+            if debug_on():  # RLGF_DEBUG=0, false, no or off is off
                 raise
             name = type(exc).__name__
             if "OutOfMemory" in name or "can't allocate memory" in str(exc):  # CUDA's, or torch's CPU allocator

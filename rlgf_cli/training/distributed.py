@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import torch
 
-from backends.errors import RlgfError
+from backends.errors import RlgfError, debug_on
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def _rendezvous(dist, backend: str, size: int, rank: int) -> None:
             store = dist.TCPStore(addr, port, size, rank == 0, timeout=timedelta(seconds=wait))
             dist.init_process_group(backend=backend, store=store, rank=rank, world_size=size)
         except (RuntimeError, OSError, ValueError) as exc:
-            aside.keep = os.environ.get("RLGF_DEBUG", "0").strip() not in ("", "0")
+            aside.keep = debug_on()
             raise _rendezvous_error(exc, size, rank, addr, port, wait) from None
 
 

@@ -356,6 +356,15 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         finally:
             tracked.close()
             writer.join()  # its error, if any, is raised below or gives way to the run's
+    with stop:  # a first Ctrl-C or SIGTERM now waits for the last checkpoint, final/ and summary.json
+        return _close_run(cfg, out, trainer, task, writer, saved, checkpoint, main, callback, guide, ckpt,
+                          learner_spec, started, stopped, last)
+
+
+def _close_run(cfg, out, trainer, task, writer, saved, checkpoint, main, callback, guide, ckpt, learner_spec,
+               started, stopped, last) -> dict:
+    """The end of a run whose iterations are done: its last checkpoint written, ``final/`` and
+    ``summary.json``."""
     writer.wait()  # a failed last write is an error of the run
     final = finish(out, saved[1] if saved[0] == trainer.iteration else None, checkpoint, trainer.iteration,
                    cfg.keep_checkpoints, main)
@@ -378,7 +387,7 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         "task_info": task.info(),
         **trainer.precision.info(),
         "allocator": allocator.current(),
-        "compiled": getattr(trainer, "compiled", []),
+        "compiled": trainer.still_compiled() if hasattr(trainer, "still_compiled") else [],
     }
     if main:
         write_atomic(out / "summary.json", json.dumps(summary, indent=2))

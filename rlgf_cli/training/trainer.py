@@ -119,8 +119,8 @@ class Trainer(TrainerBase):
             if p is not None:
                 p.use_cuda_graphs(bool(cfg.cuda_graphs) and self.device.type == "cuda")
         #: which trained models score and update through torch.compile (--compile)
-        self.compiled = [name for name, model in (("learner", policy), *((f"{k} critic", c) for k, c in self.critics.items()))
-                         if cfg.compile and model.use_compile(True)]
+        self._trained = {"learner": policy, **{f"{k} critic": c for k, c in self.critics.items()}}
+        self.compiled = [name for name, model in self._trained.items() if cfg.compile and model.use_compile(True)]
         #: episodes per generation / scoring chunk: what the device's memory allows on a GPU
         self.rollout_batch_size = cfg.rollout_batch_size or self._auto_chunk(max_new)
         self.engine = GuidedRollout(
@@ -452,6 +452,12 @@ class Trainer(TrainerBase):
         out["loss"] = out.get("pg_loss", 0.0) - cfg.ent_coef * out.get("entropy", 0.0) + cfg.vf_coef * (
             out.get("v_loss", 0.0) + out.get("guide_v_loss", 0.0))
         return out
+
+    def still_compiled(self) -> list[str]:
+        """The models of :attr:`compiled` that ran compiled to the end: where torch.compile failed,
+        the model went on eagerly (with a warning) and is left out."""
+        return [name for name in self.compiled
+                if getattr(getattr(self._trained[name], "compiled", None), "failed", None) is None]
 
     # -- state --------------------------------------------------------------------
     def state(self) -> dict:
