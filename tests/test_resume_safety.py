@@ -134,3 +134,30 @@ def test_rng_states_round_trip(tmp_path):
     resume_state.load_rng(tmp_path)
     got = (random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3))
     assert got[:3] == expected[:3] and torch.equal(got[3], expected[3])
+
+
+def test_a_kill_between_the_two_renames_of_a_rewrite_loses_no_folder(finished_run):
+    """write_folder moves the old folder aside, then renames the new one in: a kill between the two
+    left no final/ (and resume used to delete the moved-aside one as a stale temporary folder)."""
+    from rlgf_cli.training.checkpoint import TMP_PREFIX, restore_swapped
+
+    out = finished_run
+    before = (out / "final" / "model.safetensors").read_bytes()
+    (out / "final").rename(out / f"{TMP_PREFIX}final-old")  # the moment of the kill
+    half = out / f"{TMP_PREFIX}final-x1y2"  # the new folder, perhaps half-written
+    half.mkdir()
+    (half / "config.json").write_text("{")
+    again = runner.invoke(app, ["train", "--resume", str(out), "--quiet"])  # no more iterations asked for
+    assert again.exit_code == 1 and "already has its 2 iterations" in again.output  # final/ is back: finished
+    assert (out / "final" / "model.safetensors").read_bytes() == before
+    result = runner.invoke(app, ["train", "--resume", str(out), "--iterations", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["iterations"] == 3
+    assert (out / "final" / "model.safetensors").read_bytes() != before  # iteration 3's, written whole
+    assert not list(out.glob(TMP_PREFIX + "*"))
+    aside = out / "checkpoints" / f"{TMP_PREFIX}iter-0009-old"
+    shutil.copytree(out / "final", aside)  # a folder moved aside whose name is free: it comes back
+    assert restore_swapped(out / "checkpoints") == [out / "checkpoints" / "iter-0009"]
+    assert (out / "checkpoints" / "iter-0009" / "config.json").is_file() and not aside.exists()
+    (out / "checkpoints" / f"{TMP_PREFIX}iter-0009-old").mkdir()  # its name is taken: left for the cleanup
+    assert restore_swapped(out / "checkpoints") == []

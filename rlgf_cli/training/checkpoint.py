@@ -182,6 +182,19 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def restore_swapped(parent: Path) -> list[Path]:
+    """Put back a folder :func:`write_folder` had moved aside when a kill came between its two
+    renames (``.tmp-NAME-old`` there, no ``NAME``): the old folder is whole, the new one may not be.
+    Returns the folders restored."""
+    restored = []
+    for old in parent.glob(TMP_PREFIX + "*-old"):
+        target = parent / old.name[len(TMP_PREFIX):-len("-old")]
+        if old.is_dir() and not target.exists():
+            old.rename(target)
+            restored.append(target)
+    return restored
+
+
 def write_folder(target: Path, fill, need: int) -> Path:
     """Build a folder with ``fill(tmp)`` in a temporary sibling, then rename it to ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from rlgf_cli.training.checkpoint import (
     folder_bytes,
     prune_checkpoints,
     read_state,
+    restore_swapped,
     reading_checkpoint,
     restore_rng_state,
     rng_state,
@@ -171,6 +172,9 @@ def _checked_train(cfg: TrainConfig, out: Path, lock: RunLock, overwrite: bool, 
     ckpt: Path | None = None
     if resume:
         refuse_pickles(out)
+        if launched_as_main():  # a kill between write_folder's two renames: the old folder comes back
+            for parent in (out, out / "checkpoints"):
+                restore_swapped(parent)
         ckpt = latest_checkpoint(out)
         if ckpt is None:
             hint = ("it stopped before its first checkpoint: start it again with --out and --overwrite"
