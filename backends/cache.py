@@ -28,3 +28,20 @@ def cache_dir(*parts: str) -> Path:
                         f"point {CACHE_ENV} at a folder you can write (it holds converted models, reward "
                         "classifiers and the guide cache)") from None
     return path
+
+
+#: torch's compile cache folder variable (Inductor's)
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def check_inductor_cache_env(environ=None) -> None:
+    """``$TORCHINDUCTOR_CACHE_DIR`` naming something that is not a folder breaks torch's own import
+    (every command then fails at its first model load, blaming the model): one :class:`RlgfError`."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(INDUCTOR_CACHE_ENV)
+    if value and os.path.exists(value) and not os.path.isdir(value):
+        from backends.errors import RlgfError
+
+        raise RlgfError(f"${INDUCTOR_CACHE_ENV} ({value}) is not a folder (torch makes its compile cache there)",
+                        f"point {INDUCTOR_CACHE_ENV} at a folder you can write, or unset it (rlgf then uses its "
+                        "cache folder)")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import reproduce_jobs as J
 from reproduce_jobs import INITIAL
+from rlgf_cli.evaluation.paired import t95
 
 
 def aggregate(per_seed: list[dict[str, dict]]) -> dict[str, dict[str, dict]]:
@@ -55,17 +56,6 @@ def paired(per_seed: list[dict[str, dict]], a: str, b: str, metric: str) -> dict
     return {"mean": statistics.fmean(diffs), "se": se, "ahead": sum(d > 0 for d in diffs), "n": len(diffs)}
 
 
-def t_quantile(df: float, z: float = 1.959964) -> float:
-    """Student's t quantile for ``df`` degrees of freedom at the normal quantile ``z`` (default:
-    two-sided 95 %), by the Cornish-Fisher expansion: 3.159 against the exact 3.182 at 3 degrees
-    of freedom (fewer are taken as 3), 2.568 against 2.571 at 5, within 0.001 from 10 on."""
-    if not df or df == math.inf:
-        return z
-    df = max(float(df), 3.0)
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
-
-
 def crossed(rewards_by_seed: list[dict[str, list[float]]], a: str, b: str) -> dict | None:
     """``b − a`` over every (seed, prompt) pair both rows have, with training seeds and test prompts
     both random (a two-way crossed design without replication): the variance of the grand mean is
@@ -85,17 +75,22 @@ def crossed(rewards_by_seed: list[dict[str, list[float]]], a: str, b: str) -> di
     ms_prompt = S * sum((m - grand) ** 2 for m in prompt_means) / (P - 1)
     ms_rest = sum((r[i] - seed_means[s] - prompt_means[i] + grand) ** 2
                   for s, r in enumerate(rows) for i in range(P)) / ((S - 1) * (P - 1))
-    parts = [(max(0.0, (ms_seed - ms_rest) / P) / S, ms_seed, S - 1),
-             (max(0.0, (ms_prompt - ms_rest) / S) / P, ms_prompt, P - 1),
-             (ms_rest / (S * P), ms_rest, (S - 1) * (P - 1))]
-    var = sum(v for v, _, _ in parts)
+    # var = σ²_seed/S + σ²_prompt/P + σ²_rest/(S·P) with σ² from the mean squares, each kept at 0 or
+    # above: a sum of the mean squares with coefficients +1 (MS_seed, MS_prompt where they exceed
+    # MS_rest) and 1 − (their number) for MS_rest, over S·P
+    kept_seed, kept_prompt = ms_seed > ms_rest, ms_prompt > ms_rest
+    terms = [(float(kept_seed), ms_seed, S - 1), (float(kept_prompt), ms_prompt, P - 1),
+             (1.0 - kept_seed - kept_prompt, ms_rest, (S - 1) * (P - 1))]
+    total = sum(c * ms for c, ms, _ in terms)
+    var = total / (S * P)
     se = math.sqrt(var)
-    # Satterthwaite: each component's share of the variance, with its mean square's degrees of freedom
-    df = var**2 / sum(v**2 / d for v, _, d in parts if v > 0) if var > 0 else math.inf
-    half = t_quantile(df) * se
+    # Satterthwaite's degrees of freedom of that sum of mean squares
+    df = total**2 / sum((c * ms) ** 2 / d for c, ms, d in terms if c and ms) if total > 0 else math.inf
+    half = t95(df) * se
     return {"mean": grand, "se": se, "df": df, "ci95": [grand - half, grand + half], "seeds": S, "prompts": P,
-            "se_parts": {"seeds": math.sqrt(parts[0][0]), "prompts": math.sqrt(parts[1][0]),
-                         "rest": math.sqrt(parts[2][0])}}
+            "se_parts": {"seeds": math.sqrt(max(0.0, ms_seed - ms_rest) / (S * P)),
+                         "prompts": math.sqrt(max(0.0, ms_prompt - ms_rest) / (S * P)),
+                         "rest": math.sqrt(ms_rest / (S * P))}}
 
 
 def _crossed_text(c: dict | None) -> str:

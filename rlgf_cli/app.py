@@ -189,16 +189,9 @@ for _info in app.registered_commands:
 def check_environment(environ=None) -> None:
     """Environment variables that break torch's own import (so every command, at its first model
     load, with a misleading message): refused up front with one ``[error]`` line."""
-    import os
+    from backends.cache import check_inductor_cache_env
 
-    from backends.errors import RlgfError
-
-    environ = os.environ if environ is None else environ
-    name = "TORCHINDUCTOR_CACHE_DIR"
-    value = environ.get(name)
-    if value and os.path.exists(value) and not os.path.isdir(value):
-        raise RlgfError(f"${name} ({value}) is not a folder (torch makes its compile cache there)",
-                        f"point {name} at a folder you can write, or unset it")
+    check_inductor_cache_env(environ)
 
 
 def main() -> None:

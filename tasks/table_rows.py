@@ -113,8 +113,8 @@ def _parquet_table(path: Path):
         raise RlgfError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
-def parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for n, row in enumerate(_parquet_table(path).to_pylist(), 1):
+def parquet_rows(path: Path, table=None) -> Iterator[tuple[int, dict[str, Any]]]:
+    for n, row in enumerate((table if table is not None else _parquet_table(path)).to_pylist(), 1):
         yield n, row
 
 
@@ -139,8 +139,12 @@ def json_array_rows(path: Path, hint: str) -> Iterator[tuple[int, dict[str, Any]
     text = path.read_text(encoding="utf-8-sig")
     decoder = json.JSONDecoder()
 
+    seen = [0, 1]  # (position, its line): rows come in order, so count the newlines since the last one
+
     def line_of(pos: int) -> int:
-        return text.count("\n", 0, pos) + 1
+        last, line = seen if pos >= seen[0] else (0, 1)
+        seen[:] = [pos, line + text.count("\n", last, pos)]
+        return seen[1]
 
     def skip(pos: int) -> int:
         while pos < len(text) and text[pos].isspace():
@@ -196,10 +200,12 @@ def saved_dataset(path: Path) -> tuple[list[str], list[tuple[str | None, Any]]]:
     return columns, parts
 
 
-def saved_dataset_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(row, row dict)`` of a ``save_to_disk`` folder; a ``DatasetDict``'s rows without a ``split``
-    column get their split's name (``train``, ``validation``, ``test``…)."""
-    _, parts = saved_dataset(path)
+def saved_dataset_rows(path: Path, parts=None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(row, row dict)`` of a ``save_to_disk`` folder (or of its ``parts``, from
+    :func:`saved_dataset`); a ``DatasetDict``'s rows without a ``split`` column get their split's
+    name (``train``, ``validation``, ``test``…)."""
+    if parts is None:
+        _, parts = saved_dataset(path)
     n = 0
     for name, rows in parts:
         for row in rows:
@@ -215,11 +221,12 @@ def table_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, str, dict[str
     """``(columns, rows)`` of a CSV/TSV or Parquet file or a ``save_to_disk`` folder, rows as
     ``(number, "PATH line N" or "PATH row N", row)``. An empty ``split`` cell counts as none."""
     suffix = path.suffix.lower()
-    if is_saved_dataset(path):
-        columns, _ = saved_dataset(path)
-        source, unit = saved_dataset_rows(path), "row"
+    if is_saved_dataset(path):  # each read once: the columns and the rows come from one load
+        columns, parts = saved_dataset(path)
+        source, unit = saved_dataset_rows(path, parts), "row"
     elif suffix == ".parquet":
-        columns, source, unit = list(_parquet_table(path).column_names), parquet_rows(path), "row"
+        table = _parquet_table(path)
+        columns, source, unit = list(table.column_names), parquet_rows(path, table), "row"
     elif suffix in (".csv", ".tsv"):
         try:
             columns = csv_header(path)

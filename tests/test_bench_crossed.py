@@ -12,13 +12,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from reproduce_report import crossed, ordering, rewards_match, t_quantile  # noqa: E402
+from reproduce_report import crossed, ordering, rewards_match  # noqa: E402
+
+from rlgf_cli.evaluation.paired import t95  # noqa: E402
 
 
 def test_t_quantiles_are_close_to_the_tables():
-    for df, exact in ((3, 3.182), (5, 2.571), (10, 2.228), (30, 2.042), (120, 1.980)):
-        assert t_quantile(df) == pytest.approx(exact, abs=0.025 if df == 3 else 0.005)
-    assert t_quantile(math.inf) == pytest.approx(1.96, abs=1e-3)
+    for df, exact in ((1, 12.706), (2, 4.303), (3, 3.182), (5, 2.571), (10, 2.228), (11, 2.201), (30, 2.042),
+                      (120, 1.980)):
+        assert t95(df) == pytest.approx(exact, abs=0.002)
+    assert t95(2.5) == pytest.approx(3.575, abs=0.02) and t95(5.5) == pytest.approx(2.502, abs=0.005)  # exact values
+    assert 6.02 <= t95(1.5) <= 6.2  # on the wide side of the exact 6.017
+    assert t95(0.4) == t95(1) and t95(math.inf) == pytest.approx(1.96, abs=1e-3)
 
 
 def rewards(diffs: list[list[float]]) -> list[dict[str, list[float]]]:
@@ -39,7 +44,7 @@ def test_a_difference_that_only_the_seeds_move_is_the_per_seed_standard_error():
     per_seed = [0.05, 0.01, 0.09, 0.03]
     c = crossed(rewards([[v] * 6 for v in per_seed]), "a", "b")
     assert c["se"] == pytest.approx(statistics.stdev(per_seed) / math.sqrt(4))
-    assert c["df"] == pytest.approx(3) and c["ci95"][1] - c["mean"] == pytest.approx(t_quantile(3) * c["se"])
+    assert c["df"] == pytest.approx(3) and c["ci95"][1] - c["mean"] == pytest.approx(t95(3) * c["se"])
 
 
 def test_the_components_add_up_and_a_wide_sample_recovers_them():
@@ -69,3 +74,21 @@ def test_the_ordering_adds_it_only_where_the_metric_is_the_mean_reward():
     runs[0][GUIDE]["sentiment"] += 0.1  # a corpus-level metric is not the mean of the rewards
     assert not rewards_match(runs, by_label, "sentiment")
     assert "prompts ±" not in ordering(table, "sentiment", runs, by_label)[0]
+
+
+def test_satterthwaite_degrees_of_freedom_by_hand():
+    """Seeds, prompts and the rest all vary: df = (MS_s + MS_p − MS_r)² / Σ MS²/df, by hand."""
+    diffs = [[0.1, 0.5, 0.2], [0.4, 0.6, 0.8], [0.0, 0.3, 0.9]]  # 3 seeds × 3 prompts
+    S = P = 3
+    g = sum(map(sum, diffs)) / 9
+    rm = [sum(r) / 3 for r in diffs]
+    cm = [sum(r[i] for r in diffs) / 3 for i in range(3)]
+    ms_s = P * sum((m - g) ** 2 for m in rm) / (S - 1)
+    ms_p = S * sum((m - g) ** 2 for m in cm) / (P - 1)
+    ms_r = sum((diffs[s][i] - rm[s] - cm[i] + g) ** 2 for s in range(3) for i in range(3)) / 4
+    assert ms_s > ms_r and ms_p > ms_r  # every component counts here
+    df = (ms_s + ms_p - ms_r) ** 2 / (ms_s**2 / 2 + ms_p**2 / 2 + ms_r**2 / 4)
+    c = crossed(rewards(diffs), "a", "b")
+    assert c["se"] == pytest.approx(math.sqrt((ms_s + ms_p - ms_r) / 9))
+    assert c["df"] == pytest.approx(df)
+    assert c["ci95"][1] - c["mean"] == pytest.approx(t95(df) * c["se"])

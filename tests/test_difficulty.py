@@ -298,7 +298,8 @@ def test_cuts_that_leave_a_bucket_empty_say_so():
                         "choose --thresholds between -21 and -1")
     assert texts[1] == ("no prompt is hard at --unseen-at-least 11 (6 easy; counts from 0 to 10): "
                         "choose --unseen-at-least from 1 to 10")
-    assert texts[2].startswith("no prompt is medium at --thresholds -12,-11.5 (4 easy, 2 hard; ") and len(texts) == 3
+    assert texts[2] == ("no prompt is medium at --thresholds -12,-11.5 (4 easy, 2 hard; scores from -21 to -1): "
+                        "no score falls between the cuts -12 and -11.5: widen them so some do") and len(texts) == 3
     class Flat(LengthTask):
         def prompt_difficulty(self, examples):
             return PromptDifficulty([2.0] * len(examples), "level", "stars", "more stars is harder")

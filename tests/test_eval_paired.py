@@ -25,9 +25,11 @@ def test_the_paired_difference_by_hand():
     stats = compare({0: 1.0, 1: 2.0, 2: 4.0}, {0: 0.0, 1: 1.0, 2: 1.0})  # differences 1, 1, 3
     sd = math.sqrt(((1 - 5 / 3) ** 2 * 2 + (3 - 5 / 3) ** 2) / 2)
     assert stats["n"] == 3 and stats["mean"] == pytest.approx(5 / 3) and stats["se"] == pytest.approx(sd / math.sqrt(3))
-    assert stats["ci95"] == pytest.approx([5 / 3 - 1.96 * sd / math.sqrt(3), 5 / 3 + 1.96 * sd / math.sqrt(3)])
+    # Student's t at 2 degrees of freedom (4.303), not the normal 1.96: three prompts are few
+    assert stats["ci95"] == pytest.approx([5 / 3 - 4.303 * sd / math.sqrt(3), 5 / 3 + 4.303 * sd / math.sqrt(3)])
     assert (stats["higher"], stats["lower"], stats["equal"]) == (3, 0, 0)
-    assert verdict(stats) == "higher (95 % interval above 0)"  # 1.667 − 1.96 × 0.667 > 0
+    assert verdict(stats) == "no clear difference (95 % interval spans 0)"  # 1.667 − 4.303 × 0.667 < 0
+    assert verdict(compare({i: 1.0 + 0.01 * i for i in range(20)}, {i: 0.0 for i in range(20)})).startswith("higher")
     spread = compare({0: 1.0, 1: 0.0, 2: 4.0}, {0: 0.0, 1: 1.0, 2: 1.0})  # 1, −1, 3: 1 ± 1.155
     assert (spread["higher"], spread["lower"]) == (2, 1) and spread["se"] == pytest.approx(2 / math.sqrt(3))
     assert verdict(spread) == "no clear difference (95 % interval spans 0)"

@@ -142,6 +142,25 @@ def test_a_ctrl_c_inside_an_iteration_never_checkpoints_its_half_done_state(tmp_
     assert [m["iteration"] for m in _metrics(out)] == [1, 2]
 
 
+def _signalled_at_finish(tmp_path, learner, reward, save_every: str, signals: int) -> subprocess.CompletedProcess:
+    """``rlgf train`` of 2 iterations that sends itself ``signals`` SIGTERMs as the last checkpoint,
+    final/ and summary.json start to be written (as a scheduler would, just after the last iteration)."""
+    kills = "".join("    os.kill(os.getpid(), signal.SIGTERM)\n" for _ in range(signals))
+    script = ("import os, signal, sys\n"
+              "import rlgf_cli.training.run as run\n"
+              "real = run.finish\n"
+              "def finish(*args, **kwargs):\n" + kills +
+              "    return real(*args, **kwargs)\n"
+              "run.finish = finish\n"
+              "sys.argv = ['rlgf', *sys.argv[1:]]\n"
+              "from rlgf_cli.app import main\n"
+              "main()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLGF_ALLOCATOR": "system"}  # no re-exec: keep the patch
+    args = [a for a in _args(learner, reward, tmp_path / "run", 2) if a != "--quiet"] + ["--save-every", save_every]
+    return subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("save_every", ["0", "1"])
 def test_a_sigterm_while_the_last_checkpoint_is_written_waits_for_it(tmp_path, tiny_causal_dir, tiny_reward_dir,
@@ -149,24 +168,20 @@ def test_a_sigterm_while_the_last_checkpoint_is_written_waits_for_it(tmp_path, t
     """The signal handlers used to be restored before the last checkpoint, final/ and summary.json
     were written, so a SIGTERM then killed the run (with --save-every 0, all of it)."""
     out = tmp_path / "run"
-    script = (
-        "import os, signal, sys\n"
-        "import rlgf_cli.training.run as run\n"
-        "real = run.finish\n"
-        "def finish(*args, **kwargs):\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would, just after the last iteration\n"
-        "    return real(*args, **kwargs)\n"
-        "run.finish = finish\n"
-        "sys.argv = ['rlgf', *sys.argv[1:]]\n"
-        "from rlgf_cli.app import main\n"
-        "main()\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLGF_ALLOCATOR": "system"}  # no re-exec: keep the patch
-    args = [a for a in _args(tiny_causal_dir, tiny_reward_dir, out, 2) if a != "--quiet"] + ["--save-every", save_every]
-    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=240)
+    proc = _signalled_at_finish(tmp_path, tiny_causal_dir, tiny_reward_dir, save_every, signals=1)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "SIGTERM: stopping after this iteration" in proc.stderr
+    assert "SIGTERM: finishing the last checkpoint, final/ and summary.json first" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations"] == 2 and (out / "final" / "config.json").is_file()
     assert not list(out.glob("**/.tmp-*"))  # no half-written folder left
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_second_signal_while_closing_stops_with_the_signals_status_and_a_resume_hint(tmp_path, tiny_causal_dir,
+                                                                                      tiny_reward_dir):
+    out = tmp_path / "run"
+    proc = _signalled_at_finish(tmp_path, tiny_causal_dir, tiny_reward_dir, "1", signals=2)  # an impatient second
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert "[error] interrupted after 2 iterations, while writing the last checkpoint" in proc.stderr
+    assert "rlgf train --resume" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / "checkpoints" / "iter-0001" / "trainer_state.json").is_file()  # the last whole one stands

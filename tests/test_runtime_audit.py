@@ -186,3 +186,27 @@ def test_a_cache_dir_that_cannot_be_made_names_the_variable(tmp_path, monkeypatc
     with pytest.raises(RlgfError, match="cannot make the cache folder") as err:
         cache_dir("models")
     assert "RLGF_CACHE_DIR" in err.value.hint
+
+
+def test_once_joined_the_store_waits_as_long_as_the_process_group(monkeypatch):
+    """The join waits RLGF_RENDEZVOUS_TIMEOUT; later store reads (NCCL's set-up at the first
+    collective) must not inherit that short wait."""
+    import socket
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from rlgf_cli.training.distributed import _rendezvous
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("RLGF_RENDEZVOUS_TIMEOUT", "7")
+    _rendezvous(dist, "gloo", 1, 0)
+    try:
+        assert dist.distributed_c10d._get_default_store().timeout == timedelta(minutes=30)
+    finally:
+        dist.destroy_process_group()

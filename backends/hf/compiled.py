@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from backends.cache import cache_dir
+from backends.cache import INDUCTOR_CACHE_ENV, cache_dir, check_inductor_cache_env
 from backends.errors import RlgfError, RlgfWarning
 
-INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
+INDUCTOR_ENV = INDUCTOR_CACHE_ENV
 
 
 def inductor_cache() -> Path:
@@ -41,11 +41,8 @@ def inductor_cache() -> Path:
     current = os.environ.get(INDUCTOR_ENV)
     if not current or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
         os.environ[INDUCTOR_ENV] = str(cache_dir("inductor"))  # one RlgfError naming $RLGF_CACHE_DIR if it cannot be
-    path = Path(os.environ[INDUCTOR_ENV])
-    if path.exists() and not path.is_dir():
-        raise RlgfError(f"${INDUCTOR_ENV} ({path}) is not a folder",
-                        f"point it at a folder you can write, or unset it (rlgf then uses its cache folder)")
-    return path
+    check_inductor_cache_env()
+    return Path(os.environ[INDUCTOR_ENV])
 
 
 #: from this many iterations a run without ``--compile``/``--no-compile`` compiles under CPU bf16:

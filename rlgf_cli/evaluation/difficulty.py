@@ -106,6 +106,8 @@ def assign_buckets(task: Task, examples: Sequence[Example], *, thresholds: Seque
     labels = bucket(values, cuts)
     if len(set(values)) == 1:
         fix = f"every prompt has the same {measured.kind}, so no cut separates them"
+    elif thresholds and len(cuts) == 2 and min(values) < cuts[0] and cuts[1] <= max(values):
+        fix = f"no {measured.kind} falls between the cuts {cuts[0]:g} and {cuts[1]:g}: widen them so some do"
     elif thresholds:
         fix = f"choose --thresholds between {min(values):.4g} and {max(values):.4g}"
     else:
@@ -167,7 +169,8 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     from backends.precision import freeze_in, resolve_precision
 
     from rlgf_cli.evaluation.evaluate import (build_eval_task, check_specs, compute_metrics, decoding_for, describe_decoding,
-                           generate_for, load_for_eval, load_reference, resolve_sampling, split_examples)
+                           generate_for, load_for_eval, load_reference, resolve_sampling, reward_runs,
+                           split_examples)
     from rlgf_cli.evaluation.evaluate import metric_names as eval_metric_names
     from rlgf_cli.runtime import resolve_device
 
@@ -192,7 +195,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     buckets = {b: {"n": len(members[b]), "policies": {}} for b in names}
     decodings = {}
     seed_list = [seed + i for i in range(max(1, seeds))]
-    scored = len(specs) > 1 and _reward_runs(task)  # per-prompt rewards, to pair each policy with the first
+    scored = len(specs) > 1 and reward_runs(task)  # per-prompt rewards, to pair each policy with the baseline
     rewards: dict[str, list[dict]] = {}
     for spec in specs:
         remote = policy_class(spec).remote  # loaded per seed (its requests are seeded)
@@ -245,14 +248,6 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
                     for i, (ex, v, lab) in enumerate(zip(examples, values, labels))],
         "task_info": {**ref_facts, **task.info(), **prec.info()},
     }
-
-
-def _reward_runs(task: Task) -> bool:
-    try:
-        task.check_reward()
-    except RlgfError:  # e.g. CommonGen's SPIDEr without Java: the metrics run, nothing is paired
-        return False
-    return True
 
 
 def _pair_bucket(bucket: dict, members: set[int], baseline: str, specs: list[str],

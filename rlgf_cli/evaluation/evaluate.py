@@ -189,15 +189,21 @@ def metric_names(task: Task) -> list[str]:
     return [*task.metric_names, *extra]
 
 
+def reward_runs(task: Task) -> bool:
+    """Whether the task's per-sample reward can run here (CommonGen's SPIDEr needs SPICE): where
+    it cannot, the metrics still run and generations carry no reward."""
+    try:
+        task.check_reward()
+    except RlgfError:
+        return False
+    return True
+
+
 def sample_rows(task: Task, examples: list[Example], completions: list[str], *, seed: int | None = None,
                 scores: bool = True) -> list[dict]:
     """One row per generation: prompt, completion, reference(s) and the per-sample reward."""
     prompts = [ex.prompt for ex in examples]
-    if scores:
-        try:
-            task.check_reward()
-        except RlgfError:  # e.g. CommonGen's SPIDEr without SPICE: metrics still run, rows carry no reward
-            scores = False
+    scores = scores and reward_runs(task)
     rewards = task.reward(prompts, completions, examples) if scores else [None] * len(examples)
     rows = []
     for i, (ex, c, r) in enumerate(zip(examples, completions, rewards)):

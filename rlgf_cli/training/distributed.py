@@ -150,7 +150,7 @@ def init_from_env(device: str) -> tuple[World, str]:
 
 def _rendezvous(dist, backend: str, size: int, rank: int) -> None:
     """``init_process_group`` over a store that waits at most :func:`rendezvous_timeout` for the
-    ranks to join; torch's own collective timeout is left as it is. c10d's retry logs (C++
+    ranks to join; once joined, the store takes the process group's own timeout back. c10d's retry logs (C++
     back-traces on stderr) are kept off the terminal, and shown after a failure under RLGF_DEBUG=1."""
     wait = rendezvous_timeout()
     addr, port = os.environ["MASTER_ADDR"].strip(), int(os.environ["MASTER_PORT"])
@@ -158,9 +158,22 @@ def _rendezvous(dist, backend: str, size: int, rank: int) -> None:
         try:
             store = dist.TCPStore(addr, port, size, rank == 0, timeout=timedelta(seconds=wait))
             dist.init_process_group(backend=backend, store=store, rank=rank, world_size=size)
+            # joined: later store reads (NCCL's set-up at the first collective) get the process
+            # group's own timeout, as with torch's env:// rendezvous, not the join's
+            store.set_timeout(_group_timeout(dist, backend))
         except (RuntimeError, OSError, ValueError) as exc:
             aside.keep = debug_on()
             raise _rendezvous_error(exc, size, rank, addr, port, wait) from None
+
+
+def _group_timeout(dist, backend: str) -> timedelta:
+    """torch's default timeout for a process group of ``backend`` (30 min for gloo, 10 for NCCL)."""
+    try:
+        from torch.distributed.distributed_c10d import _get_default_timeout
+
+        return _get_default_timeout(dist.Backend(backend))
+    except (ImportError, AttributeError, ValueError):  # another torch: its documented default
+        return timedelta(minutes=30)
 
 
 def _rendezvous_error(exc: Exception, size: int, rank: int, addr: str, port: int, wait: float) -> RlgfError:

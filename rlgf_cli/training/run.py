@@ -288,8 +288,11 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     stopped = None
     checkpoint_s = 0.0  # what the last periodic checkpoint cost this thread (snapshot, or the write)
     in_step = False  # a Ctrl-C inside an iteration leaves its state half-updated: never checkpoint that
+    closing = []  # set once the iterations are done: a signal then waits for the last checkpoint
     stop = StopAtBoundary(lambda name: callback("message", {
-        "text": f"{name}: stopping after this iteration, with a checkpoint (Ctrl-C or SIGTERM again to stop now "
+        "text": f"{name}: finishing the last checkpoint, final/ and summary.json first (again to stop now and "
+                "lose them)" if closing else
+                f"{name}: stopping after this iteration, with a checkpoint (Ctrl-C or SIGTERM again to stop now "
                 "and lose it)"}))
     tracked = trackers.Trackers(cfg.log_to if main else None, out, done=trainer.iteration, config_toml=config_toml)
     if tracked.tensorboard:
@@ -360,9 +363,17 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
         finally:
             tracked.close()
             writer.join()  # its error, if any, is raised below or gives way to the run's
+    closing.append(True)
     with stop:  # a first Ctrl-C or SIGTERM now waits for the last checkpoint, final/ and summary.json
-        return _close_run(cfg, out, trainer, task, writer, saved, checkpoint, main, callback, guide, ckpt,
-                          learner_spec, started, stopped, last)
+        try:
+            return _close_run(cfg, out, trainer, task, writer, saved, checkpoint, main, callback, guide, ckpt,
+                              learner_spec, started, stopped, last)
+        except KeyboardInterrupt:  # the second signal: what was written whole stands
+            writer.join()
+            stopped_by = Interrupted(f"interrupted after {_iterations(trainer.iteration)}, while writing the "
+                                     "last checkpoint", resume_advice(out))
+            stopped_by.exit_code = stop.exit_code
+            raise stopped_by from None
 
 
 def _close_run(cfg, out, trainer, task, writer, saved, checkpoint, main, callback, guide, ckpt, learner_spec,
