@@ -210,3 +210,19 @@ def test_once_joined_the_store_waits_as_long_as_the_process_group(monkeypatch):
         assert dist.distributed_c10d._get_default_store().timeout == timedelta(minutes=30)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("env, shown", [({}, True), ({"WORLD_SIZE": "2", "RANK": "0"}, True),
+                                        ({"WORLD_SIZE": "2", "RANK": "1"}, False), ({"RANK": "1"}, True),
+                                        ({"WORLD_SIZE": "2", "RANK": "x"}, True)])
+def test_rlgf_warnings_are_said_once_by_rank_0(monkeypatch, capsys, env, shown):
+    from backends.errors import RlgfWarning
+    from rlgf_cli.commands import console
+
+    for name in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(console, "err_console", console.Console(stderr=True, highlight=False))
+    console._show_warning(RlgfWarning("prompts longer than 64 tokens lose their start"), RlgfWarning, "x.py", 1)
+    assert ("warning: prompts longer than 64 tokens" in capsys.readouterr().err) is shown

@@ -101,14 +101,25 @@ def quiet_libraries() -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
-    """rlgf's own warnings (:class:`RlgfWarning`) as one ``warning: …`` line; others as Python shows them."""
+    """rlgf's own warnings (:class:`RlgfWarning`) as one ``warning: …`` line, from rank 0 alone when
+    several processes train (every rank meets the same prompts, so each would say it again); others
+    as Python shows them."""
     if issubclass(category, RlgfWarning):
-        err_console.print(f"warning: {message}", markup=False)
+        if not _other_rank():
+            err_console.print(f"warning: {message}", markup=False)
     else:
         _default(message, category, filename, lineno, file, line)
 
 
 _show_warning.rlgf = True
+
+
+def _other_rank() -> bool:
+    """Whether this process is a data-parallel rank other than 0 (torchrun's ``RANK``)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and int(os.environ.get("RANK", "0") or 0) > 0
+    except ValueError:  # junk launch variables are refused, with their own error, when training starts
+        return False
 
 
 def is_terminal() -> bool:
