@@ -173,6 +173,7 @@ def test_a_sigterm_while_the_last_checkpoint_is_written_waits_for_it(tmp_path, t
     assert "SIGTERM: finishing the last checkpoint, final/ and summary.json first" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations"] == 2 and (out / "final" / "config.json").is_file()
+    assert summary["threads"] == 1  # the OMP_NUM_THREADS the process was started with
     assert not list(out.glob("**/.tmp-*"))  # no half-written folder left
 
 

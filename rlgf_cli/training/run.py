@@ -402,6 +402,7 @@ def _close_run(cfg, out, trainer, task, writer, saved, checkpoint, main, callbac
         "task_info": task.info(),
         **trainer.precision.info(),
         "allocator": allocator.current(),
+        "threads": torch.get_num_threads(),  # torch's CPU threads ($OMP_NUM_THREADS, else one per core)
         "compiled": trainer.still_compiled() if hasattr(trainer, "still_compiled") else [],
     }
     if main:
