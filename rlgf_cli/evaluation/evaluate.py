@@ -123,14 +123,14 @@ def generate(
     from its own random stream (seeded by ``seed`` and ``i``), so the completions do not depend
     on the batch size; otherwise the batches draw from the global stream in turn."""
     out: list[str] = []
-    streams = None
-    if seed is not None and isinstance(policy, TokenPolicy) and getattr(policy, "takes_row_generators", False):
-        streams = [row_stream(seed, i, policy.device) for i in range(len(prompts))]
+    streams = seed is not None and isinstance(policy, TokenPolicy) and getattr(policy, "takes_row_generators", False)
     for sl in chunks(len(prompts), batch_size):
         if isinstance(policy, TokenPolicy):
             q, qm = policy.encode_prompts(prompts[sl], task.prompt_max_tokens)
             q, qm = q.to(policy.device), qm.to(policy.device)
-            rows = {} if streams is None else {"row_generators": streams[sl]}
+            # a batch's streams only (a generator's state is a few kB: not one per prompt of a split at once)
+            rows = {"row_generators": [row_stream(seed, i, policy.device) for i in range(sl.start, sl.stop)]} \
+                if streams else {}
             with torch.no_grad():
                 r, rm = policy.generate(
                     q, qm, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, sampling=sampling, **rows
