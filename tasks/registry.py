@@ -120,6 +120,10 @@ def option_default(cls: type[Task], name: str):
     return None
 
 
+#: length options every task takes (a plug-in's constructor need not know them)
+GENERIC_LENGTHS = ("prompt_max_tokens", "max_new_tokens")
+
+
 def task_options(cls: type[Task]) -> list[str]:
     """The options :func:`get_task` accepts for ``cls``: its constructor's, plus ``reward``
     (every task takes a custom ``module:function`` reward, see :mod:`tasks.custom_reward`) and
@@ -129,9 +133,6 @@ def task_options(cls: type[Task]) -> list[str]:
     options = constructor_options(cls)
     return options + [name for name in ("reward", *SAMPLING_OPTIONS, *GENERIC_LENGTHS) if name not in options]
 
-
-#: length options every task takes (a plug-in's constructor need not know them)
-GENERIC_LENGTHS = ("prompt_max_tokens", "max_new_tokens")
 
 
 def get_task(name: str, **options) -> Task:
