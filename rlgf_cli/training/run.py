@@ -366,47 +366,39 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
     closing.append(True)
     with stop:  # a first Ctrl-C or SIGTERM now waits for the last checkpoint, final/ and summary.json
         try:
-            return _close_run(cfg, out, trainer, task, writer, saved, checkpoint, main, callback, guide, ckpt,
-                              learner_spec, started, stopped, last)
+            writer.wait()  # a failed last write is an error of the run
+            final = finish(out, saved[1] if saved[0] == trainer.iteration else None, checkpoint, trainer.iteration,
+                           cfg.keep_checkpoints, main)
+            callback("checkpoint", {"path": str(final)})
+            if guide is not None:
+                guide.close()
+            summary = {
+                "task": cfg.task,
+                "alg": cfg.alg,
+                "learner": learner_spec,
+                "guide": cfg.guide,
+                "iterations": trainer.iteration,
+                "resumed_from": str(ckpt) if ckpt else None,
+                "out": str(out),
+                "final": str(final),
+                "seconds": time.perf_counter() - started,
+                "stopped": stopped,
+                "guide_stats": (guide.stats() or None) if guide is not None else None,
+                "last": last,
+                "task_info": task.info(),
+                **trainer.precision.info(),
+                "allocator": allocator.current(),
+                "threads": torch.get_num_threads(),  # torch's CPU threads ($OMP_NUM_THREADS, else one per core)
+                "compiled": trainer.still_compiled(),
+            }
+            if main:
+                write_atomic(out / "summary.json", json.dumps(summary, indent=2))
         except KeyboardInterrupt:  # the second signal: what was written whole stands
             writer.join()
             stopped_by = Interrupted(f"interrupted after {_iterations(trainer.iteration)}, while writing the "
                                      "last checkpoint", resume_advice(out))
             stopped_by.exit_code = stop.exit_code
             raise stopped_by from None
-
-
-def _close_run(cfg, out, trainer, task, writer, saved, checkpoint, main, callback, guide, ckpt, learner_spec,
-               started, stopped, last) -> dict:
-    """The end of a run whose iterations are done: its last checkpoint written, ``final/`` and
-    ``summary.json``."""
-    writer.wait()  # a failed last write is an error of the run
-    final = finish(out, saved[1] if saved[0] == trainer.iteration else None, checkpoint, trainer.iteration,
-                   cfg.keep_checkpoints, main)
-    callback("checkpoint", {"path": str(final)})
-    if guide is not None:
-        guide.close()
-    summary = {
-        "task": cfg.task,
-        "alg": cfg.alg,
-        "learner": learner_spec,
-        "guide": cfg.guide,
-        "iterations": trainer.iteration,
-        "resumed_from": str(ckpt) if ckpt else None,
-        "out": str(out),
-        "final": str(final),
-        "seconds": time.perf_counter() - started,
-        "stopped": stopped,
-        "guide_stats": (guide.stats() or None) if guide is not None else None,
-        "last": last,
-        "task_info": task.info(),
-        **trainer.precision.info(),
-        "allocator": allocator.current(),
-        "threads": torch.get_num_threads(),  # torch's CPU threads ($OMP_NUM_THREADS, else one per core)
-        "compiled": trainer.still_compiled() if hasattr(trainer, "still_compiled") else [],
-    }
-    if main:
-        write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

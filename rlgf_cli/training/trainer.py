@@ -63,6 +63,10 @@ class TrainerBase:
     #: what ``--precision`` resolved to on this device (autocast context, frozen weight dtype)
     precision: Precision = Precision("fp32", "default")
 
+    def still_compiled(self) -> list[str]:
+        """The trained models that ran through torch.compile to the end (--compile; BC: none)."""
+        return []
+
     def step(self) -> dict:
         """Run one iteration; returns its metrics (one ``metrics.jsonl`` line)."""
         raise NotImplementedError
@@ -454,8 +458,7 @@ class Trainer(TrainerBase):
         return out
 
     def still_compiled(self) -> list[str]:
-        """The models of :attr:`compiled` that ran compiled to the end: where torch.compile failed,
-        the model went on eagerly (with a warning) and is left out."""
+        """Those of :attr:`compiled` whose torch.compile did not fail (and fall back to eager)."""
         return [name for name in self.compiled
                 if getattr(getattr(self._trained[name], "compiled", None), "failed", None) is None]
 
