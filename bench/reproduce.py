@@ -77,6 +77,10 @@ def parse_args(argv=None):
                    help="use this model folder as the guide (and the BC+ rows' warm start) instead of training "
                         "BC here; its row is labelled 'guide' (e.g. a stronger guide: a kept BC+ppo model)")
     p.add_argument("--reward-model", default=None, help="reward classifier folder (default: the task's own)")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="the task's data (`rlgf train --data`), e.g. a prompts file for --task prompts")
+    p.add_argument("--reward", default=None, metavar="SPEC",
+                   help="the task's reward (`rlgf train --reward`), e.g. tasks/examples/exact_match.py:reward")
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--keep-models", action="store_true", help="keep every run's final model (GBs each)")
     p.add_argument("--jobs", type=int, default=1,
@@ -99,7 +103,7 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=float, default=None,
                    help="β of the PPO++ and AggreVaTeD rows (`rlgf train --beta`: PPO++'s share of episodes "
                         "rolled in by the guide; default: each algorithm's own, PPO++ 0.2 as in the paper)")
-    for name in ("iterations", "episodes", "eval-limit", "bc-iterations"):
+    for name in ("iterations", "episodes", "eval-limit", "bc-iterations", "max-new-tokens"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     args = p.parse_args(argv)
     if args.seeds < 1:
@@ -132,7 +136,7 @@ def run_training(name: str, out: Path, args, seed: int, **overrides) -> Path:
         task=args.task, learner=args.learner, device=args.device, seed=seed, out=str(out / name),
         iterations=setting(args, "iterations"), episodes=episodes, epochs=setting(args, "epochs"),
         minibatch_size=min(setting(args, "minibatch_size"), episodes), max_new_tokens=setting(args, "max_new_tokens"),
-        lr=setting(args, "lr"), save_every=0, reward_model=args.reward_model,
+        lr=setting(args, "lr"), save_every=0, reward_model=args.reward_model, data=args.data, reward=args.reward,
         compile=bool(args.compile),  # eager unless asked: every committed run so far is eager
     )
     if overrides.get("alg") in ("ppo++", "aggrevated") and getattr(args, "beta", None) is not None:
@@ -144,6 +148,15 @@ def run_training(name: str, out: Path, args, seed: int, **overrides) -> Path:
     return Path(summary["out"])
 
 
+def eval_task_options(args) -> dict:
+    """The task options every evaluation of a reproduction uses (those its training runs record)."""
+    options = {"max_new_tokens": setting(args, "max_new_tokens")}
+    for name in ("reward_model", "data", "reward"):
+        if getattr(args, name, None):
+            options[name] = getattr(args, name)
+    return options
+
+
 def evaluate(policies: dict[str, str], args, seed: int, split: str = "test", seeds: int | None = None,
              rewards: dict | None = None) -> dict[str, dict]:
     """Metrics by row name at ``seed``; with ``seeds`` (one or more), ``{seed: metrics}`` by row
@@ -152,9 +165,7 @@ def evaluate(policies: dict[str, str], args, seed: int, split: str = "test", see
     prompt, ``{name: {seed: [reward of prompt 0, 1, …]}}`` (the prompt-difficulty table's input)."""
     from rlgf_cli.evaluation.evaluate import run_eval
 
-    task_options = {"max_new_tokens": setting(args, "max_new_tokens")}
-    if args.reward_model:
-        task_options["reward_model"] = args.reward_model
+    task_options = eval_task_options(args)
     limit = setting(args, "eval_limit")
     report = run_eval(
         list(dict.fromkeys(policies.values())), task_name=args.task, split=split, limit=limit, seed=seed,
@@ -293,7 +304,7 @@ def chosen_rows(args) -> list[tuple[str, str, bool]]:
 #: the options that change what a reproduction computes (not how many processes run it)
 SETTINGS = ("preset", "task", "learner", "device", "lr", "lr_grid", "max_approx_kl", "max_kl_per_token", "bc_lr",
             "all_rows", "reward_model", "first_seed", "iterations", "episodes", "eval_limit", "bc_iterations",
-            "compile", "rows", "guide_model", "beta")
+            "compile", "rows", "guide_model", "beta", "data", "reward", "max_new_tokens")
 
 
 def check_settings(out: Path, args) -> None:

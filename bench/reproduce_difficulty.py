@@ -22,7 +22,7 @@ BUCKETS = ("easy", "medium", "hard")
 
 def measure_prompts(args) -> dict:
     """The difficulty job: each evaluated test prompt's difficulty value and tercile."""
-    from reproduce import setting
+    from reproduce import eval_task_options
 
     from backends.errors import RlgfError
     from backends.precision import resolve_precision
@@ -30,10 +30,9 @@ def measure_prompts(args) -> dict:
     from rlgf_cli.evaluation.evaluate import build_eval_task, split_examples
     from rlgf_cli.runtime import resolve_device
 
-    options = {"max_new_tokens": setting(args, "max_new_tokens")}
-    if args.reward_model:
-        options["reward_model"] = args.reward_model
-    task = build_eval_task(args.task, [], options, resolve_precision("auto", resolve_device(args.device)))
+    from reproduce import setting
+
+    task = build_eval_task(args.task, [], eval_task_options(args), resolve_precision("auto", resolve_device(args.device)))
     examples = split_examples(task, "test", setting(args, "eval_limit"))
     try:
         buckets, values, how = assign_buckets(task, examples)
