@@ -164,3 +164,36 @@ def test_eval_pairs_with_the_policy_beside_checkpoints_and_refuses_an_unknown_ba
     assert "paired" not in policy
     bad = runner.invoke(app, ["eval", "-p", str(tiny_causal_dir), "-c", str(a), *common, "--baseline", "nope"])
     assert bad.exit_code == 1 and bad.output.strip().startswith("[error] --baseline 'nope' is not one of")
+
+
+@pytest.mark.parametrize("command", ["eval", "difficulty"])
+def test_each_generation_is_scored_once(tmp_path, tiny_causal_dir, command):
+    """The metrics, the rows and the pairing (and difficulty's buckets) share one scoring: a costly
+    reward (a request per completion, a program) runs once per generation."""
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"the film number {i} was", "difficulty": i % 3}) + "\n"
+                            for i in range(9)))
+    log = tmp_path / "calls.txt"
+    module = tmp_path / "counted.py"
+    module.write_text("def reward(prompts, completions, references):\n"
+                      f"    with open({str(log)!r}, 'a') as f:\n"
+                      "        f.write(f'{len(completions)}\\n')\n"
+                      "    return [float(len(c) % 5) for c in completions]\n")
+    a = make_tiny_checkpoint(tmp_path / "a" / "final", tiny_causal_dir, seed=1)
+    b = make_tiny_checkpoint(tmp_path / "b" / "final", tiny_causal_dir, seed=2)
+    report = tmp_path / "out.json"
+    result = runner.invoke(app, [
+        command, "-c", str(a), "-c", str(b), "--task", "prompts", "--data", str(data), "--reward",
+        f"{module}:reward", "--split", "train", "--seeds", "2", "--max-new-tokens", "6", "--device", "cpu",
+        "--reference", "none", "--json", str(report),
+    ])
+    assert result.exit_code == 0, (result.output, result.exception)
+    n = 9  # under 10 rows without a split column: all in train
+    scored = [int(x) for x in log.read_text().split()]
+    assert sum(scored) == 2 * 2 * n, scored  # 2 policies × 2 seeds, each generation once
+    out = json.loads(report.read_text())
+    if command == "eval":
+        second = out["results"][1]
+        assert second["paired"]["mean"] == pytest.approx(second["metrics"]["reward"] - out["results"][0]["metrics"]["reward"])
+    else:
+        assert all(bucket["paired"]["policies"] for bucket in out["buckets"].values())

@@ -168,6 +168,7 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
     from backends import policy_class, resolve
     from backends.precision import freeze_in, resolve_precision
 
+    from rlgf_cli.evaluation.reward_memo import rewards_once
     from rlgf_cli.evaluation.evaluate import (build_eval_task, check_specs, compute_metrics, decoding_for, describe_decoding,
                            generate_for, load_for_eval, load_reference, resolve_sampling, reward_runs,
                            split_examples)
@@ -215,15 +216,16 @@ def run_difficulty(specs: list[str], *, task_name, split, limit, seed, reference
             with bar(f"difficulty {spec}" + (f" · seed {s}" if len(seed_list) > 1 else "")) as progress, prec.autocast():
                 completions = generate_for(policy, task, examples, decoding=decode, seed=s, batch_size=batch_size,
                                            progress=progress)
-            if scored:
-                values_s = task.reward([ex.prompt for ex in examples], completions, examples)
-                rewards.setdefault(spec, []).extend({"index": i, "scores": {"reward": float(r)}}
-                                                    for i, r in enumerate(values_s))
-            for b in names:
-                idx = members[b]
-                with prec.autocast():
-                    runs[b].append({"seed": s, "metrics": compute_metrics(
-                        task, policy, [examples[i] for i in idx], [completions[i] for i in idx], reference)})
+            with rewards_once(task):  # the buckets' metrics ask for rewards the pairing already scored
+                if scored:
+                    values_s = task.reward([ex.prompt for ex in examples], completions, examples)
+                    rewards.setdefault(spec, []).extend({"index": i, "scores": {"reward": float(r)}}
+                                                        for i, r in enumerate(values_s))
+                for b in names:
+                    idx = members[b]
+                    with prec.autocast():
+                        runs[b].append({"seed": s, "metrics": compute_metrics(
+                            task, policy, [examples[i] for i in idx], [completions[i] for i in idx], reference)})
             if remote:
                 policy.close()
         for b in names:

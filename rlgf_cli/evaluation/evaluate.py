@@ -34,6 +34,7 @@ from rlgf_cli.evaluation.decoding import (  # noqa: F401 - re-exported: the deco
 )
 from rlgf_cli.evaluation.paired import add_paired
 from rlgf_cli.evaluation.report import runs_mean_std
+from rlgf_cli.evaluation.reward_memo import rewards_once
 from rlgf_cli.runtime import resolve_device, set_seed
 from rlgf_cli.training.tensors import chunks
 
@@ -176,9 +177,8 @@ def compute_metrics(task: Task, policy, examples: list[Example], completions: li
     scorer = policy if isinstance(policy, TokenPolicy) else None
     prompts = [ex.prompt for ex in examples]
     metrics = task.metrics(prompts, completions, examples, policy=scorer, reference_policy=reference)
-    custom = task.custom_reward
-    if custom is not None and completions:
-        values = custom.for_examples(prompts, completions, examples)
+    if task.custom_reward is not None and completions:
+        values = task.reward(prompts, completions, examples)  # the custom reward (remembered by rewards_once)
         metrics = {**metrics, "reward": sum(values) / len(values)}
     return {k: float(v) for k, v in metrics.items()}
 
@@ -239,15 +239,18 @@ def evaluate_policy(
     decoding = decoding_for(policy, task, sampling)
     completions = generate_for(policy, task, examples, decoding=decoding, seed=seed, batch_size=batch_size,
                                progress=progress)
+    with rewards_once(task):
+        metrics = compute_metrics(task, policy, examples, completions, reference)
+        samples = sample_rows(task, examples, completions, seed=seed, scores=scores)
     return {
         "policy": label,
         "task": task.name,
         "split": split,
         "n": len(examples),
         "decoding": describe_decoding(policy, decoding),
-        "metrics": compute_metrics(task, policy, examples, completions, reference),
+        "metrics": metrics,
         "completions": completions,
-        "samples": sample_rows(task, examples, completions, seed=seed, scores=scores),
+        "samples": samples,
     }
 
 
@@ -422,10 +425,10 @@ def run_eval(
             with bar(f"eval {spec} · seed {s}") as progress, prec.autocast():
                 completions = generate_for(policy, task, examples, decoding=decode, seed=s, batch_size=batch_size,
                                            progress=progress)
-            with prec.autocast():
+            with prec.autocast(), rewards_once(task):
                 metrics = compute_metrics(task, policy, examples, completions, reference)
+                rows.extend(sample_rows(task, examples, completions, seed=s, scores=sample_scores or len(specs) > 1))
             runs.append({"seed": s, "metrics": metrics})
-            rows.extend(sample_rows(task, examples, completions, seed=s, scores=sample_scores or len(specs) > 1))
             if local is None:
                 policy.close()
         results.append(summarise(spec, task, split, len(examples), decoding_text, runs, rows))
