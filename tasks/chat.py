@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from backends.errors import RlgfError
+from tasks.table_rows import place
 
 ROLES = ("system", "user", "assistant")
 MODES = ("auto", "on", "off")
@@ -35,7 +36,7 @@ def check_mode(mode: str | None) -> str:
 
 def parse_messages(value, path: Path, line: int) -> tuple[dict, ...]:
     """The turns of one row's ``messages``, checked; an error names the file and line."""
-    where = f"{path}, line {line}"
+    where = place(path, line)
     if not isinstance(value, (list, tuple)) or not value:
         raise RlgfError(f"{where}: 'messages' must be a non-empty list of {{\"role\", \"content\"}} turns")
     turns = []

@@ -39,7 +39,7 @@ from backends.base import Sampling
 from backends.errors import RlgfError
 from tasks.base import CPU_SIZED_DEFAULTS, SPLITS, Example, PromptDifficulty, Task, check_sampling
 from tasks.scoring.perplexity import can_score, corpus_perplexity
-from tasks.table_rows import csv_rows, is_saved_dataset, json_array_rows, not_utf8, parquet_rows, starts_json_array
+from tasks.table_rows import csv_rows, is_saved_dataset, json_array_rows, not_utf8, parquet_rows, place, starts_json_array
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv",
            ".parquet": "parquet", ".txt": "text"}
@@ -184,7 +184,7 @@ class PromptsTask(Task):
         if any(v is not None for v in given):
             missing = next(ex for ex, v in zip(examples, given) if v is None) if None in given else None
             if missing is not None:
-                raise RlgfError(f"{self.path}, line {missing.meta['line']}: no '{DIFFICULTY_FIELD}', while other "
+                raise RlgfError(f"{place(self.path, missing.meta['line'])}: no '{DIFFICULTY_FIELD}', while other "
                                 "rows have one", f"give every row a number in '{DIFFICULTY_FIELD}', or no row")
             levels = [_number(v, self.path, ex.meta["line"]) for ex, v in zip(examples, given)]
             if len(set(levels)) == 1:
@@ -336,7 +336,7 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
     first = rows[0][1]
     if prompt_field not in first and not (prompt_field == "prompt" and "messages" in first):
         header = isinstance(path, Path) and path.suffix.lower() in (".csv", ".tsv")
-        raise RlgfError(f"{path}, line {rows[0][0]}: no '{prompt_field}' field (fields: {', '.join(map(str, first))})",
+        raise RlgfError(f"{place(path, rows[0][0])}: no '{prompt_field}' field (fields: {', '.join(map(str, first))})",
                         "name the prompt column with --prompt-field" + (
                             f" (a CSV file's first line is its header: the names of its columns, e.g. "
                             f"{prompt_field},reference)" if header else ""))
@@ -355,7 +355,7 @@ def split_rows(rows: list[tuple[int, dict]], path: Path, *, prompt_field: str = 
             continue
         key = SPLIT_ALIASES.get(str(split).strip().lower())
         if key is None:
-            raise RlgfError(f"{path}, line {n}: unknown split {split!r}", "use train, val or test")
+            raise RlgfError(f"{place(path, n)}: unknown split {split!r}", "use train, val or test")
         by_split[key].append(example)
     if unsplit:
         order = list(range(len(unsplit)))
@@ -378,7 +378,7 @@ def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | 
     check_unicode(row, path, n)
     if not isinstance(prompt, str) or not prompt.strip():
         what = f"'{prompt_field}'" + (" (or 'messages')" if prompt_field == "prompt" else "")
-        raise RlgfError(f"{path}, line {n}: {what} is {'missing' if prompt is None else 'not a text'}",
+        raise RlgfError(f"{place(path, n)}: {what} is {'missing' if prompt is None else 'not a text'}",
                         "every row needs a non-empty prompt text or a chat")
     refs: tuple[str, ...] = ()
     if ref_field is not None:
@@ -390,7 +390,7 @@ def _example(row: dict, n: int, path: Path, prompt_field: str, ref_field: str | 
         elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             refs = tuple(v for v in value if v)
         elif value is not None:
-            raise RlgfError(f"{path}, line {n}: '{ref_field}' must be a text or a list of texts")
+            raise RlgfError(f"{place(path, n)}: '{ref_field}' must be a text or a list of texts")
     level = row.get(DIFFICULTY_FIELD)
     if level not in (None, ""):  # read as a number by `rlgf difficulty` alone: training ignores it
         meta[DIFFICULTY_FIELD] = level
@@ -457,7 +457,7 @@ def check_unicode(row: dict, path: Path, n: int) -> None:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as exc:
-                raise RlgfError(f"{path}, line {n}: '{key}' holds {text[exc.start]!r}, half of a UTF-16 pair, "
+                raise RlgfError(f"{place(path, n)}: '{key}' holds {text[exc.start]!r}, half of a UTF-16 pair, "
                                 "which is not text", "write the character itself, or its whole escape pair "
                                 "(e.g. \\ud83d\\ude00)") from None
 
@@ -469,6 +469,6 @@ def _number(value, path: Path, n: int) -> float:
     except (TypeError, ValueError):
         number = None
     if number is None or not math.isfinite(number):
-        raise RlgfError(f"{path}, line {n}: '{DIFFICULTY_FIELD}' is {value!r}, not a number",
+        raise RlgfError(f"{place(path, n)}: '{DIFFICULTY_FIELD}' is {value!r}, not a number",
                         f"give '{DIFFICULTY_FIELD}' a number (higher is harder), or leave it empty")
     return number

@@ -30,6 +30,15 @@ def is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in SAVED_DATASET_MARKERS)
 
 
+def place(path, n: int) -> str:
+    """Where row ``n`` of ``path`` is, for an error: ``PATH, line N`` in a file read line by line
+    (JSON Lines, JSON, CSV, text), ``PATH, row N`` in a Parquet file or a dataset (``hf:``, a
+    ``save_to_disk`` folder), which number rows from 1."""
+    by_row = str(path).startswith("hf:") or (
+        isinstance(path, Path) and (path.suffix.lower() == ".parquet" or is_saved_dataset(path)))
+    return f"{path}, {'row' if by_row else 'line'} {n}"
+
+
 def not_utf8(path: Path, exc: UnicodeDecodeError) -> RlgfError:
     """The error for a data file that is not UTF-8; it names UTF-16 (what Windows tools write as
     "Unicode": PowerShell's ``>``, Notepad) when the file starts with its byte-order mark."""
