@@ -14,7 +14,7 @@ import random
 from backends.device import resolve_device
 from backends.precision import resolve_precision
 
-__all__ = ["SEED_STRIDE", "derive_seed", "resolve_device", "resolve_precision", "set_seed"]
+__all__ = ["SEED_STRIDE", "derive_seed", "resolve_device", "resolve_precision", "set_seed", "use_threads"]
 
 #: the multiplier each part is folded in with (a prime, so nearby seeds and parts do not collide)
 SEED_STRIDE = 1_000_003
@@ -43,3 +43,26 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def use_threads(threads: int | None) -> None:
+    """``--threads N``: torch's CPU threads for this process (None: leave torch's own choice,
+    ``$OMP_NUM_THREADS`` or one per core). More threads than cores is allowed, with a warning:
+    on a CPU it usually slows every matrix product down."""
+    if threads is None:
+        return
+    import os
+    import warnings
+
+    import torch
+
+    from backends.errors import RlgfError, RlgfWarning
+
+    if threads < 1:
+        raise RlgfError(f"--threads must be at least 1 (got {threads})",
+                        "leave it out for one thread per core, or pass e.g. --threads 2")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or threads)
+    if threads > cores:
+        warnings.warn(f"--threads {threads} is more than the {cores} cores this process may use; "
+                      "torch usually runs slower so", RlgfWarning, stacklevel=2)
+    torch.set_num_threads(threads)

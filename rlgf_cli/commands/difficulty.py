@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import (BertscoreModel, CheckpointTask, Data, Device, Precision, PromptField, PromptMaxTokens, ChatTemplate, Quiet, ReferenceField,
+from rlgf_cli.commands.options import (BertscoreModel, CheckpointTask, Data, Device, Precision, PromptField, PromptMaxTokens, ChatTemplate, Quiet, ReferenceField, Threads,
                                        Reward, RewardLabel, RewardModel, RewardUrl)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 from rlgf_cli.files import check_png, ensure_writable, write_atomic
@@ -48,6 +48,7 @@ def difficulty_command(
     plot: Annotated[Optional[Path], typer.Option(help="Write a grouped bar chart (PNG) to FILE.", rich_help_panel=_OUT)] = None,
     metric: Annotated[Optional[str], typer.Option(help="Metric of the chart and the easy−hard gaps. [default: sentiment, else the task's first]", rich_help_panel=_OUT)] = None,
     baseline: Baseline = None,
+    threads: Threads = None,
     quiet: Quiet = False,
 ) -> None:
     """Compare policies on easy, medium and hard prompts (paper §6, Figure 3).
@@ -76,10 +77,12 @@ def difficulty_command(
     from rlgf_cli.training.run import task_options
 
     from rlgf_cli.evaluation.paired import choose_baseline
+    from rlgf_cli.runtime import use_threads
 
     specs = policy_specs(checkpoint, policy, quiet)
     against = choose_baseline(baseline, [str(c) for c in checkpoint or []], list(policy or []), specs)
     check_common(split, limit, batch_size)
+    use_threads(threads)
     if seeds < 1:
         raise RlgfError(f"--seeds must be >= 1 (got {seeds})", "pass the number of seeds to average over")
     cuts = parse_thresholds(thresholds) if thresholds is not None else None

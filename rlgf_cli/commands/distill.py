@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, PromptMaxTokens, ChatTemplate, Quiet, ReferenceField,
+from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, PromptMaxTokens, ChatTemplate, Quiet, ReferenceField, Threads,
                                        Reward, RewardLabel, RewardModel, RewardUrl, Task)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 
@@ -59,6 +59,7 @@ def distill_command(
     bertscore_model: BertscoreModel = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Also write the report as JSON to FILE ('-' for stdout; OUT/report.json is always written).")] = None,
+    threads: Threads = None,
     quiet: Quiet = False,
 ) -> None:
     """Distill a guide into the learner: collect its completions, BC on them, optionally RLGF, compare.
@@ -81,10 +82,12 @@ def distill_command(
     from rlgf_cli.evaluation.distill import DistillOptions, distill
     from rlgf_cli.commands.progress import CountProgress, TrainProgress
     from rlgf_cli.files import ensure_writable, write_atomic
+    from rlgf_cli.runtime import use_threads
     from rlgf_cli.training.run import task_options
 
     if json_out and json_out != "-":  # before the guide is paid for
         ensure_writable(json_out, "--json")
+    use_threads(threads)
     options = DistillOptions(
         guide=guide, learner=learner, task=task, out=str(out or Path("runs") / f"distill-{task}"),
         samples_per_prompt=samples_per_prompt, prompts=prompts, keep_top=keep_top,

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import (BertscoreModel, CheckpointTask, Data, Device, Precision, PromptField, PromptMaxTokens, ChatTemplate, Quiet, ReferenceField,
+from rlgf_cli.commands.options import (BertscoreModel, CheckpointTask, Data, Device, Precision, PromptField, PromptMaxTokens, ChatTemplate, Quiet, ReferenceField, Threads,
                                        Reward, RewardLabel, RewardModel, RewardUrl)
 from rlgf_cli.commands.console import err_console, handle_errors, out_console
 from rlgf_cli.files import ensure_writable, write_all
@@ -113,6 +113,7 @@ def eval_command(
     markdown: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown to FILE.", rich_help_panel=_OUT)] = None,
     samples: Annotated[Optional[Path], typer.Option(help="Write every generation as JSONL to FILE (prompt, completion, reference, scores).", rich_help_panel=_OUT)] = None,
     baseline: Baseline = None,
+    threads: Threads = None,
     quiet: Quiet = False,
 ) -> None:
     """Evaluate one or more policies on the same prompts and print one table.
@@ -136,10 +137,12 @@ def eval_command(
     from rlgf_cli.training.run import task_options
 
     from rlgf_cli.evaluation.paired import choose_baseline
+    from rlgf_cli.runtime import use_threads
 
     specs = policy_specs(checkpoint, policy, quiet)
     against = choose_baseline(baseline, [str(c) for c in checkpoint or []], list(policy or []), specs)
     check_common(split, limit, batch_size)
+    use_threads(threads)
     if seeds < 1:
         raise RlgfError(f"--seeds must be >= 1 (got {seeds})", "pass the number of seeds to average over")
     if max_new_tokens is not None and not 1 <= max_new_tokens <= MAX_NEW_TOKENS:

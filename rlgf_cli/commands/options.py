@@ -87,4 +87,7 @@ RewardUrl = config_option("reward_url", panel=False)
 BertscoreModel = config_option("bertscore_model", panel=False)
 Device = config_option("device", panel=False)
 Precision = config_option("precision", panel=False)
+Threads = Annotated[Optional[int], typer.Option(
+    "--threads", show_default=False,
+    help="CPU threads for torch in this process. \\[default: $OMP_NUM_THREADS, else one per core]")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, table or summary output; errors still print.")]

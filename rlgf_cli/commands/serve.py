@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rlgf_cli.commands.options import Precision
+from rlgf_cli.commands.options import Precision, Threads
 
 SERVE_KEY_ENV = "RLGF_SERVE_API_KEY"
 
@@ -31,6 +31,7 @@ def serve_command(
     precision: Precision = "auto",
     max_batch: Annotated[int, typer.Option(help="Most prompts decoded together: requests that wait together share one batch (1: one request at a time).")] = 64,
     batch_window_ms: Annotated[float, typer.Option(help="How long the first waiting request waits for others to join its batch.")] = 5.0,
+    threads: Threads = None,
 ) -> None:
     """Serve a local policy as an OpenAI-compatible API (POST /v1/completions, POST /v1/chat/completions, GET /v1/models) on uvicorn.
 
@@ -66,6 +67,9 @@ def serve_command(
         raise RlgfError(f"--batch-window-ms must be between 0 and 1000 (got {batch_window_ms:g})", "e.g. 5")
     if api_key is not None and not api_key.strip():
         api_key = None
+    from rlgf_cli.runtime import use_threads
+
+    use_threads(threads)
 
     from backends.registry import policy_class, resolve
 

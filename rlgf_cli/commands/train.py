@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from rlgf_cli.commands.options import Quiet, with_config_options
+from rlgf_cli.commands.options import Quiet, Threads, with_config_options
 from rlgf_cli.training.algorithms import get as get_algorithm, names as algorithm_names
 from rlgf_cli.training.config import PANEL_RUN, build_config
 from rlgf_cli.commands.console import count, err_console, handle_errors
@@ -23,6 +23,7 @@ def train_command(
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved configuration as TOML (what OUT/config.toml gets) and exit, loading nothing.", rich_help_panel=PANEL_RUN)] = False,
     quiet: Quiet = False,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write the run summary as JSON to FILE ('-' for stdout).")] = None,
+    threads: Threads = None,
     **options: Any,
 ) -> None:
     """Train a learner on a task.
@@ -68,6 +69,9 @@ def train_command(
         return
     if json_out and json_out != "-":
         ensure_writable(json_out, "--json")
+    from rlgf_cli.runtime import use_threads
+
+    use_threads(threads)  # not a setting of the run: a resume may use another count
     for note in ignored_options(cfg):  # not errors: a shared config file may set them for other runs
         err_console.print(f"warning: {note}", markup=False)
     from rlgf_cli.commands.progress import TrainProgress
