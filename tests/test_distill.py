@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,30 @@ def test_then_options_without_then_are_said_to_be_ignored():
 
     with pytest.warns(Warning, match="--then-config is ignored without --then"):
         check_options(DistillOptions(guide="g", then_config="x.toml"))
+
+
+def test_a_new_folder_is_locked_before_the_guide_is_evaluated(tmp_path, tiny_causal_dir, reward_dir, monkeypatch):
+    """Two distills into the same new --out used to both pay for the guide's evaluation before the
+    second found the folder taken; the folder is now made and locked first. A failure that leaves
+    it empty removes it again, so the same command can run once more."""
+    from backends.errors import RlgfError
+    from rlgf_cli.evaluation import evaluate as evaluate_module
+    from rlgf_cli.training.run_lock import RunLock
+
+    out = tmp_path / "new" / "run"
+    seen = []
+
+    def guide_evaluation(*args, **kwargs):
+        try:
+            RunLock(out).acquire()  # as a second distill would, from a file description of its own
+        except RlgfError as exc:
+            seen.append(exc.message)
+        raise RlgfError("stopped by the test")
+
+    monkeypatch.setattr(evaluate_module, "evaluate_policy", guide_evaluation)
+    result = runner.invoke(app, ["distill", "--guide", str(tiny_causal_dir), "--learner", str(tiny_causal_dir),
+                                 "--reward-model", str(reward_dir), "--out", str(out), "--prompts", "2",
+                                 "--eval-limit", "2", "--max-new-tokens", "4", "--device", "cpu"])
+    assert result.exit_code == 1 and "[error] stopped by the test" in result.output
+    assert seen == [f"{out} is being trained by another process (pid {os.getpid()})"]  # RunLock(out)'s wording
+    assert not out.exists() and (tmp_path / "new").is_dir()

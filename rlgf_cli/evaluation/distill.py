@@ -254,9 +254,16 @@ def distill(o: DistillOptions, *, callback=None, bar=None) -> dict:
     from rlgf_cli.training.run_lock import RunLock
 
     lock = RunLock(Path(o.out), work="written")
+    made = not Path(o.out).exists()
     try:
         lock.acquire()  # an existing folder: before anything reads it (a new one: once it is made)
         return _distill(o, lock, callback=callback, bar=bar)
+    except BaseException:
+        if made:  # the folder this call made, left empty by a failure: gone, so the command can run again
+            lock.release()
+            with contextlib.suppress(OSError):
+                Path(o.out).rmdir()
+        raise
     finally:
         lock.release()
 
@@ -297,6 +304,9 @@ def _distill(o: DistillOptions, lock, *, callback=None, bar=None) -> dict:
     check_room(out, reference, then_cfg)  # before the guide is paid for its completions
     guide = resolve(o.guide, device=device, **guide_options(bc_cfg, concurrency=o.concurrency, task=task))
     freeze_in(guide, prec)
+    out.mkdir(parents=True, exist_ok=True)  # a new --out is made and locked before the guide is paid for anything,
+    if lock.acquire():  # so a second distill into it stops here (made since the start: check it again)
+        prepare_out(o)
     rows, stats = [], {}
 
     def evaluate(policy, name: str, spec: str) -> None:
@@ -316,9 +326,6 @@ def _distill(o: DistillOptions, lock, *, callback=None, bar=None) -> dict:
         kept = clear_run(out)
         if kept:
             say(f"--overwrite kept what rlgf did not write in {out}: {', '.join(kept)}")
-    out.mkdir(parents=True, exist_ok=True)
-    if lock.acquire():  # the folder was made since the start (by another run, perhaps): check it again
-        prepare_out(o)
     k = o.samples_per_prompt
     say(f"collecting {k} guide completion(s) for each of {len(train_examples)} training prompts")
     with prec.autocast():
