@@ -227,12 +227,18 @@ def _parse(spec: str) -> tuple[str | None, str, str]:
     """``(backend name, argument, spec)`` of a spec; the name is None for the embedded model.
 
     Raises :class:`RlgfError` (with "did you mean" hints) for a spec that names nothing."""
+    return _parse_choice(spec)[:3]
+
+
+def _parse_choice(spec: str) -> tuple[str | None, str, str, str]:
+    """:func:`_parse`'s three, and why a run folder stands for the model chosen ("" for any other
+    spec): the folder's checkpoints are read once, so the reason given is the model loaded."""
     text = (spec or "").strip()
     if not text:
         raise RlgfError("empty model spec", "use hf:NAME_OR_PATH, openai:MODEL, a model folder, or smollm2")
     lowered = text.lower()
     if lowered in embedded.ALIASES:
-        return None, lowered, text
+        return None, lowered, text, ""
     known = backends()
     prefix, sep, rest = text.partition(":")
     if sep and prefix.lower() in known:
@@ -241,11 +247,12 @@ def _parse(spec: str) -> tuple[str | None, str, str]:
         if not rest:
             raise RlgfError(f"{text!r} names no model", f"write {name}:MODEL (e.g. {name}:gpt2)")
         if name == "hf" and rest.lower() in embedded.ALIASES:
-            return None, rest.lower(), text
-        return name, rest, text
+            return None, rest.lower(), text, ""
+        return name, rest, text, ""
     path = Path(text).expanduser()
     if path.is_dir():
-        return "hf", str(run_model(path)), text
+        chosen, why = run_model_choice(path)
+        return "hf", str(chosen), text, why
     if sep and len(prefix) > 1 and not _looks_like_path(prefix):
         raise _unknown("backend", prefix, list(known))
     if _looks_like_path(text):
@@ -290,10 +297,9 @@ def resolve(spec: str, *, device="cpu", progress: Callable[[str], None] | None =
     ``progress`` receives one-line messages about slow first-time work (converting the
     embedded model). Other keyword arguments (``dtype``…) go to the backend.
     """
-    name, arg, text = _parse(spec)
-    if progress is not None and name == "hf" and Path(arg) != Path(text).expanduser() and Path(text).expanduser().is_dir():
-        chosen, why = run_model_choice(Path(text).expanduser())
-        progress(f"{text} is a run folder: using {chosen} ({why})")
+    name, arg, text, why = _parse_choice(spec)
+    if progress is not None and why:
+        progress(f"{text} is a run folder: using {arg} ({why})")
     if name is None:
         return embedded.load_smollm2(device=device, progress=progress, spec=text, **kwargs)
     return _build(load_backend(name), arg, spec=text, device=device, progress=progress, kwargs=dict(kwargs))

@@ -163,6 +163,24 @@ def test_a_run_folder_as_a_model_spec_is_its_final_model(finished_run, tmp_path)
     assert _parse(str(plain))[1] == str(plain)  # any other folder is itself
 
 
+def test_a_run_folder_is_read_once_to_load_it(finished_run, monkeypatch):
+    """resolve() chose the model and, for its message, chose it again: the checkpoints were read
+    twice, and a checkpoint written in between could make the message name another model."""
+    from backends import registry
+
+    reads = []
+    real = registry._saved_iteration
+    monkeypatch.setattr(registry, "_saved_iteration", lambda path: reads.append(path) or real(path))
+    registry.run_model_choice(finished_run)
+    once = len(reads)
+    assert once >= 1
+    reads.clear()
+    said = []
+    registry.resolve(str(finished_run), device="cpu", progress=said.append)
+    assert len(reads) == once
+    assert said[0] == f"{finished_run} is a run folder: using {finished_run / 'final'} (the run's final model)"
+
+
 def test_a_user_data_file_that_does_not_parse_says_what_shape_it_needs(tmp_path):
     from backends.errors import RlgfError
     from tasks.rotten_tomatoes import read_labelled_file
