@@ -161,3 +161,30 @@ def test_a_kill_between_the_two_renames_of_a_rewrite_loses_no_folder(finished_ru
     assert (out / "checkpoints" / "iter-0009" / "config.json").is_file() and not aside.exists()
     (out / "checkpoints" / f"{TMP_PREFIX}iter-0009-old").mkdir()  # its name is taken: left for the cleanup
     assert restore_swapped(out / "checkpoints") == []
+
+
+def test_a_folder_another_rank_put_back_first_is_no_error(tmp_path, monkeypatch):
+    """Every data-parallel rank restores a moved-aside folder before it reads the checkpoints (rank 0
+    alone used to, racing the others' reads); when another rank's rename wins, this one goes on."""
+    from pathlib import Path
+
+    from rlgf_cli.training.checkpoint import TMP_PREFIX, restore_swapped
+
+    parent = tmp_path / "checkpoints"
+    aside = parent / f"{TMP_PREFIX}iter-0003-old"
+    aside.mkdir(parents=True)
+    (aside / "config.json").write_text("{}")
+    real = Path.rename
+
+    def raced(self, target):
+        real(self, target)  # the other rank's rename, just before this one's
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "rename", raced)
+    assert restore_swapped(parent) == []
+    assert (parent / "iter-0003" / "config.json").is_file() and not aside.exists()
+    monkeypatch.setattr(Path, "rename", real)
+    (parent / "iter-0003").rename(aside)
+    monkeypatch.setattr(Path, "rename", lambda self, target: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(PermissionError):  # any other failure is still one
+        restore_swapped(parent)

@@ -185,12 +185,19 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def restore_swapped(parent: Path) -> list[Path]:
     """Put back a folder :func:`write_folder` had moved aside when a kill came between its two
     renames (``.tmp-NAME-old`` there, no ``NAME``): the old folder is whole, the new one may not be.
-    Returns the folders restored."""
+    Returns the folders restored. Every data-parallel rank calls it before it looks for the latest
+    checkpoint (so none reads the folder before the restore), and one rename wins: a rank that finds
+    the folder put back by another meanwhile goes on."""
     restored = []
     for old in parent.glob(TMP_PREFIX + "*-old"):
         target = parent / old.name[len(TMP_PREFIX):-len("-old")]
         if old.is_dir() and not target.exists():
-            old.rename(target)
+            try:
+                old.rename(target)
+            except OSError:
+                if target.is_dir() and not old.exists():  # another rank's rename came first
+                    continue
+                raise
             restored.append(target)
     return restored
 

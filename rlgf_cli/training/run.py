@@ -172,9 +172,8 @@ def _checked_train(cfg: TrainConfig, out: Path, lock: RunLock, overwrite: bool, 
     ckpt: Path | None = None
     if resume:
         refuse_pickles(out)
-        if launched_as_main():  # a kill between write_folder's two renames: the old folder comes back
-            for parent in (out, out / "checkpoints"):
-                restore_swapped(parent)
+        for parent in (out, out / "checkpoints"):  # a kill between write_folder's two renames: the old
+            restore_swapped(parent)  # folder comes back (on every rank, before any reads the checkpoints)
         ckpt = latest_checkpoint(out)
         if ckpt is None:
             hint = ("it stopped before its first checkpoint: start it again with --out and --overwrite"
