@@ -2,8 +2,8 @@
 
 Each prompt shows one example of reversing three words and asks for another three; the reward
 (``tasks/examples/exact_match.py``) is 1 only when the completion's first line is exactly the
-reversed words. The embedded SmolLM2 gets about one in twenty right by sampling, so plain PPO
-sees few rewards, while a guide that has seen a few dozen references gets most right: the
+reversed words. The embedded SmolLM2 gets 1.5 % of the test prompts right by sampling (run 18),
+so plain PPO sees few rewards, while a guide that has seen 64 references gets two thirds right: the
 setting the paper's guided roll-ins and roll-outs are meant for (exploration under a sparse
 reward). Deterministic: the same seed writes the same file.
 

@@ -63,6 +63,6 @@ def use_threads(threads: int | None) -> None:
                         "leave it out for one thread per core, or pass e.g. --threads 2")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or threads)
     if threads > cores:
-        warnings.warn(f"--threads {threads} is more than the {cores} cores this process may use; "
+        warnings.warn(f"--threads {threads} is more than the {cores} CPUs this process may use; "
                       "torch usually runs slower so", RlgfWarning, stacklevel=2)
     torch.set_num_threads(threads)

@@ -34,8 +34,12 @@ def place(path, n: int) -> str:
     """Where row ``n`` of ``path`` is, for an error: ``PATH, line N`` in a file read line by line
     (JSON Lines, JSON, CSV, text), ``PATH, row N`` in a Parquet file or a dataset (``hf:``, a
     ``save_to_disk`` folder), which number rows from 1."""
-    by_row = str(path).startswith("hf:") or (
-        isinstance(path, Path) and (path.suffix.lower() == ".parquet" or is_saved_dataset(path)))
+    text = str(path)
+    local = Path(text[3:]).expanduser() if text.startswith("hf:") else Path(path)
+    if text.startswith("hf:") and not local.is_file():  # a hub dataset or a dataset folder
+        by_row = True
+    else:  # hf:FILE is the file itself, read as --data FILE reads it
+        by_row = local.suffix.lower() == ".parquet" or is_saved_dataset(local)
     return f"{path}, {'row' if by_row else 'line'} {n}"
 
 

@@ -23,6 +23,7 @@ def test_a_bad_row_is_named_by_line_or_by_row(tmp_path):
     jsonl = tmp_path / "p.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
     assert _error(jsonl) == f"{jsonl}, line 3: unknown split 'tset'"
+    assert _error(f"hf:{jsonl}") == f"hf:{jsonl}, line 3: unknown split 'tset'"  # hf:FILE is the file, by line
     table = tmp_path / "p.csv"
     with table.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, ["prompt", "split"])
@@ -33,5 +34,6 @@ def test_a_bad_row_is_named_by_line_or_by_row(tmp_path):
     parquet = tmp_path / "p.parquet"
     pq.write_table(pa.table({k: [r[k] for r in ROWS] for k in ("prompt", "split")}), parquet)
     assert _error(parquet) == f"{parquet}, row 3: unknown split 'tset'"
+    assert _error(f"hf:{parquet}") == f"hf:{parquet}, row 3: unknown split 'tset'"
     pq.write_table(pa.table({"prompt": ["ok", "  "]}), parquet)  # a blank prompt, row 2
     assert _error(parquet).startswith(f"{parquet}, row 2: 'prompt'")

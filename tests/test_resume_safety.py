@@ -163,28 +163,28 @@ def test_a_kill_between_the_two_renames_of_a_rewrite_loses_no_folder(finished_ru
     assert restore_swapped(out / "checkpoints") == []
 
 
-def test_a_folder_another_rank_put_back_first_is_no_error(tmp_path, monkeypatch):
-    """Every data-parallel rank restores a moved-aside folder before it reads the checkpoints (rank 0
-    alone used to, racing the others' reads); when another rank's rename wins, this one goes on."""
-    from pathlib import Path
 
-    from rlgf_cli.training.checkpoint import TMP_PREFIX, restore_swapped
+def test_other_ranks_wait_for_rank_0_to_put_a_moved_aside_folder_back(tmp_path):
+    """Rank 0 alone writes the run folder (it holds the lock); the other ranks used to look for the
+    latest checkpoint while rank 0 was putting a moved-aside one back, and could pick an older one.
+    They now wait, writing nothing, until no folder is moved aside."""
+    import threading
+    import time
 
-    parent = tmp_path / "checkpoints"
-    aside = parent / f"{TMP_PREFIX}iter-0003-old"
-    aside.mkdir(parents=True)
-    (aside / "config.json").write_text("{}")
-    real = Path.rename
+    from rlgf_cli.training.checkpoint import TMP_PREFIX, restore_swapped, wait_restored
 
-    def raced(self, target):
-        real(self, target)  # the other rank's rename, just before this one's
-        raise FileNotFoundError(2, "No such file or directory", str(self))
-
-    monkeypatch.setattr(Path, "rename", raced)
-    assert restore_swapped(parent) == []
-    assert (parent / "iter-0003" / "config.json").is_file() and not aside.exists()
-    monkeypatch.setattr(Path, "rename", real)
-    (parent / "iter-0003").rename(aside)
-    monkeypatch.setattr(Path, "rename", lambda self, target: (_ for _ in ()).throw(PermissionError(13, "denied")))
-    with pytest.raises(PermissionError):  # any other failure is still one
-        restore_swapped(parent)
+    out = tmp_path / "run"
+    for name in ("iter-0002", f"{TMP_PREFIX}iter-0004-old"):
+        (out / "checkpoints" / name).mkdir(parents=True)
+    parents = (out, out / "checkpoints")
+    started = time.monotonic()
+    assert wait_restored(parents, timeout=0.3) is False  # nobody put it back: it gives up, having renamed nothing
+    assert time.monotonic() - started >= 0.3 and (out / "checkpoints" / f"{TMP_PREFIX}iter-0004-old").is_dir()
+    rank0 = threading.Timer(0.3, lambda: restore_swapped(out / "checkpoints"))
+    rank0.start()
+    try:
+        assert wait_restored(parents, timeout=30) is True
+    finally:
+        rank0.join()
+    assert time.monotonic() - started >= 0.6
+    assert (out / "checkpoints" / "iter-0004").is_dir()  # what the rank reads next is there

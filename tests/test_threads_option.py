@@ -34,7 +34,7 @@ def test_train_runs_with_the_threads_asked_for_and_records_them(tmp_path, tiny_c
 
 @pytest.mark.parametrize("command", ["train", "eval", "difficulty", "distill", "serve"])
 def test_threads_below_one_is_one_error_line(command, restore_threads):
-    args = {"train": ["--iterations", "1"], "eval": ["-p", "smollm2"], "difficulty": ["-p", "smollm2"],
+    args = {"train": ["--print-config"], "eval": ["-p", "smollm2"], "difficulty": ["-p", "smollm2"],
             "distill": ["--guide", "smollm2"], "serve": ["--policy", "smollm2"]}[command]
     result = runner.invoke(app, [command, *args, "--threads", "0"])
     assert result.exit_code == 1
@@ -51,5 +51,5 @@ def test_more_threads_than_cores_warns_and_runs(tmp_path, tiny_causal_dir, resto
         "eval", "-p", f"hf:{tiny_causal_dir}", "--task", "prompts", "--data", str(data), "--reward", f"{reward}:reward",
         "--split", "train", "--max-new-tokens", "3", "--device", "cpu", "--reference", "none", "--threads", str(many)])
     assert result.exit_code == 0, (result.output, result.exception)
-    assert f"--threads {many} is more than the {many - 1} cores" in result.output
+    assert f"--threads {many} is more than the {many - 1} CPUs" in result.output
     assert torch.get_num_threads() == many

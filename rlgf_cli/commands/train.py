@@ -61,6 +61,9 @@ def train_command(
                             f"pass --out {resume} --overwrite to start it again")
         config = resume_settings(resume, config, options)
     cfg = build_config(str(config) if config else None, **options)
+    from rlgf_cli.runtime import use_threads
+
+    use_threads(threads)  # not a setting of the run: a resume may use another count
     if print_config:  # the task's name is checked (cheaply); no model or data is loaded
         from tasks import task_class
 
@@ -69,9 +72,6 @@ def train_command(
         return
     if json_out and json_out != "-":
         ensure_writable(json_out, "--json")
-    from rlgf_cli.runtime import use_threads
-
-    use_threads(threads)  # not a setting of the run: a resume may use another count
     for note in ignored_options(cfg):  # not errors: a shared config file may set them for other runs
         err_console.print(f"warning: {note}", markup=False)
     from rlgf_cli.commands.progress import TrainProgress

@@ -3,10 +3,14 @@
 An evaluation asks for the same rewards more than once: the task's metrics (a custom reward's
 mean, ``--task prompts``' ``reward`` column), the generations' rows (``--samples``, the paired
 comparison of several policies) and, in ``rlgf difficulty``, each bucket's metrics again. A
-reward can be costly — a classifier, a request per completion to ``--reward-url``, a custom
-function that runs a program — so within :func:`rewards_once` the task's ``reward`` answers a
-call whose every generation it has already scored from what it returned then, and scores the
-whole call otherwise (so a batch is scored as the reward was given it, never split up).
+reward can be costly — a request per completion to ``--reward-url``, a custom function that
+runs a program, a ``--reward-model`` — so within :func:`rewards_once` the task's ``reward``
+answers a call whose every generation it has already scored from what it returned then, and
+scores the whole call otherwise (so a batch is scored as the reward was given it, never split up).
+
+Only what goes through ``task.reward`` is remembered: the sentiment tasks' ``sentiment`` metric
+runs their classifier itself (a metric stays the task's own whatever ``--reward`` says), so it
+scores the generations once for the metric and once for the rows, as it did before.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,21 +186,36 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def restore_swapped(parent: Path) -> list[Path]:
     """Put back a folder :func:`write_folder` had moved aside when a kill came between its two
     renames (``.tmp-NAME-old`` there, no ``NAME``): the old folder is whole, the new one may not be.
-    Returns the folders restored. Every data-parallel rank calls it before it looks for the latest
-    checkpoint (so none reads the folder before the restore), and one rename wins: a rank that finds
-    the folder put back by another meanwhile goes on."""
+    Returns the folders restored. Only the process that holds the run's lock calls it (rank 0);
+    the other ranks :func:`wait_restored` before they look for the latest checkpoint."""
     restored = []
+    for old, target in swapped(parent):
+        old.rename(target)
+        restored.append(target)
+    return restored
+
+
+def swapped(parent: Path) -> list[tuple[Path, Path]]:
+    """``(moved-aside folder, its name)`` for each folder :func:`restore_swapped` would put back."""
+    pairs = []
     for old in parent.glob(TMP_PREFIX + "*-old"):
         target = parent / old.name[len(TMP_PREFIX):-len("-old")]
         if old.is_dir() and not target.exists():
-            try:
-                old.rename(target)
-            except OSError:
-                if target.is_dir() and not old.exists():  # another rank's rename came first
-                    continue
-                raise
-            restored.append(target)
-    return restored
+            pairs.append((old, target))
+    return pairs
+
+
+def wait_restored(parents, timeout: float = 120.0, poll: float = 0.1) -> bool:
+    """Wait (writing nothing) until no folder of ``parents`` is moved aside: rank 0 puts such a
+    folder back at a resume, or a run writing a checkpoint renames its new one in, within moments.
+    True when none is left; False after ``timeout`` seconds (then rank 0 has failed, and the
+    rendezvous says so)."""
+    deadline = time.monotonic() + timeout
+    while any(swapped(Path(p)) for p in parents):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+    return True
 
 
 def write_folder(target: Path, fill, need: int) -> Path:

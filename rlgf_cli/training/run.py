@@ -28,6 +28,7 @@ from rlgf_cli.training.checkpoint import (
     prune_checkpoints,
     read_state,
     restore_swapped,
+    wait_restored,
     reading_checkpoint,
     restore_rng_state,
     rng_state,
@@ -172,8 +173,12 @@ def _checked_train(cfg: TrainConfig, out: Path, lock: RunLock, overwrite: bool, 
     ckpt: Path | None = None
     if resume:
         refuse_pickles(out)
-        for parent in (out, out / "checkpoints"):  # a kill between write_folder's two renames: the old
-            restore_swapped(parent)  # folder comes back (on every rank, before any reads the checkpoints)
+        parents = (out, out / "checkpoints")
+        if launched_as_main():  # a kill between write_folder's two renames: the old folder comes back
+            for parent in parents:
+                restore_swapped(parent)
+        else:  # rank 0 alone writes the run folder: read it once rank 0 has put such a folder back
+            wait_restored(parents)
         ckpt = latest_checkpoint(out)
         if ckpt is None:
             hint = ("it stopped before its first checkpoint: start it again with --out and --overwrite"
