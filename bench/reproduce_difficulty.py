@@ -22,15 +22,13 @@ BUCKETS = ("easy", "medium", "hard")
 
 def measure_prompts(args) -> dict:
     """The difficulty job: each evaluated test prompt's difficulty value and tercile."""
-    from reproduce import eval_task_options
+    from reproduce import eval_task_options, setting
 
     from backends.errors import RlgfError
     from backends.precision import resolve_precision
     from rlgf_cli.evaluation.difficulty import assign_buckets
     from rlgf_cli.evaluation.evaluate import build_eval_task, split_examples
     from rlgf_cli.runtime import resolve_device
-
-    from reproduce import setting
 
     task = build_eval_task(args.task, [], eval_task_options(args), resolve_precision("auto", resolve_device(args.device)))
     examples = split_examples(task, "test", setting(args, "eval_limit"))

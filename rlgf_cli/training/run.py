@@ -28,11 +28,11 @@ from rlgf_cli.training.checkpoint import (
     prune_checkpoints,
     read_state,
     restore_swapped,
-    wait_restored,
     reading_checkpoint,
     restore_rng_state,
     rng_state,
     save_checkpoint,
+    wait_restored,
 )
 from rlgf_cli.training.distributed import all_sum, init_from_env, launched_as_main, shutdown
 from rlgf_cli.training.interrupt import StopAtBoundary
