@@ -53,6 +53,12 @@ from reproduce_report import write_results  # noqa: E402
 
 
 def parse_args(argv=None):
+    p = make_parser()
+    args = p.parse_args(argv)
+    return check_args(p, args)
+
+
+def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (--first-seed … --first-seed + N-1)")
@@ -105,7 +111,10 @@ def parse_args(argv=None):
                         "rolled in by the guide; default: each algorithm's own, PPO++ 0.2 as in the paper)")
     for name in ("iterations", "episodes", "eval-limit", "bc-iterations", "max-new-tokens"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
-    args = p.parse_args(argv)
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args):
     if args.seeds < 1:
         p.error(f"--seeds must be at least 1 (got {args.seeds})")
     if args.lr_grid:
@@ -339,14 +348,15 @@ def finished_jobs(out: Path, jobs, seeds: range) -> dict[str, dict]:
 
 
 def _without(argv: list[str], *names: str) -> list[str]:
-    """``argv`` less the named options (and their values)."""
+    """``argv`` less the named options (and the values of those that take one)."""
+    flags = {o for action in make_parser()._actions if action.nargs == 0 for o in action.option_strings}
     kept, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
         if a in names:
-            skip = True
+            skip = a not in flags
             continue
         if any(a.startswith(n + "=") for n in names):
             continue

@@ -417,3 +417,15 @@ def test_a_folder_whose_jobs_another_holds_adds_no_wall_time(tmp_path):
     assert repeated_sources([a, b, a, copy, part, again]) == [2, 3, 4]  # given twice, a copy, part of a
     assert repeated_sources([part, copy, a]) == [0, 2]  # the first of two copies counts, and what holds part
     assert repeated_sources([again, part]) == []
+
+
+def test_the_workers_command_drops_a_flag_alone_and_an_option_with_its_value():
+    """--jobs N workers get the command less --resume: a flag, so the option after it stays (an
+    --out after --resume was dropped with it, and every worker stopped at its first job)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import reproduce
+
+    argv = ["--resume", "--out", "X", "--lr", "1e-5", "--threads=2", "--all-rows", "--jobs", "2"]
+    assert reproduce._without(argv, "--resume") == argv[1:]
+    assert reproduce._without(argv, "--lr", "--threads", "--jobs", "--resume") == ["--out", "X", "--all-rows"]
+    assert reproduce.parse_args(reproduce._without(argv, "--resume", "--lr")).out == "X"
