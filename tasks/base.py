@@ -125,6 +125,10 @@ class Task:
     guide_instruction: str | None = None
     #: the ``module:function`` reward training uses instead of the task's own, if any
     custom_reward: CustomReward | None = None
+    #: the task's scoring methods ``(prompts, completions) -> list[float]`` that an evaluation may
+    #: call more than once for the same generations (the sentiment tasks' classifier, behind both
+    #: their reward and their ``sentiment`` metric); ``rlgf eval`` remembers them with the reward
+    scored_once: ClassVar[tuple[str, ...]] = ()
     #: the run's :class:`~backends.precision.Precision` (None: float32), for the task's frozen scorers
     precision = None
 

@@ -250,6 +250,7 @@ class SentimentContinuationTask(Task):
     """
 
     metric_names = ("sentiment", "perplexity", "output_perplexity")
+    scored_once = ("sentiment",)
     guide_instruction = "Continue this movie review from exactly where it stops. Reply with the continuation only.\n\n{prompt}"
 
     def __init__(

@@ -338,3 +338,28 @@ def test_reward_and_metrics(csv_file):
     }
     info = task.info()
     assert info["reward_model"] == "fake" and info["splits"] == {"train": 24, "val": 3, "test": 3}
+
+
+@pytest.mark.parametrize("custom", [False, True])
+def test_an_evaluation_runs_the_classifier_once_per_generation(csv_file, tmp_path, custom):
+    """The metric (``sentiment``) and the rows (the reward, for ``--samples`` and the pairing)
+    share one scoring by the classifier, with the task's own reward and with a custom one."""
+    from rlgf_cli.evaluation.evaluate import compute_metrics, sample_rows
+    from rlgf_cli.evaluation.reward_memo import rewards_once
+
+    task = RottenTomatoesTask(data=csv_file)
+    task._reward = FakeReward()
+    if custom:
+        module = tmp_path / "length_reward.py"
+        module.write_text("def reward(prompts, completions, references):\n"
+                          "    return [float(len(c)) for c in completions]\n")
+        task = task.with_reward(f"{module}:reward")
+    examples = task.examples("train")[:4]
+    completions = [" good", " bad", " good again", " meh"]
+    with rewards_once(task):
+        metrics = compute_metrics(task, None, examples, completions)
+        rows = sample_rows(task, examples, completions)
+    assert task._reward.seen == [ex.prompt + c for ex, c in zip(examples, completions)]  # each text once
+    assert metrics["sentiment"] == pytest.approx(0.5)
+    assert [r["scores"]["reward"] for r in rows] == ([5.0, 4.0, 11.0, 4.0] if custom else [0.9, 0.1, 0.9, 0.1])
+    assert "sentiment" not in vars(task) and "reward" not in vars(task)  # the memo ends with the block

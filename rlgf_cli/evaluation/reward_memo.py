@@ -1,47 +1,62 @@
 """Score each generation with the task's reward once per evaluation.
 
 An evaluation asks for the same rewards more than once: the task's metrics (a custom reward's
-mean, ``--task prompts``' ``reward`` column), the generations' rows (``--samples``, the paired
-comparison of several policies) and, in ``rlgf difficulty``, each bucket's metrics again. A
-reward can be costly — a request per completion to ``--reward-url``, a custom function that
-runs a program, a ``--reward-model`` — so within :func:`rewards_once` the task's ``reward``
-answers a call whose every generation it has already scored from what it returned then, and
-scores the whole call otherwise (so a batch is scored as the reward was given it, never split up).
-
-Only what goes through ``task.reward`` is remembered: the sentiment tasks' ``sentiment`` metric
-runs their classifier itself (a metric stays the task's own whatever ``--reward`` says), so it
-scores the generations once for the metric and once for the rows, as it did before.
+mean, ``--task prompts``' ``reward`` column, the sentiment tasks' ``sentiment``), the generations'
+rows (``--samples``, the paired comparison of several policies) and, in ``rlgf difficulty``, each
+bucket's metrics again. A reward can be costly — a request per completion to ``--reward-url``, a
+custom function that runs a program, a ``--reward-model`` — so within :func:`rewards_once` the
+task's ``reward``, and the scoring methods it names in ``scored_once`` (the sentiment tasks'
+classifier, which their ``sentiment`` metric runs whatever ``--reward`` says), answer a call whose
+every generation they have already scored from what they returned then, and score the whole call
+otherwise (so a batch is scored as it was given, never split up).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tasks.base import Task
 
 
-@contextlib.contextmanager
-def rewards_once(task: Task) -> Iterator[Task]:
-    """Within the block, ``task.reward`` remembers what it returned for each (example, prompt,
-    completion), and a call whose generations it has all scored costs nothing."""
-    if "reward" in vars(task):  # already remembering (nested)
-        yield task
-        return
-    own = task.reward
+def _remembering(own: Callable, key: Callable) -> Callable:
+    """``own`` answering from what it returned before when every item of a call was seen."""
     seen: dict[tuple, float] = {}
 
-    def reward(prompts, completions, examples) -> list[float]:
-        keys = [(id(ex), p, c) for ex, p, c in zip(examples, prompts, completions)]
-        if len(keys) == len(completions) and keys and all(k in seen for k in keys):
+    def scored(*args) -> list[float]:
+        keys = key(*args)
+        if keys and all(k in seen for k in keys):
             return [seen[k] for k in keys]
-        values = own(prompts, completions, examples)
+        values = own(*args)
         if len(values) == len(keys):
             seen.update(zip(keys, values))
         return values
 
-    task.reward = reward  # an instance attribute over the class's method, removed after
+    return scored
+
+
+def _reward_keys(prompts, completions, examples) -> list[tuple]:
+    keys = [(id(ex), p, c) for ex, p, c in zip(examples, prompts, completions)]
+    return keys if len(keys) == len(completions) else []  # an odd call is never answered from memory
+
+
+def _text_keys(prompts, completions) -> list[tuple]:
+    return list(zip(prompts, completions)) if len(prompts) == len(completions) else []
+
+
+@contextlib.contextmanager
+def rewards_once(task: Task) -> Iterator[Task]:
+    """Within the block, ``task.reward`` (and each method in ``task.scored_once``) remembers
+    what it returned for each generation, and a call whose generations it has all scored
+    costs nothing."""
+    if "reward" in vars(task):  # already remembering (nested)
+        yield task
+        return
+    names = ["reward", *(n for n in task.scored_once if callable(getattr(task, n, None)))]
+    for name in names:  # instance attributes over the class's methods, removed after
+        setattr(task, name, _remembering(getattr(task, name), _reward_keys if name == "reward" else _text_keys))
     try:
         yield task
     finally:
-        del task.reward
+        for name in names:
+            delattr(task, name)
