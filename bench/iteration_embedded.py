@@ -69,22 +69,11 @@ def one(precision: str, threads: int, seed: int, warmup: int = 1, compile: bool 
 
     torch.set_num_threads(threads)
     peak_before = roofline(precision, threads)  # before the run's writes, and after them
-    from backends import resolve
-    from rlgf_cli.runtime import set_seed
     from rlgf_cli.training.checkpoint import save_checkpoint
     from rlgf_cli.training.checkpoint_writer import CheckpointWriter
-    from rlgf_cli.training.config import build_config
-    from rlgf_cli.training.run import build_task
-    from rlgf_cli.training.trainer import Trainer
 
-    cfg = build_config(None, task="rotten-tomatoes", alg="ppo", learner="smollm2", iterations=10, seed=seed,
-                       device="cpu", precision=precision, lr=1e-5, save_every=0, compile=compile, **SHAPE)
-    task = build_task(cfg)
-    task.prepare()
-    set_seed(seed)
-    policy = resolve("smollm2", device="cpu")
-    reference = resolve("smollm2", device="cpu")
-    trainer = Trainer(cfg, task, policy, reference, policy.make_critic())
+    trainer = build_trainer(precision, seed, compile)
+    cfg, task, policy = trainer.cfg, trainer.task, trainer.policy
     steps = [trainer.step() for _ in range(max(0, warmup) + 1)]
     metrics = steps[-1]
     tokens = {"prompt": float(trainer_prompt_tokens(trainer)), "response": metrics["response_length"] * cfg.episodes}
@@ -133,6 +122,25 @@ def one(precision: str, threads: int, seed: int, warmup: int = 1, compile: bool 
         "reward_means": [m["reward_mean"] for m in steps],
         "tokens": tokens, "params": {"policy": policy_params, "critic": critic_params, "reward": reward_params},
     }
+
+
+def build_trainer(precision: str, seed: int, compile: bool = False, **shape):
+    """The embedded default's Trainer as ``make demo`` builds it, in that precision (``shape``
+    overrides :data:`SHAPE`'s settings)."""
+    from backends import resolve
+    from rlgf_cli.runtime import set_seed
+    from rlgf_cli.training.config import build_config
+    from rlgf_cli.training.run import build_task
+    from rlgf_cli.training.trainer import Trainer
+
+    cfg = build_config(None, task="rotten-tomatoes", alg="ppo", learner="smollm2", iterations=10, seed=seed,
+                       device="cpu", precision=precision, lr=1e-5, save_every=0, compile=compile, **{**SHAPE, **shape})
+    task = build_task(cfg)
+    task.prepare()
+    set_seed(seed)
+    policy = resolve("smollm2", device="cpu")
+    reference = resolve("smollm2", device="cpu")
+    return Trainer(cfg, task, policy, reference, policy.make_critic())
 
 
 def trainer_prompt_tokens(trainer) -> float:
