@@ -59,7 +59,9 @@ def parse_args(argv=None):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: the workers' command is this one less some options, found by their full names
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (--first-seed … --first-seed + N-1)")
     p.add_argument("--first-seed", type=int, default=0,

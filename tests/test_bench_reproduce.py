@@ -429,3 +429,5 @@ def test_the_workers_command_drops_a_flag_alone_and_an_option_with_its_value():
     assert reproduce._without(argv, "--resume") == argv[1:]
     assert reproduce._without(argv, "--lr", "--threads", "--jobs", "--resume") == ["--out", "X", "--all-rows"]
     assert reproduce.parse_args(reproduce._without(argv, "--resume", "--lr")).out == "X"
+    with pytest.raises(SystemExit):  # an abbreviation would escape _without: refused
+        reproduce.parse_args(["--res", "--out", "X"])

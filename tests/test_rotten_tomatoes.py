@@ -363,3 +363,25 @@ def test_an_evaluation_runs_the_classifier_once_per_generation(csv_file, tmp_pat
     assert metrics["sentiment"] == pytest.approx(0.5)
     assert [r["scores"]["reward"] for r in rows] == ([5.0, 4.0, 11.0, 4.0] if custom else [0.9, 0.1, 0.9, 0.1])
     assert "sentiment" not in vars(task) and "reward" not in vars(task)  # the memo ends with the block
+
+
+def test_the_memo_nests_leaves_own_replacements_alone_and_cleans_up_after_an_error(csv_file):
+    from rlgf_cli.evaluation.reward_memo import rewards_once
+
+    task = RottenTomatoesTask(data=csv_file)
+    task._reward = FakeReward()
+    task.scored_once = ("sentiment", "sentiment", "reward")  # repeated names are wrapped once
+    mine = lambda prompts, completions, examples: [7.0] * len(completions)  # noqa: E731
+    task.reward = mine  # replaced on the object: not wrapped, not removed
+    examples = task.examples("train")[:2]
+    prompts = [ex.prompt for ex in examples]
+    with pytest.raises(RuntimeError):
+        with rewards_once(task):
+            with rewards_once(task):  # nested: the outer block's memo serves
+                assert task.sentiment(prompts, [" good", " bad"]) == [0.9, 0.1]
+            assert task.sentiment(prompts, [" good", " bad"]) == [0.9, 0.1]
+            assert task.sentiment(prompts=prompts, completions=[" good", " bad"]) == [0.9, 0.1]  # keywords: afresh
+            assert task.reward is mine
+            raise RuntimeError("stop")
+    assert len(task._reward.seen) == 4  # once by position (the nested call), once by keywords
+    assert task.reward is mine and "sentiment" not in vars(task) and "_rlgf_rewards_once" not in vars(task)

@@ -23,7 +23,9 @@ def _remembering(own: Callable, key: Callable) -> Callable:
     """``own`` answering from what it returned before when every item of a call was seen."""
     seen: dict[tuple, float] = {}
 
-    def scored(*args) -> list[float]:
+    def scored(*args, **kwargs) -> list[float]:
+        if kwargs:  # not the form evaluations call: scored afresh
+            return own(*args, **kwargs)
         keys = key(*args)
         if keys and all(k in seen for k in keys):
             return [seen[k] for k in keys]
@@ -44,19 +46,28 @@ def _text_keys(prompts, completions) -> list[tuple]:
     return list(zip(prompts, completions)) if len(prompts) == len(completions) else []
 
 
+#: set on a task while :func:`rewards_once` remembers for it (a nested block adds nothing)
+_ACTIVE = "_rlgf_rewards_once"
+
+
 @contextlib.contextmanager
 def rewards_once(task: Task) -> Iterator[Task]:
     """Within the block, ``task.reward`` (and each method in ``task.scored_once``) remembers
     what it returned for each generation, and a call whose generations it has all scored
-    costs nothing."""
-    if "reward" in vars(task):  # already remembering (nested)
+    costs nothing. A method already replaced on the task object itself is left as it is."""
+    if vars(task).get(_ACTIVE):
         yield task
         return
-    names = ["reward", *(n for n in task.scored_once if callable(getattr(task, n, None)))]
-    for name in names:  # instance attributes over the class's methods, removed after
-        setattr(task, name, _remembering(getattr(task, name), _reward_keys if name == "reward" else _text_keys))
+    names = [n for n in dict.fromkeys(["reward", *task.scored_once])
+             if n not in vars(task) and callable(getattr(task, n, None))]
+    installed: list[str] = []
+    setattr(task, _ACTIVE, True)
     try:
+        for name in names:  # instance attributes over the class's methods, removed after
+            setattr(task, name, _remembering(getattr(task, name), _reward_keys if name == "reward" else _text_keys))
+            installed.append(name)
         yield task
     finally:
-        for name in names:
+        for name in installed:
             delattr(task, name)
+        delattr(task, _ACTIVE)
