@@ -11,17 +11,19 @@ per precision, on the real update of the embedded default (``make demo``'s shape
    makes (``mm``, ``addmm``, ``bmm``, ``baddbmm``: forward and backward, attention's included) with
    its shapes, strides and dtypes, and counts the optimizer steps;
 3. each distinct product replayed alone, the best of 3 rounds: with its operands in cache and
-   nothing else running, this is the least time those products can take on this machine;
+   nothing else running, the least time those products take on this machine;
 4. the fused AdamW step and the gradient clipping's norm over the real parameters and gradients,
    timed alone (the issue keeps weights and optimizer state in float32, so a step must stream them).
 
-The *floor* is (3) + (4) × steps: an update that did nothing but its matrix products at their
-isolated speed and its optimizer steps. The counted FLOPs of that update divided by the floor is the
-most GFLOP/s any implementation of this update can reach here; printed next to the roofline (the
-1440×576×1536 product of ``iteration_embedded.roofline``, the best of a measurement before the run and one
-after it, in the same child). If the best
-possible share is below 50 %, the goal cannot be met on this machine with these shapes, whatever the
-elementwise work costs.
+This implementation's floor is (3) + (4) × steps: an update that did nothing but its matrix products
+at their isolated speed and its optimizer steps. The update pads each minibatch to its longest query
+and response, so **the floor** also takes the padding out: the products' time scaled by the share of
+positions that are tokens (at the same rate), plus the optimizer steps — what an update of packed
+sequences could reach, with no elementwise work, casts or autograd bookkeeping at all. The counted
+FLOPs of the update over that floor is printed next to the roofline (the 1440×576×1536 product of
+``iteration_embedded.roofline``, the best of 10 rounds before the run and 10 after it, in the same
+child: noise only lowers a roofline). Below 50 % of the roofline, the goal cannot be met on this
+machine at this minibatch size, whatever the rest of the update costs.
 
     .venv/bin/python bench/update_floor.py [--threads 2] [--precision bf16|fp32|both] [--minibatch-size N]
                                            [--json FILE]
@@ -128,11 +130,11 @@ def one(precision: str, threads: int, seed: int, minibatch_size: int = 0) -> dic
     from iteration_embedded import build_trainer, roofline
 
     torch.set_num_threads(threads)
-    before = roofline(precision, threads)  # before the run, and after it (noise only lowers a roofline)
+    before = roofline(precision, threads, rounds=10)  # before the run, and after it (noise only lowers it)
     shape = {"minibatch_size": minibatch_size} if minibatch_size else {}
     result = measure(build_trainer(precision, seed, **shape), threads)
     result["roofline_gflops"] = max(before, result["roofline_gflops"])
-    for key in ("best_gflops", "best_gflops_with_clip", "update_gflops"):
+    for key in ("best_gflops", "floor_gflops", "update_gflops"):
         result[f"{key}_share"] = result[key] / result["roofline_gflops"]
     return result
 
@@ -146,23 +148,23 @@ def measure(trainer, threads: int) -> dict:
     trainer.step()  # one-time costs
     timed = trainer.step()
     log = ProductLog()
-    steps = [0]
-    step = trainer.optimizer.step
+    steps, tokens = [0], {"real": 0, "padded": 0}
+    step, update = trainer.optimizer.step, trainer.update
 
     def counted_step(*a, **k):
         steps[0] += 1
         return step(*a, **k)
 
-    trainer.optimizer.step = counted_step
-    update = trainer.update
-
     def recorded_update(buf):
+        tokens.update(minibatch_tokens(trainer, buf))
         with log.mode:
             return update(buf)
 
-    trainer.update = recorded_update
-    recorded = trainer.step()
-    trainer.update, trainer.optimizer.step = update, step
+    trainer.optimizer.step, trainer.update = counted_step, recorded_update
+    try:
+        recorded = trainer.step()
+    finally:
+        trainer.optimizer.step, trainer.update = step, update
     products_s, product_flops_ = replay(log.calls, threads)
     adamw_s = best_of(trainer.optimizer.step)
     clip_s = best_of(lambda: torch.nn.utils.clip_grad_norm_(trainer.params, trainer.cfg.max_grad_norm))
@@ -174,48 +176,72 @@ def measure(trainer, threads: int) -> dict:
     def counted(metrics):  # bench/iteration.py's convention
         return cfg.epochs * 6 * params * (prompt_tokens + metrics["response_length"] * cfg.episodes)
 
-    peak = roofline(trainer.precision.name, threads)
+    peak = roofline(trainer.precision.name, threads, rounds=10)
     floor_s = products_s + steps[0] * adamw_s
+    real_share = tokens["real"] / max(tokens["padded"], 1)
+    packed_s = products_s * real_share + steps[0] * adamw_s
+    work = counted(recorded)
     return {
         "precision": trainer.precision.name, "threads": threads, "roofline_gflops": peak,
+        "allocator": __import__("backends.allocator", fromlist=["current"]).current(),
         "episodes": cfg.episodes, "minibatch_size": cfg.minibatch_size,
         "update_s": timed["time_update_s"], "update_gflops": counted(timed) / timed["time_update_s"] / 1e9,
-        "recorded_update_counted_gflop": counted(recorded) / 1e9,
+        "recorded_update_counted_gflop": work / 1e9,
         "products": {"calls": sum(log.calls.values()), "distinct": len(log.calls), "alone_s": products_s,
                      "gflop": product_flops_ / 1e9},
-        "optimizer_steps": steps[0], "adamw_step_s": adamw_s, "clip_norm_s": clip_s,
-        "floor_s": floor_s, "floor_with_clip_s": floor_s + steps[0] * clip_s,
-        "best_gflops": counted(recorded) / floor_s / 1e9,
-        "best_gflops_with_clip": counted(recorded) / (floor_s + steps[0] * clip_s) / 1e9,
+        "tokens": tokens, "optimizer_steps": steps[0], "adamw_step_s": adamw_s, "clip_norm_s": clip_s,
+        "floor_s": floor_s, "floor_gflops": work / floor_s / 1e9,
+        "packed_floor_s": packed_s, "best_gflops": work / packed_s / 1e9,
     }
+
+
+def minibatch_tokens(trainer, buf) -> dict:
+    """Real (unmasked) and padded token positions of the update's forward passes: each minibatch
+    is padded to its longest query and response, as the update trims it."""
+    from rlgf_cli.training.scoring import minibatch_tensors
+
+    real = padded = 0
+    for epoch in trainer.minibatches(buf.global_index):
+        for idx in epoch:
+            query, qmask, response, rmask = minibatch_tensors(buf.batch, idx)
+            padded += query.numel() + response.numel()
+            real += int(qmask.sum()) + int(rmask.sum())
+    return {"real": real, "padded": padded}
 
 
 def report(r: dict) -> str:
     p, peak = r["precision"], r["roofline_gflops"]
-    pr = r["products"]
+    pr, steps, t = r["products"], r["optimizer_steps"], r["tokens"]
+    share = t["real"] / max(t["padded"], 1)
+
+    def row(label, seconds, gflops):
+        return f"| {label} | {seconds:.2f} | {gflops:.0f} | {gflops / peak:.0%} |"
+
     return "\n".join([
-        f"### {p} ({r['threads']} threads; minibatches of {r.get('minibatch_size', '?')} episodes)",
+        f"### {p} ({r['threads']} threads; minibatches of {r['minibatch_size']} episodes; "
+        f"allocator {r.get('allocator', '?')})",
         "",
         "| | s | GFLOP/s | share of the roofline |",
         "|---|---:|---:|---:|",
-        f"| roofline (1440×576×1536 product) | | {peak:.0f} | 100 % |",
-        f"| the update as it runs (timed iteration) | {r['update_s']:.2f} | {r['update_gflops']:.0f} | "
-        f"{r['update_gflops'] / peak:.0%} |",
-        f"| its {pr['calls']} matrix products alone ({pr['distinct']} shapes, recorded in the next update) | "
-        f"{pr['alone_s']:.2f} | {pr['gflop'] / pr['alone_s']:.0f} | {pr['gflop'] / pr['alone_s'] / peak:.0%} |",
-        f"| + {r['optimizer_steps']} fused AdamW steps ({r['adamw_step_s']:.3f} s each): **the floor** | "
-        f"{r['floor_s']:.2f} | **{r['best_gflops']:.0f}** | **{r['best_gflops'] / peak:.0%}** |",
-        f"| + the clipping's norm ({r['clip_norm_s']:.3f} s a step) | {r['floor_with_clip_s']:.2f} | "
-        f"{r['best_gflops_with_clip']:.0f} | {r['best_gflops_with_clip'] / peak:.0%} |",
+        f"| roofline (1440×576×1536 product, best of before and after) | | {peak:.0f} | 100 % |",
+        row("the update as it runs (timed iteration)", r["update_s"], r["update_gflops"]),
+        row(f"its {pr['calls']} matrix products alone ({pr['distinct']} shapes, recorded in the next update)",
+            pr["alone_s"], pr["gflop"] / pr["alone_s"]),
+        row(f"+ {steps} fused AdamW steps ({r['adamw_step_s']:.3f} s each): this implementation's floor",
+            r["floor_s"], r["floor_gflops"]),
+        row(f"the products without padding ({share:.0%} of the positions are tokens) + the AdamW steps: "
+            "**the floor**", r["packed_floor_s"], r["best_gflops"]),
         "",
-        f"- GFLOP/s of the update and the floor count {r['recorded_update_counted_gflop']:.0f} GFLOP for the recorded "
-        f"update (6 per weight per token and epoch, learner and critic); its products really compute "
-        f"{pr['gflop']:.0f} GFLOP (the padding of each minibatch to its longest episode; attention's products, "
-        f"where they run as matrix products)",
+        f"- GFLOP/s count {r['recorded_update_counted_gflop']:.0f} GFLOP for the recorded update (6 per weight "
+        f"per token and epoch, learner and critic; bench/iteration.py's convention); its products really compute "
+        f"{pr['gflop']:.0f} GFLOP over {t['padded']} positions, {t['real']} of them tokens (each minibatch is "
+        "padded to its longest query and response); without padding they are assumed to run at the same rate",
+        f"- the clipping's norm, {r['clip_norm_s']:.3f} s a step, is left out of the floor (it could be fused "
+        "into the optimizer step)",
         f"- the goal (within 2× of the roofline) needs {peak / 2:.0f} GFLOP/s: "
         + ("reachable in principle" if r["best_gflops"] >= peak / 2 else
-           "**out of reach here** — even an update that did nothing but its products and optimizer steps "
-           "would fall short"),
+           "**out of reach here** — even an update that did nothing but its products, without padding, and its "
+           "optimizer steps would fall short"),
     ])
 
 
@@ -232,6 +258,10 @@ def main(argv=None) -> int:
                     help="episodes per minibatch instead of make demo's 16 (fewer, larger optimizer steps)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if not args.one:
+        from backends.allocator import maybe_reexec
+
+        maybe_reexec()  # tcmalloc where it is installed, as rlgf and the other benches run
     threads = args.threads or os.cpu_count() or 1
     if args.one:
         print(json.dumps(one(args.one, threads, args.seed, args.minibatch_size)))

@@ -52,13 +52,32 @@ def test_measure_on_a_tiny_trainer_and_the_verdict():
     bench = load_bench("iteration")
     args = Namespace(preset="tiny", episodes=0, device="cpu", seed=0, alg="ppo", beta=0.2, rollout_batch=0,
                      cuda_graphs=False)
-    _, cfg, _, trainer, _ = bench.build(args)
+    preset, cfg, _, trainer, _ = bench.build(args)
     r = floor.measure(trainer, threads=1)
     steps = cfg.epochs * (cfg.episodes // cfg.minibatch_size)
     assert r["optimizer_steps"] == steps and trainer.iteration == 3  # warm-up, timed, recorded
     assert r["products"]["calls"] > 0 and r["products"]["alone_s"] > 0
     assert r["floor_s"] == pytest.approx(r["products"]["alone_s"] + steps * r["adamw_step_s"])
-    assert r["best_gflops"] == pytest.approx(r["recorded_update_counted_gflop"] / r["floor_s"])
+    # the bench task's prompts all have the preset's length and its responses are full: nothing is padding
+    episode = preset["prompt_tokens"] + preset["new_tokens"]
+    assert r["tokens"]["real"] == r["tokens"]["padded"] == cfg.epochs * cfg.episodes * episode
+    assert r["packed_floor_s"] == pytest.approx(r["floor_s"])
+    assert r["best_gflops"] == pytest.approx(r["recorded_update_counted_gflop"] / r["packed_floor_s"])
     text = floor.report({**r, "roofline_gflops": r["best_gflops"] * 3})
     assert "**out of reach here**" in text and f"| + {steps} fused AdamW steps" in text
     assert "reachable in principle" in floor.report({**r, "roofline_gflops": r["best_gflops"] * 1.5})
+
+
+def test_padding_is_counted_as_the_update_trims_it():
+    """Two rows of different query and response lengths in one minibatch: the positions the
+    forward passes run over and the tokens among them."""
+    from types import SimpleNamespace
+
+    batch = SimpleNamespace(query=torch.tensor([[0, 5, 6], [0, 0, 7]]), query_mask=torch.tensor([[0, 1, 1], [0, 0, 1]]),
+                            response=torch.tensor([[1, 2, 0], [3, 0, 0]]),
+                            response_mask=torch.tensor([[1, 1, 0], [1, 0, 0]]))
+    trainer = SimpleNamespace(minibatches=lambda index: [[torch.tensor([0, 1])], [torch.tensor([1])]])
+    counts = floor.minibatch_tokens(trainer, SimpleNamespace(batch=batch, global_index=torch.arange(2)))
+    # epoch 1: both rows, query width 2 (one all-padding column dropped) + response width 2 -> 8 positions,
+    # 3 + 3 tokens; epoch 2: the second row alone, 1 + 1 positions, both tokens
+    assert counts == {"real": 8, "padded": 10}
