@@ -111,6 +111,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=None,
                    help="β of the PPO++ and AggreVaTeD rows (`rlgf train --beta`: PPO++'s share of episodes "
                         "rolled in by the guide; default: each algorithm's own, PPO++ 0.2 as in the paper)")
+    p.add_argument("--aggrevated-advantage", choices=["one-step", "gae"], default=None,
+                   help="AggreVaTeD's advantage in the AggreVaTeD, LOLS and D2LOLS rows (`rlgf train "
+                        "--aggrevated-advantage`; default: rlgf's, one-step)")
     for name in ("iterations", "episodes", "eval-limit", "bc-iterations", "max-new-tokens"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     return p
@@ -152,6 +155,8 @@ def run_training(name: str, out: Path, args, seed: int, **overrides) -> Path:
     )
     if overrides.get("alg") in ("ppo++", "aggrevated") and getattr(args, "beta", None) is not None:
         values["beta"] = args.beta  # LOLS and D2LOLS mix two phases, each with its own β; PPO has none
+    if overrides.get("alg") in ("aggrevated", "lols", "d2lols") and getattr(args, "aggrevated_advantage", None):
+        values["aggrevated_advantage"] = args.aggrevated_advantage
     values.update(overrides)
     started = time.perf_counter()
     summary = train(build_config(None, **values), overwrite=True)
@@ -315,7 +320,7 @@ def chosen_rows(args) -> list[tuple[str, str, bool]]:
 #: the options that change what a reproduction computes (not how many processes run it)
 SETTINGS = ("preset", "task", "learner", "device", "lr", "lr_grid", "max_approx_kl", "max_kl_per_token", "bc_lr",
             "all_rows", "reward_model", "first_seed", "iterations", "episodes", "eval_limit", "bc_iterations",
-            "compile", "rows", "guide_model", "beta", "data", "reward", "max_new_tokens")
+            "compile", "rows", "guide_model", "beta", "data", "reward", "max_new_tokens", "aggrevated_advantage")
 
 
 def check_settings(out: Path, args) -> None:

@@ -282,25 +282,29 @@ def test_a_given_guide_and_chosen_rows(tmp_path, tiny_causal_dir, tiny_reward_di
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
          "--reward-model", str(tiny_reward_dir), "--seeds", "1", "--iterations", "1", "--episodes", "4",
-         "--eval-limit", "4", "--device", "cpu", "--rows", "ppo,ppo++", "--guide-model", "strong",
-         "--beta", "0.5", "--out", "given"],
+         "--eval-limit", "4", "--device", "cpu", "--rows", "ppo,ppo++,aggrevated", "--guide-model", "strong",
+         "--beta", "0.5", "--aggrevated-advantage", "gae", "--out", "given"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
-    assert set(data["table"]) == {"initial learner", "guide", "ppo", "ppo++"}
+    assert set(data["table"]) == {"initial learner", "guide", "ppo", "ppo++", "aggrevated"}
     assert not (out / "guide").exists(), "no BC guide was trained"
     config = (out / "seed0" / "ppo__" / "config.toml").read_text()
     assert 'guide = "strong"' in config  # the given model guided PPO++, named relative to where the run started
     assert re.search(r"^beta = 0.5$", config, re.M)  # --beta reaches the guided row…
     assert not re.search(r"^beta = ", (out / "seed0" / "ppo" / "config.toml").read_text(), re.M)  # …and not PPO
+    # --aggrevated-advantage reaches the AggreVaTeD row and no other
+    assert re.search(r'^aggrevated_advantage = "gae"$', (out / "seed0" / "aggrevated" / "config.toml").read_text(), re.M)
+    assert 'aggrevated_advantage = "gae"' not in config
     # no absolute path of the folder it ran in is left in what a committed reproduction keeps
     kept = [f for f in out.rglob("*") if f.is_file() and f.suffix in (".toml", ".json", ".md")]
     assert kept and not [f for f in kept if str(tmp_path.resolve()) in f.read_text()]
     md = (out / "results.md").read_text()
     assert "The given model `strong`" in md and "| guide |" in md and "guide (given: nothing trained)" in md
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["rows"] == "ppo,ppo++" and settings["beta"] == 0.5
+    assert settings["rows"] == "ppo,ppo++,aggrevated" and settings["beta"] == 0.5
+    assert settings["aggrevated_advantage"] == "gae"
     bad = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--rows", "ppo,nope",
          "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
