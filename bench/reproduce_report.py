@@ -140,6 +140,8 @@ def ordering(table: dict[str, dict[str, dict]], metric: str, per_seed: list[dict
     cmp(J.GUIDE, "ppo")
     cmp("ppo", "ppo++")
     cmp("ppo", "d2lols")
+    for guided in ("ppo++", "aggrevated", "lols", "d2lols"):  # the same claims from the guide's weights
+        cmp("BC+ppo", f"BC+{guided}")
     best = max((n for n in mean if n not in (INITIAL, J.GUIDE)), key=mean.get, default=None)
     if best is not None and J.GUIDE in mean:
         at = [n for n in mean if n not in (INITIAL, J.GUIDE) and mean[n] >= mean[J.GUIDE]]

@@ -223,6 +223,13 @@ def test_the_ordering_pairs_rows_seed_by_seed():
     assert "BC (guide) < ppo: does NOT hold (0.700 vs 0.683; ppo − BC (guide) seed by seed -0.017" in lines[0]
     assert "ppo ahead at 1 of 3 seeds" in lines[0]
     assert lines[-1] == "BC+ppo − BC (guide) seed by seed +0.050 ± 0.006 s.e., BC+ppo ahead at 3 of 3 seeds"
+    # rows started from the guide's weights are compared with BC+PPO, as the cold ones with PPO
+    for run, value in zip(per_seed, (0.74, 0.78, 0.79)):
+        run["BC+d2lols"] = {"s": value}
+    lines = ordering(aggregate(per_seed), "s", per_seed)
+    assert any(line.startswith("BC+ppo < BC+d2lols: holds (0.750 vs 0.770; BC+d2lols − BC+ppo seed by seed +0.020")
+               and "ahead at 2 of 3 seeds" in line for line in lines), lines
+    assert not any(line.startswith("BC+ppo < BC+ppo++") for line in lines)  # only rows that ran
 
 
 def test_resume_keeps_the_finished_jobs_and_refuses_other_settings(tmp_path, tiny_causal_dir, tiny_reward_dir):
