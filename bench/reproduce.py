@@ -114,6 +114,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggrevated-advantage", choices=["one-step", "gae"], default=None,
                    help="AggreVaTeD's advantage in the AggreVaTeD, LOLS and D2LOLS rows (`rlgf train "
                         "--aggrevated-advantage`; default: rlgf's, one-step)")
+    p.add_argument("--row-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="an `rlgf train` setting (a config.toml key, its value as in TOML) for every RL row, not "
+                        "the guide's BC nor the lr trials; repeat it for more, e.g. --row-option "
+                        "whiten_advantages=false")
     for name in ("iterations", "episodes", "eval-limit", "bc-iterations", "max-new-tokens"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     return p
@@ -133,7 +137,42 @@ def check_args(p: argparse.ArgumentParser, args):
         p.error("give --lr (the rows' learning rate) or --lr-grid (choose it on the validation split), not both")
     if args.sources and not args.collect:
         p.error("--from joins finished folders: it goes with --collect")
+    try:
+        row_options(args)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
+
+
+#: settings a reproduction sets itself, per row or for all (its own options name them)
+OWN_SETTINGS = {"task", "alg", "learner", "device", "seed", "out", "iterations", "episodes", "epochs",
+                "minibatch_size", "max_new_tokens", "lr", "save_every", "reward_model", "data", "reward", "compile",
+                "guide", "init", "beta", "aggrevated_advantage"}
+
+
+def row_options(args) -> dict:
+    """``--row-option KEY=VALUE`` as settings (values read as TOML: true, 0.5, "text"; a bare word
+    as text); ValueError for a key that is no `rlgf train` setting or one the reproduction sets."""
+    import dataclasses
+    import tomllib
+
+    from rlgf_cli.training.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    options = {}
+    for item in getattr(args, "row_option", None) or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in fields:
+            raise ValueError(f"--row-option {item!r}: give KEY=VALUE with KEY a setting of `rlgf train` "
+                             "(a key of a run's config.toml)")
+        if key in OWN_SETTINGS:
+            raise ValueError(f"--row-option {key}: the reproduction sets it (use its own option)")
+        try:
+            options[key] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key] = value.strip()
+    return options
 
 
 def setting(args, name: str):
@@ -320,7 +359,8 @@ def chosen_rows(args) -> list[tuple[str, str, bool]]:
 #: the options that change what a reproduction computes (not how many processes run it)
 SETTINGS = ("preset", "task", "learner", "device", "lr", "lr_grid", "max_approx_kl", "max_kl_per_token", "bc_lr",
             "all_rows", "reward_model", "first_seed", "iterations", "episodes", "eval_limit", "bc_iterations",
-            "compile", "rows", "guide_model", "beta", "data", "reward", "max_new_tokens", "aggrevated_advantage")
+            "compile", "rows", "guide_model", "beta", "data", "reward", "max_new_tokens", "aggrevated_advantage",
+            "row_option")
 
 
 def check_settings(out: Path, args) -> None:

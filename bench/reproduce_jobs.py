@@ -105,7 +105,8 @@ def run_job(job: Job, args, out: Path, lr: float) -> dict:
     else:
         guided = job.alg != "ppo"
         run = R.run_training(slug(job.label), out / f"seed{job.seed}", args, job.seed, alg=job.alg, lr=lr,
-                             guide=guide_final if guided else None, init=guide_final if job.warm else None)
+                             guide=guide_final if guided else None, init=guide_final if job.warm else None,
+                             **R.row_options(args))
         rewards = {}
         metrics = R.evaluate({job.label: str(run / "final")}, args, job.seed, rewards=rewards)[job.label]
         result = {"metrics": metrics, "run": str(run), "per_prompt": rewards[job.label][str(job.seed)]}

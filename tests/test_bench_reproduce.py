@@ -274,7 +274,9 @@ def test_resume_keeps_the_finished_jobs_and_refuses_other_settings(tmp_path, tin
 @pytest.mark.parametrize("bad, message", [(["--seeds", "0"], "--seeds must be at least 1"),
                                           (["--lr-grid", "1e-5,abc"], "--lr-grid takes positive numbers"),
                                           (["--from", "x"], "--from joins finished folders"),
-                                          (["--lr", "5e-5", "--lr-grid", "1e-5,1e-4"], "not both")])
+                                          (["--lr", "5e-5", "--lr-grid", "1e-5,1e-4"], "not both"),
+                                          (["--row-option", "whiten=false"], "a setting of `rlgf train`"),
+                                          (["--row-option", "lr=1e-3"], "the reproduction sets it")])
 def test_bad_options_are_one_usage_error(tmp_path, bad, message):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "reproduce.py"), *bad, "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
@@ -290,7 +292,8 @@ def test_a_given_guide_and_chosen_rows(tmp_path, tiny_causal_dir, tiny_reward_di
         [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
          "--reward-model", str(tiny_reward_dir), "--seeds", "1", "--iterations", "1", "--episodes", "4",
          "--eval-limit", "4", "--device", "cpu", "--rows", "ppo,ppo++,aggrevated", "--guide-model", "strong",
-         "--beta", "0.5", "--aggrevated-advantage", "gae", "--out", "given"],
+         "--beta", "0.5", "--aggrevated-advantage", "gae", "--row-option", "whiten_advantages=false",
+         "--row-option", "clip-range=0.1", "--out", "given"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -304,6 +307,10 @@ def test_a_given_guide_and_chosen_rows(tmp_path, tiny_causal_dir, tiny_reward_di
     # --aggrevated-advantage reaches the AggreVaTeD row and no other
     assert re.search(r'^aggrevated_advantage = "gae"$', (out / "seed0" / "aggrevated" / "config.toml").read_text(), re.M)
     assert 'aggrevated_advantage = "gae"' not in config
+    # --row-option reaches every RL row (read as TOML: a bool, a number)
+    for row in ("ppo", "ppo__", "aggrevated"):
+        text = (out / "seed0" / row / "config.toml").read_text()
+        assert re.search(r"^whiten_advantages = false$", text, re.M) and re.search(r"^clip_range = 0.1$", text, re.M)
     # no absolute path of the folder it ran in is left in what a committed reproduction keeps
     kept = [f for f in out.rglob("*") if f.is_file() and f.suffix in (".toml", ".json", ".md")]
     assert kept and not [f for f in kept if str(tmp_path.resolve()) in f.read_text()]
