@@ -144,10 +144,11 @@ def check_args(p: argparse.ArgumentParser, args):
     return args
 
 
-#: settings a reproduction sets itself, per row or for all (its own options name them)
-OWN_SETTINGS = {"task", "alg", "learner", "device", "seed", "out", "iterations", "episodes", "epochs",
-                "minibatch_size", "max_new_tokens", "lr", "save_every", "reward_model", "data", "reward", "compile",
-                "guide", "init", "beta", "aggrevated_advantage"}
+#: settings a reproduction sets itself, per row or for all (its own options name them); the preset's
+#: epochs and minibatch size are not among them: a row option may change them for the RL rows
+OWN_SETTINGS = {"task", "alg", "learner", "device", "seed", "out", "iterations", "episodes", "max_new_tokens", "lr",
+                "save_every", "reward_model", "data", "reward", "compile", "guide", "init", "beta",
+                "aggrevated_advantage"}
 
 
 def row_options(args) -> dict:

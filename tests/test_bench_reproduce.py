@@ -449,3 +449,12 @@ def test_the_workers_command_drops_a_flag_alone_and_an_option_with_its_value():
     assert reproduce.parse_args(reproduce._without(argv, "--resume", "--lr")).out == "X"
     with pytest.raises(SystemExit):  # an abbreviation would escape _without: refused
         reproduce.parse_args(["--res", "--out", "X"])
+
+
+def test_row_options_are_read_as_toml_and_may_change_the_presets_minibatches():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import reproduce
+
+    args = reproduce.parse_args(["--row-option", "minibatch_size=16", "--row-option", "whiten-advantages=false",
+                                 "--row-option", "lr_schedule=linear"])
+    assert reproduce.row_options(args) == {"minibatch_size": 16, "whiten_advantages": False, "lr_schedule": "linear"}
