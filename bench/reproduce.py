@@ -138,17 +138,22 @@ def check_args(p: argparse.ArgumentParser, args):
     if args.sources and not args.collect:
         p.error("--from joins finished folders: it goes with --collect")
     try:
-        row_options(args)
+        rows = row_options(args)
     except ValueError as exc:
         p.error(str(exc))
+    if rows.get("minibatch_size", 0) > setting(args, "episodes"):
+        p.error(f"--row-option minibatch_size={rows['minibatch_size']}: more than the {setting(args, 'episodes')} "
+                "episodes of an iteration")
     return args
 
 
-#: settings a reproduction sets itself, per row or for all (its own options name them); the preset's
-#: epochs and minibatch size are not among them: a row option may change them for the RL rows
+#: settings a reproduction sets itself, per row or for all (its own options name them), and the task's,
+#: which its evaluations and its guide must share; the preset's epochs and minibatch size are not
+#: among them: a row option may change them for the RL rows
 OWN_SETTINGS = {"task", "alg", "learner", "device", "seed", "out", "iterations", "episodes", "max_new_tokens", "lr",
                 "save_every", "reward_model", "data", "reward", "compile", "guide", "init", "beta",
-                "aggrevated_advantage"}
+                "aggrevated_advantage", "prompt_field", "reference_field", "chat_template", "prompt_max_tokens",
+                "min_new_tokens", "reward_label", "reward_url", "bertscore_model", "temperature", "top_k", "top_p"}
 
 
 def row_options(args) -> dict:
@@ -364,14 +369,24 @@ SETTINGS = ("preset", "task", "learner", "device", "lr", "lr_grid", "max_approx_
             "row_option")
 
 
+def comparable(settings: dict) -> dict:
+    """A settings.json's options as two runs are compared: an option it lacks (written before the
+    option existed) as its default where that is None, and ``row_option`` as the settings it names
+    (so order and spelling do not count)."""
+    parser = make_parser()
+    out = {**{k: None for k in SETTINGS if parser.get_default(k) is None}, **settings}
+    out["row_option"] = row_options(argparse.Namespace(row_option=out.get("row_option"))) or None
+    return out
+
+
 def check_settings(out: Path, args) -> None:
     """Write ``OUT/settings.json``; with ``--resume``, first refuse an ``--out`` made with other
     settings (its finished jobs would not be this run's)."""
     mine = {k: getattr(args, k) for k in SETTINGS}
     path = out / "settings.json"
     if args.resume and path.is_file():
-        theirs = json.loads(path.read_text(encoding="utf-8"))
-        differ = sorted(k for k in SETTINGS if k in theirs and theirs[k] != mine[k])
+        theirs, now = comparable(json.loads(path.read_text(encoding="utf-8"))), comparable(mine)
+        differ = sorted(k for k in SETTINGS if k in theirs and theirs[k] != now[k])
         if differ:
             raise SystemExit("--resume: " + ", ".join(f"{k} was {theirs[k]!r}, now {mine[k]!r}" for k in differ)
                              + f"; rerun with {out}'s settings, or use a new --out")
@@ -417,7 +432,8 @@ def _meta(args, argv: list[str], seeds: int) -> dict:
             "command": "python bench/reproduce.py " + " ".join(a for a in argv if a != "--collect"),
             "date": datetime.date.today().isoformat(), "machine": _machine(),
             "settings": {k: setting(args, k) for k in PRESETS[args.preset]}, "guide_seed": GUIDE_SEED,
-            "first_seed": args.first_seed, **({"guide_model": args.guide_model} if args.guide_model else {})}
+            "first_seed": args.first_seed, **({"guide_model": args.guide_model} if args.guide_model else {}),
+            **({"row_options": row_options(args)} if row_options(args) else {})}
 
 
 def adopt_settings(args, folder: Path) -> None:

@@ -368,8 +368,10 @@ REPLICATE_MAY_DIFFER = ("first_seed", "rows", "all_rows", "device", "compile", "
 def experiment_of(out: Path) -> dict:
     """The options of ``out``'s run that define the experiment (its settings.json, less what a
     replicate may change); empty for a folder from before settings.json."""
+    import reproduce as R
+
     path = out / "settings.json"
-    chosen = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    chosen = R.comparable(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
     return {k: v for k, v in chosen.items() if k not in REPLICATE_MAY_DIFFER}
 
 

@@ -168,7 +168,9 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
                                                                if meta.get("sources") else "")
              + (f" (after --resume; {len(meta['kept_jobs'])} jobs were kept from the interrupted run)"
                 if meta.get("kept_jobs") else ""),
-             f"- settings: {meta['settings']}", ""]
+             f"- settings: {meta['settings']}",
+             *([f"- row options (the RL rows only, not the guide's BC nor the lr trials): {meta['row_options']}"]
+               if meta.get("row_options") else []), ""]
     if meta.get("sources"):
         lines[-1:-1] = [f"- joined from: {', '.join(f'`{s}`' for s in meta['sources'])}"]
     if lr_choice:

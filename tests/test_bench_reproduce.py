@@ -455,6 +455,27 @@ def test_row_options_are_read_as_toml_and_may_change_the_presets_minibatches():
     sys.path.insert(0, str(ROOT / "bench"))
     import reproduce
 
-    args = reproduce.parse_args(["--row-option", "minibatch_size=16", "--row-option", "whiten-advantages=false",
-                                 "--row-option", "lr_schedule=linear"])
+    args = reproduce.parse_args(["--episodes", "16", "--row-option", "minibatch_size=16", "--row-option",
+                                 "whiten-advantages=false", "--row-option", "lr_schedule=linear"])
     assert reproduce.row_options(args) == {"minibatch_size": 16, "whiten_advantages": False, "lr_schedule": "linear"}
+    with pytest.raises(SystemExit):  # more than an iteration's episodes: refused before anything runs
+        reproduce.parse_args(["--episodes", "8", "--row-option", "minibatch_size=16"])
+    # how two runs' settings are compared: an option an older settings.json lacks reads as its default
+    # (None), and row options as the settings they name, whatever their order and spelling
+    old = reproduce.comparable({"preset": "cpu"})
+    assert old["aggrevated_advantage"] is None and old["row_option"] is None and "preset" in old
+    a = reproduce.comparable({"row_option": ["whiten-advantages=false", "clip_range=0.1"]})
+    b = reproduce.comparable({"row_option": ["clip_range=0.1", "whiten_advantages=false"]})
+    assert a["row_option"] == b["row_option"] == {"whiten_advantages": False, "clip_range": 0.1}
+
+
+def test_a_folder_from_before_an_option_is_not_a_replicate_of_one_run_with_it(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reproduce_jobs import experiment_of
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder, extra in ((old, {}), (new, {"aggrevated_advantage": "gae"})):
+        folder.mkdir()
+        (folder / "settings.json").write_text(json.dumps({"preset": "cpu", "task": "prompts", **extra}))
+    assert experiment_of(old)["aggrevated_advantage"] is None
+    assert experiment_of(new)["aggrevated_advantage"] == "gae"  # so --collect refuses to join them
