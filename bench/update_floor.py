@@ -10,7 +10,7 @@ per precision, on the real update of the embedded default (``make demo``'s shape
 2. a third iteration whose update runs under a dispatch mode that records every matrix product it
    makes (``mm``, ``addmm``, ``bmm``, ``baddbmm``: forward and backward, attention's included) with
    its shapes, strides and dtypes, and counts the optimizer steps;
-3. each distinct product replayed alone, the best of 3 rounds: with its operands in cache and
+3. each distinct product replayed alone, the best of 5 rounds of at least 50 ms: with its operands in cache and
    nothing else running, the least time those products take on this machine;
 4. the fused AdamW step and the gradient clipping's norm over the real parameters and gradients,
    timed alone (the issue keeps weights and optimizer state in float32, so a step must stream them).
@@ -90,7 +90,7 @@ class ProductLog:
         self.mode = Mode()
 
 
-def replay(calls: Counter, threads: int, rounds: int = 3, min_s: float = 0.02) -> tuple[float, int]:
+def replay(calls: Counter, threads: int, rounds: int = 5, min_s: float = 0.05) -> tuple[float, int]:
     """Seconds the recorded products take alone (count × best per-call time) and their FLOPs."""
     import torch
 
@@ -196,16 +196,17 @@ def measure(trainer, threads: int) -> dict:
 
 
 def minibatch_tokens(trainer, buf) -> dict:
-    """Real (unmasked) and padded token positions of the update's forward passes: each minibatch
-    is padded to its longest query and response, as the update trims it."""
+    """Real (unmasked) and padded positions of the update's forward passes: each minibatch is
+    trimmed to its longest query and response, and the learner and the critic read the query and
+    the response less its last token (the output head alone runs over the response positions)."""
     from rlgf_cli.training.scoring import minibatch_tensors
 
     real = padded = 0
     for epoch in trainer.minibatches(buf.global_index):
         for idx in epoch:
             query, qmask, response, rmask = minibatch_tensors(buf.batch, idx)
-            padded += query.numel() + response.numel()
-            real += int(qmask.sum()) + int(rmask.sum())
+            padded += query.numel() + response[:, :-1].numel()
+            real += int(qmask.sum()) + int(rmask[:, :-1].sum())
     return {"real": real, "padded": padded}
 
 
@@ -258,10 +259,6 @@ def main(argv=None) -> int:
                     help="episodes per minibatch instead of make demo's 16 (fewer, larger optimizer steps)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if not args.one:
-        from backends.allocator import maybe_reexec
-
-        maybe_reexec()  # tcmalloc where it is installed, as rlgf and the other benches run
     threads = args.threads or os.cpu_count() or 1
     if args.one:
         print(json.dumps(one(args.one, threads, args.seed, args.minibatch_size)))
@@ -282,4 +279,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    if "--one" not in sys.argv:
+        from backends.allocator import maybe_reexec
+
+        maybe_reexec()  # tcmalloc where it is installed, as rlgf and the other benches run
     sys.exit(main())

@@ -59,7 +59,7 @@ def test_measure_on_a_tiny_trainer_and_the_verdict():
     assert r["products"]["calls"] > 0 and r["products"]["alone_s"] > 0
     assert r["floor_s"] == pytest.approx(r["products"]["alone_s"] + steps * r["adamw_step_s"])
     # the bench task's prompts all have the preset's length and its responses are full: nothing is padding
-    episode = preset["prompt_tokens"] + preset["new_tokens"]
+    episode = preset["prompt_tokens"] + preset["new_tokens"] - 1  # the response's last token is not read
     assert r["tokens"]["real"] == r["tokens"]["padded"] == cfg.epochs * cfg.episodes * episode
     assert r["packed_floor_s"] == pytest.approx(r["floor_s"])
     assert r["best_gflops"] == pytest.approx(r["recorded_update_counted_gflop"] / r["packed_floor_s"])
@@ -78,6 +78,6 @@ def test_padding_is_counted_as_the_update_trims_it():
                             response_mask=torch.tensor([[1, 1, 0], [1, 0, 0]]))
     trainer = SimpleNamespace(minibatches=lambda index: [[torch.tensor([0, 1])], [torch.tensor([1])]])
     counts = floor.minibatch_tokens(trainer, SimpleNamespace(batch=batch, global_index=torch.arange(2)))
-    # epoch 1: both rows, query width 2 (one all-padding column dropped) + response width 2 -> 8 positions,
-    # 3 + 3 tokens; epoch 2: the second row alone, 1 + 1 positions, both tokens
-    assert counts == {"real": 8, "padded": 10}
+    # epoch 1: both rows, query width 2 (one all-padding column dropped) + response width 2 less the last
+    # column read -> 6 positions, 3 + 2 tokens; epoch 2: the second row alone, 1 + 0 positions, 1 token
+    assert counts == {"real": 6, "padded": 7}
