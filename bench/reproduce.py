@@ -428,12 +428,13 @@ def _without(argv: list[str], *names: str) -> list[str]:
 
 
 def _meta(args, argv: list[str], seeds: int) -> dict:
+    rows = row_options(args)
     return {"task": args.task, "preset": args.preset, "seeds": seeds, "learner": args.learner,
             "command": "python bench/reproduce.py " + " ".join(a for a in argv if a != "--collect"),
             "date": datetime.date.today().isoformat(), "machine": _machine(),
             "settings": {k: setting(args, k) for k in PRESETS[args.preset]}, "guide_seed": GUIDE_SEED,
             "first_seed": args.first_seed, **({"guide_model": args.guide_model} if args.guide_model else {}),
-            **({"row_options": row_options(args)} if row_options(args) else {})}
+            **({"row_options": rows} if rows else {})}
 
 
 def adopt_settings(args, folder: Path) -> None:

@@ -316,6 +316,8 @@ def test_a_given_guide_and_chosen_rows(tmp_path, tiny_causal_dir, tiny_reward_di
     assert kept and not [f for f in kept if str(tmp_path.resolve()) in f.read_text()]
     md = (out / "results.md").read_text()
     assert "The given model `strong`" in md and "| guide |" in md and "guide (given: nothing trained)" in md
+    assert "- row options (the RL rows only, not the guide's BC nor the lr trials): {'whiten_advantages': False, " \
+           "'clip_range': 0.1}" in md
     settings = json.loads((out / "settings.json").read_text())
     assert settings["rows"] == "ppo,ppo++,aggrevated" and settings["beta"] == 0.5
     assert settings["aggrevated_advantage"] == "gae"
