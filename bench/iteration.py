@@ -405,8 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--compile", action="store_true",
                    help="embedded preset: also run each precision as `rlgf train --compile` trains, and compare")
-    p.add_argument("--padded", action="store_true",
-                   help="embedded preset: also run each precision scoring padded rows (no packing), and compare")
     args = p.parse_args(argv)
     if args.preset == "embedded":  # a different benchmark: fp32 against bf16 on the real default
         sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -62,10 +62,9 @@ def roofline(dtype_name: str, threads: int, repeats: int = 5, rounds: int = 3) -
     return 2 * m * k * n / best / 1e9
 
 
-def one(precision: str, threads: int, seed: int, warmup: int = 1, compile: bool = False, padded: bool = False) -> dict:
+def one(precision: str, threads: int, seed: int, warmup: int = 1, compile: bool = False) -> dict:
     """Build the trainer, run ``warmup`` iterations and a timed one, time two checkpoints; the
-    numbers of the last of each as a dict. ``padded``: the learner, the reference and the critic
-    score padded rows, as before packing (``backends/hf/packing.py``)."""
+    numbers of the last of each as a dict."""
     import torch
 
     torch.set_num_threads(threads)
@@ -75,8 +74,6 @@ def one(precision: str, threads: int, seed: int, warmup: int = 1, compile: bool 
 
     trainer = build_trainer(precision, seed, compile)
     cfg, task, policy = trainer.cfg, trainer.task, trainer.policy
-    for scorer in (policy, trainer.reference, *trainer.critics.values()):
-        scorer.packed = not padded
     steps = [trainer.step() for _ in range(max(0, warmup) + 1)]
     metrics = steps[-1]
     tokens = {"prompt": float(trainer_prompt_tokens(trainer)), "response": metrics["response_length"] * cfg.episodes}
@@ -113,7 +110,6 @@ def one(precision: str, threads: int, seed: int, warmup: int = 1, compile: bool 
     return {
         "precision": trainer.precision.name, "precision_reason": trainer.precision.reason, "threads": threads,
         "attention": trainer.policy.model.config._attn_implementation, "compiled": trainer.compiled,
-        "packed": not padded,
         "allocator": __import__("backends.allocator", fromlist=["current"]).current(),
         "seconds": seconds, "iteration_s": metrics["time_s"] + snapshot_s, "iterations": len(steps),
         "first_iteration_s": steps[0]["time_s"],
@@ -190,22 +186,13 @@ def table(results: list[dict]) -> str:
 
 def compile_table(eager: list[dict], compiled: list[dict]) -> str:
     """Per precision and phase: eager against compiled seconds, measured in the same run."""
-    return pair_table("--compile against eager (same run)", ("eager", eager), ("compiled", compiled),
-                      "first iteration (compiling)")
-
-
-def pair_table(title: str, before: tuple[str, list[dict]], after: tuple[str, list[dict]],
-               first: str = "first iteration") -> str:
-    """Per precision and phase: the seconds of two variants of the children, measured in the same
-    run, and their ratio (``before`` / ``after``: above 1 where ``after`` is faster)."""
-    (a_name, a_runs), (b_name, b_runs) = before, after
-    head = "| phase | " + " | ".join(f"{r['precision']} {a_name} s | {r['precision']} {b_name} s | {a_name}/{b_name}"
-                                     for r in a_runs) + " |"
-    lines = [f"### {title}", "", head, "|---|" + "---:|---:|---:|" * len(a_runs)]
+    head = "| phase | " + " | ".join(f"{r['precision']} eager s | {r['precision']} compiled s | eager/compiled"
+                                     for r in eager) + " |"
+    lines = ["### --compile against eager (same run)", "", head, "|---|" + "---:|---:|---:|" * len(eager)]
     rows = [(p, lambda r, p=p: r["seconds"][p]) for p in PHASES]
-    rows += [("**iteration**", lambda r: r["iteration_s"]), (first, lambda r: r["first_iteration_s"])]
+    rows += [("**iteration**", lambda r: r["iteration_s"]), ("first iteration (compiling)", lambda r: r["first_iteration_s"])]
     for name, get in rows:
-        cells = [f"{get(a):.2f} | {get(b):.2f} | {get(a) / get(b):.2f}×" for a, b in zip(a_runs, b_runs)]
+        cells = [f"{get(e):.2f} | {get(c):.2f} | {get(e) / get(c):.2f}×" for e, c in zip(eager, compiled)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -244,32 +231,24 @@ def main(args) -> int:
         print(f"no AMX-BF16 / AVX512-BF16 on this CPU: bf16 matrix products run at "
               f"{roofline('bf16', threads):.1f} GFLOP/s against {roofline('fp32', threads):.1f} in fp32 "
               "(emulated); running fp32 only", flush=True)
-    # as rlgf trains first; then (with --padded) the same children scoring padded rows, and
-    # (with --compile) compiled
-    variants = [("", [])] + ([("padded rows (--padded)", ["--padded"])] if getattr(args, "padded", False) else []) \
-        + ([("--compile", ["--compile"])] if getattr(args, "compile", False) else [])
-    for _, flags in variants:
+    compiled = [False, True] if getattr(args, "compile", False) else [False]
+    for compile_ in compiled:  # eager first, then (with --compile) the same children compiled
         for precision in precisions:
             proc = subprocess.run([sys.executable, __file__, "--one", precision, "--threads", str(threads),
-                                   "--seed", str(args.seed), "--warmup", str(getattr(args, "warmup", 1)), *flags],
+                                   "--seed", str(args.seed), "--warmup", str(getattr(args, "warmup", 1)),
+                                   *(["--compile"] if compile_ else [])],
                                   capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 return proc.returncode
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     n = len(precisions)
-    runs = {label: results[i * n:(i + 1) * n] for i, (label, _) in enumerate(variants)}
-    for label, rs in runs.items():
-        if label:
-            compiled = f" ({', '.join(rs[0]['compiled'])})" if rs[0].get("compiled") else ""
-            print(f"\n### with {label}{compiled}\n")
-        print(table(rs) if n == 2 else single(rs[0]))
-    for label, rs in runs.items():
-        if label.startswith("padded"):
-            print("\n" + pair_table("packed rows (as rlgf trains) against padded rows (same run)", ("padded", rs),
-                                     ("packed", runs[""])))
-        elif label:
-            print("\n" + compile_table(runs[""], rs))
+    for i in range(0, len(results), n):
+        if i:
+            print(f"\n### with --compile ({', '.join(results[i]['compiled'])})\n")
+        print(table(results[i:i + n]) if n == 2 else single(results[i]))
+    if len(results) > n:
+        print("\n" + compile_table(results[:n], results[n:]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0
@@ -288,12 +267,9 @@ if __name__ == "__main__":
     p.add_argument("--compile", action="store_true",
                    help="also run each precision as `rlgf train --compile` trains (its warm-up compiles), "
                         "and print compiled against eager from the same run")
-    p.add_argument("--padded", action="store_true",
-                   help="also run each precision scoring padded rows (packing off), and print packed against padded "
-                        "from the same run")
     p.add_argument("--force-bf16", action="store_true", help="run bf16 even where it is emulated (very slow)")
     a = p.parse_args()
     if a.one:
-        print(json.dumps(one(a.one, a.threads or 1, a.seed, a.warmup, a.compile, a.padded)))
+        print(json.dumps(one(a.one, a.threads or 1, a.seed, a.warmup, a.compile)))
         sys.exit(0)
     sys.exit(main(a))

@@ -79,8 +79,3 @@ def test_embedded_preset_tables_render_every_phase():
     assert "| update | 8.00 | 8.00 | 1.00× | 4.00 | 2.00 | 2.00× |" in side
     assert "| **iteration** | 30.00 | 30.00 | 1.00× | 15.00 | 7.50 | 2.00× |" in side
     assert "| first iteration (compiling) | 45.00 | 90.00 | 0.50× |" in side
-    # --padded: each precision's padded rows against the packed rows rlgf trains with
-    pair = ie.pair_table("packed against padded", ("padded", compiled), ("packed", eager))
-    assert "| fp32 padded s | fp32 packed s | padded/packed | bf16 padded s | bf16 packed s | padded/packed |" in pair
-    assert "| update | 8.00 | 8.00 | 1.00× | 2.00 | 4.00 | 0.50× |" in pair
-    assert "| first iteration | 90.00 | 45.00 | 2.00× |" in pair

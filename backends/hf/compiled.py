@@ -126,22 +126,19 @@ class GradModeForward:
 
     def serves(self, module) -> bool:
         """Whether this is ``module``'s compiled forward (a shallow copy of its owner may hold
-        another model): ``module`` is the compiled one, or, when its blocks are what is compiled,
-        its body (``base_model``: the packed scoring runs the body and gathers before the head)."""
-        return self.module is module or (self.whole is None and getattr(self.module, "base_model", None) is module)
+        another model)."""
+        return self.module is module
 
-    def __call__(self, module=None, **kwargs):
-        """Run ``module`` (default: the compiled one; else a module :meth:`serves`) on ``kwargs``."""
-        module = self.module if module is None else module
+    def __call__(self, **kwargs):
         if self.failed is None:
             try:
                 with self._compiled_blocks():
-                    return self._run(module if self.whole is None else self.whole, kwargs)
+                    return self._run(self.module if self.whole is None else self.whole, kwargs)
             except self._compile_errors as exc:
                 self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 warnings.warn(RlgfWarning(f"--compile: torch.compile failed for {type(self.module).__name__} "
                                           f"({self.failed}); it runs eagerly from here on"), stacklevel=2)
-        return self._run(module, kwargs)
+        return self._run(self.module, kwargs)
 
     @contextlib.contextmanager
     def _compiled_blocks(self):
@@ -166,5 +163,5 @@ def forward_through(compiled: GradModeForward | None, module, pick, **kwargs) ->
     (what it picks is then detached under ``torch.no_grad()``, see :class:`GradModeForward`)."""
     if compiled is None or not compiled.serves(module):
         return pick(module(**kwargs))
-    out = pick(compiled(module, **kwargs))
+    out = pick(compiled(**kwargs))
     return out if torch.is_grad_enabled() else out.detach()

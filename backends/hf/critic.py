@@ -19,7 +19,6 @@ from torch import nn
 
 from backends.errors import RlgfError
 from backends.hf.compiled import forward_through
-from backends.hf.packing import packed_hidden, packs
 
 FORMAT = "rlgf-critic"
 VERSION = 1
@@ -32,8 +31,6 @@ class Critic(nn.Module):
 
     #: the body's forward compiled with ``torch.compile`` (``--compile``), or None
     compiled = None
-    #: score on packed rows where the architecture allows (:mod:`backends.hf.packing`)
-    packed: bool = True
 
     def __init__(self, body: nn.Module, *, hidden_size: int, is_seq2seq: bool, decoder_start_id: int | None = None):
         super().__init__()
@@ -85,10 +82,6 @@ class Critic(nn.Module):
         else:
             ids = torch.cat([query, response[:, :-1]], dim=1)
             mask = torch.cat([query_mask, response_mask[:, :-1]], dim=1)
-            hidden = packed_hidden(self.compiled, self.body, query_mask, ids, mask, n) \
-                if self.packed and packs(self.body) else None
-            if hidden is not None:
-                return self.value_head(hidden.float()).squeeze(-1)
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
             hidden = forward_through(self.compiled, self.body, lambda out: out.last_hidden_state[:, -n:], input_ids=ids,
                                      attention_mask=mask, position_ids=positions, use_cache=False)

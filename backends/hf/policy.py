@@ -23,7 +23,6 @@ from backends.base import Completion, Sampling, TokenPolicy
 from backends.device import resolve_device
 from backends.errors import RlgfError, RlgfWarning, first_line
 from backends.hf.compiled import forward_through
-from backends.hf.packing import packed_hidden, packs
 from backends.hf.util import (
     check_language_model,
     damaged_config,
@@ -54,8 +53,6 @@ class HFPolicy(TokenPolicy):
     compiled = None
     #: :meth:`generate` takes ``row_generators`` (each row its own random stream)
     takes_row_generators: bool = True
-    #: score responses on packed rows where the architecture allows (:mod:`backends.hf.packing`)
-    packed: bool = True
 
     def __init__(self, model, tokenizer, *, spec: str | None = None, max_prompt_length: int | None = None):
         super().__init__(spec or getattr(model.config, "_name_or_path", "") or "hf")
@@ -375,10 +372,6 @@ class HFPolicy(TokenPolicy):
             return out.logits
         ids = torch.cat([query, response[:, :-1]], dim=1)
         mask = torch.cat([query_mask, response_mask[:, :-1]], dim=1)
-        if self.packed and packs(self.model):  # the body on rows without padding, the head on what is kept
-            hidden = packed_hidden(self.compiled, self.model.base_model, query_mask, ids, mask, n)
-            if hidden is not None:
-                return self.model.get_output_embeddings()(hidden)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         kwargs = {"logits_to_keep": n} if self._keeps_logits else {}
         return forward_through(self.compiled, self.model, lambda out: out.logits[:, -n:], input_ids=ids,
