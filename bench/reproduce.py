@@ -72,6 +72,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="RL learning rate for every algorithm (default: the preset's)")
     p.add_argument("--lr-grid", default=None,
                    help="comma-separated learning rates: choose the RL lr first, by PPO's validation reward")
+    p.add_argument("--lr-per-row", action="store_true",
+                   help="with --lr-grid: choose each row's lr by that row's own validation reward (the row trained "
+                        "at each rate, seed 1000), not PPO's for every row")
     p.add_argument("--max-approx-kl", type=float, default=0.1,
                    help="an lr whose mean approx_kl exceeds this is not chosen (PPO's healthy range)")
     p.add_argument("--max-kl-per-token", type=float, default=0.1,
@@ -135,6 +138,8 @@ def check_args(p: argparse.ArgumentParser, args):
             p.error(f"--lr-grid takes positive numbers separated by commas, e.g. 5e-5,2e-4 (got {args.lr_grid!r})")
     if args.lr is not None and args.lr_grid:
         p.error("give --lr (the rows' learning rate) or --lr-grid (choose it on the validation split), not both")
+    if args.lr_per_row and not args.lr_grid:
+        p.error("--lr-per-row chooses each row's lr among --lr-grid's: give --lr-grid too")
     if args.sources and not args.collect:
         p.error("--from joins finished folders: it goes with --collect")
     try:
@@ -256,12 +261,14 @@ def train_bc(out: Path, args, seed: int, name: str = "bc") -> Path:
                         minibatch_size=min(16, setting(args, "bc_episodes")))
 
 
-def lr_trial(args, out: Path, lr: float) -> dict:
-    """PPO at one lr of the grid (seed 1000, not an evaluation seed), scored on the validation split."""
-    run = run_training(f"ppo-lr{lr:g}", out, args, 1000, alg="ppo", lr=lr)
+def lr_trial(args, out: Path, lr: float, *, alg: str = "ppo", name: str | None = None, **row) -> dict:
+    """PPO at one lr of the grid (seed 1000, not an evaluation seed), scored on the validation split;
+    with ``--lr-per-row`` a row as it will be trained (``alg``, its ``guide``/``init`` and the row options)."""
+    extra = {**row_options(args), **row} if name else {}
+    run = run_training(name or f"ppo-lr{lr:g}", out, args, 1000, alg=alg, lr=lr, **extra)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     approx_kl = statistics.fmean(r.get("approx_kl", 0.0) for r in rows)
-    val = evaluate({"ppo": str(run / "final")}, args, 1000, split="val")["ppo"]
+    val = evaluate({"trial": str(run / "final")}, args, 1000, split="val")["trial"]
     _drop_models(run, args)
     relative_paths(run)
     print(f"  lr {lr:g}: val {val} approx_kl {approx_kl:.4f}", flush=True)
@@ -269,15 +276,24 @@ def lr_trial(args, out: Path, lr: float) -> dict:
             "kl_exact_last": rows[-1].get("kl_exact"), "reward_last": rows[-1].get("reward_mean")}
 
 
-def choose_lr(args, trials: list[dict], out: Path) -> dict:
-    """The best validation reward among the lrs whose mean approx_kl stays healthy."""
+def choose_lr(args, trials: list[dict], out: Path, label: str | None = None) -> dict:
+    """The best validation reward among the lrs whose mean approx_kl stays healthy; written to
+    ``lr_choice.json`` (with ``label``, ``--lr-per-row``: that row's entry in it)."""
     metric = next(iter(trials[0]["val"]))
     healthy = [t for t in trials if t["approx_kl_mean"] <= args.max_approx_kl
                and (t.get("kl_exact_last") or 0.0) <= args.max_kl_per_token] or trials
     best = max(healthy, key=lambda t: t["val"][metric])
     choice = {"metric": metric, "trials": trials, "chosen": best["lr"]}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "lr_choice.json").write_text(json.dumps(choice, indent=2), encoding="utf-8")
+    path = out / "lr_choice.json"
+    if label is not None:  # {"metric", "per_row": {label: choice}, "chosen": {label: lr}}, row by row
+        whole = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if "per_row" not in whole:
+            whole = {"metric": metric, "per_row": {}, "chosen": {}}
+        whole["per_row"][label] = choice
+        whole["chosen"][label] = best["lr"]
+        choice = whole
+    path.write_text(json.dumps(choice, indent=2), encoding="utf-8")
     return choice
 
 
@@ -318,7 +334,12 @@ def main(argv=None) -> int:
     child_argv = [a for a in _without(argv, "--lr", "--threads", "--jobs")]
     choice_holder: dict = {}
 
-    def on_lr_trials(trials: list[dict]) -> float:
+    def on_lr_trials(trials: list[dict], label: str | None) -> float:
+        if trials and label is not None:  # --lr-per-row
+            choice_holder["choice"] = choose_lr(args, trials, out / "lr-selection", label)
+            lr = choice_holder["choice"]["chosen"][label]
+            print(f"learning rate chosen on the validation split for {label}: {lr:g}", flush=True)
+            return lr
         if trials:
             choice_holder["choice"] = choose_lr(args, trials, out / "lr-selection")
             args.lr = choice_holder["choice"]["chosen"]
@@ -366,7 +387,7 @@ def chosen_rows(args) -> list[tuple[str, str, bool]]:
 SETTINGS = ("preset", "task", "learner", "device", "lr", "lr_grid", "max_approx_kl", "max_kl_per_token", "bc_lr",
             "all_rows", "reward_model", "first_seed", "iterations", "episodes", "eval_limit", "bc_iterations",
             "compile", "rows", "guide_model", "beta", "data", "reward", "max_new_tokens", "aggrevated_advantage",
-            "row_option")
+            "row_option", "lr_per_row")
 
 
 def comparable(settings: dict) -> dict:
@@ -374,7 +395,7 @@ def comparable(settings: dict) -> dict:
     option existed) as its default where that is None, and ``row_option`` as the settings it names
     (so order and spelling do not count)."""
     parser = make_parser()
-    out = {**{k: None for k in SETTINGS if parser.get_default(k) is None}, **settings}
+    out = {**{k: parser.get_default(k) for k in SETTINGS}, **settings}
     out["row_option"] = row_options(argparse.Namespace(row_option=out.get("row_option"))) or None
     return out
 
@@ -432,9 +453,11 @@ def _meta(args, argv: list[str], seeds: int) -> dict:
     return {"task": args.task, "preset": args.preset, "seeds": seeds, "learner": args.learner,
             "command": "python bench/reproduce.py " + " ".join(a for a in argv if a != "--collect"),
             "date": datetime.date.today().isoformat(), "machine": _machine(),
-            "settings": {k: setting(args, k) for k in PRESETS[args.preset]}, "guide_seed": GUIDE_SEED,
+            # with --lr-per-row no one lr: the rows' own are in the lr choice
+            "settings": {k: None if k == "lr" and args.lr_per_row else setting(args, k) for k in PRESETS[args.preset]},
+            "guide_seed": GUIDE_SEED,
             "first_seed": args.first_seed, **({"guide_model": args.guide_model} if args.guide_model else {}),
-            **({"row_options": rows} if rows else {})}
+            **({"row_options": rows} if rows else {}), **({"lr_per_row": True} if args.lr_per_row else {})}
 
 
 def adopt_settings(args, folder: Path) -> None:
@@ -485,7 +508,7 @@ def collect(args, out: Path, jobs) -> int:
         raise SystemExit(f"no finished job in {', '.join(map(str, sources))}")
     choice_file = sources[0] / "lr-selection" / "lr_choice.json"
     lr_choice = json.loads(choice_file.read_text(encoding="utf-8")) if choice_file.is_file() else None
-    if lr_choice:
+    if lr_choice and not isinstance(lr_choice["chosen"], dict):  # one lr for every row (not --lr-per-row)
         args.lr = lr_choice["chosen"]
     meta = _meta(args, sys.argv[1:], len(used))
     if args.sources:  # the wall time of the whole: the folders' own, summed, a repeated folder's work once

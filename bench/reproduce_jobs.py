@@ -48,7 +48,11 @@ def plan(args, rows) -> list[Job]:
     """Every job, in the order they are started when ready (dependencies first, evaluations last)."""
     jobs = [Job("guide", "guide", seed=GUIDE_SEED)]
     grid = [float(x) for x in (args.lr_grid or "").split(",") if x.strip()]
-    jobs += [Job(f"lr-{lr:g}", "lr", seed=1000, lr=lr) for lr in grid]
+    if getattr(args, "lr_per_row", False):  # each row's own trials: the row itself at each rate
+        jobs += [Job(f"lr-{slug(label)}-{lr:g}", "lr", seed=1000, label=label, alg=alg, warm=warm, lr=lr,
+                     needs={"guide"} if alg != "ppo" or warm else set()) for label, alg, warm in rows for lr in grid]
+    else:
+        jobs += [Job(f"lr-{lr:g}", "lr", seed=1000, lr=lr) for lr in grid]
     row_jobs = []
     for seed in seed_range(args):
         for label, alg, warm in rows:
@@ -90,7 +94,12 @@ def run_job(job: Job, args, out: Path, lr: float) -> dict:
     if job.kind == "guide":  # a given guide is used as it is
         result = {"given": guide_final} if given else {"run": str(R.train_bc(out, args, job.seed, name="guide"))}
     elif job.kind == "lr":
-        result = R.lr_trial(args, out / "lr-selection", job.lr)
+        if job.label:  # --lr-per-row: the row itself
+            result = R.lr_trial(args, out / "lr-selection", job.lr, alg=job.alg, name=f"{slug(job.label)}-lr{job.lr:g}",
+                                guide=guide_final if job.alg != "ppo" else None,
+                                init=guide_final if job.warm else None)
+        else:
+            result = R.lr_trial(args, out / "lr-selection", job.lr)
     elif job.kind == "difficulty":
         from reproduce_difficulty import measure_prompts
 
@@ -139,25 +148,32 @@ def relative_paths(run: Path) -> None:
 
 def schedule(jobs: list[Job], args, out: Path, argv: list[str], on_lr_trials,
              finished: dict[str, dict] | None = None) -> dict[str, dict]:
-    """Run every job, ``args.jobs`` at a time; ``on_lr_trials(trials)`` returns the chosen lr once
-    every trial has finished (or the preset's lr when there is no grid). ``finished`` holds
-    results by name of jobs not to run again (``--resume``). Returns results by name."""
+    """Run every job, ``args.jobs`` at a time; ``on_lr_trials(trials, label)`` returns the chosen lr
+    once every trial has finished (or the preset's lr when there is no grid): one call for all
+    rows (``label`` None), or with ``--lr-per-row`` one per row label, once that row's trials have.
+    ``finished`` holds results by name of jobs not to run again (``--resume``). Returns results by name."""
     done: dict[str, dict] = {}
-    lr = None if any(j.kind == "lr" for j in jobs) else on_lr_trials([])
+    per_row = any(j.kind == "lr" and j.label for j in jobs)
+    chosen: dict[str | None, float] = {} if any(j.kind == "lr" for j in jobs) else {None: on_lr_trials([], None)}
     pending = [j for j in jobs if j.name not in (finished or {})]
     workers = [Worker(argv, out, i) for i in range(args.jobs)] if args.jobs > 1 else []
 
+    def lr_of(job: Job) -> float | None:
+        return chosen.get(job.label if per_row else None)
+
     def ready(job: Job) -> bool:
-        if "lr" in job.needs and lr is None:
+        if "lr" in job.needs and lr_of(job) is None:
             return False
         return "guide" not in job.needs or "guide" in done
 
     def finish(job: Job, result: dict) -> None:
-        nonlocal lr
         done[job.name] = result
-        trials = [j for j in jobs if j.kind == "lr"]
-        if lr is None and trials and all(j.name in done for j in trials):
-            lr = on_lr_trials([done[j.name] for j in trials])
+        if job.kind != "lr":
+            return
+        key = job.label if per_row else None
+        trials = [j for j in jobs if j.kind == "lr" and (j.label if per_row else None) == key]
+        if key not in chosen and all(j.name in done for j in trials):
+            chosen[key] = on_lr_trials([done[j.name] for j in trials], key)
 
     for job in jobs:
         if job.name in (finished or {}):
@@ -171,13 +187,13 @@ def schedule(jobs: list[Job], args, out: Path, argv: list[str], on_lr_trials,
                 pending.remove(job)
                 busy = sum(1 for w in workers if w.job) + 1
                 threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, min(args.jobs, busy + len(pending))))
-                worker.start(job, lr, threads)
+                worker.start(job, lr_of(job), threads)
             if not workers:  # --jobs 1: in this process
                 job = next((j for j in pending if ready(j)), None)
                 if job is None:
                     raise SystemExit(f"jobs cannot start: {', '.join(j.name for j in pending)}")
                 pending.remove(job)
-                finish(job, run_job(job, args, out, lr))
+                finish(job, run_job(job, args, out, lr_of(job)))
                 continue
             if not any(w.job for w in workers):
                 raise SystemExit(f"jobs cannot start: {', '.join(j.name for j in pending)}")

@@ -152,6 +152,12 @@ def ordering(table: dict[str, dict[str, dict]], metric: str, per_seed: list[dict
     return lines
 
 
+def _trial(t: dict, metric: str) -> str:
+    kl = t.get("kl_exact_last")
+    return (f"lr {t['lr']:g}: val {t['val'][metric]:.3f}, mean approx_kl {t['approx_kl_mean']:.4f}, last exact KL "
+            + ("–" if kl is None else f"{kl:.4f}"))
+
+
 def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, lr_choice: dict | None,
              per_seed: list[dict] | None = None, rewards_by_seed: list[dict] | None = None) -> str:
     metrics = list(next(iter(table.values())).keys())
@@ -169,15 +175,22 @@ def markdown(table: dict[str, dict[str, dict]], meta: dict, rows_health: dict, l
              + (f" (after --resume; {len(meta['kept_jobs'])} jobs were kept from the interrupted run)"
                 if meta.get("kept_jobs") else ""),
              f"- settings: {meta['settings']}",
-             *([f"- row options (the RL rows only, not the guide's BC nor the lr trials): {meta['row_options']}"]
+             *([f"- row options (the RL rows{' and their lr trials' if meta.get('lr_per_row') else ''} only, not "
+                f"the guide's BC{'' if meta.get('lr_per_row') else ' nor the lr trials'}): {meta['row_options']}"]
                if meta.get("row_options") else []), ""]
     if meta.get("sources"):
         lines[-1:-1] = [f"- joined from: {', '.join(f'`{s}`' for s in meta['sources'])}"]
-    if lr_choice:
+    if lr_choice and "per_row" in lr_choice:  # --lr-per-row
+        lines.append(f"Learning rate chosen on the validation split for each row (the row at each rate, seed 1000, "
+                     f"{lr_choice['metric']}):")
+        for label, choice in lr_choice["per_row"].items():
+            trials = "; ".join(_trial(t, lr_choice["metric"]) for t in choice["trials"])
+            lines.append(f"- {label}: {trials} — chosen {choice['chosen']:g}")
+        lines.append("")
+    elif lr_choice:
         lines.append(f"Learning rate chosen on the validation split (PPO, seed 1000, {lr_choice['metric']}):")
         for t in lr_choice["trials"]:
-            lines.append(f"- lr {t['lr']:g}: val {t['val'][lr_choice['metric']]:.3f}, mean approx_kl "
-                         f"{t['approx_kl_mean']:.4f}, last exact KL {t['kl_exact_last']:.4f}")
+            lines.append(f"- {_trial(t, lr_choice['metric'])}")
         lines += [f"- chosen: {lr_choice['chosen']:g}", ""]
     source = (f"The given model `{meta['guide_model']}`" if meta.get("guide_model")
               else f"One BC policy (trained once, seed {meta.get('guide_seed', 0)})")

@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -276,11 +277,60 @@ def test_resume_keeps_the_finished_jobs_and_refuses_other_settings(tmp_path, tin
                                           (["--from", "x"], "--from joins finished folders"),
                                           (["--lr", "5e-5", "--lr-grid", "1e-5,1e-4"], "not both"),
                                           (["--row-option", "whiten=false"], "a setting of `rlgf train`"),
-                                          (["--row-option", "lr=1e-3"], "the reproduction sets it")])
+                                          (["--row-option", "lr=1e-3"], "the reproduction sets it"),
+                                          (["--lr-per-row"], "give --lr-grid too")])
 def test_bad_options_are_one_usage_error(tmp_path, bad, message):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "reproduce.py"), *bad, "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_lr_per_row_chooses_each_rows_rate_on_its_own_validation_trials(tmp_path, tiny_causal_dir, tiny_reward_dir,
+                                                                       jobs):
+    """``--lr-per-row``: each row is trained at every rate of the grid (seed 1000) and scored on the
+    validation split, and its seeds train at the rate its own trials chose."""
+    out = tmp_path / "per-row"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
+         "--reward-model", str(tiny_reward_dir), "--seeds", "1", "--iterations", "1", "--episodes", "4",
+         "--eval-limit", "4", "--device", "cpu", "--rows", "ppo,BC+aggrevated", "--lr-grid", "1e-5,3e-4",
+         "--lr-per-row", "--row-option", "clip_range=0.1", "--jobs", jobs, "--out", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    choice = json.loads((out / "lr-selection" / "lr_choice.json").read_text())
+    assert set(choice["per_row"]) == set(choice["chosen"]) == {"ppo", "BC+aggrevated"}
+    for label, row in choice["per_row"].items():
+        assert [t["lr"] for t in row["trials"]] == [1e-5, 3e-4]
+        healthy = [t for t in row["trials"] if t["approx_kl_mean"] <= 0.1 and (t["kl_exact_last"] or 0) <= 0.1]
+        best = max(healthy or row["trials"], key=lambda t: t["val"][choice["metric"]])
+        assert choice["chosen"][label] == row["chosen"] == best["lr"]
+    # the trials are the rows themselves: AggreVaTeD from the guide's weights, with the row options
+    trial = tomllib.loads((out / "lr-selection" / "BC_aggrevated-lr0.0003" / "config.toml").read_text())["train"]
+    assert trial["alg"] == "aggrevated" and trial["seed"] == 1000 and trial["lr"] == 3e-4
+    assert trial["init"] == trial["guide"] and Path(trial["guide"]).parts[-2:] == ("guide", "final")
+    assert trial["clip_range"] == 0.1
+    assert tomllib.loads((out / "lr-selection" / "ppo-lr1e-05" / "config.toml").read_text())["train"]["alg"] == "ppo"
+    # each row's seed trained at its own rate
+    for label, folder in (("ppo", "ppo"), ("BC+aggrevated", "BC_aggrevated")):
+        config = tomllib.loads((out / "seed0" / folder / "config.toml").read_text())["train"]
+        assert config["lr"] == choice["chosen"][label]
+    data = json.loads((out / "results.json").read_text())
+    assert data["lr_choice"]["chosen"] == choice["chosen"] and data["settings"]["lr"] is None
+    md = (out / "results.md").read_text()
+    assert "Learning rate chosen on the validation split for each row" in md
+    assert f"- BC+aggrevated: lr 1e-05: val " in md and f"— chosen {choice['chosen']['BC+aggrevated']:g}" in md
+    assert "the RL rows and their lr trials only" in md
+    # a resume without the flag is another experiment
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--preset", "tiny", "--learner", str(tiny_causal_dir),
+         "--reward-model", str(tiny_reward_dir), "--seeds", "1", "--iterations", "1", "--episodes", "4",
+         "--eval-limit", "4", "--device", "cpu", "--rows", "ppo,BC+aggrevated", "--lr-grid", "1e-5,3e-4",
+         "--row-option", "clip_range=0.1", "--resume", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert again.returncode != 0 and "lr_per_row was True, now False" in again.stderr
 
 
 def test_a_given_guide_and_chosen_rows(tmp_path, tiny_causal_dir, tiny_reward_dir):
