@@ -6,16 +6,16 @@
 # each row at the rate the validation split chose for it on the test split.
 # The sparse-reward task of README's runs 18-23 (reverse three words, exact match).
 #
-#   bash bench/lr_sensitivity.sh [OUT_DIR]    # default runs/lr-sensitivity; about 25 minutes on 2 cores
+#   bash bench/lr_sensitivity.sh [OUT_DIR]    # default runs/lr-sensitivity; about 45 minutes on 2 cores
 #
-# ALGS (default "ppo aggrevated"), LRS (default "1e-5 5e-5") and SEEDS (default "0 1 2") override
+# ALGS (default "ppo aggrevated lols d2lols"), LRS (default "1e-5 5e-5") and SEEDS (default "0 1 2") override
 # the grid; LEARNER, ITERATIONS (16), EPISODES (16), BC_EPISODES (32) and LIMIT (the whole split)
 # the rest (the tests run it on a tiny model). Two trainings run at a time, one torch thread each,
 # as `bench/reproduce.py --jobs 2` does. Writes eval-{val,test}.{txt,json} and table.md in OUT_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/lr-sensitivity}
-ALGS=${ALGS:-"ppo aggrevated"}
+ALGS=${ALGS:-"ppo aggrevated lols d2lols"}
 LRS=${LRS:-"1e-5 5e-5"}
 SEEDS=${SEEDS:-"0 1 2"}
 RLGF=${RLGF:-.venv/bin/rlgf}
@@ -47,14 +47,24 @@ train() {  # ALG LR SEED
 }
 pending=()
 for alg in $ALGS; do for lr in $LRS; do for seed in $SEEDS; do pending+=("$alg $lr $seed"); done; done; done
+# two at a time (wait -n: bash 4.3 or later); a training that fails stops the script once the other ends
 running=0
+failed=0
 for job in "${pending[@]}"; do
   # shellcheck disable=SC2086
   train $job &
   running=$((running + 1))
-  if [ "$running" -ge 2 ]; then wait -n; running=$((running - 1)); fi
+  if [ "$running" -ge 2 ]; then
+    wait -n || failed=1
+    running=$((running - 1))
+    [ "$failed" = 0 ] || break
+  fi
 done
-wait
+while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$((running - 1)); done
+if [ "$failed" != 0 ]; then
+  echo "[error] a training failed: see $OUT/logs/" >&2
+  exit 1
+fi
 
 # every model and the guide on the validation split, one sampling seed, each against the guide
 checkpoints=(-c "$OUT/guide/final")
@@ -66,10 +76,11 @@ done; done; done
 "$PYTHON" bench/lr_sensitivity_table.py "$OUT/eval-val.json" | tee "$OUT/table.md"
 
 # then each row at the rate the validation split chose for it, on the *test* split, against the guide
+chosen=$("$PYTHON" bench/lr_sensitivity_table.py --chosen "$OUT/eval-val.json")  # "ALG LR" lines
 checkpoints=(-c "$OUT/guide/final")
 while read -r alg lr; do
   for seed in $SEEDS; do checkpoints+=(-c "$OUT/BC_$alg-lr$lr-s$seed/final"); done
-done < <("$PYTHON" bench/lr_sensitivity_table.py --chosen "$OUT/eval-val.json")
+done <<< "$chosen"
 "$RLGF" eval "${TASK[@]}" --split test "${LIMIT_ARGS[@]}" --seed 0 "${checkpoints[@]}" --reference "$LEARNER" \
   --baseline "$OUT/guide/final" --json "$OUT/eval-test.json" > "$OUT/eval-test.txt" 2>&1
 { echo; echo "Each row at the rate chosen above, on the test split:"; echo

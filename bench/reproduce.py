@@ -118,9 +118,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="AggreVaTeD's advantage in the AggreVaTeD, LOLS and D2LOLS rows (`rlgf train "
                         "--aggrevated-advantage`; default: rlgf's, one-step)")
     p.add_argument("--row-option", action="append", default=None, metavar="KEY=VALUE",
-                   help="an `rlgf train` setting (a config.toml key, its value as in TOML) for every RL row, not "
-                        "the guide's BC nor the lr trials; repeat it for more, e.g. --row-option "
-                        "whiten_advantages=false")
+                   help="an `rlgf train` setting (a config.toml key, its value as in TOML) for every RL row (and, "
+                        "with --lr-per-row, its lr trials), not the guide's BC nor PPO's shared lr trials; repeat "
+                        "it for more, e.g. --row-option whiten_advantages=false")
     for name in ("iterations", "episodes", "eval-limit", "bc-iterations", "max-new-tokens"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the preset")
     return p
@@ -293,7 +293,9 @@ def choose_lr(args, trials: list[dict], out: Path, label: str | None = None) -> 
         whole["per_row"][label] = choice
         whole["chosen"][label] = best["lr"]
         choice = whole
-    path.write_text(json.dumps(choice, indent=2), encoding="utf-8")
+    tmp = path.with_suffix(".tmp")  # rewritten row by row: never leave it half-written
+    tmp.write_text(json.dumps(choice, indent=2), encoding="utf-8")
+    tmp.replace(path)
     return choice
 
 
@@ -326,7 +328,13 @@ def main(argv=None) -> int:
         job = next((j for j in jobs if j.name == args.job), None)
         if job is None:
             raise SystemExit(f"unknown job {args.job}")
-        run_job(job, args, out, setting(args, "lr"))
+        lr = setting(args, "lr")
+        if args.lr_per_row and job.kind == "row":  # the rate its row's trials chose
+            choice = lr_choices([out]) or {}
+            if job.label not in (choice.get("chosen") or {}):
+                raise SystemExit(f"--lr-per-row: no lr chosen for {job.label} in {out / 'lr-selection'} yet")
+            lr = choice["chosen"][job.label]
+        run_job(job, args, out, lr)
         return 0
     if args.collect:
         return collect(args, out, jobs)
@@ -392,8 +400,8 @@ SETTINGS = ("preset", "task", "learner", "device", "lr", "lr_grid", "max_approx_
 
 def comparable(settings: dict) -> dict:
     """A settings.json's options as two runs are compared: an option it lacks (written before the
-    option existed) as its default where that is None, and ``row_option`` as the settings it names
-    (so order and spelling do not count)."""
+    option existed) as its default, and ``row_option`` as the settings it names (so order and
+    spelling do not count)."""
     parser = make_parser()
     out = {**{k: parser.get_default(k) for k in SETTINGS}, **settings}
     out["row_option"] = row_options(argparse.Namespace(row_option=out.get("row_option"))) or None
@@ -491,6 +499,20 @@ def adopt_settings(args, folder: Path) -> None:
             args.seeds = len(seeds)
 
 
+def lr_choices(sources: list[Path]) -> dict | None:
+    """The learning-rate choice of the folders (``lr-selection/lr_choice.json``): the first
+    folder's, or with ``--lr-per-row`` every folder's rows joined (replicates may train other rows)."""
+    choices = [json.loads(f.read_text(encoding="utf-8")) for f in
+               (s / "lr-selection" / "lr_choice.json" for s in sources) if f.is_file()]
+    if not choices or "per_row" not in choices[0]:
+        return choices[0] if choices else None
+    joined = {"metric": choices[0]["metric"], "per_row": {}, "chosen": {}}
+    for choice in choices:
+        for key in ("per_row", "chosen"):
+            joined[key] = {**choice.get(key, {}), **joined[key]}
+    return joined
+
+
 def collect(args, out: Path, jobs) -> int:
     """The tables from the jobs that finished; the wall time runs from the first result file
     written to the last (a lower bound: the first job's own time is not in it), unless the
@@ -506,8 +528,7 @@ def collect(args, out: Path, jobs) -> int:
     per_seed, runs_by_seed, used = gather(jobs, done, seed_range(args))
     if not per_seed:
         raise SystemExit(f"no finished job in {', '.join(map(str, sources))}")
-    choice_file = sources[0] / "lr-selection" / "lr_choice.json"
-    lr_choice = json.loads(choice_file.read_text(encoding="utf-8")) if choice_file.is_file() else None
+    lr_choice = lr_choices(sources)
     if lr_choice and not isinstance(lr_choice["chosen"], dict):  # one lr for every row (not --lr-per-row)
         args.lr = lr_choice["chosen"]
     meta = _meta(args, sys.argv[1:], len(used))

@@ -5,8 +5,8 @@ guide's training, or the evaluation of the initial learner or of the guide (ever
 job: each is one model, so it is loaded and its reference perplexity computed once). Each
 job writes ``jobs/NAME.json`` when it finishes, so an interrupted reproduction keeps what it
 finished (``--collect`` turns those files into the tables). Jobs wait for what they need:
-every RL row for the learning rate (all trials done), the guided and warm-started rows and the
-guide's evaluations for the guide. ``--jobs N`` runs N at once in N long-lived worker
+every RL row for the learning rate (all trials done; with ``--lr-per-row`` its own row's), the
+guided and warm-started rows (and their own trials) and the guide's evaluations for the guide. ``--jobs N`` runs N at once in N long-lived worker
 processes, the cores shared among the jobs running (small models use two cores better as two
 one-thread processes); the evaluations go last, so the short jobs fill the end and no core
 idles long.
@@ -349,6 +349,9 @@ def merge_sources(sources: list[Path], jobs: list[Job]) -> tuple[dict[str, dict]
                                  "folders run at other seeds (--first-seed)")
     for key, what in (("settings", "settings"), ("lr_choice", "learning rate")):
         values = [m.get(key) if key != "lr_choice" else (m.get(key) or {}).get("chosen") for m in metas]
+        if key == "lr_choice" and all(isinstance(v, dict) for v in values):  # --lr-per-row: the rows they share
+            shared = set.intersection(*(set(v) for v in values))
+            values = [{k: v[k] for k in sorted(shared)} for v in values]
         if any(v != values[0] for v in values):
             raise SystemExit(f"these folders are not replicates: their {what} differ ({values})")
     # the options each was run with (settings.json): those every folder recorded, less the preset's numbers

@@ -77,3 +77,25 @@ def test_the_script_trains_every_row_and_rate_and_evaluates_them_on_validation(t
         assert f"| BC+{alg} | {float(lr):g} | 1 |" in test
     tested = json.loads((out / "eval-test.json").read_text())["results"]
     assert [r["split"] for r in tested] == ["test"] * 3
+    # only each learner is kept (its critics and optimizer state go), and a second call trains nothing
+    for run in runs:
+        assert (out / run / "final" / "model.safetensors").is_file()
+        assert not (out / run / "checkpoints").exists() and not (out / run / "final" / "critic").exists()
+    assert not (out / "BC_aggrevated-lr1e-5-s0" / "final" / "guide_critic").exists()
+    logs = {p: p.stat().st_mtime_ns for p in (out / "logs").glob("BC_*.log")}
+    again = subprocess.run(["bash", str(ROOT / "bench" / "lr_sensitivity.sh"), str(out)], capture_output=True,
+                           text=True, timeout=600, env=env, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert logs and {p: p.stat().st_mtime_ns for p in (out / "logs").glob("BC_*.log")} == logs
+
+
+def test_a_failed_training_stops_the_script_before_any_evaluation(tmp_path, tiny_causal_dir):
+    out = tmp_path / "sens"
+    env = {**os.environ, "LEARNER": str(tiny_causal_dir), "ALGS": "ppo", "LRS": "1e-5 -1", "SEEDS": "0",
+           "ITERATIONS": "1", "EPISODES": "4", "BC_EPISODES": "4", "LIMIT": "6",
+           "RLGF": str(Path(sys.executable).parent / "rlgf")}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "lr_sensitivity.sh"), str(out)], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 1 and "[error] a training failed" in proc.stderr
+    assert "[error]" in (out / "logs" / "BC_ppo-lr-1-s0.log").read_text()  # rlgf refused the rate
+    assert not (out / "eval-val.json").exists()

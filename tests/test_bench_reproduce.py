@@ -531,3 +531,52 @@ def test_a_folder_from_before_an_option_is_not_a_replicate_of_one_run_with_it(tm
         (folder / "settings.json").write_text(json.dumps({"preset": "cpu", "task": "prompts", **extra}))
     assert experiment_of(old)["aggrevated_advantage"] is None
     assert experiment_of(new)["aggrevated_advantage"] == "gae"  # so --collect refuses to join them
+
+
+def test_lr_per_row_scheduling_gives_each_row_its_own_rate_once_its_trials_end(tmp_path, monkeypatch):
+    """The scheduler alone (the jobs faked): each row's trials end before its seeds start, the choice
+    is asked for once per row, and each row's jobs get that row's rate, not another row's."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import reproduce_jobs as J
+
+    rows = [("ppo", "ppo", False), ("BC+aggrevated", "aggrevated", True)]
+    args = argparse.Namespace(lr_grid="1e-5,1e-4", lr_per_row=True, seeds=2, first_seed=0, jobs=1, threads=1)
+    jobs = J.plan(args, rows)
+    trials = [j for j in jobs if j.kind == "lr"]
+    assert sorted(j.name for j in trials) == ["lr-BC_aggrevated-0.0001", "lr-BC_aggrevated-1e-05", "lr-ppo-0.0001",
+                                              "lr-ppo-1e-05"]
+    assert all(("guide" in j.needs) == (j.label == "BC+aggrevated") for j in trials)  # the warm row's need the guide
+    ran, asked = [], []
+    monkeypatch.setattr(J, "run_job", lambda job, a, out, lr: ran.append((job.name, lr)) or {"lr": job.lr})
+    own = {"ppo": 1e-5, "BC+aggrevated": 1e-4}
+
+    def on_lr_trials(results, label):
+        asked.append((label, sorted(r["lr"] for r in results)))
+        return own[label]
+
+    done = J.schedule(jobs, args, tmp_path, [], on_lr_trials)
+    assert set(done) == {j.name for j in jobs}
+    assert sorted(asked) == [("BC+aggrevated", [1e-5, 1e-4]), ("ppo", [1e-5, 1e-4])]
+    order = [name for name, _ in ran]
+    for job in (j for j in jobs if j.kind == "row"):
+        assert dict(ran)[job.name] == own[job.label]
+        mine = [t.name for t in trials if t.label == job.label]
+        assert max(order.index(t) for t in mine) < order.index(job.name)
+
+
+def test_per_row_choices_of_replicates_are_joined_row_by_row(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import reproduce as R
+
+    for name, rows in (("a", {"ppo": 1e-5}), ("b", {"ppo": 1e-5, "BC+ppo": 5e-5})):
+        folder = tmp_path / name / "lr-selection"
+        folder.mkdir(parents=True)
+        (folder / "lr_choice.json").write_text(json.dumps(
+            {"metric": "reward", "per_row": {k: {"chosen": v, "trials": []} for k, v in rows.items()}, "chosen": rows}))
+    joined = R.lr_choices([tmp_path / "a", tmp_path / "b"])
+    assert joined["chosen"] == {"ppo": 1e-5, "BC+ppo": 5e-5} and set(joined["per_row"]) == {"ppo", "BC+ppo"}
+    shared = R.lr_choices([tmp_path / "a"])
+    assert shared["chosen"] == {"ppo": 1e-5}
+    assert R.lr_choices([tmp_path / "none"]) is None
