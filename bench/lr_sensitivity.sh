@@ -29,9 +29,10 @@ if [ -n "${LIMIT:-}" ]; then LIMIT_ARGS=(--limit "$LIMIT"); fi
 
 # the reproduction's BC guide (bench/reproduce.py --bc-iterations 2: 2 iterations of 32 episodes)
 if [ ! -d "$OUT/guide/final" ]; then
-  OMP_NUM_THREADS=1 "$RLGF" train "${TASK[@]}" --learner "$LEARNER" --alg bc --iterations 2 --episodes "${BC_EPISODES:-32}" \
-    --minibatch-size "$(( ${BC_EPISODES:-32} < 16 ? ${BC_EPISODES:-32} : 16 ))" \
-    --epochs 1 --lr 5e-5 --seed 0 --save-every 0 --threads 1 --out "$OUT/guide" --overwrite > "$OUT/logs/guide.log" 2>&1
+  BC=${BC_EPISODES:-32}
+  OMP_NUM_THREADS=1 "$RLGF" train "${TASK[@]}" --learner "$LEARNER" --alg bc --iterations 2 --episodes "$BC" \
+    --minibatch-size "$(( BC < 16 ? BC : 16 ))" --epochs 1 --lr 5e-5 --seed 0 --save-every 0 --threads 1 \
+    --out "$OUT/guide" --overwrite > "$OUT/logs/guide.log" 2>&1
 fi
 
 # the rows as bench/reproduce.py --preset cpu trains them (16 iterations of 16 episodes, minibatches of 4)

@@ -6,10 +6,10 @@ job: each is one model, so it is loaded and its reference perplexity computed on
 job writes ``jobs/NAME.json`` when it finishes, so an interrupted reproduction keeps what it
 finished (``--collect`` turns those files into the tables). Jobs wait for what they need:
 every RL row for the learning rate (all trials done; with ``--lr-per-row`` its own row's), the
-guided and warm-started rows (and their own trials) and the guide's evaluations for the guide. ``--jobs N`` runs N at once in N long-lived worker
-processes, the cores shared among the jobs running (small models use two cores better as two
-one-thread processes); the evaluations go last, so the short jobs fill the end and no core
-idles long.
+guided and warm-started rows (and their own trials) and the guide's evaluations for the guide.
+``--jobs N`` runs N at once in N long-lived worker processes, the cores shared among the jobs
+running (small models use two cores better as two one-thread processes); the evaluations go
+last, so the short jobs fill the end and no core idles long.
 """
 
 from __future__ import annotations
