@@ -17,7 +17,8 @@ RUN = re.compile(r"BC_(?P<alg>[\w+]+)-lr(?P<lr>[0-9.e+-]+)-s(?P<seed>\d+)")
 
 
 def rows(report: dict) -> tuple[dict | None, dict[tuple[str, float], list[dict]]]:
-    """The guide's result (the one without a ``paired`` entry) and the others by (algorithm, lr)."""
+    """The guide's result (the policy whose name is no ``BC_ALG-lrLR-sSEED`` run folder) and the runs
+    by (algorithm, lr)."""
     guide, runs = None, {}
     for result in report["results"]:
         match = RUN.search(result["policy"])
