@@ -1,5 +1,6 @@
 """bench/reproduce.py on a task of one's own (``--task prompts --data FILE --reward SPEC``), and the
-sparse-reward example it was run on (bench/reverse_words.py, tasks/examples/exact_match.py)."""
+sparse- and partial-credit reward examples it was run on (bench/reverse_words.py,
+tasks/examples/exact_match.py, word_match.py)."""
 
 import json
 import subprocess
@@ -49,6 +50,18 @@ def test_exact_match_reward():
     got = reward(["p"] * 5, [" lamp bird stone\nmore", "lamp bird stone ", " lamp bird", " stone", ""],
                  [" lamp bird stone", [" x", "lamp bird stone"], " lamp bird stone", ["stone"], [" a"]])
     assert got == [1.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def test_word_match_reward_gives_partial_credit_for_words_in_their_place():
+    sys.path.insert(0, str(ROOT / "tasks" / "examples"))
+    from word_match import reward
+
+    ref = " tiger lemon dragon"
+    got = reward(["p"] * 7, [" tiger lemon dragon\nmore", "tiger  lemon", "tiger lemon dragon lamp", " dragon lemon tiger",
+                             "", "lemon dragon", " x"],
+                 [ref, ref, ref, ref, ref, ref, [" a b", " x y"]])
+    assert got == [1.0, 2 / 3, 3 / 4, 1 / 3, 0.0, 0.0, 0.5]  # the best of several references
+    assert reward(["p"], [""], [[]]) == [0.0]  # no reference: nothing to match
 
 
 def test_reverse_words_file_is_what_the_generator_writes(tmp_path):
