@@ -165,6 +165,20 @@ def test_aggrevated_beta_one_learner_rolls_in_guide_rolls_out(learner_a, guide_b
         assert len(set(batch.restart.tolist())) >= 4
 
 
+@pytest.mark.parametrize("lockstep", [True, False], ids=["lockstep", "two-pass"])
+@pytest.mark.parametrize("fixed_length", [True, False], ids=["fixed-length", "variable-length"])
+def test_a_switched_episode_has_tokens_of_both_policies(learner_a, guide_b, lockstep, fixed_length):
+    """k is uniform over {1 … L-1}, as in the authors' code: an AggreVaTeD episode always has a
+    learner token to credit (k = 0 made one without any) and the guide always writes one (k = L
+    would leave it nothing); a PPO++ episode the same the other way round."""
+    eng = engine(learner_a, guide_b, n=96, min_new=L if fixed_length else 1, lockstep=lockstep)
+    for scheme in (PPO_PP, AGGREVATED):
+        batch = collect(eng, scheme, 1.0, seed=7, batch_size=96)
+        ks = batch.restart.tolist()
+        assert min(ks) == 1 and max(ks) == L - 1 and len(set(ks)) == L - 1
+        assert int(batch.learner_mask.sum(1).min()) >= 1 and int(batch.guide_mask.sum(1).min()) >= 1
+
+
 def test_ppo_pp_beta_zero_is_ppo(tokenizer):
     """β = 0: no episode switches, no guide call, and the very same episodes as plain PPO."""
     model, _ = make_tiny_causal(tokenizer, seed=2)
@@ -205,7 +219,7 @@ def test_beta_is_a_per_episode_coin(learner_a, guide_b):
     has_guide = batch.guide_mask.sum(1) > 0
     switched = batch.stats["switched_episodes"]
     assert 16 <= switched <= 48
-    assert int(has_guide.sum()) <= switched  # a switched episode may still draw k = 0
+    assert int(has_guide.sum()) == switched  # k ≥ 1: every switched episode has a guide token
     # an episode that did not switch is the learner's alone
     for i in (~has_guide).nonzero().flatten().tolist():
         assert torch.equal(batch.learner_mask[i], batch.response_mask[i])

@@ -14,14 +14,16 @@ sampling or greedy search, minus its per-step machinery. It also runs a *roll-in
 * the roll-in model only takes the rows that roll in; rows leave its batch as their roll-ins
   end, and it stops after ``max(k)`` steps.
 
-Restart points uniform over the roll-in's length. The caller draws ``k`` uniformly over
-``{0 … L-1}`` before the roll-in starts. A roll-in that ends (EOS) after ``m ≤ k`` tokens gets a
-fresh ``k`` uniform over ``{0 … m-1}``, and the roll-out model's cache for that row is rewound:
-the cached positions from ``k`` on are masked out of the attention and decoding resumes at
+Restart points uniform over {1 … m-1} for a roll-in of m tokens (its EOS counted). The caller
+draws ``k`` uniformly over ``{1 … L-1}`` before the roll-in starts (rows that do not roll in
+pass 0). A roll-in that ends (EOS) after ``m ≤ k`` tokens gets a fresh ``k`` uniform over
+``{1 … m-1}`` (0 when its first token is its EOS), and the roll-out model's cache for that row is
+rewound: the cached positions from ``k`` on are masked out of the attention and decoding resumes at
 position ``k`` (an encoder-decoder model, whose relative positions count cache columns,
-rolls such rows out in a second pass that replays their prefix). For a roll-in of length ``m`` this makes ``P(k = j) = 1/L + (L-m)/(L·m) = 1/m``
-for every ``j < m``, so it is exactly "k uniform over the roll-in's generated length", without
-generating roll-in tokens that are thrown away.
+rolls such rows out in a second pass that replays their prefix). For a roll-in of length ``m``
+this makes ``P(k = j) = 1/(L-1) + (L-m)/((L-1)·(m-1)) = 1/(m-1)`` for every ``0 < j < m``, so
+it is exactly "k uniform over {1 … m-1}", without generating roll-in tokens that are thrown away.
+Each policy thus writes at least one token of a switched episode, as in the authors' code.
 
 Sampling follows ``generate``'s: EOS is forbidden until ``min_new_tokens``, then temperature,
 top-k and top-p shape the raw logits, and ``torch.multinomial`` draws from the global RNG (among
@@ -138,7 +140,9 @@ def lockstep_generate(
 
     ``restart`` (``[B]``, default all 0) gives each row's planned switch point; rows with
     ``restart > 0`` roll in with ``roll_in`` (same vocabulary) first. ``generator`` draws the
-    new switch points of roll-ins that end early. Returns ``(response, response_mask,
+    new switch points of roll-ins that end early, uniformly over ``{1 … m-1}`` for a roll-in of
+    ``m`` tokens with its EOS (so a row that rolls in keeps at least one roll-in token; 0 only
+    where the roll-in's first token was its EOS). Returns ``(response, response_mask,
     restart)`` — right-padded, EOS included in the mask, ``restart`` the final switch points —
     plus the raw log-probabilities of the tokens under the model that generated each one
     when ``output_logprobs`` (0 for a roll-in prefix replayed in a second pass).
@@ -236,8 +240,8 @@ def lockstep_generate(
         if any_early:  # draw k again over the roll-in's length, rewind the roll-out model's row
             feed = nxt.clone()
             for r in early.nonzero().flatten().tolist():
-                m = int(count[r])
-                new_k = int(torch.randint(0, m, (1,), generator=generator))
+                m = int(count[r])  # the roll-in's tokens, its EOS included: k over {1 … m-1}
+                new_k = int(torch.randint(min(1, m - 1), m, (1,), generator=generator))
                 k[r] = new_k
                 count[r] = new_k
                 tokens[r, new_k:] = pad

@@ -2,8 +2,11 @@
 
 For each episode a coin with probability β picks the roll-in policy (the scheme's mixed-in
 policy, else the roll-out policy itself). Where the two differ, a restart point ``k`` is
-drawn uniformly over the roll-in's generated length and the roll-out policy continues from
-prompt + the first ``k`` roll-in tokens. Two ways to run it:
+drawn uniformly over ``{1 … m-1}`` for a roll-in of ``m`` tokens (its EOS included) and the
+roll-out policy continues from prompt + the first ``k`` roll-in tokens: each policy writes at
+least one token of a switched episode, as in the authors' code (a ``k`` of 0 would make an
+AggreVaTeD episode without one learner token, or a PPO++ episode the guide never touched).
+Two ways to run it:
 
 * **lock-step** (local models sharing the learner's vocabulary, causal or encoder-decoder,
   no beam search — the usual case): both models decode in one loop
@@ -156,12 +159,14 @@ class GuidedRollout:
 
     def _lockstep_chunk(self, scheme: Scheme, query, qmask, rows: list[int], generator: torch.Generator):
         """Roll-in and roll-out in one loop (:func:`backends.hf.decode.lockstep_generate`): restart
-        points are drawn uniformly over ``{0 … L-1}`` up front and redrawn for roll-ins that end
-        early, which is the same distribution as "uniform over the roll-in's length"."""
+        points are drawn uniformly over ``{1 … L-1}`` up front and redrawn over ``{1 … m-1}`` for
+        roll-ins that end early at ``m`` tokens, which is the same distribution as "uniform over
+        ``{1 … m-1}`` of the roll-in's ``m`` tokens"."""
         n, L = query.shape[0], self.max_new_tokens
         restart = torch.zeros(n, dtype=torch.long)
         if rows:
-            restart[rows] = torch.randint(0, max(L, 1), (len(rows),), generator=generator)
+            low = 1 if L >= 2 else 0
+            restart[rows] = torch.randint(low, max(L, 1), (len(rows),), generator=generator)
         policy = {LEARNER: self.learner, GUIDE: self.guide}
         roll_in = policy[scheme.mix_roll_in] if rows else None
         sampling = {LEARNER: self.sampling, GUIDE: self.guide_sampling}
@@ -187,7 +192,7 @@ class GuidedRollout:
             # with a fixed continuation length k is drawn before the roll-in,
             # which then only needs max(k) steps
             if fixed_length:
-                ks = torch.randint(0, L, (len(rows),), generator=generator)
+                ks = torch.randint(1 if L >= 2 else 0, max(L, 1), (len(rows),), generator=generator)
                 roll_in_len = int(ks.max())
             else:
                 ks, roll_in_len = None, L
@@ -195,9 +200,10 @@ class GuidedRollout:
                 tokens, tmask = self._roll_in(scheme.mix_roll_in, query[rows], qmask[rows], [prompts[i] for i in rows],
                                               roll_in_len)
                 lengths = tmask.sum(1).cpu()
-                if ks is None:  # k uniform over {0, …, m-1} of the generated length m
+                if ks is None:  # k uniform over {1, …, m-1} of the generated length m (0 where m ≤ 1)
                     u = torch.rand(len(rows), generator=generator)
-                    ks = (u * lengths.clamp(min=1).float()).long()
+                    low = (lengths >= 2).long()
+                    ks = low + (u * (lengths - low).clamp(min=1).float()).long()
                 ks = torch.minimum(ks, lengths)
                 width = max(int(ks.max()), 1)
                 prefix = torch.full((n, width), pad_id(learner), dtype=torch.long, device=learner.device)
