@@ -82,8 +82,6 @@ class RunSettings:
     prompts_per_request: int | None = None
     #: send ``top_k`` and ``min_tokens`` (vLLM, llama.cpp, SGLang, ``rlgf serve``): "auto" (probe), "on", "off"
     extensions: str | None = None
-    #: loaded as a training guide: transport settings from ``$RLGF_GUIDE_*`` apply
-    guide: bool = False
     #: a chat guide's system message and roll-in instruction (``{prompt}`` placeholder), and
     #: how it continues a partial reply (None: the backend's defaults; ``auto`` probes)
     guide_system: str | None = None

@@ -272,7 +272,8 @@ class SentimentContinuationTask(Task):
             raise RlgfError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         min_new_tokens = int(max_new_tokens) if min_new_tokens is None else int(min_new_tokens)
         if not 0 <= min_new_tokens <= int(max_new_tokens):
-            raise RlgfError(f"min_new_tokens must be between 0 and max_new_tokens ({max_new_tokens})")
+            raise RlgfError(f"--min-new-tokens must be between 0 and --max-new-tokens ({max_new_tokens}), "
+                            f"not {min_new_tokens}", "lower --min-new-tokens or raise --max-new-tokens")
         if int(prompt_max_tokens) < 1:
             raise RlgfError(f"prompt_max_tokens must be at least 1, not {prompt_max_tokens}")
         if reward_model is not None:

@@ -198,11 +198,11 @@ def test_openai_builds_its_options_from_the_run(monkeypatch):
     assert opts == {"base_url": "http://h/v1", "price_per_1k": 0.5, "seed": 5, "max_concurrency": 3}
 
     monkeypatch.setenv("RLGF_GUIDE_TIMEOUT", "2.5")
-    assert "timeout" not in OpenAIPolicy.options_from(RunSettings())  # only a guide reads $RLGF_GUIDE_*
-    assert OpenAIPolicy.options_from(RunSettings(guide=True)) == {"timeout": 2.5}
+    # every API policy reads $RLGF_GUIDE_*: a guide, and the policy `eval` or `difficulty` scores
+    assert OpenAIPolicy.options_from(RunSettings()) == {"timeout": 2.5}
     monkeypatch.setenv("RLGF_GUIDE_TIMEOUT", "-1")
     with pytest.raises(RlgfError, match="RLGF_GUIDE_TIMEOUT"):
-        OpenAIPolicy.options_from(RunSettings(guide=True))
+        OpenAIPolicy.options_from(RunSettings())
 
 
 def test_openai_sampling_options_depend_on_extensions():
@@ -223,4 +223,4 @@ def test_openai_sampling_options_depend_on_extensions():
 def test_hf_takes_no_run_options():
     from backends.hf.policy import HFPolicy
 
-    assert HFPolicy.options_from(RunSettings(seed=1, base_url="http://h", budget_tokens=5, guide=True)) == {}
+    assert HFPolicy.options_from(RunSettings(seed=1, base_url="http://h", budget_tokens=5)) == {}

@@ -37,11 +37,14 @@ def test_an_unset_minibatch_size_follows_the_episodes():
         build_config(None, minibatch_size=-1)
 
 
-def test_a_config_file_minibatch_size_is_explicit(tmp_path):
+def test_a_config_file_minibatch_size_follows_fewer_episodes_with_a_warning(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("minibatch_size = 16\n")
+    with pytest.warns(Warning, match="minibatch size 16 of .*c.toml is more than --episodes 4: minibatches of 4"):
+        assert build_config(str(cfg), episodes=4).minibatch_size == 4
+    cfg.write_text("minibatch_size = 16\nepisodes = 4\n")  # the file contradicts itself: an error
     with pytest.raises(RlgfError, match="--minibatch-size 16 is larger than --episodes 4"):
-        build_config(str(cfg), episodes=4)
+        build_config(str(cfg))
 
 
 def test_train_with_few_episodes_runs_and_records_the_resolved_minibatch(tmp_path, tiny_causal_dir, tiny_reward_dir):
@@ -253,3 +256,47 @@ def test_a_bad_spec_fails_before_the_reward_is_prepared(tmp_path, monkeypatch, f
     line = _error(runner.invoke(app, args))
     assert "no such folder: ./no/such/folder" in line
     assert not (tmp_path / "run").exists()
+
+
+# -- 5. errors that name what the user typed, and advice that fits the command ---------------------
+
+
+def test_a_damaged_final_folder_points_at_the_last_checkpoint(tmp_path):
+    from rlgf_cli.training.checkpoint import read_state
+
+    for name in ("final", "iter-0003"):
+        folder = tmp_path / "run" / name
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text("[1, 2]", encoding="utf-8")
+        with pytest.raises(RlgfError, match="is damaged") as info:
+            read_state(folder)
+        if name == "final":  # eval and --init read final/: --overwrite is no option of theirs
+            assert "last checkpoint" in info.value.hint and "--overwrite" not in info.value.hint
+            assert str(tmp_path / "run" / "checkpoints") in info.value.hint
+        else:
+            assert "delete that folder" in info.value.hint
+
+
+def test_distill_names_the_flag_that_was_typed():
+    line = _error(runner.invoke(app, ["distill", "--guide", "hf:x", "--guide-concurrency", "0"]))
+    assert "--guide-concurrency must be >= 1" in line, line
+
+
+def test_rotten_tomatoes_names_its_min_new_tokens_flag():
+    from tasks.rotten_tomatoes import RottenTomatoesTask
+
+    with pytest.raises(RlgfError, match="--min-new-tokens must be between 0 and --max-new-tokens") as info:
+        RottenTomatoesTask(max_new_tokens=8, min_new_tokens=100)
+    assert "raise --max-new-tokens" in info.value.hint
+
+
+def test_a_result_table_in_a_pipe_keeps_its_natural_width(capsys, monkeypatch):
+    from rlgf_cli.commands.console import print_result_table
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    cells = ["learner + BC (temperature 0.7)", "0.612 ± 0.021", "13.402 ± 1.250", "0.281 ± 0.010", "3.1 ± 0.2"]
+    print_result_table("a title", ["method", "reward", "output_perplexity", "rouge_l", "length"], [cells] * 2)
+    lines = capsys.readouterr().out.splitlines()
+    assert any("output_perplexity" in x for x in lines), lines  # not "output_perple / xity"
+    assert sum(all(c in x for c in cells) for x in lines) == 2, lines  # every row on one line
+    assert max(map(len, lines)) > 80

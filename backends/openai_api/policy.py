@@ -158,8 +158,9 @@ class OpenAIPolicy(Policy):
     @classmethod
     def options_from(cls, settings: RunSettings) -> dict[str, Any]:
         """Constructor options from a run's settings (the key only ever comes from the
-        environment). ``budget_used`` tokens count against ``budget_tokens``; a guide also
-        takes its transport settings from ``$RLGF_GUIDE_*`` (:data:`GUIDE_ENV`)."""
+        environment). ``budget_used`` tokens count against ``budget_tokens``; the transport
+        settings come from ``$RLGF_GUIDE_*`` (:data:`GUIDE_ENV`), for a guide and for the policy
+        ``eval`` or ``difficulty`` scores alike."""
         opts: dict[str, Any] = {}
         if settings.base_url:
             opts["base_url"] = settings.base_url
@@ -178,8 +179,7 @@ class OpenAIPolicy(Policy):
             opts["prompts_per_request"] = settings.prompts_per_request
         if settings.extensions is not None:
             opts["extensions"] = settings.extensions
-        if settings.guide:
-            opts.update(guide_env_options())
+        opts.update(guide_env_options())
         return opts
 
     @property
@@ -439,7 +439,8 @@ class OpenAIPolicy(Policy):
                 self.budget.release(reserved)
 
 
-#: transport settings of an API guide that only the environment sets (slow servers, tests)
+#: transport settings of an API policy (a guide, or the policy ``eval`` scores) that only the
+#: environment sets (slow servers, tests)
 GUIDE_ENV = {"RLGF_GUIDE_TIMEOUT": ("timeout", float), "RLGF_GUIDE_MAX_RETRIES": ("max_retries", int),
              "RLGF_GUIDE_BACKOFF": ("backoff_base", float)}
 

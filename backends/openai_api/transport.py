@@ -174,7 +174,8 @@ class Transport:
             log.info("guide request failed (%s); retry %d/%d in %.2f s", last, attempt + 1, self.max_retries, delay)
             self._bump("retries")
             time.sleep(delay)
-        raise RlgfError(f"the API at {self.endpoint} failed {self.max_retries + 1} times; last: {last}",
+        tries = self.max_retries + 1
+        raise RlgfError(f"the API at {self.endpoint} failed {tries} time{'s' if tries > 1 else ''}; last: {last}",
                         hint=self.failure_hint(last))
 
     def failure_hint(self, last: str) -> str:
@@ -208,7 +209,10 @@ class Transport:
     # -- errors -------------------------------------------------------------------
     def redact(self, text: str) -> str:
         for secret in self._secrets:
-            text = text.replace(secret, "***")
+            if len(secret) >= 12:
+                text = text.replace(secret, "***")
+            else:  # a local server's short key ("x", "none") only where it stands alone, not in every
+                text = re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", "***", text)  # word ("E***pecting")
         return _KEY_LIKE.sub("sk-***", text)
 
     @staticmethod

@@ -126,8 +126,9 @@ def is_terminal() -> bool:
     return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
 
 
-def rich_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], align_right_from: int = 1):
-    """The terminal rendering of a result table (the library makes Markdown; this layer draws)."""
+def print_result_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], align_right_from: int = 1) -> None:
+    """A result table on stdout (the library makes Markdown; this layer draws): fitted to a
+    terminal, at its natural width in a pipe or a log (rich would fold every cell at 80 columns)."""
     from rich.table import Table
 
     table = Table(title=title)
@@ -135,4 +136,5 @@ def rich_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]
         table.add_column(col, justify="right" if i >= align_right_from else "left", overflow="fold")
     for row in rows:
         table.add_row(*[str(c) for c in row])
-    return table
+    fitted = out_console.is_terminal or os.environ.get("COLUMNS")
+    (out_console if fitted else Console(highlight=False, width=1000)).print(table)

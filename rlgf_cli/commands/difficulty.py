@@ -138,7 +138,7 @@ def _bar(label: str):
 
 def print_table(report: dict, metric: str, gaps: dict) -> None:
     from rlgf_cli.evaluation.difficulty import metric_names
-    from rlgf_cli.commands.console import rich_table
+    from rlgf_cli.commands.console import print_result_table
     from rlgf_cli.evaluation.report import fmt_mean_std, short_labels
 
     names = metric_names(report)
@@ -155,7 +155,7 @@ def print_table(report: dict, metric: str, gaps: dict) -> None:
         how += " · cut at " + ", ".join(f"{c:.4f}" for c in cuts)
     several = f" · {len(report['seeds'])} seeds (mean ± std)" if report.get("seeds") else ""
     title = f"{report['task']} · {report['split']} split · n={report['n']} · by difficulty{several}"
-    out_console.print(rich_table(title, ["bucket", "policy", *names], rows, align_right_from=2))
+    print_result_table(title, ["bucket", "policy", *names], rows, align_right_from=2)
     from rlgf_cli.evaluation.paired import bucket_lines
 
     for line in bucket_lines(report["buckets"], labels.__getitem__):

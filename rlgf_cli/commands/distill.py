@@ -8,7 +8,7 @@ import typer
 
 from rlgf_cli.commands.options import (BertscoreModel, Data, Device, Precision, PromptField, PromptMaxTokens, ChatTemplate, Quiet, ReferenceField, Threads,
                                        Reward, RewardLabel, RewardModel, RewardUrl, Task)
-from rlgf_cli.commands.console import err_console, handle_errors, out_console
+from rlgf_cli.commands.console import err_console, handle_errors
 
 _GUIDE = "Guide and collection"
 _BC = "Behaviour cloning"
@@ -112,11 +112,11 @@ def distill_command(
         write_atomic(json_out, json.dumps(report, indent=2))
     if json_out != "-" and not quiet:
         from rlgf_cli.evaluation.distill_report import facts, table
-        from rlgf_cli.commands.console import rich_table
+        from rlgf_cli.commands.console import print_result_table
 
         columns, rows = table(report, short=True)
         title = f"{report['task']} · {report['split']} split · n={report['n']} · guide vs learner"
-        out_console.print(rich_table(title, columns, rows, align_right_from=3))
+        print_result_table(title, columns, rows, align_right_from=3)
         for line in facts(report):
             err_console.print(line.removeprefix("- ").replace("**", ""), markup=False)
         err_console.print(f"report: {Path(report['out']) / 'report.md'}", markup=False)

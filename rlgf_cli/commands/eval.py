@@ -259,10 +259,10 @@ def _fact(value) -> str:
 
 
 def _print_table(report: dict) -> None:
-    from rlgf_cli.commands.console import rich_table
+    from rlgf_cli.commands.console import print_result_table
 
     title, columns, rows, numeric = table_rows(report)
-    out_console.print(rich_table(title, columns, rows, align_right_from=numeric))
+    print_result_table(title, columns, rows, align_right_from=numeric)
     for line in _paired(report):
         out_console.print(line, markup=False, highlight=False)
     facts = []  # one caption: what is unknown (None) or was said before the table (the precision) is left out

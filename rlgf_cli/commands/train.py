@@ -162,6 +162,23 @@ def _restore_hint(resume: Path, saved_file: Path) -> str:
         f"it has no checkpoint to resume: delete {resume} and start the run again"
 
 
+#: the run's files that a resume reads again (the models come from its checkpoint)
+READ_AGAIN = ("data", "reward", "reward_model")
+
+
+def _gone(name: str, value: Any) -> Optional[str]:
+    """The local file or folder that a run's recorded ``name`` (a path field) names, where it no
+    longer exists; ``None`` for one that exists or for a hub name, a model spec, a module."""
+    if not isinstance(value, str) or (name == "data" and value.startswith("hf:")):
+        return None
+    rest = value[3:] if value.startswith("hf:") else value
+    if name == "reward":  # FILE.py:FUNCTION
+        file, sep, _ = rest.rpartition(":")
+        rest = file if sep and file.endswith(".py") else ""
+    path = Path(rest).expanduser()
+    return str(path) if rest and path.is_absolute() and not path.exists() else None
+
+
 def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path:
     """The config file of the run in ``resume``; checks the flags against it and points
     ``options["out"]`` at the run."""
@@ -188,6 +205,15 @@ def resume_settings(resume: Path, config: Optional[Path], options: dict) -> Path
                             f"drop {flag}, or start a new run warm-started from this one with --init {resume}/final")
     for name in FIXED_AT_START:  # what the run's state was built from: a change would not take, or break it
         given, was = options.get(name), saved.get(name)
+        gone = _gone(name, was) if name in READ_AGAIN else None
+        if gone is not None:  # moved (or deleted) since: it may be named at its new place
+            flag = "--" + name.replace("_", "-")
+            if given is None:
+                raise RlgfError(f"the run's {flag} {was} is gone ({gone} no longer exists)",
+                                f"put it back there, or pass {flag} with the same file's new place")
+            err_console.print(f"note: the run's {flag} {was} is gone; it continues with {given} (the same file, moved: "
+                              "another one would change what the rest of the run trains on)", markup=False)
+            continue
         default = run_default(saved, name) if was is None and given is not None else None
         if name in PATH_FIELDS and isinstance(given, str) and isinstance(was, str):  # the same file, however named
             given, was = local_path(name, given), local_path(name, was)

@@ -96,7 +96,7 @@ def check_options(o: DistillOptions) -> None:
     at_least("prompts", o.prompts, 1)
     at_least("keep-top", o.keep_top, 1)
     at_least("guide-budget-tokens", o.guide_budget_tokens, 0)
-    at_least("concurrency", o.concurrency, 1)
+    at_least("guide-concurrency", o.concurrency, 1)
     at_least("eval-limit", o.eval_limit, 1)
     at_least("batch-size", o.batch_size, 1)
     at_least("then-iterations", o.then_iterations, 1)
@@ -354,7 +354,7 @@ def _distill(o: DistillOptions, lock, *, callback=None, bar=None) -> dict:
     }
     iterations = o.iterations or max(1, math.ceil(o.bc_epochs * len(kept) / bc_cfg.episodes))
     bc_cfg.iterations = iterations
-    say(f"BC on {len(kept)} guide completions: {iterations} iterations of {bc_cfg.episodes} examples")
+    say(f"BC on {len(kept)} guide completions: {iterations} iteration{'s' if iterations != 1 else ''} of {bc_cfg.episodes} examples")
     stats["bc"] = train_bc(bc_cfg, with_guide_data(task, kept), learner_spec, device, callback)
     evaluate(reference, "learner", learner_spec)
     bc_policy = resolve(stats["bc"]["final"], device=device)

@@ -51,6 +51,16 @@ GIB = 2**30
 DAMAGE_HINT = "delete that folder to resume from the previous checkpoint, or start again with --overwrite"
 
 
+def damage_hint(folder: Path) -> str:
+    """What to do about a damaged ``folder``: a checkpoint can be dropped for the one before it; a
+    run's ``final/`` (what ``eval`` and ``--init`` read) has the run's last checkpoint beside it."""
+    folder = Path(folder)
+    if folder.name == "final":
+        return (f"use the run's last checkpoint instead ({folder.parent / 'checkpoints'}/iter-NNNN holds the same "
+                "weights), or train the run again")
+    return DAMAGE_HINT
+
+
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -280,7 +290,7 @@ def read_state(folder: Path) -> dict[str, Any]:
     with reading_checkpoint(folder):
         state = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(state, dict) or not isinstance(state.get("iteration", 0), int):
-        raise RlgfError(f"checkpoint {folder} is damaged: {STATE_FILE} is not a trainer state", DAMAGE_HINT)
+        raise RlgfError(f"checkpoint {folder} is damaged: {STATE_FILE} is not a trainer state", damage_hint(folder))
     return state
 
 
@@ -310,7 +320,7 @@ def reading_checkpoint(folder: Path | None):
             raise
         raise RlgfError(
             f"checkpoint {folder} is damaged: {type(cause).__name__}: {first_line(cause)}",
-            DAMAGE_HINT,
+            damage_hint(folder),
         ) from None
 
 

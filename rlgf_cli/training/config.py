@@ -375,7 +375,18 @@ def build_config(config_file: str | None = None, *, config_option: str = "--conf
     given: dict[str, Any] = {}
     if config_file:
         given.update(load_toml(config_file, config_option))
-    given.update({k: v for k, v in overrides.items() if v is not None})
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    given.update(flags)
+    if "episodes" in flags and "minibatch_size" not in flags and isinstance(given.get("minibatch_size"), int) \
+            and isinstance(flags["episodes"], int) and given["minibatch_size"] > flags["episodes"] > 0:
+        # a file's minibatch size (config.toml records the resolved default, 16) follows fewer --episodes
+        import warnings
+
+        from backends.errors import RlgfWarning
+
+        warnings.warn(f"the minibatch size {given['minibatch_size']} of {config_file} is more than --episodes "
+                      f"{flags['episodes']}: minibatches of {flags['episodes']}", RlgfWarning, stacklevel=2)
+        given["minibatch_size"] = flags["episodes"]
     for name in PATH_FIELDS:
         if isinstance(given.get(name), str):
             given[name] = local_path(name, given[name])

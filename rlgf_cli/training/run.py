@@ -94,7 +94,7 @@ def guide_options(cfg: TrainConfig, used: int = 0, concurrency: int | None = Non
                            budget_used=int(used or 0), price_per_1k=cfg.guide_price_per_1k,
                            max_concurrency=concurrency or cfg.guide_concurrency or None,
                            prompts_per_request=cfg.guide_prompts_per_request, extensions=cfg.guide_extensions or "auto",
-                           guide=True, guide_system=cfg.guide_system or getattr(task, "guide_system", None),
+                           guide_system=cfg.guide_system or getattr(task, "guide_system", None),
                            guide_instruction=cfg.guide_instruction or getattr(task, "guide_instruction", None),
                            guide_prefill=cfg.guide_prefill)
     return policy_class(cfg.guide).options_from(settings)

@@ -90,7 +90,8 @@ class HttpReward:
                 last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
             if attempt < self.retries:
                 time.sleep(min(wait, 30.0))
-        raise RlgfError(f"the reward service at {self.url} failed {self.retries + 1} times (last: {last})",
+        tries = self.retries + 1
+        raise RlgfError(f"the reward service at {self.url} failed {tries} time{'s' if tries > 1 else ''} (last: {last})",
                         "check that it is running and answers {\"rewards\": [...]}, one number per completion")
 
 
