@@ -110,20 +110,39 @@ _JSON_OPTION = typer.Option("--json", help="Print machine-readable JSON to stdou
 @app.command("tasks")
 @handle_errors
 def tasks_command(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
-    """List the tasks (built-in and from the `rlgf.tasks` entry points) with their data source, default learner, reward and metrics."""
+    """List the tasks (built-in and from the `rlgf.tasks` entry points) with their data source, default learner, reward and metrics.
+
+    Examples:
+
+      rlgf tasks
+
+      rlgf tasks --json | jq '.[].name'
+    """
+    from rlgf_cli.training.config import TrainConfig
     from tasks import available
 
     rows = available()
-    if not as_json:  # the table has no description column: a broken plug-in's reason (which names its
-        rows = [{**r, "source": r["error"]} if r.get("error") else r for r in rows]  # entry point) is its source
-    _print_listing("rlgf tasks", rows, [("name", "name"), ("source", "source"), ("data source", "data_source"),
-                   ("default learner", "default_learner"), ("reward", "reward"), ("metrics", "metrics")], as_json)
+    if not as_json:  # for people: the default task marked, a broken plug-in's reason (which names its entry
+        # point) as its source, and "data=PATH" (a task option) as the flag that sets it
+        rows = [{**r, "name": r["name"] + (" (default)" if r["name"] == TrainConfig.task else ""),
+                 "data_source": str(r.get("data_source") or "").replace("data=PATH", "--data PATH"),
+                 **({"source": r["error"], "description": ""} if r.get("error") else {})} for r in rows]
+    _print_listing("rlgf tasks", rows, [("name", "name"), ("description", "description"), ("source", "source"),
+                   ("data source", "data_source"), ("default learner", "default_learner"), ("reward", "reward"),
+                   ("metrics", "metrics")], as_json)
 
 
 @app.command("backends")
 @handle_errors
 def backends_command(as_json: Annotated[bool, _JSON_OPTION] = False) -> None:
-    """List the registered policy backends (built-in and from the `rlgf.backends` entry points)."""
+    """List the registered policy backends (built-in and from the `rlgf.backends` entry points).
+
+    Examples:
+
+      rlgf backends
+
+      rlgf backends --json
+    """
     from backends import available
 
     from backends.embedded import ALIASES

@@ -56,14 +56,18 @@ def _import_failed(spec: str, what: str, exc: BaseException) -> RlgfError:
         return RlgfError(f"custom reward {spec!r}: importing {what} raised ModuleNotFoundError: {exc}",
                          f"install the package that provides {exc.name.split('.')[0]!r} into the environment rlgf "
                          f"runs in ({sys.executable} -m pip install …)")
-    return RlgfError(f"custom reward {spec!r}: importing {what} raised {type(exc).__name__}: {exc}")
+    return RlgfError(f"custom reward {spec!r}: importing {what} raised {type(exc).__name__}: {exc}",
+                     f"fix {what} so that it imports; python {what} shows the full error" if what.endswith(".py")
+                     else f"fix {what} so that it imports; python -c 'import {what}' shows the full error")
 
 
 def _import_module(name: str, spec: str):
     if name.endswith(".py") or os.sep in name or "/" in name:
         path = Path(name).expanduser()
         if not path.is_file():
-            raise RlgfError(f"custom reward {spec!r}: file not found: {path}")
+            raise RlgfError(f"custom reward {spec!r}: file not found: {path}",
+                            "pass --reward path/to/file.py:function with a path that exists (relative to the "
+                            "current folder, or absolute)")
         mod_name = f"rlgf_custom_reward_{abs(hash(str(path.resolve())))}"
         if mod_name in sys.modules:
             return sys.modules[mod_name]

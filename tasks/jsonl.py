@@ -26,7 +26,7 @@ def iter_jsonl(path: Path, shape: str, hint: str) -> Iterator[tuple[int, str, di
                 yield number, f"{path} line {number}", row
             return
     except FileNotFoundError:
-        raise RlgfError(f"data file not found: {path}") from None
+        raise RlgfError(f"data file not found: {path}", hint="pass an existing file to --data") from None
     except OSError as exc:
         raise RlgfError(f"cannot read {path}: {exc}") from exc
     except UnicodeDecodeError as exc:
@@ -36,7 +36,7 @@ def iter_jsonl(path: Path, shape: str, hint: str) -> Iterator[tuple[int, str, di
     try:
         handle = open(path, encoding="utf-8-sig")  # -sig: a byte-order mark (Notepad's, Excel's) is not text
     except FileNotFoundError:
-        raise RlgfError(f"data file not found: {path}") from None
+        raise RlgfError(f"data file not found: {path}", hint="pass an existing file to --data") from None
     except OSError as exc:
         raise RlgfError(f"cannot read {path}: {exc}") from exc
     rows = 0

@@ -229,7 +229,7 @@ def load_splits(path: Path, seed: int = 42, min_words: int = 4) -> dict[str, lis
     try:
         stat = path.stat()
     except OSError:
-        raise RlgfError(f"data file not found: {path}") from None
+        raise RlgfError(f"data file not found: {path}", hint="pass an existing file to --data") from None
     key = (str(path), stat.st_size, stat.st_mtime_ns, seed, min_words)
     if key not in _SPLIT_CACHE:
         records = clean(read_labelled_file(path), min_words)
@@ -424,7 +424,7 @@ class RottenTomatoesTask(SentimentContinuationTask):
         else:
             self.data_path = Path(data).expanduser()
             if not self.data_path.is_file():
-                raise RlgfError(f"data file not found: {self.data_path}")
+                raise RlgfError(f"data file not found: {self.data_path}", hint="pass an existing file to --data")
             data_format(self.data_path)
         if int(min_words) < 2:
             raise RlgfError(f"min_words must be at least 2 (a prompt and a continuation), not {min_words}")

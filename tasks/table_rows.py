@@ -123,7 +123,8 @@ def _parquet_table(path: Path):
     try:
         return pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-        raise RlgfError(f"{path}: not a readable Parquet file ({exc})") from None
+        raise RlgfError(f"{path}: not a readable Parquet file ({exc})",
+                        "check that the file was copied whole, or pass it as JSONL or CSV") from None
 
 
 def parquet_rows(path: Path, table=None) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -295,13 +295,15 @@ def test_a_budget_below_the_first_calls_is_never_passed(tmp_path, tiny_causal_di
     before = server.state()["counts"]
     out = tmp_path / "run"
     result = invoke(api_args(tiny_causal_dir, reward_dir, out, server.url, "--beta", "0", "--guide-budget-tokens",
-                             budget, alg="aggrevated"))
+                             budget, alg="aggrevated"), code=1)
     after = server.state()["counts"]
     spent = (after["prompt_tokens"] - before["prompt_tokens"]) + (after["completion_tokens"] - before["completion_tokens"])
-    assert spent <= budget and "stopped early" in result.output, (spent, result.output)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["iterations"] == 0 and "4 uncached guide completions" in summary["stopped"]
-    assert json.loads((out / "final" / "trainer_state.json").read_text())["iteration"] == 0
+    assert spent <= budget, (spent, result.output)
+    # nothing trained: one error, and no final/ that would only be the initial learner
+    lines = error_lines(result.output)
+    assert len(lines) == 1 and "nothing was trained" in lines[0] and "4 uncached guide completions" in lines[0], lines
+    assert "raise --guide-budget-tokens (now 100)" in lines[0] and "Traceback" not in result.output
+    assert not (out / "final").exists() and not (out / "summary.json").exists()
 
 
 # -- 5. the key -------------------------------------------------------------------------

@@ -106,7 +106,10 @@ def test_listings_fit_a_narrow_terminal():
     assert narrow.returncode == 0, narrow.stderr
     lines = narrow.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
-    assert "rotten-tomatoes" in [line.strip() for line in lines]  # the name on a line of its own
+    assert "rotten-tomatoes (default)" in [line.strip() for line in lines]  # on a line of its own, marked
+    assert "commongen" in [line.strip() for line in lines]
+    assert any(line.startswith("description") and "CommonGen" in line for line in lines)
+    assert "--data PATH" in narrow.stdout and "data=PATH" not in narrow.stdout  # the flag as typed
     data = [line for line in lines if line.startswith("data source")]
     assert len(data) == len(json.loads(rlgf("tasks", "--json").stdout))  # one block per task
     assert "┃" not in narrow.stdout

@@ -51,3 +51,17 @@ def test_examples_do_not_wrap_at_80_columns(command):
     for line in example_lines(doc or ""):
         assert any(row.strip().startswith(line) and row.strip().endswith(line) for row in shown), \
             f"{command or 'rlgf'}: example wrapped at 80 columns: {line}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_default_written_into_a_help_text_is_shown(command):
+    """A help text that states its default as "[default: …]" must escape the bracket: rich reads
+    an unescaped one as a markup tag and drops it, so `--lr` showed no default at all."""
+    import re
+
+    cmd = get_command(app).commands[command]
+    shown = " ".join(render(command, columns=1000).split())
+    for param in cmd.params:
+        match = re.search(r"\[default: ([^\]]+)\]", getattr(param, "help", None) or "")
+        if match:
+            assert f"[default: {' '.join(match.group(1).split())}]" in shown, (param.name, match.group(0))

@@ -300,3 +300,38 @@ def test_a_result_table_in_a_pipe_keeps_its_natural_width(capsys, monkeypatch):
     assert any("output_perplexity" in x for x in lines), lines  # not "output_perple / xity"
     assert sum(all(c in x for c in cells) for x in lines) == 2, lines  # every row on one line
     assert max(map(len, lines)) > 80
+
+
+def test_file_errors_say_what_to_do(tmp_path):
+    from tasks.custom_reward import load_custom_reward
+    from tasks.jsonl import iter_jsonl
+    from tasks.table_rows import parquet_rows
+
+    with pytest.raises(RlgfError, match="file not found") as missing:
+        load_custom_reward(f"{tmp_path / 'nope.py'}:reward")
+    assert "path/to/file.py:function" in missing.value.hint
+    broken = tmp_path / "broken.py"
+    broken.write_text("def reward(prompts, completions, references)\n    return []\n", encoding="utf-8")
+    with pytest.raises(RlgfError, match="SyntaxError") as syntax:
+        load_custom_reward(f"{broken}:reward")
+    assert f"python {broken} shows the full error" in syntax.value.hint
+    with pytest.raises(RlgfError, match="data file not found") as data:
+        list(iter_jsonl(tmp_path / "nope.jsonl", "rows", "a hint"))
+    assert "--data" in data.value.hint
+    pytest.importorskip("pyarrow")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(RlgfError, match="not a readable Parquet file") as parquet:
+        list(parquet_rows(bad))
+    assert "JSONL or CSV" in parquet.value.hint
+
+
+def test_a_reward_label_out_of_range_lists_the_classes():
+    from transformers import PretrainedConfig
+
+    from tasks.scoring.model_reward import pick_label
+
+    config = PretrainedConfig(num_labels=2, id2label={0: "negative", 1: "positive"})
+    with pytest.raises(RlgfError, match=r"--reward-label 7 is not a class of the reward model \(0 … 1\)") as info:
+        pick_label(config, "7")
+    assert info.value.hint == "its classes: 0=negative, 1=positive"

@@ -43,7 +43,7 @@ def run_checkpoint(folder: Path, quiet: bool = False) -> Path:
 #: ``--baseline``, shared with ``rlgf difficulty``
 Baseline = Annotated[Optional[str], typer.Option(
     help="The policy the others are compared with prompt by prompt (paired reward difference ± standard error): "
-         "a --policy spec or --checkpoint given. [default: the first --policy, else the first --checkpoint]")]
+         "a --policy spec or --checkpoint given. \\[default: the first --policy, else the first --checkpoint]")]
 
 
 def policy_specs(checkpoint: list[Path] | None, policy: list[str] | None, quiet: bool = False) -> list[str]:
@@ -100,7 +100,7 @@ def eval_command(
     reward_url: RewardUrl = None,
     reward: Reward = None,
     bertscore_model: BertscoreModel = None,
-    decoding: Annotated[Optional[str], typer.Option(help="task, greedy, sample or beam. [default: task: sampling for sentiment, beam 5 for CommonGen]", rich_help_panel=_DEC)] = None,
+    decoding: Annotated[Optional[str], typer.Option(help="task, greedy, sample or beam. \\[default: task: sampling for sentiment, beam 5 for CommonGen]", rich_help_panel=_DEC)] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (0: greedy).", rich_help_panel=_DEC)] = None,
     top_k: Annotated[Optional[int], typer.Option(help="Top-k filtering (0: off).", rich_help_panel=_DEC)] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus filtering (1: off).", rich_help_panel=_DEC)] = None,

@@ -37,7 +37,8 @@ def pick_label(config, label: str | int | None) -> int | None:
     if text.lstrip("-").isdigit():
         index = int(text)
         if not 0 <= index < n:
-            raise RlgfError(f"--reward-label {index} is not a class of the reward model (0 … {n - 1})")
+            raise RlgfError(f"--reward-label {index} is not a class of the reward model (0 … {n - 1})",
+                            f"its classes: {', '.join(f'{i}={v}' for i, v in names.items()) or f'0 … {n - 1}'}")
         return index
     for i, name in names.items():
         if name.lower() == text.lower():
