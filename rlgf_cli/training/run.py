@@ -317,13 +317,12 @@ def _train(cfg: TrainConfig, task, device: str, w, out: Path, ckpt: Path | None,
                     if before is not None:
                         restore_rng_state(before[0])
                         trainer.load_state(before[1])
-                    if ckpt is None and trainer.iteration == 0:  # nothing trained: no final/ that is the start
-                        writer.join()
-                        _forget(out, main, lock)
-                        raise RlgfError(f"the guide's token budget ran out before the first iteration ended, so "
-                                        f"nothing was trained ({exc.message})",
-                                        f"raise --guide-budget-tokens (now {cfg.guide_budget_tokens}) and run again: "
-                                        "the guide's answers already paid for come from its cache") from None
+                    if ckpt is None and trainer.iteration == 0:  # nothing trained (no checkpoint written yet)
+                        _forget(out, main, lock)  # no final/ that would be the initial learner
+                        hint = (f"raise --guide-budget-tokens (now {cfg.guide_budget_tokens}) and run again: the "
+                                "guide's answers already paid for come from its cache")
+                        raise RlgfError("the guide's token budget ran out before the first iteration ended, so "
+                                        f"nothing was trained ({exc.message})", hint) from None
                     stopped = f"guide budget exhausted after {_iterations(trainer.iteration)} ({exc.message})"
                     callback("message", {"text": f"stopping: {stopped}"})  # the way on: train's closing line
                     break
