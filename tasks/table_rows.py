@@ -88,6 +88,10 @@ def csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         # strict: a quote left open must not swallow the rest of the file
         try:
             header = [name.strip() for name in next(reader, [])]
+            twice = sorted({name for name in header if name and header.count(name) > 1})
+            if twice:  # a row's dict would keep the last such column and drop the others unseen
+                raise RlgfError(f"{path}, line 1: the header names {', '.join(map(repr, twice))} more than once",
+                                "give each column its own name")
             for cells in reader:
                 if not cells:  # a blank line
                     continue

@@ -110,6 +110,17 @@ def test_a_csv_without_a_header_line_is_told_so(tmp_path):
     assert "first line is its header" in err.value.hint
 
 
+def test_a_csv_header_that_names_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("prompt,reference,prompt,,\n" + "".join(f"{p},r,other,,\n" for p in PROMPTS), encoding="utf-8")
+    with pytest.raises(RlgfError) as err:
+        PromptsTask(data=path).splits()
+    assert err.value.message == f"{path}, line 1: the header names 'prompt' more than once"
+    assert "its own name" in err.value.hint
+    path.write_text("prompt,reference,,\n" + "".join(f"{p},r,,\n" for p in PROMPTS), encoding="utf-8")
+    assert sum(len(v) for v in PromptsTask(data=path).splits().values()) == len(PROMPTS)  # unnamed columns may repeat
+
+
 def test_a_text_file_is_one_prompt_per_line(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("\ufeff" + "\n\n".join(PROMPTS) + "\r\n  \n", encoding="utf-8")

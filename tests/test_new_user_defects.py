@@ -335,3 +335,34 @@ def test_a_reward_label_out_of_range_lists_the_classes():
     with pytest.raises(RlgfError, match=r"--reward-label 7 is not a class of the reward model \(0 … 1\)") as info:
         pick_label(config, "7")
     assert info.value.hint == "its classes: 0=negative, 1=positive"
+
+
+# -- a chat guide's messages given where nothing reads them ----------------------------------------
+
+
+def _spec_warnings(cfg) -> list[str]:
+    import warnings
+
+    from rlgf_cli.training.run import check_specs
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_specs(cfg, None, learner=None, guide=cfg.algorithm.needs_guide)
+    return [str(w.message) for w in caught]
+
+
+def test_guide_messages_a_guide_does_not_read_are_named(tmp_path, tiny_causal_dir, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    local = build_config(alg="ppo++", guide=str(tiny_causal_dir), guide_instruction="Go on: {prompt}",
+                         guide_prefill="continue", out=str(tmp_path / "a"))
+    assert _spec_warnings(local) == [f"--guide-instruction, --guide-prefill ignored: guide {tiny_causal_dir} is not a "
+                                     "chat API model (openai-chat:…)"]
+    chat = build_config(alg="ppo++", guide="openai-chat:gpt-4o-mini", guide_instruction="Go on: {prompt}",
+                        guide_system="Be brief.", out=str(tmp_path / "b"))
+    assert _spec_warnings(chat) == []
+    unguided = build_config(alg="ppo", guide_system="Be brief.", out=str(tmp_path / "c"))
+    assert _spec_warnings(unguided) == ["--guide-system ignored: there is no --guide"]
+    unused = build_config(alg="ppo", guide="openai-chat:gpt-4o-mini", guide_system="Be brief.", out=str(tmp_path / "d"))
+    assert _spec_warnings(unused) == ["--guide-system ignored: --alg ppo uses no guide"]
+    plain = build_config(alg="ppo++", guide=str(tiny_causal_dir), out=str(tmp_path / "e"))
+    assert _spec_warnings(plain) == []

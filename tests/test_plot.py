@@ -140,3 +140,17 @@ def test_a_warm_start_is_one_group_however_init_named_it(tmp_path, monkeypatch):
     runs = [make_run(tmp_path / "exp" / f"w{i}", "ppo", [0.5], init=init) for i, init in enumerate(spellings)]
     monkeypatch.chdir(tmp_path.parent)  # plotted from elsewhere
     assert group_runs(runs) == {"BC+ppo": runs}
+
+
+def test_a_run_without_the_metric_is_named_not_dropped_silently(tmp_path):
+    bc = tmp_path / "bc"
+    bc.mkdir()
+    (bc / "config.toml").write_text('[train]\nalg = "bc"\n', encoding="utf-8")
+    (bc / "metrics.jsonl").write_text(json.dumps({"iteration": 1, "bc_loss": 0.9}) + "\n", encoding="utf-8")
+    a = make_run(tmp_path / "r0", "ppo", [0.5, 0.6])
+    out = tmp_path / "curves.png"
+    proc = subprocess.run([sys.executable, "-m", "rlgf_cli", "plot", str(bc), str(a), "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: bc is not drawn: 1 run logged no reward_mean (it has bc_loss)" in proc.stderr
+    assert f"wrote {out}: reward_mean for ppo (1 run)\n" in proc.stderr

@@ -33,7 +33,7 @@ def plot_command(
 
       rlgf plot runs/*/ --metric kl_exact --out kl.png
     """
-    from rlgf_cli.evaluation.curves import group_runs, plot_curves, repeated_seeds
+    from rlgf_cli.evaluation.curves import group_runs, logged_metrics, plot_curves, repeated_seeds
     from rlgf_cli.files import check_png, ensure_writable
 
     check_png(out, "--out")
@@ -49,5 +49,8 @@ def plot_command(
         from rlgf_cli.files import write_atomic
 
         write_atomic(json_out, json.dumps(data, indent=2))
-    groups = ", ".join(f"{k} ({count(max(v['seeds'], default=0), 'run')})" for k, v in data.items())
+    for label in [k for k, v in data.items() if not v["iterations"]]:  # a BC run logs bc_loss, no reward
+        err_console.print(f"warning: {label} is not drawn: {count(len(groups[label]), 'run')} logged no {metric} "
+                          f"(it has {', '.join(logged_metrics(groups[label])) or 'no metric'})", markup=False)
+    groups = ", ".join(f"{k} ({count(max(v['seeds']), 'run')})" for k, v in data.items() if v["iterations"])
     err_console.print(f"wrote {out}: {metric} for {groups}", markup=False)

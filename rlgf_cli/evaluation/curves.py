@@ -99,13 +99,18 @@ def curves(groups: dict[str, list[str | Path]], metric: str = DEFAULT_METRIC) ->
         }
     if not any(c["iterations"] for c in out.values()):
         rows = [row for runs in groups.values() for r in runs for row in read_metrics(r)]
-        known = sorted({k for row in rows for k, v in row.items()  # numbers only: not "scheme"
-                        if k != "iteration" and isinstance(v, (int, float)) and math.isfinite(v)})
+        known = logged_metrics([r for runs in groups.values() for r in runs])
         logged = [row[metric] for row in rows if row.get(metric) is not None]
         what = f"'{metric}' is not a number (e.g. {logged[0]!r}), so it cannot be plotted" if logged \
             else f"no run logged the metric '{metric}'"
         raise RlgfError(what, f"choose one of: {', '.join(known)}" if known else "the runs logged no numeric metric yet")
     return out
+
+
+def logged_metrics(runs: list[str | Path]) -> list[str]:
+    """The numeric metrics these runs logged (not ``iteration``, nor text such as ``scheme``)."""
+    return sorted({k for r in runs for row in read_metrics(r) for k, v in row.items()
+                   if k != "iteration" and isinstance(v, (int, float)) and math.isfinite(v)})
 
 
 def repeated_seeds(groups: dict[str, list[str | Path]]) -> list[str]:

@@ -79,3 +79,32 @@ def in_range(cfg, name: str, low: float, high: float, low_open: bool = False) ->
     if bad:
         lo = "(" if low_open else "["
         raise range_error(name, v, f"in {lo}{low:g}, {high:g}]")
+
+
+GUIDE_MESSAGE_FLAGS = {"guide_system": "--guide-system", "guide_instruction": "--guide-instruction",
+                       "guide_prefill": "--guide-prefill"}
+
+
+def warn_unread_guide_messages(cfg, guide_class) -> None:
+    """A warning for each of ``--guide-system``, ``--guide-instruction`` and ``--guide-prefill``
+    given where nothing reads it: no ``--guide``, or a guide whose backend (``guide_class``) builds
+    the same options with or without it (every kind but a chat API model), so a run never goes on
+    as if a message it was given had shaped the guide's requests."""
+    import warnings
+
+    from backends import RunSettings
+    from backends.errors import RlgfWarning
+
+    given = [name for name in GUIDE_MESSAGE_FLAGS if getattr(cfg, name, None) is not None]
+    if not given:
+        return
+    if guide_class is None:
+        why = "there is no --guide" if not cfg.guide else f"--alg {cfg.alg} uses no guide"
+    else:
+        plain = guide_class.options_from(RunSettings())
+        unread = [n for n in given if guide_class.options_from(RunSettings(**{n: getattr(cfg, n)})) == plain]
+        if not unread:
+            return
+        given, why = unread, f"guide {cfg.guide} is not a chat API model (openai-chat:…)"
+    flags = ", ".join(GUIDE_MESSAGE_FLAGS[n] for n in given)
+    warnings.warn(f"{flags} ignored: {why}", RlgfWarning, stacklevel=2)

@@ -18,22 +18,9 @@ from backends import allocator
 from backends.errors import RlgfError
 
 from rlgf_cli.training.checkpoint_writer import CheckpointWriter
-from rlgf_cli.training.checkpoint import (
-    CRITIC_DIRS,
-    TMP_PREFIX,
-    checkpoint_bytes,
-    ensure_disk_space,
-    export_final,
-    folder_bytes,
-    prune_checkpoints,
-    read_state,
-    restore_swapped,
-    reading_checkpoint,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
-    wait_restored,
-)
+from rlgf_cli.training.checkpoint import (CRITIC_DIRS, TMP_PREFIX, checkpoint_bytes, ensure_disk_space, export_final,
+                                         folder_bytes, prune_checkpoints, read_state, restore_swapped, reading_checkpoint,
+                                         restore_rng_state, rng_state, save_checkpoint, wait_restored)
 from rlgf_cli.training.distributed import all_sum, init_from_env, launched_as_main, shutdown
 from rlgf_cli.training.interrupt import StopAtBoundary
 from rlgf_cli.training.resume_state import load_optimizer, load_rng, refuse_pickles
@@ -43,6 +30,7 @@ from rlgf_cli.training.run_lock import RunLock
 from rlgf_cli.files import check_out_dir, clear_run, write_atomic
 from rlgf_cli.training import trackers
 from rlgf_cli.training.config import TrainConfig
+from rlgf_cli.training.config_checks import warn_unread_guide_messages
 from backends.precision import resolve_precision
 from rlgf_cli.runtime import resolve_device, set_seed
 from rlgf_cli.training.trainer import Callback, _noop
@@ -432,8 +420,10 @@ def check_specs(cfg: TrainConfig, task, *, learner: str | None, guide: bool, con
     trackers.require(cfg.log_to)
     if learner:
         policy_class(learner)
-    if guide and cfg.guide:
-        policy_class(cfg.guide).preflight(guide_options(cfg, concurrency=concurrency, task=task))
+    guide_class = policy_class(cfg.guide) if guide and cfg.guide else None
+    if guide_class is not None:
+        guide_class.preflight(guide_options(cfg, concurrency=concurrency, task=task))
+    warn_unread_guide_messages(cfg, guide_class)
 
 
 def _iterations(n: int) -> str:
