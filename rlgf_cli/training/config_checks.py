@@ -86,8 +86,8 @@ GUIDE_MESSAGE_FLAGS = {"guide_system": "--guide-system", "guide_instruction": "-
 
 
 def warn_unread_guide_messages(cfg, guide_class) -> None:
-    """A warning for each of ``--guide-system``, ``--guide-instruction`` and ``--guide-prefill``
-    given where nothing reads it: no ``--guide``, or a guide whose backend (``guide_class``) builds
+    """One warning naming those of ``--guide-system``, ``--guide-instruction`` and ``--guide-prefill``
+    given where nothing reads them: no ``--guide``, or a guide whose backend (``guide_class``) builds
     the same options with or without it (every kind but a chat API model), so a run never goes on
     as if a message it was given had shaped the guide's requests."""
     import warnings
